@@ -1,0 +1,126 @@
+"""The command line: parses options, builds and wires the objects, maps errors to exit codes.
+
+Subcommands so far: ``serve`` (the reference server and its admin verbs) and ``datasets``
+(list, create). User errors (``pictofs.errors.PictofsError``) print one line and exit 1;
+usage errors exit 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from pictofs import __version__, dirs
+from pictofs.config import add_options, finish_options
+from pictofs.errors import ConfigError, PictofsError
+from pictofs.logsetup import setup_logging
+from pictofs.units import format_size
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pictofs",
+        description="Pictograph image datasets as a filesystem, a mirror, and a local server.",
+    )
+    parser.add_argument("--version", action="version", version=f"pictofs {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the reference server (SQLite + blob folder)")
+    add_options(serve, "serve")
+    serve.set_defaults(handler=cmd_serve)
+
+    datasets = commands.add_parser("datasets", help="list or create datasets")
+    add_options(datasets, "datasets")
+    verbs = datasets.add_subparsers(dest="verb", metavar="VERB")
+    listing = verbs.add_parser("list", help="list the organization's datasets")
+    listing.set_defaults(handler=cmd_datasets_list)
+    create = verbs.add_parser("create", help="create a dataset")
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("--description", default=None)
+    create.set_defaults(handler=cmd_datasets_create)
+    datasets.set_defaults(handler=cmd_datasets_list)
+    return parser
+
+
+# ------------------------------------------------------------------------------ serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pictofs.server import run
+
+    data_dir = Path(args.data).expanduser() if args.data else dirs.server_data_dir()
+    if args.stop:
+        stopped = run.stop(data_dir)
+        print("server stopped" if stopped else f"no server running on {data_dir}")
+        return EXIT_OK if stopped else EXIT_ERROR
+    if args.create_org:
+        print(run.create_org(data_dir, args.create_org))
+        return EXIT_OK
+    if args.create_key:
+        print(run.create_key(data_dir, args.create_key, args.org))
+        return EXIT_OK
+    if args.org:
+        raise ConfigError("--org goes with --create-key")
+    return run.serve(data_dir, host=args.host, port=args.port, storage_port=args.storage_port)
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from pictofs.api import Client
+    from pictofs.embedded import connect
+
+    conn = connect(base_url=args.base_url, key_file=args.key_file)
+    return Client(api_key=conn.api_key, base_url=conn.base_url)
+
+
+def cmd_datasets_list(args: argparse.Namespace) -> int:
+    client = _client(args)
+    rows = [(d.name, str(d.image_count), format_size(d.total_size), d.id)
+            for d in client.projects.list()]
+    header = ("NAME", "IMAGES", "SIZE", "ID")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+    return EXIT_OK
+
+
+def cmd_datasets_create(args: argparse.Namespace) -> int:
+    client = _client(args)
+    dataset = client.projects.create(args.name, description=args.description)
+    print(f"created dataset {dataset.name} ({dataset.id})")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    verbose = bool(getattr(args, "verbose", False))
+    setup_logging(verbose=verbose, log_file=getattr(args, "log_file", None))
+    try:
+        finish_options(args, args.command)
+        return handler(args)
+    except PictofsError as exc:
+        if verbose:
+            log.debug("details", exc_info=True)
+        print(f"pictofs: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("pictofs: interrupted", file=sys.stderr)
+        return 130

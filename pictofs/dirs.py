@@ -1,0 +1,49 @@
+"""Where pictofs keeps things (filesystem spec §8), following the XDG base directories.
+
+- cache: ``$XDG_CACHE_HOME/pictofs`` (disposable)
+- state: ``$XDG_STATE_HOME/pictofs`` (journal, staging, mtimes, mirror databases; not disposable)
+- data:  ``$XDG_DATA_HOME/pictofs/server`` (the embedded server's data)
+- runtime: ``$XDG_RUNTIME_DIR/pictofs`` (control sockets), else the state dir
+
+Folders that may hold keys are created 0700.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pictofs.config import home_dir
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    value = os.environ.get(var)
+    if value and os.path.isabs(value):
+        return Path(value)
+    return home_dir() / fallback
+
+
+def cache_dir() -> Path:
+    return _xdg("XDG_CACHE_HOME", ".cache") / "pictofs"
+
+
+def state_dir() -> Path:
+    return _xdg("XDG_STATE_HOME", ".local/state") / "pictofs"
+
+
+def server_data_dir() -> Path:
+    return _xdg("XDG_DATA_HOME", ".local/share") / "pictofs" / "server"
+
+
+def runtime_dir() -> Path:
+    value = os.environ.get("XDG_RUNTIME_DIR")
+    if value and os.path.isabs(value):
+        return Path(value) / "pictofs"
+    return state_dir() / "run"
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) and make it 0700; returns it."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path

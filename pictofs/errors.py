@@ -1,0 +1,65 @@
+"""Domain errors: what went wrong, in the words of the core, with no errno and no HTTP.
+
+Every layer raises these (or subclasses of them). The API client's typed errors
+(``pictofs.api.errors``) subclass them too, so the core catches ``NotFound`` whether it came
+from the service or from a local check; ``pictofs.fs.errno_map`` turns them into errno in
+one table.
+"""
+
+from __future__ import annotations
+
+
+class PictofsError(Exception):
+    """Base of every error pictofs raises on purpose (anything else is a bug)."""
+
+
+class NotFound(PictofsError):
+    """No such image, folder or dataset (or it belongs to another organization)."""
+
+
+class AlreadyExists(PictofsError):
+    """The name is taken in that folder."""
+
+
+class NotEmpty(PictofsError):
+    """A folder that still holds images or folders."""
+
+
+class Unsupported(PictofsError):
+    """A name whose extension the service does not take, or an operation it cannot do."""
+
+
+class InvalidName(PictofsError):
+    """A name that breaks the name rules (slash, NUL, control characters, ``.``/``..``)."""
+
+
+class NameTooLong(InvalidName):
+    """A name over 255 bytes of UTF-8."""
+
+
+class NotAnImage(PictofsError):
+    """Bytes that Pillow cannot identify as an image."""
+
+
+class TooLarge(PictofsError):
+    """Over the 50 MB limit of the service."""
+
+
+class PermissionDenied(PictofsError):
+    """The key is rejected (401) or its role is too low (403)."""
+
+
+class ReadOnly(PictofsError):
+    """A write on a read-only mount."""
+
+
+class NoSpace(PictofsError):
+    """The staging disk would go below ``--min-free-space``."""
+
+
+class Unavailable(PictofsError):
+    """The service cannot be reached (network down, circuit breaker open)."""
+
+
+class ConfigError(PictofsError):
+    """Bad configuration: an option, a key file readable by others, a missing setting."""

@@ -1,0 +1,50 @@
+"""Logging set-up for every command: one format, stderr or a file or syslog.
+
+The API key never reaches a log line: ``KeyRedactingFilter`` masks anything that looks like
+a Pictograph key (``pk_live_…``/``pk_test_…``) as a last line of defence; the code itself
+never logs keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import re
+
+_KEY_RE = re.compile(r"pk_(live|test)_[A-Za-z0-9_\-]+")
+
+
+class KeyRedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "pk_" in message:
+            record.msg = _KEY_RE.sub(r"pk_\1_***", message)
+            record.args = None
+        return True
+
+
+def setup_logging(verbose: bool = False, log_file: str | None = None,
+                  syslog: bool = False) -> logging.Handler:
+    """Configure the root logger once; returns the handler (SIGHUP reopens a log file)."""
+    handler: logging.Handler
+    if log_file:
+        handler = logging.handlers.WatchedFileHandler(os.path.expanduser(log_file))
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    elif syslog and os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+        fmt = "pictofs[%(process)d]: %(levelname)s %(name)s: %(message)s"
+    else:
+        handler = logging.StreamHandler()
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else \
+            "pictofs: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
+    handler.addFilter(KeyRedactingFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("urllib3", "PIL", "watchdog", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return handler

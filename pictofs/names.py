@@ -1,0 +1,90 @@
+"""Pure name rules of the client side: valid filenames, supported extensions, local-only names.
+
+Protocol §3: a filename is one path segment of 1 to 255 bytes of UTF-8, with no ``/``, no NUL
+or other control character, and not ``.`` or ``..``. Filesystem §5: names that stay local
+(editor and desktop temp files) and never reach the service. The reference server applies the
+same protocol rules with its own code, so a bug here cannot hide a bug there.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from pictofs.errors import InvalidName, NameTooLong, Unsupported
+
+SUPPORTED_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic")
+MAX_NAME_BYTES = 255
+MAX_IMAGE_BYTES = 50 * 1024 * 1024  # 52,428,800
+
+CONTENT_TYPES = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".bmp": "image/bmp",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+    ".gif": "image/gif",
+    ".heic": "image/heic",
+}
+
+_LOCAL_SUFFIXES = (".part", ".crdownload", ".tmp", ".swp", ".swx", ".kate-swp")
+_LOCAL_NAMES = frozenset({"Thumbs.db", "desktop.ini"})
+
+
+def check_name(name: str) -> None:
+    """Raise InvalidName / NameTooLong unless ``name`` is a valid single segment."""
+    if not name or name in (".", ".."):
+        raise InvalidName(f"invalid name {name!r}")
+    if "/" in name:
+        raise InvalidName(f"a name cannot contain '/': {name!r}")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
+        raise InvalidName(f"a name cannot contain control characters: {name!r}")
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidName(f"a name must be valid UTF-8: {name!r}") from None
+    if len(encoded) > MAX_NAME_BYTES:
+        raise NameTooLong(f"name longer than {MAX_NAME_BYTES} bytes: {name[:40]!r}…")
+
+
+def extension(name: str) -> str:
+    """Lower-cased extension with the dot, or ``""``."""
+    return posixpath.splitext(name)[1].lower()
+
+
+def is_supported(name: str) -> bool:
+    return extension(name) in SUPPORTED_EXTENSIONS
+
+
+def check_supported(name: str) -> None:
+    """Raise Unsupported for an extension the service does not take."""
+    check_name(name)
+    if not is_supported(name):
+        raise Unsupported(
+            f"{name!r}: unsupported file type; supported: {' '.join(SUPPORTED_EXTENSIONS)}"
+        )
+
+
+def content_type_for(name: str) -> str:
+    """The Content-Type the upload announces for ``name`` (by extension)."""
+    return CONTENT_TYPES.get(extension(name), "application/octet-stream")
+
+
+def is_local_only(name: str) -> bool:
+    """Editor, browser and desktop temp names that never reach the service (filesystem §5)."""
+    return (
+        name.startswith(".")
+        or name.endswith("~")
+        or name.endswith(_LOCAL_SUFFIXES)
+        or name in _LOCAL_NAMES
+    )
+
+
+def normalize_folder(path: str) -> str:
+    """``""``, ``"/"``, ``"cars/"``, ``"/cars//red/"`` → ``"/"``, ``"/"``, ``"/cars"``,
+    ``"/cars/red"``. Raises InvalidName for ``.``/``..`` segments or bad characters."""
+    parts = [p for p in path.split("/") if p]
+    for part in parts:
+        check_name(part)
+    return "/" + "/".join(parts)
