@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     create = verbs.add_parser("create", help="create a dataset")
     create.add_argument("name", metavar="NAME")
     create.add_argument("--description", default=None)
+    create.add_argument("--exist-ok", action="store_true",
+                        help="succeed when a dataset of that name already exists")
     create.set_defaults(handler=cmd_datasets_create)
     datasets.set_defaults(handler=cmd_datasets_list)
     return parser
@@ -95,13 +97,30 @@ def cmd_datasets_list(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets_create(args: argparse.Namespace) -> int:
+    from pictofs.errors import AlreadyExists
+
     client = _client(args)
-    dataset = client.projects.create(args.name, description=args.description)
+    try:
+        dataset = client.projects.create(args.name, description=args.description)
+    except AlreadyExists:
+        if not args.exist_ok:
+            raise
+        dataset = client.projects.get(args.name)
+        print(f"dataset {dataset.name} exists ({dataset.id})")
+        return EXIT_OK
     print(f"created dataset {dataset.name} ({dataset.id})")
     return EXIT_OK
 
 
 # ------------------------------------------------------------------------------- main
+
+
+def command_names() -> list[str]:
+    """The subcommands this version has (the options doc covers exactly these)."""
+    for action in _parser()._subparsers._group_actions:  # type: ignore[union-attr]
+        if isinstance(action, argparse._SubParsersAction):
+            return sorted(action.choices)
+    return []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
