@@ -71,6 +71,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.org:
         raise ConfigError("--org goes with --create-key")
+    if args.host not in LOOPBACK_HOSTS:
+        log.warning("listening on %s: the server is reachable from other machines", args.host)
     return run.serve(data_dir, host=args.host, port=args.port, storage_port=args.storage_port)
 
 
