@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,6 +24,10 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class UsageError(Exception):
+    """The command line's words are off (exit 2)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +54,29 @@ def _parser() -> argparse.ArgumentParser:
                         help="succeed when a dataset of that name already exists")
     create.set_defaults(handler=cmd_datasets_create)
     datasets.set_defaults(handler=cmd_datasets_list)
+
+    mount = commands.add_parser(
+        "mount", help="mount a dataset (or, with no DATASET, the organization)",
+        description="Mount DATASET on MOUNTPOINT; with no DATASET, one directory per dataset.")
+    mount.add_argument("places", nargs="+", metavar="[DATASET] MOUNTPOINT")
+    add_options(mount, "mount")
+    mount.set_defaults(handler=cmd_mount)
+
+    umount = commands.add_parser("umount", help="unmount a pictofs mount")
+    umount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    add_options(umount, "umount")
+    umount.set_defaults(handler=cmd_umount)
+
+    status = commands.add_parser("status", help="show a mount's state")
+    status.add_argument("mountpoint", metavar="MOUNTPOINT")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    add_options(status, "status")
+    status.set_defaults(handler=cmd_status)
+
+    refresh = commands.add_parser("refresh", help="drop a mount's listing cache now")
+    refresh.add_argument("mountpoint", metavar="MOUNTPOINT")
+    add_options(refresh, "refresh")
+    refresh.set_defaults(handler=cmd_refresh)
     return parser
 
 
@@ -114,6 +142,83 @@ def cmd_datasets_create(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------------------ mount
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from pictofs import mounting
+
+    if len(args.places) > 2:
+        raise UsageError("mount takes [DATASET] MOUNTPOINT")
+    args.dataset = args.places[0] if len(args.places) == 2 else None
+    args.mountpoint = args.places[-1]
+    if args.foreground:
+        return mounting.run_foreground(args)
+    return mounting.mount_in_background(args, list(args.argv))
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from pictofs import control
+    from pictofs.fs.mount import abort_connection, unmount
+
+    timeout = args.timeout
+    mountpoint = os.path.abspath(args.mountpoint)
+    try:
+        pid = int(control.request(mountpoint, "status", timeout=10)["pid"])
+    except ConfigError:
+        pid = None
+    if args.force:
+        abort_connection(mountpoint)
+    unmount(mountpoint, lazy=args.force)
+    if pid is not None and not _wait_exit(pid, timeout):
+        raise ConfigError(f"unmounted, but the daemon (pid {pid}) did not exit within "
+                          f"{timeout:.0f}s")
+    print(f"unmounted {mountpoint}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _wait_exit(pid: int, timeout: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from pictofs import control
+
+    reply = control.request(args.mountpoint, "status")
+    reply.pop("ok", None)
+    if args.json:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+        return EXIT_OK
+    print(f"mountpoint: {reply['mountpoint']}")
+    print(f"dataset:    {reply['dataset'] or '(organization)'} at {reply['base_url']}")
+    print(f"service:    {reply['service']}")
+    print(f"open files: {reply['open_files']}  reads: {reply['reads']}  "
+          f"read: {format_size(reply['bytes_read'])}")
+    for cache in reply.get("cache", []):
+        print(f"cache:      {format_size(cache['size_bytes'])} in {cache['entries']} images, "
+              f"hit ratio {cache['hit_ratio']:.0%}")
+    return EXIT_OK
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from pictofs import control
+
+    control.request(args.mountpoint, "refresh")
+    print(f"listing cache of {args.mountpoint} dropped", file=sys.stderr)
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------- main
 
 
@@ -127,16 +232,22 @@ def command_names() -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     verbose = bool(getattr(args, "verbose", False))
-    setup_logging(verbose=verbose, log_file=getattr(args, "log_file", None))
+    daemon = args.command == "mount" and bool(os.environ.get("PICTOFS_READY_FD"))
+    setup_logging(verbose=verbose, log_file=getattr(args, "log_file", None), syslog=daemon)
     try:
         finish_options(args, args.command)
         return handler(args)
+    except UsageError as exc:
+        print(f"pictofs: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except PictofsError as exc:
         if verbose:
             log.debug("details", exc_info=True)

@@ -63,3 +63,35 @@ class Unavailable(PictofsError):
 
 class ConfigError(PictofsError):
     """Bad configuration: an option, a key file readable by others, a missing setting."""
+
+
+class NotPermitted(PictofsError):
+    """An operation the filesystem never allows (links, changing a read-only attribute)."""
+
+
+class NoAttribute(PictofsError):
+    """No such extended attribute."""
+
+
+class ValueTooLarge(PictofsError):
+    """An extended attribute value over 64 KiB."""
+
+
+class CrossDevice(PictofsError):
+    """A rename across datasets."""
+
+
+class InvalidArgument(PictofsError):
+    """Flags or arguments the operation does not take (``RENAME_EXCHANGE``, ...)."""
+
+
+class NotADirectory(PictofsError):
+    """A path goes through, or asks for a listing of, something that is not a folder."""
+
+
+class IsADirectory(PictofsError):
+    """A file operation on a folder."""
+
+
+class BadHandle(PictofsError):
+    """A file handle the filesystem does not know (closed, or never opened)."""

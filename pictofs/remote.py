@@ -16,6 +16,10 @@ from pictofs.model import Dataset, Folder, Image, Page
 
 
 class Remote(Protocol):
+    def ping(self) -> None:
+        """Return when the service answers; raise Unavailable when it cannot be reached."""
+        ...
+
     # datasets
     def list_datasets(self) -> list[Dataset]: ...
     def get_dataset(self, name_or_id: str) -> Dataset: ...

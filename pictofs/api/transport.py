@@ -1,0 +1,431 @@
+"""HTTP for the API client: the only module that imports ``requests``.
+
+``Transport`` owns one pooled ``requests.Session`` and does three kinds of exchange:
+
+- ``request_json``: an API request with ``X-API-Key``, JSON in and out;
+- ``stream``: image bytes, handed over in chunks (read timeout 30 s without a byte); a body
+  cut short is retried while no byte has reached the caller, later it is a ``NetworkError``;
+- ``put_signed``: the signed storage PUT, to the URL exactly as given and WITHOUT the key.
+
+Every non-2xx answer goes through ``errors.error_from_response`` here and nowhere else;
+failures with no usable answer become ``NetworkError``. Retries follow ``RetryPolicy``, whose
+injected ``sleep`` is the only wait. Absolute URLs fetched with the key (``image_url`` and the
+like) are reduced to path and query and re-based on the configured base URL, so the key never
+reaches another host. Log lines (DEBUG) name method, path, status, request id and elapsed
+time, never the key and never a signed URL's token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import IO, Any, Callable, Iterator, Mapping, TypeVar, Union
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from pictofs import __version__
+from pictofs.api.errors import NetworkError, error_from_response
+from pictofs.api.retry import Decision, Outcome, RetryPolicy, parse_retry_after
+from pictofs.api.wire import derive_idempotency_key, is_idempotency_key, new_idempotency_key
+from pictofs.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Timeout = Union[float, tuple[float, float]]
+Body = Union[bytes, "os.PathLike[str]", IO[bytes]]
+
+API_PREFIX = "/api/v1/developer"
+KEY_HEADER = "X-API-Key"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REQUEST_ID_HEADER = "X-Request-Id"
+DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 30.0)
+PUT_TIMEOUT: tuple[float, float] = (5.0, 300.0)
+STREAM_CHUNK = 1 << 20
+KEYED_METHODS = frozenset({"POST", "PATCH"})
+
+_NO_ANSWER = (requests.ConnectionError, requests.Timeout)
+_CUT_SHORT = (
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+    requests.ConnectionError,
+    requests.Timeout,
+)
+
+
+class _CutShort(Exception):
+    """A 2xx answer whose body is shorter than announced or does not parse."""
+
+
+@dataclass
+class ByteStream:
+    """An open image download: iterate ``chunks`` (or the stream itself) for the bytes."""
+
+    headers: Mapping[str, str]
+    chunks: Iterator[bytes]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.chunks
+
+    @property
+    def content_length(self) -> int | None:
+        return _announced_length(self.headers)
+
+    @property
+    def content_type(self) -> str | None:
+        return self.headers.get("Content-Type")
+
+
+class _Session(requests.Session):
+    """Drops the API key on a redirect to another host, as requests does for Authorization."""
+
+    def rebuild_auth(self, prepared_request: Any, response: Any) -> None:
+        super().rebuild_auth(prepared_request, response)
+        if self.should_strip_auth(response.request.url, prepared_request.url):
+            prepared_request.headers.pop(KEY_HEADER, None)
+
+
+class Transport:
+    """One service endpoint and key; safe to share between threads."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        timeout: Timeout = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        pool_size: int = 16,
+        user_agent: str | None = None,
+        put_timeout: Timeout = PUT_TIMEOUT,
+    ) -> None:
+        if urlsplit(base_url).scheme not in ("http", "https"):
+            raise ConfigError(f"base URL must start with http:// or https://: {base_url!r}")
+        self._base = base_url.rstrip("/")
+        self._base_path = urlsplit(self._base).path
+        self._key = api_key
+        self.timeout = _timeout_pair(timeout)
+        self.put_timeout = _timeout_pair(put_timeout)
+        self.retry = retry or RetryPolicy()
+        self._session = _Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.headers["User-Agent"] = user_agent or f"pictofs/{__version__}"
+
+    def __repr__(self) -> str:
+        return f"Transport(base_url={self._base!r})"
+
+    @property
+    def base_url(self) -> str:
+        return self._base
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ URLs
+
+    def url_for(self, path_or_url: str) -> str:
+        """An API path (``/images/x``) or an absolute URL → a URL on the configured base."""
+        parts = urlsplit(path_or_url)
+        if parts.scheme or parts.netloc:
+            path = parts.path
+            if self._base_path and path.startswith(self._base_path + "/"):
+                path = path[len(self._base_path):]
+            return self._base + path + (f"?{parts.query}" if parts.query else "")
+        path = path_or_url if path_or_url.startswith("/") else "/" + path_or_url
+        if path.startswith(API_PREFIX + "/"):
+            return self._base + path
+        return self._base + API_PREFIX + path
+
+    def _target(self, url: str) -> str:
+        """What logs and messages show of an API URL: its path and query."""
+        return url[len(self._base):] or "/"
+
+    # ------------------------------------------------------------------ the three exchanges
+
+    def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[Any, Mapping[str, str]]:
+        """Send an API request; return the parsed JSON body (None if empty) and the headers.
+        POST/PATCH always carry an ``Idempotency-Key``, the same one on every retry."""
+        verb = method.upper()
+        url = self.url_for(path)
+        headers = {KEY_HEADER: self._key, "Accept": "application/json"}
+        key = _idempotency_key(verb, idempotency_key)
+        if key:
+            headers[IDEMPOTENCY_HEADER] = key
+
+        def send() -> requests.Response:
+            return self._session.request(verb, url, params=params, json=json, headers=headers,
+                                         timeout=self.timeout, stream=True,
+                                         allow_redirects=verb in ("GET", "HEAD"))
+
+        return self._exchange(verb, self._target(url), send, _read_json, keyed=key is not None)
+
+    @contextlib.contextmanager
+    def stream(
+        self, method: str, path_or_url: str, *, params: Mapping[str, Any] | None = None,
+        chunk_size: int = STREAM_CHUNK,
+    ) -> Iterator[ByteStream]:
+        """Open a download with the key; yields a ``ByteStream``. The first ``chunk_size``
+        bytes are read before the caller gets anything, so a short answer is retried."""
+        verb = method.upper()
+        url = self.url_for(path_or_url)
+        headers = {KEY_HEADER: self._key}
+        target = self._target(url)
+
+        def send() -> requests.Response:
+            return self._session.request(verb, url, params=params, headers=headers,
+                                         timeout=self.timeout, stream=True)
+
+        def receive(response: requests.Response) -> tuple[requests.Response, list[bytes], Any]:
+            return (response, *_prefetch(response, chunk_size))
+
+        response, buffered, rest = self._exchange(verb, target, send, receive, keyed=False)
+        try:
+            yield ByteStream(response.headers, _follow(response, buffered, rest, target))
+        finally:
+            response.close()
+
+    def put_signed(
+        self, upload_url: str, body: Body, content_type: str, content_length: int
+    ) -> Mapping[str, str]:
+        """PUT the bytes to a signed upload URL, used exactly as given, without the key."""
+        target = redact_signed_url(upload_url)
+        parts = urlsplit(upload_url)
+        secrets = tuple(s for s in (parts.path.rsplit("/", 1)[-1], parts.query) if s)
+        headers = {"Content-Type": content_type, "Content-Length": str(content_length)}
+
+        def send() -> requests.Response:
+            with _opened(body) as data:
+                return self._session.put(upload_url, data=data, headers=headers,
+                                         timeout=self.put_timeout, stream=True,
+                                         allow_redirects=False)
+
+        def receive(response: requests.Response) -> Mapping[str, str]:
+            _read_json(response)
+            return response.headers
+
+        return self._exchange("PUT", target, send, receive, keyed=False, secrets=secrets)
+
+    # ------------------------------------------------------------------ the retry loop
+
+    def _exchange(
+        self,
+        method: str,
+        target: str,
+        send: Callable[[], requests.Response],
+        receive: Callable[[requests.Response], T],
+        *,
+        keyed: bool,
+        secrets: tuple[str, ...] = (),
+    ) -> T:
+        secrets = (self._key, *secrets)
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                response = send()
+            except _NO_ANSWER as exc:
+                reason = _describe(exc, secrets)
+                log.debug("%s %s failed after %.3fs: %s", method, target,
+                          time.monotonic() - started, reason)
+                decision = self.retry.decide(attempt, method, Outcome.NO_RESPONSE,
+                                             has_idempotency_key=keyed)
+                if not decision.retry:
+                    raise NetworkError(f"{method} {target}: {reason}") from None
+            except requests.RequestException as exc:
+                raise NetworkError(f"{method} {target}: {_describe(exc, secrets)}") from None
+            else:
+                _log_answer(method, target, response, started)
+                if not 200 <= response.status_code < 300:
+                    decision = self._on_error_status(method, response, attempt, keyed, secrets)
+                else:
+                    try:
+                        return receive(response)
+                    except (_CutShort, *_CUT_SHORT) as exc:
+                        response.close()
+                        decision = self.retry.decide(attempt, method, Outcome.TRUNCATED,
+                                                     has_idempotency_key=keyed)
+                        if not decision.retry:
+                            raise NetworkError(
+                                f"{method} {target}: answer cut short: {_describe(exc, secrets)}"
+                            ) from None
+            self._pause(method, target, attempt, decision)
+            attempt += 1
+
+    def _on_error_status(
+        self, method: str, response: requests.Response, attempt: int, keyed: bool,
+        secrets: tuple[str, ...],
+    ) -> Decision:
+        """Decide on a non-2xx answer: a retry decision, or raise the mapped error."""
+        body = _error_body(response, secrets)
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        decision = self.retry.decide(attempt, method, Outcome.STATUS, has_idempotency_key=keyed,
+                                     status=response.status_code, retry_after=retry_after)
+        if not decision.retry:
+            raise error_from_response(response.status_code, body, response.headers)
+        return decision
+
+    def _pause(self, method: str, target: str, attempt: int, decision: Decision) -> None:
+        log.info("retrying %s %s in %.1fs (%s; retry %d of %d)", method, target,
+                 decision.delay, decision.reason, attempt + 1, self.retry.max_retries)
+        self.retry.wait(decision)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def redact_signed_url(url: str) -> str:
+    """A signed URL as logs may show it: host and path prefix, no token, no query."""
+    parts = urlsplit(url)
+    prefix = parts.path.rsplit("/", 1)[0]
+    return f"{parts.scheme}://{parts.netloc}{prefix}/…"
+
+
+def _idempotency_key(method: str, given: str | None) -> str | None:
+    if method not in KEYED_METHODS:
+        return None
+    if given is None:
+        return new_idempotency_key()
+    return given if is_idempotency_key(given) else derive_idempotency_key(given)
+
+
+def _timeout_pair(timeout: Timeout) -> tuple[float, float]:
+    """A bare number is the read timeout; connect stays at 5 s."""
+    if isinstance(timeout, (int, float)):
+        return (DEFAULT_TIMEOUT[0], float(timeout))
+    connect, read = timeout
+    return (float(connect), float(read))
+
+
+def _read_json(response: requests.Response) -> tuple[Any, Mapping[str, str]]:
+    """The whole body as JSON (None when empty) and the headers; ``_CutShort`` when the body
+    is shorter than announced or does not parse."""
+    content = response.content  # reading may raise ChunkedEncodingError on a short body
+    expected = _announced_length(response.headers)
+    if expected is not None and len(content) < expected:
+        raise _CutShort(f"{len(content)} of {expected} bytes")
+    if not content.strip():
+        return None, response.headers
+    try:
+        return json.loads(content), response.headers
+    except ValueError:
+        raise _CutShort("the JSON body does not parse") from None
+
+
+def _error_body(response: requests.Response, secrets: tuple[str, ...]) -> str | None:
+    try:
+        text = response.content.decode("utf-8", errors="replace")
+    except _CUT_SHORT:
+        return None
+    finally:
+        response.close()
+    return _scrub(text, secrets)
+
+
+def _prefetch(response: requests.Response, size: int) -> tuple[list[bytes], Iterator[bytes]]:
+    """Read up to ``size`` bytes (and the end, when the body is that short) before handing
+    anything over; a body that ends early raises here, where it can still be retried."""
+    chunks = response.iter_content(size)
+    buffered: list[bytes] = []
+    received = 0
+    try:
+        for chunk in chunks:
+            buffered.append(chunk)
+            received += len(chunk)
+            if received > size:
+                return buffered, chunks
+    except BaseException:
+        response.close()
+        raise
+    expected = _announced_length(response.headers)
+    if expected is not None and received != expected:
+        response.close()
+        raise _CutShort(f"{received} of {expected} bytes")
+    return buffered, iter(())
+
+
+def _follow(
+    response: requests.Response, buffered: list[bytes], rest: Iterator[bytes], target: str
+) -> Iterator[bytes]:
+    """The caller's chunks: what was prefetched, then the rest, checked against the length."""
+    expected = _announced_length(response.headers)
+    received = 0
+    for chunk in buffered:
+        received += len(chunk)
+        yield chunk
+    try:
+        for chunk in rest:
+            received += len(chunk)
+            yield chunk
+    except _CUT_SHORT:
+        raise NetworkError(f"GET {target}: image stream cut short after {received} bytes") from None
+    if expected is not None and received != expected:
+        raise NetworkError(f"GET {target}: got {received} of {expected} bytes")
+
+
+def _announced_length(headers: Mapping[str, str]) -> int | None:
+    """Content-Length as a count of body bytes, or None (absent, or a compressed body)."""
+    if headers.get("Content-Encoding", "identity").lower() != "identity":
+        return None
+    value = headers.get("Content-Length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+@contextlib.contextmanager
+def _opened(body: Body) -> Iterator[Any]:
+    """The body of one PUT attempt: bytes as they are, a path opened, a file rewound."""
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        yield body
+    elif isinstance(body, (str, os.PathLike)):
+        with open(body, "rb") as handle:
+            yield handle
+    else:
+        body.seek(0)
+        yield body
+
+
+def _log_answer(method: str, target: str, response: requests.Response, started: float) -> None:
+    log.debug("%s %s -> %d [%s] %.3fs", method, target, response.status_code,
+              response.headers.get(REQUEST_ID_HEADER, "-"), time.monotonic() - started)
+
+
+def _describe(exc: BaseException, secrets: tuple[str, ...]) -> str:
+    """A short reason for a transport failure, without URLs' secrets or the key."""
+    reason: Any = exc
+    inner = exc.args[0] if exc.args else None
+    if getattr(inner, "reason", None) is not None:  # urllib3's MaxRetryError
+        reason = inner.reason
+    text = str(reason) or type(exc).__name__
+    if text.startswith("<") and ">: " in text:  # "<urllib3.connection… object at 0x…>: why"
+        text = text.split(">: ", 1)[1]
+    return _scrub(text, secrets)
+
+
+def _scrub(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return text

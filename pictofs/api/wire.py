@@ -1,0 +1,82 @@
+"""Small wire details shared by the route modules: path segments, envelopes, idempotency keys.
+
+- ``{ds}`` (a dataset name or UUID) is percent-encoded as ONE segment; ``{img_path}`` is the
+  image's folder and filename without the leading slash, percent-encoded with ``/`` kept.
+- Most answers wrap their payload as ``{"data": ...}``; lists add ``"pagination"``.
+- Idempotency keys are 32 lowercase hex digits. A caller's own key (any text) is turned into
+  one per step, so ``upload(..., idempotency_key="job-7")`` sends the same step keys each time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from typing import Any, Callable, TypeVar
+from urllib.parse import quote
+
+from pictofs.api.errors import NetworkError
+from pictofs.model import Page, join_path
+
+T = TypeVar("T")
+
+_KEY_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def dataset_segment(dataset: str) -> str:
+    """A dataset name or UUID as one percent-encoded path segment."""
+    return quote(dataset, safe="")
+
+
+def path_segments(path: str) -> str:
+    """``/cars/red/x.jpg`` → ``cars/red/x.jpg``, percent-encoded with ``/`` kept."""
+    return quote(path.strip("/"), safe="/")
+
+
+def image_path(directory: str, filename: str) -> str:
+    """The ``{img_path}`` of an image in ``directory``."""
+    return path_segments(join_path(directory, filename))
+
+
+def new_idempotency_key() -> str:
+    return uuid.uuid4().hex
+
+
+def is_idempotency_key(text: str) -> bool:
+    return bool(_KEY_RE.match(text))
+
+
+def derive_idempotency_key(seed: str, step: str = "") -> str:
+    """A stable 32-hex key for ``step`` of an operation the caller keyed with ``seed``.
+    A seed that already is a valid key is used as it is for the unnamed step."""
+    if not step and is_idempotency_key(seed):
+        return seed
+    digest = hashlib.sha256(f"{seed}\x00{step}".encode("utf-8")).hexdigest()
+    return digest[:32]
+
+
+def unwrap(body: Any) -> Any:
+    """The payload of a ``{"data": ...}`` envelope."""
+    if isinstance(body, dict) and "data" in body:
+        return body["data"]
+    raise NetworkError(f"unexpected answer shape (no 'data'): {_preview(body)}")
+
+
+def page_of(body: Any, from_json: Callable[[dict[str, Any]], T]) -> Page[T]:
+    """A ``Page`` from a paged envelope."""
+    items = unwrap(body)
+    if not isinstance(items, list):
+        raise NetworkError(f"expected a list in 'data': {_preview(body)}")
+    pagination = body.get("pagination") or {}
+    return Page(
+        items=[from_json(item) for item in items],
+        limit=int(pagination.get("limit") or 0),
+        offset=int(pagination.get("offset") or 0),
+        total=int(pagination.get("total") or 0),
+        has_more=bool(pagination.get("has_more")),
+    )
+
+
+def _preview(body: Any) -> str:
+    text = repr(body)
+    return text if len(text) <= 200 else text[:200] + "…"

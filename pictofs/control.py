@@ -1,0 +1,126 @@
+"""The mount's control channel: a 0600 unix socket that ``pictofs status``, ``refresh``,
+``sync`` and ``umount`` talk to (filesystem §8).
+
+One request per connection: a JSON object on one line (``{"cmd": "status"}``); one JSON answer
+on one line (``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``). The socket lives in
+``$XDG_RUNTIME_DIR/pictofs/`` (0700), named by a digest of the mountpoint's real path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from pictofs import dirs
+from pictofs.errors import ConfigError, PictofsError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
+MAX_REQUEST = 64 * 1024
+
+
+def socket_path(mountpoint: str | os.PathLike[str]) -> Path:
+    real = os.path.realpath(mountpoint)
+    digest = hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:24]
+    return dirs.runtime_dir() / f"mount-{digest}.sock"
+
+
+class ControlServer:
+    """Serves control requests in a thread; ``handlers`` maps a command to a function."""
+
+    def __init__(self, mountpoint: str, handlers: dict[str, Handler]) -> None:
+        self.path = socket_path(mountpoint)
+        self.handlers = handlers
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        dirs.private_dir(self.path.parent)
+        self.path.unlink(missing_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(self.path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+        sock.listen(16)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._serve, name="pictofs-control", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        assert self._sock is not None
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return  # closed at unmount
+            threading.Thread(target=self._answer, args=(conn,), daemon=True,
+                             name="pictofs-control-request").start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                request = json.loads(_read_line(conn))
+                handler = self.handlers.get(str(request.get("cmd")))
+                if handler is None:
+                    reply: dict[str, Any] = {"ok": False,
+                                             "error": f"unknown command {request.get('cmd')!r}"}
+                else:
+                    reply = {"ok": True, **handler(request)}
+            except PictofsError as exc:
+                reply = {"ok": False, "error": str(exc)}
+            except (ValueError, OSError) as exc:
+                reply = {"ok": False, "error": f"bad request: {exc}"}
+            except Exception:
+                log.exception("control request failed")
+                reply = {"ok": False, "error": "internal error (see the mount's log)"}
+            try:
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self.path.unlink(missing_ok=True)
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+        if len(data) > MAX_REQUEST:
+            raise ValueError("request too large")
+    return data
+
+
+def request(mountpoint: str, cmd: str, timeout: float | None = 30, **fields: Any
+            ) -> dict[str, Any]:
+    """Send one command to the mount at ``mountpoint``; ConfigError if none listens there."""
+    path = socket_path(mountpoint)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        raise ConfigError(f"{mountpoint} is not a pictofs mount (no control socket)") from None
+    with sock:
+        sock.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
+        reply = json.loads(_read_line(sock) or b"{}")
+    if not reply.get("ok"):
+        raise ConfigError(f"{mountpoint}: {reply.get('error', 'no answer')}")
+    return reply

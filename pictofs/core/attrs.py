@@ -1,0 +1,127 @@
+"""Pure attribute building: ``stat`` dictionaries and extended attributes (filesystem §2).
+
+Nothing here does I/O. ``AttrPolicy`` carries the mount's owner and modes; ``file_stat`` and
+``dir_stat`` turn an image or a folder into the dictionary fusepy expects; the xattr helpers
+answer ``listxattr``/``getxattr`` from an ``Image`` of a listing, so ``getfattr -d`` costs no
+request.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import stat as statmod
+from dataclasses import dataclass
+from typing import Any
+
+from pictofs.model import Image
+
+XATTR_PREFIX = "user.pictograph."
+LISTED_XATTRS = ("id", "status", "split", "tags", "annotation_count", "width", "height",
+                 "content_type", "created_at")
+ANNOTATIONS_XATTR = XATTR_PREFIX + "annotations"
+WRITABLE_XATTRS = ("split", "tags")
+MAX_XATTR_SIZE = 64 * 1024
+ERROR_XATTR = "user.pictofs.error"
+
+
+@dataclass(frozen=True)
+class AttrPolicy:
+    """Owner and permission bits shown for every node of a mount."""
+
+    uid: int
+    gid: int
+    file_mode: int = 0o644
+    dir_mode: int = 0o755
+    umask: int = 0
+    read_only: bool = False
+
+    def _bits(self, mode: int) -> int:
+        bits = mode & ~self.umask & 0o7777
+        if self.read_only:
+            bits &= ~0o222
+        return bits
+
+    @property
+    def file_bits(self) -> int:
+        return self._bits(self.file_mode)
+
+    @property
+    def dir_bits(self) -> int:
+        return self._bits(self.dir_mode)
+
+
+def file_stat(policy: AttrPolicy, size: int, mtime: float) -> dict[str, Any]:
+    return {
+        "st_mode": statmod.S_IFREG | policy.file_bits,
+        "st_nlink": 1,
+        "st_size": size,
+        "st_blocks": math.ceil(size / 512),
+        "st_blksize": 131072,
+        "st_uid": policy.uid,
+        "st_gid": policy.gid,
+        "st_mtime": mtime,
+        "st_ctime": mtime,
+        "st_atime": mtime,
+    }
+
+
+def dir_stat(policy: AttrPolicy, subfolders: int, mtime: float) -> dict[str, Any]:
+    return {
+        "st_mode": statmod.S_IFDIR | policy.dir_bits,
+        "st_nlink": 2 + subfolders,
+        "st_size": 4096,
+        "st_blocks": 8,
+        "st_blksize": 4096,
+        "st_uid": policy.uid,
+        "st_gid": policy.gid,
+        "st_mtime": mtime,
+        "st_ctime": mtime,
+        "st_atime": mtime,
+    }
+
+
+def image_mtime(image: Image, recorded: float | None = None) -> float:
+    """The mtime a writer set (recorded per image id), else ``created_at``."""
+    if recorded is not None:
+        return recorded
+    return image.created_ts or 0.0
+
+
+def xattr_names(image: Image) -> list[str]:
+    """What ``listxattr`` shows: the cheap attributes only (not ``.annotations``)."""
+    return [XATTR_PREFIX + name for name in LISTED_XATTRS]
+
+
+def xattr_value(image: Image, name: str) -> bytes | None:
+    """The value of a listed attribute from the image record, or None if ``name`` is not one
+    of them (``.annotations`` is fetched by the caller)."""
+    if not name.startswith(XATTR_PREFIX):
+        return None
+    field = name[len(XATTR_PREFIX):]
+    if field not in LISTED_XATTRS:
+        return None
+    value = getattr(image, field)
+    if field == "tags":
+        return json.dumps(list(value), ensure_ascii=False).encode()
+    if value is None:
+        return b""
+    return str(value).encode()
+
+
+def parse_tags(raw: bytes) -> list[str]:
+    """A ``user.pictograph.tags`` value: a JSON array of strings. ValueError otherwise."""
+    value = json.loads(raw.decode("utf-8"))
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise ValueError("tags must be a JSON array of strings")
+    return value
+
+
+def parse_split(raw: bytes) -> str | None:
+    """A ``user.pictograph.split`` value: train, val, test, or empty for none."""
+    text = raw.decode("utf-8").strip()
+    if text in ("", "null", "none"):
+        return None
+    if text not in ("train", "val", "test"):
+        raise ValueError("split must be train, val, test or empty")
+    return text

@@ -1,0 +1,93 @@
+"""The circuit breaker in front of the Remote (filesystem §4, "Service unreachable").
+
+A request that fails to connect or times out after its retries raises ``Unavailable``; that
+trips the breaker. While it is open every call fails with ``Unavailable`` at once (the mount
+answers uncached ``open``/``lookup`` with ``EIO`` without waiting), cached images and listings
+keep working because they do not reach the remote, and a background probe closes the breaker
+as soon as the service answers again.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from typing import Any, Callable
+
+from pictofs.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+
+class CircuitBreaker:
+    def __init__(self, probe: Callable[[], None], interval: float = 1.0) -> None:
+        self._probe = probe
+        self._interval = interval
+        self._lock = threading.Lock()  # guards _open and _prober
+        self._open = False
+        self._prober: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self.trips = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self._open:
+            raise Unavailable("the service is unreachable (waiting for it to come back)")
+        try:
+            return fn(*args, **kwargs)
+        except Unavailable:
+            self.trip()
+            raise
+
+    def trip(self) -> None:
+        with self._lock:
+            if self._open or self._stopped.is_set():
+                return
+            self._open = True
+            self.trips += 1
+            self._prober = threading.Thread(target=self._probe_until_back, daemon=True,
+                                             name="pictofs-breaker-probe")
+            self._prober.start()
+        log.warning("service unreachable: serving cached images and listings only until it "
+                    "is back")
+
+    def _probe_until_back(self) -> None:
+        while not self._stopped.wait(self._interval):
+            try:
+                self._probe()
+            except Unavailable:
+                continue
+            except Exception:  # any answer at all means the service is reachable
+                log.debug("probe answered with an error; treating the service as reachable",
+                          exc_info=True)
+            with self._lock:
+                self._open = False
+                self._prober = None
+            log.warning("service reachable again")
+            return
+
+    def close(self) -> None:
+        """Stop the probe thread (at unmount)."""
+        self._stopped.set()
+
+
+class GuardedRemote:
+    """A Remote whose every call goes through a CircuitBreaker."""
+
+    def __init__(self, remote: Any, breaker: CircuitBreaker) -> None:
+        self._remote = remote
+        self.breaker = breaker
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._remote, name)
+        if not callable(target):
+            return target
+
+        @functools.wraps(target)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            return self.breaker.call(target, *args, **kwargs)
+
+        return guarded

@@ -1,0 +1,386 @@
+"""Reading images (filesystem spec §4): from the cache when complete, else from one shared
+background stream per image that fills the cache while readers read what has arrived.
+
+This module owns the in-flight downloads of one mount. Rules:
+
+- ``open`` never waits for the whole image; ``Reader.read(offset, size)`` blocks only until
+  that range has arrived (or the stream failed).
+- One stream per image id: readers opened while it runs share it.
+- When the last reader closes before half the image has arrived, the download is cancelled
+  and its partial file dropped; from half on it completes into the cache.
+- A stream that fails, ends early or delivers more than the expected size is never cached;
+  readers of ranges that did not arrive get the error (``Unavailable`` or what the remote
+  raised) and the next ``open`` starts a new download.
+- If the cache file cannot be written, the bytes are kept in memory (an image is at most
+  50 MB) for the readers of this download, so a full cache disk never fails a read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from typing import BinaryIO, Protocol
+
+from pictofs.core.cache import CacheWriteFailed, CacheWriter, ImageCache
+from pictofs.errors import PictofsError, Unavailable
+from pictofs.remote import Remote
+
+log = logging.getLogger(__name__)
+
+_OPEN_ATTEMPTS = 3
+
+
+class Reader:
+    """An open image. ``read`` may be called from several threads; ``close`` once, last."""
+
+    image_id: str
+    from_cache: bool
+
+    def read(self, offset: int, size: int) -> bytes:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _Store(Protocol):
+    """Where a download's bytes go: a cache file (``CacheWriter``) or memory."""
+
+    def write(self, chunk: bytes) -> None: ...
+    def read(self, offset: int, size: int) -> bytes: ...
+    def close(self) -> None: ...
+
+
+class _MemoryStore:
+    """The bytes of one download in memory, used when the cache file cannot be written."""
+
+    def __init__(self, initial: bytes = b"") -> None:
+        self._buffer = bytearray(initial)
+
+    def write(self, chunk: bytes) -> None:
+        self._buffer += chunk
+
+    def read(self, offset: int, size: int) -> bytes:
+        return bytes(self._buffer[offset:offset + size])
+
+    def close(self) -> None:
+        self._buffer = bytearray()
+
+
+class _Download:
+    """One stream of one image, shared by its readers. The stream runs in one worker thread,
+    which alone writes to the store; readers wait on the condition for their range."""
+
+    def __init__(self, image_id: str, expected_size: int) -> None:
+        self.image_id = image_id
+        self.expected_size = expected_size
+        # guards every field below: progress, outcome, reader count and the stores
+        self._cond = threading.Condition()
+        self._arrived = 0
+        self._readers = 0
+        self._cancelled = False
+        self._finished = False
+        self._released = False
+        self._error: BaseException | None = None
+        self._store: _Store = _MemoryStore()
+        self._writer: CacheWriter | None = None
+        self._retired: list[_Store] = []
+
+    # -- readers -----------------------------------------------------------------------------
+
+    def attach(self) -> bool:
+        """Add a reader; False when the download is cancelled (start a new one)."""
+        with self._cond:
+            if self._cancelled:
+                return False
+            self._readers += 1
+            return True
+
+    def detach(self) -> bool:
+        """Remove a reader; True when that cancelled the download (the caller forgets it)."""
+        with self._cond:
+            self._readers -= 1
+            if self._readers > 0:
+                return False
+            if self._finished:
+                self._release()
+                return False
+            if self._arrived * 2 >= self.expected_size:
+                return False
+            self._cancelled = True
+            self._cond.notify_all()
+            return True
+
+    def read(self, offset: int, size: int) -> bytes:
+        end = min(offset + size, self.expected_size)
+        if offset >= end:
+            return b""
+        with self._cond:
+            while self._arrived < end and not self._done():
+                self._cond.wait()
+            if self._arrived < end:
+                raise self._error or Unavailable(f"image {self.image_id}: download stopped")
+            store = self._store
+        # a replaced store stays open until release, so reading outside the lock is safe
+        return store.read(offset, end - offset)
+
+    def abort(self, error: BaseException) -> None:
+        """Stop the download and fail readers still waiting (shutdown)."""
+        with self._cond:
+            self._cancelled = True
+            if self._error is None:
+                self._error = error
+            self._cond.notify_all()
+
+    # -- the stream (worker thread) ----------------------------------------------------------
+
+    def stream(self, remote: Remote, cache: ImageCache) -> None:
+        if self._is_cancelled():
+            return
+        try:
+            self._open_store(cache)
+            with remote.open_bytes(self.image_id) as chunks:
+                for chunk in chunks:
+                    if self._is_cancelled():
+                        break
+                    if chunk:
+                        self._accept(chunk)
+            self._settle()
+        except Exception as exc:  # any failure of the remote must reach the readers
+            self._fail(exc)
+
+    def finish(self) -> None:
+        """The worker is done: wake every reader; release now if none is left."""
+        with self._cond:
+            self._finished = True
+            self._cond.notify_all()
+            if self._readers == 0:
+                self._release()
+
+    def _open_store(self, cache: ImageCache) -> None:
+        try:
+            writer = cache.begin(self.image_id)
+        except CacheWriteFailed:
+            return  # logged by the cache; the memory store stays
+        with self._cond:
+            self._writer = writer
+            self._store = writer
+
+    def _accept(self, chunk: bytes) -> None:
+        if self._arrived + len(chunk) > self.expected_size:
+            raise Unavailable(f"image {self.image_id}: the stream is longer than the expected "
+                              f"{self.expected_size} bytes")
+        try:
+            self._store.write(chunk)
+        except CacheWriteFailed:
+            self._to_memory(chunk)
+        with self._cond:
+            self._arrived += len(chunk)
+            self._cond.notify_all()
+
+    def _to_memory(self, chunk: bytes) -> None:
+        """The cache file failed (logged by the cache): go on in memory."""
+        writer = self._writer
+        assert writer is not None
+        memory = _MemoryStore(writer.read(0, self._arrived))
+        memory.write(chunk)
+        with self._cond:
+            self._retired.append(writer)
+            self._store = memory
+            self._writer = None
+
+    def _settle(self) -> None:
+        if self._is_cancelled():
+            self._drop_partial()
+            log.debug("download of image %s cancelled at %d of %d bytes", self.image_id,
+                      self._arrived, self.expected_size)
+            return
+        if self._arrived < self.expected_size:
+            raise Unavailable(f"image {self.image_id}: the stream ended after "
+                              f"{self._arrived} of {self.expected_size} bytes")
+        if self._writer is not None:
+            self._writer.commit()
+
+    def _fail(self, error: Exception) -> None:
+        if isinstance(error, PictofsError):
+            log.warning("download of image %s failed: %s", self.image_id, error)
+        else:
+            log.error("download of image %s failed", self.image_id, exc_info=error)
+        self._drop_partial()
+        with self._cond:
+            self._error = error
+            self._cond.notify_all()
+
+    def _drop_partial(self) -> None:
+        if self._writer is not None:
+            self._writer.discard()
+
+    # -- helpers (callers hold the condition where noted) ------------------------------------
+
+    def _is_cancelled(self) -> bool:
+        with self._cond:
+            return self._cancelled
+
+    def _done(self) -> bool:
+        """Nothing more will arrive (condition held)."""
+        return self._finished or self._cancelled or self._error is not None
+
+    def _release(self) -> None:
+        """Close the stores once no reader and no worker needs them (condition held)."""
+        if self._released:
+            return
+        self._released = True
+        for store in [*self._retired, self._store]:
+            store.close()
+        self._retired.clear()
+
+
+class _CachedReader(Reader):
+    """A complete cache entry: reads go to the data file, no request."""
+
+    def __init__(self, cache: ImageCache, image_id: str, handle: BinaryIO) -> None:
+        self.image_id = image_id
+        self.from_cache = True
+        self._cache = cache
+        self._handle = handle
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self._handle.fileno(), size, offset)
+
+    def close(self) -> None:
+        if self._handle.closed:
+            return
+        self._handle.close()
+        self._cache.unpin(self.image_id)
+
+
+class _StreamReader(Reader):
+    """A reader of a download in progress (or just finished)."""
+
+    def __init__(self, downloader: Downloader, download: _Download) -> None:
+        self.image_id = download.image_id
+        self.from_cache = False
+        self._downloader = downloader
+        self._download = download
+        self._closed = False
+
+    def read(self, offset: int, size: int) -> bytes:
+        if self._closed:
+            raise ValueError("read of a closed reader")
+        return self._download.read(offset, size)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._downloader._detach(self._download)
+
+
+class Downloader:
+    """Opens images for reading; owns the in-flight downloads of one mount."""
+
+    def __init__(self, cache: ImageCache, remote: Remote, executor: Executor | None = None,
+                 *, max_workers: int = 16) -> None:
+        self._cache = cache
+        self._remote = remote
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(
+            max_workers=max_workers, thread_name_prefix="pictofs-download")
+        # guards _downloads (image id → its running download) and _futures (workers started)
+        self._lock = threading.Lock()
+        self._downloads: dict[str, _Download] = {}
+        self._futures: set[Future[None]] = set()
+
+    @property
+    def cache(self) -> ImageCache:
+        return self._cache
+
+    def open(self, image_id: str, expected_size: int) -> Reader:
+        """Open an image of ``expected_size`` bytes; returns at once, reading from the cache
+        when it holds the image and from a (shared) download otherwise."""
+        self._cache.pin(image_id)
+        try:
+            return self._open_pinned(image_id, expected_size)
+        except BaseException:
+            self._cache.unpin(image_id)
+            raise
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every download started so far has ended; False on timeout."""
+        with self._lock:
+            pending = set(self._futures)
+        _done, not_done = wait(pending, timeout)
+        return not not_done
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop every download (their waiting readers get ``Unavailable``) and wait for the
+        workers; shuts down the executor when the downloader made it."""
+        with self._lock:
+            downloads = list(self._downloads.values())
+        for download in downloads:
+            download.abort(Unavailable("pictofs is shutting down"))
+        self.wait(timeout)
+        if self._own_executor:
+            self._executor.shutdown(wait=False)
+
+    def _open_pinned(self, image_id: str, expected_size: int) -> Reader:
+        for attempt in range(_OPEN_ATTEMPTS):
+            handle = self._cache.open_cached(image_id)
+            if handle is not None:
+                return _CachedReader(self._cache, image_id, handle)
+            with self._lock:
+                download = self._downloads.get(image_id)
+                if download is not None and download.attach():
+                    return _StreamReader(self, download)
+                # a download may have completed into the cache since our look-up
+                if attempt == _OPEN_ATTEMPTS - 1 or not self._cache.contains(image_id):
+                    download = self._register(image_id, expected_size)
+                    break
+        self._submit(download)
+        return _StreamReader(self, download)
+
+    def _register(self, image_id: str, expected_size: int) -> _Download:
+        """A new download with one reader, in the table (lock held)."""
+        download = _Download(image_id, expected_size)
+        download.attach()
+        self._downloads[image_id] = download
+        return download
+
+    def _submit(self, download: _Download) -> None:
+        try:
+            future = self._executor.submit(self._run, download)
+        except RuntimeError:  # the executor is shut down
+            with self._lock:
+                if self._downloads.get(download.image_id) is download:
+                    del self._downloads[download.image_id]
+            raise Unavailable("pictofs is shutting down") from None
+        with self._lock:
+            self._futures.add(future)
+        future.add_done_callback(self._forget_future)
+
+    def _run(self, download: _Download) -> None:
+        try:
+            download.stream(self._remote, self._cache)
+        finally:
+            with self._lock:
+                if self._downloads.get(download.image_id) is download:
+                    del self._downloads[download.image_id]
+            download.finish()
+
+    def _detach(self, download: _Download) -> None:
+        with self._lock:
+            if download.detach() and self._downloads.get(download.image_id) is download:
+                del self._downloads[download.image_id]
+        self._cache.unpin(download.image_id)
+
+    def _forget_future(self, future: Future[None]) -> None:
+        with self._lock:
+            self._futures.discard(future)

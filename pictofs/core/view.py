@@ -1,0 +1,193 @@
+"""One dataset as a tree of folders and images, with the listing cache (filesystem §1, §3).
+
+``DatasetView`` answers "what is at this path" for one dataset: from a fresh cached listing
+when there is one; otherwise for a folder not yet listed with one cheap question (the folders
+route for folder names, ``filename=`` for an image name), never a full listing. Listings are
+kept for ``dir_cache_time``; past it they are refreshed on the next ``readdir``, and while the
+service is unreachable a stale listing keeps answering. Negative answers are cached for
+``dir_cache_time`` too, and never drawn from a listing that did not add up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from pictofs.core.listing import FolderListing, fetch_listing
+from pictofs.errors import NameTooLong, NotFound, Unavailable
+from pictofs.model import Dataset, Folder, Image, join_path, split_path
+from pictofs.names import MAX_NAME_BYTES, is_supported
+from pictofs.remote import Remote
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DirEntry:
+    """A folder at ``path`` (``folder`` is None for the root and for folders known only
+    by name)."""
+
+    path: str
+    folder: Folder | None = None
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    image: Image
+
+
+Entry = DirEntry | FileEntry
+
+
+@dataclass
+class _Lookup:
+    """A single-name answer (image, or None for "not there") and when it was asked."""
+
+    image: Image | None
+    at: float
+
+
+@dataclass
+class _Children:
+    """The subfolders of a folder (from the folders route alone) and when they were asked."""
+
+    folders: dict[str, Folder]
+    at: float
+
+
+class DatasetView:
+    def __init__(self, remote: Remote, dataset: Dataset, dir_cache_time: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.remote = remote
+        self.dataset = dataset
+        self.ttl = dir_cache_time
+        self.clock = clock
+        # _lock guards _listings, _children, _lookups and _hidden_logged.
+        self._lock = threading.Lock()
+        self._listings: dict[str, FolderListing] = {}
+        self._children: dict[str, _Children] = {}
+        self._lookups: dict[tuple[str, str], _Lookup] = {}
+        self._hidden_logged: set[tuple[str, str]] = set()
+
+    @property
+    def dataset_id(self) -> str:
+        return self.dataset.id
+
+    # ------------------------------------------------------------------ cache control
+
+    def forget(self) -> None:
+        """Drop every cached listing and answer (``pictofs refresh``, SIGHUP)."""
+        with self._lock:
+            self._listings.clear()
+            self._children.clear()
+            self._lookups.clear()
+
+    def _fresh(self, at: float) -> bool:
+        return self.clock() - at < self.ttl
+
+    # ---------------------------------------------------------------------- listings
+
+    def listing(self, path: str) -> FolderListing:
+        """The folder's full listing: cached if fresh, else from the service; a stale one
+        while the service is unreachable."""
+        with self._lock:
+            cached = self._listings.get(path)
+        if cached is not None and self._fresh(cached.fetched_at):
+            return cached
+        try:
+            listing, hidden = fetch_listing(self.remote, self.dataset_id, path, self.clock)
+        except Unavailable:
+            if cached is not None:
+                return cached
+            raise
+        self._log_hidden(hidden)
+        with self._lock:
+            self._listings[path] = listing
+            self._children[path] = _Children(listing.folders, listing.fetched_at)
+        return listing
+
+    def cached_listing(self, path: str) -> FolderListing | None:
+        """The folder's listing if one is held and fresh (no request)."""
+        with self._lock:
+            cached = self._listings.get(path)
+        return cached if cached is not None and self._fresh(cached.fetched_at) else None
+
+    def _log_hidden(self, hidden: list) -> None:  # type: ignore[type-arg]
+        for item in hidden:
+            key = (item.path, item.name)
+            with self._lock:
+                if key in self._hidden_logged:
+                    continue
+                self._hidden_logged.add(key)
+            log.warning("hidden in %s: %r (%s)", item.path, item.name, item.reason)
+
+    # ------------------------------------------------------------------------ lookup
+
+    def resolve(self, path: str) -> Entry:
+        """What is at ``path``: a DirEntry or a FileEntry. Raises NotFound, NameTooLong,
+        Unavailable."""
+        if path == "/":
+            return DirEntry("/")
+        parent, name = split_path(path)
+        if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+            raise NameTooLong(f"name longer than {MAX_NAME_BYTES} bytes")
+        parent_entry = self.resolve(parent)
+        if not isinstance(parent_entry, DirEntry):
+            raise NotFound(f"{parent} is not a folder")
+        return self._child(parent, name)
+
+    def _child(self, parent: str, name: str) -> Entry:
+        path = join_path(parent, name)
+        listing = self.cached_listing(parent)
+        if listing is not None:
+            if name in listing.folders:
+                return DirEntry(path, listing.folders[name])
+            if name in listing.images:
+                return FileEntry(path, listing.images[name])
+            if listing.complete:
+                raise NotFound(path)
+        folders = self._subfolders(parent)
+        if name in folders:
+            return DirEntry(path, folders[name])
+        if not is_supported(name):
+            raise NotFound(path)
+        image = self._find_image(parent, name)
+        if image is None:
+            raise NotFound(path)
+        return FileEntry(path, image)
+
+    def _subfolders(self, parent: str) -> dict[str, Folder]:
+        with self._lock:
+            known = self._children.get(parent)
+        if known is not None and self._fresh(known.at):
+            return known.folders
+        try:
+            folders = self.remote.list_folders(self.dataset_id, parent)
+        except Unavailable:
+            if known is not None:
+                return known.folders
+            raise
+        children = {f.name: f for f in folders if f.name and "/" not in f.name}
+        with self._lock:
+            self._children[parent] = _Children(children, self.clock())
+        return children
+
+    def _find_image(self, parent: str, name: str) -> Image | None:
+        key = (parent, name)
+        with self._lock:
+            known = self._lookups.get(key)
+        if known is not None and self._fresh(known.at):
+            return known.image
+        try:
+            image = self.remote.find_image(self.dataset_id, parent, name)
+        except Unavailable:
+            if known is not None:
+                return known.image
+            raise
+        with self._lock:
+            self._lookups[key] = _Lookup(image, self.clock())
+        return image

@@ -1,0 +1,1 @@
+"""The FUSE adapter: thin fusepy callbacks over the core (``pictofs.core``)."""

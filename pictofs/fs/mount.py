@@ -1,0 +1,159 @@
+"""Mounting and unmounting: FUSE options, the mountpoint checks, signals, fusermount3.
+
+- ``prepare_mountpoint`` refuses a missing or busy mountpoint and lazily unmounts a stale one
+  left by a killed daemon (``ENOTCONN``), with a log line.
+- ``serve`` runs libfuse in the calling thread until unmount. SIGHUP is blocked first and
+  served by a ``sigwait`` thread (``start_sighup_thread``, started from ``init``): libfuse
+  would otherwise end its loop on SIGHUP, and Python handlers never run while the main thread
+  is inside ``FUSE()``. SIGINT/SIGTERM end the loop and unmount (libfuse's own handlers).
+- Options follow the practical notes of the architecture: ``hard_remove`` and nullpath
+  handles, kernel timeouts of min(1 s, ``--dir-cache-time``), never ``kernel_cache``,
+  ``direct_io`` or ``use_ino``, and none of libfuse 2's ``big_writes``/``max_read`` options.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pictofs.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MountSettings:
+    mountpoint: str
+    fsname: str
+    dir_cache_time: float = 30.0
+    read_only: bool = False
+    allow_other: bool = False
+
+
+def check_fuse_device() -> None:
+    if not os.path.exists("/dev/fuse"):
+        raise ConfigError("/dev/fuse is missing: load the fuse module (modprobe fuse) or, in a "
+                          "container, pass the device (--device /dev/fuse)")
+
+
+def fusermount() -> str:
+    found = shutil.which("fusermount3")
+    if not found:
+        raise ConfigError("fusermount3 not found: install the fuse3 package")
+    return found
+
+
+def prepare_mountpoint(mountpoint: str) -> str:
+    """The mountpoint's absolute path, after cleaning a stale mount; ConfigError when it
+    cannot be used."""
+    path = os.path.abspath(mountpoint)
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            log.warning("%s: stale mount of a daemon that died; unmounting it", path)
+            unmount(path, lazy=True)
+        elif exc.errno == errno.ENOENT:
+            raise ConfigError(f"mountpoint {path} does not exist (create it with mkdir)") from None
+        else:
+            raise ConfigError(f"mountpoint {path}: {exc.strerror}") from None
+    if not os.path.isdir(path):
+        raise ConfigError(f"mountpoint {path} is not a directory")
+    if os.path.ismount(path):
+        raise ConfigError(f"{path} is already a mountpoint (busy); unmount it first")
+    return path
+
+
+def fuse_options(settings: MountSettings) -> dict[str, Any]:
+    timeout = min(1.0, settings.dir_cache_time)
+    options: dict[str, Any] = {
+        "foreground": True,
+        "fsname": settings.fsname,
+        "subtype": "pictofs",
+        "hard_remove": True,
+        "attr_timeout": timeout,
+        "entry_timeout": timeout,
+        "negative_timeout": timeout,
+    }
+    if settings.read_only:
+        options["ro"] = True
+    if settings.allow_other:
+        options["allow_other"] = True
+        options["default_permissions"] = True
+    return options
+
+
+def serve(operations: Any, settings: MountSettings) -> None:
+    """Mount and serve until unmounted (blocks). Raises ConfigError if libfuse refuses."""
+    from pictofs.fs.fuselib import FUSE
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        FUSE(operations, settings.mountpoint, raw_fi=True, **fuse_options(settings))
+    except RuntimeError as exc:
+        raise ConfigError(f"mounting {settings.mountpoint} failed (libfuse error {exc}); "
+                          f"see the log for libfuse's message") from None
+
+
+def start_sighup_thread(on_hup: Callable[[], None]) -> threading.Thread:
+    """Serve SIGHUP (blocked in every thread by ``serve``) from a dedicated thread."""
+
+    def wait_for_hup() -> None:
+        while True:
+            signal.sigwait({signal.SIGHUP})
+            log.info("SIGHUP: dropping the listing cache and reopening the log")
+            try:
+                on_hup()
+            except Exception:
+                log.exception("SIGHUP handling failed")
+
+    thread = threading.Thread(target=wait_for_hup, name="pictofs-sighup", daemon=True)
+    thread.start()
+    return thread
+
+
+def unmount(mountpoint: str, lazy: bool = False) -> None:
+    args = [fusermount(), "-u"] + (["-z"] if lazy else []) + [mountpoint]
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode != 0:
+        message = result.stderr.strip() or f"fusermount3 exited {result.returncode}"
+        raise ConfigError(f"unmounting {mountpoint} failed: {message}")
+
+
+def mount_device(mountpoint: str) -> tuple[int, int] | None:
+    """(major, minor) of the filesystem mounted at ``mountpoint``, read from
+    /proc/self/mountinfo (never stats the mountpoint, which may hang)."""
+    target = os.path.abspath(mountpoint)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info:
+            lines = info.read().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        fields = line.split()
+        point = fields[4].encode().decode("unicode_escape") if "\\" in fields[4] else fields[4]
+        if point == target:
+            major, minor = fields[2].split(":")
+            found = (int(major), int(minor))
+    return found
+
+
+def abort_connection(mountpoint: str) -> bool:
+    """Abort a hung FUSE connection (``/sys/fs/fuse/connections/N/abort``); True if done."""
+    device = mount_device(mountpoint)
+    if device is None:
+        return False
+    try:
+        with open(f"/sys/fs/fuse/connections/{device[1]}/abort", "w") as handle:
+            handle.write("1")
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,15 @@
+"""The reference server: the Pictograph developer API (protocol §4, §5) on FastAPI + SQLite.
+
+Layout:
+
+- ``run``: process life (first start, sockets, ``server.json``, signals) and the admin verbs
+  the CLI calls (``serve``, ``create_org``, ``create_key``, ``stop``).
+- ``app``: ``create_app`` wires the state, middleware, error handlers and route modules.
+- ``routes_*``: one module per route family; handlers are thin (parse, one domain call, render).
+- ``catalog``, ``ingest``, ``edits``, ``folders``: the domain verbs over the database.
+- ``db`` (SQLite), ``blobs`` (content-addressed bytes), ``auth`` (keys, roles, signed upload
+  URLs), ``decode`` (the server's only Pillow user), ``rules`` (name rules, checked here and
+  never borrowed from the client side).
+
+It shares no code with the API client except ``pictofs.model``.
+"""

@@ -1,0 +1,282 @@
+"""SQLite storage of the server: schema, connections, organizations, API keys, idempotency.
+
+One database file ``DIR/pictofs.db`` in WAL mode with a busy timeout, so the admin verbs
+(``--create-org``, ``--create-key``) can write while a server runs. Each thread gets its own
+connection (uvicorn runs sync routes in a thread pool); ``write()`` opens a
+``BEGIN IMMEDIATE`` transaction so check-then-insert sequences are atomic across threads and
+processes. Dataset, folder and image queries live with their domain verbs (``catalog``,
+``folders``, ``ingest``, ``edits``), which use ``read()`` and ``write()`` from here.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from pictofs.server import auth
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "pictofs.db"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 15.0
+IDEMPOTENCY_TTL_S = 24 * 3600
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS organizations (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL REFERENCES organizations(id),
+    key_hash TEXT NOT NULL UNIQUE,
+    key_prefix TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('viewer', 'member', 'admin', 'owner')),
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS datasets (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL REFERENCES organizations(id),
+    name TEXT NOT NULL,
+    description TEXT,
+    annotation_types TEXT NOT NULL DEFAULT '[]',
+    classes TEXT NOT NULL DEFAULT '[]',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (organization_id, name)
+);
+CREATE TABLE IF NOT EXISTS directories (
+    id TEXT PRIMARY KEY,
+    dataset_id TEXT NOT NULL REFERENCES datasets(id),
+    full_path TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (dataset_id, full_path)
+);
+CREATE TABLE IF NOT EXISTS images (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    dataset_id TEXT NOT NULL REFERENCES datasets(id),
+    directory_path TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'new',
+    split TEXT,
+    annotations TEXT NOT NULL DEFAULT '[]',
+    annotation_count INTEGER NOT NULL DEFAULT 0,
+    min_confidence REAL,
+    file_size INTEGER NOT NULL,
+    width INTEGER,
+    height INTEGER,
+    content_type TEXT NOT NULL,
+    tags TEXT NOT NULL DEFAULT '[]',
+    is_archived INTEGER NOT NULL DEFAULT 0,
+    blob TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS images_live_name
+    ON images (dataset_id, directory_path, filename) WHERE is_archived = 0;
+CREATE INDEX IF NOT EXISTS images_by_dataset ON images (dataset_id, is_archived, seq);
+CREATE INDEX IF NOT EXISTS images_by_folder ON images (dataset_id, directory_path);
+CREATE INDEX IF NOT EXISTS images_by_name ON images (dataset_id, filename);
+CREATE INDEX IF NOT EXISTS images_by_blob ON images (blob);
+CREATE TABLE IF NOT EXISTS uploads (
+    dataset_id TEXT NOT NULL,
+    directory_path TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    blob TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    content_type TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (dataset_id, directory_path, filename)
+);
+CREATE INDEX IF NOT EXISTS uploads_by_blob ON uploads (blob);
+CREATE TABLE IF NOT EXISTS idempotency (
+    organization_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    route TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (organization_id, key, route)
+);
+CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_at);
+"""
+
+
+@dataclass(frozen=True)
+class Organization:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: the organization and role of the presented key."""
+
+    organization_id: str
+    organization_name: str
+    role: str
+    key_prefix: str
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Database:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._lock = threading.Lock()  # guards _connections
+        self._connections: list[sqlite3.Connection] = []
+
+    # ---- connections -------------------------------------------------------------------
+
+    def connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                   check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for several SELECTs."""
+        conn = self.connection()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """An immediate (write-locked) transaction, committed on success, rolled back on error."""
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()
+
+    # ---- schema ------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        """True if the file holds an initialized schema."""
+        if not self.path.exists():
+            return False
+        conn = self.connection()
+        row = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
+        if row is None:
+            return False
+        return conn.execute("SELECT 1 FROM meta WHERE key = 'schema_version'").fetchone() is not None
+
+    def initialize(self) -> None:
+        """Create the schema if missing; refuse a database from a newer version."""
+        conn = self.connection()
+        conn.executescript(_SCHEMA)
+        with self.write() as tx:
+            row = tx.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                tx.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
+                           (str(SCHEMA_VERSION),))
+            elif int(row["value"]) > SCHEMA_VERSION:
+                raise RuntimeError(f"database schema {row['value']} is newer than this server "
+                                   f"({SCHEMA_VERSION}); upgrade pictofs")
+
+    # ---- organizations and keys --------------------------------------------------------
+
+    def create_organization(self, name: str) -> Organization | None:
+        """A new organization, or None if the name is taken."""
+        org = Organization(new_id(), name)
+        try:
+            with self.write() as tx:
+                tx.execute("INSERT INTO organizations (id, name, created_at) VALUES (?, ?, ?)",
+                           (org.id, org.name, time.time()))
+        except sqlite3.IntegrityError:
+            return None
+        return org
+
+    def organization_by_name(self, name: str) -> Organization | None:
+        row = self.connection().execute(
+            "SELECT id, name FROM organizations WHERE name = ?", (name,)).fetchone()
+        return Organization(row["id"], row["name"]) if row else None
+
+    def organizations(self) -> list[Organization]:
+        rows = self.connection().execute(
+            "SELECT id, name FROM organizations ORDER BY created_at").fetchall()
+        return [Organization(r["id"], r["name"]) for r in rows]
+
+    def add_api_key(self, organization_id: str, role: str) -> str:
+        """Create a key with ``role`` in the organization; returns the key (shown once)."""
+        auth.check_role(role)
+        key = auth.new_api_key()
+        with self.write() as tx:
+            tx.execute(
+                "INSERT INTO api_keys (id, organization_id, key_hash, key_prefix, role, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (new_id(), organization_id, auth.hash_key(key), auth.key_prefix(key), role,
+                 time.time()))
+        return key
+
+    def caller_for_key(self, key: str) -> Caller | None:
+        row = self.connection().execute(
+            "SELECT k.organization_id, o.name, k.role, k.key_prefix FROM api_keys k"
+            " JOIN organizations o ON o.id = k.organization_id WHERE k.key_hash = ?",
+            (auth.hash_key(key),)).fetchone()
+        if row is None:
+            return None
+        return Caller(row[0], row[1], row[2], row[3])
+
+    # ---- idempotency records -----------------------------------------------------------
+
+    def idempotent_response(self, organization_id: str, key: str, route: str
+                            ) -> tuple[int, bytes] | None:
+        row = self.connection().execute(
+            "SELECT status, body, created_at FROM idempotency"
+            " WHERE organization_id = ? AND key = ? AND route = ?",
+            (organization_id, key, route)).fetchone()
+        if row is None or row["created_at"] < time.time() - IDEMPOTENCY_TTL_S:
+            return None
+        return int(row["status"]), bytes(row["body"])
+
+    def remember_response(self, organization_id: str, key: str, route: str, status: int,
+                          body: bytes) -> None:
+        now = time.time()
+        with self.write() as tx:
+            tx.execute("DELETE FROM idempotency WHERE created_at < ?", (now - IDEMPOTENCY_TTL_S,))
+            tx.execute(
+                "INSERT OR REPLACE INTO idempotency"
+                " (organization_id, key, route, status, body, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (organization_id, key, route, status, body, now))

@@ -1,0 +1,284 @@
+"""Pydantic models of every request body and response of the server (for validation and a
+complete OpenAPI schema). Field names follow protocol §3 and §4.
+
+Request models ignore unknown fields (the official SDK sends a few the reference server does not
+use, such as ``readme``). Responses are validated against these models by FastAPI.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+Status = Literal["new", "annotate", "review", "complete"]
+Split = Literal["train", "val", "test"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# ---- wire objects ------------------------------------------------------------------------
+
+class ImageOut(_Out):
+    id: str
+    dataset_id: str
+    filename: str
+    directory_path: str
+    status: Status
+    split: Split | None
+    annotation_count: int
+    min_confidence: float | None
+    file_size: int
+    width: int | None
+    height: int | None
+    content_type: str
+    tags: list[str]
+    is_archived: bool
+    image_url: str | None
+    thumbnail_url: str | None
+    annotation_url: str | None
+    created_at: str
+
+
+class DatasetOut(_Out):
+    id: str
+    organization_id: str | None
+    name: str
+    description: str | None
+    annotation_types: list[str]
+    classes: list[dict[str, Any]]
+    image_count: int
+    archived_image_count: int
+    total_size: int
+    is_archived: bool
+    created_at: str
+    updated_at: str | None
+
+
+class DirectoryOut(_Out):
+    id: str
+    dataset_id: str
+    name: str
+    parent_directory_id: str | None
+    full_path: str
+    image_count: int
+    nested_image_count: int
+    created_at: str | None
+    updated_at: str | None
+
+
+class Pagination(BaseModel):
+    limit: int
+    offset: int
+    total: int
+    has_more: bool
+
+
+class Envelope(BaseModel, Generic[T]):
+    data: T
+
+
+class Page(BaseModel, Generic[T]):
+    data: list[T]
+    pagination: Pagination
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+# ---- datasets ----------------------------------------------------------------------------
+
+class DatasetCreate(BaseModel):
+    name: str
+    description: str | None = None
+    annotation_types: list[str] | None = None
+    classes: list[dict[str, Any] | str] | None = None
+
+
+# ---- directories -------------------------------------------------------------------------
+
+class DirectoryCreate(BaseModel):
+    dataset: str
+    directory_path: str
+
+
+class DirectoryRename(BaseModel):
+    new_name: str
+
+
+class DirectoryDeleted(BaseModel):
+    full_path: str
+    deleted: bool
+
+
+# ---- uploads -----------------------------------------------------------------------------
+
+class UploadUrlRequest(BaseModel):
+    dataset: str
+    filename: str
+    directory_path: str | None = "/"
+    content_type: str
+
+
+class UploadUrlOut(BaseModel):
+    filename: str
+    directory_path: str
+    upload_url: str
+    expires_in_minutes: int
+
+
+class BulkUploadItem(BaseModel):
+    filename: str
+    directory_path: str | None = "/"
+    content_type: str
+
+
+class BulkUploadUrlRequest(BaseModel):
+    dataset: str
+    images: list[BulkUploadItem] = Field(min_length=1, max_length=500)
+
+
+class BulkUploadUrl(BaseModel):
+    filename: str
+    directory_path: str
+    upload_url: str
+
+
+class BulkUploadUrlOut(BaseModel):
+    upload_urls: list[BulkUploadUrl]
+    expires_in_minutes: int
+
+
+class RegisterItem(BaseModel):
+    filename: str
+    directory_path: str | None = "/"
+    file_size: int | None = Field(default=None, ge=0)
+    content_type: str
+    width: int | None = Field(default=None, ge=0)
+    height: int | None = Field(default=None, ge=0)
+
+
+class RegisterRequest(RegisterItem):
+    dataset: str
+
+
+class BulkRegisterRequest(BaseModel):
+    dataset: str
+    images: list[RegisterItem] = Field(min_length=1, max_length=500)
+
+
+class BulkFailure(_Out):
+    filename: str
+    directory_path: str
+    error: str
+
+
+class BulkRegisterOut(BaseModel):
+    succeeded: list[ImageOut]
+    failed: list[BulkFailure]
+    count: int
+
+
+class StoredOut(BaseModel):
+    file_size: int
+    content_type: str
+
+
+# ---- image changes -----------------------------------------------------------------------
+
+class DeleteResult(BaseModel):
+    success: bool
+    message: str
+
+
+class SplitRequest(BaseModel):
+    split: Split | None = None
+
+
+class BulkTagRequest(BaseModel):
+    dataset: str
+    image_ids: list[str] = Field(max_length=10_000)
+    tags: list[str]
+    add: bool = True
+
+
+class ProcessedOut(BaseModel):
+    processed: int
+
+
+class BatchDeleteRequest(BaseModel):
+    dataset_name: str
+    image_ids: list[str] = Field(max_length=10_000)
+    permanent: bool = False
+
+
+class BatchUpdates(BaseModel):
+    is_archived: bool | None = None
+    status: Status | None = None
+
+
+class BatchUpdateRequest(BaseModel):
+    dataset_name: str
+    image_ids: list[str] = Field(max_length=10_000)
+    updates: BatchUpdates
+
+
+class BatchMoveRequest(BaseModel):
+    dataset_name: str
+    image_ids: list[str] = Field(max_length=10_000)
+    target_directory_path: str
+
+
+class BatchFailure(BaseModel):
+    id: str
+    reason: str
+
+
+class BatchResult(BaseModel):
+    success: bool
+    processed: int
+    failed: list[BatchFailure]
+    renamed: int
+    operation: str | None
+    affected_directories: list[str] = Field(default_factory=list)
+
+
+# ---- annotations -------------------------------------------------------------------------
+
+class AnnotationsOut(BaseModel):
+    annotations: list[dict[str, Any]]
+
+
+class AnnotationsSave(BaseModel):
+    annotations: list[dict[str, Any]]
+
+
+class AnnotationsSaved(BaseModel):
+    image_id: str
+    previous_count: int
+    new_count: int
+    status: Status
+
+
+# ---- service -----------------------------------------------------------------------------
+
+class MeOut(BaseModel):
+    organization_id: str
+    organization_name: str
+    role: Literal["viewer", "member", "admin", "owner"]
+    key_prefix: str
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
