@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 Source = Union[str, "os.PathLike[str]", bytes, IO[bytes]]
 
 ORIENTATION_TAG = 0x0112
+_IMAGE_WIDTH, _IMAGE_LENGTH = 0x0100, 0x0101  # TIFF tags
 _TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
 # Formats whose EXIF lives in the header; for the others Pillow would decode to find it.
 _HEADER_EXIF_FORMATS = frozenset({"JPEG", "MPO", "TIFF", "WEBP", "HEIF", "AVIF"})
@@ -49,7 +50,7 @@ def probe(source: Source) -> tuple[int, int] | None:
     _register_plugins()
     try:
         with _reading(source) as fp, Image.open(fp) as img:
-            width, height = img.size
+            width, height = _stored_size(img)
             if _orientation(img) in _TRANSPOSED_ORIENTATIONS:
                 width, height = height, width
             return width, height
@@ -79,6 +80,15 @@ def is_image(source: Source) -> bool:
     except NotAnImage:
         return False
     return True
+
+
+def _stored_size(img: Image.Image) -> tuple[int, int]:
+    """The size as stored, before orientation. Recent Pillow versions already report a TIFF's
+    size oriented; its width and length tags are the stored size on every version."""
+    tags = getattr(img, "tag_v2", None)
+    if img.format == "TIFF" and tags is not None and _IMAGE_WIDTH in tags and _IMAGE_LENGTH in tags:
+        return int(tags[_IMAGE_WIDTH]), int(tags[_IMAGE_LENGTH])
+    return img.size
 
 
 def _orientation(img: Image.Image) -> int:

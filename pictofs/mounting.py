@@ -44,8 +44,8 @@ class Target:
 def _client(conn: Connection, args: argparse.Namespace) -> Any:
     from pictofs.api import Client
 
-    return Client(api_key=conn.api_key, base_url=conn.base_url, timeout=args.timeout,
-                  max_retries=args.retries, retry_max_wait=args.retry_max_wait)
+    return Client(api_key=conn.api_key, base_url=conn.base_url, timeout=(5.0, args.timeout),
+                  max_retries=args.retries)
 
 
 def resolve_target(args: argparse.Namespace, announce: bool) -> Target:
@@ -154,8 +154,8 @@ def _serve(target: Target, args: argparse.Namespace) -> int:
     from pictofs.fs.mount import MountSettings, serve, start_sighup_thread
     from pictofs.fs.operations import PictoOperations
 
-    client = _client(target.connection, args)
-    api_remote = ApiRemote(client)
+    api_remote = ApiRemote(target.connection, timeout=args.timeout, retries=args.retries,
+                           retry_max_wait=args.retry_max_wait)
     breaker = CircuitBreaker(probe=api_remote.ping)
     remote = GuardedRemote(api_remote, breaker)
     cache_root = Path(args.cache_dir).expanduser() if args.cache_dir else dirs.cache_dir()
@@ -197,7 +197,7 @@ def _serve(target: Target, args: argparse.Namespace) -> int:
     try:
         serve(operations, settings)
     finally:
-        client.close()
+        api_remote.close()
     return 0
 
 

@@ -36,9 +36,10 @@ in the order they were added and a request gets at most one fault::
                                           # (accepted, then reset at once); resume: normal
     proxy.set_random_faults(rate=0.1, kinds=("503", "429", "reset", "stall", "truncate"),
                             stall_seconds=2.0, retry_after=1, method=None, path=None)
-        # each matching request gets a fault with probability ``rate``; the draw depends only
-        # on (seed, method, path, how many times that method and path were seen), so the same
-        # seed and the same request sequence give the same faults
+        # each matching request gets a fault with probability ``rate``; the draw for the n-th
+        # matching request since this call depends only on (seed, n), so a sequential client
+        # sees the same faults on every run whatever ids its URLs contain (concurrent clients
+        # get the same pattern by order of arrival)
     proxy.clear_faults()                  # drop pending rules and random faults
                                           # (throttle and pause are left as they are)
 
@@ -172,12 +173,13 @@ class _RandomFaults:
     method: str | None
     path: re.Pattern[str] | None
 
-    def draw(self, seed: int, method: str, path: str, occurrence: int) -> _Fault | None:
-        if self.method is not None and self.method != method:
-            return None
-        if self.path is not None and self.path.search(path) is None:
-            return None
-        rng = random.Random(f"{seed}:{method}:{path}:{occurrence}")
+    def applies(self, method: str, path: str) -> bool:
+        return ((self.method is None or self.method == method)
+                and (self.path is None or self.path.search(path) is not None))
+
+    def draw(self, seed: int, n: int) -> _Fault | None:
+        """The fault, if any, for the ``n``-th request this rule applies to."""
+        rng = random.Random(f"{seed}:{n}")
         if rng.random() >= self.rate:
             return None
         kind = rng.choice(self.kinds)
@@ -324,6 +326,7 @@ class FaultProxy:
         self._version = 0
         self._rules: list[_Fault] = []
         self._random: _RandomFaults | None = None
+        self._random_seen = 0  # requests the random rule applied to since it was set
         self._rate: float | None = None
         self._paused = False
         self._stats = ProxyStats()
@@ -434,6 +437,7 @@ class FaultProxy:
         with self._changed:
             self._random = _RandomFaults(rate, kinds, stall_seconds, retry_after,
                                          _method(method), _compile(path))
+            self._random_seen = 0
             self._bump()
 
     def clear_faults(self) -> None:
@@ -527,9 +531,9 @@ class FaultProxy:
                     fault = replace(rule, remaining=1)
                     break
             self._rules = [r for r in self._rules if r.remaining > 0]
-            if fault is None and self._random is not None:
-                fault = self._random.draw(self.seed, method, path,
-                                          stats.requests[(method, path)])
+            if fault is None and self._random is not None and self._random.applies(method, path):
+                self._random_seen += 1
+                fault = self._random.draw(self.seed, self._random_seen)
             if fault is not None:
                 stats.faults[fault.label] += 1
             record = ResponseRecord(len(stats.responses), method, path, query,

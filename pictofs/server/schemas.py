@@ -282,3 +282,18 @@ class MeOut(BaseModel):
 
 class HealthOut(BaseModel):
     status: Literal["ok"]
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in (
+        (400, "Bad request (invalid name, folder not empty, size mismatch)"),
+        (401, "Missing or unknown API key"),
+        (403, "Role too low"),
+        (404, "No such thing, or it belongs to another organization"),
+        (409, "Name collision"),
+        (413, "Over 50 MB"),
+        (415, "Unsupported extension or not an image"),
+        (422, "Validation error"),
+    )
+}

@@ -127,11 +127,17 @@ def make_handler(upstream: Upstream) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Connections the proxy resets on purpose are not errors here."""
+
+
 @pytest.fixture()
 def upstream() -> Iterator[Upstream]:
     state = Upstream(url="")
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
-    httpd.daemon_threads = True
+    httpd = QuietServer(("127.0.0.1", 0), make_handler(state))
     state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()

@@ -1,0 +1,85 @@
+"""``create_app``: the FastAPI application of the reference server, wired from its parts.
+
+Also the service routes: ``GET /healthz`` and ``GET /metrics`` (no key) and
+``GET /api/v1/developer/me``. With a storage port, ``app.state.storage_app`` is a second,
+small application (the storage PUT and ``/healthz``) sharing the same state; the storage PUT
+is served on the main port too.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import PlainTextResponse
+
+from pictofs import __version__
+from pictofs.server import decode, handlers, routes_batch, routes_datasets, routes_images
+from pictofs.server import routes_uploads
+from pictofs.server.db import DB_FILE, Caller, Database
+from pictofs.server.deps import ServerState, caller
+from pictofs.server.middleware import RequestContext
+from pictofs.server.schemas import ERROR_RESPONSES, Envelope, HealthOut, MeOut
+
+log = logging.getLogger(__name__)
+
+service = APIRouter(tags=["service"])
+me_router = APIRouter(prefix="/api/v1/developer", responses=ERROR_RESPONSES, tags=["service"])
+
+
+@service.get("/healthz", response_model=HealthOut)
+def healthz() -> dict[str, Any]:
+    return {"status": "ok"}
+
+
+@service.get("/metrics", response_class=PlainTextResponse, response_model=None,
+             responses={200: {"description": "Prometheus text format",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}}})
+def metrics(request: Request) -> PlainTextResponse:
+    text = request.app.state.server.metrics.render()
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+
+@me_router.get("/me", response_model=Envelope[MeOut])
+def me(who: Caller = Depends(caller)) -> dict[str, Any]:
+    return {"data": {"organization_id": who.organization_id,
+                     "organization_name": who.organization_name, "role": who.role,
+                     "key_prefix": who.key_prefix}}
+
+
+def _application(state: ServerState, title: str) -> FastAPI:
+    app = FastAPI(title=title, version=__version__)
+    app.state.server = state
+    handlers.install(app)
+    app.add_middleware(RequestContext, metrics=state.metrics)
+    return app
+
+
+def create_app(data_dir: Path, storage_port: int | None = None) -> FastAPI:
+    """The API application over ``data_dir`` (its database is created if missing)."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(data_dir / DB_FILE)
+    db.initialize()
+    decode.configure()
+    state = ServerState.open(data_dir, db, storage_port)
+    state.blobs.clean_temporary()
+
+    app = _application(state, "pictofs reference server")
+    app.include_router(service)
+    app.include_router(me_router)
+    app.include_router(routes_datasets.router)
+    app.include_router(routes_images.router)
+    app.include_router(routes_uploads.router)
+    app.include_router(routes_batch.router)
+    app.include_router(routes_uploads.storage_router)
+
+    storage_app = None
+    if storage_port is not None:
+        storage_app = _application(state, "pictofs reference storage")
+        storage_app.include_router(service)
+        storage_app.include_router(routes_uploads.storage_router)
+    app.state.storage_app = storage_app
+    return app

@@ -1,0 +1,434 @@
+"""The image cache on its own (filesystem spec §4): layout, hits and misses, the cap and LRU
+order, pins (also held by another process), sha256 checks, restart and crash recovery, and
+failed writes."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import pytest
+
+import pictofs
+from pictofs.core.cache import CacheWriteFailed, ImageCache, file_name
+
+BASE_URL = "http://127.0.0.1:9/"
+DATASET = "ds-1"
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, seconds: float = 1.0) -> None:
+        self.now += seconds
+
+
+@pytest.fixture()
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture()
+def make_cache(tmp_path: Path, clock: FakeClock) -> Iterator:
+    caches: list[ImageCache] = []
+
+    def make(cap: int = 1 << 20, **kwargs: object) -> ImageCache:
+        kwargs.setdefault("clock", clock)
+        cache = ImageCache(tmp_path / "cache", BASE_URL, DATASET, cap, **kwargs)
+        caches.append(cache)
+        return cache
+
+    yield make
+    for cache in caches:
+        cache.close()
+
+
+def image(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def store(cache: ImageCache, image_id: str, data: bytes) -> bool:
+    """Insert an entry the way a download does: begin, write, commit, close."""
+    writer = cache.begin(image_id)
+    try:
+        writer.write(data)
+        return writer.commit()
+    finally:
+        writer.close()
+
+
+def read_cached(cache: ImageCache, image_id: str) -> bytes | None:
+    handle = cache.open_cached(image_id)
+    if handle is None:
+        return None
+    with handle:
+        return handle.read()
+
+
+def child_env() -> dict[str, str]:
+    """Environment for a child Python that imports this checkout of pictofs."""
+    source_root = str(Path(pictofs.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [source_root, env.get("PYTHONPATH")]))
+    return env
+
+
+def start_child(script: str, *args: str) -> subprocess.Popen[str]:
+    """A child process running ``script``; it prints one line when it is ready."""
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), *args],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env=child_env())
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    return child
+
+
+def kill_child(child: subprocess.Popen[str]) -> None:
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+
+
+# -- hits, misses, layout ------------------------------------------------------------------
+
+
+def test_miss_then_hit_and_stats(make_cache) -> None:
+    cache = make_cache()
+    data = image(5000)
+
+    assert cache.open_cached("a") is None
+    assert store(cache, "a", data)
+    assert read_cached(cache, "a") == data
+    assert read_cached(cache, "a") == data
+
+    stats = cache.stats()
+    assert (stats.size_bytes, stats.entries, stats.hits, stats.misses) == (5000, 1, 2, 1)
+    assert stats.hit_ratio == pytest.approx(2 / 3)
+
+
+def test_layout_one_folder_per_service_and_dataset(tmp_path: Path, make_cache) -> None:
+    cache = make_cache()
+    other = ImageCache(tmp_path / "cache", BASE_URL, "ds-2", 1 << 20)
+    try:
+        store(cache, "a", b"first")
+        assert cache.folder != other.folder
+        assert cache.folder.parent == other.folder.parent == tmp_path / "cache"
+        origin = json.loads((cache.folder / "origin.json").read_text())
+        assert origin == {"base_url": BASE_URL, "dataset_id": DATASET}
+        assert cache.data_path("a") == cache.folder / "data" / "a"
+        assert cache.data_path("a").read_bytes() == b"first"
+        assert other.open_cached("a") is None
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("image_id", ["../escape", "a/b", ".hidden", "x" * 300])
+def test_ids_that_are_not_safe_file_names(make_cache, image_id: str) -> None:
+    cache = make_cache()
+    assert store(cache, image_id, b"bytes")
+    path = cache.data_path(image_id)
+    assert path.parent == cache.folder / "data"
+    assert path.name == file_name(image_id) != image_id
+    assert read_cached(cache, image_id) == b"bytes"
+
+
+def test_restart_keeps_complete_entries(make_cache) -> None:
+    first = make_cache()
+    data = image(3000)
+    store(first, "a", data)
+    first.close()
+
+    second = make_cache()
+    assert second.contains("a")
+    assert read_cached(second, "a") == data
+    assert second.stats().entries == 1
+
+
+def test_discarded_writer_leaves_nothing(make_cache) -> None:
+    cache = make_cache()
+    writer = cache.begin("a")
+    writer.write(b"half")
+    writer.discard()
+    writer.close()
+    assert not cache.contains("a")
+    assert list((cache.folder / "partial").iterdir()) == []
+    assert list((cache.folder / "pins").iterdir()) == []
+
+
+# -- cap and LRU ---------------------------------------------------------------------------
+
+
+def test_lru_evicts_the_least_recently_opened(make_cache, clock: FakeClock) -> None:
+    cache = make_cache(cap=3000)
+    for image_id in ("a", "b", "c"):
+        store(cache, image_id, image(1000))
+        clock.tick()
+    read_cached(cache, "a")  # a is now the most recently opened
+    clock.tick()
+
+    store(cache, "d", image(1000))
+
+    assert [i for i in "abcd" if cache.contains(i)] == ["a", "c", "d"]
+    assert not cache.data_path("b").exists()
+    assert cache.stats().size_bytes == 3000
+
+
+def test_cap_respected_under_a_flood_of_inserts(make_cache, clock: FakeClock) -> None:
+    cap = 20_000
+    cache = make_cache(cap=cap)
+    sizes = random.Random(7).choices(range(100, 6000), k=200)
+    for number, size in enumerate(sizes):
+        store(cache, f"img{number}", image(size, number))
+        clock.tick()
+        stats = cache.stats()
+        assert stats.size_bytes <= cap
+        assert cache.contains(f"img{number}")
+    on_disk = sum(p.stat().st_size for p in (cache.folder / "data").iterdir())
+    assert on_disk == cache.stats().size_bytes
+
+
+def test_cap_respected_by_concurrent_inserts(make_cache) -> None:
+    cap = 50_000
+    cache = make_cache(cap=cap)
+    threads = 8
+    biggest = 4000
+
+    def flood(worker: int) -> None:
+        sizes = random.Random(worker).choices(range(500, biggest), k=40)
+        for number, size in enumerate(sizes):
+            store(cache, f"w{worker}-{number}", image(size, number))
+
+    workers = [threading.Thread(target=flood, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    # every writer has closed: nothing is pinned any more, so the last inserts kept the cap
+    # except for entries other writers still held at that moment
+    assert cache.stats().size_bytes <= cap + threads * biggest
+    store(cache, "last", b"x")
+    assert cache.stats().size_bytes <= cap
+
+
+def test_pinned_entries_are_never_evicted(make_cache, clock: FakeClock) -> None:
+    cache = make_cache(cap=5000)
+    store(cache, "held", image(2000))
+    cache.pin("held")
+    clock.tick()
+    for number in range(20):
+        store(cache, f"img{number}", image(1000, number))
+        clock.tick()
+        assert cache.contains("held")
+        assert cache.stats().size_bytes <= 5000
+    assert read_cached(cache, "held") == image(2000)
+
+    cache.unpin("held")
+    store(cache, "after", image(5000))  # takes the whole cap: everything else goes
+    assert not cache.contains("held")
+    assert cache.stats().entries == 1
+
+
+def test_entry_larger_than_the_cap_is_kept_while_pinned(make_cache, clock: FakeClock) -> None:
+    cache = make_cache(cap=1000)
+    big = image(5000)
+    writer = cache.begin("big")  # a download pins its entry
+    writer.write(big)
+    assert writer.commit()
+    assert read_cached(cache, "big") == big
+    clock.tick()
+
+    store(cache, "small", b"s" * 10)
+    assert cache.contains("big")  # still pinned by its writer
+    assert cache.stats().size_bytes == 5010
+
+    writer.close()
+    store(cache, "small2", b"t" * 10)
+    assert not cache.contains("big")
+    assert cache.stats().size_bytes == 20
+
+
+PIN_HOLDER = """
+    import sys
+    from pathlib import Path
+    from pictofs.core.cache import ImageCache
+    root, base_url, dataset, image_id = sys.argv[1:5]
+    cache = ImageCache(Path(root), base_url, dataset, 1)
+    cache.pin(image_id)
+    print("ready", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_pin_held_by_another_process(tmp_path: Path, make_cache, clock: FakeClock) -> None:
+    cache = make_cache(cap=4000)
+    store(cache, "held", image(1000))  # the oldest entry: first in line for eviction
+    clock.tick()
+    child = start_child(PIN_HOLDER, str(tmp_path / "cache"), BASE_URL, DATASET, "held")
+    try:
+        for number in range(10):
+            store(cache, f"img{number}", image(1000, number))
+            clock.tick()
+            assert cache.contains("held")
+        assert cache.stats().size_bytes <= 4000
+    finally:
+        kill_child(child)
+
+    # the holder died without unpinning: its pin is stale and no longer protects the entry
+    store(cache, "after", image(1000))
+    assert not cache.contains("held")
+
+
+# -- sha256 checks -------------------------------------------------------------------------
+
+
+def corrupt(path: Path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        data[len(data) // 3] ^= 0x01
+        path.write_bytes(bytes(data))
+    assert path.stat().st_size == (len(data) if how == "flipped" else len(data) // 2)
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped"])
+def test_corrupt_entry_is_dropped_on_first_open_of_a_mount(make_cache, how: str,
+                                                            caplog) -> None:
+    first = make_cache()
+    store(first, "a", image(4000))
+    first.close()
+    corrupt(first.data_path("a"), how)
+
+    second = make_cache()
+    with caplog.at_level(logging.WARNING, logger="pictofs.core.cache"):
+        assert second.open_cached("a") is None
+    assert not second.contains("a")
+    assert not second.data_path("a").exists()
+    assert second.stats().misses == 1
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "image a" in caplog.records[0].getMessage()
+
+
+def test_truncation_is_caught_even_after_the_first_open(make_cache) -> None:
+    cache = make_cache()
+    store(cache, "a", image(4000))
+    assert read_cached(cache, "a") == image(4000)  # verified now
+    corrupt(cache.data_path("a"), "truncated")
+    assert cache.open_cached("a") is None
+    assert not cache.contains("a")
+
+
+def test_the_check_runs_on_the_first_open_after_insert(make_cache) -> None:
+    cache = make_cache()
+    store(cache, "a", image(4000))
+    corrupt(cache.data_path("a"), "flipped")  # the file went bad after it was written
+    assert cache.open_cached("a") is None
+
+
+# -- crash recovery ------------------------------------------------------------------------
+
+
+CRASHING_WRITER = """
+    import os, sys
+    from pathlib import Path
+    from pictofs.core.cache import ImageCache
+    root, base_url, dataset = sys.argv[1:4]
+    cache = ImageCache(Path(root), base_url, dataset, 1 << 20)
+    writer = cache.begin("partial")
+    writer.write(b"p" * 1000)
+    print("ready", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_partial_files_of_a_crashed_process_are_discarded(tmp_path: Path, make_cache) -> None:
+    cache = make_cache()
+    store(cache, "kept", b"kept")
+    partial = cache.folder / "partial"
+    child = start_child(CRASHING_WRITER, str(tmp_path / "cache"), BASE_URL, DATASET)
+    try:
+        make_cache()  # a start while the writer lives leaves its partial file alone
+        assert len(list(partial.iterdir())) == 1
+    finally:
+        kill_child(child)
+
+    restarted = make_cache()
+    assert list(partial.iterdir()) == []
+    assert list((cache.folder / "pins").iterdir()) == []
+    assert not restarted.contains("partial")
+    assert read_cached(restarted, "kept") == b"kept"
+
+
+def test_data_files_without_a_record_are_removed_at_start(make_cache) -> None:
+    cache = make_cache()
+    stray = cache.data_path("stray")
+    stray.write_bytes(b"left over")
+    make_cache()
+    assert not stray.exists()
+
+
+# -- failed writes -------------------------------------------------------------------------
+
+
+class FailingFile(io.FileIO):
+    """A cache file whose writes fail with EIO once ``limit`` bytes are written."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        super().__init__(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600), "r+")
+        self.limit = limit
+
+    def write(self, data) -> int:  # type: ignore[override]
+        if self.tell() + len(data) > self.limit:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return super().write(data)
+
+
+def failing_opener(limit: int):
+    def opener(path: Path) -> BinaryIO:
+        return FailingFile(path, limit)
+    return opener
+
+
+def test_failed_write_drops_the_entry_with_one_log_line(make_cache, caplog) -> None:
+    cache = make_cache(opener=failing_opener(1500))
+    writer = cache.begin("a")
+    writer.write(b"x" * 1000)
+    with caplog.at_level(logging.WARNING, logger="pictofs.core.cache"):
+        with pytest.raises(CacheWriteFailed):
+            writer.write(b"y" * 1000)
+    assert writer.read(0, 1000) == b"x" * 1000  # what was written stays readable
+    writer.close()
+
+    assert not cache.contains("a")
+    assert list((cache.folder / "partial").iterdir()) == []
+    assert len(caplog.records) == 1
+    assert "Input/output error" in caplog.records[0].getMessage()
+
+
+def test_cache_file_that_cannot_be_created(make_cache, caplog) -> None:
+    def refuse(path: Path) -> BinaryIO:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    cache = make_cache(opener=refuse)
+    with caplog.at_level(logging.WARNING, logger="pictofs.core.cache"):
+        with pytest.raises(CacheWriteFailed):
+            cache.begin("a")
+    assert len(caplog.records) == 1
+    assert list((cache.folder / "pins").iterdir()) == []

@@ -1,0 +1,112 @@
+"""Real FUSE mounts for tests: ``pictofs mount`` as a user runs it, against the session's
+reference server (or a fault proxy in front of it), torn down even when a test hangs.
+
+Every mount gets its own cache folder and log file; teardown unmounts with ``pictofs umount``
+and, if the daemon is stuck, aborts the FUSE connection and lazily unmounts, so a hung daemon
+cannot stall the run. The log of every mount is checked for tracebacks (a bug) at teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from pictofs.fs.mount import abort_connection
+
+
+def pictofs(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
+            check: bool = False) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "pictofs", *args], capture_output=True,
+                            text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    if check:
+        assert result.returncode == 0, f"pictofs {' '.join(args)}: {result.stderr}"
+    return result
+
+
+@dataclass
+class Mount:
+    path: Path
+    dataset: str | None
+    cache_dir: Path
+    log_file: Path
+    env: dict[str, str]
+    args: list[str] = field(default_factory=list)
+    mounted: bool = True
+
+    def status(self) -> dict:  # type: ignore[type-arg]
+        result = pictofs("status", "--json", str(self.path), env=self.env, check=True)
+        return json.loads(result.stdout)
+
+    def refresh(self) -> None:
+        pictofs("refresh", str(self.path), env=self.env, check=True)
+
+    def log(self) -> str:
+        return self.log_file.read_text() if self.log_file.exists() else ""
+
+    def umount(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        result = pictofs("umount", str(self.path), *extra, env=self.env, timeout=120)
+        if result.returncode == 0:
+            self.mounted = False
+        return result
+
+
+def force_unmount(path: Path) -> None:
+    abort_connection(str(path))
+    subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True)
+
+
+@pytest.fixture()
+def mount_env(server) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    env = dict(os.environ)
+    env["PICTOGRAPH_API_KEY"] = server.key
+    env["PICTOGRAPH_BASE_URL"] = server.base_url
+    return env
+
+
+@pytest.fixture()
+def mount(server, tmp_path: Path, mount_env: dict[str, str]  # type: ignore[no-untyped-def]
+          ) -> Iterator[Callable[..., Mount]]:
+    """``mount(dataset_name_or_None, *options, base_url=..., cache_dir=...)`` → Mount."""
+    made: list[Mount] = []
+
+    def make(dataset: str | None, *options: str, base_url: str | None = None,
+             cache_dir: Path | None = None, expect_fail: bool = False) -> Mount:
+        index = len(made)
+        mountpoint = tmp_path / f"mnt{index}"
+        mountpoint.mkdir(exist_ok=True)
+        cache = cache_dir or tmp_path / "cache"
+        log_file = tmp_path / f"mount{index}.log"
+        env = dict(mount_env)
+        if base_url:
+            env["PICTOGRAPH_BASE_URL"] = base_url
+        args = ["mount", *([dataset] if dataset else []), str(mountpoint),
+                "--cache-dir", str(cache), "--log-file", str(log_file), "-v", *options]
+        result = pictofs(*args, env=env, timeout=120)
+        handle = Mount(mountpoint, dataset, cache, log_file, env, args)
+        if expect_fail:
+            assert result.returncode != 0, "mount was expected to fail"
+            handle.mounted = False
+            handle.args.append(result.stderr)
+            return handle
+        assert result.returncode == 0, f"mount failed: {result.stderr}\n{handle.log()}"
+        made.append(handle)
+        return handle
+
+    yield make
+    problems = []
+    for handle in made:
+        if handle.mounted:
+            result = handle.umount()
+            if result.returncode != 0:
+                force_unmount(handle.path)
+                problems.append(f"umount {handle.path}: {result.stderr}")
+        if "Traceback" in handle.log():
+            problems.append(f"traceback in {handle.log_file}:\n{handle.log()[-3000:]}")
+    assert not problems, "\n".join(problems)

@@ -1,0 +1,287 @@
+"""The read side of the mount, through a real FUSE mount and real tools (filesystem §1–§4).
+
+Request counts come from the server's ``/metrics``: the listing routes, the per-image routes
+and the bytes route are counted separately, so "zero per-image calls" is checked exactly.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from imagegen import png_bytes, sized_jpeg
+from seed import seed_images
+
+pytestmark = pytest.mark.fuse
+
+LIST_IMAGES = "/api/v1/developer/images/"
+FOLDERS = "/api/v1/developer/directories/{dataset}"
+
+
+def image_routes(server) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Request counts by route template for the image and folder routes."""
+    counts: dict[str, int] = {}
+    for (method, route, _status), n in server.metrics().items():
+        if "/images" in route or "/directories" in route or "/annotations" in route:
+            key = f"{method} {route}"
+            counts[key] = counts.get(key, 0) + n
+    return counts
+
+
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after
+            if after.get(k, 0) != before.get(k, 0)}
+
+
+def bytes_route_calls(changes: dict[str, int]) -> int:
+    return sum(n for k, n in changes.items()
+               if k.startswith("GET ") and k.split()[1].startswith("/api/v1/developer/images/{")
+               and not k.endswith("metadata"))
+
+
+def ls_lr(root: Path) -> dict[str, int]:
+    """Relative path → size of every file below ``root`` (via find, a real tool)."""
+    out = subprocess.run(["find", str(root), "-type", "f", "-printf", "%P\t%s\n"],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    return {p: int(s) for p, s in (line.split("\t") for line in out.splitlines())}
+
+
+def test_nested_folders_match_the_service(client, dataset, mount):
+    made = {}
+    for folder in ("/", "/cars", "/cars/red", "/cars/blue", "/trucks"):
+        names = [f"{folder.strip('/').replace('/', '-') or 'root'}-{i}.png" for i in range(3)]
+        for name, (image, data) in seed_images(client, dataset.id, folder, names).items():
+            made[(folder.rstrip("/") + "/" + name).lstrip("/")] = data
+    client.transport.request_json("POST", "/directories/",
+                                  json={"dataset": dataset.id, "directory_path": "/empty/sub"})
+    m = mount(dataset.name)
+    assert ls_lr(m.path) == {p: len(d) for p, d in made.items()}
+    dirs = subprocess.run(["find", str(m.path), "-mindepth", "1", "-type", "d", "-printf", "%P\n"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert sorted(dirs) == ["cars", "cars/blue", "cars/red", "empty", "empty/sub", "trucks"]
+    for rel, data in made.items():
+        assert (m.path / rel).read_bytes() == data, rel
+    result = subprocess.run(["ls", "-la", str(m.path)], capture_output=True, text=True)
+    assert result.returncode == 0 and ".archive" not in result.stdout
+
+
+def test_ls_l_of_2500_images_costs_three_pages_and_one_folder_call(client, dataset, mount, server):
+    names = [f"img{i:05d}.png" for i in range(2500)]
+    seed_images(client, dataset.id, "/big", names, data_for=lambda n: png_bytes(int(n[3:8])))
+    m = mount(dataset.name)
+    os.listdir(m.path)  # list the root first, so "big" is known
+    before = image_routes(server)
+    out = subprocess.run(["ls", "-l", str(m.path / "big")], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    changes = delta(before, image_routes(server))
+    rows = [line for line in out.splitlines() if line.startswith("-")]
+    assert len(rows) == 2500
+    assert changes.get(f"GET {LIST_IMAGES}", 0) == 3, changes
+    assert sum(n for k, n in changes.items() if "/directories/" in k) == 1, changes
+    assert sum(changes.values()) == 4, f"per-image calls were made: {changes}"
+    # stat of every file afterwards: answered from the listing, no request at all
+    before = image_routes(server)
+    for name in names[:300]:
+        os.stat(m.path / "big" / name)
+    assert delta(before, image_routes(server)) == {}
+
+
+def test_lookup_in_an_unlisted_folder_asks_one_name(client, dataset, mount, server):
+    seed_images(client, dataset.id, "/f", [f"x{i}.png" for i in range(20)])
+    m = mount(dataset.name)
+    os.stat(m.path / "f")  # the folder itself is found through the folders route
+    before = image_routes(server)
+    st = os.stat(m.path / "f" / "x7.png")
+    changes = delta(before, image_routes(server))
+    assert st.st_size > 0
+    assert changes == {f"GET {LIST_IMAGES}": 1}, changes
+    with pytest.raises(FileNotFoundError):
+        os.stat(m.path / "f" / "nope.png")
+    before = image_routes(server)
+    with pytest.raises(FileNotFoundError):
+        os.stat(m.path / "f" / "nope.png")  # negative answer cached
+    assert delta(before, image_routes(server)) == {}
+
+
+def test_second_read_of_a_cached_image_makes_no_request(client, dataset, mount, server):
+    made = seed_images(client, dataset.id, "/", ["a.png"])
+    m = mount(dataset.name)
+    assert (m.path / "a.png").read_bytes() == made["a.png"][1]
+    before = image_routes(server)
+    assert (m.path / "a.png").read_bytes() == made["a.png"][1]
+    assert delta(before, image_routes(server)) == {}
+    # a new mount on the same cache: still no bytes request
+    m.umount()
+    m2 = mount(dataset.name, cache_dir=m.cache_dir)
+    os.listdir(m2.path)
+    before = image_routes(server)
+    assert (m2.path / "a.png").read_bytes() == made["a.png"][1]
+    assert bytes_route_calls(delta(before, image_routes(server))) == 0
+
+
+def test_two_concurrent_readers_share_one_download(client, dataset, mount, server):
+    data = sized_jpeg(6 * 1024 * 1024, seed=3)
+    seed_images(client, dataset.id, "/", ["big.jpg"], data_for=lambda n: data)
+    m = mount(dataset.name)
+    os.listdir(m.path)
+    before = image_routes(server)
+    results: list[bytes] = []
+    readers = [threading.Thread(target=lambda: results.append((m.path / "big.jpg").read_bytes()))
+               for _ in range(2)]
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join(60)
+    assert results == [data, data]
+    assert bytes_route_calls(delta(before, image_routes(server))) == 1
+
+
+def test_cmp_every_image_with_its_source(client, dataset, mount, tmp_path):
+    made = seed_images(client, dataset.id, "/c", [f"i{i}.jpg" for i in range(25)],
+                       data_for=lambda n: sized_jpeg(50_000 + int(n[1:-4]) * 1000,
+                                                     seed=int(n[1:-4])))
+    m = mount(dataset.name)
+    for name, (_image, data) in made.items():
+        source = tmp_path / name
+        source.write_bytes(data)
+        assert subprocess.run(["cmp", str(source), str(m.path / "c" / name)]).returncode == 0
+
+
+def test_getfattr_values_and_annotations(client, dataset, mount, server):
+    made = seed_images(client, dataset.id, "/", ["x.png"])
+    image = made["x.png"][0]
+    client.transport.request_json(
+        "POST", f"/annotations/{dataset.id}/x.png",
+        json={"annotations": [{"type": "bbox", "label": "car", "bbox": [1, 2, 3, 4]}]})
+    m = mount(dataset.name)
+    out = subprocess.run(["getfattr", "-d", "--absolute-names", str(m.path / "x.png")],
+                         capture_output=True, text=True, check=True).stdout
+    values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    assert values["user.pictograph.id"] == f'"{image.id}"'
+    assert values["user.pictograph.status"] == '"new"'
+    assert values["user.pictograph.width"] == '"8"' and values["user.pictograph.height"] == '"6"'
+    assert values["user.pictograph.content_type"] == '"image/png"'
+    assert values["user.pictograph.tags"] == '"[]"'
+    assert "user.pictograph.annotations" not in values  # by exact name only
+    raw = subprocess.run(["getfattr", "--only-values", "-n", "user.pictograph.annotations",
+                          str(m.path / "x.png")], capture_output=True, check=True).stdout
+    assert json.loads(raw)[0]["label"] == "car"
+    with pytest.raises(OSError) as info:
+        os.getxattr(m.path / "x.png", "security.capability")
+    assert info.value.errno == errno.ENODATA
+    with pytest.raises(OSError) as info:
+        os.getxattr(m.path / "x.png", "user.unknown")
+    assert info.value.errno == errno.ENODATA
+
+
+def test_df_and_stat_look_normal(client, dataset, mount):
+    seed_images(client, dataset.id, "/", ["a.png"])
+    m = mount(dataset.name)
+    vfs = os.statvfs(m.path)
+    assert vfs.f_namemax == 255 and vfs.f_bavail > 0
+    assert subprocess.run(["df", str(m.path)], capture_output=True).returncode == 0
+    st = os.stat(m.path / "a.png")
+    assert oct(st.st_mode & 0o777) in ("0o444", "0o644") and st.st_nlink == 1
+    assert st.st_uid == os.getuid() and st.st_blocks == -(-st.st_size // 512)
+    assert os.stat(m.path).st_nlink >= 2
+    file_out = subprocess.run(["file", "-b", str(m.path / "a.png")], capture_output=True,
+                              text=True).stdout
+    assert "PNG image data, 8 x 6" in file_out
+
+
+def test_change_shows_after_dir_cache_time_and_at_once_after_refresh(client, dataset, mount):
+    seed_images(client, dataset.id, "/", ["one.png"])
+    m = mount(dataset.name, "--dir-cache-time", "2s")
+    assert sorted(os.listdir(m.path)) == ["one.png"]
+    seed_images(client, dataset.id, "/", ["two.png"])
+    deadline = time.monotonic() + 10
+    while "two.png" not in os.listdir(m.path):
+        assert time.monotonic() < deadline, "change never showed"
+        time.sleep(0.2)
+    m2 = mount(dataset.name, "--dir-cache-time", "1h")
+    assert sorted(os.listdir(m2.path)) == ["one.png", "two.png"]
+    seed_images(client, dataset.id, "/", ["three.png"])
+    assert "three.png" not in os.listdir(m2.path)
+    m2.refresh()
+    started = time.monotonic()
+    while "three.png" not in os.listdir(m2.path):
+        assert time.monotonic() - started < 1.0, "refresh did not show the change within 1 s"
+        time.sleep(0.05)
+
+
+def test_writes_are_refused_read_only(client, dataset, mount):
+    seed_images(client, dataset.id, "/", ["a.png"])
+    m = mount(dataset.name)
+    with pytest.raises(OSError) as info:
+        (m.path / "new.png").write_bytes(b"x")
+    assert info.value.errno == errno.EROFS
+    with pytest.raises(OSError) as info:
+        os.link(m.path / "a.png", m.path / "b.png")
+    assert info.value.errno in (errno.EPERM, errno.EROFS)
+
+
+def test_organization_mount_lists_datasets(client, mount):
+    first = client.projects.create("org-view-a")
+    client.projects.create("org-view-b")
+    seed_images(client, first.id, "/", ["p.png"])
+    m = mount(None)
+    names = os.listdir(m.path)
+    assert "org-view-a" in names and "org-view-b" in names
+    assert os.listdir(m.path / "org-view-a") == ["p.png"]
+    os.mkdir(m.path / "org-view-new")
+    assert client.projects.get("org-view-new").name == "org-view-new"
+    with pytest.raises(OSError) as info:
+        os.rmdir(m.path / "org-view-b")
+    assert info.value.errno == errno.EPERM
+
+
+def test_mount_start_up_errors_are_one_line(dataset, mount, tmp_path, server):
+    missing = mount("no-such-dataset-xyz", expect_fail=True)
+    assert "no-such-dataset-xyz" in missing.args[-1]
+    assert "Traceback" not in missing.args[-1]
+    env = dict(os.environ, PICTOGRAPH_API_KEY="pk_live_wrong", PICTOGRAPH_BASE_URL=server.base_url)
+    target = tmp_path / "mp"
+    target.mkdir()
+    result = subprocess.run([sys.executable, "-m", "pictofs", "mount", dataset.name, str(target)],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "pk_live_wrong" not in result.stderr
+    result = subprocess.run([sys.executable, "-m", "pictofs", "mount", dataset.name,
+                             str(tmp_path / "absent")], capture_output=True, text=True,
+                            env=dict(env, PICTOGRAPH_API_KEY=server.key), timeout=60)
+    assert result.returncode == 1 and "does not exist" in result.stderr
+
+
+def test_killed_daemon_leaves_a_stale_mount_that_the_next_mount_cleans(client, dataset, mount):
+    seed_images(client, dataset.id, "/", ["a.png"])
+    m = mount(dataset.name)
+    pid = m.status()["pid"]
+    os.kill(pid, 9)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.listdir(m.path)
+        except OSError as exc:
+            assert exc.errno == errno.ENOTCONN
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    m.mounted = False
+    again = mount(dataset.name)
+    assert again.path != m.path
+    # remount on the very same stale mountpoint
+    result = subprocess.run([sys.executable, "-m", "pictofs", "mount", dataset.name, str(m.path),
+                             "--cache-dir", str(m.cache_dir), "--log-file", str(m.log_file)],
+                            capture_output=True, text=True, env=m.env, timeout=60)
+    assert result.returncode == 0, result.stderr
+    m.mounted = True
+    assert os.listdir(m.path) == ["a.png"]
+    assert "stale mount" in m.log() + result.stderr
