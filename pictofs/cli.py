@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+LONG_RUNNING = ("serve", "mount", "mirror")  # these log progress at INFO; the rest warn only
 
 
 class UsageError(Exception):
@@ -43,17 +44,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=cmd_serve)
 
     datasets = commands.add_parser("datasets", help="list or create datasets")
-    add_options(datasets, "datasets")
     verbs = datasets.add_subparsers(dest="verb", metavar="VERB")
     listing = verbs.add_parser("list", help="list the organization's datasets")
+    add_options(listing, "datasets")
     listing.set_defaults(handler=cmd_datasets_list)
     create = verbs.add_parser("create", help="create a dataset")
+    add_options(create, "datasets")
     create.add_argument("name", metavar="NAME")
     create.add_argument("--description", default=None)
     create.add_argument("--exist-ok", action="store_true",
                         help="succeed when a dataset of that name already exists")
     create.set_defaults(handler=cmd_datasets_create)
-    datasets.set_defaults(handler=cmd_datasets_list)
 
     mount = commands.add_parser(
         "mount", help="mount a dataset (or, with no DATASET, the organization)",
@@ -241,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     verbose = bool(getattr(args, "verbose", False))
     daemon = args.command == "mount" and bool(os.environ.get("PICTOFS_READY_FD"))
-    setup_logging(verbose=verbose, log_file=getattr(args, "log_file", None), syslog=daemon)
+    setup_logging(verbose=verbose, log_file=getattr(args, "log_file", None), syslog=daemon,
+                  quiet=args.command not in LONG_RUNNING)
     try:
         finish_options(args, args.command)
         return handler(args)

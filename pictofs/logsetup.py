@@ -25,8 +25,10 @@ class KeyRedactingFilter(logging.Filter):
 
 
 def setup_logging(verbose: bool = False, log_file: str | None = None,
-                  syslog: bool = False) -> logging.Handler:
-    """Configure the root logger once; returns the handler (SIGHUP reopens a log file)."""
+                  syslog: bool = False, quiet: bool = False) -> logging.Handler:
+    """Configure the root logger once; returns the handler (a WatchedFileHandler reopens a
+    log file moved by logrotate). ``quiet``: warnings only (one-shot commands, whose result
+    is their output); ``verbose``: everything."""
     handler: logging.Handler
     if log_file:
         handler = logging.handlers.WatchedFileHandler(os.path.expanduser(log_file))
@@ -44,7 +46,7 @@ def setup_logging(verbose: bool = False, log_file: str | None = None,
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     for noisy in ("urllib3", "PIL", "watchdog", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return handler

@@ -82,6 +82,27 @@ class ByteStream:
         return self.headers.get("Content-Type")
 
 
+class _Redactor:
+    """Replaces secrets (the key, a signed URL's token) in text; its repr shows none of them,
+    so tracebacks that print arguments stay clean."""
+
+    __slots__ = ("_secrets",)
+
+    def __init__(self, *secrets: str) -> None:
+        self._secrets = tuple(s for s in secrets if s)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "[redacted]")
+        return text
+
+    def with_more(self, *secrets: str) -> _Redactor:
+        return _Redactor(*self._secrets, *secrets)
+
+    def __repr__(self) -> str:
+        return "_Redactor(…)"
+
+
 class _Session(requests.Session):
     """Drops the API key on a redirect to another host, as requests does for Authorization."""
 
@@ -109,6 +130,7 @@ class Transport:
         self._base = base_url.rstrip("/")
         self._base_path = urlsplit(self._base).path
         self._key = api_key
+        self._redact = _Redactor(api_key)
         self.timeout = _timeout_pair(timeout)
         self.put_timeout = _timeout_pair(put_timeout)
         self.retry = retry or RetryPolicy()
@@ -211,7 +233,7 @@ class Transport:
         """PUT the bytes to a signed upload URL, used exactly as given, without the key."""
         target = redact_signed_url(upload_url)
         parts = urlsplit(upload_url)
-        secrets = tuple(s for s in (parts.path.rsplit("/", 1)[-1], parts.query) if s)
+        redact = self._redact.with_more(parts.path.rsplit("/", 1)[-1], parts.query)
         headers = {"Content-Type": content_type, "Content-Length": str(content_length)}
 
         def send() -> requests.Response:
@@ -224,7 +246,7 @@ class Transport:
             _read_json(response)
             return response.headers
 
-        return self._exchange("PUT", target, send, receive, keyed=False, secrets=secrets)
+        return self._exchange("PUT", target, send, receive, keyed=False, redact=redact)
 
     # ------------------------------------------------------------------ the retry loop
 
@@ -236,16 +258,16 @@ class Transport:
         receive: Callable[[requests.Response], T],
         *,
         keyed: bool,
-        secrets: tuple[str, ...] = (),
+        redact: _Redactor | None = None,
     ) -> T:
-        secrets = (self._key, *secrets)
+        redact = redact or self._redact
         attempt = 0
         while True:
             started = time.monotonic()
             try:
                 response = send()
             except _NO_ANSWER as exc:
-                reason = _describe(exc, secrets)
+                reason = _describe(exc, redact)
                 log.debug("%s %s failed after %.3fs: %s", method, target,
                           time.monotonic() - started, reason)
                 decision = self.retry.decide(attempt, method, Outcome.NO_RESPONSE,
@@ -253,11 +275,11 @@ class Transport:
                 if not decision.retry:
                     raise NetworkError(f"{method} {target}: {reason}") from None
             except requests.RequestException as exc:
-                raise NetworkError(f"{method} {target}: {_describe(exc, secrets)}") from None
+                raise NetworkError(f"{method} {target}: {_describe(exc, redact)}") from None
             else:
                 _log_answer(method, target, response, started)
                 if not 200 <= response.status_code < 300:
-                    decision = self._on_error_status(method, response, attempt, keyed, secrets)
+                    decision = self._on_error_status(method, response, attempt, keyed, redact)
                 else:
                     try:
                         return receive(response)
@@ -267,17 +289,17 @@ class Transport:
                                                      has_idempotency_key=keyed)
                         if not decision.retry:
                             raise NetworkError(
-                                f"{method} {target}: answer cut short: {_describe(exc, secrets)}"
+                                f"{method} {target}: answer cut short: {_describe(exc, redact)}"
                             ) from None
             self._pause(method, target, attempt, decision)
             attempt += 1
 
     def _on_error_status(
         self, method: str, response: requests.Response, attempt: int, keyed: bool,
-        secrets: tuple[str, ...],
+        redact: _Redactor,
     ) -> Decision:
         """Decide on a non-2xx answer: a retry decision, or raise the mapped error."""
-        body = _error_body(response, secrets)
+        body = _error_body(response, redact)
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         decision = self.retry.decide(attempt, method, Outcome.STATUS, has_idempotency_key=keyed,
                                      status=response.status_code, retry_after=retry_after)
@@ -332,14 +354,14 @@ def _read_json(response: requests.Response) -> tuple[Any, Mapping[str, str]]:
         raise _CutShort("the JSON body does not parse") from None
 
 
-def _error_body(response: requests.Response, secrets: tuple[str, ...]) -> str | None:
+def _error_body(response: requests.Response, redact: _Redactor) -> str | None:
     try:
         text = response.content.decode("utf-8", errors="replace")
     except _CUT_SHORT:
         return None
     finally:
         response.close()
-    return _scrub(text, secrets)
+    return redact(text)
 
 
 def _prefetch(response: requests.Response, size: int) -> tuple[list[bytes], Iterator[bytes]]:
@@ -412,7 +434,7 @@ def _log_answer(method: str, target: str, response: requests.Response, started: 
               response.headers.get(REQUEST_ID_HEADER, "-"), time.monotonic() - started)
 
 
-def _describe(exc: BaseException, secrets: tuple[str, ...]) -> str:
+def _describe(exc: BaseException, redact: _Redactor) -> str:
     """A short reason for a transport failure, without URLs' secrets or the key."""
     reason: Any = exc
     inner = exc.args[0] if exc.args else None
@@ -421,11 +443,4 @@ def _describe(exc: BaseException, secrets: tuple[str, ...]) -> str:
     text = str(reason) or type(exc).__name__
     if text.startswith("<") and ">: " in text:  # "<urllib3.connection… object at 0x…>: why"
         text = text.split(">: ", 1)[1]
-    return _scrub(text, secrets)
-
-
-def _scrub(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    return text
+    return redact(text)

@@ -11,6 +11,7 @@ processes. Dataset, folder and image queries live with their domain verbs (``cat
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -146,8 +147,12 @@ class Database:
     # ---- connections -------------------------------------------------------------------
 
     def connection(self) -> sqlite3.Connection:
+        """This thread's connection, in autocommit mode (one statement, one transaction)."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
+            if not self.path.exists():
+                # SQLite gives the -wal and -shm files the mode of the database file.
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                    check_same_thread=False)
             conn.row_factory = sqlite3.Row

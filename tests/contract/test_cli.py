@@ -172,7 +172,9 @@ def test_server_restart_keeps_data(tmp_path):
 def test_serve_refuses_a_port_in_use(server, tmp_path):
     port = server.base_url.rsplit(":", 1)[1]
     result = run("serve", "--data", str(tmp_path / "d"), "--port", port, timeout=30)
-    assert_user_error(result)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == \
+        f"pictofs: port {port} on 127.0.0.1 is already in use"
 
 
 def test_first_start_says_where_the_key_is(tmp_path):

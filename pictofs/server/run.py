@@ -1,0 +1,316 @@
+"""Running the reference server, and the admin verbs the CLI calls.
+
+- ``serve``: first start on a missing or empty data folder creates it (0700), the ``default``
+  organization and an ``owner`` key written alone to ``DIR/owner.key`` (0600) before any
+  socket is opened. It binds the sockets itself (port 0 picks a free port), writes
+  ``DIR/server.json`` once listening, and removes it on SIGTERM/SIGINT (exit 0). A lock
+  (``DIR/server.lock``) keeps a second server off the same folder.
+- ``create_org``, ``create_key``: write to the database directly; safe while a server runs
+  (SQLite WAL and a busy timeout).
+- ``stop``: SIGTERM the server named in ``server.json`` and wait until it has let go of its
+  lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import ipaddress
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import IO, Callable, Iterator
+
+import uvicorn
+
+from pictofs.errors import ConfigError
+from pictofs.model import ROLES
+from pictofs.server.db import DB_FILE, Database
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ORG = "default"
+OWNER_KEY_FILE = "owner.key"
+STATE_FILE = "server.json"
+LOCK_FILE = "server.lock"
+
+
+# ---- data folder ---------------------------------------------------------------------------
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (0600) atomically: temp file, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _open_database(data_dir: Path) -> Database:
+    """Open (creating if needed) the database; on first creation make the folder private,
+    create the default organization and the owner key, and say where the key is."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(data_dir / DB_FILE)
+    fresh = not db.exists()
+    if fresh:
+        _private_dir(data_dir)
+    db.initialize()
+    if fresh and not db.organizations():
+        org = db.create_organization(DEFAULT_ORG)
+        if org is not None:
+            key = db.add_api_key(org.id, "owner")
+            key_path = data_dir / OWNER_KEY_FILE
+            _write_private(key_path, key + "\n")
+            message = f"created organization '{DEFAULT_ORG}'; owner key written to {key_path}"
+            log.info(message)
+            print(message, flush=True)
+    return db
+
+
+# ---- admin verbs ---------------------------------------------------------------------------
+
+def create_org(data_dir: Path, name: str) -> str:
+    """Add an organization; returns its id. ConfigError if the name is taken."""
+    name = name.strip()
+    if not name:
+        raise ConfigError("an organization needs a name")
+    db = _open_database(Path(data_dir))
+    try:
+        org = db.create_organization(name)
+        if org is None:
+            raise ConfigError(f"organization {name!r} already exists")
+        return org.id
+    finally:
+        db.close()
+
+
+def create_key(data_dir: Path, role: str, org: str | None = None) -> str:
+    """A new API key with ``role`` in organization ``org`` (default: the first one)."""
+    if role not in ROLES:
+        raise ConfigError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+    db = _open_database(Path(data_dir))
+    try:
+        if org is None:
+            found = db.organization_by_name(DEFAULT_ORG) or next(iter(db.organizations()), None)
+        else:
+            found = db.organization_by_name(org)
+        if found is None:
+            raise ConfigError(f"no organization named {org or DEFAULT_ORG!r}")
+        return db.add_api_key(found.id, role)
+    finally:
+        db.close()
+
+
+# ---- the lock and server.json --------------------------------------------------------------
+
+@contextlib.contextmanager
+def _server_lock(data_dir: Path) -> Iterator[IO[str]]:
+    handle = open(data_dir / LOCK_FILE, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"a server is already running on {data_dir}") from None
+        yield handle
+    finally:
+        handle.close()
+
+
+def _lock_held(data_dir: Path) -> bool:
+    path = data_dir / LOCK_FILE
+    if not path.exists():
+        return False
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def _read_state(data_dir: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads((data_dir / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def stop(data_dir: Path, timeout: float = 10) -> bool:
+    """SIGTERM the server running on ``data_dir`` and wait; False if none is running."""
+    data_dir = Path(data_dir)
+    info = _read_state(data_dir)
+    pid = info.get("pid") if info else None
+    if not isinstance(pid, int) or not _lock_held(data_dir):
+        (data_dir / STATE_FILE).unlink(missing_ok=True)
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        (data_dir / STATE_FILE).unlink(missing_ok=True)
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _lock_held(data_dir):
+            return True
+        time.sleep(0.05)
+    raise ConfigError(f"the server (pid {pid}) did not stop within {timeout:g}s")
+
+
+# ---- sockets -------------------------------------------------------------------------------
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot listen on {host!r}: {exc.strerror}") from None
+    family, kind, proto, _name, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is already in use") from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(False)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: ``serve()`` owns SIGTERM and SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _run(servers: list[tuple[_Server, socket.socket]],
+               on_started: Callable[[], None]) -> None:
+    """Serve every (server, socket) pair in one loop; call ``on_started`` once all listen."""
+    tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in servers]
+    while not all(server.started for server, _ in servers):
+        if any(task.done() for task in tasks):
+            break
+        await asyncio.sleep(0.01)
+    else:
+        on_started()
+    await asyncio.gather(*tasks)
+
+
+def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8790,
+          storage_port: int | None = None) -> int:
+    """Run the server until SIGTERM or SIGINT; returns the exit code (0 on a clean stop)."""
+    data_dir = Path(data_dir).absolute()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    servers: list[tuple[_Server, socket.socket]] = []
+    stopping: list[int] = []
+
+    def request_exit(signum: int, _frame: object) -> None:
+        log.info("signal %d: shutting down", signum)
+        stopping.append(signum)
+        for server, _ in servers:
+            if server.should_exit:
+                server.force_exit = True
+            server.should_exit = True
+
+    previous = {sig: signal.signal(sig, request_exit) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with _server_lock(data_dir):
+            _open_database(data_dir).close()
+            if not _is_loopback(host):
+                log.warning("listening on %s: the API is reachable from other machines", host)
+            sockets = [_bind(host, port)]
+            if storage_port is not None:
+                sockets.append(_bind(host, storage_port))
+            try:
+                _serve_on(data_dir, host, sockets, servers, stopping)
+            finally:
+                for sock in sockets:
+                    sock.close()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def _serve_on(data_dir: Path, host: str, sockets: list[socket.socket],
+              servers: list[tuple[_Server, socket.socket]], stopping: list[int]) -> None:
+    """Build the apps over the bound sockets and serve until asked to stop."""
+    from pictofs.server.app import create_app
+
+    port = sockets[0].getsockname()[1]
+    storage_port = sockets[1].getsockname()[1] if len(sockets) > 1 else None
+    app = create_app(data_dir, storage_port=storage_port)
+    apps = [app] + ([app.state.storage_app] if storage_port is not None else [])
+    for application, sock in zip(apps, sockets):
+        config = uvicorn.Config(application, log_level="warning", access_log=False,
+                                lifespan="off", timeout_graceful_shutdown=5)
+        servers.append((_Server(config), sock))
+    base_url = f"http://{_url_host(host)}:{port}"
+
+    def on_started() -> None:
+        _write_private(data_dir / STATE_FILE, json.dumps({
+            "pid": os.getpid(), "host": host, "port": port, "storage_port": storage_port,
+            "base_url": base_url}) + "\n")
+        print(f"pictofs server listening on {base_url} (data: {data_dir})", flush=True)
+
+    try:
+        if not stopping:
+            asyncio.run(_run(servers, on_started))
+    finally:
+        info = _read_state(data_dir)
+        if info and info.get("pid") == os.getpid():
+            (data_dir / STATE_FILE).unlink(missing_ok=True)
+        app.state.server.db.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pictofs.server.run DIR [PORT]``: a bare launcher (the CLI is richer)."""
+    args = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args:
+        print("usage: python -m pictofs.server.run DATA_DIR [PORT [STORAGE_PORT]]",
+              file=sys.stderr)
+        return 2
+    try:
+        return serve(Path(args[0]), port=int(args[1]) if len(args) > 1 else 8790,
+                     storage_port=int(args[2]) if len(args) > 2 else None)
+    except ConfigError as exc:
+        print(f"pictofs: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Which names a folder shows, and when a paged listing adds up (filesystem §1, §3)."""
+
+from __future__ import annotations
+
+from pictofs.core.listing import list_images_consistent, visible_entries
+from pictofs.model import Folder, Image, Page
+
+
+def img(name: str, id_: str, created: str = "2026-01-01T00:00:00Z", folder: str = "/") -> Image:
+    return Image(id=id_, dataset_id="d", filename=name, directory_path=folder, created_at=created)
+
+
+def fold(name: str) -> Folder:
+    return Folder(id="f-" + name, dataset_id="d", name=name, full_path="/" + name)
+
+
+def test_plain_names_show():
+    images = {"1": img("a.jpg", "1"), "2": img("b.jpg", "2")}
+    shown, folders, hidden = visible_entries("/", images, [fold("cars")])
+    assert sorted(shown) == ["a.jpg", "b.jpg"] and list(folders) == ["cars"] and hidden == []
+
+
+def test_folder_wins_over_image_of_the_same_name():
+    shown, folders, hidden = visible_entries("/", {"1": img("cars", "1")}, [fold("cars")])
+    assert shown == {} and list(folders) == ["cars"]
+    assert [(h.name, h.reason) for h in hidden] == [("cars", "a folder of the same name wins")]
+
+
+def test_names_over_255_bytes_are_hidden():
+    long_name = "é" * 128 + ".jpg"
+    shown, folders, hidden = visible_entries("/", {"1": img(long_name, "1")}, [fold("x" * 256)])
+    assert shown == {} and folders == {}
+    assert len(hidden) == 2
+
+
+def test_newest_of_two_same_names_wins():
+    images = {"old": img("a.jpg", "old", "2026-01-01T00:00:00Z"),
+              "new": img("a.jpg", "new", "2026-02-01T00:00:00Z")}
+    shown, _, hidden = visible_entries("/", images, [])
+    assert shown["a.jpg"].id == "new" and len(hidden) == 1
+
+
+def test_unicode_spellings_are_two_names():
+    nfc, nfd = "\u00e9.jpg", "e\u0301.jpg"
+    shown, _, _ = visible_entries("/", {"1": img(nfc, "1"), "2": img(nfd, "2")}, [])
+    assert set(shown) == {nfc, nfd}
+
+
+class ScriptedPages:
+    """A page source that answers from a script of (items, total, has_more) per call."""
+
+    def __init__(self, script: list[list[tuple[list[Image], int, bool]]]) -> None:
+        self.script = script  # one list of pages per listing attempt
+        self.calls = 0
+        self.attempt = -1
+        self.page = 0
+
+    def list_images_page(self, dataset_id, folder, *, offset=0, limit=1000,  # type: ignore[no-untyped-def]
+                         include_archived=False):
+        if offset == 0:
+            self.attempt += 1
+            self.page = 0
+        items, total, more = self.script[self.attempt][self.page]
+        self.page += 1
+        self.calls += 1
+        return Page(items=items, limit=limit, offset=offset, total=total, has_more=more)
+
+
+def test_consistent_listing_is_read_once():
+    pages = ScriptedPages([[([img("a.jpg", "1"), img("b.jpg", "2")], 2, False)]])
+    rows, complete = list_images_consistent(pages, "d", "/")  # type: ignore[arg-type]
+    assert complete and sorted(rows) == ["1", "2"] and pages.calls == 1
+
+
+def test_total_that_moves_lists_again_once():
+    first = [([img("a.jpg", "1")], 2, True), ([img("a.jpg", "1"), img("c.jpg", "3")], 3, False)]
+    second = [([img("c.jpg", "3"), img("a.jpg", "1"), img("b.jpg", "2")], 3, False)]
+    pages = ScriptedPages([first, second])
+    rows, complete = list_images_consistent(pages, "d", "/")  # type: ignore[arg-type]
+    assert complete and sorted(rows) == ["1", "2", "3"] and pages.attempt == 1
+
+
+def test_listing_that_never_adds_up_is_marked_incomplete():
+    bad = [([img("a.jpg", "1")], 2, False)]
+    pages = ScriptedPages([bad, bad])
+    rows, complete = list_images_consistent(pages, "d", "/")  # type: ignore[arg-type]
+    assert not complete and list(rows) == ["1"] and pages.attempt == 1
+
+
+def test_rows_of_other_folders_and_archived_rows_are_filtered():
+    rows_in = [img("a.jpg", "1"), img("b.jpg", "2", folder="/sub"),
+               Image(id="3", dataset_id="d", filename="c.jpg", is_archived=True)]
+    pages = ScriptedPages([[(rows_in, 3, False)]])
+    rows, complete = list_images_consistent(pages, "d", "/")  # type: ignore[arg-type]
+    assert complete and list(rows) == ["1"]
