@@ -47,6 +47,7 @@ def setup_logging(verbose: bool = False, log_file: str | None = None,
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
-    for noisy in ("urllib3", "PIL", "watchdog", "uvicorn.access"):
+    # mfusepy ("fuse") logs every errno it returns with a traceback at DEBUG: noise.
+    for noisy in ("urllib3", "PIL", "watchdog", "uvicorn.access", "fuse"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return handler

@@ -173,7 +173,7 @@ def _serve(target: Target, args: argparse.Namespace) -> int:
         read_only=read_only or args.read_only,
     )
     vfs = Vfs(remote, VfsOptions(policy, args.dir_cache_time, str(state)), downloader_for,
-              dataset=target.dataset)
+              dataset=target.dataset, is_online=breaker.allows_requests)
     name = target.dataset.name if target.dataset else "organization"
     ctl = control.ControlServer(target.mountpoint, {
         "status": lambda _req: _status(vfs, breaker, target),
@@ -193,7 +193,7 @@ def _serve(target: Target, args: argparse.Namespace) -> int:
 
     operations = PictoOperations(vfs, on_init=on_init, on_destroy=on_destroy)
     settings = MountSettings(target.mountpoint, f"pictofs:{name}", args.dir_cache_time,
-                             read_only=read_only or args.read_only, allow_other=args.allow_other)
+                             read_only=args.read_only, allow_other=args.allow_other)
     try:
         serve(operations, settings)
     finally:
@@ -209,5 +209,6 @@ def _status(vfs: Any, breaker: Any, target: Target) -> dict[str, Any]:
         "dataset": target.dataset.name if target.dataset else None,
         "base_url": target.connection.base_url,
         "service": "unreachable" if breaker.is_open else "ok",
+        "breaker": {"trips": breaker.trips, "refused": breaker.refused},
     })
     return status

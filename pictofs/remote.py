@@ -9,10 +9,24 @@ Unavailable, ...). Paths are dataset paths: folders ``/`` or ``/a/b``, images ``
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager
-from typing import BinaryIO, Iterator, Protocol, Sequence
+from typing import BinaryIO, Iterator, Protocol, Sequence, Union
 
 from pictofs.model import Dataset, Folder, Image, Page
+
+UploadBody = Union[bytes, "os.PathLike[str]", BinaryIO]
+
+
+class UploadTicket(Protocol):
+    """Step 1's answer: where step 2 sends the bytes. Opaque to the core but for the name the
+    service will store (its URL is a credential: never log it)."""
+
+    @property
+    def filename(self) -> str: ...
+
+    @property
+    def directory_path(self) -> str: ...
 
 
 class Remote(Protocol):
@@ -38,10 +52,37 @@ class Remote(Protocol):
     # writing
     def upload(self, dataset_id: str, folder: str, filename: str, data: BinaryIO, size: int,
                content_type: str, width: int | None, height: int | None,
-               idempotency_keys: Sequence[str] | None = None) -> Image: ...
+               idempotency_keys: Sequence[str] | None = None) -> Image:
+        """The three steps below in one call; ``idempotency_keys`` = (url key, register key)."""
+        ...
+
+    def request_upload(self, dataset_id: str, folder: str, filename: str, content_type: str,
+                       idempotency_key: str | None = None) -> UploadTicket:
+        """Step 1: a signed place to PUT the bytes. AlreadyExists when the name is taken,
+        Unsupported for an extension the service refuses."""
+        ...
+
+    def put_upload(self, ticket: UploadTicket, data: UploadBody, size: int) -> None:
+        """Step 2: the bytes to the ticket's place (a path or file is reopened or rewound
+        per attempt). PermissionDenied when the ticket expired."""
+        ...
+
+    def register_upload(self, dataset_id: str, folder: str, filename: str, size: int,
+                        content_type: str, width: int | None, height: int | None,
+                        idempotency_key: str | None = None) -> Image:
+        """Step 3: the image as the service stored it (its name may differ: HEIC → PNG).
+        A repeated ``idempotency_key`` returns the first answer."""
+        ...
+
     def archive(self, dataset_id: str, image_ids: Sequence[str], permanent: bool = False
-                ) -> None: ...
-    def restore(self, dataset_id: str, image_ids: Sequence[str]) -> None: ...
+                ) -> None:
+        """By id; NotFound for an id the dataset does not have (the others are processed)."""
+        ...
+
+    def restore(self, dataset_id: str, image_ids: Sequence[str]) -> None:
+        """By id; AlreadyExists when the name is taken again, NotFound for an unknown id."""
+        ...
+
     def move(self, dataset_id: str, image_ids: Sequence[str], target_folder: str) -> int: ...
     def make_folder(self, dataset_id: str, path: str) -> Folder: ...
     def rename_folder(self, dataset_id: str, path: str, new_name: str) -> None: ...

@@ -67,8 +67,11 @@ class UploadReport:
 @dataclass(frozen=True)
 class _Candidate:
     path: Path
-    filename: str
     size: int
+
+    @property
+    def filename(self) -> str:
+        return self.path.name
 
 
 def upload_dataset_from_folder(
@@ -137,7 +140,7 @@ def _plan(root: Path, organize_by_class: bool, report: UploadReport) -> dict[str
             report.fail(path, f"same name as {first_seen[key]} in {directory}")
             continue
         first_seen[key] = path
-        plan.setdefault(directory, []).append(_Candidate(path, path.name, size))
+        plan.setdefault(directory, []).append(_Candidate(path, size))
     return plan
 
 

@@ -54,6 +54,8 @@ Observation::
                                  for r in s.responses), timeout=10)
         # evaluates the predicate on fresh snapshots each time the proxy's state changes;
         # returns its first truthy result or raises TimeoutError
+    proxy.wait_idle(timeout=10)   # until no request is in progress: the client can have the
+                                  # last byte a moment before the proxy books the record
     proxy.reset_stats()
 
 Fault kinds in ``stats.faults``: the status as a string (``"503"``, ``"429"``), ``"reset"``,
@@ -299,6 +301,13 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
+async def _closed(writer: asyncio.StreamWriter) -> None:
+    """Wait until a closing connection is closed. A cancellation here (pause or stop, which
+    abort the connection anyway) is absorbed, so callers may use this in ``finally``."""
+    with contextlib.suppress(OSError, asyncio.CancelledError):
+        await writer.wait_closed()
+
+
 def _compile(path: str | re.Pattern[str] | None) -> re.Pattern[str] | None:
     return None if path is None else re.compile(path)
 
@@ -511,6 +520,10 @@ class FaultProxy:
                     self._changed.wait(remaining)
                 snapshot, version = self._snapshot(), self._version
 
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait until no request is in progress (then every record is final)."""
+        self.wait_for(lambda s: not any(r.in_progress for r in s.responses), timeout)
+
     def _update(self, record: ResponseRecord, **changes: Any) -> None:
         with self._changed:
             for name, value in changes.items():
@@ -554,6 +567,7 @@ class FaultProxy:
             self._bump()
         if paused:
             _reset(writer)
+            await _closed(writer)
             return
         task = asyncio.current_task()
         assert task is not None
@@ -573,9 +587,10 @@ class FaultProxy:
                 self._stats.errors.append(traceback.format_exc())
                 self._bump()
         finally:
-            self._conns.pop(task, None)
             if not writer.transport.is_closing():
                 writer.close()  # flushes what is buffered, then FIN
+            await _closed(writer)
+            self._conns.pop(task, None)
 
     async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """Handle one request; True if the connection stays open for another."""
@@ -601,23 +616,26 @@ class FaultProxy:
         keep_alive = ("close" not in connection if version == "HTTP/1.1"
                       else "keep-alive" in connection)
         record, fault = self._begin(method, target)
-
-        if fault is not None and fault.kind == "reset" and not fault.forward:
-            self._update(record, in_progress=False)
-            _reset(writer)
-            return False
-        if "100-continue" in head.tokens("expect"):
-            await _write(writer, b"HTTP/1.1 100 Continue\r\n\r\n", _ClientGone)
-        if fault is not None and fault.kind == "status":
-            async for _ in _body(reader, framing, length, _ClientGone):
-                pass
-            await self._answer_error(writer, record, fault.status, "fault injected by the test",
-                                     keep_alive, fault.retry_after)
-            return keep_alive
-        if fault is not None and fault.kind == "delay":
-            await asyncio.sleep(fault.seconds)
-        return await self._forward(reader, writer, record, fault, method, target, head,
-                                   framing, length, keep_alive)
+        try:
+            if fault is not None and fault.kind == "reset" and not fault.forward:
+                _reset(writer)
+                return False
+            if "100-continue" in head.tokens("expect"):
+                await _write(writer, b"HTTP/1.1 100 Continue\r\n\r\n", _ClientGone)
+            if fault is not None and fault.kind == "status":
+                async for _ in _body(reader, framing, length, _ClientGone):
+                    pass
+                await self._answer_error(writer, record, fault.status,
+                                         "fault injected by the test", keep_alive,
+                                         fault.retry_after)
+                return keep_alive
+            if fault is not None and fault.kind == "delay":
+                await asyncio.sleep(fault.seconds)
+            return await self._forward(reader, writer, record, fault, method, target, head,
+                                       framing, length, keep_alive)
+        finally:
+            if record.in_progress:  # reset, or the exchange broke off
+                self._update(record, in_progress=False)
 
     async def _answer_error(self, writer: asyncio.StreamWriter, record: ResponseRecord,
                             status: int, message: str, keep_alive: bool,
@@ -667,8 +685,7 @@ class FaultProxy:
                 task.cancel()
             await asyncio.gather(pump, answer, return_exceptions=True)
             up_writer.transport.abort()
-            if record.in_progress:
-                self._update(record, in_progress=False)
+            await _closed(up_writer)
 
     async def _pump_request(self, reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter,
                             framing: str, length: int) -> None:
@@ -700,7 +717,6 @@ class FaultProxy:
         """Send the upstream response to the client, applying ``fault``."""
         status = int(response.first_line.split(" ", 2)[1])
         if fault is not None and fault.kind == "reset":
-            self._update(record, in_progress=False)
             _reset(writer)
             return False
         framing, length = response.framing()

@@ -1,9 +1,10 @@
 """The Pictograph API client: ``Client`` and its typed errors.
 
 Layout: ``transport.py`` (the only ``requests`` user; HTTP status → error), ``retry.py``
-(pure retry decisions), ``errors.py`` (the error classes and the one mapping), the route
-modules ``images.py``, ``batch.py``, ``folders.py``, ``datasets.py``, ``annotations.py``
-(one function per route of the protocol), ``uploads.py`` (local checks and the three upload
+(pure retry decisions), ``errors.py`` (the error classes and the one mapping), ``wire.py``
+and ``redaction.py`` (small wire details; keeping secrets out of text), the route modules
+``images.py``, ``batch.py``, ``folders.py``, ``datasets.py``, ``annotations.py`` (one
+function per route of the protocol), ``uploads.py`` (local checks and the three upload
 steps), ``resources.py`` and ``client.py`` (the product docs' surface).
 """
 
@@ -22,6 +23,7 @@ from pictofs.api.errors import (
     PictographError,
     RateLimitError,
     ServerError,
+    StreamCutShort,
     UnsupportedMediaError,
     ValidationError,
 )
@@ -41,6 +43,7 @@ __all__ = [
     "PictographError",
     "RateLimitError",
     "ServerError",
+    "StreamCutShort",
     "UnsupportedMediaError",
     "ValidationError",
 ]

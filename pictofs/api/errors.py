@@ -62,6 +62,10 @@ class ApiError(PictographError):
     def __str__(self) -> str:
         return self._render()
 
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable despite the wider constructor
+        args = (self.status, self.code, self.message, self.request_id, self.details)
+        return (type(self), args, dict(self.__dict__))
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(status={self.status!r}, code={self.code!r}, "
@@ -125,6 +129,10 @@ class NetworkError(PictographError, domain.Unavailable):
     """No usable answer: connection refused or reset, timeout, a body cut short."""
 
 
+class StreamCutShort(NetworkError):
+    """An image stream that ended early after some of its bytes were handed over."""
+
+
 _NOT_AN_IMAGE_HINTS = ("not an image", "not a decodable", "not decodable", "cannot identify",
                        "cannot be decoded", "could not decode", "not a valid image")
 
@@ -153,7 +161,8 @@ def _class_for(status: int, code: str | None, message: str) -> type[ApiError]:
     if status == 400 and ("not empty" in lowered or slug in ("not_empty", "directory_not_empty")):
         return FolderNotEmptyError
     if status == 415:
-        if slug in ("not_an_image", "invalid_image") or any(h in lowered for h in _NOT_AN_IMAGE_HINTS):
+        says_not_an_image = any(hint in lowered for hint in _NOT_AN_IMAGE_HINTS)
+        if slug in ("not_an_image", "invalid_image", "decompression_bomb") or says_not_an_image:
             return NotAnImageError
         return UnsupportedMediaError
     if status in (400, 422):

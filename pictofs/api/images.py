@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import IO, Any, Iterator, Sequence
 
-from pictofs.api.transport import Body, ByteStream, Transport
-from pictofs.api.wire import dataset_segment, page_of, path_segments, unwrap
+from pictofs.api.transport import Body, Transport
+from pictofs.api.wire import ByteStream, dataset_segment, page_of, path_segments, unwrap
 from pictofs.model import Image, Page
 
 PAGE_LIMIT = 1000
@@ -139,6 +139,11 @@ def open_bytes_by_path(
     t: Transport, dataset: str, path: str
 ) -> contextlib.AbstractContextManager[ByteStream]:
     return t.stream("GET", f"/images/{dataset_segment(dataset)}/{path_segments(path)}")
+
+
+def download_to(t: Transport, image_id: str, out: IO[bytes]) -> None:
+    """Write an image's bytes into ``out`` (starting over if the stream is cut short)."""
+    t.download(f"/images/{dataset_segment(image_id)}", out)
 
 
 def open_url(t: Transport, url: str) -> contextlib.AbstractContextManager[ByteStream]:

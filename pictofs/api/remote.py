@@ -16,8 +16,9 @@ from pictofs.api import batch as batch_api
 from pictofs.api import datasets as datasets_api
 from pictofs.api import folders as folders_api
 from pictofs.api import images as images_api
+from pictofs.api.errors import ApiError, ConflictError, NotFoundError
 from pictofs.api.retry import RetryPolicy
-from pictofs.api.transport import Transport
+from pictofs.api.transport import Body, Transport
 from pictofs.config import Connection
 from pictofs.model import Dataset, Folder, Image, Page
 
@@ -93,21 +94,36 @@ class ApiRemote:
         keys = list(idempotency_keys or ())
         url_key = keys[0] if keys else None
         register_key = keys[1] if len(keys) > 1 else None
-        ticket = images_api.request_upload_url(self.transport, dataset_id, filename, folder,
-                                               content_type, idempotency_key=url_key)
+        ticket = self.request_upload(dataset_id, folder, filename, content_type, url_key)
+        self.put_upload(ticket, data, size)
+        return self.register_upload(dataset_id, folder, filename, size, content_type, width,
+                                    height, register_key)
+
+    def request_upload(self, dataset_id: str, folder: str, filename: str, content_type: str,
+                       idempotency_key: str | None = None) -> images_api.UploadTicket:
+        return images_api.request_upload_url(self.transport, dataset_id, filename, folder,
+                                             content_type, idempotency_key=idempotency_key)
+
+    def put_upload(self, ticket: images_api.UploadTicket, data: Body, size: int) -> None:
         images_api.put_bytes(self.transport, ticket, data, size)
+
+    def register_upload(self, dataset_id: str, folder: str, filename: str, size: int,
+                        content_type: str, width: int | None, height: int | None,
+                        idempotency_key: str | None = None) -> Image:
         item = images_api.RegisterItem(filename=filename, directory_path=folder,
                                        file_size=size, content_type=content_type,
                                        width=width, height=height)
         return images_api.register(self.transport, dataset_id, item,
-                                   idempotency_key=register_key)
+                                   idempotency_key=idempotency_key)
 
     def archive(self, dataset_id: str, image_ids: Sequence[str], permanent: bool = False
                 ) -> None:
-        batch_api.delete(self.transport, dataset_id, image_ids, permanent=permanent)
+        result = batch_api.delete(self.transport, dataset_id, image_ids, permanent=permanent)
+        _raise_first_failure(result, "archive" if not permanent else "delete")
 
     def restore(self, dataset_id: str, image_ids: Sequence[str]) -> None:
-        batch_api.restore(self.transport, dataset_id, image_ids)
+        _raise_first_failure(batch_api.restore(self.transport, dataset_id, image_ids),
+                             "restore")
 
     def move(self, dataset_id: str, image_ids: Sequence[str], target_folder: str) -> int:
         """Returns how many images the service renamed on arrival (a name clash)."""
@@ -144,3 +160,18 @@ class ApiRemote:
     def set_status(self, dataset_id: str, image_ids: Sequence[str], status: str) -> None:
         batch_api.update(self.transport, dataset_id, image_ids, status=status)
 
+
+def _raise_first_failure(result: batch_api.BatchResult, verb: str) -> None:
+    """A batch answers 200 with per-id failures: the first one becomes a typed error (the
+    other ids were processed)."""
+    if not result.failed:
+        return
+    failure = result.failed[0]
+    reason = failure.reason.lower()
+    if "already exists" in reason:
+        cls: type[ApiError] = ConflictError
+    elif "not found" in reason:
+        cls = NotFoundError
+    else:
+        cls = ApiError
+    raise cls(None, "batch_item_failed", f"cannot {verb} image {failure.id}: {failure.reason}")

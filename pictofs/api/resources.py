@@ -51,21 +51,20 @@ class ImagesResource:
 
     def download(self, image_id: str, output_path: str | os.PathLike[str]) -> Path:
         """Stream the original bytes to ``output_path``: written to ``<output>.part``, then
-        renamed into place; on any failure the ``.part`` file is removed."""
+        renamed into place; a stream cut short starts over; on any failure the ``.part``
+        file is removed."""
         target = Path(output_path)
         part = target.with_name(target.name + ".part")
-        with images_api.open_bytes(self._t, image_id) as stream:
-            try:
-                with open(part, "wb") as out:
-                    for chunk in stream:
-                        out.write(chunk)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(part, target)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    part.unlink()
-                raise
+        try:
+            with open(part, "wb") as out:
+                images_api.download_to(self._t, image_id, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(part, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+            raise
         log.debug("downloaded %s to %s", image_id, target)
         return target
 

@@ -4,7 +4,8 @@
 
 - ``request_json``: an API request with ``X-API-Key``, JSON in and out;
 - ``stream``: image bytes, handed over in chunks (read timeout 30 s without a byte); a body
-  cut short is retried while no byte has reached the caller, later it is a ``NetworkError``;
+  cut short is retried while no byte has reached the caller, later it is ``StreamCutShort``;
+- ``download``: a whole body into a file, starting over when it is cut short anywhere;
 - ``put_signed``: the signed storage PUT, to the URL exactly as given and WITHOUT the key.
 
 Every non-2xx answer goes through ``errors.error_from_response`` here and nowhere else;
@@ -22,7 +23,6 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
 from typing import IO, Any, Callable, Iterator, Mapping, TypeVar, Union
 from urllib.parse import urlsplit
 
@@ -30,9 +30,10 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from pictofs import __version__
-from pictofs.api.errors import NetworkError, error_from_response
+from pictofs.api.errors import NetworkError, StreamCutShort, error_from_response
 from pictofs.api.retry import Decision, Outcome, RetryPolicy, parse_retry_after
-from pictofs.api.wire import derive_idempotency_key, is_idempotency_key, new_idempotency_key
+from pictofs.api.redaction import Redactor, redact_signed_url
+from pictofs.api.wire import ByteStream, announced_length, idempotency_key_for
 from pictofs.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ REQUEST_ID_HEADER = "X-Request-Id"
 DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 30.0)
 PUT_TIMEOUT: tuple[float, float] = (5.0, 300.0)
 STREAM_CHUNK = 1 << 20
-KEYED_METHODS = frozenset({"POST", "PATCH"})
 
 _NO_ANSWER = (requests.ConnectionError, requests.Timeout)
 _CUT_SHORT = (
@@ -61,46 +61,6 @@ _CUT_SHORT = (
 
 class _CutShort(Exception):
     """A 2xx answer whose body is shorter than announced or does not parse."""
-
-
-@dataclass
-class ByteStream:
-    """An open image download: iterate ``chunks`` (or the stream itself) for the bytes."""
-
-    headers: Mapping[str, str]
-    chunks: Iterator[bytes]
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self.chunks
-
-    @property
-    def content_length(self) -> int | None:
-        return _announced_length(self.headers)
-
-    @property
-    def content_type(self) -> str | None:
-        return self.headers.get("Content-Type")
-
-
-class _Redactor:
-    """Replaces secrets (the key, a signed URL's token) in text; its repr shows none of them,
-    so tracebacks that print arguments stay clean."""
-
-    __slots__ = ("_secrets",)
-
-    def __init__(self, *secrets: str) -> None:
-        self._secrets = tuple(s for s in secrets if s)
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "[redacted]")
-        return text
-
-    def with_more(self, *secrets: str) -> _Redactor:
-        return _Redactor(*self._secrets, *secrets)
-
-    def __repr__(self) -> str:
-        return "_Redactor(…)"
 
 
 class _Session(requests.Session):
@@ -130,7 +90,7 @@ class Transport:
         self._base = base_url.rstrip("/")
         self._base_path = urlsplit(self._base).path
         self._key = api_key
-        self._redact = _Redactor(api_key)
+        self._redact = Redactor(api_key)
         self.timeout = _timeout_pair(timeout)
         self.put_timeout = _timeout_pair(put_timeout)
         self.retry = retry or RetryPolicy()
@@ -191,7 +151,7 @@ class Transport:
         verb = method.upper()
         url = self.url_for(path)
         headers = {KEY_HEADER: self._key, "Accept": "application/json"}
-        key = _idempotency_key(verb, idempotency_key)
+        key = idempotency_key_for(verb, idempotency_key)
         if key:
             headers[IDEMPOTENCY_HEADER] = key
 
@@ -227,6 +187,27 @@ class Transport:
         finally:
             response.close()
 
+    def download(self, path_or_url: str, out: IO[bytes]) -> Mapping[str, str]:
+        """GET a whole body into ``out``; returns the headers. A body cut short after bytes
+        were written starts over (there is no ``Range`` support to resume): ``out`` is cut
+        back to where it was and the request sent again, as far as the retry policy allows."""
+        start = out.tell()
+        attempt = 0
+        while True:
+            try:
+                with self.stream("GET", path_or_url) as body:
+                    for chunk in body:
+                        out.write(chunk)
+                    return body.headers
+            except StreamCutShort:
+                decision = self.retry.decide(attempt, "GET", Outcome.TRUNCATED)
+                if not decision.retry:
+                    raise
+                out.seek(start)
+                out.truncate()
+                self._pause("GET", self._target(self.url_for(path_or_url)), attempt, decision)
+                attempt += 1
+
     def put_signed(
         self, upload_url: str, body: Body, content_type: str, content_length: int
     ) -> Mapping[str, str]:
@@ -243,7 +224,7 @@ class Transport:
                                          allow_redirects=False)
 
         def receive(response: requests.Response) -> Mapping[str, str]:
-            _read_json(response)
+            _discard_body(response)  # a 2xx means stored, whatever the body says
             return response.headers
 
         return self._exchange("PUT", target, send, receive, keyed=False, redact=redact)
@@ -258,7 +239,7 @@ class Transport:
         receive: Callable[[requests.Response], T],
         *,
         keyed: bool,
-        redact: _Redactor | None = None,
+        redact: Redactor | None = None,
     ) -> T:
         redact = redact or self._redact
         attempt = 0
@@ -296,7 +277,7 @@ class Transport:
 
     def _on_error_status(
         self, method: str, response: requests.Response, attempt: int, keyed: bool,
-        redact: _Redactor,
+        redact: Redactor,
     ) -> Decision:
         """Decide on a non-2xx answer: a retry decision, or raise the mapped error."""
         body = _error_body(response, redact)
@@ -316,21 +297,6 @@ class Transport:
 # ---------------------------------------------------------------------- helpers
 
 
-def redact_signed_url(url: str) -> str:
-    """A signed URL as logs may show it: host and path prefix, no token, no query."""
-    parts = urlsplit(url)
-    prefix = parts.path.rsplit("/", 1)[0]
-    return f"{parts.scheme}://{parts.netloc}{prefix}/…"
-
-
-def _idempotency_key(method: str, given: str | None) -> str | None:
-    if method not in KEYED_METHODS:
-        return None
-    if given is None:
-        return new_idempotency_key()
-    return given if is_idempotency_key(given) else derive_idempotency_key(given)
-
-
 def _timeout_pair(timeout: Timeout) -> tuple[float, float]:
     """A bare number is the read timeout; connect stays at 5 s."""
     if isinstance(timeout, (int, float)):
@@ -343,7 +309,7 @@ def _read_json(response: requests.Response) -> tuple[Any, Mapping[str, str]]:
     """The whole body as JSON (None when empty) and the headers; ``_CutShort`` when the body
     is shorter than announced or does not parse."""
     content = response.content  # reading may raise ChunkedEncodingError on a short body
-    expected = _announced_length(response.headers)
+    expected = announced_length(response.headers)
     if expected is not None and len(content) < expected:
         raise _CutShort(f"{len(content)} of {expected} bytes")
     if not content.strip():
@@ -354,7 +320,18 @@ def _read_json(response: requests.Response) -> tuple[Any, Mapping[str, str]]:
         raise _CutShort("the JSON body does not parse") from None
 
 
-def _error_body(response: requests.Response, redact: _Redactor) -> str | None:
+def _discard_body(response: requests.Response) -> None:
+    """Read and drop an answer's body, so the connection goes back to the pool."""
+    try:
+        for _ in response.iter_content(64 * 1024):
+            pass
+    except _CUT_SHORT:
+        pass
+    finally:
+        response.close()
+
+
+def _error_body(response: requests.Response, redact: Redactor) -> str | None:
     try:
         text = response.content.decode("utf-8", errors="replace")
     except _CUT_SHORT:
@@ -374,12 +351,12 @@ def _prefetch(response: requests.Response, size: int) -> tuple[list[bytes], Iter
         for chunk in chunks:
             buffered.append(chunk)
             received += len(chunk)
-            if received > size:
+            if received >= size:
                 return buffered, chunks
     except BaseException:
         response.close()
         raise
-    expected = _announced_length(response.headers)
+    expected = announced_length(response.headers)
     if expected is not None and received != expected:
         response.close()
         raise _CutShort(f"{received} of {expected} bytes")
@@ -390,7 +367,7 @@ def _follow(
     response: requests.Response, buffered: list[bytes], rest: Iterator[bytes], target: str
 ) -> Iterator[bytes]:
     """The caller's chunks: what was prefetched, then the rest, checked against the length."""
-    expected = _announced_length(response.headers)
+    expected = announced_length(response.headers)
     received = 0
     for chunk in buffered:
         received += len(chunk)
@@ -400,20 +377,9 @@ def _follow(
             received += len(chunk)
             yield chunk
     except _CUT_SHORT:
-        raise NetworkError(f"GET {target}: image stream cut short after {received} bytes") from None
+        raise StreamCutShort(f"GET {target}: stream cut short after {received} bytes") from None
     if expected is not None and received != expected:
-        raise NetworkError(f"GET {target}: got {received} of {expected} bytes")
-
-
-def _announced_length(headers: Mapping[str, str]) -> int | None:
-    """Content-Length as a count of body bytes, or None (absent, or a compressed body)."""
-    if headers.get("Content-Encoding", "identity").lower() != "identity":
-        return None
-    value = headers.get("Content-Length")
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
+        raise StreamCutShort(f"GET {target}: stream cut short: {received} of {expected} bytes")
 
 
 @contextlib.contextmanager
@@ -434,7 +400,7 @@ def _log_answer(method: str, target: str, response: requests.Response, started: 
               response.headers.get(REQUEST_ID_HEADER, "-"), time.monotonic() - started)
 
 
-def _describe(exc: BaseException, redact: _Redactor) -> str:
+def _describe(exc: BaseException, redact: Redactor) -> str:
     """A short reason for a transport failure, without URLs' secrets or the key."""
     reason: Any = exc
     inner = exc.args[0] if exc.args else None

@@ -42,17 +42,17 @@ class LocalImage:
     width: int | None
     height: int | None
 
-    def register_item(self, directory_path: str, filename: str | None = None) -> images_api.RegisterItem:
+    def register_item(self, directory_path: str) -> images_api.RegisterItem:
         return images_api.RegisterItem(
-            filename=filename or self.filename, directory_path=directory_path,
+            filename=self.filename, directory_path=directory_path,
             file_size=self.size, content_type=self.content_type,
             width=self.width, height=self.height)
 
 
-def prepare(file_path: str | os.PathLike[str], filename: str | None = None) -> LocalImage:
-    """Check a local file before any request. ``filename`` overrides the uploaded name."""
+def prepare(file_path: str | os.PathLike[str]) -> LocalImage:
+    """Check a local file before any request and probe its dimensions."""
     path = Path(file_path)
-    name = filename if filename is not None else path.name
+    name = path.name
     check_filename(name)
     size = path.stat().st_size  # FileNotFoundError / IsADirectoryError pass through as they are
     if not path.is_file():

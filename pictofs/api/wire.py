@@ -1,4 +1,4 @@
-"""Small wire details shared by the route modules: path segments, envelopes, idempotency keys.
+"""Small wire details: path segments, envelopes, idempotency keys, streamed bodies.
 
 - ``{ds}`` (a dataset name or UUID) is percent-encoded as ONE segment; ``{img_path}`` is the
   image's folder and filename without the leading slash, percent-encoded with ``/`` kept.
@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from typing import Any, Callable, TypeVar
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 from urllib.parse import quote
 
 from pictofs.api.errors import NetworkError
@@ -21,6 +22,7 @@ from pictofs.model import Page, join_path
 T = TypeVar("T")
 
 _KEY_RE = re.compile(r"^[0-9a-f]{32}$")
+KEYED_METHODS = frozenset({"POST", "PATCH"})
 
 
 def dataset_segment(dataset: str) -> str:
@@ -53,6 +55,46 @@ def derive_idempotency_key(seed: str, step: str = "") -> str:
         return seed
     digest = hashlib.sha256(f"{seed}\x00{step}".encode("utf-8")).hexdigest()
     return digest[:32]
+
+
+def idempotency_key_for(method: str, given: str | None) -> str | None:
+    """The ``Idempotency-Key`` a request carries: none for GET/PUT/DELETE, the caller's (as
+    a valid key) or a fresh one for POST/PATCH."""
+    if method.upper() not in KEYED_METHODS:
+        return None
+    if given is None:
+        return new_idempotency_key()
+    return given if is_idempotency_key(given) else derive_idempotency_key(given)
+
+
+@dataclass
+class ByteStream:
+    """An open download: iterate it (or ``chunks``) for the bytes."""
+
+    headers: Mapping[str, str]
+    chunks: Iterator[bytes]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.chunks
+
+    @property
+    def content_length(self) -> int | None:
+        return announced_length(self.headers)
+
+    @property
+    def content_type(self) -> str | None:
+        return self.headers.get("Content-Type")
+
+
+def announced_length(headers: Mapping[str, str]) -> int | None:
+    """Content-Length as a count of body bytes, or None (absent, or a compressed body)."""
+    if headers.get("Content-Encoding", "identity").lower() != "identity":
+        return None
+    value = headers.get("Content-Length")
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 def unwrap(body: Any) -> Any:

@@ -9,10 +9,11 @@ as soon as the service answers again.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pictofs.errors import Unavailable
 
@@ -28,13 +29,22 @@ class CircuitBreaker:
         self._prober: threading.Thread | None = None
         self._stopped = threading.Event()
         self.trips = 0
+        self.refused = 0  # calls failed at once while open (no request sent)
 
     @property
     def is_open(self) -> bool:
         return self._open
 
+    def allows_requests(self) -> bool:
+        """False while open (counted as a refused call, like ``call`` would)."""
+        if self._open:
+            self.refused += 1
+            return False
+        return True
+
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self._open:
+            self.refused += 1
             raise Unavailable("the service is unreachable (waiting for it to come back)")
         try:
             return fn(*args, **kwargs)
@@ -91,3 +101,28 @@ class GuardedRemote:
             return self.breaker.call(target, *args, **kwargs)
 
         return guarded
+
+    def open_bytes(self, image_id: str) -> contextlib.AbstractContextManager[Iterator[bytes]]:
+        """Streams are guarded where the request happens: on enter, and while iterating."""
+        return _guarded_stream(self._remote.open_bytes(image_id), self.breaker)
+
+
+@contextlib.contextmanager
+def _guarded_stream(opener: contextlib.AbstractContextManager[Iterator[bytes]],
+                    breaker: CircuitBreaker) -> Iterator[Iterator[bytes]]:
+    stream = breaker.call(opener.__enter__)
+    try:
+        yield _guarded_chunks(stream, breaker)
+    except BaseException as exc:
+        if not opener.__exit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        opener.__exit__(None, None, None)
+
+
+def _guarded_chunks(stream: Iterator[bytes], breaker: CircuitBreaker) -> Iterator[bytes]:
+    try:
+        yield from stream
+    except Unavailable:
+        breaker.trip()
+        raise

@@ -32,7 +32,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -204,6 +204,11 @@ class ImageCache:
         try:
             handle: BinaryIO = open(self.data_path(image_id), "rb", buffering=0)
         except FileNotFoundError:
+            self._drop_if_unchanged(image_id, record)  # evicted by another process
+            return None
+        except OSError as exc:
+            log.warning("cache: dropping image %s: cannot open it (%s)", image_id,
+                        exc.strerror or exc)
             self._drop_if_unchanged(image_id, record)
             return None
         try:
@@ -240,7 +245,7 @@ class ImageCache:
             with self._index.transact():
                 current = self._record(image_id)
                 if current is not None and current.sha256 == record.sha256:
-                    self._put(image_id, _replace(current, last_open=self._clock()))
+                    self._put(image_id, replace(current, last_open=self._clock()))
         except (OSError, sqlite3.Error) as exc:
             log.debug("cache: cannot record the open of image %s: %s", image_id, exc)
 
@@ -318,9 +323,13 @@ class ImageCache:
             self._verified.discard(image_id)
 
     def _drop_if_unchanged(self, image_id: str, seen: _Record) -> None:
-        with self._index.transact():
-            if self._record(image_id) == seen:
-                self._remove(image_id)
+        """Drop an entry found bad, unless another process replaced it meanwhile."""
+        try:
+            with self._index.transact():
+                if self._record(image_id) == seen:
+                    self._remove(image_id)
+        except (OSError, sqlite3.Error) as exc:
+            log.debug("cache: cannot drop image %s now: %s", image_id, exc)
 
     # -- start-up ----------------------------------------------------------------------------
 
@@ -406,14 +415,6 @@ class CacheWriter:
         self._closed = True
         self._handle.close()
         self._cache.unpin(self.image_id)
-
-
-def _replace(record: _Record, **changes: object) -> _Record:
-    values = record.to_dict()
-    values.update(changes)
-    result = _Record.from_dict(values)
-    assert result is not None
-    return result
 
 
 def _sha256_of(handle: BinaryIO) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from abc import ABC, abstractmethod
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from typing import BinaryIO, Protocol
 
@@ -32,17 +33,21 @@ log = logging.getLogger(__name__)
 _OPEN_ATTEMPTS = 3
 
 
-class Reader:
-    """An open image. ``read`` may be called from several threads; ``close`` once, last."""
+class Reader(ABC):
+    """An open image. ``read`` may be called from several threads; ``close`` once, last.
+    ``from_cache`` tells whether it reads a complete cache entry (no request)."""
 
     image_id: str
     from_cache: bool
 
+    @abstractmethod
     def read(self, offset: int, size: int) -> bytes:
-        raise NotImplementedError
+        """The bytes at ``offset`` (fewer at the end of the image); blocks until they
+        arrived, raises the download's error when they never will."""
 
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Release the reader (idempotent)."""
 
     def __enter__(self) -> Reader:
         return self

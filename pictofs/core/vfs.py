@@ -22,7 +22,7 @@ from pictofs.core import attrs
 from pictofs.core.attrs import AttrPolicy
 from pictofs.core.view import DatasetView, DirEntry, Entry, FileEntry
 from pictofs.errors import (AlreadyExists, BadHandle, IsADirectory, NoAttribute, NotADirectory,
-                            NotFound, NotPermitted, ReadOnly, ValueTooLarge)
+                            NotFound, NotPermitted, ReadOnly, Unavailable, ValueTooLarge)
 from pictofs.model import Dataset, Image, parse_timestamp
 from pictofs.names import check_name
 from pictofs.remote import Remote
@@ -57,9 +57,12 @@ class Counters:
 class Vfs:
     def __init__(self, remote: Remote, options: VfsOptions,
                  downloader_for: Callable[[Dataset], Any], dataset: Dataset | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 is_online: Callable[[], bool] = lambda: True) -> None:
         """``dataset`` set: a dataset mount; None: an organization mount. ``downloader_for``
-        gives the Downloader (with its cache) of a dataset."""
+        gives the Downloader (with its cache) of a dataset. ``is_online`` says whether the
+        service is believed reachable (the circuit breaker is closed)."""
+        self.is_online = is_online
         self.remote = remote
         self.options = options
         self.clock = clock
@@ -171,6 +174,9 @@ class Vfs:
         if not isinstance(entry, FileEntry):
             raise IsADirectory(path)
         reader = self._downloader(view).open(entry.image.id, entry.image.file_size)
+        if not reader.from_cache and not self.is_online():
+            reader.close()
+            raise Unavailable(f"{path} is not cached and the service is unreachable")
         with self._lock:
             fh = next(self._fh)
             self._handles[fh] = Handle(path, entry.image, reader)

@@ -150,15 +150,24 @@ class DatasetView:
                 return FileEntry(path, listing.images[name])
             if listing.complete:
                 raise NotFound(path)
+        if is_supported(name):
+            # an image name: one filename= question, unless the folder's subfolders are
+            # already known to include that name (the folder wins)
+            known = self._known_subfolders(parent)
+            if known is not None and name in known:
+                return DirEntry(path, known[name])
+            image = self._find_image(parent, name)
+            if image is not None:
+                return FileEntry(path, image)
         folders = self._subfolders(parent)
         if name in folders:
             return DirEntry(path, folders[name])
-        if not is_supported(name):
-            raise NotFound(path)
-        image = self._find_image(parent, name)
-        if image is None:
-            raise NotFound(path)
-        return FileEntry(path, image)
+        raise NotFound(path)
+
+    def _known_subfolders(self, parent: str) -> dict[str, Folder] | None:
+        with self._lock:
+            known = self._children.get(parent)
+        return known.folders if known is not None and self._fresh(known.at) else None
 
     def _subfolders(self, parent: str) -> dict[str, Folder]:
         with self._lock:

@@ -54,20 +54,20 @@ def prepare_mountpoint(mountpoint: str) -> str:
     """The mountpoint's absolute path, after cleaning a stale mount; ConfigError when it
     cannot be used."""
     path = os.path.abspath(mountpoint)
-    try:
-        os.stat(path)
-    except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
+    if mount_device(path) is not None:
+        try:
+            os.statvfs(path)  # statfs always reaches the daemon: no kernel cache answers it
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTCONN, errno.ECONNABORTED):
+                raise ConfigError(f"mountpoint {path}: {exc.strerror}") from None
             log.warning("%s: stale mount of a daemon that died; unmounting it", path)
             unmount(path, lazy=True)
-        elif exc.errno == errno.ENOENT:
-            raise ConfigError(f"mountpoint {path} does not exist (create it with mkdir)") from None
         else:
-            raise ConfigError(f"mountpoint {path}: {exc.strerror}") from None
+            raise ConfigError(f"{path} is already a mountpoint (busy); unmount it first")
+    if not os.path.exists(path):
+        raise ConfigError(f"mountpoint {path} does not exist (create it with mkdir)")
     if not os.path.isdir(path):
         raise ConfigError(f"mountpoint {path} is not a directory")
-    if os.path.ismount(path):
-        raise ConfigError(f"{path} is already a mountpoint (busy); unmount it first")
     return path
 
 

@@ -5,8 +5,11 @@ Layout:
 - ``run``: process life (first start, sockets, ``server.json``, signals) and the admin verbs
   the CLI calls (``serve``, ``create_org``, ``create_key``, ``stop``).
 - ``app``: ``create_app`` wires the state, middleware, error handlers and route modules.
-- ``routes_*``: one module per route family; handlers are thin (parse, one domain call, render).
-- ``catalog``, ``ingest``, ``edits``, ``folders``: the domain verbs over the database.
+- ``routes_datasets``, ``routes_images``, ``routes_uploads``, ``routes_batch``: thin handlers
+  (parse, one domain call, render), with ``schemas`` for every body and response.
+- ``deps`` (state, caller, roles), ``middleware`` (request id, metrics), ``handlers`` (the error
+  body), ``idempotency`` (replayed POST/PATCH answers), ``failures`` (the one error type).
+- ``catalog``, ``folders``, ``ingest``, ``edits``: the domain verbs over the database.
 - ``db`` (SQLite), ``blobs`` (content-addressed bytes), ``auth`` (keys, roles, signed upload
   URLs), ``decode`` (the server's only Pillow user), ``rules`` (name rules, checked here and
   never borrowed from the client side).

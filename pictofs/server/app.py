@@ -65,7 +65,6 @@ def create_app(data_dir: Path, storage_port: int | None = None) -> FastAPI:
     db.initialize()
     decode.configure()
     state = ServerState.open(data_dir, db, storage_port)
-    state.blobs.clean_temporary()
 
     app = _application(state, "pictofs reference server")
     app.include_router(service)

@@ -88,7 +88,7 @@ class Catalog:
                      conn: sqlite3.Connection | None = None) -> sqlite3.Row:
         """A dataset by UUID or by name within the organization; 404 otherwise."""
         c = conn or self.db.connection()
-        row = None
+        row: sqlite3.Row | None = None
         if rules.is_uuid(ref):
             row = c.execute("SELECT * FROM datasets WHERE id = ? AND organization_id = ?",
                             (ref.lower(), organization_id)).fetchone()
@@ -141,7 +141,9 @@ class Catalog:
                 "SELECT dataset_id,"
                 " SUM(CASE WHEN is_archived = 0 THEN 1 ELSE 0 END) AS live,"
                 " SUM(CASE WHEN is_archived = 1 THEN 1 ELSE 0 END) AS archived,"
-                " SUM(CASE WHEN is_archived = 0 THEN file_size ELSE 0 END) AS size"
+                " SUM(CASE WHEN is_archived = 0 THEN file_size ELSE 0 END) AS size,"
+                " SUM(CASE WHEN is_archived = 0 AND status = 'complete' THEN 1 ELSE 0 END)"
+                " AS complete"
                 f" FROM images WHERE dataset_id IN ({marks}) GROUP BY dataset_id", ids)
         }
         out = []
@@ -163,6 +165,7 @@ class Catalog:
             data = dataset.to_json()
             # Classes travel as objects (what the official SDK validates), not bare names.
             data["classes"] = json.loads(row["classes"])
+            data["completed_image_count"] = int(stat["complete"] or 0) if stat else 0
             out.append(data)
         return out
 
@@ -173,7 +176,7 @@ class Catalog:
         if not rules.is_uuid(image_id):
             raise not_found(f"no image {image_id!r}")
         c = conn or self.db.connection()
-        row = c.execute(
+        row: sqlite3.Row | None = c.execute(
             f"SELECT {_IMAGE_COLUMNS} FROM images WHERE id = ? AND dataset_id IN"
             " (SELECT id FROM datasets WHERE organization_id = ?)",
             (image_id.lower(), organization_id)).fetchone()
@@ -183,8 +186,8 @@ class Catalog:
 
     def image_row(self, conn: sqlite3.Connection, image_id: str) -> sqlite3.Row:
         """An image by id with no organization check (for ids the server just made)."""
-        row = conn.execute(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE id = ?",
-                           (image_id,)).fetchone()
+        row: sqlite3.Row | None = conn.execute(
+            f"SELECT {_IMAGE_COLUMNS} FROM images WHERE id = ?", (image_id,)).fetchone()
         if row is None:
             raise not_found(f"no image {image_id!r}")
         return row
@@ -194,7 +197,7 @@ class Catalog:
         """The non-archived image at ``cars/red/x.jpg`` (or ``x.jpg``) in the dataset."""
         directory, filename = rules.split_image_path(img_path)
         c = conn or self.db.connection()
-        row = c.execute(
+        row: sqlite3.Row | None = c.execute(
             f"SELECT {_IMAGE_COLUMNS} FROM images WHERE dataset_id = ? AND directory_path = ?"
             " AND filename = ? AND is_archived = 0", (dataset_id, directory, filename)).fetchone()
         if row is None:

@@ -168,24 +168,31 @@ class Database:
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """A consistent snapshot for several SELECTs."""
-        conn = self.connection()
-        conn.execute("BEGIN")
+        conn = self._begin("BEGIN")
         try:
             yield conn
         finally:
-            conn.execute("COMMIT")
+            if conn.in_transaction:
+                conn.execute("COMMIT")
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """An immediate (write-locked) transaction, committed on success, rolled back on error."""
-        conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
+        conn = self._begin("BEGIN IMMEDIATE")
         try:
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def _begin(self, statement: str) -> sqlite3.Connection:
+        conn = self.connection()
+        if conn.in_transaction:
+            raise RuntimeError("nested transaction: pass the open connection down instead")
+        conn.execute(statement)
+        return conn
 
     def close(self) -> None:
         with self._lock:
@@ -205,7 +212,8 @@ class Database:
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
         if row is None:
             return False
-        return conn.execute("SELECT 1 FROM meta WHERE key = 'schema_version'").fetchone() is not None
+        version = conn.execute("SELECT 1 FROM meta WHERE key = 'schema_version'").fetchone()
+        return version is not None
 
     def initialize(self) -> None:
         """Create the schema if missing; refuse a database from a newer version."""
@@ -282,6 +290,6 @@ class Database:
         with self.write() as tx:
             tx.execute("DELETE FROM idempotency WHERE created_at < ?", (now - IDEMPOTENCY_TTL_S,))
             tx.execute(
-                "INSERT OR REPLACE INTO idempotency"
-                " (organization_id, key, route, status, body, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO idempotency (organization_id, key, route, status, body,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (organization_id, key, route, status, body, now))

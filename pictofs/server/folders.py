@@ -56,8 +56,9 @@ class Folders:
         wanted_parents = {rules.parent(r["full_path"]) for r in rows} - {rules.ROOT}
         parent_ids: dict[str, str] = {}
         for path in wanted_parents:
-            found = conn.execute("SELECT id FROM directories WHERE dataset_id = ? AND full_path = ?",
-                                 (dataset_id, path)).fetchone()
+            found = conn.execute(
+                "SELECT id FROM directories WHERE dataset_id = ? AND full_path = ?",
+                (dataset_id, path)).fetchone()
             if found:
                 parent_ids[path] = found[0]
         out = []
@@ -153,11 +154,14 @@ class Folders:
                             " AND is_archived = 0 LIMIT 1", (dataset_id, directory)).fetchone():
                 raise bad_request(f"folder {directory!r} is not empty: it holds images",
                                   code="not_empty", directory_path=directory)
-            if conn.execute(f"SELECT 1 FROM directories WHERE dataset_id = ? AND {_below('full_path')}"
-                            " LIMIT 1", (dataset_id, len(prefix), prefix)).fetchone() or \
-                    conn.execute("SELECT 1 FROM images WHERE dataset_id = ? AND is_archived = 0 AND"
-                                 f" {_below('directory_path')} LIMIT 1",
-                                 (dataset_id, len(prefix), prefix)).fetchone():
+            below = (dataset_id, len(prefix), prefix)
+            subfolder = conn.execute(
+                f"SELECT 1 FROM directories WHERE dataset_id = ? AND {_below('full_path')} LIMIT 1",
+                below).fetchone()
+            nested_image = conn.execute(
+                "SELECT 1 FROM images WHERE dataset_id = ? AND is_archived = 0 AND"
+                f" {_below('directory_path')} LIMIT 1", below).fetchone()
+            if subfolder or nested_image:
                 raise bad_request(f"folder {directory!r} is not empty: it holds folders",
                                   code="not_empty", directory_path=directory)
             conn.execute("DELETE FROM directories WHERE dataset_id = ? AND full_path = ?",

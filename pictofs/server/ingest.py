@@ -1,7 +1,7 @@
 """The three-step upload: hand out signed URLs, keep what the storage PUT received, register it.
 
 Step 1 (``prepare``) checks the name, extension, content type and collision before signing.
-Step 2 (the storage PUT, in ``routes_storage``) streams the body into a ``BlobWriter``;
+Step 2 (the storage PUT, in ``routes_uploads``) streams the body into a ``BlobWriter``;
 ``keep_upload`` commits it and records it as the pending upload of that (dataset, folder,
 filename). Step 3 (``register``) checks the declared size against the stored bytes, decodes
 them with Pillow, converts HEIC to PNG, and inserts the image in one transaction with its
@@ -104,7 +104,7 @@ class Ingest:
     def register(self, dataset_id: str, item: Registration) -> sqlite3.Row:
         name = rules.check_filename(item.filename)
         directory = rules.normalize_directory(item.directory_path)
-        ctype = rules.check_content_type(item.content_type)
+        rules.check_content_type(item.content_type)
         heic = rules.is_heic(name)
         final = rules.png_name(name) if heic else name
         conn = self.db.connection()
@@ -120,7 +120,8 @@ class Ingest:
         if pending is None:
             raise bad_request(f"no uploaded bytes for {rules.join(directory, name)!r}; PUT them "
                               "to the upload_url first", code="upload_missing")
-        stored, size = pending["blob"], int(pending["size"])
+        # The stored type is the one the upload URL was signed for and the PUT carried.
+        stored, size, ctype = pending["blob"], int(pending["size"]), pending["content_type"]
         if item.file_size is not None and item.file_size != size:
             raise bad_request(f"file_size {item.file_size} differs from the {size} bytes stored",
                               code="file_size_mismatch", stored=size, declared=item.file_size)

@@ -1,5 +1,6 @@
 """Per-request plumbing: ``X-Request-Id`` on every response, request counters for ``/metrics``,
-and a last-resort 500 in the error shape of protocol §2 (with the traceback logged).
+a 404 for paths with an encoded slash (routing works on decoded paths, and no name may hold a
+``/``), and a last-resort 500 in the error shape of protocol §2 (with the traceback logged).
 
 Metrics text, one line per (method, route template, status)::
 
@@ -100,6 +101,13 @@ class RequestContext:
             await send(message)
 
         try:
+            if b"%2f" in scope.get("raw_path", b"").lower():
+                # No name (dataset, folder or file) may hold a "/": an encoded slash names
+                # nothing, and decoding it would address another dataset or folder.
+                response = JSONResponse(error_body(
+                    "not_found", "no such resource: names cannot contain '/'"), status_code=404)
+                await response(scope, receive, send_with_id)
+                return
             await self.app(scope, receive, send_with_id)
         except Exception:
             log.exception("unexpected error on %s %s (request %s)", scope["method"],

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
+from pictofs.server.catalog import ImageFilter, image_json
 from pictofs.server.db import Caller
-from pictofs.server.deps import ServerState, caller, member, page, state
+from pictofs.server.deps import ServerState, base_url, caller, member, page, state
 from pictofs.server.idempotency import IdempotentRoute
 from pictofs.server.schemas import (
     ERROR_RESPONSES,
@@ -38,11 +39,22 @@ def list_datasets(limit: int = Query(100, ge=1, le=1000), offset: int = Query(0,
     return page(st.catalog.dataset_json(rows), limit, offset, total)
 
 
-@router.get("/datasets/{dataset}", response_model=Envelope[DatasetOut], tags=["datasets"])
-def get_dataset(dataset: str, who: Caller = Depends(caller),
+@router.get("/datasets/{dataset}", response_model=Envelope[DatasetOut],
+            response_model_exclude_unset=True, tags=["datasets"])
+def get_dataset(request: Request, dataset: str, include_images: bool = False,
+                images_limit: int = Query(1000, ge=1, le=10_000),
+                images_offset: int = Query(0, ge=0), who: Caller = Depends(caller),
                 st: ServerState = Depends(state)) -> dict[str, Any]:
+    """One dataset; with ``include_images=true`` (as the official SDK may ask) also a page of
+    its images, newest first."""
     row = st.catalog.find_dataset(who.organization_id, dataset)
-    return {"data": st.catalog.dataset_json([row])[0]}
+    data = st.catalog.dataset_json([row])[0]
+    if include_images:
+        rows, _total = st.catalog.list_images(row["id"], ImageFilter(), images_limit,
+                                              images_offset)
+        base = base_url(request)
+        data["images"] = [image_json(r, base) for r in rows]
+    return {"data": data}
 
 
 @router.post("/datasets/", response_model=Envelope[DatasetOut], status_code=201,

@@ -13,7 +13,7 @@ import sqlite3
 from typing import Any, Iterator
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from pictofs.server.catalog import ImageFilter, image_json
 from pictofs.server.db import Caller
@@ -36,26 +36,29 @@ from pictofs.server.schemas import (
 API = "/api/v1/developer"
 router = APIRouter(prefix=API, route_class=IdempotentRoute, responses=ERROR_RESPONSES,
                    tags=["images"])
-_BYTES = {200: {"description": "The image bytes", "content": {
+_BYTES: dict[int | str, dict[str, Any]] = {200: {"description": "The image bytes", "content": {
     "image/*": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
-def _stream(st: ServerState, row: sqlite3.Row) -> StreamingResponse:
-    """The image bytes with Content-Type and Content-Length (no Range support)."""
+def _stream(request: Request, st: ServerState, row: sqlite3.Row) -> Response:
+    """The image bytes with Content-Type and Content-Length (no Range support); HEAD gets
+    the headers only."""
     try:
         handle = st.blobs.open(row["blob"])
     except FileNotFoundError:
         raise ApiFailure(500, "blob_missing", "the stored bytes of this image are missing",
                          {"image_id": row["id"]}) from None
-    size = os.fstat(handle.fileno()).st_size
+    headers = {"Content-Length": str(os.fstat(handle.fileno()).st_size)}
+    if request.method == "HEAD":
+        handle.close()
+        return Response(media_type=row["content_type"], headers=headers)
 
     def chunks() -> Iterator[bytes]:
         with handle:
             while data := handle.read(256 * 1024):
                 yield data
 
-    return StreamingResponse(chunks(), media_type=row["content_type"],
-                             headers={"Content-Length": str(size)})
+    return StreamingResponse(chunks(), media_type=row["content_type"], headers=headers)
 
 
 @router.get("/images/", response_model=Page[ImageOut])
@@ -90,19 +93,20 @@ def image_metadata_by_path(request: Request, dataset: str, img_path: str,
     return {"data": image_json(st.catalog.image_by_path(ds["id"], img_path), base_url(request))}
 
 
-@router.get("/images/{image_id}", response_class=StreamingResponse, response_model=None,
-            responses=_BYTES)
-def image_bytes_by_id(image_id: str, who: Caller = Depends(caller),
-                      st: ServerState = Depends(state)) -> StreamingResponse:
-    return _stream(st, st.catalog.image_by_id(who.organization_id, image_id))
+@router.api_route("/images/{image_id}", methods=["GET", "HEAD"],
+                  response_class=StreamingResponse, response_model=None, responses=_BYTES)
+def image_bytes_by_id(request: Request, image_id: str, who: Caller = Depends(caller),
+                      st: ServerState = Depends(state)) -> Response:
+    return _stream(request, st, st.catalog.image_by_id(who.organization_id, image_id))
 
 
-@router.get("/images/{dataset}/{img_path:path}", response_class=StreamingResponse,
-            response_model=None, responses=_BYTES)
-def image_bytes_by_path(dataset: str, img_path: str, who: Caller = Depends(caller),
-                        st: ServerState = Depends(state)) -> StreamingResponse:
+@router.api_route("/images/{dataset}/{img_path:path}", methods=["GET", "HEAD"],
+                  response_class=StreamingResponse, response_model=None, responses=_BYTES)
+def image_bytes_by_path(request: Request, dataset: str, img_path: str,
+                        who: Caller = Depends(caller),
+                        st: ServerState = Depends(state)) -> Response:
     ds = st.catalog.find_dataset(who.organization_id, dataset)
-    return _stream(st, st.catalog.image_by_path(ds["id"], img_path))
+    return _stream(request, st, st.catalog.image_by_path(ds["id"], img_path))
 
 
 @router.delete("/images/{dataset}/{img_path:path}", response_model=DeleteResult)

@@ -24,9 +24,10 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import uvicorn
 
@@ -245,7 +246,10 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8790,
                 server.force_exit = True
             server.should_exit = True
 
-    previous = {sig: signal.signal(sig, request_exit) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, request_exit)
+                    for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with _server_lock(data_dir):
             _open_database(data_dir).close()
@@ -273,6 +277,7 @@ def _serve_on(data_dir: Path, host: str, sockets: list[socket.socket],
     port = sockets[0].getsockname()[1]
     storage_port = sockets[1].getsockname()[1] if len(sockets) > 1 else None
     app = create_app(data_dir, storage_port=storage_port)
+    app.state.server.blobs.clean_temporary()  # safe: this process holds the server lock
     apps = [app] + ([app.state.storage_app] if storage_port is not None else [])
     for application, sock in zip(apps, sockets):
         config = uvicorn.Config(application, log_level="warning", access_log=False,

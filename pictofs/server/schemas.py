@@ -52,11 +52,13 @@ class DatasetOut(_Out):
     annotation_types: list[str]
     classes: list[dict[str, Any]]
     image_count: int
+    completed_image_count: int
     archived_image_count: int
     total_size: int
     is_archived: bool
     created_at: str
     updated_at: str | None
+    images: list[ImageOut] | None = None  # only with ?include_images=true
 
 
 class DirectoryOut(_Out):

@@ -148,7 +148,7 @@ def test_embedded_default_starts_once_and_stops(tmp_path):
 
 
 def test_server_restart_keeps_data(tmp_path):
-    from conftest import start_server, stop_server
+    from harness import start_server, stop_server
 
     handle = start_server(tmp_path / "data", tmp_path / "server.log")
     try:
@@ -178,7 +178,7 @@ def test_serve_refuses_a_port_in_use(server, tmp_path):
 
 
 def test_first_start_says_where_the_key_is(tmp_path):
-    from conftest import start_server, stop_server
+    from harness import start_server, stop_server
 
     handle = start_server(tmp_path / "data", tmp_path / "server.log")
     stop_server(handle)

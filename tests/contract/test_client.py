@@ -22,7 +22,7 @@ from pictofs.api import (
     PayloadTooLargeError,
     ValidationError,
 )
-from pictofs.errors import ConfigError, TooLarge, Unsupported
+from pictofs.errors import ConfigError, NotAnImage, TooLarge, Unsupported
 from pictofs.names import MAX_IMAGE_BYTES
 
 
@@ -187,6 +187,7 @@ def test_text_bytes_named_jpg_are_refused_with_415(client, dataset, tmp_path: Pa
     with pytest.raises(ValidationError) as caught:
         client.images.upload(dataset_id=dataset.id, file_path=path)
     assert caught.value.status == 415
+    assert isinstance(caught.value, NotAnImage)
     assert caught.value.request_id
     assert not list(client.images.list(dataset.id))
 

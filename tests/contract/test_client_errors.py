@@ -18,6 +18,7 @@ from pictofs.api import (
     FolderNotEmptyError,
     ForbiddenError,
     InvalidNameError,
+    NotAnImageError,
     NotFoundError,
     PayloadTooLargeError,
     UnsupportedMediaError,
@@ -169,9 +170,11 @@ def test_415_bytes_that_are_not_an_image(client, dataset) -> None:
     data = b"plain text, not a PNG\n" * 10
     images_api.put_bytes(client.transport, ticket, data, len(data))
     item = images_api.RegisterItem("fake.png", "/", len(data), "image/png")
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(NotAnImageError) as caught:
         images_api.register(client.transport, dataset.id, item)
     assert caught.value.status == 415
+    assert isinstance(caught.value, ValidationError)
+    assert isinstance(caught.value, domain.NotAnImage)
 
 
 def test_422_malformed_request(client) -> None:

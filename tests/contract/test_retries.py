@@ -30,7 +30,7 @@ REGISTER = rf"^{API}/images/register$"
 
 
 @pytest.fixture()
-def proxy(server) -> Iterator[FaultProxy]:  # type: ignore[no-untyped-def]
+def proxy(server) -> Iterator[FaultProxy]:
     with FaultProxy(server.base_url, seed=0) as started:
         yield started
         assert started.stats.errors == []
@@ -43,7 +43,7 @@ def sleeps() -> list[float]:
 
 
 @pytest.fixture()
-def api(server, proxy: FaultProxy, sleeps: list[float]) -> Iterator[Client]:  # type: ignore[no-untyped-def]
+def api(server, proxy: FaultProxy, sleeps: list[float]) -> Iterator[Client]:
     """A client of the server through the proxy; its waits are recorded, not slept."""
     client = Client(api_key=server.key, base_url=proxy.url)
     client.transport.retry = dataclasses.replace(
@@ -137,6 +137,7 @@ def test_truncated_image_download_is_retried(api: Client, client: Client, proxy:
     out = api.images.download(image.id, tmp_path / "out.jpg")
 
     assert out.read_bytes() == data
+    proxy.wait_idle()
     first, second = proxy.stats.records("GET", IMAGE_BYTES)
     assert (first.bytes_sent, first.complete) == (1000, False)
     assert (second.bytes_sent, second.complete) == (len(data), True)
@@ -165,6 +166,7 @@ def test_truncated_json_answer_is_retried(api: Client, client: Client, proxy: Fa
     got = api.images.get(image.id)
     assert (got.id, got.filename, got.file_size, got.width, got.height) == (
         image.id, "meta.png", image.file_size, image.width, image.height)
+    proxy.wait_idle()
     first = proxy.stats.records("GET", IMAGE_METADATA)[0]
     assert (first.fault, first.bytes_sent, first.complete) == ("truncate", 20, False)
     assert proxy.stats.count("GET", IMAGE_METADATA) == 2

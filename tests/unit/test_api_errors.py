@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 
@@ -36,6 +37,8 @@ TABLE = [
     (415, envelope("The stored bytes are not a decodable image", "unsupported_media_type"),
      api.NotAnImageError, (domain.NotAnImage,)),
     (415, envelope("whatever", "not_an_image"), api.NotAnImageError, (domain.NotAnImage,)),
+    (415, envelope("too many pixels", "decompression_bomb"), api.NotAnImageError,
+     (domain.NotAnImage,)),
     (429, envelope("Slow down", "rate_limited"), api.RateLimitError, ()),
     (500, envelope("boom", "internal_error"), api.ServerError, ()),
     (502, "<html>Bad Gateway</html>", api.ServerError, ()),
@@ -129,6 +132,16 @@ def test_repr_and_str_are_readable() -> None:
     local = api.PayloadTooLargeError(413, None, "too big")
     assert str(local) == "too big (HTTP 413)"
     assert str(api.ApiError(None, None, "plain")) == "plain"
+
+
+def test_errors_survive_pickling() -> None:
+    error = api.error_from_response(429, envelope("slow", "rate_limited"),
+                                    {"Retry-After": "3", "X-Request-Id": "r9"})
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is api.RateLimitError
+    assert (copy.status, copy.code, copy.message, copy.request_id, copy.retry_after) == (
+        429, "rate_limited", "slow", "r9", 3.0)
+    assert str(copy) == str(error)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,427 @@
+"""The upload journal: the durable write-back state of one (base URL, dataset id, key).
+
+Filesystem spec §5 "Durability" and §8. One folder per (base URL, dataset id, key
+fingerprint) under ``STATE_DIR/datasets/<digest>/`` holds:
+
+- ``journal.db``: SQLite (WAL, ``synchronous=FULL``) with a ``meta`` table (schema
+  ``version``, base URL, dataset id, key fingerprint), the ``entries`` table (one row per
+  staged file: target, state, size, sha256, mtime, replaced id, idempotency keys, the step
+  reached, the error, the registered image id) and the ``mtimes`` table (image id → the mtime a
+  writer set, reported by ``stat`` so a second ``rsync -a`` transfers nothing);
+- ``staging/``: one file per entry, named by the entry id;
+- ``journal.lock``: an ``flock`` held for the life of the ``Journal`` object, so two
+  processes never resume the same entries.
+
+Every method that changes a row commits before it returns, so a caller that records a step
+and then sends it never sends a step the journal does not know about. A journal of a version
+this code does not know refuses to open (``ConfigError``) and is left untouched. Files are
+0600, folders 0700. ``plan_resume`` is the pure decision of what a restart does with each
+entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from pictofs.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+STATES = ("staged", "queued", "uploading", "failed", "done")
+STEPS = ("none", "archived", "url", "put", "registered")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    id TEXT PRIMARY KEY,
+    folder TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('staged', 'queued', 'uploading', 'failed', 'done')),
+    flushed INTEGER NOT NULL DEFAULT 0,
+    cancelled INTEGER NOT NULL DEFAULT 0,
+    size INTEGER,
+    sha256 TEXT,
+    mtime REAL,
+    replaced_id TEXT,
+    url_key TEXT,
+    register_key TEXT,
+    step TEXT NOT NULL DEFAULT 'none'
+        CHECK (step IN ('none', 'archived', 'url', 'put', 'registered')),
+    error TEXT,
+    image_id TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mtimes (image_id TEXT PRIMARY KEY, mtime REAL NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A snapshot of one journal row."""
+
+    id: str
+    folder: str
+    filename: str
+    state: str
+    flushed: bool
+    cancelled: bool
+    size: int | None
+    sha256: str | None
+    mtime: float | None
+    replaced_id: str | None
+    url_key: str | None
+    register_key: str | None
+    step: str
+    error: str | None
+    image_id: str | None
+    created: float
+    updated: float
+
+    @property
+    def path(self) -> str:
+        return ("" if self.folder == "/" else self.folder) + "/" + self.filename
+
+    @property
+    def maybe_registered(self) -> bool:
+        """A register may have reached the service without the journal hearing the answer."""
+        return self.image_id is None and self.step == "put" and self.register_key is not None
+
+
+_COLUMNS = tuple(f.name for f in fields(Entry))
+_UPDATABLE = frozenset(_COLUMNS) - {"id", "created", "updated"}
+
+
+def key_fingerprint(api_key: str) -> str:
+    """The first 12 hex digits of the key's sha256: names the key without revealing it."""
+    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:12]
+
+
+def journal_dir(state_dir: Path, base_url: str, dataset_id: str, api_key: str) -> Path:
+    """``STATE_DIR/datasets/<digest>`` for one (base URL, dataset id, key fingerprint)."""
+    identity = "\n".join((base_url.rstrip("/"), dataset_id, key_fingerprint(api_key)))
+    return state_dir / "datasets" / hashlib.sha256(identity.encode("utf-8")).hexdigest()[:24]
+
+
+# ---------------------------------------------------------------------- resume plan
+
+
+class ResumeAction(enum.Enum):
+    QUEUE = "queue"  # upload it (again)
+    DROP = "drop"  # never flushed, or cancelled with nothing on the service: row and file go
+    PRUNE = "prune"  # done: the row (and any left-over staging file) go
+    KEEP_FAILED = "keep_failed"  # failed for good: listed until discarded
+    FINISH_CANCEL = "finish_cancel"  # cancelled, but an image may exist: a worker archives it
+
+
+def resume_action(entry: Entry) -> ResumeAction:
+    """What a restart does with one entry (filesystem spec §5 "Durability")."""
+    if entry.cancelled:
+        if entry.image_id is not None or entry.maybe_registered:
+            return ResumeAction.FINISH_CANCEL
+        return ResumeAction.DROP
+    if entry.state == "done":
+        return ResumeAction.PRUNE
+    if entry.state == "failed":
+        return ResumeAction.KEEP_FAILED
+    if entry.state == "staged" and not entry.flushed:
+        return ResumeAction.DROP
+    return ResumeAction.QUEUE
+
+
+def restart_step(entry: Entry) -> str:
+    """The step an entry goes back to when its bytes or its target change: a replace whose
+    old image is already archived stays past that step; everything else starts over."""
+    if entry.replaced_id is not None and entry.step != "none":
+        return "archived"
+    return "none"
+
+
+def orphan_staging_files(entries: Iterable[Entry], staging_names: Iterable[str]) -> list[str]:
+    """Staging files no live entry owns (a crash between creating the file and the row)."""
+    owned = {e.id for e in entries if e.state != "done"}
+    return sorted(name for name in staging_names if name not in owned)
+
+
+# ---------------------------------------------------------------------- the journal
+
+
+class Journal:
+    """One dataset's journal. Thread-safe; open it once per process (the lock says so)."""
+
+    def __init__(self, directory: Path, *, base_url: str = "", dataset_id: str = "",
+                 fingerprint: str = "") -> None:
+        self.directory = Path(directory)
+        self.staging_dir = self.directory / "staging"
+        for folder in (self.directory.parent, self.directory, self.staging_dir):
+            _private_dir(folder)
+        self._lock_file = _take_lock(self.directory / "journal.lock")
+        self._lock = threading.Lock()  # guards _db (one connection shared by threads)
+        try:
+            self._db = _open_database(self.directory / "journal.db")
+            self._init_meta(base_url=base_url, dataset_id=dataset_id, fingerprint=fingerprint)
+        except BaseException:
+            self._lock_file.close()
+            raise
+
+    @classmethod
+    def for_dataset(cls, state_dir: Path, base_url: str, dataset_id: str,
+                    api_key: str) -> Journal:
+        return cls(journal_dir(state_dir, base_url, dataset_id, api_key),
+                   base_url=base_url.rstrip("/"), dataset_id=dataset_id,
+                   fingerprint=key_fingerprint(api_key))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+        self._lock_file.close()  # releases the flock
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def meta(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+
+    # ---------------------------------------------------------------- entries
+
+    def add(self, entry_id: str, folder: str, filename: str,
+            replaced_id: str | None = None) -> Entry:
+        now = time.time()
+        with self._write() as db:
+            db.execute("INSERT INTO entries (id, folder, filename, state, replaced_id, created,"
+                       " updated) VALUES (?, ?, ?, 'staged', ?, ?, ?)",
+                       (entry_id, folder, filename, replaced_id, now, now))
+        return self._require(entry_id)
+
+    def get(self, entry_id: str) -> Entry | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM entries WHERE id = ?",
+                                   (entry_id,)).fetchone()
+        return _entry(row) if row else None
+
+    def entries(self, state: str | None = None) -> list[Entry]:
+        query = f"SELECT {', '.join(_COLUMNS)} FROM entries"
+        args: tuple[Any, ...] = ()
+        if state is not None:
+            query, args = query + " WHERE state = ?", (state,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY created, id", args).fetchall()
+        return [_entry(row) for row in rows]
+
+    def update(self, entry_id: str, **changes: Any) -> Entry:
+        """Change columns of one row and commit; returns the new row."""
+        unknown = set(changes) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"not journal columns: {sorted(unknown)}")
+        if "state" in changes and changes["state"] not in STATES:
+            raise ValueError(f"unknown state {changes['state']!r}")
+        if "step" in changes and changes["step"] not in STEPS:
+            raise ValueError(f"unknown step {changes['step']!r}")
+        assignments = ", ".join(f"{name} = ?" for name in changes)
+        with self._write() as db:
+            cursor = db.execute(f"UPDATE entries SET {assignments}, updated = ? WHERE id = ?",
+                                (*changes.values(), time.time(), entry_id))
+            if cursor.rowcount == 0:
+                raise KeyError(entry_id)
+        return self._require(entry_id)
+
+    def delete(self, entry_id: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM entries WHERE id = ?", (entry_id,))
+
+    def record_registered(self, entry_id: str, image_id: str) -> Entry:
+        """The entry is done as ``image_id``; its mtime (if a writer set one) now belongs to
+        that image. One transaction."""
+        with self._write() as db:
+            db.execute("UPDATE entries SET state = 'done', step = 'registered', image_id = ?,"
+                       " error = NULL, updated = ? WHERE id = ?",
+                       (image_id, time.time(), entry_id))
+            db.execute("INSERT OR REPLACE INTO mtimes (image_id, mtime) SELECT image_id, mtime"
+                       " FROM entries WHERE id = ? AND mtime IS NOT NULL", (entry_id,))
+        return self._require(entry_id)
+
+    def set_entry_mtime(self, entry_id: str, mtime: float) -> None:
+        """Record the mtime a writer set; an entry already registered passes it to its image."""
+        with self._write() as db:
+            db.execute("UPDATE entries SET mtime = ?, updated = ? WHERE id = ?",
+                       (mtime, time.time(), entry_id))
+            db.execute("INSERT OR REPLACE INTO mtimes (image_id, mtime) SELECT image_id, mtime"
+                       " FROM entries WHERE id = ? AND image_id IS NOT NULL", (entry_id,))
+
+    def delete_done(self, before: float | None = None) -> int:
+        """Forget done entries (updated before ``before``, or all); returns how many."""
+        query, args = "DELETE FROM entries WHERE state = 'done'", ()
+        if before is not None:
+            query, args = query + " AND updated < ?", (before,)
+        with self._write() as db:
+            return db.execute(query, args).rowcount
+
+    # ---------------------------------------------------------------- mtimes
+
+    def set_mtime(self, image_id: str, mtime: float) -> None:
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO mtimes (image_id, mtime) VALUES (?, ?)",
+                       (image_id, mtime))
+
+    def mtime(self, image_id: str) -> float | None:
+        with self._lock:
+            row = self._db.execute("SELECT mtime FROM mtimes WHERE image_id = ?",
+                                   (image_id,)).fetchone()
+        return row[0] if row else None
+
+    def mtimes(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._db.execute("SELECT image_id, mtime FROM mtimes").fetchall())
+
+    def forget_mtime(self, image_id: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM mtimes WHERE image_id = ?", (image_id,))
+
+    # ---------------------------------------------------------------- staging files
+
+    def staging_path(self, entry_id: str) -> Path:
+        return self.staging_dir / entry_id
+
+    def create_staging_file(self, entry_id: str) -> Path:
+        """An empty 0600 staging file, durable in its folder."""
+        path = self.staging_path(entry_id)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        _fsync_dir(self.staging_dir)
+        return path
+
+    def sync_staging_file(self, entry_id: str) -> None:
+        """Make the staged bytes durable (a flush that returned can be resumed)."""
+        fd = os.open(self.staging_path(entry_id), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def remove_staging_file(self, entry_id: str) -> bool:
+        try:
+            self.staging_path(entry_id).unlink()
+        except FileNotFoundError:
+            return False
+        _fsync_dir(self.staging_dir)
+        return True
+
+    def staging_names(self) -> list[str]:
+        return sorted(p.name for p in self.staging_dir.iterdir() if p.is_file())
+
+    # ---------------------------------------------------------------- internals
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One committed transaction under the lock."""
+        with self._lock, self._db:
+            yield self._db
+
+    def _require(self, entry_id: str) -> Entry:
+        entry = self.get(entry_id)
+        if entry is None:
+            raise KeyError(entry_id)
+        return entry
+
+    def _init_meta(self, **identity: str) -> None:
+        with self._lock:
+            self._db.executescript(_SCHEMA)  # idempotent: CREATE ... IF NOT EXISTS
+        with self._write() as db:
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('version', ?)",
+                       (str(VERSION),))
+            for key, value in identity.items():
+                if value:
+                    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                               (key, value))
+
+
+def _entry(row: tuple[Any, ...]) -> Entry:
+    values = dict(zip(_COLUMNS, row))
+    values["flushed"] = bool(values["flushed"])
+    values["cancelled"] = bool(values["cancelled"])
+    return Entry(**values)
+
+
+def _open_database(path: Path) -> sqlite3.Connection:
+    """Open (or create) the database; refuse an unknown version before changing anything."""
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    try:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level="DEFERRED")
+        version = _stored_version(db)
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"{path}: not a readable pictofs journal ({exc}); "
+                          "refusing to mount (the file is kept as it is)") from None
+    if version is not None and version != VERSION:
+        db.close()
+        raise ConfigError(f"{path}: journal version {version} is unknown to this pictofs "
+                          f"(it knows version {VERSION}); refusing to mount (the journal is "
+                          "kept as it is: use the pictofs that wrote it)")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
+def _stored_version(db: sqlite3.Connection) -> int | str | None:
+    """The version in ``meta``; None for a new (empty) database."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if not tables:
+        return None
+    if "meta" not in tables:
+        return "(none)"
+    row = db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+    if row is None:
+        return "(none)"
+    try:
+        return int(row[0])
+    except ValueError:
+        return str(row[0])
+
+
+def _take_lock(path: Path) -> Any:
+    """Hold an exclusive flock on ``path`` (with our pid in it) or raise ConfigError."""
+    handle = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+", encoding="ascii")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise ConfigError(f"journal in use by pid {holder} ({path.parent}): "
+                              "another pictofs has this dataset mounted") from None
+        raise
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,352 @@
+"""One upload of one journal entry, step by step (filesystem spec §5 "Replace", "Names the
+service changes", "Durability"), and the pure decisions around it.
+
+A run of ``UploadJob.run``:
+
+1. local checks: size ≤ 50 MB, Pillow identifies the bytes, dimensions, sha256;
+2. a replace (``replaced_id`` set) first looks at the name: another id there → conflict,
+   nothing archived; the same size and sha256 → nothing uploaded, the existing image is the
+   answer; otherwise the old id is archived (the journal says ``archived`` first);
+3. upload URL (a fresh key, recorded first; a resumed entry always gets a fresh URL), PUT,
+   register (its key recorded before it is sent and reused by a resumed entry, so a replayed
+   register returns the first answer);
+4. a 409 at any step reads the image at the name and adopts it when size and sha256 match;
+5. a replace whose upload fails for good restores the archived image.
+
+The job talks to the queue through a ``Control``: every journal write goes through it (so a
+retarget or cancel that changed the entry makes the job stop at its next step instead of
+overwriting the change), and the register runs inside ``Control.register`` so the queue knows
+when a register is in flight. Crash points (``pictofs.faults``) sit at the step boundaries.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import random
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from pictofs import imaging, names
+from pictofs.core.journal import STEPS, Entry, Journal
+from pictofs.errors import AlreadyExists, NotFound, PermissionDenied, PictofsError, Unavailable
+from pictofs.faults import fault_point
+from pictofs.model import Image, join_path
+from pictofs.remote import Remote, UploadTicket
+
+log = logging.getLogger(__name__)
+
+HASH_CHUNK = 1 << 20
+
+
+# ---------------------------------------------------------------------- pure decisions
+
+
+class Disposition(enum.Enum):
+    TRANSIENT = "transient"  # retry with backoff, forever
+    AUTH = "auth"  # 401: pause the whole queue until the key works
+    PERMANENT = "permanent"  # the entry fails; never retried
+
+
+def classify(exc: BaseException) -> Disposition:
+    """How the queue treats a failed step (filesystem spec §5 "Failures")."""
+    status = getattr(exc, "status", None)
+    if status == 401:
+        return Disposition.AUTH
+    if isinstance(exc, Unavailable):
+        return Disposition.TRANSIENT
+    if isinstance(status, int) and (status in (408, 429) or status >= 500):
+        return Disposition.TRANSIENT
+    return Disposition.PERMANENT
+
+
+def retry_delay(attempt: int, cap: float, jitter: float = 1.0) -> float:
+    """Backoff before retry number ``attempt`` (1, 2, ...): 1 s doubling, times ``jitter``
+    (drawn in [0.75, 1.25]), never over ``cap``."""
+    return min(cap, min(2.0 ** max(attempt - 1, 0), cap) * jitter)
+
+
+def draw_jitter(rng: random.Random) -> float:
+    return rng.uniform(0.75, 1.25)
+
+
+def service_name(filename: str) -> str:
+    """The name the service stores: HEIC is converted and stored as ``<stem>.png``."""
+    if names.extension(filename) == ".heic":
+        return filename[: -len(".heic")] + ".png"
+    return filename
+
+
+def describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def is_unexpected(exc: BaseException) -> bool:
+    """Not a failure the code expects (a bug): worth a traceback in the log."""
+    return not isinstance(exc, (PictofsError, OSError))
+
+
+def new_key() -> str:
+    """A fresh idempotency key (32 lowercase hex)."""
+    return uuid.uuid4().hex
+
+
+class UploadFailed(PictofsError):
+    """A permanent failure found by the job itself (local checks, an unadoptable conflict)."""
+
+
+class Interrupted(Exception):
+    """The entry changed under the job (hold, retarget, cancel) or the queue is stopping:
+    the job stops at this step boundary and the queue decides what comes next."""
+
+
+# ---------------------------------------------------------------------- local facts
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    path: Path
+    size: int
+    sha256: str
+    content_type: str
+    width: int | None
+    height: int | None
+
+
+def inspect_staged(path: Path, filename: str) -> StagedFile:
+    """The checks made before any request; raises a permanent error for a doomed file."""
+    size = path.stat().st_size
+    if size > names.MAX_IMAGE_BYTES:
+        raise UploadFailed(f"too large: {size:,} bytes, over the 50 MB limit "
+                           f"({names.MAX_IMAGE_BYTES:,} bytes)")
+    if not names.is_supported(filename):
+        raise UploadFailed(f"unsupported file type {names.extension(filename) or '(none)'}")
+    try:
+        imaging.identify(path)
+    except PictofsError as exc:
+        raise UploadFailed(f"not an image: {exc}") from None
+    dimensions = imaging.probe(path)
+    width, height = dimensions if dimensions else (None, None)
+    return StagedFile(path=path, size=size, sha256=file_sha256(path),
+                      content_type=names.content_type_for(filename), width=width, height=height)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------- the job
+
+
+@dataclass(frozen=True)
+class Landed:
+    """How an entry ended on the service."""
+
+    image: Image
+    how: str  # "uploaded", "identical" (replace with the same bytes), "adopted" (after a 409)
+
+    @property
+    def uploaded(self) -> bool:
+        return self.how == "uploaded"
+
+
+class Control(Protocol):
+    """What the queue lends a running job."""
+
+    def checkpoint(self) -> None:
+        """Raise Interrupted if the entry changed or the queue is stopping."""
+
+    def record(self, **changes: Any) -> Entry:
+        """Write to the entry's journal row, unless the entry changed (Interrupted)."""
+
+    def put_done(self) -> bool:
+        """The PUT of these bytes to this target already finished in this process (a
+        register that failed for a while needs no new URL and no second PUT)."""
+
+    def mark_put(self) -> None:
+        """Say that the PUT finished."""
+
+    def register(self, step: Callable[[], Landed]) -> Landed:
+        """Run the step that makes the entry an image, marked as in flight (a retarget or
+        hold waits for it), after a last checkpoint."""
+
+
+class UploadJob:
+    def __init__(self, remote: Remote, journal: Journal, dataset_id: str,
+                 control: Control) -> None:
+        self._remote = remote
+        self._journal = journal
+        self._dataset_id = dataset_id
+        self._control = control
+
+    # ---------------------------------------------------------------- upload
+
+    def run(self, entry: Entry) -> Landed:
+        """Upload one entry; returns once the journal records it as done."""
+        staged = inspect_staged(self._journal.staging_path(entry.id), entry.filename)
+        entry = self._control.record(state="uploading", size=staged.size, sha256=staged.sha256)
+        if entry.replaced_id is not None and entry.step == "none":
+            landed = self._prepare_replace(entry, staged)
+            if landed is not None:
+                return self._done(entry, landed)
+            entry = self._journal.get(entry.id) or entry
+        if entry.replaced_id is not None and entry.step == "archived":
+            self._archive_replaced(entry)
+        try:
+            landed = self._send(entry, staged)
+        except Interrupted:
+            raise
+        except Exception as exc:
+            if self._archived(entry) and classify(exc) is Disposition.PERMANENT:
+                self._restore_replaced(entry)
+            raise
+        return self._done(entry, landed)
+
+    def _done(self, entry: Entry, landed: Landed) -> Landed:
+        fault_point("after_register")
+        self._journal.record_registered(entry.id, landed.image.id)
+        return landed
+
+    def _prepare_replace(self, entry: Entry, staged: StagedFile) -> Landed | None:
+        """The replace checks; a Landed when the bytes are already there."""
+        current = self._remote.find_image(self._dataset_id, entry.folder,
+                                          service_name(entry.filename))
+        if current is None:
+            log.info("%s: the image it replaces is gone; uploading it as a new file", entry.path)
+            self._control.record(replaced_id=None)
+            return None
+        if current.id != entry.replaced_id:
+            raise UploadFailed("conflict: replaced by another client "
+                               f"({entry.path} is now image {current.id})")
+        if self._same_bytes(current, staged):
+            log.debug("%s: same bytes as image %s; nothing to upload", entry.path, current.id)
+            return self._control.register(lambda: Landed(current, "identical"))
+        self._control.record(step="archived")
+        return None
+
+    def _archive_replaced(self, entry: Entry) -> None:
+        assert entry.replaced_id is not None
+        self._control.checkpoint()
+        try:
+            self._remote.archive(self._dataset_id, [entry.replaced_id])
+        except NotFound:
+            log.info("%s: replaced image %s is already gone", entry.path, entry.replaced_id)
+        fault_point("after_archive")
+
+    def _send(self, entry: Entry, staged: StagedFile) -> Landed:
+        """Upload URL, PUT, register; a 409 on the way ends in adoption or a conflict. A
+        resumed entry always gets a fresh URL; its saved register key is reused."""
+        if entry.step == "put" and entry.register_key and self._control.put_done():
+            register_key = entry.register_key
+        else:
+            try:
+                ticket = self._ticket(entry, staged)
+                self._put(entry, staged, ticket)
+            except AlreadyExists:
+                return self._control.register(lambda: self._adopt(entry, staged))
+            register_key = entry.register_key or new_key()
+            self._control.record(step="put", register_key=register_key)
+            self._control.mark_put()
+            fault_point("after_put")
+        return self._control.register(lambda: self._register(entry, staged, register_key))
+
+    def _ticket(self, entry: Entry, staged: StagedFile) -> UploadTicket:
+        key = new_key()
+        self._control.record(url_key=key)
+        self._control.checkpoint()
+        fault_point("before_upload_url")
+        ticket = self._remote.request_upload(self._dataset_id, entry.folder, entry.filename,
+                                             staged.content_type, idempotency_key=key)
+        self._control.record(step="url")
+        return ticket
+
+    def _put(self, entry: Entry, staged: StagedFile, ticket: UploadTicket) -> None:
+        self._control.checkpoint()
+        try:
+            self._remote.put_upload(ticket, staged.path, staged.size)
+        except PermissionDenied as exc:
+            if classify(exc) is Disposition.AUTH:
+                raise
+            log.info("%s: upload URL refused (expired?); asking for a fresh one", entry.path)
+            ticket = self._ticket(entry, staged)
+            self._control.checkpoint()
+            self._remote.put_upload(ticket, staged.path, staged.size)
+
+    def _register(self, entry: Entry, staged: StagedFile, key: str) -> Landed:
+        try:
+            image = self._remote.register_upload(
+                self._dataset_id, entry.folder, entry.filename, staged.size,
+                staged.content_type, staged.width, staged.height, idempotency_key=key)
+        except AlreadyExists:
+            return self._adopt(entry, staged)
+        return Landed(image, "uploaded")
+
+    def _adopt(self, entry: Entry, staged: StagedFile) -> Landed:
+        """After a 409: the image at the name is ours when its size and sha256 match."""
+        current = self._remote.find_image(self._dataset_id, entry.folder,
+                                          service_name(entry.filename))
+        if current is not None and self._same_bytes(current, staged):
+            log.info("%s: already on the service as image %s (same bytes): adopted",
+                     entry.path, current.id)
+            return Landed(current, "adopted")
+        raise UploadFailed(f"conflict: {entry.path} already exists on the service "
+                           "with other bytes")
+
+    def _same_bytes(self, image: Image, staged: StagedFile) -> bool:
+        if image.file_size != staged.size:
+            return False
+        digest = hashlib.sha256()
+        with self._remote.open_bytes(image.id) as chunks:
+            for chunk in chunks:
+                digest.update(chunk)
+        return digest.hexdigest() == staged.sha256
+
+    # ---------------------------------------------------------------- replace undo
+
+    def _archived(self, entry: Entry) -> bool:
+        current = self._journal.get(entry.id) or entry
+        return (current.replaced_id is not None
+                and STEPS.index(current.step) >= STEPS.index("archived"))
+
+    def _restore_replaced(self, entry: Entry) -> None:
+        """The upload failed for good: bring the replaced image back."""
+        assert entry.replaced_id is not None
+        try:
+            self._remote.restore(self._dataset_id, [entry.replaced_id])
+        except PictofsError as exc:
+            log.error("%s: could not restore the replaced image %s (%s); it stays in "
+                      ".archive/", entry.path, entry.replaced_id, describe(exc))
+            return
+        self._journal.update(entry.id, step="none")
+        log.warning("%s: upload failed for good; restored the replaced image %s",
+                    entry.path, entry.replaced_id)
+
+    # ---------------------------------------------------------------- cancel
+
+    def finish_cancel(self, entry: Entry) -> None:
+        """Undo what a cancelled entry put on the service: archive its image, registered or
+        possibly registered before a crash (found by name, size and sha256)."""
+        image_id = entry.image_id
+        if image_id is None and entry.maybe_registered and entry.sha256 is not None:
+            current = self._remote.find_image(self._dataset_id, entry.folder,
+                                              service_name(entry.filename))
+            staged = StagedFile(path=self._journal.staging_path(entry.id), size=entry.size or 0,
+                                sha256=entry.sha256, content_type="", width=None, height=None)
+            if current is not None and self._same_bytes(current, staged):
+                image_id = current.id
+        if image_id is None:
+            return
+        try:
+            self._remote.archive(self._dataset_id, [image_id])
+        except NotFound:
+            return
+        log.info("%s: cancelled after it was registered; archived image %s",
+                 join_path(entry.folder, entry.filename), image_id)
+

@@ -1,0 +1,242 @@
+"""The upload queue's in-memory table: which entries are due when, held, in flight or
+registering, the pause after a rejected API key, and the counters of ``pictofs status``.
+
+``Schedule`` does no I/O and takes no lock: ``UploadQueue`` guards it with its one lock and
+keeps the durable side in the journal. Time comes from the injected ``clock``, so the
+decisions (what is due, how long to wait, when the key may be tried again) are tested with a
+fake clock and no threads. ``TaskControl`` is what one run of an upload job may do to its
+task: it goes stale as soon as the task's generation moves.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pictofs.core.journal import Entry, Journal
+from pictofs.core.upload_job import Interrupted, Landed
+from pictofs.model import Image
+
+RATE_WINDOW = 10.0  # seconds of history behind the upload rate
+LANDED_MEMORY = 4096  # recently registered entries remembered for hold/retarget
+
+
+@dataclass
+class Task:
+    """The in-memory side of one live entry."""
+
+    entry_id: str
+    due: float | None = None  # when a worker may take it; None: not scheduled
+    held: bool = False  # open for writing again: not scheduled until released
+    running: bool = False
+    registering: bool = False  # a register (or adoption) is in flight
+    generation: int = 0  # bumped by every change a running job must notice
+    attempts: int = 0  # transient failures in a row
+    cancelled: bool = False
+    image: Image | None = None  # the register answer, as soon as it arrived
+    put_generation: int | None = None  # the generation whose PUT finished in this process
+
+    @property
+    def busy(self) -> bool:
+        return self.running or self.due is not None
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    pending: int  # scheduled, or waiting for a retry
+    in_flight: int
+    failed: int
+    bytes_uploaded: int
+    rate: float  # bytes per second over the last RATE_WINDOW seconds
+    paused: bool  # the API key was rejected
+
+
+class Schedule:
+    def __init__(self, clock: Callable[[], float], pause: float) -> None:
+        self._clock = clock
+        self._pause = pause
+        self.tasks: dict[str, Task] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = 0
+        self._landed: collections.OrderedDict[str, Image] = collections.OrderedDict()
+        self._paused_until: float | None = None
+        self._probing = False
+        self._bytes = 0
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()
+
+    # ---------------------------------------------------------------- tasks
+
+    def task(self, entry_id: str) -> Task | None:
+        return self.tasks.get(entry_id)
+
+    def add(self, entry_id: str) -> Task:
+        return self.tasks.setdefault(entry_id, Task(entry_id))
+
+    def remove(self, entry_id: str) -> None:
+        self.tasks.pop(entry_id, None)
+
+    def due_in(self, task: Task, delay: float) -> None:
+        """Make ``task`` due ``delay`` seconds from now (replacing an earlier due time)."""
+        task.held = False
+        task.due = self._clock() + delay
+        if not task.running:
+            self._push(task)
+
+    def requeue(self, task: Task) -> None:
+        """A task whose run ended: due again at its due time, or now."""
+        if task.due is None:
+            task.due = self._clock()
+        self._push(task)
+
+    def busy(self) -> bool:
+        return any(t.busy for t in self.tasks.values())
+
+    def take(self) -> tuple[Task | None, float | None]:
+        """The next due task, marked running; else how long to wait (None: until told)."""
+        now = self._clock()
+        wait = self._pause_wait(now)
+        if wait is not None:
+            return None, wait
+        while self._heap:
+            due, _, entry_id = self._heap[0]
+            task = self.tasks.get(entry_id)
+            if task is None or task.due != due or task.running or task.held:
+                heapq.heappop(self._heap)  # stale: rescheduled, held, taken or gone
+                continue
+            if due > now:
+                return None, due - now
+            heapq.heappop(self._heap)
+            task.running, task.due = True, None
+            self._probing = self._paused_until is not None
+            return task, None
+        return None, None
+
+    def _push(self, task: Task) -> None:
+        assert task.due is not None
+        self._seq += 1
+        heapq.heappush(self._heap, (task.due, self._seq, task.entry_id))
+
+    # ---------------------------------------------------------------- landed entries
+
+    def remember_landed(self, entry_id: str, image: Image) -> None:
+        self._landed[entry_id] = image
+        while len(self._landed) > LANDED_MEMORY:
+            self._landed.popitem(last=False)
+
+    def landed(self, entry_id: str) -> Image | None:
+        task = self.tasks.get(entry_id)
+        if task is not None and task.image is not None:
+            return task.image
+        return self._landed.get(entry_id)
+
+    # ---------------------------------------------------------------- the key pause
+
+    @property
+    def paused(self) -> bool:
+        return self._paused_until is not None
+
+    def key_rejected(self) -> bool:
+        """Pause every upload for ``pause`` seconds; True when this starts a pause."""
+        starts = self._paused_until is None
+        self._paused_until = self._clock() + self._pause
+        self._probing = False
+        return starts
+
+    def key_works(self) -> bool:
+        """An answer other than 401; True when this ends a pause."""
+        ends = self._paused_until is not None
+        self._paused_until = None
+        self._probing = False
+        return ends
+
+    def run_ended(self) -> None:
+        """A run ended without saying anything about the key."""
+        self._probing = False
+
+    def _pause_wait(self, now: float) -> float | None:
+        """While paused: how long until one upload may try the key; None: go ahead."""
+        if self._paused_until is None:
+            return None
+        if self._probing:
+            return self._pause
+        return None if now >= self._paused_until else self._paused_until - now
+
+    # ---------------------------------------------------------------- counters
+
+    def count_bytes(self, size: int) -> None:
+        now = self._clock()
+        self._bytes += size
+        self._recent.append((now, size))
+        self._trim(now)
+
+    def stats(self, failed: int) -> QueueStats:
+        self._trim(self._clock())
+        tasks = self.tasks.values()
+        return QueueStats(pending=sum(1 for t in tasks if t.due is not None),
+                          in_flight=sum(1 for t in tasks if t.running),
+                          failed=failed, bytes_uploaded=self._bytes,
+                          rate=sum(n for _, n in self._recent) / RATE_WINDOW,
+                          paused=self.paused)
+
+    def _trim(self, now: float) -> None:
+        while self._recent and self._recent[0][0] < now - RATE_WINDOW:
+            self._recent.popleft()
+
+
+class TaskControl:
+    """The ``upload_job.Control`` of one run: valid while the task's generation is the one
+    the run started with (hold, retarget, cancel and a new flush move it) and the queue is
+    not stopping. ``changed`` is the queue's condition (its lock guards the task)."""
+
+    def __init__(self, changed: threading.Condition, journal: Journal, task: Task,
+                 stopping: Callable[[], bool]) -> None:
+        self._changed = changed
+        self._journal = journal
+        self._task = task
+        self._generation = task.generation
+        self._stopping = stopping
+
+    @property
+    def current(self) -> bool:
+        with self._changed:
+            return self._current()
+
+    def _current(self) -> bool:
+        return self._task.generation == self._generation and not self._stopping()
+
+    def checkpoint(self) -> None:
+        if not self.current:
+            raise Interrupted(self._task.entry_id)
+
+    def put_done(self) -> bool:
+        with self._changed:
+            return self._task.put_generation == self._generation
+
+    def mark_put(self) -> None:
+        with self._changed:
+            self._task.put_generation = self._generation
+
+    def record(self, **changes: Any) -> Entry:
+        with self._changed:
+            if not self._current():
+                raise Interrupted(self._task.entry_id)
+            return self._journal.update(self._task.entry_id, **changes)
+
+    def register(self, step: Callable[[], Landed]) -> Landed:
+        with self._changed:
+            if not self._current():
+                raise Interrupted(self._task.entry_id)
+            self._task.registering = True
+        landed: Landed | None = None
+        try:
+            landed = step()
+            return landed
+        finally:
+            with self._changed:
+                self._task.registering = False
+                if landed is not None:
+                    self._task.image = landed.image
+                self._changed.notify_all()

@@ -1,0 +1,458 @@
+"""The journaled write-back upload queue shared by the mount and the mirror (filesystem spec
+§5 "Writing", §8 "status").
+
+``UploadQueue`` owns the in-memory scheduling of the entries of one ``Journal``: when each
+upload is due (``write_back`` seconds after the last release), which ones are held open, which
+are in flight, the retry backoff, the pause after a rejected key, and the counters
+``pictofs status`` shows. What one upload does is ``upload_job.UploadJob``; what survives a
+crash is the journal. Workers (``transfers`` threads) are started by ``start()`` (the mount's
+``init``, never before: libfuse forks after mounting) and stopped by ``stop()``, which lets
+the step in flight finish and leaves the rest queued in the journal for the next mount.
+
+Callers (FUSE threads, the mirror) use ``stage``/``flushed``/``set_mtime``/``schedule`` while
+writing, ``hold`` when a staged file is opened again, ``retarget`` on rename, ``cancel`` on
+unlink, ``discard`` on ``rm`` of a failed file. ``hold`` and ``retarget`` wait while a register
+is in flight and return the registered image when the entry already became one: from then on
+the change is the caller's (a replace or an image rename). Callbacks ``on_registered`` and
+``on_failed`` run in worker threads, outside every lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from pictofs.core import upload_job
+from pictofs.core.journal import Entry, Journal, ResumeAction, orphan_staging_files
+from pictofs.core.journal import restart_step, resume_action
+from pictofs.core.upload_job import Disposition, Interrupted, Landed, UploadJob
+from pictofs.core.upload_schedule import QueueStats, Schedule, Task, TaskControl
+from pictofs.model import Image
+from pictofs.remote import Remote
+
+log = logging.getLogger(__name__)
+
+DONE_KEEP = 3600.0  # seconds a done journal row is kept before it is pruned
+PRUNE_EVERY = 60.0  # seconds between two prunings
+
+RegisteredCallback = Callable[[str, Image], None]
+FailedCallback = Callable[[str, str], None]
+
+__all__ = ["QueueStats", "UploadQueue"]
+
+
+class UploadQueue:
+    def __init__(
+        self,
+        remote: Remote,
+        journal: Journal,
+        dataset_id: str,
+        *,
+        transfers: int = 8,
+        write_back: float = 2.0,
+        retry_max_wait: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_registered: RegisteredCallback | None = None,
+        on_failed: FailedCallback | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._remote = remote
+        self._journal = journal
+        self._dataset_id = dataset_id
+        self._transfers = max(1, transfers)
+        self._write_back = write_back
+        self._retry_max_wait = retry_max_wait
+        self._clock = clock
+        self._on_registered = on_registered
+        self._on_failed = on_failed
+        self._rng = rng or random.Random()
+        # _lock guards _schedule (the task table, due times, key pause, counters), _stopping,
+        # _workers and _last_prune; _changed is signalled on every change of them. Journal
+        # calls may be made with it held (the journal's own lock is always taken second).
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._schedule = Schedule(clock, pause=retry_max_wait)
+        self._stopping = False
+        self._workers: list[threading.Thread] = []
+        self._last_prune = clock()
+
+    # ---------------------------------------------------------------- writing side
+
+    def stage(self, folder: str, filename: str, replaced_id: str | None = None) -> str:
+        """A new entry (state ``staged``, durable) and its empty staging file."""
+        entry_id = uuid.uuid4().hex
+        self._journal.add(entry_id, folder, filename, replaced_id)
+        self._journal.create_staging_file(entry_id)
+        with self._lock:
+            self._schedule.add(entry_id)
+        log.debug("staged %s in %s as entry %s", filename, folder, entry_id)
+        return entry_id
+
+    def staging_path(self, entry_id: str) -> Path:
+        return self._journal.staging_path(entry_id)
+
+    def flushed(self, entry_id: str, size: int) -> None:
+        """The writer's flush returned with new bytes: they are made durable and the entry is
+        resumable from now on. An upload of older bytes starts over."""
+        self._journal.sync_staging_file(entry_id)
+        with self._changed:
+            entry = self._require(entry_id)
+            if entry.state == "done" or entry.cancelled:
+                log.warning("flush of %s after its upload ended is ignored (hold() it before "
+                            "writing again)", entry.path)
+                return
+            self._schedule.add(entry_id).generation += 1
+            self._journal.update(entry_id, flushed=True, size=size, sha256=None, url_key=None,
+                                 register_key=None, step=restart_step(entry), error=None,
+                                 state="staged" if entry.state == "failed" else entry.state)
+            self._changed.notify_all()
+
+    def set_mtime(self, entry_id: str, mtime: float) -> None:
+        """The mtime a writer set (utimensat); it follows the entry to its image."""
+        self._journal.set_entry_mtime(entry_id, mtime)
+
+    def schedule(self, entry_id: str, delay: float | None = None) -> None:
+        """Upload ``delay`` (default ``write_back``) seconds from now; a later call for the
+        same entry pushes the upload back."""
+        with self._changed:
+            task = self._schedule.task(entry_id)
+            if task is None or task.cancelled:
+                return
+            if not task.running:
+                self._journal.update(entry_id, state="queued")
+            self._schedule.due_in(task, self._write_back if delay is None else delay)
+            self._changed.notify_all()
+
+    def hold(self, entry_id: str) -> Image | None:
+        """The staged file is open for writing again: no upload until ``schedule``. Returns
+        the image when the entry already registered (further writes are then a replace)."""
+        with self._changed:
+            task = self._settled(entry_id)
+            if task is None or task.image is not None:
+                return self._schedule.landed(entry_id)
+            task.held, task.due = True, None
+            task.generation += 1
+            if not task.running:
+                self._journal.update(entry_id, state="staged")
+            self._changed.notify_all()
+            return None
+
+    def retarget(self, entry_id: str, folder: str, filename: str,
+                 replaced_id: str | None = None) -> Image | None:
+        """Upload under another name (``replaced_id``: the image now at that name). Returns
+        the image when the entry already registered: renaming it is then the caller's job."""
+        with self._changed:
+            task = self._settled(entry_id)
+            entry = self._journal.get(entry_id)
+            if (task is not None and task.image is not None) or entry is None \
+                    or entry.state == "done":
+                return self._schedule.landed(entry_id)
+            self._journal.update(entry_id, folder=folder, filename=filename,
+                                 replaced_id=replaced_id, url_key=None, register_key=None,
+                                 step="none", error=None,
+                                 state="queued" if entry.state == "failed" else entry.state)
+            if task is None:  # a failed entry: a new name is a new try
+                task = self._schedule.add(entry_id)
+                self._schedule.due_in(task, 0.0)
+            task.generation += 1
+            self._changed.notify_all()
+        log.debug("entry %s retargeted to %s in %s", entry_id, filename, folder)
+        return None
+
+    def cancel(self, entry_id: str) -> None:
+        """Drop the entry (unlink). An upload already registered is archived by a worker."""
+        with self._changed:
+            entry = self._journal.get(entry_id)
+            if entry is None:
+                return
+            entry = self._journal.update(entry_id, cancelled=True)
+            task = self._schedule.add(entry_id)
+            task.cancelled, task.held = True, False
+            task.generation += 1
+            if not task.running:
+                self._continue_cancel(task, entry)
+            self._changed.notify_all()
+
+    def discard(self, entry_id: str) -> None:
+        """``rm`` of a failed file: forget it and its staging file (others: ``cancel``)."""
+        entry = self._journal.get(entry_id)
+        if entry is not None and entry.state == "failed":
+            self._drop(entry_id)
+        else:
+            self.cancel(entry_id)
+
+    # ---------------------------------------------------------------- reading side
+
+    def get(self, entry_id: str) -> Entry | None:
+        return self._journal.get(entry_id)
+
+    def entries(self) -> list[Entry]:
+        """Every entry not done yet (staged, queued, uploading, failed)."""
+        return [e for e in self._journal.entries() if e.state != "done"]
+
+    def failed(self) -> list[Entry]:
+        return self._journal.entries("failed")
+
+    def mtime(self, image_id: str) -> float | None:
+        """The mtime a writer set for an image on this machine, if any (for ``stat``)."""
+        return self._journal.mtime(image_id)
+
+    def set_image_mtime(self, image_id: str, mtime: float) -> None:
+        self._journal.set_mtime(image_id, mtime)
+
+    def stats(self) -> QueueStats:
+        failed = len(self.failed())
+        with self._lock:
+            return self._schedule.stats(failed)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing is scheduled or in flight (failed and held entries do not
+        count); False if that did not happen within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._schedule.busy():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            return True
+
+    # ---------------------------------------------------------------- life cycle
+
+    def resume(self) -> list[str]:
+        """At mount, before ``start``: queue every entry whose last flush returned, drop the
+        others with their staging files, forget done entries and orphan staging files.
+        Returns the ids queued."""
+        entries = self._journal.entries()
+        for name in orphan_staging_files(entries, self._journal.staging_names()):
+            log.info("removing orphan staging file %s", name)
+            self._journal.remove_staging_file(name)
+        queued: list[str] = []
+        for entry in entries:
+            action = resume_action(entry)
+            if action is ResumeAction.PRUNE:
+                self._journal.remove_staging_file(entry.id)
+                self._journal.delete(entry.id)
+            elif action is ResumeAction.DROP:
+                log.info("dropping %s: its writer never flushed it", entry.path)
+                self._drop(entry.id)
+            elif action in (ResumeAction.QUEUE, ResumeAction.FINISH_CANCEL):
+                self._journal.update(entry.id, state="queued")
+                with self._changed:
+                    task = self._schedule.add(entry.id)
+                    task.cancelled = entry.cancelled
+                    self._schedule.due_in(task, 0.0)
+                    self._changed.notify_all()
+                queued.append(entry.id)
+        if queued:
+            log.info("resuming %d upload(s) from the journal", len(queued))
+        return queued
+
+    def start(self) -> None:
+        """Start the workers (once; the mount's init calls it)."""
+        with self._lock:
+            if self._workers or self._stopping:
+                return
+            self._workers = [threading.Thread(target=self._work, name=f"upload-{n}",
+                                              daemon=True) for n in range(self._transfers)]
+            workers = list(self._workers)
+        for worker in workers:
+            worker.start()
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Let the steps in flight finish and leave the rest queued in the journal for the
+        next mount; True if every worker ended within ``timeout``. Not restartable."""
+        with self._changed:
+            self._stopping = True
+            workers = self._workers
+            self._changed.notify_all()
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        return not any(w.is_alive() for w in workers)
+
+    # ---------------------------------------------------------------- workers
+
+    def _work(self) -> None:
+        while (task := self._take()) is not None:
+            self._run(task)
+
+    def _take(self) -> Task | None:
+        """The next due task, marked running; None when stopping."""
+        with self._changed:
+            while not self._stopping:
+                task, wait = self._schedule.take()
+                if task is not None:
+                    return task
+                self._changed.wait(wait)
+            return None
+
+    def _run(self, task: Task) -> None:
+        entry = self._journal.get(task.entry_id)
+        if entry is None:
+            self._end(task)
+            return
+        control = TaskControl(self._changed, self._journal, task, lambda: self._stopping)
+        job = UploadJob(self._remote, self._journal, self._dataset_id, control)
+        try:
+            if task.cancelled:
+                job.finish_cancel(entry)
+                self._drop(task.entry_id)
+                self._end(task)
+                return
+            landed = job.run(entry)
+        except Interrupted:
+            self._after_interrupt(task)
+        except Exception as exc:  # every failure is classified; a bug too (logged, failed)
+            if control.current:
+                self._after_error(task, entry, exc)
+            else:  # the entry changed meanwhile: what failed no longer matters
+                self._after_interrupt(task)
+        else:
+            self._after_landed(task, entry, landed)
+
+    def _after_landed(self, task: Task, entry: Entry, landed: Landed) -> None:
+        self._journal.remove_staging_file(task.entry_id)
+        image = landed.image
+        with self._changed:
+            if self._schedule.key_works():
+                log.info("API key accepted again: uploads resumed")
+            task.running = False
+            if task.cancelled:  # unlinked while registering: a worker archives it
+                self._schedule.requeue(task)
+            else:
+                self._schedule.remember_landed(task.entry_id, image)
+                self._schedule.remove(task.entry_id)
+            if landed.uploaded:
+                self._schedule.count_bytes(image.file_size or entry.size or 0)
+            self._prune_done()
+            self._changed.notify_all()
+            if task.cancelled:
+                return
+        if (image.filename, image.directory_path) != (entry.filename, entry.folder):
+            log.info("%s was stored by the service as %s", entry.path, image.path)
+        else:
+            log.debug("%s: %s as image %s", entry.path, landed.how, image.id)
+        self._callback(self._on_registered, task.entry_id, image)
+
+    def _after_interrupt(self, task: Task) -> None:
+        with self._changed:
+            self._schedule.run_ended()
+            task.running = False
+            entry = self._journal.get(task.entry_id)
+            if entry is None:
+                self._schedule.remove(task.entry_id)
+            elif task.cancelled:
+                self._continue_cancel(task, entry)
+            elif task.held:
+                self._journal.update(task.entry_id, state="staged")
+            else:
+                self._journal.update(task.entry_id, state="queued")
+                if not self._stopping:
+                    self._schedule.requeue(task)
+            self._changed.notify_all()
+
+    def _after_error(self, task: Task, entry: Entry, exc: Exception) -> None:
+        disposition = upload_job.classify(exc)
+        reason = upload_job.describe(exc)
+        if disposition is Disposition.PERMANENT and upload_job.is_unexpected(exc):
+            log.error("unexpected error uploading %s", entry.path, exc_info=exc)
+        if disposition is Disposition.AUTH:
+            self._retry(task, "API key rejected", None)
+        elif disposition is Disposition.TRANSIENT:
+            delay = upload_job.retry_delay(task.attempts + 1, self._retry_max_wait,
+                                           upload_job.draw_jitter(self._rng))
+            log.info("upload of %s failed (%s); retry %d in %.1fs", entry.path, reason,
+                     task.attempts + 1, delay)
+            self._retry(task, reason, delay)
+        elif task.cancelled:
+            log.warning("could not undo the cancelled upload of %s: %s", entry.path, reason)
+            self._drop(task.entry_id)
+            self._end(task)
+        else:
+            self._fail(task, entry, reason)
+
+    def _retry(self, task: Task, reason: str, delay: float | None) -> None:
+        """Queue the task again: after ``delay`` seconds, or (None: the key was rejected)
+        when the queue's pause ends."""
+        with self._changed:
+            task.running = False
+            if delay is None:
+                if self._schedule.key_rejected():
+                    log.warning("API key rejected: uploads paused; trying again every %gs",
+                                self._retry_max_wait)
+                delay = 0.0
+            else:
+                self._schedule.run_ended()
+                task.attempts += 1
+            self._journal.update(task.entry_id, state="queued", error=reason)
+            if not self._stopping and not task.held:
+                self._schedule.due_in(task, delay)
+            self._changed.notify_all()
+
+    def _fail(self, task: Task, entry: Entry, reason: str) -> None:
+        log.warning("upload of %s failed: %s", entry.path, reason)
+        with self._changed:
+            self._schedule.run_ended()
+            self._journal.update(task.entry_id, state="failed", error=reason)
+            self._schedule.remove(task.entry_id)
+            self._changed.notify_all()
+        self._callback(self._on_failed, task.entry_id, reason)
+
+    def _end(self, task: Task) -> None:
+        """The task is over with nothing more to record."""
+        with self._changed:
+            self._schedule.run_ended()
+            self._schedule.remove(task.entry_id)
+            self._changed.notify_all()
+
+    # ---------------------------------------------------------------- helpers
+
+    def _settled(self, entry_id: str) -> Task | None:
+        """The task once no register of it is in flight (waits for one that is). Lock held."""
+        while True:
+            task = self._schedule.task(entry_id)
+            if task is None or not task.registering:
+                return task
+            self._changed.wait()
+
+    def _continue_cancel(self, task: Task, entry: Entry) -> None:
+        """A cancelled entry not running: drop it now, or let a worker archive its image
+        (lock held)."""
+        if entry.image_id is None and task.image is None and not entry.maybe_registered:
+            self._schedule.remove(task.entry_id)
+            self._drop(task.entry_id)
+        else:
+            self._schedule.due_in(task, 0.0)
+
+    def _drop(self, entry_id: str) -> None:
+        self._journal.delete(entry_id)
+        self._journal.remove_staging_file(entry_id)
+
+    def _prune_done(self) -> None:
+        """Forget done rows older than DONE_KEEP, at most every PRUNE_EVERY (lock held)."""
+        now = self._clock()
+        if now - self._last_prune >= PRUNE_EVERY:
+            self._last_prune = now
+            self._journal.delete_done(before=time.time() - DONE_KEEP)
+
+    def _require(self, entry_id: str) -> Entry:
+        entry = self._journal.get(entry_id)
+        if entry is None:
+            raise KeyError(f"no upload entry {entry_id}")
+        return entry
+
+    @staticmethod
+    def _callback(fn: Callable[..., None] | None, *args: Any) -> None:
+        if fn is None:
+            return
+        try:
+            fn(*args)
+        except Exception:  # a listener's bug must not stop the queue
+            log.exception("upload callback %r failed", fn)
+

@@ -1,0 +1,315 @@
+"""The upload journal (filesystem spec §5 "Durability", §8): layout and modes, versioning,
+the one-process lock, the resume decisions, mtimes, and what a restarted queue does with
+each kind of entry (no service involved)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from pictofs.core.journal import (
+    VERSION,
+    Entry,
+    Journal,
+    ResumeAction,
+    journal_dir,
+    key_fingerprint,
+    orphan_staging_files,
+    restart_step,
+    resume_action,
+)
+from pictofs.core.uploads import UploadQueue
+from pictofs.errors import ConfigError
+
+pytestmark = pytest.mark.timeout(60)
+
+BASE_URL = "http://127.0.0.1:9"
+DATASET = "3f1c8a52-5b8e-4d58-9a53-d1a9c0e4b001"
+KEY = "pk_live_journaltestkey"
+
+
+@pytest.fixture()
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture()
+def journal(state_dir: Path) -> Iterator[Journal]:
+    with Journal.for_dataset(state_dir, BASE_URL, DATASET, KEY) as opened:
+        yield opened
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def make_entry(**values: Any) -> Entry:
+    base = dict(id="e1", folder="/", filename="x.jpg", state="queued", flushed=True,
+                cancelled=False, size=10, sha256=None, mtime=None, replaced_id=None,
+                url_key=None, register_key=None, step="none", error=None, image_id=None,
+                created=0.0, updated=0.0)
+    base.update(values)
+    return Entry(**base)
+
+
+# ---------------------------------------------------------------------- layout and identity
+
+
+def test_layout_is_private_and_named_by_dataset_url_and_key(journal: Journal,
+                                                             state_dir: Path) -> None:
+    expected = journal_dir(state_dir, BASE_URL, DATASET, KEY)
+    assert journal.directory == expected
+    assert expected.parent == state_dir / "datasets"
+    journal.add("e1", "/", "x.jpg")
+    staged = journal.create_staging_file("e1")
+    for folder in (state_dir / "datasets", expected, journal.staging_dir):
+        assert mode(folder) == 0o700, folder
+    for file in (expected / "journal.db", expected / "journal.lock", staged):
+        assert mode(file) == 0o600, file
+    wal = expected / "journal.db-wal"
+    if wal.exists():
+        assert mode(wal) == 0o600
+    assert journal.meta() == {"version": str(VERSION), "base_url": BASE_URL,
+                              "dataset_id": DATASET, "fingerprint": key_fingerprint(KEY)}
+
+
+def test_the_key_never_appears_in_paths_and_each_identity_has_its_own_folder(
+        state_dir: Path) -> None:
+    fingerprint = key_fingerprint(KEY)
+    assert len(fingerprint) == 12 and int(fingerprint, 16) >= 0
+    folders = {journal_dir(state_dir, url, ds, key)
+               for url in (BASE_URL, "https://api.pictograph.io")
+               for ds in (DATASET, "other")
+               for key in (KEY, "pk_live_other")}
+    assert len(folders) == 8
+    assert all(KEY not in str(folder) for folder in folders)
+    assert journal_dir(state_dir, BASE_URL + "/", DATASET, KEY) == \
+        journal_dir(state_dir, BASE_URL, DATASET, KEY)
+
+
+def test_entries_and_mtimes_survive_reopening(state_dir: Path) -> None:
+    with Journal.for_dataset(state_dir, BASE_URL, DATASET, KEY) as first:
+        first.add("e1", "/cars", "a.jpg", replaced_id="old")
+        first.update("e1", flushed=True, size=42, state="queued", step="archived",
+                     register_key="k" * 32)
+        first.set_mtime("img-1", 1_600_000_000.5)
+    with Journal.for_dataset(state_dir, BASE_URL, DATASET, KEY) as second:
+        entry = second.get("e1")
+        assert entry is not None
+        assert (entry.folder, entry.filename, entry.state, entry.size, entry.step,
+                entry.replaced_id, entry.register_key, entry.flushed) == \
+            ("/cars", "a.jpg", "queued", 42, "archived", "old", "k" * 32, True)
+        assert entry.path == "/cars/a.jpg"
+        assert second.mtime("img-1") == 1_600_000_000.5
+
+
+def test_update_refuses_unknown_columns_states_and_steps(journal: Journal) -> None:
+    journal.add("e1", "/", "x.jpg")
+    with pytest.raises(ValueError):
+        journal.update("e1", colour="red")
+    with pytest.raises(ValueError):
+        journal.update("e1", state="lost")
+    with pytest.raises(ValueError):
+        journal.update("e1", step="teleported")
+    with pytest.raises(KeyError):
+        journal.update("missing", state="queued")
+
+
+# ---------------------------------------------------------------------- versioning
+
+
+def test_a_journal_of_an_unknown_version_refuses_to_open_and_is_kept(state_dir: Path) -> None:
+    with Journal.for_dataset(state_dir, BASE_URL, DATASET, KEY) as journal:
+        journal.add("e1", "/", "keep-me.jpg")
+        database = journal.directory / "journal.db"
+    with sqlite3.connect(database) as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'version'")
+    db.close()
+    before = database.read_bytes()
+    with pytest.raises(ConfigError, match="refusing to mount") as caught:
+        Journal.for_dataset(state_dir, BASE_URL, DATASET, KEY)
+    assert "version 99" in str(caught.value)
+    assert database.read_bytes() == before
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT filename FROM entries").fetchall() == [("keep-me.jpg",)]
+    db.close()
+
+
+def test_a_file_that_is_not_a_journal_refuses_to_open_and_is_kept(state_dir: Path) -> None:
+    folder = journal_dir(state_dir, BASE_URL, DATASET, KEY)
+    folder.mkdir(parents=True)
+    database = folder / "journal.db"
+    database.write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(ConfigError, match="refusing to mount"):
+        Journal.for_dataset(state_dir, BASE_URL, DATASET, KEY)
+    assert database.read_bytes() == b"this is not sqlite at all" * 100
+
+
+# ---------------------------------------------------------------------- the lock
+
+_OPEN_JOURNAL = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from pictofs.core.journal import Journal
+    from pictofs.errors import ConfigError
+    try:
+        journal = Journal(Path(sys.argv[1]))
+    except ConfigError as exc:
+        print(exc)
+        sys.exit(3)
+    print("opened", flush=True)
+    sys.stdin.read()  # hold the journal until the test closes our stdin
+    journal.close()
+""")
+
+
+def test_a_second_process_gets_a_clear_error_naming_the_holder(journal: Journal) -> None:
+    result = subprocess.run([sys.executable, "-c", _OPEN_JOURNAL, str(journal.directory)],
+                            capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert result.returncode == 3, result.stderr
+    assert f"journal in use by pid {os.getpid()}" in result.stdout
+
+
+def test_the_lock_is_released_when_the_holding_process_ends(state_dir: Path) -> None:
+    folder = journal_dir(state_dir, BASE_URL, DATASET, KEY)
+    holder = subprocess.Popen([sys.executable, "-c", _OPEN_JOURNAL, str(folder)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "opened"
+        with pytest.raises(ConfigError, match=f"journal in use by pid {holder.pid}"):
+            Journal(folder)
+    finally:
+        holder.kill()  # as a crash would: the kernel drops the flock with the process
+        holder.communicate(timeout=30)
+    with Journal(folder) as reopened:
+        assert reopened.entries() == []
+
+
+def test_one_process_cannot_open_the_same_journal_twice(journal: Journal) -> None:
+    with pytest.raises(ConfigError, match="journal in use"):
+        Journal(journal.directory)
+
+
+# ---------------------------------------------------------------------- resume decisions
+
+
+@pytest.mark.parametrize("values, action", [
+    (dict(state="staged", flushed=False), ResumeAction.DROP),
+    (dict(state="staged", flushed=True), ResumeAction.QUEUE),
+    (dict(state="queued"), ResumeAction.QUEUE),
+    (dict(state="uploading", step="url"), ResumeAction.QUEUE),
+    (dict(state="uploading", step="put", register_key="k" * 32), ResumeAction.QUEUE),
+    (dict(state="queued", step="archived", replaced_id="old"), ResumeAction.QUEUE),
+    (dict(state="failed", error="not an image"), ResumeAction.KEEP_FAILED),
+    (dict(state="done", step="registered", image_id="img"), ResumeAction.PRUNE),
+    (dict(state="queued", cancelled=True), ResumeAction.DROP),
+    (dict(state="uploading", cancelled=True, step="url"), ResumeAction.DROP),
+    (dict(state="uploading", cancelled=True, step="put", register_key="k" * 32),
+     ResumeAction.FINISH_CANCEL),
+    (dict(state="done", cancelled=True, step="registered", image_id="img"),
+     ResumeAction.FINISH_CANCEL),
+])
+def test_resume_action(values: dict[str, Any], action: ResumeAction) -> None:
+    assert resume_action(make_entry(**values)) is action
+
+
+@pytest.mark.parametrize("values, step", [
+    (dict(step="none"), "none"),
+    (dict(step="put"), "none"),
+    (dict(step="none", replaced_id="old"), "none"),
+    (dict(step="archived", replaced_id="old"), "archived"),
+    (dict(step="put", replaced_id="old"), "archived"),
+])
+def test_restart_step_keeps_an_archive_already_done(values: dict[str, Any], step: str) -> None:
+    assert restart_step(make_entry(**values)) == step
+
+
+def test_orphan_staging_files_are_the_ones_no_live_entry_owns() -> None:
+    entries = [make_entry(id="live"), make_entry(id="done", state="done")]
+    assert orphan_staging_files(entries, ["live", "done", "stray"]) == ["done", "stray"]
+
+
+def test_resume_queues_flushed_entries_and_drops_the_rest(journal: Journal) -> None:
+    def staged(entry_id: str, **changes: Any) -> None:
+        journal.add(entry_id, "/", f"{entry_id}.jpg")
+        journal.create_staging_file(entry_id)
+        if changes:
+            journal.update(entry_id, **changes)
+
+    staged("never-flushed")
+    staged("flushed", flushed=True)
+    staged("queued", flushed=True, state="queued")
+    staged("uploading", flushed=True, state="uploading", step="put", register_key="k" * 32)
+    staged("failed", flushed=True, state="failed", error="conflict")
+    staged("done", flushed=True)
+    journal.record_registered("done", "img-done")
+    (journal.staging_dir / "stray").write_bytes(b"left by a crash")
+
+    queue = UploadQueue(remote=None, journal=journal, dataset_id=DATASET)  # type: ignore[arg-type]
+    resumed = queue.resume()
+
+    assert sorted(resumed) == ["flushed", "queued", "uploading"]
+    assert {e.id: e.state for e in journal.entries()} == {
+        "flushed": "queued", "queued": "queued", "uploading": "queued", "failed": "failed"}
+    assert journal.staging_names() == ["failed", "flushed", "queued", "uploading"]
+    assert [e.id for e in queue.failed()] == ["failed"]
+    assert queue.stats().pending == 3
+    assert journal.get("uploading") is not None
+    assert journal.get("uploading").register_key == "k" * 32  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------- mtimes
+
+
+def test_registering_moves_the_entry_mtime_to_the_image(journal: Journal) -> None:
+    journal.add("e1", "/", "x.jpg")
+    journal.set_entry_mtime("e1", 1_500_000_000.0)
+    assert journal.mtime("img-1") is None
+    done = journal.record_registered("e1", "img-1")
+    assert (done.state, done.step, done.image_id) == ("done", "registered", "img-1")
+    assert journal.mtime("img-1") == 1_500_000_000.0
+    journal.set_entry_mtime("e1", 1_500_000_123.0)  # rsync sets times after the upload
+    assert journal.mtime("img-1") == 1_500_000_123.0
+
+
+def test_registering_without_an_mtime_records_none(journal: Journal) -> None:
+    journal.add("e1", "/", "x.jpg")
+    journal.record_registered("e1", "img-1")
+    assert journal.mtime("img-1") is None
+    assert journal.mtimes() == {}
+
+
+def test_mtimes_are_set_replaced_and_forgotten_by_image_id(journal: Journal) -> None:
+    journal.set_mtime("a", 1.0)
+    journal.set_mtime("b", 2.0)
+    journal.set_mtime("a", 3.0)
+    assert journal.mtimes() == {"a": 3.0, "b": 2.0}
+    journal.forget_mtime("a")
+    assert journal.mtimes() == {"b": 2.0}
+
+
+def test_done_entries_are_pruned_by_age(journal: Journal) -> None:
+    for entry_id in ("done", "live"):
+        journal.add(entry_id, "/", f"{entry_id}.jpg")
+    done = journal.record_registered("done", "img-done")
+    assert journal.delete_done(before=done.updated) == 0  # not older than the cut-off
+    assert journal.delete_done(before=done.updated + 3600) == 1
+    assert [e.id for e in journal.entries()] == ["live"]
+    assert journal.mtimes() == {}  # pruning an entry keeps nothing it did not have
+
+
+def test_entry_snapshots_are_immutable(journal: Journal) -> None:
+    entry = journal.add("e1", "/", "x.jpg")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        entry.state = "done"  # type: ignore[misc]
+    assert entry.state == "staged" and not entry.flushed and entry.step == "none"
