@@ -23,7 +23,6 @@ from pictofs.units import format_size
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 LONG_RUNNING = ("serve", "mount", "mirror")  # these log progress at INFO; the rest warn only
 
 
@@ -100,8 +99,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.org:
         raise ConfigError("--org goes with --create-key")
-    if args.host not in LOOPBACK_HOSTS:
-        log.warning("listening on %s: the server is reachable from other machines", args.host)
     return run.serve(data_dir, host=args.host, port=args.port, storage_port=args.storage_port)
 
 

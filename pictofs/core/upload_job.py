@@ -63,10 +63,12 @@ def classify(exc: BaseException) -> Disposition:
     return Disposition.PERMANENT
 
 
-def retry_delay(attempt: int, cap: float, jitter: float = 1.0) -> float:
+def retry_delay(attempt: int, cap: float, jitter: float = 1.0,
+                retry_after: float | None = None) -> float:
     """Backoff before retry number ``attempt`` (1, 2, ...): 1 s doubling, times ``jitter``
-    (drawn in [0.75, 1.25]), never over ``cap``."""
-    return min(cap, min(2.0 ** max(attempt - 1, 0), cap) * jitter)
+    (drawn in [0.75, 1.25]), at least the service's ``Retry-After``, never over ``cap``."""
+    backoff = min(2.0 ** max(attempt - 1, 0), cap) * jitter
+    return min(cap, max(backoff, retry_after or 0.0))
 
 
 def draw_jitter(rng: random.Random) -> float:

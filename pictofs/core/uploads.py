@@ -366,7 +366,8 @@ class UploadQueue:
             self._retry(task, "API key rejected", None)
         elif disposition is Disposition.TRANSIENT:
             delay = upload_job.retry_delay(task.attempts + 1, self._retry_max_wait,
-                                           upload_job.draw_jitter(self._rng))
+                                           upload_job.draw_jitter(self._rng),
+                                           getattr(exc, "retry_after", None))
             log.info("upload of %s failed (%s); retry %d in %.1fs", entry.path, reason,
                      task.attempts + 1, delay)
             self._retry(task, reason, delay)

@@ -78,7 +78,6 @@ def _open_database(data_dir: Path) -> Database:
             key_path = data_dir / OWNER_KEY_FILE
             _write_private(key_path, key + "\n")
             message = f"created organization '{DEFAULT_ORG}'; owner key written to {key_path}"
-            log.info(message)
             print(message, flush=True)
     return db
 

@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from harness import ServerHandle
 from faultproxy import FaultProxy
+from harness import ServerHandle
 from imagegen import jpeg_bytes, png_bytes, sized_jpeg
 from pictofs.api import Client
 from pictofs.api import errors as api_errors
@@ -610,18 +610,22 @@ def test_classify(error: BaseException, disposition: Disposition) -> None:
     assert classify(error) is disposition
 
 
-@pytest.mark.parametrize("attempt, cap, jitter, expected", [
-    (1, 30.0, 1.0, 1.0),
-    (2, 30.0, 1.0, 2.0),
-    (5, 30.0, 1.0, 16.0),
-    (6, 30.0, 1.0, 30.0),
-    (40, 30.0, 1.0, 30.0),
-    (3, 30.0, 0.75, 3.0),
-    (6, 30.0, 1.25, 30.0),
-    (3, 0.05, 1.25, 0.05),
+@pytest.mark.parametrize("attempt, cap, jitter, retry_after, expected", [
+    (1, 30.0, 1.0, None, 1.0),
+    (2, 30.0, 1.0, None, 2.0),
+    (5, 30.0, 1.0, None, 16.0),
+    (6, 30.0, 1.0, None, 30.0),
+    (40, 30.0, 1.0, None, 30.0),
+    (3, 30.0, 0.75, None, 3.0),
+    (6, 30.0, 1.25, None, 30.0),
+    (3, 0.05, 1.25, None, 0.05),
+    (1, 30.0, 1.0, 7.0, 7.0),  # 429: the service's Retry-After when longer
+    (5, 30.0, 1.0, 7.0, 16.0),
+    (1, 30.0, 1.0, 120.0, 30.0),  # still capped
 ])
-def test_retry_delay(attempt: int, cap: float, jitter: float, expected: float) -> None:
-    assert retry_delay(attempt, cap, jitter) == pytest.approx(expected)
+def test_retry_delay(attempt: int, cap: float, jitter: float, retry_after: float | None,
+                     expected: float) -> None:
+    assert retry_delay(attempt, cap, jitter, retry_after) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("name, stored", [

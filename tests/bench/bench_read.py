@@ -1,0 +1,554 @@
+"""Read-side benchmark of the pictofs mount against the plain alternatives, in one run.
+
+Run: ``python tests/bench/bench_read.py [--quick]`` (needs /dev/fuse and fusermount3).
+
+It starts its own reference server in a temporary folder, seeds a dataset, mounts it with
+``pictofs mount`` and measures, each as the median of several repetitions:
+
+1. cold read of N × 2 MB images through a fresh mount with an empty cache (``cat big/*``:
+   list the folder, then read every file sequentially) vs ``client.images.download`` of the
+   same images one after the other; target ≤ 1.2×;
+2. repeat read of the cached images vs reading the same bytes from local disk; target ≤ 1.1×,
+   (a) on the same mount with the kernel page cache dropped before every run (when
+   ``/proc/sys/vm/drop_caches`` can be written; the local read is then cold too), and
+   (b) on a fresh remount over the same cache folder, which guarantees the kernel page cache
+   of the mount is not used (the folder is listed before the timed read; the local files and
+   the cache files are both in the page cache);
+3. the first ``ls -l`` of a 10,000-image folder on a fresh mount vs paging the API the way the
+   mount must (``list_page`` pages of 1000 until ``has_more`` is false, plus the folders
+   call); target ≤ 1.5×;
+4. a warm ``ls -l`` (the same mount, within ``--dir-cache-time`` but after the kernel's 1 s
+   attribute timeout, so the daemon answers every lookup from its listing cache) vs ``ls -l``
+   through a minimal mfusepy passthrough of a local folder of 10,000 files (``passthrough.py``,
+   measured the same way); target ≤ 1.0×.
+
+Every ratio is pictofs time / baseline time, printed with its target and PASS or MISS. The
+request counts the server saw during the first repetition of each measurement are printed
+under the table. The table is printed at the end, again as Markdown for the docs.
+Everything (mounts, daemons, the server, temporary folders) is cleaned up, also on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS))  # harness, seed, imagegen
+
+from harness import ServerHandle, start_server, stop_server  # noqa: E402
+from imagegen import sized_jpeg  # noqa: E402
+from seed import seed_images  # noqa: E402
+
+from pictofs.api import Client  # noqa: E402
+from pictofs.api import folders as folders_api  # noqa: E402
+from pictofs.api import images as images_api  # noqa: E402
+from pictofs.fs.mount import abort_connection, mount_device  # noqa: E402
+
+PASSTHROUGH = Path(__file__).resolve().parent / "passthrough.py"
+IMAGE_SIZE = 2 * 1024 * 1024
+READ_BUFFER = 128 * 1024  # what cat uses
+KERNEL_ATTR_TIMEOUT = 1.0  # pictofs: min(1 s, --dir-cache-time); libfuse's default: 1 s
+DIR_CACHE_TIME = "5m"  # long enough that no listing expires during a measurement
+API = "/api/v1/developer"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    repetitions: int
+    images: int
+    listing: int
+
+
+FULL = Sizes(repetitions=5, images=20, listing=10_000)
+QUICK = Sizes(repetitions=2, images=5, listing=2_000)
+
+
+@dataclass
+class Row:
+    """One line of the table: pictofs against its baseline."""
+
+    key: str
+    name: str
+    baseline: str
+    target: float
+    ours: list[float] = field(default_factory=list)
+    base: list[float] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.ours and self.base)
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ours) / statistics.median(self.base)
+
+    @property
+    def verdict(self) -> str:
+        if not self.measured:
+            return "not measured"
+        return "PASS" if self.ratio <= self.target else "MISS"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def timed(action: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def cat(paths: list[Path]) -> int:
+    """Read every file sequentially in 128 KiB reads, as ``cat`` does; returns the bytes."""
+    buffer = bytearray(READ_BUFFER)
+    total = 0
+    for path in paths:
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buffer):
+                total += n
+    return total
+
+
+def ls_l(folder: Path, expected: int) -> None:
+    """``ls -l folder``; checks that every entry was listed."""
+    result = subprocess.run(["ls", "-l", str(folder)], capture_output=True, text=True,
+                            env=dict(os.environ, LC_ALL="C"), timeout=600)
+    if result.returncode != 0:
+        raise RuntimeError(f"ls -l {folder}: {result.stderr.strip()}")
+    rows = sum(1 for line in result.stdout.splitlines() if line.startswith("-"))
+    if rows != expected:
+        raise RuntimeError(f"ls -l {folder} listed {rows} files, expected {expected}")
+
+
+def drop_page_cache() -> str | None:
+    """Drop the kernel page cache; None when that worked, else why not."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def route_counts(server: ServerHandle) -> Counter[str]:
+    """Requests so far by "METHOD route", without the benchmark's own /metrics reads."""
+    counts: Counter[str] = Counter()
+    for (method, route, _status), n in server.metrics().items():
+        if route != "/metrics":
+            counts[f"{method} {route.removeprefix(API)}"] += n
+    return counts
+
+
+def wait_for_mount(path: Path, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if mount_device(str(path)) is not None:
+            return
+        if process.poll() is not None:
+            raise RuntimeError(f"passthrough exited {process.returncode} before mounting")
+        time.sleep(0.02)
+    raise RuntimeError(f"passthrough did not mount {path} in {timeout}s")
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Bench:
+    """The temporary world of one run and everything that must be torn down."""
+
+    def __init__(self, root: Path, sizes: Sizes) -> None:
+        self.root = root
+        self.sizes = sizes
+        self.server: ServerHandle | None = None
+        self.client: Client | None = None
+        self.env: dict[str, str] = {}
+        self.dataset = "bench"
+        self.dataset_id = ""
+        self.mounts: list[Path] = []
+        self.logs: list[Path] = []
+        self.passthrough: tuple[Path, subprocess.Popen[bytes]] | None = None
+        self.counter = 0
+        self.rows: list[Row] = []
+        self.requests: list[tuple[str, Counter[str], str]] = []
+        self.notes: list[str] = []
+
+    def fresh_dir(self, name: str) -> Path:
+        self.counter += 1
+        path = self.root / f"{name}{self.counter}"
+        path.mkdir()
+        return path
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        log("starting the reference server")
+        self.server = start_server(self.root / "server", self.root / "server.log")
+        self.client = Client(api_key=self.server.key, base_url=self.server.base_url)
+        self.env = dict(os.environ, PICTOGRAPH_API_KEY=self.server.key,
+                        PICTOGRAPH_BASE_URL=self.server.base_url)
+        self.dataset_id = self.client.projects.create(self.dataset).id
+
+    def seed(self) -> None:
+        assert self.client is not None
+        n, count = self.sizes.images, self.sizes.listing
+        log(f"seeding {n} × 2 MB images into /big and {count} images into /many")
+        big = seed_images(self.client, self.dataset_id, "/big",
+                          [f"photo{i:03d}.jpg" for i in range(n)],
+                          data_for=lambda name: sized_jpeg(IMAGE_SIZE, int(name[5:8])))
+        many = seed_images(self.client, self.dataset_id, "/many",
+                           [f"img{i:05d}.png" for i in range(count)])
+        self.big = {name: image for name, (image, _data) in big.items()}
+        self.local_big = self.root / "local-big"
+        self.local_many = self.root / "local-many"
+        self.local_big.mkdir()
+        self.local_many.mkdir()
+        for name, (_image, data) in big.items():
+            (self.local_big / name).write_bytes(data)
+        for name, (_image, data) in many.items():
+            (self.local_many / name).write_bytes(data)
+        self.big_data = {name: data for name, (_image, data) in big.items()}
+
+    # -- mounts -----------------------------------------------------------------------------
+
+    def pictofs(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pictofs", *args], capture_output=True,
+                              text=True, env=self.env, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+
+    def mount(self, cache_dir: Path) -> Path:
+        mountpoint = self.fresh_dir("mnt")
+        log_file = self.root / f"mount{self.counter}.log"
+        result = self.pictofs("mount", self.dataset, str(mountpoint), "--cache-dir",
+                              str(cache_dir), "--dir-cache-time", DIR_CACHE_TIME,
+                              "--log-file", str(log_file))
+        if result.returncode != 0:
+            raise RuntimeError(f"pictofs mount failed: {result.stderr.strip()}")
+        self.mounts.append(mountpoint)
+        self.logs.append(log_file)
+        return mountpoint
+
+    def umount(self, mountpoint: Path) -> None:
+        result = self.pictofs("umount", str(mountpoint))
+        if result.returncode != 0:
+            log(f"pictofs umount {mountpoint} failed ({result.stderr.strip()}); forcing it")
+            abort_connection(str(mountpoint))
+            subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True)
+        self.mounts.remove(mountpoint)
+
+    def mount_passthrough(self, source: Path) -> Path:
+        mountpoint = self.fresh_dir("passthrough")
+        process = subprocess.Popen([sys.executable, str(PASSTHROUGH), str(source),
+                                    str(mountpoint)], stdin=subprocess.DEVNULL)
+        self.passthrough = (mountpoint, process)
+        wait_for_mount(mountpoint, process)
+        return mountpoint
+
+    def stop_passthrough(self) -> None:
+        if self.passthrough is None:
+            return
+        mountpoint, process = self.passthrough
+        if mount_device(str(mountpoint)) is not None:
+            result = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True)
+            if result.returncode != 0:
+                abort_connection(str(mountpoint))
+                subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        self.passthrough = None
+
+    def close(self) -> None:
+        """Tear everything down; never raises."""
+        for mountpoint in list(self.mounts):
+            try:
+                self.umount(mountpoint)
+            except Exception as exc:  # keep cleaning up
+                log(f"cleanup: {mountpoint}: {exc}")
+        try:
+            self.stop_passthrough()
+        except Exception as exc:
+            log(f"cleanup: passthrough: {exc}")
+        if self.client is not None:
+            self.client.close()
+        if self.server is not None:
+            stop_server(self.server)
+
+    def record_requests(self, what: str, before: Counter[str], expected: str = "") -> None:
+        assert self.server is not None
+        after = route_counts(self.server)
+        changes = Counter({k: after[k] - before[k] for k in after if after[k] != before[k]})
+        self.requests.append((what, changes, expected))
+
+    # -- 1. cold read -----------------------------------------------------------------------
+
+    def cold_read(self) -> Path:
+        """Returns a cache folder filled by the last repetition (for the repeat reads)."""
+        assert self.client is not None and self.server is not None
+        n = self.sizes.images
+        row = Row("1", f"Cold read, {n} × 2 MB (`cat big/*`, empty cache)",
+                  "`client.images.download` of each, sequential", 1.2)
+        expected = n * IMAGE_SIZE
+        cache = self.root
+        for rep in range(self.sizes.repetitions):
+            log(f"cold read {rep + 1}/{self.sizes.repetitions}")
+            cache = self.fresh_dir("cache")
+            mountpoint = self.mount(cache)
+            before = route_counts(self.server)
+
+            def read_through_mount() -> None:
+                folder = mountpoint / "big"
+                got = cat([folder / name for name in sorted(os.listdir(folder))])
+                if got != expected:
+                    raise RuntimeError(f"read {got} bytes through the mount, expected {expected}")
+
+            row.ours.append(timed(read_through_mount))
+            if rep == 0:
+                self.record_requests(row.name, before, f"{n} downloads and one listing")
+                for name, data in self.big_data.items():  # untimed: the bytes are right
+                    if (mountpoint / "big" / name).read_bytes() != data:
+                        raise RuntimeError(f"big/{name} read through the mount differs")
+            self.umount(mountpoint)
+            if rep + 1 < self.sizes.repetitions:
+                shutil.rmtree(cache)
+
+            out = self.fresh_dir("downloads")
+
+            def download() -> None:
+                for name, image in sorted(self.big.items()):
+                    self.client.images.download(image.id, output_path=out / name)
+
+            row.base.append(timed(download))
+            shutil.rmtree(out)
+        self.rows.append(row)
+        return cache
+
+    # -- 2. repeat read ---------------------------------------------------------------------
+
+    def repeat_read(self, cache: Path) -> None:
+        assert self.server is not None
+        n = self.sizes.images
+        local = [self.local_big / name for name in sorted(self.big)]
+        reps = self.sizes.repetitions
+
+        dropped = Row("2a", f"Repeat read, {n} × 2 MB, same mount, page cache dropped",
+                      "read of the same files on local disk, page cache dropped", 1.1)
+        mountpoint = self.mount(cache)
+        cat([mountpoint / "big" / name for name in sorted(self.big)])  # load the listing
+        problem = drop_page_cache()
+        if problem is None:
+            self.notes.append("Kernel page cache: dropped before every run of 2a "
+                              "(`echo 3 > /proc/sys/vm/drop_caches` worked).")
+            for rep in range(reps):
+                log(f"repeat read, page cache dropped {rep + 1}/{reps}")
+                before = route_counts(self.server)
+                drop_page_cache()
+                row_paths = [mountpoint / "big" / name for name in sorted(self.big)]
+                dropped.ours.append(timed(lambda: cat(row_paths)))
+                if rep == 0:
+                    self.record_requests(dropped.name, before, "none")
+                drop_page_cache()
+                dropped.base.append(timed(lambda: cat(local)))
+        else:
+            dropped.note = f"drop_caches refused: {problem}"
+            self.notes.append(f"Kernel page cache: could NOT be dropped ({problem}); "
+                              "2a is not measured, 2b (fresh remount) still is.")
+        self.umount(mountpoint)
+        self.rows.append(dropped)
+
+        remount = Row("2b", f"Repeat read, {n} × 2 MB, fresh remount (page cache of the mount empty)",
+                      "read of the same files on local disk (in page cache)", 1.1)
+        cat(local)  # the local files are in the page cache, as the cache files are
+        for rep in range(reps):
+            log(f"repeat read, fresh remount {rep + 1}/{reps}")
+            mountpoint = self.mount(cache)
+            folder = mountpoint / "big"
+            os.listdir(folder)  # as after an `ls`: the listing is known, not timed
+            paths = [folder / name for name in sorted(self.big)]
+            before = route_counts(self.server)
+            remount.ours.append(timed(lambda: cat(paths)))
+            if rep == 0:
+                self.record_requests(remount.name, before, "none")
+            self.umount(mountpoint)
+            remount.base.append(timed(lambda: cat(local)))
+        self.rows.append(remount)
+
+    # -- 3 and 4. ls -l ---------------------------------------------------------------------
+
+    def listings(self) -> None:
+        assert self.client is not None and self.server is not None
+        count = self.sizes.listing
+        pages = -(-count // images_api.PAGE_LIMIT)
+        reps = self.sizes.repetitions
+        cold = Row("3", f"Cold `ls -l` of {count:,} images (fresh mount)",
+                   f"API: {pages} `list_page` pages of 1000 + the folders call", 1.5)
+        warm = Row("4", f"Warm `ls -l` of {count:,} images (same mount, listing cached)",
+                   f"`ls -l` through the mfusepy passthrough of {count:,} local files", 1.0)
+        transport = self.client.transport
+        cache = self.fresh_dir("cache")
+
+        def page_the_api() -> None:
+            got, offset = 0, 0
+            while True:
+                page = images_api.list_page(transport, self.dataset_id, directory_path="/many",
+                                            limit=images_api.PAGE_LIMIT, offset=offset)
+                got += len(page.items)
+                offset += len(page.items)
+                if not page.has_more or not page.items:
+                    break
+            folders_api.list_folders(transport, self.dataset_id)
+            if got != count:
+                raise RuntimeError(f"the API listed {got} images, expected {count}")
+
+        for rep in range(reps):
+            log(f"cold and warm ls -l {rep + 1}/{reps}")
+            mountpoint = self.mount(cache)
+            before = route_counts(self.server)
+            cold.ours.append(timed(lambda: ls_l(mountpoint / "many", count)))
+            if rep == 0:
+                self.record_requests(cold.name, before,
+                                     f"{pages} image-list pages + 1 folders call")
+            time.sleep(KERNEL_ATTR_TIMEOUT + 0.2)  # the kernel forgets; the daemon does not
+            before = route_counts(self.server)
+            warm.ours.append(timed(lambda: ls_l(mountpoint / "many", count)))
+            if rep == 0:
+                self.record_requests(warm.name, before, "none")
+            self.umount(mountpoint)
+            cold.base.append(timed(page_the_api))
+
+        passthrough = self.mount_passthrough(self.local_many)
+        ls_l(passthrough, count)  # the local folder's own caches are warm from here on
+        for rep in range(reps):
+            log(f"passthrough ls -l {rep + 1}/{reps}")
+            time.sleep(KERNEL_ATTR_TIMEOUT + 0.2)
+            warm.base.append(timed(lambda: ls_l(passthrough, count)))
+        self.stop_passthrough()
+        self.rows.extend([cold, warm])
+
+    # -- report -----------------------------------------------------------------------------
+
+    def tracebacks(self) -> list[Path]:
+        return [p for p in self.logs if p.exists() and "Traceback" in p.read_text()]
+
+
+def table(rows: list[Row], markdown: bool) -> str:
+    head = ["#", "Measurement", "pictofs", "Baseline", "Baseline time", "Ratio", "Target",
+            "Result"]
+    lines = []
+    for row in rows:
+        if row.measured:
+            cells = [row.key, row.name, ms(statistics.median(row.ours)), row.baseline,
+                     ms(statistics.median(row.base)), f"{row.ratio:.2f}×",
+                     f"≤ {row.target:.1f}×", row.verdict]
+        else:
+            cells = [row.key, row.name, "—", row.baseline, "—", "—", f"≤ {row.target:.1f}×",
+                     f"not measured ({row.note})"]
+        lines.append(cells)
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        out += ["| " + " | ".join(cells) + " |" for cells in lines]
+        return "\n".join(out)
+    widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+                     + [fmt.format(*cells) for cells in lines])
+
+
+def request_lines(bench: Bench, markdown: bool) -> list[str]:
+    bullet = "- " if markdown else "  "
+    lines = []
+    for what, changes, expected in bench.requests:
+        seen = ", ".join(f"{n} × `{k}`" if markdown else f"{n} x {k}"
+                         for k, n in sorted(changes.items())) or "none"
+        lines.append(f"{bullet}{what}: {seen} (expected: {expected})")
+    return lines
+
+
+def report(bench: Bench, sizes: Sizes, quick: bool) -> str:
+    parts = []
+    for markdown in (False, True):
+        header = (f"Medians of {sizes.repetitions} repetitions"
+                  f"{' (--quick: fewer and smaller)' if quick else ''}; "
+                  f"ratio = pictofs / baseline; lower is better.")
+        parts.append("\n=== Markdown ===\n" if markdown else "")
+        parts.append(header + "\n")
+        parts.append(table(bench.rows, markdown) + "\n")
+        parts.append(("Requests the server saw during the first repetition:" if not markdown
+                      else "Requests the server saw during the first repetition:\n"))
+        parts.extend(line for line in request_lines(bench, markdown))
+        parts.append("")
+        parts.extend(("- " if markdown else "") + note for note in bench.notes)
+    return "\n".join(parts)
+
+
+def isolate_environment(root: Path) -> None:
+    """Point HOME and XDG_* at ``root`` and drop PICTOGRAPH_*/PICTOFS_*, so the run cannot
+    touch a real account, config file, cache or state folder."""
+    for name, sub in (("HOME", "home"), ("XDG_CACHE_HOME", "xdg-cache"),
+                      ("XDG_STATE_HOME", "xdg-state"), ("XDG_DATA_HOME", "xdg-data"),
+                      ("XDG_CONFIG_HOME", "xdg-config"), ("XDG_RUNTIME_DIR", "xdg-run")):
+        path = root / sub
+        path.mkdir(mode=0o700)
+        os.environ[name] = str(path)
+    for name in list(os.environ):
+        if name.startswith(("PICTOGRAPH_", "PICTOFS_")):
+            del os.environ[name]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK.repetitions} repetitions, {QUICK.images} images, "
+                             f"{QUICK.listing} files in the listing folder")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    root = Path(tempfile.mkdtemp(prefix="pictofs-bench-"))
+    bench = Bench(root, sizes)
+    try:
+        isolate_environment(root)
+        bench.start()
+        bench.seed()
+        cache = bench.cold_read()
+        bench.repeat_read(cache)
+        bench.listings()
+        broken = bench.tracebacks()
+        if broken:
+            bench.notes.append("Tracebacks in the mount logs: "
+                               + ", ".join(p.name for p in broken))
+    finally:
+        bench.close()
+        shutil.rmtree(root, ignore_errors=True)
+    print(report(bench, sizes, args.quick))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

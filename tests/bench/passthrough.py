@@ -1,0 +1,69 @@
+"""A minimal read-only mfusepy passthrough of a local folder: the baseline of the benchmark.
+
+It does the least an honest FUSE filesystem in Python can do: ``getattr`` is ``os.lstat``,
+``readdir`` is ``os.listdir``, ``open``/``read``/``release`` are ``os.open``/``os.pread``/
+``os.close``. Everything else keeps mfusepy's defaults. Like pictofs it uses libfuse 3 and
+libfuse's default (multi-threaded) loop.
+
+Run: ``python tests/bench/passthrough.py ROOT MOUNTPOINT`` (stays in the foreground until
+unmounted with ``fusermount3 -u MOUNTPOINT``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+if not os.environ.get("FUSE_LIBRARY_PATH"):
+    os.environ["FUSE_LIBRARY_NAME"] = "fuse3"  # before the import: mfusepy picks it then
+
+import mfusepy  # noqa: E402
+
+STAT_FIELDS = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size",
+               "st_atime", "st_mtime", "st_ctime")
+
+
+class Passthrough(mfusepy.Operations):
+    def __init__(self, root: str) -> None:
+        self.root = os.path.realpath(root)
+
+    def _real(self, path: str) -> str:
+        return os.path.join(self.root, path.lstrip("/"))
+
+    def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
+        try:
+            st = os.lstat(self._real(path))
+        except OSError as exc:
+            raise mfusepy.FuseOSError(exc.errno) from None
+        return {name: getattr(st, name) for name in STAT_FIELDS}
+
+    def readdir(self, path: str, fh: int) -> list[str]:
+        return [".", "..", *os.listdir(self._real(path))]
+
+    def open(self, path: str, flags: int) -> int:
+        try:
+            return os.open(self._real(path), os.O_RDONLY)
+        except OSError as exc:
+            raise mfusepy.FuseOSError(exc.errno) from None
+
+    def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+        return os.pread(fh, size, offset)
+
+    def release(self, path: str, fh: int) -> int:
+        os.close(fh)
+        return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: passthrough.py ROOT MOUNTPOINT", file=sys.stderr)
+        return 2
+    root, mountpoint = argv
+    mfusepy.FUSE(Passthrough(root), mountpoint, foreground=True, ro=True,
+                 fsname="passthrough", subtype="passthrough")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
