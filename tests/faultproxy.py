@@ -681,10 +681,12 @@ class FaultProxy:
             return await self._relay(writer, up_reader, record, fault, method, response,
                                      keep_alive and body_done)
         finally:
+            # Synchronous steps first: pause() or stop() may cancel this task at any await.
+            up_writer.transport.abort()
             for task in (pump, answer):
                 task.cancel()
-            await asyncio.gather(pump, answer, return_exceptions=True)
-            up_writer.transport.abort()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(pump, answer, return_exceptions=True)
             await _closed(up_writer)
 
     async def _pump_request(self, reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter,

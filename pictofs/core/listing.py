@@ -23,6 +23,7 @@ from pictofs.remote import Remote
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000
+ATTEMPTS = 3
 
 
 @dataclass
@@ -47,19 +48,28 @@ class Hidden:
 
 def list_images_consistent(remote: Remote, dataset_id: str, path: str
                            ) -> tuple[dict[str, Image], bool]:
-    """All non-archived images directly in ``path``, by id, and whether the pages added up."""
-    rows: dict[str, Image] = {}
-    for _attempt in range(2):
+    """All non-archived images directly in ``path``, by id, and whether the pages added up.
+
+    Newest-first offset paging skips a row at a page boundary when an image is removed while
+    the folder is read. A listing that does not add up is read again, up to ``ATTEMPTS`` times;
+    if none adds up, the union of the attempts is returned (marked incomplete): a row seen in
+    one attempt and skipped in another still shows, and an image archived meanwhile shows
+    until the next listing, which is the lesser harm.
+    """
+    union: dict[str, Image] = {}
+    for attempt in range(ATTEMPTS):
         rows, consistent = _page_through(remote, dataset_id, path)
         if consistent:
             return rows, True
-        log.debug("listing of %s changed while paged; listing again", path)
-    return rows, False
+        union.update(rows)
+        log.debug("listing of %s changed while paged (attempt %d)", path, attempt + 1)
+    return union, False
 
 
 def _page_through(remote: Remote, dataset_id: str, path: str) -> tuple[dict[str, Image], bool]:
     received: dict[str, Image] = {}
     first_total: int | None = None
+    last_total: int | None = None
     moved = False
     offset = 0
     while True:
@@ -68,6 +78,16 @@ def _page_through(remote: Remote, dataset_id: str, path: str) -> tuple[dict[str,
             first_total = page.total
         elif page.total != first_total:
             moved = True
+        if last_total is not None and page.total < last_total and offset > 0:
+            # Rows removed since the last page shifted the rest left by at most the drop in
+            # total (new images go to the front): read that many rows before the boundary
+            # again, so none is skipped. Costs a request only when the folder changed.
+            drop = last_total - page.total
+            gap = remote.list_images_page(dataset_id, path, offset=max(0, offset - drop),
+                                          limit=min(drop, PAGE_SIZE))
+            for image in gap.items:
+                received[image.id] = image
+        last_total = page.total
         for image in page.items:
             received[image.id] = image
         offset += len(page.items)

@@ -259,8 +259,10 @@ class Bench:
 
     def mount_passthrough(self, source: Path) -> Path:
         mountpoint = self.fresh_dir("passthrough")
-        process = subprocess.Popen([sys.executable, str(PASSTHROUGH), str(source),
-                                    str(mountpoint)], stdin=subprocess.DEVNULL)
+        with open(self.root / "passthrough.log", "ab") as log_file:
+            process = subprocess.Popen([sys.executable, str(PASSTHROUGH), str(source),
+                                        str(mountpoint)], stdin=subprocess.DEVNULL,
+                                       stdout=log_file, stderr=subprocess.STDOUT)
         self.passthrough = (mountpoint, process)
         wait_for_mount(mountpoint, process)
         return mountpoint

@@ -20,11 +20,13 @@ if not os.environ.get("FUSE_LIBRARY_PATH"):
 
 import mfusepy  # noqa: E402
 
-STAT_FIELDS = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size",
-               "st_atime", "st_mtime", "st_ctime")
+STAT_FIELDS = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size")
+TIME_FIELDS = ("st_atime", "st_mtime", "st_ctime")
 
 
 class Passthrough(mfusepy.Operations):
+    use_ns = True  # times in integer nanoseconds, as pictofs reports them
+
     def __init__(self, root: str) -> None:
         self.root = os.path.realpath(root)
 
@@ -36,7 +38,9 @@ class Passthrough(mfusepy.Operations):
             st = os.lstat(self._real(path))
         except OSError as exc:
             raise mfusepy.FuseOSError(exc.errno) from None
-        return {name: getattr(st, name) for name in STAT_FIELDS}
+        attrs = {name: getattr(st, name) for name in STAT_FIELDS}
+        attrs.update((name, getattr(st, name + "_ns")) for name in TIME_FIELDS)
+        return attrs
 
     def readdir(self, path: str, fh: int) -> list[str]:
         return [".", "..", *os.listdir(self._real(path))]

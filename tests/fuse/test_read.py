@@ -285,3 +285,84 @@ def test_killed_daemon_leaves_a_stale_mount_that_the_next_mount_cleans(client, d
     m.mounted = True
     assert os.listdir(m.path) == ["a.png"]
     assert "stale mount" in m.log() + result.stderr
+
+
+def test_listing_while_another_client_uploads_and_archives(client, dataset, mount, server):
+    seed_images(client, dataset.id, "/busy", [f"base{i}.png" for i in range(1500)])
+    m = mount(dataset.name, "--dir-cache-time", "0.2s")
+    stop = threading.Event()
+    churn_errors: list[BaseException] = []
+
+    def churn() -> None:
+        n = 0
+        try:
+            while not stop.is_set():
+                made = seed_images(client, dataset.id, "/busy", [f"new{n}.png"])
+                client.images.delete(made[f"new{n}.png"][0].id)
+                n += 1
+        except BaseException as exc:  # reported by the test below
+            churn_errors.append(exc)
+
+    worker = threading.Thread(target=churn)
+    worker.start()
+    try:
+        for _ in range(8):
+            names = os.listdir(m.path / "busy")
+            assert len(names) == len(set(names)), "a listing showed a name twice"
+            assert {f"base{i}.png" for i in range(1500)} <= set(names)
+            time.sleep(0.25)
+    finally:
+        stop.set()
+        worker.join(60)
+    assert not churn_errors
+    m.refresh()
+    service = {img.filename for img in client.images.list(dataset.id, folder_path="/busy")}
+    assert set(os.listdir(m.path / "busy")) == service
+
+
+def test_sighup_drops_the_listing_cache(client, dataset, mount):
+    seed_images(client, dataset.id, "/", ["one.png"])
+    m = mount(dataset.name, "--dir-cache-time", "1h")
+    assert os.listdir(m.path) == ["one.png"]
+    seed_images(client, dataset.id, "/", ["two.png"])
+    assert os.listdir(m.path) == ["one.png"]
+    os.kill(m.status()["pid"], 1)  # SIGHUP
+    deadline = time.monotonic() + 10
+    while sorted(os.listdir(m.path)) != ["one.png", "two.png"]:
+        assert time.monotonic() < deadline, "SIGHUP did not drop the listing cache"
+        time.sleep(0.05)
+    assert m.status()["pid"], "the daemon must survive SIGHUP"
+
+
+def test_page_cache_is_kept_only_for_the_same_image_id(client, dataset, mount):
+    first = seed_images(client, dataset.id, "/", ["p.jpg"],
+                        data_for=lambda n: sized_jpeg(300_000, seed=21))["p.jpg"]
+    m = mount(dataset.name, "--dir-cache-time", "1h")
+    assert (m.path / "p.jpg").read_bytes() == first[1]
+    reads = m.status()["reads"]
+    assert (m.path / "p.jpg").read_bytes() == first[1]
+    assert m.status()["reads"] == reads, "the second open did not keep the kernel page cache"
+    # another client replaces the image: same name, new id and new bytes
+    client.images.delete(first[0].id)
+    second = seed_images(client, dataset.id, "/", ["p.jpg"],
+                         data_for=lambda n: sized_jpeg(300_000, seed=22))["p.jpg"]
+    m.refresh()
+    assert (m.path / "p.jpg").read_bytes() == second[1], "stale page cache served"
+
+
+def test_gio_and_find_browse_the_mount(client, dataset, mount):
+    seed_images(client, dataset.id, "/a/b", ["x.png", "y.png"])
+    m = mount(dataset.name)
+    env = dict(os.environ, GIO_USE_VFS="local")
+    out = subprocess.run(["gio", "list", "-a", "standard::size", str(m.path / "a" / "b")],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert sorted(line.split("\t")[0] for line in out.stdout.splitlines()) == ["x.png", "y.png"]
+    info = subprocess.run(["gio", "info", str(m.path / "a" / "b" / "x.png")],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert info.returncode == 0 and "standard::size:" in info.stdout
+    found = subprocess.run(["find", str(m.path), "-name", "*.png"], capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert sorted(Path(p).name for p in found) == ["x.png", "y.png"]
+    du = subprocess.run(["du", "-s", str(m.path)], capture_output=True, text=True)
+    assert du.returncode == 0

@@ -49,14 +49,22 @@ def test_unicode_spellings_are_two_names():
 class ScriptedPages:
     """A page source that answers from a script of (items, total, has_more) per call."""
 
-    def __init__(self, script: list[list[tuple[list[Image], int, bool]]]) -> None:
+    def __init__(self, script: list[list[tuple[list[Image], int, bool]]],
+                 gaps: dict[tuple[int, int], list[Image]] | None = None) -> None:
         self.script = script  # one list of pages per listing attempt
+        self.gaps = gaps or {}  # (attempt, offset) → rows answered to a re-read of a gap
+        self.gap_calls: list[tuple[int, int]] = []
         self.calls = 0
         self.attempt = -1
         self.page = 0
 
     def list_images_page(self, dataset_id, folder, *, offset=0, limit=1000,  # type: ignore[no-untyped-def]
                          include_archived=False):
+        if limit < 1000:  # a gap re-read
+            self.gap_calls.append((offset, limit))
+            self.calls += 1
+            return Page(items=self.gaps.get((self.attempt, offset), []), limit=limit,
+                        offset=offset, total=0, has_more=True)
         if offset == 0:
             self.attempt += 1
             self.page = 0
@@ -80,11 +88,12 @@ def test_total_that_moves_lists_again_once():
     assert complete and sorted(rows) == ["1", "2", "3"] and pages.attempt == 1
 
 
-def test_listing_that_never_adds_up_is_marked_incomplete():
-    bad = [([img("a.jpg", "1")], 2, False)]
-    pages = ScriptedPages([bad, bad])
+def test_listing_that_never_adds_up_is_the_union_marked_incomplete():
+    skipped_b = [([img("a.jpg", "1")], 3, True), ([img("c.jpg", "3")], 2, False)]
+    skipped_c = [([img("a.jpg", "1")], 3, True), ([img("b.jpg", "2")], 2, False)]
+    pages = ScriptedPages([skipped_b, skipped_c, skipped_b])
     rows, complete = list_images_consistent(pages, "d", "/")  # type: ignore[arg-type]
-    assert not complete and list(rows) == ["1"] and pages.attempt == 1
+    assert not complete and sorted(rows) == ["1", "2", "3"] and pages.attempt == 2
 
 
 def test_rows_of_other_folders_and_archived_rows_are_filtered():
@@ -93,3 +102,13 @@ def test_rows_of_other_folders_and_archived_rows_are_filtered():
     pages = ScriptedPages([[(rows_in, 3, False)]])
     rows, complete = list_images_consistent(pages, "d", "/")  # type: ignore[arg-type]
     assert complete and list(rows) == ["1"]
+
+
+def test_a_row_skipped_by_a_removal_is_read_again_from_the_gap():
+    page1 = ([img("d.jpg", "4"), img("c.jpg", "3")], 4, True)
+    page2 = ([img("a.jpg", "1")], 3, False)  # "d" was removed: "b" moved into page 1, unseen
+    pages = ScriptedPages([[page1, page2]] * 3, gaps={(a, 1): [img("b.jpg", "2")]
+                                                     for a in range(3)})
+    rows, complete = list_images_consistent(pages, "d", "/")  # type: ignore[arg-type]
+    assert (1, 1) in pages.gap_calls
+    assert {"1", "2", "3", "4"} <= set(rows) and not complete
