@@ -77,6 +77,15 @@ def _parser() -> argparse.ArgumentParser:
     refresh.add_argument("mountpoint", metavar="MOUNTPOINT")
     add_options(refresh, "refresh")
     refresh.set_defaults(handler=cmd_refresh)
+
+    mirror = commands.add_parser(
+        "mirror", help="keep a dataset folder in step with a local folder (one way)",
+        description="Mirror LOCAL_DIR into DATASET[:/folder]: upload what is missing, then "
+                    "watch and upload changes.")
+    mirror.add_argument("local_dir", metavar="LOCAL_DIR")
+    mirror.add_argument("target", metavar="DATASET[:/folder]")
+    add_options(mirror, "mirror")
+    mirror.set_defaults(handler=cmd_mirror)
     return parser
 
 
@@ -215,6 +224,15 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     control.request(args.mountpoint, "refresh")
     print(f"listing cache of {args.mountpoint} dropped", file=sys.stderr)
     return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- mirror
+
+
+def cmd_mirror(args: argparse.Namespace) -> int:
+    from pictofs.mirror.runner import run_mirror
+
+    return run_mirror(args)
 
 
 # ------------------------------------------------------------------------------- main
