@@ -73,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     add_options(status, "status")
     status.set_defaults(handler=cmd_status)
 
+    sync = commands.add_parser("sync", help="wait until a mount's uploads have landed")
+    sync.add_argument("mountpoint", metavar="MOUNTPOINT")
+    add_options(sync, "sync")
+    sync.set_defaults(handler=cmd_sync)
+
     refresh = commands.add_parser("refresh", help="drop a mount's listing cache now")
     refresh.add_argument("mountpoint", metavar="MOUNTPOINT")
     add_options(refresh, "refresh")
@@ -168,20 +173,69 @@ def cmd_umount(args: argparse.Namespace) -> int:
     from pictofs import control
     from pictofs.fs.mount import abort_connection, unmount
 
-    timeout = args.timeout
     mountpoint = os.path.abspath(args.mountpoint)
     try:
-        pid = int(control.request(mountpoint, "status", timeout=10)["pid"])
+        pid = int(control.request(mountpoint, "status", socket_timeout=10)["pid"])
     except ConfigError:
         pid = None
+    failed: list[dict[str, str]] = []
+    if pid is not None and not args.force:
+        idle, failed = _wait_for_uploads(mountpoint, args.timeout)
+        if not idle:
+            raise ConfigError(f"uploads still pending after {args.timeout:.0f}s; not "
+                              f"unmounted (--force unmounts now; they resume at the next mount)")
     if args.force:
         abort_connection(mountpoint)
     unmount(mountpoint, lazy=args.force)
-    if pid is not None and not _wait_exit(pid, timeout):
+    if pid is not None and not _wait_exit(pid, args.timeout):
         raise ConfigError(f"unmounted, but the daemon (pid {pid}) did not exit within "
-                          f"{timeout:.0f}s")
+                          f"{args.timeout:.0f}s")
     print(f"unmounted {mountpoint}", file=sys.stderr)
-    return EXIT_OK
+    return _report_failed(failed)
+
+
+def _wait_for_uploads(mountpoint: str, timeout: float) -> tuple[bool, list[dict[str, str]]]:
+    """Wait for the mount's queue with a progress line; (idle, failed uploads)."""
+    import time
+
+    from pictofs import control
+
+    deadline = time.monotonic() + timeout
+    shown = False
+    while True:
+        remaining = deadline - time.monotonic()
+        reply = control.request(mountpoint, "sync", socket_timeout=60,
+                                timeout=max(0.0, min(remaining, 1.0)))
+        if reply["idle"] or remaining <= 0:
+            if shown:
+                print(file=sys.stderr)
+            return bool(reply["idle"]), reply["failed"]
+        if sys.stderr.isatty() or not shown:
+            print(f"\rwaiting for {reply['pending'] + reply['in_flight']} upload(s)…",
+                  end="", file=sys.stderr, flush=True)
+            shown = True
+
+
+def _report_failed(failed: list[dict[str, str]]) -> int:
+    for item in failed:
+        print(f"pictofs: upload failed: {item['path']}: {item['error']}", file=sys.stderr)
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from pictofs import control
+
+    timeout = args.timeout
+    reply = control.request(args.mountpoint, "sync",
+                            socket_timeout=None if timeout is None else timeout + 30,
+                            timeout=timeout)
+    if not reply["idle"]:
+        pending = reply["pending"] + reply["in_flight"]
+        print(f"pictofs: {pending} upload(s) still pending after {timeout:.0f}s",
+              file=sys.stderr)
+        _report_failed(reply["failed"])
+        return EXIT_ERROR
+    return _report_failed(reply["failed"])
 
 
 def _wait_exit(pid: int, timeout: float) -> bool:
@@ -212,6 +266,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"service:    {reply['service']}")
     print(f"open files: {reply['open_files']}  reads: {reply['reads']}  "
           f"read: {format_size(reply['bytes_read'])}")
+    uploads = reply.get("uploads", {})
+    print(f"uploads:    {uploads.get('pending', 0)} pending, {uploads.get('in_flight', 0)} "
+          f"in flight, {len(uploads.get('failed', []))} failed, "
+          f"{format_size(int(uploads.get('upload_rate', 0)))}/s"
+          + ("  (paused: API key rejected)" if uploads.get("paused") else ""))
+    for item in uploads.get("failed", []):
+        print(f"  failed:   {item['path']}: {item['error']}")
     for cache in reply.get("cache", []):
         print(f"cache:      {format_size(cache['size_bytes'])} in {cache['entries']} images, "
               f"hit ratio {cache['hit_ratio']:.0%}")

@@ -84,8 +84,15 @@ OPTIONS: tuple[Option, ...] = (
            metavar="N"),
     Option("retry-max-wait", "longest wait between attempts", MOUNT_MIRROR, default="30s",
            type=parse_duration, metavar="DURATION"),
-    Option("transfers", "uploads in parallel", ("mirror",), default="8", type=int,
+    # writing
+    Option("write-back", "delay after the last close before a new file is uploaded", MOUNT,
+           default="2s", type=parse_duration, metavar="DURATION"),
+    Option("transfers", "uploads in parallel", MOUNT_MIRROR, default="8", type=int,
            metavar="N"),
+    Option("min-free-space", "writes fail with ENOSPC below this much free space on the "
+           "staging disk", MOUNT, default="1G", type=parse_size, metavar="SIZE"),
+    Option("permanent-delete", "rm deletes images permanently instead of archiving them",
+           MOUNT, default=False, flag=True, type=None),
     # process
     Option("foreground", "stay attached and log to stderr", MOUNT, default=False, flag=True,
            type=None, short="f"),
@@ -96,6 +103,8 @@ OPTIONS: tuple[Option, ...] = (
            short="v"),
     Option("timeout", "how long to wait for pending uploads and for the daemon to exit",
            ("umount",), default="5m", type=parse_duration, metavar="DURATION"),
+    Option("timeout", "how long to wait for pending uploads (default: as long as it takes)",
+           ("sync",), type=parse_duration, metavar="DURATION"),
     # mirror
     Option("once", "reconcile once, print the report and exit", ("mirror",), default=False,
            flag=True, type=None),

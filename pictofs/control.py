@@ -107,12 +107,13 @@ def _read_line(conn: socket.socket) -> bytes:
     return data
 
 
-def request(mountpoint: str, cmd: str, timeout: float | None = 30, **fields: Any
+def request(mountpoint: str, cmd: str, socket_timeout: float | None = 30, **fields: Any
             ) -> dict[str, Any]:
-    """Send one command to the mount at ``mountpoint``; ConfigError if none listens there."""
+    """Send one command (with ``fields``) to the mount at ``mountpoint`` and wait up to
+    ``socket_timeout`` for the answer; ConfigError if no mount listens there."""
     path = socket_path(mountpoint)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
+    sock.settimeout(socket_timeout)
     try:
         sock.connect(str(path))
     except (FileNotFoundError, ConnectionRefusedError):

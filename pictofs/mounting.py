@@ -70,7 +70,10 @@ def resolve_target(args: argparse.Namespace, announce: bool) -> Target:
             dataset = client.projects.create(args.dataset)
             if announce:
                 print(f"created dataset {dataset.name} on the local server", file=sys.stderr)
-        return Target(conn, dataset, mountpoint)
+        target = Target(conn, dataset, mountpoint)
+        if not args.read_only:
+            check_journal_free(target)
+        return target
     finally:
         client.close()
 
@@ -148,45 +151,45 @@ def _serve(target: Target, args: argparse.Namespace) -> int:
     from pictofs.api.remote import ApiRemote
     from pictofs.core.attrs import AttrPolicy
     from pictofs.core.breaker import CircuitBreaker, GuardedRemote
-    from pictofs.core.cache import ImageCache
-    from pictofs.core.downloads import Downloader
     from pictofs.core.vfs import Vfs, VfsOptions
     from pictofs.fs.mount import MountSettings, serve, start_sighup_thread
     from pictofs.fs.operations import PictoOperations
 
     api_remote = ApiRemote(target.connection, timeout=args.timeout, retries=args.retries,
-                           retry_max_wait=args.retry_max_wait)
+                           retry_max_wait=args.retry_max_wait, pool_size=max(16, args.transfers * 2))
     breaker = CircuitBreaker(probe=api_remote.ping)
     remote = GuardedRemote(api_remote, breaker)
-    cache_root = Path(args.cache_dir).expanduser() if args.cache_dir else dirs.cache_dir()
     state = dirs.private_dir(dirs.state_dir())
-
-    def downloader_for(dataset: Dataset) -> Downloader:
-        cache = ImageCache(cache_root, target.connection.base_url, dataset.id, args.cache_size)
-        return Downloader(cache, remote)
-
-    read_only = True  # the write side (journaled uploads) is not part of this mount yet
     policy = AttrPolicy(
         uid=args.uid if args.uid is not None else os.getuid(),
         gid=args.gid if args.gid is not None else os.getgid(),
         file_mode=args.file_mode, dir_mode=args.dir_mode, umask=args.umask or 0,
-        read_only=read_only or args.read_only,
+        read_only=args.read_only,
     )
-    vfs = Vfs(remote, VfsOptions(policy, args.dir_cache_time, str(state)), downloader_for,
+    sides = SideBuilder(target, args, remote, state)
+    vfs = Vfs(remote, VfsOptions(policy, args.dir_cache_time, str(state)), sides.build,
               dataset=target.dataset, is_online=breaker.allows_requests)
     name = target.dataset.name if target.dataset else "organization"
     ctl = control.ControlServer(target.mountpoint, {
         "status": lambda _req: _status(vfs, breaker, target),
         "refresh": lambda _req: (vfs.refresh(), {})[1],
+        "sync": lambda req: _sync(vfs, req.get("timeout")),
     })
 
     def on_init() -> None:
         ctl.start()
         start_sighup_thread(vfs.refresh)
+        sides.started = True
+        if vfs._single is not None:
+            vfs.side(vfs._single)  # resume this dataset's journal now
         log.info("mounted %s on %s", name, target.mountpoint)
         _tell_parent("ready")
 
     def on_destroy() -> None:
+        for side in vfs.sides():
+            if side.writes is not None and not side.writes.stop(timeout=60):
+                log.warning("an upload step was still running at unmount; it resumes at "
+                            "the next mount")
         ctl.stop()
         breaker.close()
         log.info("unmounted %s", target.mountpoint)
@@ -199,6 +202,75 @@ def _serve(target: Target, args: argparse.Namespace) -> int:
     finally:
         api_remote.close()
     return 0
+
+
+class SideBuilder:
+    """Builds the Side of a dataset: cache and downloader, and for writable mounts the
+    journal, the write layer (with its upload workers, started here) and the renamer."""
+
+    def __init__(self, target: Target, args: argparse.Namespace, remote: Any,
+                 state: Path) -> None:
+        self.target = target
+        self.args = args
+        self.remote = remote
+        self.state = state
+        self.cache_root = Path(args.cache_dir).expanduser() if args.cache_dir \
+            else dirs.cache_dir()
+        self.started = False
+
+    def build(self, view: Any) -> Any:
+        from pictofs.core.cache import ImageCache
+        from pictofs.core.downloads import Downloader
+        from pictofs.core.journal import Journal
+        from pictofs.core.renames import Renamer
+        from pictofs.core.vfs import Side
+        from pictofs.core.writes import WriteLayer, WriteOptions
+
+        conn = self.target.connection
+        cache = ImageCache(self.cache_root, conn.base_url, view.dataset_id, self.args.cache_size)
+        downloader = Downloader(cache, self.remote)
+        if self.args.read_only:
+            return Side(view, downloader)
+        assert conn.api_key is not None
+        try:
+            journal = Journal.for_dataset(self.state, conn.base_url, view.dataset_id,
+                                          conn.api_key)
+        except ConfigError as exc:
+            log.warning("%s: read-only in this mount: %s", view.dataset.name, exc)
+            return Side(view, downloader)
+        options = WriteOptions(write_back=self.args.write_back, transfers=self.args.transfers,
+                               retry_max_wait=self.args.retry_max_wait,
+                               min_free_space=self.args.min_free_space,
+                               permanent_delete=self.args.permanent_delete)
+        writes = WriteLayer(view, self.remote, journal, downloader, journal.directory / "local",
+                            options)
+        writes.start()
+        return Side(view, downloader, writes, Renamer(view, self.remote, writes))
+
+
+def check_journal_free(target: Target) -> None:
+    """A writable dataset mount needs the dataset's journal: refuse at start, in one line,
+    when another process holds it (the same dataset mounted twice on this machine)."""
+    from pictofs.core.journal import Journal
+
+    conn = target.connection
+    if target.dataset is None or conn.api_key is None:
+        return
+    journal = Journal.for_dataset(dirs.private_dir(dirs.state_dir()), conn.base_url,
+                                  target.dataset.id, conn.api_key)
+    journal.close()
+
+
+def _sync(vfs: Any, timeout: float | None) -> dict[str, Any]:
+    """Wait until no upload is pending or in flight (failed ones do not count)."""
+    deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+    idle = True
+    for side in vfs.sides():
+        if side.writes is not None:
+            idle = side.writes.wait_idle(max(0.0, deadline - time.monotonic())) and idle
+    status = vfs.status()["uploads"]
+    return {"idle": idle, "failed": status["failed"], "pending": status["pending"],
+            "in_flight": status["in_flight"]}
 
 
 def _status(vfs: Any, breaker: Any, target: Target) -> dict[str, Any]:

@@ -36,6 +36,9 @@ in the order they were added and a request gets at most one fault::
                                           # (accepted, then reset at once); resume: normal
     proxy.set_random_faults(rate=0.1, kinds=("503", "429", "reset", "stall", "truncate"),
                             stall_seconds=2.0, retry_after=1, method=None, path=None)
+        # kinds: "reset" (forwarded or not, drawn too), "stall", "truncate" (half the body,
+        # 100 bytes of one of unknown length) or any status as a string ("500", "503", ...;
+        # "429" carries ``retry_after``)
         # each matching request gets a fault with probability ``rate``; the draw for the n-th
         # matching request since this call depends only on (seed, n), so a sequential client
         # sees the same faults on every run whatever ids its URLs contain (concurrent clients
@@ -670,8 +673,9 @@ class FaultProxy:
         answer = asyncio.create_task(self._read_response_head(up_reader))
         try:
             await asyncio.wait({pump, answer}, return_when=asyncio.FIRST_COMPLETED)
-            if pump.done() and isinstance(pump.exception(), _ClientGone):
-                raise pump.exception()  # type: ignore[misc]
+            failure = pump.exception() if pump.done() else None
+            if isinstance(failure, _ClientGone):
+                raise failure
             try:
                 response = await answer
             except _UpstreamGone as exc:
@@ -737,9 +741,10 @@ class FaultProxy:
             limit = fault.keep_bytes
             if limit is None:
                 limit = length // 2 if framing == "length" else 100
-        stall_at = None
+        stall_at, stall_seconds = None, 0.0
         if fault is not None and fault.kind == "stall":
             stall_at = max(1, min(length // 2, CHUNK)) if framing == "length" else CHUNK
+            stall_seconds = fault.seconds
         chunked = framing == "chunked"
         async for data in _body(up_reader, framing, length, _UpstreamGone):
             if limit is not None:
@@ -747,13 +752,13 @@ class FaultProxy:
             if stall_at is not None and record.bytes_sent + len(data) >= stall_at:
                 cut = stall_at - record.bytes_sent
                 await self._send(writer, record, data[:cut], chunked)
-                await asyncio.sleep(fault.seconds)  # type: ignore[union-attr]
+                await asyncio.sleep(stall_seconds)
                 stall_at, data = None, data[cut:]
             await self._send(writer, record, data, chunked)
             if limit is not None and record.bytes_sent >= limit:
                 break
         if stall_at is not None:  # the body was shorter than the stall point
-            await asyncio.sleep(fault.seconds)  # type: ignore[union-attr]
+            await asyncio.sleep(stall_seconds)
         if truncate:
             complete = not chunked and record.bytes_sent == length
             self._update(record, complete=complete, in_progress=False)

@@ -51,6 +51,11 @@ class AttrPolicy:
         return self._bits(self.dir_mode)
 
 
+def _ns(seconds: float) -> int:
+    """fusepy with ``use_ns`` takes times as integer nanoseconds."""
+    return int(round(seconds * 1_000_000_000))
+
+
 def file_stat(policy: AttrPolicy, size: int, mtime: float) -> dict[str, Any]:
     return {
         "st_mode": statmod.S_IFREG | policy.file_bits,
@@ -60,9 +65,9 @@ def file_stat(policy: AttrPolicy, size: int, mtime: float) -> dict[str, Any]:
         "st_blksize": 131072,
         "st_uid": policy.uid,
         "st_gid": policy.gid,
-        "st_mtime": mtime,
-        "st_ctime": mtime,
-        "st_atime": mtime,
+        "st_mtime": _ns(mtime),
+        "st_ctime": _ns(mtime),
+        "st_atime": _ns(mtime),
     }
 
 
@@ -75,9 +80,9 @@ def dir_stat(policy: AttrPolicy, subfolders: int, mtime: float) -> dict[str, Any
         "st_blksize": 4096,
         "st_uid": policy.uid,
         "st_gid": policy.gid,
-        "st_mtime": mtime,
-        "st_ctime": mtime,
-        "st_atime": mtime,
+        "st_mtime": _ns(mtime),
+        "st_ctime": _ns(mtime),
+        "st_atime": _ns(mtime),
     }
 
 

@@ -1,9 +1,11 @@
 """The filesystem core: paths in, domain answers out; no FUSE, no HTTP.
 
-``Vfs`` is what the FUSE adapter calls, one verb per callback. It routes a path to a
-``DatasetView`` (a dataset mount has one; an organization mount has one per dataset directory),
-builds attributes from listings (so ``ls -l`` makes no per-image request), serves reads through
-the shared ``Downloader`` and answers extended attributes (filesystem §1–§4).
+``Vfs`` is what the FUSE adapter calls, one verb per callback. It routes a path to the
+``Side`` of its dataset (a dataset mount has one; an organization mount has one per dataset
+directory): the ``DatasetView`` (listings), the ``Downloader`` (reads through the cache), and,
+unless the mount is read-only, the ``WriteLayer`` (files being written, local-only files,
+uploads) and the ``Renamer``. Pending files are laid over the service's listing. Attributes
+come from listings, so ``ls -l`` makes no per-image request (filesystem §1–§6).
 """
 
 from __future__ import annotations
@@ -20,14 +22,18 @@ from typing import Any, Callable
 
 from pictofs.core import attrs
 from pictofs.core.attrs import AttrPolicy
-from pictofs.core.view import DatasetView, DirEntry, Entry, FileEntry
-from pictofs.errors import (AlreadyExists, BadHandle, IsADirectory, NoAttribute, NotADirectory,
-                            NotFound, NotPermitted, ReadOnly, Unavailable, ValueTooLarge)
-from pictofs.model import Dataset, Image, parse_timestamp
+from pictofs.core.pending import Pending
+from pictofs.core.view import DatasetView, DirEntry, FileEntry
+from pictofs.errors import (AlreadyExists, BadHandle, CrossDevice, InvalidArgument,
+                            IsADirectory, NoAttribute, NotADirectory, NotFound, NotPermitted,
+                            ReadOnly, Unavailable, ValueTooLarge)
+from pictofs.model import Dataset, Image, join_path, parse_timestamp
 from pictofs.names import check_name
 from pictofs.remote import Remote
 
 log = logging.getLogger(__name__)
+
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 
 
 @dataclass(frozen=True)
@@ -38,12 +44,27 @@ class VfsOptions:
 
 
 @dataclass
+class Side:
+    """Everything of one dataset: listings, reads, and (writable mounts) writes."""
+
+    view: DatasetView
+    downloader: Any
+    writes: Any = None  # pictofs.core.writes.WriteLayer
+    renamer: Any = None  # pictofs.core.renames.Renamer
+
+
+SideFactory = Callable[[DatasetView], Side]
+
+
+@dataclass
 class Handle:
-    """An open file: the reader streaming its image, and what it was opened as."""
+    """An open file: a reader streaming an image, or a pending file (written or read)."""
 
     path: str
-    image: Image
-    reader: Any  # pictofs.core.downloads.Reader
+    side: Side
+    image: Image | None = None
+    reader: Any = None
+    pending: Pending | None = None
 
 
 @dataclass
@@ -55,26 +76,25 @@ class Counters:
 
 
 class Vfs:
-    def __init__(self, remote: Remote, options: VfsOptions,
-                 downloader_for: Callable[[Dataset], Any], dataset: Dataset | None = None,
-                 clock: Callable[[], float] = time.monotonic,
+    def __init__(self, remote: Remote, options: VfsOptions, side_for: SideFactory,
+                 dataset: Dataset | None = None, clock: Callable[[], float] = time.monotonic,
                  is_online: Callable[[], bool] = lambda: True) -> None:
-        """``dataset`` set: a dataset mount; None: an organization mount. ``downloader_for``
-        gives the Downloader (with its cache) of a dataset. ``is_online`` says whether the
-        service is believed reachable (the circuit breaker is closed)."""
-        self.is_online = is_online
+        """``dataset`` set: a dataset mount; None: an organization mount. ``side_for``
+        builds a dataset's Side. ``is_online`` says whether the service is believed
+        reachable (the circuit breaker is closed)."""
         self.remote = remote
         self.options = options
         self.clock = clock
-        self._downloader_for = downloader_for
+        self.is_online = is_online
+        self._side_for = side_for
         self._single = DatasetView(remote, dataset, options.dir_cache_time, clock) \
             if dataset else None
         self.mounted_at = time.time()
-        # _lock guards _views, _datasets_at, _handles, _last_open_id, counters.
+        # _lock guards _views, _datasets_at, _sides, _handles, _last_open_id and counters.
         self._lock = threading.Lock()
         self._views: dict[str, DatasetView] = {}
         self._datasets_at = -1e18
-        self._downloaders: dict[str, Any] = {}
+        self._sides: dict[str, Side] = {}
         self._handles: dict[int, Handle] = {}
         self._fh = itertools.count(1)
         self._last_open_id: dict[str, str] = {}
@@ -82,14 +102,25 @@ class Vfs:
 
     # ------------------------------------------------------------------ routing
 
-    def _route(self, path: str) -> tuple[DatasetView | None, str]:
-        """(view, path inside the dataset); (None, "/") is the organization root."""
+    def _route(self, path: str) -> tuple[Side | None, str]:
+        """(side, path inside the dataset); (None, "/") is the organization root."""
         if self._single is not None:
-            return self._single, path
+            return self.side(self._single), path
         if path == "/":
             return None, "/"
         name, _, rest = path[1:].partition("/")
-        return self._dataset_view(name), "/" + rest
+        return self.side(self._dataset_view(name)), "/" + rest
+
+    def side(self, view: DatasetView) -> Side:
+        with self._lock:
+            found = self._sides.get(view.dataset_id)
+            if found is None:
+                found = self._sides[view.dataset_id] = self._side_for(view)
+            return found
+
+    def sides(self) -> list[Side]:
+        with self._lock:
+            return list(self._sides.values())
 
     def _dataset_view(self, name: str) -> DatasetView:
         views = self._dataset_views()
@@ -114,96 +145,138 @@ class Vfs:
             self._datasets_at = self.clock()
             return self._views
 
-    def _resolve(self, path: str) -> tuple[DatasetView | None, Entry]:
-        view, inner = self._route(path)
-        if view is None:
-            return None, DirEntry("/")
-        return view, view.resolve(inner)
+    def _resolve(self, path: str) -> tuple[Side | None, DirEntry | FileEntry | Pending]:
+        side, _inner, entry = self._locate(path)
+        return side, entry
 
-    def _downloader(self, view: DatasetView) -> Any:
-        with self._lock:
-            found = self._downloaders.get(view.dataset_id)
-            if found is None:
-                found = self._downloaders[view.dataset_id] = self._downloader_for(view.dataset)
-            return found
+    def _locate(self, path: str) -> tuple[Side | None, str, DirEntry | FileEntry | Pending]:
+        """(side, path inside the dataset, what is there)."""
+        side, inner = self._route(path)
+        if side is None:
+            return None, "/", DirEntry("/")
+        writes = side.writes
+        if writes is not None:
+            pending = writes.pending_at(inner)
+            if pending is not None:
+                return side, inner, pending
+            if writes.is_local_dir(inner):
+                return side, inner, DirEntry(inner)
+            if writes.is_hidden(inner):
+                raise NotFound(path)
+        return side, inner, side.view.resolve(inner)
+
+    def _writes(self, side: Side | None, what: str) -> Any:
+        if side is None:
+            raise NotPermitted(f"{what}: not at the top of an organization mount")
+        if side.writes is None:
+            raise ReadOnly(f"{what}: this mount is read-only")
+        return side.writes
 
     # --------------------------------------------------------------- attributes
 
-    def _dir_attrs(self, view: DatasetView | None, entry: DirEntry) -> dict[str, Any]:
+    def _dir_attrs(self, side: Side | None, entry: DirEntry) -> dict[str, Any]:
         policy = self.options.policy
-        if view is None:
+        if side is None:
             return attrs.dir_stat(policy, len(self._dataset_views()), self.mounted_at)
-        listing = view.cached_listing(entry.path)
+        listing = side.view.cached_listing(entry.path)
         subfolders = len(listing.folders) if listing else 0
         created = entry.folder.created_at if entry.folder else None
         if entry.path == "/":
-            created = view.dataset.created_at
+            created = side.view.dataset.created_at
         mtime = parse_timestamp(created) or self.mounted_at
         return attrs.dir_stat(policy, subfolders, mtime)
 
-    def _file_attrs(self, image: Image) -> dict[str, Any]:
-        return attrs.file_stat(self.options.policy, image.file_size, attrs.image_mtime(image))
+    def _file_attrs(self, side: Side | None, image: Image) -> dict[str, Any]:
+        recorded = side.writes.image_mtime(image) if side and side.writes else None
+        return attrs.file_stat(self.options.policy, image.file_size,
+                               attrs.image_mtime(image, recorded))
+
+    def _pending_attrs(self, pending: Pending) -> dict[str, Any]:
+        return attrs.file_stat(self.options.policy, pending.size, pending.mtime)
+
+    def _attrs(self, side: Side | None, entry: DirEntry | FileEntry | Pending) -> dict[str, Any]:
+        if isinstance(entry, Pending):
+            return self._pending_attrs(entry)
+        if isinstance(entry, FileEntry):
+            return self._file_attrs(side, entry.image)
+        return self._dir_attrs(side, entry)
 
     def getattr(self, path: str) -> dict[str, Any]:
-        view, entry = self._resolve(path)
-        if isinstance(entry, FileEntry):
-            return self._file_attrs(entry.image)
-        return self._dir_attrs(view, entry)
-
-    def readdir(self, path: str) -> list[tuple[str, dict[str, Any]]]:
-        """Names with their attributes, from one listing (no per-entry request)."""
-        view, entry = self._resolve(path)
-        if not isinstance(entry, DirEntry):
-            raise NotADirectory(path)
-        if view is None:
-            return [(name, self._dir_attrs(v, DirEntry("/")))
-                    for name, v in sorted(self._dataset_views().items())]
-        listing = view.listing(entry.path)
-        rows = [(name, self._dir_attrs(view, DirEntry(_join(entry.path, name), folder)))
-                for name, folder in sorted(listing.folders.items())]
-        rows += [(name, self._file_attrs(image)) for name, image in sorted(listing.images.items())]
-        return rows
-
-    # ------------------------------------------------------------------- reading
-
-    def open(self, path: str, flags: int) -> tuple[int, bool]:
-        """Open for reading; returns (handle, keep the kernel page cache)."""
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
-            raise self._read_only("open for writing")
-        view, entry = self._resolve(path)
-        if not isinstance(entry, FileEntry):
-            raise IsADirectory(path)
-        reader = self._downloader(view).open(entry.image.id, entry.image.file_size)
-        if not reader.from_cache and not self.is_online():
-            reader.close()
-            raise Unavailable(f"{path} is not cached and the service is unreachable")
-        with self._lock:
-            fh = next(self._fh)
-            self._handles[fh] = Handle(path, entry.image, reader)
-            keep = self._last_open_id.get(path) == entry.image.id
-            self._last_open_id[path] = entry.image.id
-            self.counters.opens += 1
-        return fh, keep
-
-    def read(self, fh: int, size: int, offset: int) -> bytes:
-        handle = self._handle(fh)
-        if offset >= handle.image.file_size:
-            return b""
-        data = handle.reader.read(offset, min(size, handle.image.file_size - offset))
-        with self._lock:
-            self.counters.reads += 1
-            self.counters.bytes_read += len(data)
-        return data
+        side, entry = self._resolve(path)
+        return self._attrs(side, entry)
 
     def handle_attrs(self, fh: int) -> dict[str, Any]:
         """Attributes of an open file from its handle (the path may be gone)."""
-        return self._file_attrs(self._handle(fh).image)
+        handle = self._handle(fh)
+        if handle.pending is not None:
+            return self._pending_attrs(handle.pending)
+        assert handle.image is not None
+        return self._file_attrs(handle.side, handle.image)
 
-    def release(self, fh: int) -> None:
+    def readdir(self, path: str) -> list[tuple[str, dict[str, Any]]]:
+        """Names with their attributes, from one listing (no per-entry request), with the
+        pending files of this mount laid over it."""
+        side, entry = self._resolve(path)
+        if not isinstance(entry, DirEntry):
+            raise NotADirectory(path)
+        if side is None:
+            return [(name, self._dir_attrs(self.side(v), DirEntry("/")))
+                    for name, v in sorted(self._dataset_views().items())]
+        rows: dict[str, dict[str, Any]] = {}
+        writes = side.writes
+        if writes is None or not writes.is_local_dir(entry.path):
+            listing = side.view.listing(entry.path)
+            for name, folder in listing.folders.items():
+                rows[name] = self._dir_attrs(side, DirEntry(join_path(entry.path, name), folder))
+            for name, image in listing.images.items():
+                if writes is None or not writes.is_hidden(join_path(entry.path, name)):
+                    rows[name] = self._file_attrs(side, image)
+        if writes is not None:
+            for name in writes.local_dirs_in(entry.path):
+                rows[name] = self._dir_attrs(side, DirEntry(join_path(entry.path, name)))
+            for name, pending in writes.pending_in(entry.path).items():
+                rows[name] = self._pending_attrs(pending)
+        return sorted(rows.items())
+
+    # ------------------------------------------------------------------- opening
+
+    def open(self, path: str, flags: int) -> tuple[int, bool]:
+        """Open a file; returns (handle, keep the kernel page cache)."""
+        side, inner, entry = self._locate(path)
+        if isinstance(entry, DirEntry):
+            raise IsADirectory(path)
+        assert side is not None
+        if flags & WRITE_FLAGS:
+            writes = self._writes(side, "open for writing")
+            target = entry if isinstance(entry, Pending) else entry.image
+            pending = writes.open_for_write(inner, target, truncate=bool(flags & os.O_TRUNC))
+            return self._add(Handle(path, side, pending=pending)), False
+        if isinstance(entry, Pending):
+            entry.opens += 1
+            return self._add(Handle(path, side, pending=entry)), False
+        image = entry.image
+        reader = side.downloader.open(image.id, image.file_size)
+        if not reader.from_cache and not self.is_online():
+            reader.close()
+            raise Unavailable(f"{path} is not cached and the service is unreachable")
+        fh = self._add(Handle(path, side, image=image, reader=reader))
         with self._lock:
-            handle = self._handles.pop(fh, None)
-        if handle is not None:
-            handle.reader.close()
+            keep = self._last_open_id.get(path) == image.id
+            self._last_open_id[path] = image.id
+            self.counters.opens += 1
+        return fh, keep
+
+    def create(self, path: str, flags: int) -> int:
+        side, inner = self._route(path)
+        writes = self._writes(side, "create")
+        pending = writes.create(inner, exclusive=bool(flags & os.O_EXCL))
+        return self._add(Handle(path, side, pending=pending))  # type: ignore[arg-type]
+
+    def _add(self, handle: Handle) -> int:
+        with self._lock:
+            fh = next(self._fh)
+            self._handles[fh] = handle
+        return fh
 
     def _handle(self, fh: int) -> Handle:
         with self._lock:
@@ -212,14 +285,143 @@ class Vfs:
             raise BadHandle(f"no open file {fh}")
         return handle
 
+    # ------------------------------------------------------------------- bytes
+
+    def read(self, fh: int, size: int, offset: int) -> bytes:
+        handle = self._handle(fh)
+        if handle.pending is not None:
+            data = handle.side.writes.read(handle.pending, size, offset) \
+                if handle.side.writes else handle.pending.pread(size, offset)
+        else:
+            assert handle.image is not None
+            if offset >= handle.image.file_size:
+                return b""
+            data = handle.reader.read(offset, min(size, handle.image.file_size - offset))
+        with self._lock:
+            self.counters.reads += 1
+            self.counters.bytes_read += len(data)
+        return data
+
+    def write(self, fh: int, data: bytes, offset: int) -> int:
+        handle = self._handle(fh)
+        if handle.pending is None:
+            raise BadHandle("the file is not open for writing")
+        return self._writes(handle.side, "write").write(handle.pending, data, offset)
+
+    def flush(self, fh: int) -> None:
+        handle = self._handle(fh)
+        if handle.pending is not None and handle.side.writes is not None:
+            handle.side.writes.flush(handle.pending)
+
+    def fsync(self, fh: int) -> None:
+        handle = self._handle(fh)
+        if handle.pending is not None and handle.side.writes is not None:
+            handle.side.writes.fsync(handle.pending)
+
+    def release(self, fh: int) -> None:
+        with self._lock:
+            handle = self._handles.pop(fh, None)
+        if handle is None:
+            return
+        if handle.reader is not None:
+            handle.reader.close()
+        if handle.pending is not None:
+            if handle.side.writes is not None:
+                handle.side.writes.release(handle.pending)
+            else:
+                handle.pending.opens -= 1
+
+    def truncate(self, path: str | None, length: int, fh: int | None) -> None:
+        if fh is not None:
+            handle = self._handle(fh)
+            if handle.pending is None:
+                raise BadHandle("the file is not open for writing")
+            self._writes(handle.side, "truncate").truncate(handle.pending, length)
+            return
+        assert path is not None
+        side, inner, entry = self._locate(path)
+        writes = self._writes(side, "truncate")
+        if isinstance(entry, DirEntry):
+            raise IsADirectory(path)
+        if isinstance(entry, Pending):
+            writes.truncate(entry, length)
+        else:
+            writes.truncate_image(inner, entry.image, length)
+
+    # ------------------------------------------------------------ changing the tree
+
+    def unlink(self, path: str) -> None:
+        side, inner = self._route(path)
+        self._writes(side, "unlink").unlink(inner)
+
+    def mkdir(self, path: str) -> None:
+        """A folder; in an organization mount, ``mkdir /name`` creates a dataset."""
+        if self._single is None and path.count("/") == 1:
+            name = path[1:]
+            check_name(name)
+            if name in self._dataset_views():
+                raise AlreadyExists(name)
+            self.remote.create_dataset(name)
+            with self._lock:
+                self._datasets_at = -1e18
+            return
+        side, inner = self._route(path)
+        self._writes(side, "mkdir")
+        side.renamer.mkdir(inner)  # type: ignore[union-attr]
+
+    def rmdir(self, path: str) -> None:
+        if self._single is None and path.count("/") == 1:
+            raise NotPermitted("a dataset directory cannot be removed through the mount")
+        side, inner = self._route(path)
+        self._writes(side, "rmdir")
+        side.renamer.rmdir(inner)  # type: ignore[union-attr]
+
+    def rename(self, old: str, new: str, flags: int = 0) -> None:
+        if self._single is None and (old.count("/") == 1 or new.count("/") == 1):
+            raise NotPermitted("a dataset directory cannot be renamed through the mount")
+        old_side, old_inner = self._route(old)
+        new_side, new_inner = self._route(new)
+        if old_side is not new_side:
+            raise CrossDevice("rename across datasets")
+        self._writes(old_side, "rename")
+        old_side.renamer.rename(old_inner, new_inner, flags)  # type: ignore[union-attr]
+
+    def utimens(self, path: str | None, mtime: float | None, fh: int | None = None) -> None:
+        when = time.time() if mtime is None else mtime
+        if path is None and fh is not None:
+            handle = self._handle(fh)
+            target: Pending | Image | None = handle.pending or handle.image
+            side = handle.side
+        else:
+            assert path is not None
+            side, entry = self._resolve(path)
+            if isinstance(entry, DirEntry):
+                return  # folders keep their creation time
+            target = entry if isinstance(entry, Pending) else entry.image
+        assert target is not None
+        self._writes(side, "utimens").set_mtime(target, when)
+
+    def touch_metadata(self, path: str | None) -> None:
+        """chmod/chown: accepted (rsync -a, cp -p exit 0) and not stored; the file must exist."""
+        if path is not None:
+            self.getattr(path)
+
     # ------------------------------------------------------------ extended attributes
 
     def listxattr(self, path: str) -> list[str]:
-        _view, entry = self._resolve(path)
-        return attrs.xattr_names(entry.image) if isinstance(entry, FileEntry) else []
+        _side, entry = self._resolve(path)
+        if isinstance(entry, FileEntry):
+            return attrs.xattr_names(entry.image)
+        if isinstance(entry, Pending) and entry.error:
+            return [attrs.ERROR_XATTR]
+        return []
 
     def getxattr(self, path: str, name: str) -> bytes:
-        view, entry = self._resolve(path)
+        _side, entry = self._resolve(path)
+        if isinstance(entry, Pending):
+            if name == attrs.ERROR_XATTR and entry.error:
+                return entry.error.encode()
+            raise NoAttribute(name)
         if not isinstance(entry, FileEntry):
             raise NoAttribute(name)
         if name == attrs.ANNOTATIONS_XATTR:
@@ -236,13 +438,30 @@ class Vfs:
     def setxattr(self, path: str, name: str, value: bytes) -> None:
         if name.startswith(("security.", "system.")):
             return  # capability and ACL probes of cp -p: accepted and ignored
-        view, entry = self._resolve(path)
+        side, entry = self._resolve(path)
         if not isinstance(entry, FileEntry) or not name.startswith(attrs.XATTR_PREFIX):
             raise NotPermitted(f"{name} cannot be set here")
         current = attrs.xattr_value(entry.image, name)
         if current is not None and current == value:
             return
-        raise self._read_only("setxattr")
+        field_name = name[len(attrs.XATTR_PREFIX):]
+        if field_name not in attrs.WRITABLE_XATTRS:
+            raise NotPermitted(f"{name} is read-only")
+        self._writes(side, "setxattr")
+        assert side is not None
+        image = entry.image
+        try:
+            if field_name == "split":
+                updated = self.remote.set_split(image, attrs.parse_split(value))
+            else:
+                tags = attrs.parse_tags(value)
+                self.remote.set_tags(image.dataset_id, image.id,
+                                     [t for t in tags if t not in image.tags],
+                                     [t for t in image.tags if t not in tags])
+                updated = dataclasses.replace(image, tags=tuple(tags))
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        side.view.note_image(updated)
 
     def removexattr(self, path: str, name: str) -> None:
         if name.startswith(("security.", "system.")):
@@ -261,73 +480,38 @@ class Vfs:
 
     def refresh(self) -> None:
         """Drop every listing now (``pictofs refresh``, SIGHUP)."""
-        views = [self._single] if self._single else list(self._views.values())
-        for view in views:
-            if view is not None:
-                view.forget()
+        for side in self.sides():
+            side.view.forget()
         with self._lock:
             self._datasets_at = -1e18
         log.info("listing cache dropped")
 
-    def mkdir(self, path: str) -> None:
-        """In an organization mount, ``mkdir /name`` creates a dataset."""
-        if self._single is None and path.count("/") == 1:
-            name = path[1:]
-            check_name(name)
-            if name in self._dataset_views():
-                raise AlreadyExists(name)
-            self.remote.create_dataset(name)
-            with self._lock:
-                self._datasets_at = -1e18
-            return
-        raise self._read_only("mkdir")
-
-    # Until the write side lands (journaled uploads), every change but creating a dataset
-    # in an organization mount answers EROFS, as a read-only mount does.
-
-    def _read_only(self, what: str) -> ReadOnly:
-        return ReadOnly(f"{what}: this mount is read-only")
-
-    def create(self, path: str, flags: int) -> int:
-        raise self._read_only("create")
-
-    def write(self, fh: int, data: bytes, offset: int) -> int:
-        raise self._read_only("write")
-
-    def truncate(self, path: str | None, length: int, fh: int | None) -> None:
-        raise self._read_only("truncate")
-
-    def unlink(self, path: str) -> None:
-        raise self._read_only("unlink")
-
-    def rmdir(self, path: str) -> None:
-        if self._single is None and path.count("/") == 1:
-            raise NotPermitted("a dataset directory cannot be removed through the mount")
-        raise self._read_only("rmdir")
-
-    def rename(self, old: str, new: str) -> None:
-        if self._single is None and old.count("/") == 1:
-            raise NotPermitted("a dataset directory cannot be renamed through the mount")
-        raise self._read_only("rename")
-
-    def utimens(self, path: str | None, times: Any) -> None:
-        raise self._read_only("utimens")
-
     def status(self) -> dict[str, Any]:
         with self._lock:
-            downloaders = list(self._downloaders.values())
             counters = self.counters
             open_files = len(self._handles)
-        stats = [d.cache.stats() for d in downloaders]
-        cache = [{**dataclasses.asdict(s), "hit_ratio": s.hit_ratio} for s in stats]
+        sides = self.sides()
+        cache = [s.downloader.cache.stats() for s in sides]
+        uploads = [s.writes.status() for s in sides if s.writes is not None]
         return {
             "open_files": open_files,
             "opens": counters.opens,
             "reads": counters.reads,
             "bytes_read": counters.bytes_read,
-            "cache": cache,
+            "cache": [{**dataclasses.asdict(c), "hit_ratio": c.hit_ratio} for c in cache],
+            "uploads": _merge_upload_status(uploads),
         }
 
 
-def _join(parent: str, name: str) -> str:
-    return ("" if parent == "/" else parent) + "/" + name
+def _merge_upload_status(items: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {"pending": 0, "in_flight": 0, "failed": [], "bytes_uploaded": 0,
+                              "upload_rate": 0.0, "paused": False}
+    for item in items:
+        merged["pending"] += item["pending"]
+        merged["in_flight"] += item["in_flight"]
+        merged["failed"] += item["failed"]
+        merged["bytes_uploaded"] += item["bytes_uploaded"]
+        merged["upload_rate"] += item["upload_rate"]
+        merged["paused"] = merged["paused"] or item["paused"]
+    return merged
+

@@ -200,3 +200,53 @@ class DatasetView:
         with self._lock:
             self._lookups[key] = _Lookup(image, self.clock())
         return image
+
+    # ------------------------------------------------------- what this mount changed
+
+    def note_image(self, image: Image) -> None:
+        """An image this mount created, moved or restored: show it at once."""
+        path = image.path
+        parent, name = split_path(path)
+        with self._lock:
+            listing = self._listings.get(parent)
+            if listing is not None:
+                listing.images[name] = image
+            self._lookups[(parent, name)] = _Lookup(image, self.clock())
+
+    def note_gone(self, path: str) -> None:
+        """An image this mount archived or moved away: hide it at once."""
+        parent, name = split_path(path)
+        with self._lock:
+            listing = self._listings.get(parent)
+            if listing is not None:
+                listing.images.pop(name, None)
+            self._lookups[(parent, name)] = _Lookup(None, self.clock())
+
+    def note_folder(self, path: str, folder: Folder | None = None) -> None:
+        """A folder this mount created: show it at once."""
+        parent, name = split_path(path)
+        entry = folder or Folder(id="", dataset_id=self.dataset_id, name=name, full_path=path)
+        with self._lock:
+            listing = self._listings.get(parent)
+            if listing is not None:
+                listing.folders[name] = entry
+            children = self._children.get(parent)
+            if children is not None:
+                children.folders[name] = entry
+
+    def note_folder_gone(self, path: str) -> None:
+        """A folder this mount removed or renamed: hide it and forget what was under it."""
+        parent, name = split_path(path)
+        prefix = path + "/"
+        with self._lock:
+            listing = self._listings.get(parent)
+            if listing is not None:
+                listing.folders.pop(name, None)
+            children = self._children.get(parent)
+            if children is not None:
+                children.folders.pop(name, None)
+            for table in (self._listings, self._children):
+                for key in [k for k in table if k == path or k.startswith(prefix)]:
+                    del table[key]
+            for key in [k for k in self._lookups if k[0] == path or k[0].startswith(prefix)]:
+                del self._lookups[key]

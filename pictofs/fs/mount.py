@@ -92,11 +92,11 @@ def fuse_options(settings: MountSettings) -> dict[str, Any]:
 
 def serve(operations: Any, settings: MountSettings) -> None:
     """Mount and serve until unmounted (blocks). Raises ConfigError if libfuse refuses."""
-    from pictofs.fs.fuselib import FUSE
+    from pictofs.fs.operations import PictoFUSE
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     try:
-        FUSE(operations, settings.mountpoint, raw_fi=True, **fuse_options(settings))
+        PictoFUSE(operations, settings.mountpoint, raw_fi=True, **fuse_options(settings))
     except RuntimeError as exc:
         raise ConfigError(f"mounting {settings.mountpoint} failed (libfuse error {exc}); "
                           f"see the log for libfuse's message") from None

@@ -21,7 +21,7 @@ from typing import Any, Callable, TypeVar
 from pictofs.core.vfs import Vfs
 from pictofs.errors import PictofsError
 from pictofs.fs.errno_map import errno_for
-from pictofs.fs.fuselib import FuseOSError, Operations
+from pictofs.fs.fuselib import FUSE, FuseOSError, Operations
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,28 @@ def translated(func: F) -> F:
             raise FuseOSError(errno.EIO) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+
+
+def mtime_of(times: Any) -> float | None:
+    """The mtime of a utimensat call in seconds (``use_ns``: nanoseconds, with libfuse's
+    ``UTIME_NOW`` passed through); None means now."""
+    if times is None:
+        return None
+    _atime, mtime = times
+    return None if mtime == UTIME_NOW else mtime / 1e9
+
+
+class PictoFUSE(FUSE):
+    """mfusepy's FUSE with the flags of ``rename`` passed on (3.1.1 drops them), so
+    ``RENAME_NOREPLACE`` is honoured and ``RENAME_EXCHANGE``/``RENAME_WHITEOUT`` refused."""
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        return self.operations.rename(old.decode(self.encoding, self.errors),
+                                      new.decode(self.encoding, self.errors), flags)
 
 
 class PictoOperations(Operations):
@@ -146,6 +168,7 @@ class PictoOperations(Operations):
 
     @translated
     def flush(self, path: str | None, fi: Any) -> int:
+        self.vfs.flush(fi.fh)
         return 0
 
     # ---------------------------------------------------------- extended attributes
@@ -192,6 +215,7 @@ class PictoOperations(Operations):
 
     @translated
     def fsync(self, path: str | None, datasync: int, fi: Any) -> int:
+        self.vfs.fsync(fi.fh)
         return 0
 
     @translated
@@ -205,23 +229,24 @@ class PictoOperations(Operations):
         return 0
 
     @translated
-    def rename(self, old: str, new: str) -> int:
-        self.vfs.rename(old, new)
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
+        self.vfs.rename(old, new, flags)
         return 0
 
     @translated
     def utimens(self, path: str | None, times: Any = None) -> int:
-        self.vfs.utimens(path, times)
+        if path is not None and not (times is not None and times[1] == UTIME_OMIT):
+            self.vfs.utimens(path, mtime_of(times))
         return 0
 
     @translated
     def chmod(self, path: str | None, mode: int) -> int:
-        self.vfs.getattr(path) if path else None
+        self.vfs.touch_metadata(path)
         return 0
 
     @translated
     def chown(self, path: str | None, uid: int, gid: int) -> int:
-        self.vfs.getattr(path) if path else None
+        self.vfs.touch_metadata(path)
         return 0
 
     # ------------------------------------------------------------------ refused

@@ -1,6 +1,7 @@
 """Read-side benchmark of the pictofs mount against the plain alternatives, in one run.
 
-Run: ``python tests/bench/bench_read.py [--quick]`` (needs /dev/fuse and fusermount3).
+Run: ``python tests/bench/bench_read.py [--quick]`` (needs /dev/fuse and fusermount3). The
+name keeps it out of pytest's collection (``test_*.py``): it is a script, not a test.
 
 It starts its own reference server in a temporary folder, seeds a dataset, mounts it with
 ``pictofs mount`` and measures, each as the median of several repetitions:
@@ -8,7 +9,7 @@ It starts its own reference server in a temporary folder, seeds a dataset, mount
 1. cold read of N × 2 MB images through a fresh mount with an empty cache (``cat big/*``:
    list the folder, then read every file sequentially) vs ``client.images.download`` of the
    same images one after the other; target ≤ 1.2×;
-2. repeat read of the cached images vs reading the same bytes from local disk; target ≤ 1.1×,
+2. repeat read of the cached images vs reading the same bytes from local disk; target ≤ 1.1×:
    (a) on the same mount with the kernel page cache dropped before every run (when
    ``/proc/sys/vm/drop_caches`` can be written; the local read is then cold too), and
    (b) on a fresh remount over the same cache folder, which guarantees the kernel page cache
@@ -22,10 +23,12 @@ It starts its own reference server in a temporary folder, seeds a dataset, mount
    through a minimal mfusepy passthrough of a local folder of 10,000 files (``passthrough.py``,
    measured the same way); target ≤ 1.0×.
 
-Every ratio is pictofs time / baseline time, printed with its target and PASS or MISS. The
-request counts the server saw during the first repetition of each measurement are printed
-under the table. The table is printed at the end, again as Markdown for the docs.
-Everything (mounts, daemons, the server, temporary folders) is cleaned up, also on failure.
+Every ratio is pictofs time / baseline time, printed with its target and PASS or MISS. Under
+the table: reference timings that locate the floor (the same work through the passthrough,
+the API stream alone, the local folder without FUSE) and the requests the server saw during
+the first repetition of each measurement, compared with what they should be. The report is
+printed as plain text and again as Markdown for the docs. Everything (mounts, daemons, the
+server, temporary folders) is cleaned up, also on failure or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -62,6 +65,9 @@ READ_BUFFER = 128 * 1024  # what cat uses
 KERNEL_ATTR_TIMEOUT = 1.0  # pictofs: min(1 s, --dir-cache-time); libfuse's default: 1 s
 DIR_CACHE_TIME = "5m"  # long enough that no listing expires during a measurement
 API = "/api/v1/developer"
+LIST_IMAGES = "GET /images/"
+FOLDERS = "GET /directories/{dataset}"
+IMAGE_BYTES = "GET /images/{image_id}"
 
 
 @dataclass(frozen=True)
@@ -97,9 +103,17 @@ class Row:
 
     @property
     def verdict(self) -> str:
-        if not self.measured:
-            return "not measured"
         return "PASS" if self.ratio <= self.target else "MISS"
+
+
+@dataclass
+class Requests:
+    """What the server saw during one measurement, and what it should have seen."""
+
+    what: str
+    seen: Counter[str]
+    expected: Counter[str]
+    why: str = ""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -135,7 +149,7 @@ def ls_l(folder: Path, expected: int) -> None:
     result = subprocess.run(["ls", "-l", str(folder)], capture_output=True, text=True,
                             env=dict(os.environ, LC_ALL="C"), timeout=600)
     if result.returncode != 0:
-        raise RuntimeError(f"ls -l {folder}: {result.stderr.strip()}")
+        raise RuntimeError(f"ls -l {folder}: {result.stderr.strip()[:500]}")
     rows = sum(1 for line in result.stdout.splitlines() if line.startswith("-"))
     if rows != expected:
         raise RuntimeError(f"ls -l {folder} listed {rows} files, expected {expected}")
@@ -161,6 +175,11 @@ def route_counts(server: ServerHandle) -> Counter[str]:
     return counts
 
 
+def force_unmount(path: Path) -> None:
+    abort_connection(str(path))
+    subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True)
+
+
 def wait_for_mount(path: Path, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -176,7 +195,7 @@ def wait_for_mount(path: Path, process: subprocess.Popen[bytes], timeout: float 
 
 
 class Bench:
-    """The temporary world of one run and everything that must be torn down."""
+    """The temporary world of one run, its measurements, and everything to tear down."""
 
     def __init__(self, root: Path, sizes: Sizes) -> None:
         self.root = root
@@ -191,7 +210,8 @@ class Bench:
         self.passthrough: tuple[Path, subprocess.Popen[bytes]] | None = None
         self.counter = 0
         self.rows: list[Row] = []
-        self.requests: list[tuple[str, Counter[str], str]] = []
+        self.references: list[tuple[str, list[float]]] = []
+        self.requests: list[Requests] = []
         self.notes: list[str] = []
 
     def fresh_dir(self, name: str) -> Path:
@@ -220,15 +240,13 @@ class Bench:
         many = seed_images(self.client, self.dataset_id, "/many",
                            [f"img{i:05d}.png" for i in range(count)])
         self.big = {name: image for name, (image, _data) in big.items()}
-        self.local_big = self.root / "local-big"
-        self.local_many = self.root / "local-many"
-        self.local_big.mkdir()
-        self.local_many.mkdir()
-        for name, (_image, data) in big.items():
+        self.big_data = {name: data for name, (_image, data) in big.items()}
+        self.local_big = self.fresh_dir("local-big")
+        self.local_many = self.fresh_dir("local-many")
+        for name, data in self.big_data.items():
             (self.local_big / name).write_bytes(data)
         for name, (_image, data) in many.items():
             (self.local_many / name).write_bytes(data)
-        self.big_data = {name: data for name, (_image, data) in big.items()}
 
     # -- mounts -----------------------------------------------------------------------------
 
@@ -240,22 +258,21 @@ class Bench:
     def mount(self, cache_dir: Path) -> Path:
         mountpoint = self.fresh_dir("mnt")
         log_file = self.root / f"mount{self.counter}.log"
+        self.logs.append(log_file)
         result = self.pictofs("mount", self.dataset, str(mountpoint), "--cache-dir",
                               str(cache_dir), "--dir-cache-time", DIR_CACHE_TIME,
                               "--log-file", str(log_file))
         if result.returncode != 0:
             raise RuntimeError(f"pictofs mount failed: {result.stderr.strip()}")
         self.mounts.append(mountpoint)
-        self.logs.append(log_file)
         return mountpoint
 
     def umount(self, mountpoint: Path) -> None:
+        self.mounts.remove(mountpoint)
         result = self.pictofs("umount", str(mountpoint))
         if result.returncode != 0:
             log(f"pictofs umount {mountpoint} failed ({result.stderr.strip()}); forcing it")
-            abort_connection(str(mountpoint))
-            subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True)
-        self.mounts.remove(mountpoint)
+            force_unmount(mountpoint)
 
     def mount_passthrough(self, source: Path) -> Path:
         mountpoint = self.fresh_dir("passthrough")
@@ -271,17 +288,16 @@ class Bench:
         if self.passthrough is None:
             return
         mountpoint, process = self.passthrough
+        self.passthrough = None
         if mount_device(str(mountpoint)) is not None:
             result = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True)
             if result.returncode != 0:
-                abort_connection(str(mountpoint))
-                subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True)
+                force_unmount(mountpoint)
         try:
             process.wait(15)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        self.passthrough = None
 
     def close(self) -> None:
         """Tear everything down; never raises."""
@@ -294,29 +310,45 @@ class Bench:
             self.stop_passthrough()
         except Exception as exc:
             log(f"cleanup: passthrough: {exc}")
+        for path in self.root.iterdir():  # anything still mounted below the temp folder
+            if mount_device(str(path)) is not None:
+                force_unmount(path)
         if self.client is not None:
             self.client.close()
         if self.server is not None:
             stop_server(self.server)
 
-    def record_requests(self, what: str, before: Counter[str], expected: str = "") -> None:
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def record_requests(self, what: str, before: Counter[str], expected: dict[str, int],
+                        why: str = "") -> None:
         assert self.server is not None
         after = route_counts(self.server)
-        changes = Counter({k: after[k] - before[k] for k in after if after[k] != before[k]})
-        self.requests.append((what, changes, expected))
+        seen = Counter({k: after[k] - before[k] for k in after if after[k] != before[k]})
+        self.requests.append(Requests(what, seen, Counter(expected), why))
+
+    def reference(self, what: str, action: Callable[[], object],
+                  before_each: Callable[[], object] | None = None) -> None:
+        times = []
+        for _ in range(self.sizes.repetitions):
+            if before_each:
+                before_each()
+            times.append(timed(action))
+        self.references.append((what, times))
 
     # -- 1. cold read -----------------------------------------------------------------------
 
     def cold_read(self) -> Path:
         """Returns a cache folder filled by the last repetition (for the repeat reads)."""
         assert self.client is not None and self.server is not None
-        n = self.sizes.images
+        client = self.client
+        n, reps = self.sizes.images, self.sizes.repetitions
         row = Row("1", f"Cold read, {n} × 2 MB (`cat big/*`, empty cache)",
                   "`client.images.download` of each, sequential", 1.2)
         expected = n * IMAGE_SIZE
         cache = self.root
-        for rep in range(self.sizes.repetitions):
-            log(f"cold read {rep + 1}/{self.sizes.repetitions}")
+        for rep in range(reps):
+            log(f"cold read {rep + 1}/{reps}")
             cache = self.fresh_dir("cache")
             mountpoint = self.mount(cache)
             before = route_counts(self.server)
@@ -329,37 +361,50 @@ class Bench:
 
             row.ours.append(timed(read_through_mount))
             if rep == 0:
-                self.record_requests(row.name, before, f"{n} downloads and one listing")
+                self.record_requests(row.name, before,
+                                     {IMAGE_BYTES: n, LIST_IMAGES: 1, FOLDERS: 2},
+                                     "a folders call to find `big` in the root, then the "
+                                     "listing of `big` (one page + its folders call)")
                 for name, data in self.big_data.items():  # untimed: the bytes are right
                     if (mountpoint / "big" / name).read_bytes() != data:
                         raise RuntimeError(f"big/{name} read through the mount differs")
             self.umount(mountpoint)
-            if rep + 1 < self.sizes.repetitions:
+            if rep + 1 < reps:
                 shutil.rmtree(cache)
 
             out = self.fresh_dir("downloads")
 
             def download() -> None:
                 for name, image in sorted(self.big.items()):
-                    self.client.images.download(image.id, output_path=out / name)
+                    client.images.download(image.id, output_path=out / name)
 
             row.base.append(timed(download))
             shutil.rmtree(out)
         self.rows.append(row)
+
+        def stream_only() -> None:
+            for _name, image in sorted(self.big.items()):
+                with images_api.open_bytes(client.transport, image.id) as stream:
+                    for _chunk in stream:
+                        pass
+
+        self.reference(f"API stream of the {n} images, bytes dropped (no file, no fsync)",
+                       stream_only)
         return cache
 
     # -- 2. repeat read ---------------------------------------------------------------------
 
     def repeat_read(self, cache: Path) -> None:
         assert self.server is not None
-        n = self.sizes.images
-        local = [self.local_big / name for name in sorted(self.big)]
-        reps = self.sizes.repetitions
+        n, reps = self.sizes.images, self.sizes.repetitions
+        names = sorted(self.big)
+        local = [self.local_big / name for name in names]
 
         dropped = Row("2a", f"Repeat read, {n} × 2 MB, same mount, page cache dropped",
-                      "read of the same files on local disk, page cache dropped", 1.1)
+                      "the same files on local disk, page cache dropped", 1.1)
         mountpoint = self.mount(cache)
-        cat([mountpoint / "big" / name for name in sorted(self.big)])  # load the listing
+        paths = [mountpoint / "big" / name for name in names]
+        cat(paths)  # the listing is known and every cache entry has been opened once
         problem = drop_page_cache()
         if problem is None:
             self.notes.append("Kernel page cache: dropped before every run of 2a "
@@ -368,10 +413,9 @@ class Bench:
                 log(f"repeat read, page cache dropped {rep + 1}/{reps}")
                 before = route_counts(self.server)
                 drop_page_cache()
-                row_paths = [mountpoint / "big" / name for name in sorted(self.big)]
-                dropped.ours.append(timed(lambda: cat(row_paths)))
+                dropped.ours.append(timed(lambda: cat(paths)))
                 if rep == 0:
-                    self.record_requests(dropped.name, before, "none")
+                    self.record_requests(dropped.name, before, {})
                 drop_page_cache()
                 dropped.base.append(timed(lambda: cat(local)))
         else:
@@ -381,30 +425,40 @@ class Bench:
         self.umount(mountpoint)
         self.rows.append(dropped)
 
-        remount = Row("2b", f"Repeat read, {n} × 2 MB, fresh remount (page cache of the mount empty)",
-                      "read of the same files on local disk (in page cache)", 1.1)
+        remount = Row("2b", f"Repeat read, {n} × 2 MB, fresh remount (mount's page cache empty)",
+                      "the same files on local disk (in page cache)", 1.1)
         cat(local)  # the local files are in the page cache, as the cache files are
         for rep in range(reps):
             log(f"repeat read, fresh remount {rep + 1}/{reps}")
             mountpoint = self.mount(cache)
             folder = mountpoint / "big"
             os.listdir(folder)  # as after an `ls`: the listing is known, not timed
-            paths = [folder / name for name in sorted(self.big)]
+            paths = [folder / name for name in names]
             before = route_counts(self.server)
             remount.ours.append(timed(lambda: cat(paths)))
             if rep == 0:
-                self.record_requests(remount.name, before, "none")
+                self.record_requests(remount.name, before, {})
             self.umount(mountpoint)
             remount.base.append(timed(lambda: cat(local)))
         self.rows.append(remount)
+
+        log("repeat read through the passthrough")
+        passthrough = self.mount_passthrough(self.local_big)
+        through = [passthrough / name for name in names]
+        cat(through)
+        if problem is None:
+            self.reference(f"Passthrough read of the {n} local files, page cache dropped "
+                           "(the FUSE floor of 2a)", lambda: cat(through), drop_page_cache)
+        self.reference(f"Passthrough read of the {n} local files, backing files in page cache "
+                       "(the FUSE floor of 2b)", lambda: cat(through))
+        self.stop_passthrough()
 
     # -- 3 and 4. ls -l ---------------------------------------------------------------------
 
     def listings(self) -> None:
         assert self.client is not None and self.server is not None
-        count = self.sizes.listing
+        count, reps = self.sizes.listing, self.sizes.repetitions
         pages = -(-count // images_api.PAGE_LIMIT)
-        reps = self.sizes.repetitions
         cold = Row("3", f"Cold `ls -l` of {count:,} images (fresh mount)",
                    f"API: {pages} `list_page` pages of 1000 + the folders call", 1.5)
         warm = Row("4", f"Warm `ls -l` of {count:,} images (same mount, listing cached)",
@@ -431,29 +485,33 @@ class Bench:
             before = route_counts(self.server)
             cold.ours.append(timed(lambda: ls_l(mountpoint / "many", count)))
             if rep == 0:
-                self.record_requests(cold.name, before,
-                                     f"{pages} image-list pages + 1 folders call")
+                self.record_requests(cold.name, before, {LIST_IMAGES: pages, FOLDERS: 2},
+                                     f"{pages} image pages + 1 folders call for the listing, "
+                                     "and 1 folders call to find `many` in the root")
             time.sleep(KERNEL_ATTR_TIMEOUT + 0.2)  # the kernel forgets; the daemon does not
             before = route_counts(self.server)
             warm.ours.append(timed(lambda: ls_l(mountpoint / "many", count)))
             if rep == 0:
-                self.record_requests(warm.name, before, "none")
+                self.record_requests(warm.name, before, {})
             self.umount(mountpoint)
             cold.base.append(timed(page_the_api))
 
+        log("ls -l through the passthrough")
         passthrough = self.mount_passthrough(self.local_many)
         ls_l(passthrough, count)  # the local folder's own caches are warm from here on
         for rep in range(reps):
-            log(f"passthrough ls -l {rep + 1}/{reps}")
             time.sleep(KERNEL_ATTR_TIMEOUT + 0.2)
             warm.base.append(timed(lambda: ls_l(passthrough, count)))
         self.stop_passthrough()
         self.rows.extend([cold, warm])
-
-    # -- report -----------------------------------------------------------------------------
+        self.reference(f"`ls -l` of the {count:,} local files without FUSE",
+                       lambda: ls_l(self.local_many, count))
 
     def tracebacks(self) -> list[Path]:
         return [p for p in self.logs if p.exists() and "Traceback" in p.read_text()]
+
+
+# --------------------------------------------------------------------------- the report
 
 
 def table(rows: list[Row], markdown: bool) -> str:
@@ -461,14 +519,14 @@ def table(rows: list[Row], markdown: bool) -> str:
             "Result"]
     lines = []
     for row in rows:
+        target = f"≤ {row.target:.1f}×"
         if row.measured:
-            cells = [row.key, row.name, ms(statistics.median(row.ours)), row.baseline,
-                     ms(statistics.median(row.base)), f"{row.ratio:.2f}×",
-                     f"≤ {row.target:.1f}×", row.verdict]
+            lines.append([row.key, row.name, ms(statistics.median(row.ours)), row.baseline,
+                          ms(statistics.median(row.base)), f"{row.ratio:.2f}×", target,
+                          row.verdict])
         else:
-            cells = [row.key, row.name, "—", row.baseline, "—", "—", f"≤ {row.target:.1f}×",
-                     f"not measured ({row.note})"]
-        lines.append(cells)
+            lines.append([row.key, row.name, "—", row.baseline, "—", "—", target,
+                          f"not measured ({row.note})"])
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         out += ["| " + " | ".join(cells) + " |" for cells in lines]
@@ -476,34 +534,34 @@ def table(rows: list[Row], markdown: bool) -> str:
     widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))]
-                     + [fmt.format(*cells) for cells in lines])
+                     + [fmt.format(*cells).rstrip() for cells in lines])
 
 
-def request_lines(bench: Bench, markdown: bool) -> list[str]:
+def counts_text(counts: Counter[str], markdown: bool) -> str:
+    if not counts:
+        return "none"
+    return ", ".join(f"{n} × `{k}`" if markdown else f"{n} x {k}"
+                     for k, n in sorted(counts.items()))
+
+
+def report(bench: Bench, sizes: Sizes, quick: bool, markdown: bool) -> str:
     bullet = "- " if markdown else "  "
-    lines = []
-    for what, changes, expected in bench.requests:
-        seen = ", ".join(f"{n} × `{k}`" if markdown else f"{n} x {k}"
-                         for k, n in sorted(changes.items())) or "none"
-        lines.append(f"{bullet}{what}: {seen} (expected: {expected})")
-    return lines
-
-
-def report(bench: Bench, sizes: Sizes, quick: bool) -> str:
-    parts = []
-    for markdown in (False, True):
-        header = (f"Medians of {sizes.repetitions} repetitions"
-                  f"{' (--quick: fewer and smaller)' if quick else ''}; "
-                  f"ratio = pictofs / baseline; lower is better.")
-        parts.append("\n=== Markdown ===\n" if markdown else "")
-        parts.append(header + "\n")
-        parts.append(table(bench.rows, markdown) + "\n")
-        parts.append(("Requests the server saw during the first repetition:" if not markdown
-                      else "Requests the server saw during the first repetition:\n"))
-        parts.extend(line for line in request_lines(bench, markdown))
-        parts.append("")
-        parts.extend(("- " if markdown else "") + note for note in bench.notes)
-    return "\n".join(parts)
+    lines = [f"Medians of {sizes.repetitions} repetitions"
+             f"{' (--quick: fewer and smaller)' if quick else ''}; "
+             "ratio = pictofs / baseline, lower is better.", "", table(bench.rows, markdown), ""]
+    lines.append("Reference timings (medians; no target):")
+    lines += [f"{bullet}{what}: {ms(statistics.median(times))}"
+              for what, times in bench.references]
+    lines += ["", "Requests the server saw during the first repetition:"]
+    for r in bench.requests:
+        verdict = "as expected" if r.seen == r.expected else \
+            f"EXPECTED {counts_text(r.expected, markdown)}"
+        why = f" — {r.why}" if r.why and r.seen == r.expected else ""
+        lines.append(f"{bullet}{r.what}: {counts_text(r.seen, markdown)} ({verdict}){why}")
+    if bench.notes:
+        lines.append("")
+        lines += [f"{bullet}{note}" for note in bench.notes]
+    return "\n".join(lines)
 
 
 def isolate_environment(root: Path) -> None:
@@ -524,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK.repetitions} repetitions, {QUICK.images} images, "
-                             f"{QUICK.listing} files in the listing folder")
+                             f"{QUICK.listing:,} files in the listing folder")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
 
@@ -548,7 +606,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         bench.close()
         shutil.rmtree(root, ignore_errors=True)
-    print(report(bench, sizes, args.quick))
+    print(report(bench, sizes, args.quick, markdown=False))
+    print("\n--- Markdown ---\n")
+    print(report(bench, sizes, args.quick, markdown=True))
     return 0
 
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from faultproxy import FaultProxy, ProxyStats, ResponseRecord
+from faultproxy import FaultProxy, ResponseRecord
 
 GATED_HEAD = 100_000  # bytes /gated sends before it waits for the test's go-ahead
 

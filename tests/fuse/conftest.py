@@ -75,10 +75,11 @@ def mount(server, tmp_path: Path, mount_env: dict[str, str]  # type: ignore[no-u
           ) -> Iterator[Callable[..., Mount]]:
     """``mount(dataset_name_or_None, *options, base_url=..., cache_dir=...)`` → Mount."""
     made: list[Mount] = []
+    attempts = iter(range(1000))
 
     def make(dataset: str | None, *options: str, base_url: str | None = None,
              cache_dir: Path | None = None, expect_fail: bool = False) -> Mount:
-        index = len(made)
+        index = next(attempts)
         mountpoint = tmp_path / f"mnt{index}"
         mountpoint.mkdir(exist_ok=True)
         cache = cache_dir or tmp_path / "cache"

@@ -206,7 +206,7 @@ def test_change_shows_after_dir_cache_time_and_at_once_after_refresh(client, dat
     while "two.png" not in os.listdir(m.path):
         assert time.monotonic() < deadline, "change never showed"
         time.sleep(0.2)
-    m2 = mount(dataset.name, "--dir-cache-time", "1h")
+    m2 = mount(dataset.name, "--dir-cache-time", "1h", "--read-only")
     assert sorted(os.listdir(m2.path)) == ["one.png", "two.png"]
     seed_images(client, dataset.id, "/", ["three.png"])
     assert "three.png" not in os.listdir(m2.path)
@@ -217,15 +217,34 @@ def test_change_shows_after_dir_cache_time_and_at_once_after_refresh(client, dat
         time.sleep(0.05)
 
 
-def test_writes_are_refused_read_only(client, dataset, mount):
+def test_read_only_mount_refuses_writes(client, dataset, mount):
     seed_images(client, dataset.id, "/", ["a.png"])
-    m = mount(dataset.name)
+    m = mount(dataset.name, "--read-only")
     with pytest.raises(OSError) as info:
         (m.path / "new.png").write_bytes(b"x")
     assert info.value.errno == errno.EROFS
     with pytest.raises(OSError) as info:
+        os.unlink(m.path / "a.png")
+    assert info.value.errno == errno.EROFS
+    assert oct(os.stat(m.path / "a.png").st_mode & 0o777) == "0o444"
+
+
+def test_links_are_refused(client, dataset, mount):
+    seed_images(client, dataset.id, "/", ["a.png"])
+    m = mount(dataset.name)
+    with pytest.raises(OSError) as info:
         os.link(m.path / "a.png", m.path / "b.png")
-    assert info.value.errno in (errno.EPERM, errno.EROFS)
+    assert info.value.errno == errno.EPERM
+    with pytest.raises(OSError) as info:
+        os.symlink("a.png", m.path / "c.png")
+    assert info.value.errno == errno.EPERM
+
+
+def test_second_writable_mount_of_a_dataset_is_refused(client, dataset, mount):
+    mount(dataset.name)
+    second = mount(dataset.name, expect_fail=True)
+    assert "in use" in second.args[-1] and "Traceback" not in second.args[-1]
+    assert mount(dataset.name, "--read-only").path.is_dir()
 
 
 def test_organization_mount_lists_datasets(client, mount):
@@ -275,7 +294,7 @@ def test_killed_daemon_leaves_a_stale_mount_that_the_next_mount_cleans(client, d
         assert time.monotonic() < deadline
         time.sleep(0.05)
     m.mounted = False
-    again = mount(dataset.name)
+    again = mount(dataset.name, "--read-only")
     assert again.path != m.path
     # remount on the very same stale mountpoint
     result = subprocess.run([sys.executable, "-m", "pictofs", "mount", dataset.name, str(m.path),
@@ -366,3 +385,19 @@ def test_gio_and_find_browse_the_mount(client, dataset, mount):
     assert sorted(Path(p).name for p in found) == ["x.png", "y.png"]
     du = subprocess.run(["du", "-s", str(m.path)], capture_output=True, text=True)
     assert du.returncode == 0
+
+
+def test_mtime_is_the_creation_time(client, dataset, mount):
+    made = seed_images(client, dataset.id, "/", ["t.png"])
+    m = mount(dataset.name, "--read-only")
+    created = made["t.png"][0].created_ts
+    assert abs(os.stat(m.path / "t.png").st_mtime - created) < 1e-3
+    assert abs(os.stat(m.path).st_mtime - dataset_created(dataset)) < 1e-3
+
+
+def dataset_created(dataset) -> float:  # type: ignore[no-untyped-def]
+    from pictofs.model import parse_timestamp
+
+    value = parse_timestamp(dataset.created_at)
+    assert value is not None
+    return value

@@ -1,0 +1,74 @@
+"""Files that exist on this machine only for now: being written, waiting to upload, or
+local-only (editor and desktop temp names, filesystem §5).
+
+A ``Pending`` is one such file: its path in the dataset, the file holding its bytes (a staging
+file of the upload journal, or a file in the mount's local folder), and what the writer did to
+it. Every handle of one path shares one ``Pending`` and one descriptor, so ``O_APPEND`` and
+writes at any offset work across handles, and a handle keeps working after ``rm`` or ``mv``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pictofs.errors import PictofsError
+from pictofs.model import Image
+
+
+@dataclass(eq=False)
+class Pending:
+    path: str
+    file: Path
+    entry_id: str | None  # the upload journal's entry; None for a local-only file
+    mtime: float
+    size: int = 0
+    opens: int = 0
+    written: bool = False  # written since staged (a file closed unwritten uploads nothing)
+    dirty: bool = False  # bytes written since the last flush
+    poison: PictofsError | None = None  # EFBIG/EINVAL: repeated, never uploaded, removed
+    error: str | None = None  # why the upload failed for good
+    holds: Image | None = None  # a local name that holds an uploaded image (§6)
+    replaced_id: str | None = None
+    last_close: float = 0.0
+    fd: int | None = None
+    # io_lock guards fd (opening and closing it); pread/pwrite on it need no lock.
+    io_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def local(self) -> bool:
+        return self.entry_id is None
+
+    def descriptor(self) -> int:
+        with self.io_lock:
+            if self.fd is None:
+                self.fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            return self.fd
+
+    def close_descriptor(self) -> None:
+        with self.io_lock:
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+
+    def pread(self, size: int, offset: int) -> bytes:
+        return os.pread(self.descriptor(), size, offset)
+
+    def pwrite(self, data: bytes, offset: int) -> int:
+        written = os.pwrite(self.descriptor(), data, offset)
+        self.size = max(self.size, offset + written)
+        return written
+
+    def truncate(self, length: int) -> None:
+        os.ftruncate(self.descriptor(), length)
+        self.size = length
+
+    def fsync(self) -> None:
+        os.fsync(self.descriptor())
+
+    def move_file(self, target: Path) -> None:
+        """Move the bytes to ``target`` (same filesystem); the descriptor stays valid."""
+        os.replace(self.file, target)
+        self.file = target

@@ -1,0 +1,508 @@
+"""The write side of one dataset in a mount (filesystem §5): creating and writing files,
+flush-time checks, write-back uploads through the journaled queue, replace, unlink, utimens.
+
+``WriteLayer`` keeps the table of ``Pending`` files (path → file being written, waiting to
+upload, or local-only) that the VFS lays over the service's listing. Bytes go to a staging
+file of the upload journal (or, for local-only names, to the mount's local folder); the
+upload starts ``write_back`` seconds after the last release. The queue's callbacks swap a
+pending file for the image the service registered. Renames and folders are in ``renames.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pictofs import imaging, names
+from pictofs.core.journal import Journal
+from pictofs.core.pending import Pending
+from pictofs.core.uploads import UploadQueue
+from pictofs.core.view import DatasetView, DirEntry, FileEntry
+from pictofs.errors import (AlreadyExists, IsADirectory, NoSpace, NotADirectory, NotAnImage,
+                            NotEmpty, NotFound, PictofsError, TooLarge, Unsupported)
+from pictofs.model import Image, split_path
+from pictofs.remote import Remote
+
+log = logging.getLogger(__name__)
+
+LEFTOVER_AGE = 3600.0  # local-only files are removed this long after their last close
+JANITOR_EVERY = 0.5
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    write_back: float = 2.0
+    transfers: int = 8
+    retry_max_wait: float = 30.0
+    min_free_space: int = 1 << 30
+    permanent_delete: bool = False
+
+
+@dataclass
+class Orphan:
+    """An image renamed to a local-only name: archived at ``deadline`` unless a file written
+    at its old path replaces it first (§6, an editor's ``x.jpg`` → ``x.jpg~``)."""
+
+    image: Image
+    deadline: float
+
+
+class WriteLayer:
+    def __init__(self, view: DatasetView, remote: Remote, journal: Journal, downloader: Any,
+                 local_dir: Path, options: WriteOptions,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.view = view
+        self.remote = remote
+        self.journal = journal
+        self.downloader = downloader
+        self.local_dir = local_dir
+        self.options = options
+        self.clock = clock
+        self.wall = wall
+        self.queue = UploadQueue(remote, journal, view.dataset_id,
+                                 transfers=options.transfers, write_back=options.write_back,
+                                 retry_max_wait=options.retry_max_wait,
+                                 on_registered=self._registered, on_failed=self._failed)
+        local_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # _lock guards _pending, _by_entry, _local_dirs, _orphans and _mtimes.
+        self._lock = threading.RLock()
+        self._pending: dict[str, Pending] = {}
+        self._by_entry: dict[str, Pending] = {}
+        self._local_dirs: set[str] = set()
+        self._orphans: dict[str, Orphan] = {}
+        self._mtimes: dict[str, float] = journal.mtimes()
+        self._stop = threading.Event()
+        self._janitor: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ life cycle
+
+    def start(self) -> None:
+        """Resume the journal and start the workers (from the mount's init)."""
+        self.queue.resume()
+        for entry in self.queue.entries():
+            pending = Pending(entry.path, self.queue.staging_path(entry.id), entry.id,
+                              mtime=entry.mtime or self.wall(), size=entry.size or 0,
+                              written=True, error=entry.error if entry.state == "failed"
+                              else None, replaced_id=entry.replaced_id)
+            with self._lock:
+                self._pending[entry.path] = pending
+                self._by_entry[entry.id] = pending
+        self.queue.start()
+        self._janitor = threading.Thread(target=self._tidy, name="pictofs-janitor", daemon=True)
+        self._janitor.start()
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        self._stop.set()
+        done = self.queue.stop(timeout)
+        with self._lock:
+            for pending in self._pending.values():
+                pending.close_descriptor()
+        return done
+
+    # ------------------------------------------------------------------ lookups
+
+    def pending_at(self, path: str) -> Pending | None:
+        with self._lock:
+            return self._pending.get(path)
+
+    def pending_in(self, folder: str) -> dict[str, Pending]:
+        with self._lock:
+            return {split_path(p)[1]: v for p, v in self._pending.items()
+                    if split_path(p)[0] == folder}
+
+    def local_dirs_in(self, folder: str) -> list[str]:
+        with self._lock:
+            return [split_path(d)[1] for d in self._local_dirs if split_path(d)[0] == folder]
+
+    def is_local_dir(self, path: str) -> bool:
+        with self._lock:
+            return path in self._local_dirs
+
+    def is_hidden(self, path: str) -> bool:
+        """An image renamed away to a local name: not at its old path any more."""
+        with self._lock:
+            return path in self._orphans
+
+    def image_mtime(self, image: Image) -> float | None:
+        with self._lock:
+            return self._mtimes.get(image.id)
+
+    def in_local_folder(self, path: str) -> bool:
+        """True for names that never reach the service: local-only names and anything inside
+        a local-only folder."""
+        parts = [p for p in path.split("/") if p]
+        return any(names.is_local_only(p) for p in parts)
+
+    # ------------------------------------------------------------------ creating
+
+    def create(self, path: str, exclusive: bool) -> Pending:
+        """A new file at ``path`` (open for writing). ``exclusive``: O_EXCL."""
+        folder, name = split_path(path)
+        names.check_name(name)
+        self._require_folder(folder)
+        existing = self._existing(path)
+        if existing is not None:
+            if exclusive:
+                raise AlreadyExists(path)
+            return self.open_for_write(path, existing, truncate=True)
+        self._check_space(0)
+        if self.in_local_folder(path):
+            return self._new_local(path)
+        if not names.is_supported(name):
+            log.warning("%s: not created: unsupported file type (supported: %s)", path,
+                        " ".join(names.SUPPORTED_EXTENSIONS))
+            raise Unsupported(f"{name}: unsupported file type")
+        orphan = self._take_orphan(path)
+        return self._stage(path, replaced_id=orphan.image.id if orphan else None)
+
+    def open_for_write(self, path: str, existing: Pending | Image, truncate: bool) -> Pending:
+        """Open an existing file for writing: a pending one is held (no upload until it is
+        closed again); an image is staged as a replace, with its bytes unless truncated."""
+        if isinstance(existing, Pending):
+            pending = existing
+            if pending.entry_id is not None:
+                landed = self.queue.hold(pending.entry_id)
+                if landed is not None:  # it became an image meanwhile: this is a replace
+                    return self.open_for_write(path, landed, truncate)
+            elif pending.holds is not None:
+                self.materialize(pending)
+            if truncate:
+                pending.truncate(0)
+                pending.written = pending.dirty = True
+            pending.opens += 1
+            return pending
+        pending = self._stage(path, replaced_id=existing.id)
+        if not truncate:
+            self._copy_image_into(existing, pending)
+        return pending
+
+    def _stage(self, path: str, replaced_id: str | None) -> Pending:
+        folder, name = split_path(path)
+        entry_id = self.queue.stage(folder, name, replaced_id=replaced_id)
+        pending = Pending(path, self.queue.staging_path(entry_id), entry_id, mtime=self.wall(),
+                          opens=1, replaced_id=replaced_id)
+        with self._lock:
+            self._pending[path] = pending
+            self._by_entry[entry_id] = pending
+        return pending
+
+    def _new_local(self, path: str, holds: Image | None = None) -> Pending:
+        pending = Pending(path, self.local_dir / uuid.uuid4().hex, None, mtime=self.wall(),
+                          opens=0 if holds else 1, holds=holds,
+                          size=holds.file_size if holds else 0)
+        if holds is None:
+            pending.descriptor()
+        with self._lock:
+            self._pending[path] = pending
+        return pending
+
+    def _existing(self, path: str) -> Pending | Image | None:
+        pending = self.pending_at(path)
+        if pending is not None:
+            return pending
+        if self.is_hidden(path):
+            return None
+        try:
+            entry = self.view.resolve(path)
+        except NotFound:
+            return None
+        if isinstance(entry, DirEntry):
+            raise IsADirectory(path)
+        return entry.image
+
+    def _require_folder(self, folder: str) -> None:
+        if folder == "/" or self.is_local_dir(folder):
+            return
+        entry = self.view.resolve(folder)
+        if not isinstance(entry, DirEntry):
+            raise NotADirectory(folder)
+
+    # ------------------------------------------------------------------ bytes
+
+    def write(self, pending: Pending, data: bytes, offset: int) -> int:
+        if pending.poison is not None:
+            raise pending.poison
+        if pending.holds is not None:
+            self.materialize(pending)
+        if offset + len(data) > names.MAX_IMAGE_BYTES and not pending.local:
+            pending.poison = TooLarge(f"{pending.path}: over the 50 MB limit of the service")
+            log.warning("%s", pending.poison)
+            raise pending.poison
+        self._check_space(len(data))
+        written = pending.pwrite(data, offset)
+        pending.written = pending.dirty = True
+        pending.mtime = self.wall()
+        return written
+
+    def read(self, pending: Pending, size: int, offset: int) -> bytes:
+        if pending.holds is not None and pending.fd is None:
+            reader = self.downloader.open(pending.holds.id, pending.holds.file_size)
+            try:
+                return reader.read(offset, max(0, min(size, pending.holds.file_size - offset)))
+            finally:
+                reader.close()
+        return pending.pread(size, offset)
+
+    def truncate(self, pending: Pending, length: int) -> None:
+        if pending.holds is not None:
+            self.materialize(pending)
+        if length > names.MAX_IMAGE_BYTES and not pending.local:
+            raise TooLarge(f"{pending.path}: over the 50 MB limit of the service")
+        pending.truncate(length)
+        pending.written = pending.dirty = True
+        pending.mtime = self.wall()
+
+    def truncate_image(self, path: str, image: Image, length: int) -> Pending:
+        """``truncate`` of an image with no open handle: stage its bytes cut to ``length``."""
+        pending = self.open_for_write(path, image, truncate=length == 0)
+        self.truncate(pending, length)
+        self.flush(pending)
+        self.release(pending)
+        return pending
+
+    def flush(self, pending: Pending) -> None:
+        """New bytes since the last flush: the cheap checks (size, Pillow identifies the
+        header), then the journal records them (resumable from now on)."""
+        if pending.poison is not None:
+            raise pending.poison
+        if not pending.dirty or pending.local:
+            return
+        pending.dirty = False
+        if pending.size == 0:
+            return  # 0-byte files stay local until they have content
+        pending.fsync()
+        try:
+            imaging.identify(pending.file)
+        except NotAnImage:
+            pending.poison = NotAnImage(f"{pending.path}: not an image Pillow can read")
+            log.warning("%s; it will not be uploaded", pending.poison)
+            raise pending.poison from None
+        assert pending.entry_id is not None
+        self.queue.flushed(pending.entry_id, pending.size)
+
+    def fsync(self, pending: Pending) -> None:
+        """Durable in the local journal; never waits for the network."""
+        if pending.local:
+            pending.fsync()
+            return
+        self.flush(pending)
+
+    def release(self, pending: Pending) -> None:
+        pending.opens = max(0, pending.opens - 1)
+        if pending.opens:
+            return
+        pending.last_close = self.clock()
+        if pending.poison is not None:
+            self.forget(pending, cancel=True)
+            return
+        if pending.local or pending.entry_id is None:
+            return
+        if not pending.written:
+            if pending.replaced_id is not None:  # opened for writing, closed unwritten
+                self.forget(pending, cancel=True)
+            return
+        if pending.size > 0:
+            self.queue.schedule(pending.entry_id)
+
+    def _copy_image_into(self, image: Image, pending: Pending) -> None:
+        reader = self.downloader.open(image.id, image.file_size)
+        try:
+            offset, chunk = 0, 1 << 20
+            while offset < image.file_size:
+                data = reader.read(offset, min(chunk, image.file_size - offset))
+                if not data:
+                    break
+                pending.pwrite(data, offset)
+                offset += len(data)
+        finally:
+            reader.close()
+        pending.size = image.file_size
+
+    def materialize(self, pending: Pending) -> None:
+        """A local name that holds an image gets the image's bytes before it changes."""
+        image = pending.holds
+        if image is None:
+            return
+        self._copy_image_into(image, pending)
+        pending.holds = None
+
+    def _check_space(self, adding: int) -> None:
+        disk = os.statvfs(self.local_dir)
+        free = disk.f_bavail * disk.f_frsize
+        if free - adding < self.options.min_free_space:
+            raise NoSpace(f"the staging disk has {free} bytes free; pictofs keeps "
+                          f"{self.options.min_free_space} free (--min-free-space)")
+
+    # ------------------------------------------------------------------ metadata
+
+    def set_mtime(self, target: Pending | Image, mtime: float) -> None:
+        if isinstance(target, Pending):
+            target.mtime = mtime
+            if target.entry_id is not None:
+                self.queue.set_mtime(target.entry_id, mtime)
+            return
+        with self._lock:
+            self._mtimes[target.id] = mtime
+        self.queue.set_image_mtime(target.id, mtime)
+
+    # ------------------------------------------------------------------ removing
+
+    def unlink(self, path: str) -> None:
+        pending = self.pending_at(path)
+        if pending is not None:
+            self.forget(pending, cancel=True)
+            return
+        if self.is_hidden(path):
+            raise NotFound(path)
+        entry = self.view.resolve(path)
+        if not isinstance(entry, FileEntry):
+            raise IsADirectory(path)
+        self.remote.archive(self.view.dataset_id, [entry.image.id],
+                            permanent=self.options.permanent_delete)
+        self.view.note_gone(path)
+        log.info("%s %s", "deleted" if self.options.permanent_delete else "archived", path)
+
+    def forget(self, pending: Pending, cancel: bool) -> None:
+        with self._lock:
+            if self._pending.get(pending.path) is pending:
+                del self._pending[pending.path]
+            if pending.entry_id is not None:
+                self._by_entry.pop(pending.entry_id, None)
+        if pending.opens == 0:
+            pending.close_descriptor()
+        if pending.entry_id is not None and cancel:
+            if pending.error is not None:
+                self.queue.discard(pending.entry_id)
+            else:
+                self.queue.cancel(pending.entry_id)
+        elif pending.local:
+            pending.file.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ queue callbacks
+
+    def _registered(self, entry_id: str, image: Image) -> None:
+        with self._lock:
+            pending = self._by_entry.pop(entry_id, None)
+            if pending is not None and self._pending.get(pending.path) is pending:
+                del self._pending[pending.path]
+                if pending.path != image.path:
+                    log.info("%s was stored by the service as %s", pending.path, image.path)
+            mtime = self.journal.mtime(image.id)
+            if mtime is not None:
+                self._mtimes[image.id] = mtime
+        if pending is not None and pending.opens == 0:
+            pending.close_descriptor()
+        self.view.note_image(image)
+
+    def _failed(self, entry_id: str, reason: str) -> None:
+        with self._lock:
+            pending = self._by_entry.get(entry_id)
+        if pending is not None:
+            pending.error = reason
+        log.warning("upload failed for good: %s", reason)
+
+    # ------------------------------------------------------------------ orphans and janitor
+
+    def hold_image(self, path: str, image: Image, local_path: str) -> Pending:
+        """An image renamed to a local-only name: the local name holds it; the image is
+        archived after ``write_back`` unless a new file at ``path`` replaces it."""
+        pending = self._new_local(local_path, holds=image)
+        with self._lock:
+            self._orphans[path] = Orphan(image, self.clock() + self.options.write_back)
+        self.view.note_gone(path)
+        return pending
+
+    def _take_orphan(self, path: str) -> Orphan | None:
+        with self._lock:
+            return self._orphans.pop(path, None)
+
+    def release_orphan(self, path: str) -> Orphan | None:
+        """A local name renamed back to the image's path: the image stays where it was."""
+        orphan = self._take_orphan(path)
+        if orphan is not None:
+            self.view.note_image(orphan.image)
+        return orphan
+
+    def _tidy(self) -> None:
+        while not self._stop.wait(JANITOR_EVERY):
+            try:
+                self._archive_due_orphans()
+                self._remove_leftovers()
+            except PictofsError as exc:
+                log.warning("background tidying: %s", exc)
+            except Exception:
+                log.exception("background tidying failed")
+
+    def _archive_due_orphans(self) -> None:
+        now = self.clock()
+        with self._lock:
+            due = [(p, o) for p, o in self._orphans.items() if o.deadline <= now]
+        for path, orphan in due:
+            self.remote.archive(self.view.dataset_id, [orphan.image.id])
+            with self._lock:
+                if self._orphans.get(path) is orphan:
+                    del self._orphans[path]
+            log.info("archived %s (renamed to a local name and not written back)", path)
+
+    def _remove_leftovers(self) -> None:
+        now = self.clock()
+        with self._lock:
+            old = [p for p in self._pending.values()
+                   if p.local and p.opens == 0 and p.last_close
+                   and now - p.last_close > LEFTOVER_AGE]
+        for pending in old:
+            log.info("removing left-over local file %s", pending.path)
+            self.forget(pending, cancel=False)
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        stats = self.queue.stats()
+        failed = [{"path": e.path, "error": e.error} for e in self.queue.failed()]
+        return {"pending": stats.pending, "in_flight": stats.in_flight, "failed": failed,
+                "bytes_uploaded": stats.bytes_uploaded, "upload_rate": stats.rate,
+                "paused": stats.paused}
+
+    def wait_idle(self, timeout: float) -> bool:
+        return self.queue.wait_idle(timeout)
+
+    def move_pending(self, pending: Pending, new_path: str) -> None:
+        """Re-key a pending file under ``new_path`` (the rename itself is the caller's)."""
+        with self._lock:
+            if self._pending.get(pending.path) is pending:
+                del self._pending[pending.path]
+            old = self._pending.pop(new_path, None)
+            pending.path = new_path
+            self._pending[new_path] = pending
+        if old is not None and old is not pending:
+            self.forget(old, cancel=True)
+
+    def attach_entry(self, pending: Pending, entry_id: str) -> None:
+        """A local file that became an upload: the queue's callbacks find it by entry id."""
+        with self._lock:
+            pending.entry_id = entry_id
+            self._by_entry[entry_id] = pending
+
+    def add_local_dir(self, path: str) -> None:
+        with self._lock:
+            self._local_dirs.add(path)
+
+    def remove_local_dir(self, path: str) -> None:
+        with self._lock:
+            if any(p.startswith(path + "/") for p in self._pending) or \
+                    any(d.startswith(path + "/") for d in self._local_dirs):
+                raise NotEmpty(path)
+            self._local_dirs.discard(path)
+
+    def pending_under(self, folder: str) -> list[Pending]:
+        prefix = folder + "/"
+        with self._lock:
+            return [p for path, p in self._pending.items() if path.startswith(prefix)]
+
