@@ -219,6 +219,7 @@ class SideBuilder:
         self.started = False
 
     def build(self, view: Any) -> Any:
+        from pictofs.core.archive import ArchiveView
         from pictofs.core.cache import ImageCache
         from pictofs.core.downloads import Downloader
         from pictofs.core.journal import Journal
@@ -229,15 +230,16 @@ class SideBuilder:
         conn = self.target.connection
         cache = ImageCache(self.cache_root, conn.base_url, view.dataset_id, self.args.cache_size)
         downloader = Downloader(cache, self.remote)
+        archive = ArchiveView(self.remote, view.dataset_id, self.args.dir_cache_time)
         if self.args.read_only:
-            return Side(view, downloader)
+            return Side(view, downloader, archive=archive)
         assert conn.api_key is not None
         try:
             journal = Journal.for_dataset(self.state, conn.base_url, view.dataset_id,
                                           conn.api_key)
         except ConfigError as exc:
             log.warning("%s: read-only in this mount: %s", view.dataset.name, exc)
-            return Side(view, downloader)
+            return Side(view, downloader, archive=archive)
         options = WriteOptions(write_back=self.args.write_back, transfers=self.args.transfers,
                                retry_max_wait=self.args.retry_max_wait,
                                min_free_space=self.args.min_free_space,
@@ -245,7 +247,7 @@ class SideBuilder:
         writes = WriteLayer(view, self.remote, journal, downloader, journal.directory / "local",
                             options)
         writes.start()
-        return Side(view, downloader, writes, Renamer(view, self.remote, writes))
+        return Side(view, downloader, writes, Renamer(view, self.remote, writes), archive)
 
 
 def check_journal_free(target: Target) -> None:

@@ -32,6 +32,7 @@ class Pending:
     error: str | None = None  # why the upload failed for good
     holds: Image | None = None  # a local name that holds an uploaded image (§6)
     replaced_id: str | None = None
+    mtime_set: bool = False  # the mtime came from utimensat (rsync -a, cp -p, touch -d)
     last_close: float = 0.0
     fd: int | None = None
     # io_lock guards fd (opening and closing it); pread/pwrite on it need no lock.

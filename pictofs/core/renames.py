@@ -44,7 +44,7 @@ class Renamer:
     def mkdir(self, path: str) -> None:
         parent, name = split_path(path)
         names.check_name(name)
-        if self._what(path) is not None:
+        if self.what(path) is not None:
             raise AlreadyExists(path)
         if self.writes.in_local_folder(path):
             self._require_dir(parent)
@@ -58,7 +58,7 @@ class Renamer:
         if self.writes.is_local_dir(path):
             self.writes.remove_local_dir(path)
             return
-        entry = self._what(path)
+        entry = self.what(path)
         if entry is None:
             raise NotFound(path)
         if not isinstance(entry, DirEntry):
@@ -76,10 +76,10 @@ class Renamer:
         if old == new:
             return
         names.check_name(split_path(new)[1])
-        source = self._what(old)
+        source = self.what(old)
         if source is None:
             raise NotFound(old)
-        target = self._what(new)
+        target = self.what(new)
         if target is not None and flags & RENAME_NOREPLACE:
             raise AlreadyExists(new)
         self._require_dir(split_path(new)[0])
@@ -236,7 +236,7 @@ class Renamer:
 
     # ------------------------------------------------------------------ helpers
 
-    def _what(self, path: str) -> Thing | None:
+    def what(self, path: str) -> Thing | None:
         pending = self.writes.pending_at(path)
         if pending is not None:
             return pending
@@ -253,7 +253,7 @@ class Renamer:
     def _require_dir(self, path: str) -> None:
         if path == "/" or self.writes.is_local_dir(path):
             return
-        entry = self._what(path)
+        entry = self.what(path)
         if entry is None:
             raise NotFound(path)
         if not isinstance(entry, DirEntry):

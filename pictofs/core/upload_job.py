@@ -179,6 +179,13 @@ class Control(Protocol):
         """Run the step that makes the entry an image, marked as in flight (a retarget or
         hold waits for it), after a last checkpoint."""
 
+    def begin_register(self) -> None:
+        """``register`` in two halves, for a batch that registers many entries in one call:
+        a last checkpoint, then marked in flight until ``end_register``."""
+
+    def end_register(self, landed: Landed | None) -> None:
+        """The register of ``begin_register`` ended (``landed``: its answer, if any)."""
+
 
 class UploadJob:
     def __init__(self, remote: Remote, journal: Journal, dataset_id: str,
@@ -289,6 +296,10 @@ class UploadJob:
         except AlreadyExists:
             return self._adopt(entry, staged)
         return Landed(image, "uploaded")
+
+    def adopt(self, entry: Entry, staged: StagedFile) -> Landed:
+        """After a 409 on a register sent by someone else (a batch): adopt or fail."""
+        return self._adopt(entry, staged)
 
     def _adopt(self, entry: Entry, staged: StagedFile) -> Landed:
         """After a 409: the image at the name is ours when its size and sha256 match."""

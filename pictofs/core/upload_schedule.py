@@ -114,6 +114,35 @@ class Schedule:
             return task, None
         return None, None
 
+    def due_count(self) -> int:
+        """How many tasks a worker could take now."""
+        now = self._clock()
+        return sum(1 for t in self.tasks.values()
+                   if t.due is not None and t.due <= now and not t.running and not t.held)
+
+    def take_matching(self, limit: int, fits: Callable[[Task], bool]) -> list[Task]:
+        """Up to ``limit`` more due tasks that ``fits`` accepts (asked in due order), marked
+        running: the companions of a batch. Tasks it passes over stay due."""
+        now = self._clock()
+        taken: list[Task] = []
+        passed: list[tuple[float, int, str]] = []
+        while self._heap and len(taken) < limit and len(passed) < 4 * limit:
+            due, seq, entry_id = heapq.heappop(self._heap)
+            task = self.tasks.get(entry_id)
+            if task is None or task.due != due or task.running or task.held:
+                continue  # stale
+            if due > now:
+                passed.append((due, seq, entry_id))
+                break
+            if fits(task):
+                task.running, task.due = True, None
+                taken.append(task)
+            else:
+                passed.append((due, seq, entry_id))
+        for item in passed:
+            heapq.heappush(self._heap, item)
+        return taken
+
     def _push(self, task: Task) -> None:
         assert task.due is not None
         self._seq += 1
@@ -226,17 +255,23 @@ class TaskControl:
             return self._journal.update(self._task.entry_id, **changes)
 
     def register(self, step: Callable[[], Landed]) -> Landed:
-        with self._changed:
-            if not self._current():
-                raise Interrupted(self._task.entry_id)
-            self._task.registering = True
+        self.begin_register()
         landed: Landed | None = None
         try:
             landed = step()
             return landed
         finally:
-            with self._changed:
-                self._task.registering = False
-                if landed is not None:
-                    self._task.image = landed.image
-                self._changed.notify_all()
+            self.end_register(landed)
+
+    def begin_register(self) -> None:
+        with self._changed:
+            if not self._current():
+                raise Interrupted(self._task.entry_id)
+            self._task.registering = True
+
+    def end_register(self, landed: Landed | None) -> None:
+        with self._changed:
+            self._task.registering = False
+            if landed is not None:
+                self._task.image = landed.image
+            self._changed.notify_all()

@@ -9,6 +9,11 @@ crash is the journal. Workers (``transfers`` threads) are started by ``start()``
 ``init``, never before: libfuse forks after mounting) and stopped by ``stop()``, which lets
 the step in flight finish and leaves the rest queued in the journal for the next mount.
 
+With ``batch`` > 1 (and a remote with the bulk verbs of ``upload_batch.BulkRemote``), a
+worker that takes a fresh entry also takes other due fresh entries of its folder and sends
+them together with the bulk routes (``upload_batch.BatchJob``), up to ``batch`` at a time and
+about an equal share per worker.
+
 Callers (FUSE threads, the mirror) use ``stage``/``flushed``/``set_mtime``/``schedule`` while
 writing, ``hold`` when a staged file is opened again, ``retarget`` on rename, ``cancel`` on
 unlink, ``discard`` on ``rm`` of a failed file. ``hold`` and ``retarget`` wait while a register
@@ -20,6 +25,7 @@ the change is the caller's (a replace or an image rename). Callbacks ``on_regist
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -27,7 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from pictofs.core import upload_job
+from pictofs.core import upload_batch, upload_job
 from pictofs.core.journal import Entry, Journal, ResumeAction, orphan_staging_files
 from pictofs.core.journal import restart_step, resume_action
 from pictofs.core.upload_job import Disposition, Interrupted, Landed, UploadJob
@@ -60,6 +66,7 @@ class UploadQueue:
         on_registered: RegisteredCallback | None = None,
         on_failed: FailedCallback | None = None,
         rng: random.Random | None = None,
+        batch: int = 1,
     ) -> None:
         self._remote = remote
         self._journal = journal
@@ -71,6 +78,7 @@ class UploadQueue:
         self._on_registered = on_registered
         self._on_failed = on_failed
         self._rng = rng or random.Random()
+        self._batch = max(1, batch)
         # _lock guards _schedule (the task table, due times, key pause, counters), _stopping,
         # _workers and _last_prune; _changed is signalled on every change of them. Journal
         # calls may be made with it held (the journal's own lock is always taken second).
@@ -279,18 +287,63 @@ class UploadQueue:
     # ---------------------------------------------------------------- workers
 
     def _work(self) -> None:
-        while (task := self._take()) is not None:
-            self._run(task)
+        while (tasks := self._take()) is not None:
+            if len(tasks) == 1:
+                self._run(tasks[0])
+            else:
+                self._run_batch(tasks)
 
-    def _take(self) -> Task | None:
-        """The next due task, marked running; None when stopping."""
+    def _take(self) -> list[Task] | None:
+        """The next due task (and its batch companions), marked running; None when
+        stopping."""
         with self._changed:
             while not self._stopping:
                 task, wait = self._schedule.take()
                 if task is not None:
-                    return task
+                    return [task, *self._companions(task)]
                 self._changed.wait(wait)
             return None
+
+    def _companions(self, task: Task) -> list[Task]:
+        """Due fresh entries of the task's folder to send in one batch with it (lock held)."""
+        if self._batch < 2 or self._schedule.paused:
+            return []
+        first = self._journal.get(task.entry_id)
+        if first is None or not upload_batch.batchable(first, task):
+            return []
+        names = {first.filename}
+
+        def fits(other: Task) -> bool:
+            entry = self._journal.get(other.entry_id)
+            if (entry is None or entry.folder != first.folder or entry.filename in names
+                    or not upload_batch.batchable(entry, other)):
+                return False
+            names.add(entry.filename)
+            return True
+
+        share = math.ceil((self._schedule.due_count() + 1) / self._transfers)
+        return self._schedule.take_matching(min(self._batch, share) - 1, fits)
+
+    def _run_batch(self, tasks: list[Task]) -> None:
+        members = []
+        for task in tasks:
+            entry = self._journal.get(task.entry_id)
+            if entry is None:
+                self._end(task)
+                continue
+            control = TaskControl(self._changed, self._journal, task, lambda: self._stopping)
+            members.append((task, entry, control))
+        job = upload_batch.BatchJob(self._remote, self._journal,  # type: ignore[arg-type]
+                                    self._dataset_id)
+        outcomes = job.run([(entry, control) for _, entry, control in members])
+        for task, entry, control in members:
+            outcome = outcomes.get(entry.id, Interrupted(entry.id))
+            if isinstance(outcome, Landed):
+                self._after_landed(task, entry, outcome)
+            elif isinstance(outcome, Interrupted) or not control.current:
+                self._after_interrupt(task)
+            else:
+                self._after_error(task, entry, outcome)  # type: ignore[arg-type]
 
     def _run(self, task: Task) -> None:
         entry = self._journal.get(task.entry_id)

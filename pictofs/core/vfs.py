@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pictofs.core import attrs
+from pictofs.core.archive import is_archive_path
 from pictofs.core.attrs import AttrPolicy
 from pictofs.core.pending import Pending
 from pictofs.core.view import DatasetView, DirEntry, FileEntry
@@ -51,6 +52,7 @@ class Side:
     downloader: Any
     writes: Any = None  # pictofs.core.writes.WriteLayer
     renamer: Any = None  # pictofs.core.renames.Renamer
+    archive: Any = None  # pictofs.core.archive.ArchiveView
 
 
 SideFactory = Callable[[DatasetView], Side]
@@ -154,6 +156,8 @@ class Vfs:
         side, inner = self._route(path)
         if side is None:
             return None, "/", DirEntry("/")
+        if side.archive is not None and is_archive_path(inner):
+            return side, inner, side.archive.resolve(inner)
         writes = side.writes
         if writes is not None:
             pending = writes.pending_at(inner)
@@ -197,9 +201,18 @@ class Vfs:
     def _attrs(self, side: Side | None, entry: DirEntry | FileEntry | Pending) -> dict[str, Any]:
         if isinstance(entry, Pending):
             return self._pending_attrs(entry)
+        if is_archive_path(entry.path):
+            return self._archive_attrs(entry)
         if isinstance(entry, FileEntry):
             return self._file_attrs(side, entry.image)
         return self._dir_attrs(side, entry)
+
+    def _archive_attrs(self, entry: DirEntry | FileEntry) -> dict[str, Any]:
+        """Everything in ``.archive/`` is read-only."""
+        policy = dataclasses.replace(self.options.policy, read_only=True)
+        if isinstance(entry, FileEntry):
+            return attrs.file_stat(policy, entry.image.file_size, attrs.image_mtime(entry.image))
+        return attrs.dir_stat(policy, 0, self.mounted_at)
 
     def getattr(self, path: str) -> dict[str, Any]:
         side, entry = self._resolve(path)
@@ -222,6 +235,13 @@ class Vfs:
         if side is None:
             return [(name, self._dir_attrs(self.side(v), DirEntry("/")))
                     for name, v in sorted(self._dataset_views().items())]
+        if is_archive_path(entry.path) and side.archive is not None:
+            folders, files = side.archive.readdir(entry.path)
+            rows = {name: self._archive_attrs(DirEntry(join_path(entry.path, name)))
+                    for name in folders}
+            rows.update({name: self._archive_attrs(FileEntry(join_path(entry.path, name), img))
+                         for name, img in files.items()})
+            return sorted(rows.items())
         rows: dict[str, dict[str, Any]] = {}
         writes = side.writes
         if writes is None or not writes.is_local_dir(entry.path):
@@ -247,6 +267,8 @@ class Vfs:
             raise IsADirectory(path)
         assert side is not None
         if flags & WRITE_FLAGS:
+            if is_archive_path(inner):
+                raise ReadOnly(f"{path}: the archive is read-only")
             writes = self._writes(side, "open for writing")
             target = entry if isinstance(entry, Pending) else entry.image
             pending = writes.open_for_write(inner, target, truncate=bool(flags & os.O_TRUNC))
@@ -269,6 +291,8 @@ class Vfs:
     def create(self, path: str, flags: int) -> int:
         side, inner = self._route(path)
         writes = self._writes(side, "create")
+        if is_archive_path(inner):
+            raise ReadOnly("the archive is read-only")
         pending = writes.create(inner, exclusive=bool(flags & os.O_EXCL))
         return self._add(Handle(path, side, pending=pending))  # type: ignore[arg-type]
 
@@ -352,7 +376,39 @@ class Vfs:
 
     def unlink(self, path: str) -> None:
         side, inner = self._route(path)
-        self._writes(side, "unlink").unlink(inner)
+        writes = self._writes(side, "unlink")
+        if is_archive_path(inner):
+            self._delete_for_good(side, inner)  # type: ignore[arg-type]
+            return
+        writes.unlink(inner)
+
+    def _delete_for_good(self, side: Side, inner: str) -> None:
+        """``rm`` inside ``.archive/``: a permanent delete (EACCES if the role is too low)."""
+        entry = side.archive.resolve(inner)
+        if not isinstance(entry, FileEntry):
+            raise IsADirectory(inner)
+        self.remote.archive(side.view.dataset_id, [entry.image.id], permanent=True)
+        side.archive.dropped(entry.image)
+        log.info("deleted %s for good", inner)
+
+    def _restore(self, side: Side, old: str, new: str, flags: int) -> None:
+        """``mv .archive/cars/x.jpg cars/x.jpg`` restores the image (same id); to another
+        folder or name it restores, then renames. A taken name → EEXIST."""
+        entry = side.archive.resolve(old)
+        if not isinstance(entry, FileEntry):
+            raise NotPermitted("folders of the archive cannot be moved")
+        if is_archive_path(new):
+            raise ReadOnly("the archive is read-only")
+        image = entry.image
+        if side.renamer.what(new) is not None:
+            raise AlreadyExists(new)
+        self.remote.restore(side.view.dataset_id, [image.id])
+        restored = dataclasses.replace(image, is_archived=False)
+        side.archive.dropped(image)
+        side.view.note_image(restored)
+        log.info("restored %s", restored.path)
+        if new != restored.path:
+            side.renamer.rename(restored.path, new, flags)
 
     def mkdir(self, path: str) -> None:
         """A folder; in an organization mount, ``mkdir /name`` creates a dataset."""
@@ -367,6 +423,8 @@ class Vfs:
             return
         side, inner = self._route(path)
         self._writes(side, "mkdir")
+        if is_archive_path(inner):
+            raise ReadOnly("the archive is read-only")
         side.renamer.mkdir(inner)  # type: ignore[union-attr]
 
     def rmdir(self, path: str) -> None:
@@ -374,6 +432,8 @@ class Vfs:
             raise NotPermitted("a dataset directory cannot be removed through the mount")
         side, inner = self._route(path)
         self._writes(side, "rmdir")
+        if is_archive_path(inner):
+            raise ReadOnly("the archive is read-only")
         side.renamer.rmdir(inner)  # type: ignore[union-attr]
 
     def rename(self, old: str, new: str, flags: int = 0) -> None:
@@ -384,7 +444,13 @@ class Vfs:
         if old_side is not new_side:
             raise CrossDevice("rename across datasets")
         self._writes(old_side, "rename")
-        old_side.renamer.rename(old_inner, new_inner, flags)  # type: ignore[union-attr]
+        assert old_side is not None
+        if is_archive_path(old_inner):
+            self._restore(old_side, old_inner, new_inner, flags)
+            return
+        if is_archive_path(new_inner):
+            raise ReadOnly("the archive is read-only")
+        old_side.renamer.rename(old_inner, new_inner, flags)
 
     def utimens(self, path: str | None, mtime: float | None, fh: int | None = None) -> None:
         when = time.time() if mtime is None else mtime
@@ -482,6 +548,8 @@ class Vfs:
         """Drop every listing now (``pictofs refresh``, SIGHUP)."""
         for side in self.sides():
             side.view.forget()
+            if side.archive is not None:
+                side.archive.forget()
         with self._lock:
             self._datasets_at = -1e18
         log.info("listing cache dropped")

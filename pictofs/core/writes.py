@@ -238,7 +238,7 @@ class WriteLayer:
         self._check_space(len(data))
         written = pending.pwrite(data, offset)
         pending.written = pending.dirty = True
-        pending.mtime = self.wall()
+        pending.mtime, pending.mtime_set = self.wall(), False
         return written
 
     def read(self, pending: Pending, size: int, offset: int) -> bytes:
@@ -345,6 +345,7 @@ class WriteLayer:
     def set_mtime(self, target: Pending | Image, mtime: float) -> None:
         if isinstance(target, Pending):
             target.mtime = mtime
+            target.mtime_set = True
             if target.entry_id is not None:
                 self.queue.set_mtime(target.entry_id, mtime)
             return
@@ -485,10 +486,13 @@ class WriteLayer:
             self.forget(old, cancel=True)
 
     def attach_entry(self, pending: Pending, entry_id: str) -> None:
-        """A local file that became an upload: the queue's callbacks find it by entry id."""
+        """A local file that became an upload: the queue's callbacks find it by entry id,
+        and an mtime set on the local name follows it."""
         with self._lock:
             pending.entry_id = entry_id
             self._by_entry[entry_id] = pending
+        if pending.mtime_set:
+            self.queue.set_mtime(entry_id, pending.mtime)
 
     def add_local_dir(self, path: str) -> None:
         with self._lock:

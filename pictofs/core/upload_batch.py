@@ -1,0 +1,264 @@
+"""Several fresh journal entries of one folder uploaded with the bulk routes: one call for the
+upload URLs, the PUTs, one call to register them all (protocol §4 "bulk-upload-url",
+"bulk-register").
+
+A batch is an optimisation of ``upload_job.UploadJob`` for many new files at once (a mirror's
+start-up, ``cp -r`` onto a mount): three requests per file become one PUT per file plus two
+per batch. It keeps every promise of the single job: each member still records its steps in
+its own journal row before sending them (size and sha256, the ``url`` step, the ``put`` step
+with a fresh register key), every journal write goes through the member's ``Control`` (a
+member that was held, retargeted or cancelled meanwhile drops out of the batch at the next
+step boundary), and the crash points sit at the same boundaries. A member resumed after a
+crash is retried on its own: a register the service already took answers 409 and the single
+job adopts the image when size and sha256 match.
+
+Only *fresh* entries are batched (``batchable``): no replace, never sent before, not
+cancelled. The queue picks the members (one folder, distinct names); this module runs them
+and returns one outcome per member: a ``Landed``, ``Interrupted``, or the exception that
+failed it, which the queue classifies as it does for a single job.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol, Sequence, Union
+
+from pictofs.core.journal import Entry, Journal
+from pictofs.core.upload_job import (
+    Control,
+    Disposition,
+    Interrupted,
+    Landed,
+    StagedFile,
+    UploadJob,
+    classify,
+    inspect_staged,
+    new_key,
+)
+from pictofs.core.upload_schedule import Task
+from pictofs.errors import AlreadyExists, PermissionDenied
+from pictofs.faults import fault_point
+from pictofs.model import Image
+from pictofs.remote import Remote, UploadTicket
+
+log = logging.getLogger(__name__)
+
+Outcome = Union[Landed, BaseException]
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What bulk-register needs to know about one PUT file."""
+
+    filename: str
+    size: int
+    content_type: str
+    width: int | None
+    height: int | None
+
+
+class BulkRemote(Remote, Protocol):
+    """A ``Remote`` that also speaks the bulk upload routes."""
+
+    def request_uploads(self, dataset_id: str, folder: str,
+                        files: Sequence[tuple[str, str]]) -> list[UploadTicket]:
+        """Upload tickets for ``(filename, content_type)`` pairs of one folder, in order."""
+        ...
+
+    def register_uploads(self, dataset_id: str, folder: str,
+                         items: Sequence[Registration]) -> list[Image | Exception]:
+        """Register PUT files of one folder; per item, in order, the Image or the error
+        (``AlreadyExists`` for a name taken meanwhile)."""
+        ...
+
+
+def batchable(entry: Entry, task: Task) -> bool:
+    """Whether an entry may travel in a batch: new bytes under a new name, never sent."""
+    return (entry.replaced_id is None and entry.step == "none" and entry.register_key is None
+            and entry.image_id is None and not entry.cancelled and not task.cancelled
+            and entry.state != "done")
+
+
+@dataclass
+class _Member:
+    entry: Entry
+    control: Control
+    staged: StagedFile
+    ticket: UploadTicket | None = None
+
+
+class BatchJob:
+    def __init__(self, remote: BulkRemote, journal: Journal, dataset_id: str) -> None:
+        self._remote = remote
+        self._journal = journal
+        self._dataset_id = dataset_id
+
+    def run(self, members: Sequence[tuple[Entry, Control]]) -> dict[str, Outcome]:
+        """Upload the members (one folder); returns each member's outcome by entry id."""
+        outcomes: dict[str, Outcome] = {}
+        live = self._inspect(members, outcomes)
+        if live:
+            live = self._tickets(live, outcomes)
+        if live:
+            live = self._put_all(live, outcomes)
+        if live:
+            self._register_all(live, outcomes)
+        return outcomes
+
+    # ---------------------------------------------------------------- steps
+
+    def _inspect(self, members: Sequence[tuple[Entry, Control]],
+                 outcomes: dict[str, Outcome]) -> list[_Member]:
+        live = []
+        for entry, control in members:
+            try:
+                staged = inspect_staged(self._journal.staging_path(entry.id), entry.filename)
+                entry = control.record(state="uploading", size=staged.size,
+                                       sha256=staged.sha256)
+            except Exception as exc:  # each member fails (or is interrupted) on its own
+                outcomes[entry.id] = exc
+                continue
+            live.append(_Member(entry, control, staged))
+        return live
+
+    def _tickets(self, live: list[_Member], outcomes: dict[str, Outcome]) -> list[_Member]:
+        live = self._checkpoint(live, outcomes)
+        if not live:
+            return live
+        fault_point("before_upload_url")
+        folder = live[0].entry.folder
+        try:
+            tickets = self._remote.request_uploads(
+                self._dataset_id, folder,
+                [(m.entry.filename, m.staged.content_type) for m in live])
+        except Exception as exc:  # the call failed as a whole: every member shares it
+            return self._fail_all(live, exc, outcomes)
+        for member, ticket in zip(live, tickets):
+            member.ticket = ticket
+        return self._record(live, outcomes, step="url")
+
+    def _put_all(self, live: list[_Member], outcomes: dict[str, Outcome]) -> list[_Member]:
+        sent = []
+        for index, member in enumerate(live):
+            try:
+                member.control.checkpoint()
+                self._put(member)
+            except Interrupted as exc:
+                outcomes[member.entry.id] = exc
+                continue
+            except Exception as exc:
+                if classify(exc) is Disposition.PERMANENT:
+                    outcomes[member.entry.id] = exc
+                    continue
+                # the service or the key is in trouble: the rest would fail the same way
+                self._fail_all(live[index:], exc, outcomes)
+                break
+            sent.append(member)
+        for member in sent:
+            if member.entry.id in outcomes:
+                continue
+            try:
+                member.control.record(step="put", register_key=new_key())
+                member.control.mark_put()
+            except Interrupted as exc:
+                outcomes[member.entry.id] = exc
+        sent = [m for m in sent if m.entry.id not in outcomes]
+        if sent:
+            fault_point("after_put")
+        return sent
+
+    def _put(self, member: _Member) -> None:
+        assert member.ticket is not None
+        staged = member.staged
+        try:
+            self._remote.put_upload(member.ticket, staged.path, staged.size)
+        except PermissionDenied as exc:
+            if classify(exc) is Disposition.AUTH:
+                raise
+            log.info("%s: upload URL refused (expired?); asking for a fresh one",
+                     member.entry.path)
+            member.ticket = self._remote.request_upload(
+                self._dataset_id, member.entry.folder, member.entry.filename,
+                staged.content_type)
+            member.control.checkpoint()
+            self._remote.put_upload(member.ticket, staged.path, staged.size)
+
+    def _register_all(self, live: list[_Member], outcomes: dict[str, Outcome]) -> None:
+        registering = []
+        for member in live:
+            try:
+                member.control.begin_register()
+            except Interrupted as exc:
+                outcomes[member.entry.id] = exc
+                continue
+            registering.append(member)
+        if not registering:
+            return
+        landed: dict[str, Landed] = {}
+        try:
+            results = self._remote.register_uploads(
+                self._dataset_id, registering[0].entry.folder,
+                [Registration(m.entry.filename, m.staged.size, m.staged.content_type,
+                              m.staged.width, m.staged.height) for m in registering])
+            for member, result in zip(registering, results):
+                outcome = self._settle(member, result)
+                outcomes[member.entry.id] = outcome
+                if isinstance(outcome, Landed):
+                    landed[member.entry.id] = outcome
+        except Exception as exc:  # the call failed as a whole
+            self._fail_all([m for m in registering if m.entry.id not in outcomes], exc,
+                           outcomes)
+        finally:
+            for member in registering:
+                member.control.end_register(landed.get(member.entry.id))
+
+    def _settle(self, member: _Member, result: Image | Exception) -> Outcome:
+        """One member's register answer: record it, or adopt after a 409."""
+        if isinstance(result, AlreadyExists):
+            job = UploadJob(self._remote, self._journal, self._dataset_id, member.control)
+            try:
+                landing = job._adopt(member.entry, member.staged)
+            except Exception as exc:  # an unadoptable conflict, or the lookup failed
+                return exc
+        elif isinstance(result, Exception):
+            return result
+        else:
+            landing = Landed(result, "uploaded")
+        fault_point("after_register")
+        self._journal.record_registered(member.entry.id, landing.image.id)
+        return landing
+
+    # ---------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _checkpoint(live: list[_Member], outcomes: dict[str, Outcome]) -> list[_Member]:
+        kept = []
+        for member in live:
+            try:
+                member.control.checkpoint()
+            except Interrupted as exc:
+                outcomes[member.entry.id] = exc
+                continue
+            kept.append(member)
+        return kept
+
+    @staticmethod
+    def _record(live: list[_Member], outcomes: dict[str, Outcome], **changes: str
+                ) -> list[_Member]:
+        kept = []
+        for member in live:
+            try:
+                member.control.record(**changes)
+            except Interrupted as exc:
+                outcomes[member.entry.id] = exc
+                continue
+            kept.append(member)
+        return kept
+
+    @staticmethod
+    def _fail_all(members: list[_Member], exc: BaseException,
+                  outcomes: dict[str, Outcome]) -> list[_Member]:
+        for member in members:
+            outcomes.setdefault(member.entry.id, exc)
+        return []
