@@ -21,6 +21,7 @@ failed it, which the queue classifies as it does for a single job.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Protocol, Sequence, Union
 
@@ -36,7 +37,7 @@ from pictofs.core.upload_job import (
     inspect_staged,
     new_key,
 )
-from pictofs.core.upload_schedule import Task
+from pictofs.core.upload_schedule import Schedule, Task
 from pictofs.errors import AlreadyExists, PermissionDenied
 from pictofs.faults import fault_point
 from pictofs.model import Image
@@ -78,6 +79,30 @@ def batchable(entry: Entry, task: Task) -> bool:
     return (entry.replaced_id is None and entry.step == "none" and entry.register_key is None
             and entry.image_id is None and not entry.cancelled and not task.cancelled
             and entry.state != "done")
+
+
+def companions(schedule: Schedule, journal: Journal, task: Task, *, limit: int,
+               workers: int) -> list[Task]:
+    """The due fresh entries of ``task``'s folder (distinct names) to send in one batch with
+    it, marked running: up to ``limit`` in all, and about an equal share of what is due per
+    worker, so that the workers run batches side by side. Called with the queue's lock."""
+    if schedule.paused:
+        return []
+    first = journal.get(task.entry_id)
+    if first is None or not batchable(first, task):
+        return []
+    names = {first.filename}
+
+    def fits(other: Task) -> bool:
+        entry = journal.get(other.entry_id)
+        if (entry is None or entry.folder != first.folder or entry.filename in names
+                or not batchable(entry, other)):
+            return False
+        names.add(entry.filename)
+        return True
+
+    share = math.ceil((schedule.due_count() + 1) / max(1, workers))
+    return schedule.take_matching(min(limit, share) - 1, fits)
 
 
 @dataclass

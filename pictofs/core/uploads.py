@@ -25,7 +25,6 @@ the change is the caller's (a replace or an image rename). Callbacks ``on_regist
 from __future__ import annotations
 
 import logging
-import math
 import random
 import threading
 import time
@@ -305,24 +304,11 @@ class UploadQueue:
             return None
 
     def _companions(self, task: Task) -> list[Task]:
-        """Due fresh entries of the task's folder to send in one batch with it (lock held)."""
-        if self._batch < 2 or self._schedule.paused:
+        """Due fresh entries to send in one batch with ``task`` (lock held)."""
+        if self._batch < 2:
             return []
-        first = self._journal.get(task.entry_id)
-        if first is None or not upload_batch.batchable(first, task):
-            return []
-        names = {first.filename}
-
-        def fits(other: Task) -> bool:
-            entry = self._journal.get(other.entry_id)
-            if (entry is None or entry.folder != first.folder or entry.filename in names
-                    or not upload_batch.batchable(entry, other)):
-                return False
-            names.add(entry.filename)
-            return True
-
-        share = math.ceil((self._schedule.due_count() + 1) / self._transfers)
-        return self._schedule.take_matching(min(self._batch, share) - 1, fits)
+        return upload_batch.companions(self._schedule, self._journal, task,
+                                       limit=self._batch, workers=self._transfers)
 
     def _run_batch(self, tasks: list[Task]) -> None:
         members = []
@@ -333,8 +319,8 @@ class UploadQueue:
                 continue
             control = TaskControl(self._changed, self._journal, task, lambda: self._stopping)
             members.append((task, entry, control))
-        job = upload_batch.BatchJob(self._remote, self._journal,  # type: ignore[arg-type]
-                                    self._dataset_id)
+        bulk: Any = self._remote  # batch > 1 is only given with a BulkRemote
+        job = upload_batch.BatchJob(bulk, self._journal, self._dataset_id)
         outcomes = job.run([(entry, control) for _, entry, control in members])
         for task, entry, control in members:
             outcome = outcomes.get(entry.id, Interrupted(entry.id))
