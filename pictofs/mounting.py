@@ -23,7 +23,8 @@ from typing import Any
 
 from pictofs import control, dirs
 from pictofs.config import Connection
-from pictofs.errors import ConfigError, NotFound, PictofsError
+from pictofs import known_datasets
+from pictofs.errors import ConfigError, NotFound, PictofsError, Unavailable
 from pictofs.model import Dataset
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Target:
     connection: Connection
     dataset: Dataset | None
     mountpoint: str
+    offline: bool = False  # the service was unreachable at start (breaker starts open)
 
 
 def _client(conn: Connection, args: argparse.Namespace) -> Any:
@@ -49,7 +51,9 @@ def _client(conn: Connection, args: argparse.Namespace) -> Any:
 
 
 def resolve_target(args: argparse.Namespace, announce: bool) -> Target:
-    """Check the key and find (or, on the local server, create) the dataset."""
+    """Check the key and find (or, on the local server, create) the dataset. While the
+    service is unreachable this retries for ``--timeout``; then a dataset this machine
+    mounted before is mounted from what it remembers, with the circuit breaker open."""
     from pictofs.embedded import connect
     from pictofs.fs.mount import check_fuse_device, prepare_mountpoint
 
@@ -57,23 +61,53 @@ def resolve_target(args: argparse.Namespace, announce: bool) -> Target:
     mountpoint = prepare_mountpoint(args.mountpoint)
     conn = connect(base_url=args.base_url, key_file=args.key_file,
                    announce=sys.stderr if announce else None)
+    deadline = time.monotonic() + args.timeout
+    while True:
+        try:
+            dataset = _find_dataset(conn, args, announce)
+            break
+        except Unavailable as exc:
+            if time.monotonic() < deadline:
+                time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+                continue
+            remembered = known_datasets.get(conn.base_url, args.dataset) if args.dataset \
+                else None
+            if remembered is None:
+                raise ConfigError(f"the service at {conn.base_url} is unreachable: "
+                                  f"{exc}") from None
+            if announce:
+                print(f"the service is unreachable: mounting {remembered.name} from what "
+                      f"this machine remembers; it reconnects when the service is back",
+                      file=sys.stderr)
+            dataset, offline = remembered, True
+            target = Target(conn, dataset, mountpoint, offline=offline)
+            if not args.read_only:
+                check_journal_free(target)
+            return target
+    if dataset is not None:
+        known_datasets.put(conn.base_url, dataset)
+    target = Target(conn, dataset, mountpoint)
+    if not args.read_only:
+        check_journal_free(target)
+    return target
+
+
+def _find_dataset(conn: Connection, args: argparse.Namespace, announce: bool
+                  ) -> Dataset | None:
     client = _client(conn, args)
     try:
         if args.dataset is None:
             client.projects.list()
-            return Target(conn, None, mountpoint)
+            return None
         try:
-            dataset = client.projects.get(args.dataset)
+            return client.projects.get(args.dataset)
         except NotFound:
             if conn.key_source != "local server":
                 raise ConfigError(f"no dataset named {args.dataset!r}") from None
             dataset = client.projects.create(args.dataset)
             if announce:
                 print(f"created dataset {dataset.name} on the local server", file=sys.stderr)
-        target = Target(conn, dataset, mountpoint)
-        if not args.read_only:
-            check_journal_free(target)
-        return target
+            return dataset
     finally:
         client.close()
 
@@ -159,6 +193,8 @@ def _serve(target: Target, args: argparse.Namespace) -> int:
                            retry_max_wait=args.retry_max_wait, pool_size=max(16, args.transfers * 2))
     breaker = CircuitBreaker(probe=api_remote.ping)
     remote = GuardedRemote(api_remote, breaker)
+    if target.offline:
+        breaker.trip()
     state = dirs.private_dir(dirs.state_dir())
     policy = AttrPolicy(
         uid=args.uid if args.uid is not None else os.getuid(),

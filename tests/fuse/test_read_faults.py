@@ -141,3 +141,28 @@ def test_service_down_cached_reads_work_uncached_fail_fast(client, dataset, moun
         time.sleep(0.1)
     assert (m.path / "uncached.png").read_bytes() == made["uncached.png"][1]
     assert "service unreachable" in m.log() and "reachable again" in m.log()
+
+
+def test_mount_while_the_service_is_down_uses_the_remembered_dataset(client, dataset, mount,
+                                                                     proxy):
+    made = seed_images(client, dataset.id, "/", ["r.png"])
+    first = mount(dataset.name, base_url=proxy.url)
+    assert os.listdir(first.path) == ["r.png"]
+    first.umount()
+    proxy.pause()
+    unknown = mount("never-mounted-here", "--timeout", "1s", base_url=proxy.url,
+                    expect_fail=True)
+    assert "unreachable" in unknown.args[-1]
+    again = mount(dataset.name, "--timeout", "1s", base_url=proxy.url,
+                  cache_dir=first.cache_dir)
+    assert again.status()["service"] == "unreachable"
+    with pytest.raises(OSError) as info:
+        os.listdir(again.path)
+    assert info.value.errno == errno.EIO
+    proxy.resume()
+    deadline = time.monotonic() + 20
+    while again.status()["service"] != "ok":
+        assert time.monotonic() < deadline, "the mount never reconnected"
+        time.sleep(0.1)
+    assert os.listdir(again.path) == ["r.png"]
+    assert (again.path / "r.png").read_bytes() == made["r.png"][1]
