@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TextIO
 
 from pictofs import dirs
+from pictofs.core.pins import pid_alive
 from pictofs.config import ENV_BASE_URL, ENV_KEY, Connection, resolve_connection
 from pictofs.errors import ConfigError
 
@@ -46,16 +47,6 @@ def _healthy(base_url: str) -> bool:
         return False
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running_server(data_dir: Path) -> LocalServer | None:
     """The server recorded in ``data_dir/server.json`` if it is alive and answers."""
     try:
@@ -63,7 +54,7 @@ def running_server(data_dir: Path) -> LocalServer | None:
         pid, base_url = int(info["pid"]), str(info["base_url"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not _pid_alive(pid) or not _healthy(base_url):
+    if not pid_alive(pid) or not _healthy(base_url):
         return None
     try:
         key = (data_dir / "owner.key").read_text().strip()

@@ -58,11 +58,7 @@ class Renamer:
         if self.writes.is_local_dir(path):
             self.writes.remove_local_dir(path)
             return
-        entry = self.what(path)
-        if entry is None:
-            raise NotFound(path)
-        if not isinstance(entry, DirEntry):
-            raise NotADirectory(path)
+        self._require_dir(path)
         if self.writes.pending_under(path) or self.writes.local_dirs_in(path):
             raise NotEmpty(path)
         self.remote.delete_folder(self.dataset_id, path)

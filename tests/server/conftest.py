@@ -13,11 +13,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +23,10 @@ import pytest
 import requests
 from PIL import Image, PngImagePlugin
 
+import harness
+
 API = "/api/v1/developer"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-_LAUNCHER = (
-    "import sys\n"
-    "from pathlib import Path\n"
-    "from pictofs.server.run import serve\n"
-    "storage = int(sys.argv[2]) if len(sys.argv) > 2 else None\n"
-    "sys.exit(serve(Path(sys.argv[1]), port=0, storage_port=storage))\n"
-)
+
 
 
 @dataclass
@@ -61,43 +52,17 @@ class RefServer:
 
 def launch(data_dir: Path, log_path: Path, storage_port: int | None = None,
            timeout: float = 30) -> RefServer:
-    state = data_dir / "server.json"
-    args = [sys.executable, "-c", _LAUNCHER, str(data_dir)]
-    if storage_port is not None:
-        args.append(str(storage_port))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(REPO_ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, env=env, cwd=str(REPO_ROOT))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited {process.returncode}: {log_path.read_text()}")
-        try:
-            info = json.loads(state.read_text())
-            if info["pid"] == process.pid and requests.get(info["base_url"] + "/healthz",
-                                                            timeout=2).ok:
-                key = (data_dir / "owner.key").read_text().strip()
-                return RefServer(info["base_url"], key, data_dir, process, log_path,
-                                 info["storage_port"])
-        except (OSError, ValueError, KeyError, requests.RequestException):
-            pass
-        time.sleep(0.05)
-    process.kill()
-    raise RuntimeError(f"server did not start within {timeout}s: {log_path.read_text()}")
+    """``pictofs serve`` on port 0 (and ``storage_port``), through the shared harness."""
+    extra = ["--storage-port", str(storage_port)] if storage_port is not None else []
+    handle = harness.start_server(data_dir, log_path, *extra, timeout=timeout)
+    info = json.loads((data_dir / "server.json").read_text())
+    return RefServer(handle.base_url, handle.key, data_dir, handle.process, log_path,
+                     info["storage_port"])
 
 
 def shut_down(server: RefServer, timeout: float = 15) -> int:
     """SIGTERM and wait (SIGKILL after ``timeout``); returns the exit code."""
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGTERM)
-        try:
-            server.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
-    return server.process.returncode
+    return harness.stop_server(server, timeout)  # type: ignore[arg-type]
 
 
 def png_bytes(seed: int | str = 0, size: tuple[int, int] = (1, 1),
