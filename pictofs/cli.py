@@ -307,9 +307,26 @@ def command_names() -> list[str]:
     return []
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, for what is generated from it (man page, completion)."""
+    return _parser()
+
+
+def _is_mount_helper_form(argv: Sequence[str]) -> bool:
+    """``pictofs SOURCE MOUNTPOINT -o OPTIONS``: how ``mount.fuse3`` runs a filesystem that
+    has no ``mount.fuse.pictofs`` helper (see ``pictofs.mounthelper``)."""
+    return (bool(argv) and not argv[0].startswith("-")
+            and any(word.startswith("-o") for word in argv)
+            and argv[0] not in command_names())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if _is_mount_helper_form(argv):
+        from pictofs.mounthelper import run
+
+        return run(argv, prog="pictofs")
+    parser = _parser()
     args = parser.parse_args(argv)
     args.argv = argv
     handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pictofs import control, dirs
+from pictofs import control, dirs, sdnotify
 from pictofs.config import Connection
 from pictofs import known_datasets
 from pictofs.errors import ConfigError, NotFound, PictofsError, Unavailable
@@ -220,8 +220,10 @@ def _serve(target: Target, args: argparse.Namespace) -> int:
             vfs.side(vfs._single)  # resume this dataset's journal now
         log.info("mounted %s on %s", name, target.mountpoint)
         _tell_parent("ready")
+        sdnotify.notify("READY=1", f"STATUS=mounted {name} on {target.mountpoint}")
 
     def on_destroy() -> None:
+        sdnotify.notify("STOPPING=1", "STATUS=unmounting; finishing the upload steps in flight")
         for side in vfs.sides():
             if side.writes is not None and not side.writes.stop(timeout=60):
                 log.warning("an upload step was still running at unmount; it resumes at "

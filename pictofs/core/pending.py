@@ -34,6 +34,8 @@ class Pending:
     replaced_id: str | None = None
     mtime_set: bool = False  # the mtime came from utimensat (rsync -a, cp -p, touch -d)
     last_close: float = 0.0
+    removed: bool = False  # unlinked or landed: open handles go on, nothing more is queued
+    after_register: dict = field(default_factory=dict)  # split/tags set while staged (§2)
     fd: int | None = None
     # io_lock guards fd (opening and closing it); pread/pwrite on it need no lock.
     io_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -158,6 +158,7 @@ class Renamer:
         elif isinstance(target, Image):
             self.remote.archive(self.dataset_id, [target.id])
             self.view.note_gone(new)
+            self.writes.on_archived()
         if name == image.filename:
             renamed = self.remote.move(self.dataset_id, [image.id], folder)
             if renamed:
@@ -185,6 +186,7 @@ class Renamer:
         if image.tags:
             self.remote.set_tags(self.dataset_id, new_image.id, list(image.tags), [])
         self.remote.archive(self.dataset_id, [image.id])
+        self.writes.on_archived()
         mtime = self.writes.image_mtime(image)
         if mtime is not None:
             self.writes.set_mtime(new_image, mtime)

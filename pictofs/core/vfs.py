@@ -118,6 +118,8 @@ class Vfs:
             found = self._sides.get(view.dataset_id)
             if found is None:
                 found = self._sides[view.dataset_id] = self._side_for(view)
+                if found.writes is not None and found.archive is not None:
+                    found.writes.on_archived = found.archive.forget  # show new archives
             return found
 
     def sides(self) -> list[Side]:
@@ -505,6 +507,10 @@ class Vfs:
         if name.startswith(("security.", "system.")):
             return  # capability and ACL probes of cp -p: accepted and ignored
         side, entry = self._resolve(path)
+        if isinstance(entry, Pending) and self._set_pending_attr(side, entry, name, value):
+            return
+        if isinstance(entry, Pending):  # it landed meanwhile: set it on the image
+            side, entry = self._resolve(path)
         if not isinstance(entry, FileEntry) or not name.startswith(attrs.XATTR_PREFIX):
             raise NotPermitted(f"{name} cannot be set here")
         current = attrs.xattr_value(entry.image, name)
@@ -528,6 +534,22 @@ class Vfs:
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
         side.view.note_image(updated)
+
+    def _set_pending_attr(self, side: Side | None, pending: Pending, name: str,
+                          value: bytes) -> bool:
+        """``split``/``tags`` on a staged file apply right after register (§2); False when
+        the file landed before the value was kept."""
+        field_name = name[len(attrs.XATTR_PREFIX):] if name.startswith(attrs.XATTR_PREFIX) \
+            else ""
+        if field_name not in attrs.WRITABLE_XATTRS:
+            raise NotPermitted(f"{name} cannot be set on a file not uploaded yet")
+        writes = self._writes(side, "setxattr")
+        try:
+            parsed: Any = attrs.parse_split(value) if field_name == "split" \
+                else attrs.parse_tags(value)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        return writes.set_attr_after_register(pending, field_name, parsed)
 
     def removexattr(self, path: str, name: str) -> None:
         if name.startswith(("security.", "system.")):

@@ -10,6 +10,7 @@ pending file for the image the service registered. Renames and folders are in ``
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -80,6 +81,9 @@ class WriteLayer:
         self._mtimes: dict[str, float] = journal.mtimes()
         self._stop = threading.Event()
         self._janitor: threading.Thread | None = None
+        # called after this layer archives an image (unlink, a replace registered, an orphan
+        # archived), so a view of the archive shows it at once; the VFS sets it
+        self.on_archived: Callable[[], None] = lambda: None
 
     # ------------------------------------------------------------------ life cycle
 
@@ -272,7 +276,7 @@ class WriteLayer:
         header), then the journal records them (resumable from now on)."""
         if pending.poison is not None:
             raise pending.poison
-        if not pending.dirty or pending.local:
+        if not pending.dirty or pending.local or pending.removed:
             return
         pending.dirty = False
         if pending.size == 0:
@@ -299,6 +303,9 @@ class WriteLayer:
         if pending.opens:
             return
         pending.last_close = self.clock()
+        if pending.removed:  # rm of an open file (or landed while read): the last close
+            pending.close_descriptor()
+            return
         if pending.poison is not None:
             self.forget(pending, cancel=True)
             return
@@ -368,9 +375,11 @@ class WriteLayer:
         self.remote.archive(self.view.dataset_id, [entry.image.id],
                             permanent=self.options.permanent_delete)
         self.view.note_gone(path)
+        self.on_archived()
         log.info("%s %s", "deleted" if self.options.permanent_delete else "archived", path)
 
     def forget(self, pending: Pending, cancel: bool) -> None:
+        pending.removed = True
         with self._lock:
             if self._pending.get(pending.path) is pending:
                 del self._pending[pending.path]
@@ -391,6 +400,8 @@ class WriteLayer:
     def _registered(self, entry_id: str, image: Image) -> None:
         with self._lock:
             pending = self._by_entry.pop(entry_id, None)
+            if pending is not None:
+                pending.removed = True
             if pending is not None and self._pending.get(pending.path) is pending:
                 del self._pending[pending.path]
                 if pending.path != image.path:
@@ -400,7 +411,36 @@ class WriteLayer:
                 self._mtimes[image.id] = mtime
         if pending is not None and pending.opens == 0:
             pending.close_descriptor()
+        if pending is not None and pending.after_register:
+            image = self._apply_attrs(image, pending.after_register)
         self.view.note_image(image)
+        entry = self.queue.get(entry_id)
+        if entry is None or entry.replaced_id is not None:
+            self.on_archived()  # a replace archived the image it replaced
+
+    def set_attr_after_register(self, pending: Pending, field_name: str, value: Any) -> bool:
+        """``split``/``tags`` set on a staged file: kept and applied right after register.
+        False when the file has landed meanwhile (the caller then sets it on the image)."""
+        with self._lock:
+            if pending.removed:
+                return False
+            pending.after_register[field_name] = value
+            return True
+
+    def _apply_attrs(self, image: Image, values: dict[str, Any]) -> Image:
+        try:
+            if "split" in values and values["split"] != image.split:
+                image = self.remote.set_split(image, values["split"])
+            if "tags" in values:
+                tags = list(values["tags"])
+                add = [t for t in tags if t not in image.tags]
+                remove = [t for t in image.tags if t not in tags]
+                if add or remove:
+                    self.remote.set_tags(image.dataset_id, image.id, add, remove)
+                image = dataclasses.replace(image, tags=tuple(tags))
+        except PictofsError as exc:
+            log.warning("%s: split/tags not set after upload: %s", image.path, exc)
+        return image
 
     def _failed(self, entry_id: str, reason: str) -> None:
         with self._lock:
@@ -450,6 +490,7 @@ class WriteLayer:
             with self._lock:
                 if self._orphans.get(path) is orphan:
                     del self._orphans[path]
+            self.on_archived()
             log.info("archived %s (renamed to a local name and not written back)", path)
 
     def _remove_leftovers(self) -> None:

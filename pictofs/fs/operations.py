@@ -74,11 +74,16 @@ def mtime_of(times: Any) -> float | None:
 
 class PictoFUSE(FUSE):
     """mfusepy's FUSE with the flags of ``rename`` passed on (3.1.1 drops them), so
-    ``RENAME_NOREPLACE`` is honoured and ``RENAME_EXCHANGE``/``RENAME_WHITEOUT`` refused."""
+    ``RENAME_NOREPLACE`` is honoured and ``RENAME_EXCHANGE``/``RENAME_WHITEOUT`` refused;
+    and with the file handle of ``ftruncate`` passed on (3.1.1 drops it too, and with
+    ``nopath`` the path is None then: vim's and ``cp``'s truncate of an open file)."""
 
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         return self.operations.rename(old.decode(self.encoding, self.errors),
                                       new.decode(self.encoding, self.errors), flags)
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        return self.ftruncate(path, length, fip)
 
 
 class PictoOperations(Operations):

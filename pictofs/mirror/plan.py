@@ -11,7 +11,8 @@ which local files count, and what to do to bring the service in step.
 
 restricted to ``scope`` (the paths a burst of events touched; ``None``: everything). It does
 no I/O. When a decision needs a file's sha256 (same size, new mtime; a possible move) the
-plan lists the file in ``hash_first`` and the caller plans again with the hash filled in.
+plan lists the files in ``hash_first`` and nothing else; the caller plans again with the
+hashes filled in.
 
 The rules, in the order they are tried for each local file:
 
@@ -85,11 +86,16 @@ SKIPPED_VERDICTS = frozenset({Verdict.SYMLINK, Verdict.UNSUPPORTED, Verdict.EMPT
 FAILED_VERDICTS = frozenset({Verdict.TOO_LARGE, Verdict.BAD_NAME})
 
 
+def ignored_folder(rel: str) -> bool:
+    """A local-only folder (``.git``, ``.Trash-1000``), or one inside such a folder."""
+    return any(names.is_local_only(part) for part in rel.split("/"))
+
+
 def classify(rel: str, *, is_symlink: bool, is_file: bool, size: int,
              target: Target | None = None) -> tuple[Verdict, str]:
     """What the mirror does with one local entry, and why (for the report)."""
     parts = rel.split("/")
-    if any(names.is_local_only(part) for part in parts):
+    if ignored_folder(rel):
         return Verdict.IGNORED, "a local-only name"
     if is_symlink:
         return Verdict.SYMLINK, "a symbolic link (not followed)"
@@ -263,6 +269,8 @@ class _Planner:
         vanished = [r for r in sorted(self.rows.values(), key=lambda r: r.rel)
                     if self._vanished(r)]
         paired = self._pair(new, vanished)
+        if self.plan.hash_first:  # no action before every decision could be made
+            return Plan(hash_first=self.plan.hash_first)
         for row in vanished:
             if row.rel not in paired:
                 (self.plan.archives if self.policy.delete else self.plan.kept).append(row)
@@ -324,14 +332,17 @@ class _Planner:
             if f.sha256 is None and f.size in sizes:
                 self.plan.hash_first.append(f)
                 continue
-            row = self._same_target(free, (folder, name)) or self._same_bytes(free, f, name,
-                                                                               folder)
-            if row is not None:
-                del free[row.rel]
-                self._reuse(f, row, folder, name)
-            else:
+            row = self._same_target(free, (folder, name))
+            if row is None:
+                row = self._same_bytes(free, f, name, folder)
+                if row is not None and not self._free(folder, name):
+                    row = None  # the target is taken: f is judged as a new file
+            if row is None:
                 self._new(f, folder, name)
-        return {rel for rel in (r.rel for r in vanished) if rel not in free}
+                continue
+            del free[row.rel]
+            self._reuse(f, row, folder, name)
+        return {row.rel for row in vanished if row.rel not in free}
 
     @staticmethod
     def _same_target(free: dict[str, Row], key: tuple[str, str]) -> Row | None:
@@ -347,52 +358,53 @@ class _Planner:
 
     def _reuse(self, f: LocalFile, row: Row, folder: str, name: str) -> None:
         """``f`` takes the place of the vanished ``row``."""
-        same_bytes = (f.size, f.sha256) == (row.size, row.sha256)
-        if (row.folder, row.name) == (folder, name) or (same_bytes and row.name == name
-                                                         and row.folder == folder):
-            if same_bytes:
+        if (row.folder, row.name) == (folder, name):
+            if (f.size, f.sha256) == (row.size, row.sha256):
                 self.plan.relinks.append(Relink(row, f))
             else:
                 self.plan.uploads.append(Upload(f, folder, replaced_id=row.image_id,
                                                 retire=row))
-        elif row.name == name and self._free(folder, name):
+        elif row.name == name:
             self.plan.moves.append(Move(row, f, folder))
-        elif self._free(folder, name):
-            self.plan.uploads.append(Upload(f, folder, retire=row, archive=True))
         else:
-            self._new(f, folder, name)
-            self.plan.kept.append(row)
-            return
+            self.plan.uploads.append(Upload(f, folder, retire=row, archive=True))
         self.claimed[(folder, name)] = f.rel
 
     def _free(self, folder: str, name: str) -> bool:
+        """Nothing else goes to, or is at, this service path."""
         key = (folder, name)
-        if key in self.claimed or (key in self.owner and self.owner[key].rel in self.files):
+        owner = self.owner.get(key)
+        if key in self.claimed or (owner is not None and not self._gone(owner)):
             return False
-        return self.remote is None or key not in self.remote
+        if self.remote is None or key not in self.remote:
+            return True
+        return owner is not None and owner.image_id == self.remote[key].id
 
     def _new(self, f: LocalFile, folder: str, name: str) -> None:
         key = (folder, name)
         owner = self.owner.get(key)
         if key in self.claimed or (owner is not None and owner.rel != f.rel
                                    and not self._gone(owner)):
-            other = self.claimed.get(key) or (owner.rel if owner else "?")
+            other = self.claimed.get(key) or (owner.rel if owner else "another file")
             self.plan.failures.append(Failure(
                 f.rel, f"{other} already goes to {join_path(folder, name)}"))
             return
-        self.claimed[key] = f.rel
         occupant = self.remote.get(key) if self.remote is not None else None
-        if occupant is None or (owner is not None and owner.image_id == occupant.id):
-            row = self.rows.get(f.rel) if owner is None or owner.rel == f.rel else None
-            replaced = occupant.id if occupant is not None else None
-            self.plan.uploads.append(Upload(f, folder, replaced_id=replaced,
-                                            retire=row if row and row is not owner else None))
+        if occupant is None:
+            self.plan.uploads.append(Upload(f, folder))
+        elif owner is not None and owner.rel != f.rel and owner.image_id == occupant.id:
+            self.plan.failures.append(Failure(
+                f.rel, f"{join_path(folder, name)} is still image {occupant.id} of "
+                       f"{owner.rel}, which moved; tried again when {f.rel} changes"))
+            return
         elif occupant.file_size == f.size or name != f.rel.rsplit("/", 1)[-1]:
             self.plan.adopts.append(Adopt(f, occupant))
         else:
             self.plan.failures.append(Failure(
                 f.rel, f"a different image named {name} already exists in {folder} "
                        "(not uploaded by this mirror: rename or archive it)"))
+            return
+        self.claimed[key] = f.rel
 
     def _gone(self, row: Row) -> bool:
         """The row's local file is known to be gone (it is in scope and absent)."""

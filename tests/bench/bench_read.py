@@ -127,6 +127,18 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
+def spread(times: list[float]) -> str:
+    """Median with the range of the repetitions: ``12.3 ms (11–15)``."""
+    return f"{ms(statistics.median(times))} ({min(times) * 1000:.0f}–{max(times) * 1000:.0f})"
+
+
+def load_average() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "unknown"
+
+
 def timed(action: Callable[[], object]) -> float:
     start = time.perf_counter()
     action()
@@ -521,9 +533,8 @@ def table(rows: list[Row], markdown: bool) -> str:
     for row in rows:
         target = f"≤ {row.target:.1f}×"
         if row.measured:
-            lines.append([row.key, row.name, ms(statistics.median(row.ours)), row.baseline,
-                          ms(statistics.median(row.base)), f"{row.ratio:.2f}×", target,
-                          row.verdict])
+            lines.append([row.key, row.name, spread(row.ours), row.baseline, spread(row.base),
+                          f"{row.ratio:.2f}×", target, row.verdict])
         else:
             lines.append([row.key, row.name, "—", row.baseline, "—", "—", target,
                           f"not measured ({row.note})"])
@@ -547,11 +558,11 @@ def counts_text(counts: Counter[str], markdown: bool) -> str:
 def report(bench: Bench, sizes: Sizes, quick: bool, markdown: bool) -> str:
     bullet = "- " if markdown else "  "
     lines = [f"Medians of {sizes.repetitions} repetitions"
-             f"{' (--quick: fewer and smaller)' if quick else ''}; "
-             "ratio = pictofs / baseline, lower is better.", "", table(bench.rows, markdown), ""]
-    lines.append("Reference timings (medians; no target):")
-    lines += [f"{bullet}{what}: {ms(statistics.median(times))}"
-              for what, times in bench.references]
+             f"{' (--quick: fewer and smaller)' if quick else ''}, range in parentheses (ms); "
+             "ratio = pictofs median / baseline median, lower is better.", "",
+             table(bench.rows, markdown), ""]
+    lines.append("Reference timings (no target):")
+    lines += [f"{bullet}{what}: {spread(times)}" for what, times in bench.references]
     lines += ["", "Requests the server saw during the first repetition:"]
     for r in bench.requests:
         verdict = "as expected" if r.seen == r.expected else \
@@ -592,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     root = Path(tempfile.mkdtemp(prefix="pictofs-bench-"))
     bench = Bench(root, sizes)
+    load_before = load_average()
     try:
         isolate_environment(root)
         bench.start()
@@ -599,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
         cache = bench.cold_read()
         bench.repeat_read(cache)
         bench.listings()
+        bench.notes.append(f"Load average (1 min) at start / end: {load_before} / "
+                           f"{load_average()} on {os.cpu_count()} CPUs.")
         broken = bench.tracebacks()
         if broken:
             bench.notes.append("Tracebacks in the mount logs: "

@@ -73,18 +73,23 @@ def mount_env(server) -> dict[str, str]:  # type: ignore[no-untyped-def]
 @pytest.fixture()
 def mount(server, tmp_path: Path, mount_env: dict[str, str]  # type: ignore[no-untyped-def]
           ) -> Iterator[Callable[..., Mount]]:
-    """``mount(dataset_name_or_None, *options, base_url=..., cache_dir=...)`` → Mount."""
+    """``mount(dataset_name_or_None, *options, base_url=..., cache_dir=..., env=...,
+    mountpoint=...)`` → Mount. ``env`` adds variables to the daemon's environment (and to
+    the ``pictofs`` commands of the Mount); ``mountpoint`` mounts again on a folder used
+    before (a stale mount of a killed daemon is cleaned by ``pictofs mount`` itself)."""
     made: list[Mount] = []
     attempts = iter(range(1000))
 
     def make(dataset: str | None, *options: str, base_url: str | None = None,
-             cache_dir: Path | None = None, expect_fail: bool = False) -> Mount:
+             cache_dir: Path | None = None, expect_fail: bool = False,
+             env: dict[str, str] | None = None, mountpoint: Path | None = None) -> Mount:
         index = next(attempts)
-        mountpoint = tmp_path / f"mnt{index}"
-        mountpoint.mkdir(exist_ok=True)
+        if mountpoint is None:
+            mountpoint = tmp_path / f"mnt{index}"
+            mountpoint.mkdir(exist_ok=True)
         cache = cache_dir or tmp_path / "cache"
         log_file = tmp_path / f"mount{index}.log"
-        env = dict(mount_env)
+        env = {**mount_env, **(env or {})}
         if base_url:
             env["PICTOGRAPH_BASE_URL"] = base_url
         args = ["mount", *([dataset] if dataset else []), str(mountpoint),

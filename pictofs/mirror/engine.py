@@ -1,0 +1,364 @@
+"""Carries out the mirror's plans: uploads through the journaled upload queue (the one the
+mount uses), server-side moves and archives, and the state database around them.
+
+An upload is staged as a consistent snapshot of the local file (``local.snapshot``), recorded
+in the state database as *pending* with its entry id, then handed to the queue; at most
+``WINDOW_FILES`` (and ``WINDOW_BYTES``) are staged at a time, and they are scheduled in
+chunks with one due time so that the queue's workers can send them with the bulk routes.
+The queue's callbacks (worker threads) turn a landed entry into a row — and archive the
+image a rename retires — or a failed one into a known failure, reported once and not retried
+until the file changes.
+
+``recover`` runs before the queue resumes its journal after a crash: an entry the journal
+saw land is recorded, a dropped one is forgotten (its file is looked at again), a rename
+whose upload landed gets its old image archived.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from pictofs.core.journal import Journal
+from pictofs.core.uploads import UploadQueue
+from pictofs.errors import NotFound, PictofsError
+from pictofs.mirror import local
+from pictofs.mirror.plan import (
+    FAILED_VERDICTS, Failure, Known, LocalFile, Move, Plan, Row, Upload, Verdict,
+)
+from pictofs.mirror.progress import Progress, Report
+from pictofs.mirror.state import MirrorState, Pending
+from pictofs.model import Image, join_path
+from pictofs.remote import Remote
+
+log = logging.getLogger(__name__)
+
+CHUNK_FILES, CHUNK_BYTES = 100, 64 << 20  # scheduled together (one bulk call per share)
+WINDOW_FILES, WINDOW_BYTES = 400, 256 << 20  # staged and not landed, at most
+SCHEDULE_AHEAD = 0.05  # seconds: a chunk becomes due at once, after it is all scheduled
+ARCHIVE_CHUNK = 1000
+
+
+class Stopped(Exception):
+    """A stop was asked for: no more steps are started."""
+
+
+class Engine:
+    def __init__(self, root: Path, remote: Remote, dataset_id: str, state: MirrorState,
+                 journal: Journal, *, transfers: int, retry_max_wait: float, batch: int,
+                 progress: Progress, report: Report,
+                 landed: Callable[[str], None] = lambda rel: None) -> None:
+        self.root = root
+        self._remote = remote
+        self._dataset_id = dataset_id
+        self.state = state
+        self.progress = progress
+        self.report = report
+        self._landed = landed
+        self.queue = UploadQueue(remote, journal, dataset_id, transfers=transfers,
+                                 write_back=0.0, retry_max_wait=retry_max_wait,
+                                 on_registered=self._registered, on_failed=self._failed,
+                                 batch=batch)
+        # _lock guards _live, known, _noted and report; _changed is signalled when an
+        # upload lands or fails.
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._live: dict[str, tuple[str, int]] = {}  # entry id → (rel, size) in flight
+        self.known: dict[str, Known] = {}  # rel → a failure reported for these bytes
+        self._noted: set[tuple[str, int, int]] = set()  # left-out files already logged
+        self._folders: set[str] = set()  # folders made on the service by this process
+        self.stopping = threading.Event()
+        self.retry_later: set[str] = set()  # paths whose move or archive failed for now
+        self.announce = False  # log each upload as it lands (while watching)
+
+    # ---------------------------------------------------------------- life cycle
+
+    def recover(self) -> None:
+        """Settle what a previous run left in flight; then resume and start the queue."""
+        for entry in self.queue.failed():
+            self.queue.discard(entry.id)
+        for entry_id, pending in self.state.pending().items():
+            entry = self.queue.get(entry_id)
+            if entry is not None and entry.state == "done" and entry.image_id:
+                self._recover_landed(entry_id, entry.image_id)
+            elif entry is None or entry.cancelled or not entry.flushed:
+                self.state.fail(entry_id)
+            else:
+                self._live[entry_id] = (pending.rel, pending.size)
+        waiting = set(self.state.pending())
+        for rel, entry_id in self.state.superseded().items():
+            row = self.state.row(rel)
+            if entry_id not in waiting and row is not None:
+                self._retire(row)
+        self.queue.resume()
+        self.queue.start()
+
+    def _recover_landed(self, entry_id: str, image_id: str) -> None:
+        try:
+            image = self._remote.get_image(image_id)
+        except NotFound:
+            self.state.fail(entry_id)
+            return
+        landing = self.state.land(entry_id, image)
+        if landing is not None and landing.archive is not None:
+            self._retire(landing.archive)
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        self.stopping.set()
+        return self.queue.stop(timeout)
+
+    def pending_rels(self) -> set[str]:
+        with self._lock:
+            return {rel for rel, _ in self._live.values()}
+
+    def busy(self) -> bool:
+        with self._lock:
+            return bool(self._live)
+
+    def wait_done(self, poll: float = 0.2) -> bool:
+        """Until every upload handed over landed or failed; False when stopped first."""
+        while True:
+            with self._changed:
+                if not self._live:
+                    return True
+                if self.stopping.is_set():
+                    return False
+                self._changed.wait(poll)
+            self.progress.tick()
+
+    # ---------------------------------------------------------------- plans
+
+    def note_left_out(self, left_out: dict[str, tuple[Verdict, str, int, int]]) -> None:
+        """Symlinks, unsupported, empty, oversize or badly named files: reported once."""
+        for rel, (verdict, reason, size, mtime_ns) in left_out.items():
+            if verdict in FAILED_VERDICTS:
+                self._fail_known(rel, size, mtime_ns, reason)
+                continue
+            with self._lock:
+                self.report.left_out[rel] = reason
+                first = (rel, size, mtime_ns) not in self._noted
+                self._noted.add((rel, size, mtime_ns))
+            if first and verdict is not Verdict.EMPTY:
+                log.info("skipped %s: %s", rel, reason)
+
+    def apply(self, plan: Plan) -> None:
+        """Carry out a plan; raises Stopped when a stop interrupts it (what is not staged
+        yet is left for the next run)."""
+        for failure in plan.failures:
+            self._report_failure(failure)
+        with self._lock:
+            self.report.same += plan.unchanged + len(plan.touches) + len(plan.relinks)
+            self.report.kept += len(plan.kept)
+            if plan.refused:
+                self.report.refused = plan.refused
+        if plan.refused:
+            log.error("%s", plan.refused)
+        for touch in plan.touches:
+            self.state.touch(touch.file.rel, touch.file.size, touch.file.mtime_ns)
+        for relink in plan.relinks:
+            row = relink.row
+            self.state.relink(row.rel, _row(relink.file, row.image_id, row.folder, row.name))
+        for adopt in plan.adopts:
+            self._adopt(adopt.file, adopt.image)
+        if plan.forgets:
+            self.state.delete([row.rel for row in plan.forgets])
+        for move in plan.moves:
+            self._check_stop()
+            self._move(move)
+        self._upload_all(plan.uploads)
+        self._archive(plan.archives)
+
+    def _adopt(self, f: LocalFile, image: Image) -> None:
+        try:
+            sha = f.sha256 or local.sha256_of(self.root / f.rel)
+        except OSError:
+            return  # gone meanwhile: the next look at it decides
+        self.state.put(_row(f, image.id, image.directory_path, image.filename, sha))
+        with self._lock:
+            self.report.adopted += 1
+        log.debug("%s is already on the service as image %s: adopted", f.rel, image.id)
+
+    def _move(self, move: Move) -> None:
+        row, f, folder = move.row, move.file, move.folder
+        try:
+            there = self._remote.find_image(self._dataset_id, folder, row.name)
+            if there is not None and there.id != row.image_id:
+                self._report_failure(Failure(f.rel, f"cannot move image {row.image_id} to "
+                                                    f"{join_path(folder, row.name)}: taken"))
+                return
+            self._make_folder(folder)
+            renamed = self._remote.move(self._dataset_id, [row.image_id], folder)
+            name = self._remote.get_image(row.image_id).filename if renamed else row.name
+        except NotFound:
+            log.info("image %s of %s is gone from the service: uploading %s", row.image_id,
+                     row.rel, f.rel)
+            self.state.delete([row.rel])
+            self._upload_all([Upload(f, folder)])
+            return
+        except PictofsError as exc:
+            log.warning("could not move %s to %s (%s); trying again later", row.rel, f.rel, exc)
+            self.retry_later.update((row.rel, f.rel))
+            return
+        if renamed:
+            log.warning("moved %s to %s, but the service renamed it %s (a name clash)",
+                        row.rel, f.rel, name)
+        self.state.relink(row.rel, _row(f, row.image_id, folder, name))
+        with self._lock:
+            self.report.moved += 1
+        log.info("moved %s → %s (same image %s)", row.rel, f.rel, row.image_id)
+
+    def _make_folder(self, folder: str) -> None:
+        if folder != "/" and folder not in self._folders:
+            self._remote.make_folder(self._dataset_id, folder)
+            self._folders.add(folder)
+
+    def _archive(self, rows: list[Row]) -> None:
+        for start in range(0, len(rows), ARCHIVE_CHUNK):
+            self._check_stop()
+            chunk = rows[start:start + ARCHIVE_CHUNK]
+            try:
+                self._remote.archive(self._dataset_id, [row.image_id for row in chunk])
+            except NotFound:
+                pass  # some were gone already; the others were archived
+            except PictofsError as exc:
+                log.warning("could not archive %d images (%s); trying again later",
+                            len(chunk), exc)
+                self.retry_later.update(row.rel for row in chunk)
+                continue
+            self.state.delete([row.rel for row in chunk])
+            with self._lock:
+                self.report.archived += len(chunk)
+            for row in chunk:
+                log.info("archived %s (deleted locally): image %s", row.rel, row.image_id)
+
+    # ---------------------------------------------------------------- uploads
+
+    def _upload_all(self, uploads: list[Upload]) -> None:
+        chunk: list[str] = []
+        size = 0
+        try:
+            for upload in uploads:
+                self._wait_for_room()
+                entry_id = self._stage(upload)
+                if entry_id is not None:
+                    chunk.append(entry_id)
+                    size += upload.file.size
+                if len(chunk) >= CHUNK_FILES or size >= CHUNK_BYTES:
+                    self._schedule(chunk)
+                    chunk, size = [], 0
+        finally:
+            self._schedule(chunk)
+
+    def _stage(self, upload: Upload) -> str | None:
+        f = upload.file
+        entry_id = self.queue.stage(upload.folder, f.rel.rsplit("/", 1)[-1],
+                                    upload.replaced_id)
+        try:
+            snap = local.snapshot(self.root / f.rel, f, self.queue.staging_path(entry_id))
+        except (local.Changed, OSError) as exc:
+            self.queue.discard(entry_id)
+            log.debug("not staged: %s", exc)
+            self.retry_later.add(f.rel)
+            return None
+        retire = upload.retire.rel if upload.retire is not None else None
+        self.state.add_pending(Pending(entry_id, f.rel, f.size, f.mtime_ns,
+                                       snap.sha256 or "", retire, upload.archive))
+        with self._lock:
+            self._live[entry_id] = (f.rel, f.size)
+            self.report.attempted += 1
+        self.queue.flushed(entry_id, f.size)
+        return entry_id
+
+    def _schedule(self, entry_ids: list[str]) -> None:
+        """Make a chunk due at one moment, so that a worker finds it whole."""
+        due = time.monotonic() + SCHEDULE_AHEAD
+        for entry_id in entry_ids:
+            self.queue.schedule(entry_id, max(0.0, due - time.monotonic()))
+
+    def _wait_for_room(self) -> None:
+        while True:
+            self._check_stop()
+            with self._changed:
+                if (len(self._live) < WINDOW_FILES
+                        and sum(size for _, size in self._live.values()) < WINDOW_BYTES):
+                    return
+                self._changed.wait(0.2)
+            self.progress.tick()
+
+    def _check_stop(self) -> None:
+        if self.stopping.is_set():
+            raise Stopped()
+
+    # ---------------------------------------------------------------- callbacks
+
+    def _registered(self, entry_id: str, image: Image) -> None:
+        landing = self.state.land(entry_id, image)
+        with self._changed:
+            self._live.pop(entry_id, None)
+            if landing is not None:
+                self.report.uploaded += 1
+            self._changed.notify_all()
+        if landing is None:
+            return
+        self.progress.advance(landing.row.size)
+        if self.announce:
+            log.info("uploaded %s as %s", landing.row.rel, image.path)
+        if landing.archive is not None:
+            self._retire(landing.archive)
+        self._landed(landing.row.rel)
+
+    def _failed(self, entry_id: str, reason: str) -> None:
+        pending = self.state.fail(entry_id)
+        self.queue.discard(entry_id)
+        with self._changed:
+            self._live.pop(entry_id, None)
+            self._changed.notify_all()
+        if pending is not None:
+            self._fail_known(pending.rel, pending.size, pending.mtime_ns, reason, logged=True)
+
+    def _retire(self, row: Row) -> None:
+        """Archive the image a rename replaced, then forget its row."""
+        try:
+            self._remote.archive(self._dataset_id, [row.image_id])
+        except NotFound:
+            pass
+        except PictofsError as exc:
+            log.warning("could not archive image %s of %s (%s); trying again at the next "
+                        "start", row.image_id, row.rel, exc)
+            return
+        self.state.delete([row.rel])
+        with self._lock:
+            self.report.renamed += 1
+        log.info("renamed %s: archived its old image %s", row.rel, row.image_id)
+
+    # ---------------------------------------------------------------- failures
+
+    def _report_failure(self, failure: Failure) -> None:
+        with self._lock:
+            self.report.failed[failure.rel] = failure.reason
+        if not failure.known:
+            log.warning("not uploaded: %s: %s", failure.rel, failure.reason)
+        if failure.rel in self.known:
+            return
+        try:
+            info = (self.root / failure.rel).stat()
+        except OSError:
+            return
+        with self._lock:
+            self.known[failure.rel] = Known(info.st_size, info.st_mtime_ns, failure.reason)
+
+    def _fail_known(self, rel: str, size: int, mtime_ns: int, reason: str,
+                    logged: bool = False) -> None:
+        with self._lock:
+            first = self.known.get(rel) != Known(size, mtime_ns, reason)
+            self.known[rel] = Known(size, mtime_ns, reason)
+            self.report.failed[rel] = reason
+        if first and not logged:
+            log.warning("not uploaded: %s: %s", rel, reason)
+
+
+def _row(f: LocalFile, image_id: str, folder: str, name: str, sha: str | None = None) -> Row:
+    return Row(f.rel, f.size, f.mtime_ns, sha or f.sha256 or "", image_id, folder, name)

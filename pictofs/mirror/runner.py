@@ -1,0 +1,121 @@
+"""``pictofs mirror LOCAL_DIR DATASET[:/folder]``: the composition root of mirror mode.
+
+Parses the target (split at the first ``:/``), connects (the embedded local server when no
+key is configured), opens the state database and the upload journal of this mirror, builds
+the engine and the session, installs the SIGINT/SIGTERM handlers (finish the step in flight,
+then stop) and runs ``--once`` or the watch loop.
+
+Exit codes: 0 — in step (``--once``) or stopped by a signal (watching); 1 — user errors (one
+line, via the CLI), ``--once`` with failures or refused deletions, or the mirrored folder
+went away while watching; 128 + the signal — ``--once`` stopped by a signal before it was
+done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from pictofs import dirs
+from pictofs.api.bulk_remote import BulkApiRemote
+from pictofs.core.journal import Journal, key_fingerprint
+from pictofs.embedded import connect
+from pictofs.errors import ConfigError, InvalidName, NotFound
+from pictofs.mirror.engine import Engine
+from pictofs.mirror.plan import Policy, Target
+from pictofs.mirror.progress import Progress, Report
+from pictofs.mirror.session import Session
+from pictofs.mirror.state import Identity, MirrorState
+from pictofs.names import normalize_folder
+
+log = logging.getLogger(__name__)
+
+BATCH = 100  # entries per bulk call at most (the service takes 500)
+STOP_TIMEOUT = 60.0  # seconds the steps in flight get to finish after a signal
+
+
+def parse_target(text: str) -> tuple[str, str]:
+    """``DATASET[:/folder]`` → (dataset, folder); split at the first ``:/``."""
+    name, sep, rest = text.partition(":/")
+    if not name:
+        raise ConfigError(f"{text!r}: expected DATASET or DATASET:/folder")
+    try:
+        return name, normalize_folder("/" + rest if sep else "/")
+    except InvalidName as exc:
+        raise ConfigError(f"{text!r}: bad folder: {exc}") from None
+
+
+def run_mirror(args: argparse.Namespace) -> int:
+    root = Path(os.path.realpath(os.path.expanduser(args.local_dir)))
+    if not root.is_dir():
+        raise ConfigError(f"{args.local_dir}: not a folder")
+    name, folder = parse_target(args.target)
+    if args.settle < 0 or args.transfers < 1 or args.max_delete < 0:
+        raise ConfigError("--settle and --max-delete cannot be negative, --transfers must be "
+                          "at least 1")
+    connection = connect(base_url=args.base_url, key_file=args.key_file)
+    assert connection.api_key is not None
+    remote = BulkApiRemote(connection, timeout=args.timeout, retries=args.retries,
+                           retry_max_wait=args.retry_max_wait,
+                           pool_size=max(16, 2 * args.transfers))
+    try:
+        dataset = remote.get_dataset(name)
+    except NotFound:
+        raise ConfigError(f"no dataset {name!r} at {connection.base_url} (create it with: "
+                          f"pictofs datasets create {name})") from None
+    identity = Identity(str(root), connection.base_url, dataset.id, folder,
+                        bool(args.organize_by_class))
+    state = MirrorState.open(dirs.state_dir(), identity)
+    journal = None
+    try:
+        journal = Journal(state.journal_dir, base_url=connection.base_url,
+                          dataset_id=dataset.id,
+                          fingerprint=key_fingerprint(connection.api_key))
+        return _run(args, root, remote, dataset.id, state, journal,
+                    Policy(Target(folder, bool(args.organize_by_class)), bool(args.delete),
+                           args.max_delete, bool(args.force)))
+    finally:
+        if journal is not None:
+            journal.close()
+        state.close()
+        remote.close()
+
+
+def _run(args: argparse.Namespace, root: Path, remote: BulkApiRemote, dataset_id: str,
+         state: MirrorState, journal: Journal, policy: Policy) -> int:
+    tty = sys.stderr.isatty() and not args.log_file
+    progress = Progress(sys.stderr, tty)
+    session: Session | None = None
+
+    def landed(rel: str) -> None:
+        if session is not None and not args.once:
+            session.landed(rel)
+
+    engine = Engine(root, remote, dataset_id, state, journal, transfers=args.transfers,
+                    retry_max_wait=args.retry_max_wait, batch=BATCH, progress=progress,
+                    report=Report(), landed=landed)
+    session = Session(root, engine, remote, dataset_id, policy, settle=args.settle,
+                      poll=bool(args.poll), workers=args.transfers)
+    log.info("mirroring %s into %s:%s%s", root, args.target.partition(":/")[0],
+             policy.target.folder, " (once)" if args.once else "")
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s: finishing the step in flight, then stopping",
+                 signal.Signals(signum).name)
+        assert session is not None
+        session.request_stop(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return session.run_once() if args.once else session.run_watch()
+    finally:
+        if not engine.stop(STOP_TIMEOUT):
+            log.warning("uploads still in flight after %.0fs; they resume at the next start",
+                        STOP_TIMEOUT)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,557 @@
+"""Write-side benchmark of the pictofs mount against the plain alternatives, in one run.
+
+Run: ``python tests/bench/bench_write.py [--quick]`` (needs /dev/fuse, fusermount3, ``cp``
+and ``rsync``). The name keeps it out of pytest's collection (``test_*.py``): it is a script,
+not a test.
+
+It starts its own reference server in a temporary folder, writes N distinct 100 KB JPEGs into
+a local folder ``photos/`` and measures, each as the median of several repetitions, every
+repetition into a fresh dataset:
+
+1. ``cp -r photos MOUNT/`` then ``pictofs sync MOUNT`` (total wall time, both commands) vs
+   ``upload_dataset_from_folder(max_workers=8)`` of the same folder (which also lands the files
+   in ``/photos``); target ≤ 1.0×, once with ``--write-back`` at its default (2s) and once
+   short (200ms). The ``cp -r`` alone is reported too, against ``cp -r`` to local disk; it
+   must not wait on the network, which is checked directly by running it once more through a
+   proxy that delays every request by 50 ms (target: ≤ 1.2× the ``cp -r`` without the delay);
+2. the second ``rsync -a photos MOUNT/`` (after a first ``rsync -a`` into a fresh dataset and
+   ``pictofs sync``) vs the second ``rsync -a`` from the local folder to another local folder:
+   target ≤ 3× and no upload at all (upload-url, register and storage PUT requests counted
+   from the server's ``/metrics`` during every second run; ``rsync --stats`` must report 0
+   files transferred). Measured on the same mount (its listings cached, the kernel's attribute
+   cache expired before every run) and on a fresh remount (listings asked for again; the
+   mtimes that ``rsync -a`` set come from the state folder).
+
+Every ratio is pictofs time / baseline time, printed with its target and PASS or MISS. Under
+the table: reference timings (the first ``rsync -a`` and its sync, ``pictofs sync`` with
+nothing pending), every repetition, and the requests the server saw during the first
+repetition of each measurement. The report is printed as plain text and again as Markdown for
+the docs. Everything (mounts, daemons, the proxy, the server, temporary folders) is cleaned
+up, also on failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+# bench_read (beside this script) puts tests/ on sys.path for faultproxy and imagegen
+from bench_read import (
+    KERNEL_ATTR_TIMEOUT,
+    Bench,
+    counts_text,
+    isolate_environment,
+    log,
+    route_counts,
+)
+from faultproxy import FaultProxy
+from imagegen import sized_jpeg
+
+from pictofs import workflows
+from pictofs.api import images as images_api
+
+IMAGE_SIZE = 100_000
+FOLDER = "photos"
+WRITE_BACKS = ("2s", "200ms")  # the default, and a short one
+ADDED_LATENCY = 0.05  # seconds the proxy adds to every request in the latency check
+UPLOAD_ROUTES = ("POST /images/upload-url", "POST /images/bulk-upload-url",
+                 "POST /images/register", "POST /images/bulk-register",
+                 "PUT /storage/upload/{token}")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    repetitions: int
+    files: int
+
+
+FULL = Sizes(repetitions=3, files=1000)
+QUICK = Sizes(repetitions=2, files=100)
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1000:.0f} ms"
+
+
+@dataclass
+class TimeRow:
+    """pictofs time against a baseline time; ``target`` None: for information only."""
+
+    key: str
+    name: str
+    baseline: str
+    target: float | None
+    ours: list[float] = field(default_factory=list)
+    base: list[float] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ours) / statistics.median(self.base)
+
+    def cells(self) -> list[str]:
+        if not (self.ours and self.base):
+            return [self.key, self.name, "—", self.baseline, "—", "—", self.target_text(),
+                    "not measured"]
+        result = "—" if self.target is None else \
+            "PASS" if self.ratio <= self.target else "MISS"
+        return [self.key, self.name, duration(statistics.median(self.ours)), self.baseline,
+                duration(statistics.median(self.base)), f"{self.ratio:.2f}×",
+                self.target_text(), result]
+
+    def target_text(self) -> str:
+        return "—" if self.target is None else f"≤ {self.target:.1f}×"
+
+    def spread(self) -> str:
+        return (f"pictofs {', '.join(duration(t) for t in self.ours)}; "
+                f"baseline {', '.join(duration(t) for t in self.base)}")
+
+
+@dataclass
+class CountRow:
+    """Requests counted per repetition; the target is that none happens."""
+
+    key: str
+    name: str
+    counts: list[int] = field(default_factory=list)
+
+    def cells(self) -> list[str]:
+        if not self.counts:
+            return [self.key, self.name, "—", "—", "—", "—", "0", "not measured"]
+        worst = max(self.counts)
+        return [self.key, self.name, f"{worst} (worst of {len(self.counts)})", "—", "—", "—",
+                "0", "PASS" if worst == 0 else "MISS"]
+
+    def spread(self) -> str:
+        return f"per run: {', '.join(str(n) for n in self.counts)}"
+
+
+Row = TimeRow | CountRow
+
+
+@dataclass
+class Seen:
+    """The requests the server saw during one measurement; ``compare`` (with ``why``) is
+    what they are held against, None when they are shown for information."""
+
+    what: str
+    seen: Counter[str]
+    compare: Counter[str] | None = None
+    why: str = ""
+
+    def text(self, markdown: bool) -> str:
+        line = f"{self.what}: {counts_text(self.seen, markdown)}"
+        if self.compare is None:
+            return line
+        if self.seen == self.compare:
+            return f"{line} (as expected)"
+        return f"{line} (compare: {counts_text(self.compare, markdown)} — {self.why})"
+
+
+def table(rows: list[Row], markdown: bool) -> str:
+    head = ["#", "Measurement", "pictofs", "Baseline", "Baseline time", "Ratio", "Target",
+            "Result"]
+    lines = [row.cells() for row in rows]
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        out += ["| " + " | ".join(cells) + " |" for cells in lines]
+        return "\n".join(out)
+    widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+                     + [fmt.format(*cells).rstrip() for cells in lines])
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def run(*command: str | Path, timeout: float = 900) -> str:
+    """Run a command; its stdout, or RuntimeError with its stderr."""
+    result = subprocess.run([str(part) for part in command], capture_output=True, text=True,
+                            env=dict(os.environ, LC_ALL="C"), timeout=timeout,
+                            stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, command))} exited {result.returncode}: "
+                           f"{result.stderr.strip()[:1000]}")
+    return result.stdout
+
+
+def rsync(source: Path, target: Path) -> int:
+    """``rsync -a source target/``; returns the number of regular files it transferred."""
+    out = run("rsync", "-a", "--stats", source, f"{target}/")
+    match = re.search(r"Number of regular files transferred: ([\d,]+)", out)
+    if match is None:
+        raise RuntimeError(f"no transfer count in the rsync --stats output: {out[:500]}")
+    return int(match[1].replace(",", ""))
+
+
+def uploads_in(counts: Counter[str]) -> int:
+    return sum(counts[route] for route in UPLOAD_ROUTES)
+
+
+def diff(after: Counter[str], before: Counter[str]) -> Counter[str]:
+    return Counter({k: after[k] - before[k] for k in after if after[k] != before[k]})
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class WriteBench(Bench):
+    """The temporary world of one run (server, mounts, teardown as for the read benchmark)
+    with the write measurements."""
+
+    def __init__(self, root: Path, sizes: Sizes) -> None:
+        super().__init__(root, sizes)  # type: ignore[arg-type]  # only root/counter matter
+        self.files = sizes.files
+        self.reps = sizes.repetitions
+        self.write_rows: list[Row] = []
+        self.proxy: FaultProxy | None = None
+        self.datasets = 0
+        self.seen: list[Seen] = []
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def make_source(self) -> None:
+        log(f"writing {self.files} × {IMAGE_SIZE // 1000} KB distinct JPEGs")
+        self.source_parent = self.fresh_dir("source")
+        self.source = self.source_parent / FOLDER
+        self.source.mkdir()
+        self.expected = {}
+        for i in range(self.files):
+            name = f"photo{i:05d}.jpg"
+            (self.source / name).write_bytes(sized_jpeg(IMAGE_SIZE, i))
+            self.expected[name] = IMAGE_SIZE
+
+    def new_dataset(self, kind: str) -> str:
+        assert self.client is not None
+        self.datasets += 1
+        name = f"{kind}-{self.datasets}"
+        self.client.projects.create(name)
+        return name
+
+    def check_landed(self, dataset: str) -> None:
+        """Untimed: every file is in ``/photos`` of the dataset with its size, nothing else."""
+        assert self.client is not None
+        got = {image.filename: image.file_size for image in
+               images_api.iter_images(self.client.transport, dataset,
+                                      directory_path=f"/{FOLDER}")}
+        if got != self.expected:
+            missing = sorted(set(self.expected) - set(got))[:5]
+            extra = sorted(set(got) - set(self.expected))[:5]
+            raise RuntimeError(f"{dataset}: {len(got)} images landed, expected {self.files} "
+                               f"(missing {missing}, unexpected {extra})")
+
+    # -- mounts -----------------------------------------------------------------------------
+
+    def mount_dataset(self, dataset: str, write_back: str = "2s", *,
+                      base_url: str | None = None, cache: Path | None = None) -> Path:
+        mountpoint = self.fresh_dir("mnt")
+        log_file = self.root / f"mount{self.counter}.log"
+        self.logs.append(log_file)
+        env = dict(self.env, PICTOGRAPH_BASE_URL=base_url or self.env["PICTOGRAPH_BASE_URL"])
+        result = subprocess.run(
+            [sys.executable, "-m", "pictofs", "mount", dataset, str(mountpoint),
+             "--cache-dir", str(cache or self.fresh_dir("cache")), "--write-back", write_back,
+             "--log-file", str(log_file)],
+            capture_output=True, text=True, env=env, timeout=120, stdin=subprocess.DEVNULL)
+        if result.returncode != 0:
+            raise RuntimeError(f"pictofs mount failed: {result.stderr.strip()}")
+        self.mounts.append(mountpoint)
+        return mountpoint
+
+    def sync(self, mountpoint: Path) -> None:
+        result = self.pictofs("sync", str(mountpoint), timeout=900)
+        if result.returncode != 0:
+            raise RuntimeError(f"pictofs sync failed: {(result.stderr or result.stdout)[:1000]}")
+
+    def close(self) -> None:
+        super().close()  # unmounts first: their daemons may still be talking to the proxy
+        if self.proxy is not None:
+            try:
+                self.proxy.stop()
+            except Exception as exc:
+                log(f"cleanup: proxy: {exc}")
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def counts(self) -> Counter[str]:
+        assert self.server is not None
+        return route_counts(self.server)
+
+    def record(self, what: str, before: Counter[str], compare: dict[str, int] | None = None,
+               why: str = "") -> None:
+        """Requests seen since ``before``."""
+        self.seen.append(Seen(what, diff(self.counts(), before),
+                              None if compare is None else Counter(compare), why))
+
+    # -- 1. cp -r + sync vs upload_dataset_from_folder ---------------------------------------
+
+    def copy(self) -> None:
+        assert self.client is not None and self.server is not None
+        n, default_wb = self.files, WRITE_BACKS[0]
+        keys = dict(zip(WRITE_BACKS, "ab"))
+        totals = {wb: TimeRow(f"1{key}", f"`cp -r` {n:,} × 100 KB + `pictofs sync`, "
+                                         f"`--write-back {wb}`",
+                              "`upload_dataset_from_folder`, 8 workers", 1.0)
+                  for wb, key in keys.items()}
+        alone = {wb: TimeRow(f"1{'cd'[i]}", f"`cp -r` alone (the first part of 1{key})",
+                             "`cp -r` to local disk", None)
+                 for i, (wb, key) in enumerate(keys.items())}
+        latency = TimeRow("1e", f"`cp -r` alone, +{ADDED_LATENCY * 1000:.0f} ms on every "
+                                f"request, `--write-back {default_wb}`",
+                          "`cp -r` alone without it (1c)", 1.2)
+        bulk = {"PUT /storage/upload/{token}": n,
+                "POST /images/bulk-upload-url": -(-n // images_api.BULK_LIMIT),
+                "POST /images/bulk-register": -(-n // images_api.BULK_LIMIT),
+                "POST /directories/": 1}
+        self.proxy = FaultProxy(self.server.base_url).start()
+        self.proxy.delay_next(ADDED_LATENCY, count=10**9)  # every request, for the whole run
+
+        for rep in range(self.reps):
+            first = rep == 0
+            log(f"copy {rep + 1}/{self.reps}: upload_dataset_from_folder")
+            dataset = self.new_dataset("upload")
+            before = self.counts()
+            start = time.perf_counter()
+            result = workflows.upload_dataset_from_folder(
+                self.client, dataset, folder=self.source_parent, organize_by_class=True,
+                parallel=True, max_workers=8)
+            elapsed = time.perf_counter() - start
+            if result.images_uploaded != n or result.failures:
+                raise RuntimeError(f"upload_dataset_from_folder: {result}")
+            for row in totals.values():
+                row.base.append(elapsed)
+            if first:
+                self.record("1 baseline, `upload_dataset_from_folder`", before)
+            self.check_landed(dataset)
+
+            local = self.fresh_dir("local-copy")
+            elapsed = timed_run(lambda: run("cp", "-r", self.source, f"{local}/"))
+            shutil.rmtree(local)
+            for row in alone.values():
+                row.base.append(elapsed)
+
+            for wb, key in keys.items():
+                log(f"copy {rep + 1}/{self.reps}: cp -r + sync, --write-back {wb}")
+                dataset = self.new_dataset(f"cp-{wb}")
+                mountpoint = self.mount_dataset(dataset, wb)
+                before = self.counts()
+                start = time.perf_counter()
+                run("cp", "-r", self.source, f"{mountpoint}/")
+                copied = time.perf_counter()
+                during_cp = self.counts()
+                self.sync(mountpoint)
+                done = time.perf_counter()
+                alone[wb].ours.append(copied - start)
+                totals[wb].ours.append(done - start)
+                if first:
+                    self.seen.append(Seen(f"1{key} during `cp -r` (before `pictofs sync`)",
+                                          diff(during_cp, before)))
+                    self.record(f"1{key} `cp -r` + `pictofs sync`, in all", before, bulk,
+                                "the bulk routes: one PUT per file, one upload-url and one "
+                                f"register call per {images_api.BULK_LIMIT} files, and the "
+                                "`mkdir`")
+                self.umount(mountpoint)
+                self.check_landed(dataset)
+                if first and wb == default_wb:
+                    self.idle_sync_reference(dataset)
+
+            log(f"copy {rep + 1}/{self.reps}: cp -r with +{ADDED_LATENCY * 1000:.0f} ms "
+                "on every request")
+            dataset = self.new_dataset("cp-latency")
+            mountpoint = self.mount_dataset(dataset, default_wb, base_url=self.proxy.url)
+            latency.ours.append(timed_run(lambda: run("cp", "-r", self.source,
+                                                      f"{mountpoint}/")))
+            latency.base.append(alone[default_wb].ours[-1])
+            self.sync(mountpoint)
+            self.umount(mountpoint)
+            self.check_landed(dataset)
+
+        self.write_rows += [*totals.values(), *alone.values(), latency]
+
+    def idle_sync_reference(self, dataset: str) -> None:
+        """``pictofs sync`` with nothing pending: the fixed cost inside rows 1a/1b."""
+        mountpoint = self.mount_dataset(dataset)
+        self.reference("`pictofs sync` with nothing pending (a CLI start-up)",
+                       lambda: self.sync(mountpoint))
+        self.umount(mountpoint)
+
+    def reference(self, what: str, action: Callable[[], object],
+                  before_each: Callable[[], object] | None = None) -> None:
+        times = []
+        for _ in range(self.reps):
+            if before_each:
+                before_each()
+            times.append(timed_run(action))
+        self.references.append((what, times))
+
+    # -- 2. the second rsync -a -------------------------------------------------------------
+
+    def second_rsync(self) -> None:
+        n = self.files
+        same = TimeRow("2a", f"Second `rsync -a` of {n:,} files, same mount",
+                       "second `rsync -a` local → local", 3.0)
+        remount = TimeRow("2b", f"Second `rsync -a` of {n:,} files, fresh remount",
+                          "second `rsync -a` local → local", 3.0)
+        uploads = CountRow("2c", "Upload requests during each second `rsync -a` (2a and 2b)")
+
+        log("first rsync -a to local disk")
+        local = self.fresh_dir("local-rsync")
+        rsync(self.source, local)
+
+        log("first rsync -a into a fresh dataset, then sync")
+        dataset = self.new_dataset("rsync")
+        cache = self.fresh_dir("cache")
+        mountpoint = self.mount_dataset(dataset, cache=cache)
+        before = self.counts()
+        start = time.perf_counter()
+        transferred = rsync(self.source, mountpoint)
+        copied = time.perf_counter()
+        self.sync(mountpoint)
+        done = time.perf_counter()
+        if transferred != n:
+            raise RuntimeError(f"the first rsync transferred {transferred} files, expected {n}")
+        self.references += [("first `rsync -a` into the mount (one run)", [copied - start]),
+                            ("first `rsync -a` + `pictofs sync` (one run)", [done - start])]
+        self.record("2 first `rsync -a` + `pictofs sync`", before)
+        self.check_landed(dataset)
+
+        pages = -(-n // images_api.PAGE_LIMIT)
+        listing = {"GET /images/": pages, "GET /directories/{dataset}": 2}
+
+        def second_run(row: TimeRow, target: Path, what: str, compare: dict[str, int],
+                       why: str) -> None:
+            time.sleep(KERNEL_ATTR_TIMEOUT + 0.2)  # the kernel's attribute cache has expired
+            before = self.counts()
+            start = time.perf_counter()
+            transferred = rsync(self.source, target)
+            row.ours.append(time.perf_counter() - start)
+            seen = diff(self.counts(), before)
+            uploads.counts.append(uploads_in(seen))
+            if transferred:
+                raise RuntimeError(f"the second rsync -a ({what}) transferred {transferred} "
+                                   "files, expected 0")
+            if len(row.ours) == 1:
+                self.seen.append(Seen(f"{row.key} second `rsync -a`, {what}", seen,
+                                      Counter(compare), why))
+
+        for rep in range(self.reps):
+            log(f"second rsync -a, same mount {rep + 1}/{self.reps}")
+            second_run(same, mountpoint, "same mount", {}, "the listing is cached")
+            same.base.append(timed_run(lambda: rsync(self.source, local)))
+        self.umount(mountpoint)
+
+        for rep in range(self.reps):
+            log(f"second rsync -a, fresh remount {rep + 1}/{self.reps}")
+            mountpoint = self.mount_dataset(dataset, cache=cache)
+            second_run(remount, mountpoint, "fresh remount", listing,
+                       f"listing the folder once: {pages} image page(s) and its folders call, "
+                       "and a folders call to find it in the root, as for `ls` on a fresh "
+                       "mount")
+            self.umount(mountpoint)
+            remount.base.append(timed_run(lambda: rsync(self.source, local)))
+        self.check_landed(dataset)
+        self.write_rows += [same, remount, uploads]
+
+
+def timed_run(action: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def report(bench: WriteBench, quick: bool, markdown: bool) -> str:
+    bullet = "- " if markdown else "  "
+    lines = [f"{bench.files:,} distinct JPEGs of 100 KB; medians of {bench.reps} repetitions"
+             f"{' (--quick: fewer files and repetitions)' if quick else ''}, each into a "
+             "fresh dataset; ratio = pictofs / baseline, lower is better.", "",
+             table(bench.write_rows, markdown), "", "Every repetition:"]
+    lines += [f"{bullet}{row.key}: {row.spread()}" for row in bench.write_rows]
+    lines += ["", "Reference timings (medians; no target):"]
+    lines += [f"{bullet}{what}: {duration(statistics.median(times))}"
+              for what, times in bench.references]
+    lines += ["", "Requests the server saw during the first repetition:"]
+    lines += [f"{bullet}{seen.text(markdown)}" for seen in bench.seen]
+    if bench.notes:
+        lines.append("")
+        lines += [f"{bullet}{note}" for note in bench.notes]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    """CPU, CPU count, kernel and Python, for the record."""
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
+            f"Python {platform.python_version()}")
+
+
+def load_average() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK.repetitions} repetitions of {QUICK.files} files "
+                             f"(default: {FULL.repetitions} of {FULL.files:,})")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    root = Path(tempfile.mkdtemp(prefix="pictofs-bench-write-"))
+    bench = WriteBench(root, sizes)
+    load_before = load_average()
+    try:
+        isolate_environment(root)
+        bench.start()
+        bench.make_source()
+        bench.copy()
+        bench.second_rsync()
+        bench.notes.append(f"Machine: {machine()}; load average (1 min) at start / end: "
+                           f"{load_before} / {load_average()}.")
+        broken = bench.tracebacks()
+        if broken:
+            bench.notes.append("Tracebacks in the mount logs: "
+                               + ", ".join(p.name for p in broken))
+    finally:
+        bench.close()
+        shutil.rmtree(root, ignore_errors=True)
+    print(report(bench, args.quick, markdown=False))
+    print("\n--- Markdown ---\n")
+    print(report(bench, args.quick, markdown=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

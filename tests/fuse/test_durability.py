@@ -1,0 +1,315 @@
+"""Durability of the write-back queue through a real mount (filesystem §4 ``--min-free-space``,
+§5 "Durability" and "Failures", §8 ``sync``/``umount``/``status``).
+
+- ``kill -9`` of the daemon with 200 uploads pending, and crashes at exact steps of an upload
+  (``PICTOFS_FAULT=crash:after_put`` / ``crash:after_register``, which SIGKILL the daemon right
+  there): the next ``pictofs mount`` on the same mountpoint cleans the stale mount and resumes
+  the journal, and ``pictofs sync`` lands every file exactly once, none lost, no staging file
+  left behind.
+- The service unreachable (a fault proxy refusing every connection) while ``cp -r`` writes:
+  the copy finishes without the network; the uploads wait and land once it is back.
+- A permanent refusal (415) ends as ``failed``: listed by ``pictofs status``, visible with
+  ``user.pictofs.error``, named by ``pictofs sync`` and ``pictofs umount`` (non-zero, no hang),
+  discarded by ``rm``.
+- A small staging disk with ``--min-free-space``: ``ENOSPC`` past the limit, earlier files
+  kept and uploaded once space returns.
+
+Nothing here waits on the wall clock except polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from faultproxy import FaultProxy
+from imagegen import jpeg_bytes, png_bytes, sized_jpeg
+from mountkit import (Counts, journal_folder, kill_daemon, live, pictofs_cmd, service_bytes,
+                      staging_files, sync, wait_for)
+
+pytestmark = pytest.mark.fuse
+
+MB = 1024 * 1024
+REGISTER_PATH = r"/images/register$"
+
+
+@pytest.fixture()
+def proxy(server):  # type: ignore[no-untyped-def]
+    with FaultProxy(upstream=server.base_url, seed=2) as p:
+        yield p
+
+
+def write_files(folder: Path, files: dict[str, bytes]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+
+
+def pngs(count: int, seed: int = 0, prefix: str = "img") -> dict[str, bytes]:
+    return {f"{prefix}{n:04d}.png": png_bytes(seed + n) for n in range(count)}
+
+
+def cp_tree(source: Path, target: Path) -> None:
+    """``cp -r SOURCE/. TARGET/``: must succeed."""
+    result = subprocess.run(["cp", "-r", f"{source}/.", f"{target}/"], capture_output=True,
+                            text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+
+
+def uploads_status(m) -> dict:  # type: ignore[no-untyped-def, type-arg]
+    return m.status()["uploads"]
+
+
+def assert_exactly_once(client, dataset, folder: str, files: dict[str, bytes],  # type: ignore[no-untyped-def]
+                        scratch: Path) -> None:
+    """The folder holds exactly these files, each once, with these bytes, and nothing of
+    the dataset is archived (no second copy was made and then replaced)."""
+    images = list(client.images.list(dataset.id, include_archived=True))
+    names = sorted(img.filename for img in images if img.directory_path == folder)
+    assert names == sorted(files), "missing or duplicate images"
+    assert not [img.path for img in images if img.is_archived]
+    for image in images:
+        assert service_bytes(client, image.id, scratch) == files[image.filename], image.path
+
+
+# ---------------------------------------------------------------------- kill -9 and crashes
+
+
+def test_kill_9_with_200_pending_uploads_lands_each_exactly_once(client, dataset, mount, server,
+                                                                tmp_path):
+    files = pngs(200)
+    write_files(tmp_path / "src", files)
+    counts = Counts(server)
+    m = mount(dataset.name, "--write-back", "1h")
+    (m.path / "many").mkdir()
+    cp_tree(tmp_path / "src", m.path / "many")
+    wait_for(lambda: uploads_status(m)["pending"] == 200, "200 pending journal entries")
+    assert counts.uploads() == 0
+    kill_daemon(m)
+    assert len(staging_files(m, dataset)) == 200
+
+    again = mount(dataset.name, "--write-back", "0.2s", mountpoint=m.path)
+    sync(again)
+    assert_exactly_once(client, dataset, "/many", files, tmp_path)
+    assert counts.succeeded()["register"] == 200, counts.succeeded()
+    assert staging_files(again, dataset) == []
+    status = uploads_status(again)
+    assert (status["pending"], status["in_flight"], status["failed"]) == (0, 0, [])
+    assert sorted(os.listdir(again.path / "many")) == sorted(files)
+
+
+@pytest.mark.parametrize("point", ["after_put", "after_register"])
+def test_crash_at_an_upload_step_loses_nothing_and_duplicates_nothing(client, dataset, mount,
+                                                                      tmp_path, point):
+    files = pngs(24, seed=1000)
+    write_files(tmp_path / "src", files)
+    # 1. write with uploads held back, then kill: every file is a resumable journal entry
+    m = mount(dataset.name, "--write-back", "1h")
+    (m.path / "crash").mkdir()
+    cp_tree(tmp_path / "src", m.path / "crash")
+    wait_for(lambda: uploads_status(m)["pending"] == 24, "24 pending journal entries")
+    kill_daemon(m)
+    # 2. the next mount resumes them and dies at the third time it reaches the step
+    crashing = mount(dataset.name, "--write-back", "0.2s", mountpoint=m.path,
+                     env={"PICTOFS_FAULT": f"crash:{point}:3"})
+    wait_for(lambda: "fault injection: crashing at " + point in crashing.log(),
+             f"the daemon to crash at {point}")
+    wait_for(lambda: not os.path.exists(crashing.path / "crash"), "the crashed mount to go")
+    crashing.mounted = False
+    # 3. a clean mount finishes the job
+    again = mount(dataset.name, "--write-back", "0.2s", mountpoint=m.path)
+    sync(again)
+    assert_exactly_once(client, dataset, "/crash", files, tmp_path)
+    assert staging_files(again, dataset) == []
+    status = uploads_status(again)
+    assert (status["pending"], status["in_flight"], status["failed"]) == (0, 0, [])
+
+
+# ---------------------------------------------------------------------- service unreachable
+
+
+def test_cp_finishes_while_the_service_is_unreachable_and_uploads_follow(client, dataset, mount,
+                                                                         proxy, tmp_path):
+    files = pngs(20, seed=2000)
+    write_files(tmp_path / "src", files)
+    m = mount(dataset.name, "--write-back", "0.2s", "--retry-max-wait", "1s",
+              "--dir-cache-time", "5m", base_url=proxy.url)
+    (m.path / "offline").mkdir()
+    assert os.listdir(m.path / "offline") == []  # the folder's listing is now known
+    proxy.pause()
+    cp_tree(tmp_path / "src", m.path / "offline")  # returns with the service still away
+    assert sorted(os.listdir(m.path / "offline")) == sorted(files)
+    for name, data in files.items():
+        assert (m.path / "offline" / name).read_bytes() == data
+    status = uploads_status(m)
+    assert status["pending"] + status["in_flight"] == 20 and status["failed"] == []
+    assert live(client, dataset, "/offline") == {}
+    proxy.resume()
+    sync(m)
+    assert_exactly_once(client, dataset, "/offline", files, tmp_path)
+    assert staging_files(m, dataset) == []
+
+
+# ---------------------------------------------------------------------- permanent failures
+
+
+def truncated_png(seed: int) -> bytes:
+    """A PNG cut in half: its header identifies it (so the mount takes it), but the service
+    decodes it in full and refuses it with 415."""
+    whole = png_bytes(seed, size=(64, 48))
+    return whole[:len(whole) // 2]
+
+
+@pytest.mark.parametrize("refusal", ["proxy", "service"])
+def test_a_415_ends_as_failed_and_rm_discards_it(client, dataset, mount, proxy, refusal):
+    """``proxy``: the register answers 415; ``service``: the service itself refuses bytes
+    the mount's header check accepted."""
+    m = mount(dataset.name, "--write-back", "0.2s", base_url=proxy.url)
+    if refusal == "proxy":
+        proxy.fail_next(415, path=REGISTER_PATH, method="POST")
+        name, data = "bad.jpg", jpeg_bytes(31)
+    else:
+        name, data = "bad.png", truncated_png(32)
+    bad = m.path / name
+    bad.write_bytes(data)
+    wait_for(lambda: uploads_status(m)["failed"], "the upload to fail")
+
+    failed = uploads_status(m)["failed"]
+    assert [f["path"] for f in failed] == ["/" + name]
+    reason = failed[0]["error"]
+    assert "415" in reason or "unsupported" in reason.lower() or "decod" in reason, reason
+    text = pictofs_cmd(m, "status", str(m.path))
+    assert text.returncode == 0 and f"/{name}: {reason}" in text.stdout, text.stdout
+    attr = subprocess.run(["getfattr", "--only-values", "-n", "user.pictofs.error", str(bad)],
+                          capture_output=True, text=True, timeout=30)
+    assert attr.returncode == 0 and attr.stdout == reason, attr.stderr
+    assert bad.read_bytes() == data
+
+    result = pictofs_cmd(m, "sync", str(m.path), timeout=60)
+    assert result.returncode != 0
+    assert f"/{name}: {reason}" in result.stderr, result.stderr
+
+    os.unlink(bad)
+    assert not bad.exists()
+    sync(m)
+    assert uploads_status(m)["failed"] == []
+    assert live(client, dataset) == {}
+    assert staging_files(m, dataset) == []
+
+
+# ---------------------------------------------------------------------- umount
+
+
+def test_umount_waits_for_pending_uploads_then_unmounts(client, dataset, mount, proxy, tmp_path):
+    files = pngs(10, seed=3000)
+    write_files(tmp_path / "src", files)
+    m = mount(dataset.name, "--write-back", "0.2s", "--retry-max-wait", "1s",
+              "--dir-cache-time", "5m", base_url=proxy.url)
+    (m.path / "late").mkdir()
+    os.listdir(m.path / "late")
+    proxy.pause()
+    cp_tree(tmp_path / "src", m.path / "late")
+    umount = subprocess.Popen([sys.executable, "-m", "pictofs", "umount", str(m.path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=m.env,
+                              stdin=subprocess.DEVNULL)
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(iter(
+        lambda: umount.stderr.read(1).decode("utf-8", "replace"), "")), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: "waiting for" in "".join(said), "the umount progress line")
+        assert umount.poll() is None, "umount returned with uploads still pending"
+        assert os.path.ismount(m.path)
+        proxy.resume()
+        assert umount.wait(timeout=120) == 0, "".join(said)
+    finally:
+        if umount.poll() is None:
+            umount.kill()
+        reader.join(timeout=10)
+    m.mounted = False
+    assert not os.path.ismount(m.path)
+    assert "unmounted" in "".join(said)
+    assert_exactly_once(client, dataset, "/late", files, tmp_path)
+
+
+def test_umount_with_a_failed_upload_exits_non_zero_naming_it(client, dataset, mount, tmp_path):
+    m = mount(dataset.name, "--write-back", "0.2s")
+    good = png_bytes(41)
+    (m.path / "good.png").write_bytes(good)
+    (m.path / "broken.png").write_bytes(truncated_png(42))
+    wait_for(lambda: uploads_status(m)["failed"], "the broken upload to fail")
+    result = m.umount()
+    m.mounted = False
+    assert result.returncode != 0
+    assert "/broken.png" in result.stderr and "good.png" not in result.stderr
+    assert not os.path.ismount(m.path)
+    assert {p: service_bytes(client, i.id, tmp_path) for p, i in live(client, dataset).items()} \
+        == {"/good.png": good}
+    # the failed entry is kept in the journal: the next mount still lists it
+    again = mount(dataset.name, "--write-back", "0.2s", mountpoint=m.path)
+    assert [f["path"] for f in uploads_status(again)["failed"]] == ["/broken.png"]
+    os.unlink(again.path / "broken.png")
+    assert again.umount().returncode == 0
+    assert staging_files(again, dataset) == []
+
+
+# ---------------------------------------------------------------------- --min-free-space
+
+
+@pytest.fixture()
+def small_state_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 16 MiB tmpfs to hold the mount's state dir (journal and staging)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "statedisk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(disk)],
+                   check=True, timeout=30)
+    yield disk
+    if subprocess.run(["umount", str(disk)], capture_output=True, timeout=30).returncode:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
+
+
+def test_min_free_space_refuses_writes_with_enospc_and_keeps_earlier_files(
+        small_state_disk, client, dataset, mount, proxy, tmp_path):
+    m = mount(dataset.name, "--write-back", "0.2s", "--retry-max-wait", "1s",
+              "--min-free-space", "8M", "--dir-cache-time", "5m", base_url=proxy.url,
+              env={"XDG_STATE_HOME": str(small_state_disk)})
+    assert journal_folder(m, dataset).is_relative_to(small_state_disk)
+    (m.path / "full").mkdir()
+    os.listdir(m.path / "full")
+    proxy.pause()  # nothing leaves staging while the disk fills
+    kept: dict[str, bytes] = {}
+    refused = None
+    for n in range(8):  # 8 × 2 MiB is more than the 16 MiB disk less the 8 MiB kept free
+        name, data = f"f{n}.jpg", sized_jpeg(2 * MB, seed=n)
+        try:
+            with open(m.path / "full" / name, "wb") as handle:
+                handle.write(data)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+            refused = name
+            break
+        kept[name] = data
+    assert refused is not None, "no write was refused"
+    assert len(kept) >= 2
+    os.unlink(m.path / "full" / refused)  # what a user does with a copy that failed
+    for name, data in kept.items():
+        assert (m.path / "full" / name).read_bytes() == data
+
+    proxy.resume()  # the uploads land and free the staging disk
+    sync(m)
+    assert_exactly_once(client, dataset, "/full", kept, tmp_path)
+    assert staging_files(m, dataset) == []
+    later = sized_jpeg(2 * MB, seed=99)
+    (m.path / "full" / "later.jpg").write_bytes(later)
+    sync(m)
+    assert_exactly_once(client, dataset, "/full", {**kept, "later.jpg": later}, tmp_path)
+    assert m.umount().returncode == 0

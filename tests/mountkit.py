@@ -1,0 +1,134 @@
+"""Helpers for the write-side mount tests: request counts, ``pictofs`` commands against a
+mount, what the service holds, the mount's journal folder, and a killed daemon.
+
+Counts come from the reference server's ``/metrics`` (route templates, so they do not depend
+on ids); everything that waits polls a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from pictofs.core.journal import journal_dir
+from pictofs.model import Image
+
+API = "/api/v1/developer"
+UPLOAD_URL = f"{API}/images/upload-url"
+BULK_UPLOAD_URL = f"{API}/images/bulk-upload-url"
+REGISTER = f"{API}/images/register"
+BULK_REGISTER = f"{API}/images/bulk-register"
+BATCH_DELETE = f"{API}/batch/images/delete"
+BATCH_MOVE = f"{API}/batch/images/move"
+
+
+class Counts:
+    """POST counts of the upload and batch routes since construction, by route; ``since()``
+    counts every answer, ``succeeded()`` only 2xx answers."""
+
+    ROUTES = {"upload_url": UPLOAD_URL, "bulk_upload_url": BULK_UPLOAD_URL,
+              "register": REGISTER, "bulk_register": BULK_REGISTER,
+              "archive": BATCH_DELETE, "move": BATCH_MOVE}
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.start_all = self._now(ok_only=False)
+        self.start_ok = self._now(ok_only=True)
+
+    def _now(self, ok_only: bool) -> dict[str, int]:
+        metrics = self.server.metrics()
+        return {key: sum(n for (method, r, status), n in metrics.items()
+                         if method == "POST" and r == route
+                         and (not ok_only or 200 <= status < 300))
+                for key, route in self.ROUTES.items()}
+
+    def since(self) -> dict[str, int]:
+        now = self._now(ok_only=False)
+        return {key: now[key] - self.start_all[key] for key in now}
+
+    def succeeded(self) -> dict[str, int]:
+        now = self._now(ok_only=True)
+        return {key: now[key] - self.start_ok[key] for key in now}
+
+    def uploads(self) -> int:
+        """Upload-URL requests of any kind: zero means nothing was sent."""
+        changes = self.since()
+        return changes["upload_url"] + changes["bulk_upload_url"]
+
+
+def pictofs_cmd(m: Any, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """``pictofs ARGS`` with the mount's environment (never hangs the test run)."""
+    return subprocess.run([sys.executable, "-m", "pictofs", *args], capture_output=True,
+                          text=True, env=m.env, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def sync(m: Any, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """``pictofs sync MOUNTPOINT``, expected to succeed."""
+    result = pictofs_cmd(m, "sync", str(m.path), timeout=timeout)
+    assert result.returncode == 0, f"pictofs sync failed: {result.stderr}\n{m.log()[-3000:]}"
+    return result
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    """Poll ``condition`` until it is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def live(client: Any, dataset: Any, folder: str | None = None) -> dict[str, Image]:
+    """Path → image of the dataset's live images (or of one folder)."""
+    return {img.path: img for img in client.images.list(dataset.id, folder_path=folder)}
+
+
+def everything(client: Any, dataset: Any) -> list[Image]:
+    """Every image of the dataset, archived ones included."""
+    return list(client.images.list(dataset.id, include_archived=True))
+
+
+def service_bytes(client: Any, image_id: str, scratch: Path) -> bytes:
+    target = scratch / f"download-{image_id}"
+    client.images.download(image_id, target)
+    data = target.read_bytes()
+    target.unlink()
+    return data
+
+
+def journal_folder(m: Any, dataset: Any) -> Path:
+    """The state folder of the mount's journal (``journal.db``, ``staging/``, ``local/``)."""
+    state = Path(m.env["XDG_STATE_HOME"]) / "pictofs"
+    return journal_dir(state, m.env["PICTOGRAPH_BASE_URL"], dataset.id,
+                       m.env["PICTOGRAPH_API_KEY"])
+
+
+def staging_files(m: Any, dataset: Any) -> list[str]:
+    staging = journal_folder(m, dataset) / "staging"
+    return sorted(p.name for p in staging.iterdir()) if staging.is_dir() else []
+
+
+def is_dead_mount(path: Path) -> bool:
+    """The daemon behind ``path`` is gone: the kernel answers ENOTCONN."""
+    try:
+        os.statvfs(path)
+    except OSError as exc:
+        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    return False
+
+
+def kill_daemon(m: Any) -> None:
+    """``kill -9`` the mount's daemon (pid from ``pictofs status``) and wait until the
+    mount is dead; the Mount is then left to be cleaned by the next ``pictofs mount``."""
+    pid = int(m.status()["pid"])
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: is_dead_mount(m.path), "the killed daemon's mount to go stale")
+    m.mounted = False
