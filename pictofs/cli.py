@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     create = verbs.add_parser("create", help="create a dataset")
     add_options(create, "datasets")
     create.add_argument("name", metavar="NAME")
-    create.add_argument("--description", default=None)
+    create.add_argument("--description", default=None, help="a line describing the dataset")
     create.add_argument("--exist-ok", action="store_true",
                         help="succeed when a dataset of that name already exists")
     create.set_defaults(handler=cmd_datasets_create)

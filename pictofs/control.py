@@ -26,10 +26,19 @@ Handler = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_REQUEST = 64 * 1024
 
 
-def socket_path(mountpoint: str | os.PathLike[str]) -> Path:
+def socket_path(mountpoint: str | os.PathLike[str], folder: Path | None = None) -> Path:
+    """Where the mount at ``mountpoint`` listens (in ``folder``, default the runtime dir)."""
     real = os.path.realpath(mountpoint)
     digest = hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:24]
-    return dirs.runtime_dir() / f"mount-{digest}.sock"
+    return (folder or dirs.runtime_dir()) / f"mount-{digest}.sock"
+
+
+def _find_socket(mountpoint: str) -> Path:
+    """The runtime dir first, then the state dir's fallback: a mount started by a system
+    unit or mount(8) has no ``XDG_RUNTIME_DIR``, a login shell asking about it does."""
+    primary = socket_path(mountpoint)
+    fallback = socket_path(mountpoint, dirs.state_dir() / "run")
+    return primary if primary.exists() or not fallback.exists() else fallback
 
 
 class ControlServer:
@@ -111,7 +120,7 @@ def request(mountpoint: str, cmd: str, socket_timeout: float | None = 30, **fiel
             ) -> dict[str, Any]:
     """Send one command (with ``fields``) to the mount at ``mountpoint`` and wait up to
     ``socket_timeout`` for the answer; ConfigError if no mount listens there."""
-    path = socket_path(mountpoint)
+    path = _find_socket(mountpoint)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(socket_timeout)
     try:

@@ -109,6 +109,9 @@ class Renamer:
         if isinstance(target, Pending) and target is not pending:
             self.writes.unlink(new)
         self.writes.move_pending(pending, new)
+        if pending.entry_id is not None and pending.opens == 0 and pending.written \
+                and pending.size > 0:
+            self.writes.queue.schedule(pending.entry_id, 0.0)  # closed and renamed: at once
 
     def _make_local(self, pending: Pending) -> None:
         """A staged upload renamed to a local-only name stays here and uploads nothing."""

@@ -46,6 +46,8 @@ from pictofs.remote import Remote, UploadTicket
 log = logging.getLogger(__name__)
 
 Outcome = Union[Landed, BaseException]
+MIN_SHARE = 8
+SLACK = 0.05  # seconds: entries due this close together travel together
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,8 @@ def companions(schedule: Schedule, journal: Journal, task: Task, *, limit: int,
                workers: int) -> list[Task]:
     """The due fresh entries of ``task``'s folder (distinct names) to send in one batch with
     it, marked running: up to ``limit`` in all, and about an equal share of what is due per
-    worker, so that the workers run batches side by side. Called with the queue's lock."""
+    worker (so that the workers run batches side by side), but not fewer than ``MIN_SHARE``
+    (so that the last few do not trickle out one by one). Called with the queue's lock."""
     if schedule.paused:
         return []
     first = journal.get(task.entry_id)
@@ -101,8 +104,9 @@ def companions(schedule: Schedule, journal: Journal, task: Task, *, limit: int,
         names.add(entry.filename)
         return True
 
-    share = math.ceil((schedule.due_count() + 1) / max(1, workers))
-    return schedule.take_matching(min(limit, share) - 1, fits)
+    due = schedule.due_count(SLACK) + 1
+    share = max(math.ceil(due / max(1, workers)), min(due, MIN_SHARE))
+    return schedule.take_matching(min(limit, share) - 1, fits, SLACK)
 
 
 @dataclass

@@ -264,7 +264,9 @@ class UploadJob:
             self._control.record(step="put", register_key=register_key)
             self._control.mark_put()
             fault_point("after_put")
-        return self._control.register(lambda: self._register(entry, staged, register_key))
+        sent_before = entry.register_key is not None  # by an earlier run, maybe a crashed one
+        return self._control.register(
+            lambda: self._register(entry, staged, register_key, sent_before))
 
     def _ticket(self, entry: Entry, staged: StagedFile) -> UploadTicket:
         key = new_key()
@@ -288,13 +290,26 @@ class UploadJob:
             self._control.checkpoint()
             self._remote.put_upload(ticket, staged.path, staged.size)
 
-    def _register(self, entry: Entry, staged: StagedFile, key: str) -> Landed:
+    def _register(self, entry: Entry, staged: StagedFile, key: str,
+                  sent_before: bool = False) -> Landed:
         try:
             image = self._remote.register_upload(
                 self._dataset_id, entry.folder, entry.filename, staged.size,
                 staged.content_type, staged.width, staged.height, idempotency_key=key)
         except AlreadyExists:
             return self._adopt(entry, staged)
+        except PictofsError as exc:
+            # A key sent before can hold the service's answer to a request it could not
+            # read (its sender was killed mid-request): 400 "error parsing the body", replayed
+            # for 24 h. A 400/422 means that request created nothing, so one more register
+            # with a fresh key cannot make a second image.
+            if not sent_before or getattr(exc, "status", None) not in (400, 422):
+                raise
+            log.info("%s: register with the saved key refused (%s); trying once with a "
+                     "fresh key", entry.path, describe(exc))
+            fresh = new_key()
+            self._control.record(register_key=fresh)
+            return self._register(entry, staged, fresh)
         return Landed(image, "uploaded")
 
     def adopt(self, entry: Entry, staged: StagedFile) -> Landed:

@@ -114,16 +114,18 @@ class Schedule:
             return task, None
         return None, None
 
-    def due_count(self) -> int:
-        """How many tasks a worker could take now."""
-        now = self._clock()
+    def due_count(self, slack: float = 0.0) -> int:
+        """How many tasks a worker could take now (or within ``slack`` seconds)."""
+        now = self._clock() + slack
         return sum(1 for t in self.tasks.values()
                    if t.due is not None and t.due <= now and not t.running and not t.held)
 
-    def take_matching(self, limit: int, fits: Callable[[Task], bool]) -> list[Task]:
-        """Up to ``limit`` more due tasks that ``fits`` accepts (asked in due order), marked
-        running: the companions of a batch. Tasks it passes over stay due."""
-        now = self._clock()
+    def take_matching(self, limit: int, fits: Callable[[Task], bool],
+                      slack: float = 0.0) -> list[Task]:
+        """Up to ``limit`` more tasks due now (or within ``slack`` seconds) that ``fits``
+        accepts (asked in due order), marked running: the companions of a batch. Tasks it
+        passes over stay due."""
+        now = self._clock() + slack
         taken: list[Task] = []
         passed: list[tuple[float, int, str]] = []
         while self._heap and len(taken) < limit and len(passed) < 4 * limit:

@@ -217,6 +217,21 @@ class UploadQueue:
         with self._lock:
             return self._schedule.stats(failed)
 
+    def expedite(self) -> int:
+        """Start now every upload that only waits for its ``write_back`` delay (``pictofs
+        sync`` and ``umount`` ask for the service now); a retry keeps its backoff and a file
+        open for writing stays held. Returns how many were moved up."""
+        with self._changed:
+            now = self._clock()
+            moved = [t for t in self._schedule.tasks.values()
+                     if t.due is not None and t.due > now and not t.running and not t.held
+                     and not t.attempts and not t.cancelled]
+            for task in moved:
+                self._schedule.due_in(task, 0.0)
+            if moved:
+                self._changed.notify_all()
+            return len(moved)
+
     def wait_idle(self, timeout: float) -> bool:
         """Wait until nothing is scheduled or in flight (failed and held entries do not
         count); False if that did not happen within ``timeout`` seconds."""

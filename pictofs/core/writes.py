@@ -89,6 +89,7 @@ class WriteLayer:
 
     def start(self) -> None:
         """Resume the journal and start the workers (from the mount's init)."""
+        self._remove_stale_local_files()
         self.queue.resume()
         for entry in self.queue.entries():
             pending = Pending(entry.path, self.queue.staging_path(entry.id), entry.id,
@@ -104,6 +105,13 @@ class WriteLayer:
 
     def stop(self, timeout: float = 30.0) -> bool:
         self._stop.set()
+        if self._janitor is not None:
+            self._janitor.join(timeout)
+        try:  # at unmount no new file can take an orphan's place any more (§6)
+            self._archive_due_orphans(every=True)
+        except PictofsError as exc:
+            log.warning("images renamed to local names could not be archived at unmount "
+                        "(%s); they stay where they were", exc)
         done = self.queue.stop(timeout)
         with self._lock:
             for pending in self._pending.values():
@@ -481,10 +489,10 @@ class WriteLayer:
             except Exception:
                 log.exception("background tidying failed")
 
-    def _archive_due_orphans(self) -> None:
+    def _archive_due_orphans(self, every: bool = False) -> None:
         now = self.clock()
         with self._lock:
-            due = [(p, o) for p, o in self._orphans.items() if o.deadline <= now]
+            due = [(p, o) for p, o in self._orphans.items() if every or o.deadline <= now]
         for path, orphan in due:
             self.remote.archive(self.view.dataset_id, [orphan.image.id])
             with self._lock:
@@ -492,6 +500,15 @@ class WriteLayer:
                     del self._orphans[path]
             self.on_archived()
             log.info("archived %s (renamed to a local name and not written back)", path)
+
+    def _remove_stale_local_files(self) -> None:
+        """Local-only files live as long as the mount that made them: the ones an earlier
+        mount left (unmounted or killed) are unreachable now."""
+        stale = [p for p in self.local_dir.iterdir() if p.is_file()]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            log.info("removed %d local-only file(s) left by an earlier mount", len(stale))
 
     def _remove_leftovers(self) -> None:
         now = self.clock()
@@ -513,6 +530,9 @@ class WriteLayer:
                 "paused": stats.paused}
 
     def wait_idle(self, timeout: float) -> bool:
+        """``pictofs sync``/``umount``: uploads waiting for ``write_back`` start now; then
+        wait until nothing is scheduled or in flight (failed and open files do not count)."""
+        self.queue.expedite()
         return self.queue.wait_idle(timeout)
 
     def move_pending(self, pending: Pending, new_path: str) -> None:

@@ -295,20 +295,22 @@ class Engine:
     # ---------------------------------------------------------------- callbacks
 
     def _registered(self, entry_id: str, image: Image) -> None:
-        landing = self.state.land(entry_id, image)
-        with self._changed:
-            self._live.pop(entry_id, None)
-            if landing is not None:
+        try:
+            landing = self.state.land(entry_id, image)
+            if landing is None:
+                return
+            self.progress.advance(landing.row.size)
+            if self.announce:
+                log.info("uploaded %s as %s", landing.row.rel, image.path)
+            if landing.archive is not None:
+                self._retire(landing.archive)
+            with self._lock:
                 self.report.uploaded += 1
-            self._changed.notify_all()
-        if landing is None:
-            return
-        self.progress.advance(landing.row.size)
-        if self.announce:
-            log.info("uploaded %s as %s", landing.row.rel, image.path)
-        if landing.archive is not None:
-            self._retire(landing.archive)
-        self._landed(landing.row.rel)
+            self._landed(landing.row.rel)
+        finally:  # done with it only now: a --once report waits for the retire above
+            with self._changed:
+                self._live.pop(entry_id, None)
+                self._changed.notify_all()
 
     def _failed(self, entry_id: str, reason: str) -> None:
         pending = self.state.fail(entry_id)

@@ -114,6 +114,7 @@ class Watcher:
                 if missing:
                     self._observer.stop()
                     self._observer.join()
+                    self._observer = None
                     self._fall_back(errno.ENOSPC, missing)
         if self._observer is None:
             self._observer = self._started(PollingObserver(timeout=self._interval))

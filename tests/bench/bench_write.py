@@ -53,6 +53,7 @@ from bench_read import (
     KERNEL_ATTR_TIMEOUT,
     Bench,
     counts_text,
+    force_unmount,
     isolate_environment,
     log,
     route_counts,
@@ -67,6 +68,7 @@ IMAGE_SIZE = 100_000
 FOLDER = "photos"
 WRITE_BACKS = ("2s", "200ms")  # the default, and a short one
 ADDED_LATENCY = 0.05  # seconds the proxy adds to every request in the latency check
+HELD_BACK = "1h"  # a write-back that keeps uploads from starting during a measurement
 UPLOAD_ROUTES = ("POST /images/upload-url", "POST /images/bulk-upload-url",
                  "POST /images/register", "POST /images/bulk-register",
                  "PUT /storage/upload/{token}")
@@ -319,6 +321,7 @@ class WriteBench(Bench):
                 "POST /images/bulk-upload-url": -(-n // images_api.BULK_LIMIT),
                 "POST /images/bulk-register": -(-n // images_api.BULK_LIMIT),
                 "POST /directories/": 1}
+        held: list[float] = []
         self.proxy = FaultProxy(self.server.base_url).start()
         self.proxy.delay_next(ADDED_LATENCY, count=10**9)  # every request, for the whole run
 
@@ -371,6 +374,9 @@ class WriteBench(Bench):
                 if first and wb == default_wb:
                     self.idle_sync_reference(dataset)
 
+            log(f"copy {rep + 1}/{self.reps}: cp -r with the uploads held back")
+            held.append(self.copy_without_uploads())
+
             log(f"copy {rep + 1}/{self.reps}: cp -r with +{ADDED_LATENCY * 1000:.0f} ms "
                 "on every request")
             dataset = self.new_dataset("cp-latency")
@@ -383,6 +389,21 @@ class WriteBench(Bench):
             self.check_landed(dataset)
 
         self.write_rows += [*totals.values(), *alone.values(), latency]
+        self.references.append((f"`cp -r` alone, uploads held back (`--write-back {HELD_BACK}`"
+                                "): the write path with no upload beside it", held))
+
+    def copy_without_uploads(self) -> float:
+        """``cp -r`` through a mount whose uploads do not start during the run; then unmount
+        with ``--force`` (the staged files stay in this run's temporary state folder)."""
+        mountpoint = self.mount_dataset(self.new_dataset("cp-held"), HELD_BACK)
+        elapsed = timed_run(lambda: run("cp", "-r", self.source, f"{mountpoint}/"))
+        self.mounts.remove(mountpoint)
+        result = self.pictofs("umount", "--force", str(mountpoint))
+        if result.returncode != 0:
+            log(f"pictofs umount --force {mountpoint} failed ({result.stderr.strip()}); "
+                "forcing it")
+            force_unmount(mountpoint)
+        return elapsed
 
     def idle_sync_reference(self, dataset: str) -> None:
         """``pictofs sync`` with nothing pending: the fixed cost inside rows 1a/1b."""

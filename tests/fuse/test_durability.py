@@ -31,8 +31,8 @@ import pytest
 
 from faultproxy import FaultProxy
 from imagegen import jpeg_bytes, png_bytes, sized_jpeg
-from mountkit import (Counts, journal_folder, kill_daemon, live, pictofs_cmd, service_bytes,
-                      staging_files, sync, wait_for)
+from mountkit import (Counts, is_dead_mount, journal_folder, kill_daemon, live, pictofs_cmd,
+                      service_bytes, staging_files, sync, wait_for)
 
 pytestmark = pytest.mark.fuse
 
@@ -121,7 +121,7 @@ def test_crash_at_an_upload_step_loses_nothing_and_duplicates_nothing(client, da
                      env={"PICTOFS_FAULT": f"crash:{point}:3"})
     wait_for(lambda: "fault injection: crashing at " + point in crashing.log(),
              f"the daemon to crash at {point}")
-    wait_for(lambda: not os.path.exists(crashing.path / "crash"), "the crashed mount to go")
+    wait_for(lambda: is_dead_mount(crashing.path), "the crashed daemon's mount to go stale")
     crashing.mounted = False
     # 3. a clean mount finishes the job
     again = mount(dataset.name, "--write-back", "0.2s", mountpoint=m.path)
@@ -155,6 +155,20 @@ def test_cp_finishes_while_the_service_is_unreachable_and_uploads_follow(client,
     sync(m)
     assert_exactly_once(client, dataset, "/offline", files, tmp_path)
     assert staging_files(m, dataset) == []
+
+
+def test_sync_does_not_wait_out_a_long_write_back(client, dataset, mount, tmp_path):
+    """``pictofs sync`` asks for the service now: uploads held back only by ``--write-back``
+    start at once; a file still open for writing is not waited for."""
+    files = pngs(3, seed=2500)
+    m = mount(dataset.name, "--write-back", "1h")
+    write_files(m.path, files)
+    with open(m.path / "open.png", "wb") as still_open:
+        still_open.write(png_bytes(2600))
+        still_open.flush()
+        sync(m)
+        assert_exactly_once(client, dataset, "/", files, tmp_path)
+    wait_for(lambda: uploads_status(m)["pending"] == 1, "open.png to wait for --write-back")
 
 
 # ---------------------------------------------------------------------- permanent failures

@@ -10,9 +10,12 @@ to a local-only name).
   ``x.jpg`` to ``x.jpg~`` and writes a new ``x.jpg``. Either way the image keeps its id and
   annotations and nothing is uploaded.
 - GIO, the library behind GNOME Files (``GIO_USE_VFS=local``, no gvfs daemons): ``gio copy``
-  in, ``gio move`` within, ``gio remove``, and ``gio trash``. Trash goes to the mount's own
-  ``.Trash-0`` folder, a local-only name: the trashed image is held there and archived on the
-  service after ``--write-back``; moving it back out of the trash restores the same image.
+  in, ``gio move`` within, ``gio remove``, ``gio save`` over an image (GIO's replace: a
+  ``.goutputstream-XXXXXX`` temp renamed over it), and ``gio trash``. Trash goes to the
+  mount's own ``.Trash-0`` folder, a local-only name: the trashed image is held there and
+  archived on the service after ``--write-back`` (or at unmount, whichever comes first);
+  moving it back out of the trash restores the same image. The trash itself lives as long
+  as the mount.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from imagegen import jpeg_bytes, png_bytes
-from mountkit import Counts, everything, live, service_bytes, sync, wait_for
+from mountkit import Counts, everything, journal_folder, live, service_bytes, sync, wait_for
 from pictofs.api.annotations import save_annotations
 from seed import seed_images
 
@@ -224,3 +227,56 @@ def test_gio_copy_move_remove_and_trash(client, dataset, mount, server, tmp_path
     assert counts.uploads() == 0, counts.since()
     assert os.listdir(m.path / ".Trash-0" / "files") == []
     no_local_names_on_service(client, dataset)
+
+
+@pytest.mark.skipif(shutil.which("gio") is None, reason="gio (libglib2.0-bin) is not installed")
+def test_gio_save_over_an_image_replaces_it_once(client, dataset, mount, server, tmp_path):
+    """``gio save`` (GIO's replace: write ``.goutputstream-XXXXXX``, rename it over the
+    target) is one replace upload; saving the same bytes again uploads nothing."""
+    old, _ = seed_images(client, dataset.id, "/", ["s.png"], data_for=png_bytes)["s.png"]
+    m = mount(dataset.name, "--write-back", "0.2s")
+    os.listdir(m.path)
+    new_bytes = png_bytes(23)
+    counts = Counts(server)
+    env = dict(os.environ, GIO_USE_VFS="local")
+    result = subprocess.run(["gio", "save", str(m.path / "s.png")], input=new_bytes,
+                            capture_output=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(m.path) == ["s.png"]
+    sync(m)
+    changes = counts.since()
+    assert (changes["upload_url"], changes["register"], changes["archive"]) == (1, 1, 1), changes
+    now = live(client, dataset)
+    assert list(now) == ["/s.png"] and now["/s.png"].id != old.id
+    assert service_bytes(client, now["/s.png"].id, tmp_path) == new_bytes
+
+    counts = Counts(server)
+    result = subprocess.run(["gio", "save", str(m.path / "s.png")], input=new_bytes,
+                            capture_output=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    sync(m)
+    assert counts.uploads() == 0 and counts.since()["archive"] == 0, counts.since()
+    assert {p: i.id for p, i in live(client, dataset).items()} == {"/s.png": now["/s.png"].id}
+    no_local_names_on_service(client, dataset)
+
+
+@pytest.mark.skipif(shutil.which("gio") is None, reason="gio (libglib2.0-bin) is not installed")
+def test_trash_left_in_the_mount_at_unmount_is_archived_and_then_forgotten(client, dataset,
+                                                                         mount, server):
+    image, data = seed_images(client, dataset.id, "/", ["t.png"], data_for=png_bytes)["t.png"]
+    # a long --write-back: only the unmount can decide what becomes of the trashed image
+    m = mount(dataset.name, "--write-back", "1h")
+    assert (m.path / "t.png").read_bytes() == data
+    result = gio("trash", str(m.path / "t.png"))
+    assert result.returncode == 0, result.stderr
+    assert (m.path / ".Trash-0" / "files" / "t.png").read_bytes() == data
+    counts = Counts(server)
+    assert m.umount().returncode == 0
+    assert counts.since()["archive"] == 1 and counts.uploads() == 0, counts.since()
+    assert {i.id: i.is_archived for i in everything(client, dataset)} == {image.id: True}
+
+    again = mount(dataset.name, "--write-back", "1h", mountpoint=m.path)
+    assert os.listdir(again.path) == []  # the trash lived as long as the mount
+    assert (again.path / ".archive" / "t.png").read_bytes() == data
+    local = journal_folder(again, dataset) / "local"
+    assert list(local.iterdir()) == []

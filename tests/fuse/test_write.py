@@ -18,7 +18,6 @@ import os
 import platform
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -73,22 +72,26 @@ class Counts:
         return changes["upload_url"] + changes["bulk_upload_url"]
 
 
-def sync(m) -> None:  # type: ignore[no-untyped-def]
-    """``pictofs sync MOUNTPOINT``: returns when the mount's uploads have landed."""
-    result = subprocess.run([sys.executable, "-m", "pictofs", "sync", str(m.path)],
+def sync(m, timeout: str | None = None) -> None:  # type: ignore[no-untyped-def]
+    """``pictofs sync MOUNTPOINT``: returns when the mount's uploads have landed (and fails
+    the test if they have not within ``timeout``, when given)."""
+    extra = ["--timeout", timeout] if timeout else []
+    result = subprocess.run([sys.executable, "-m", "pictofs", "sync", str(m.path), *extra],
                             capture_output=True, text=True, env=m.env, timeout=180,
                             stdin=subprocess.DEVNULL)
     assert result.returncode == 0, f"pictofs sync failed: {result.stderr}\n{m.log()[-3000:]}"
 
 
-def run(*args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    result = subprocess.run(list(args), capture_output=True, text=True, timeout=180, **kwargs)
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a tool; with ``check``, fail the test (with its stderr) if it fails."""
+    result = subprocess.run(list(args), capture_output=True, text=True, timeout=180)
     if check:
         assert result.returncode == 0, f"{' '.join(args)}: {result.stderr}"
     return result
 
 
-def live(client, dataset, folder: str | None = None) -> dict[str, Image]:  # type: ignore[no-untyped-def]
+def live(client, dataset,  # type: ignore[no-untyped-def]
+         folder: str | None = None) -> dict[str, Image]:
     """Path → image of the dataset's live images (or of one folder)."""
     return {img.path: img for img in client.images.list(dataset.id, folder_path=folder)}
 
@@ -236,6 +239,11 @@ def test_cp_p_keeps_the_mtime(client, dataset, mount, tmp_path):
     assert "/old.jpg" in live(client, dataset)
     assert os.stat(m.path / "old.jpg").st_mtime == pytest.approx(when, abs=1e-4)
     assert (m.path / "old.jpg").read_bytes() == source.read_bytes()
+    # touch -d on an image: recorded for its id, nothing uploaded
+    image = live(client, dataset)["/old.jpg"]
+    run("touch", "-d", "@1500000000", str(m.path / "old.jpg"))
+    assert os.stat(m.path / "old.jpg").st_mtime == 1_500_000_000
+    assert live(client, dataset)["/old.jpg"].id == image.id
 
 
 def test_cp_over_an_image_replaces_it_unless_the_bytes_are_the_same(client, dataset, mount,
@@ -409,6 +417,7 @@ def test_mkdir_p_rmdir_and_rm_r(client, dataset, mount):
     seed_images(client, dataset.id, "/full", ["k.png"])
     seed_images(client, dataset.id, "/tree", ["t1.png"])
     seed_images(client, dataset.id, "/tree/deep", ["t2.png"])
+    seed_images(client, dataset.id, "/emptied", ["e.png"])
     m = mount(dataset.name, *FAST)
     run("mkdir", "-p", str(m.path / "a" / "b" / "c"))
     assert {"/a", "/a/b", "/a/b/c"} <= folder_paths(client, dataset)
@@ -423,6 +432,14 @@ def test_mkdir_p_rmdir_and_rm_r(client, dataset, mount):
     assert not [p for p in live(client, dataset) if p.startswith("/tree/")]
     assert not [p for p in folder_paths(client, dataset) if p.startswith("/tree")]
     assert "tree" not in os.listdir(m.path)
+    # archived images do not count; a file just written does
+    run("rm", str(m.path / "emptied" / "e.png"))
+    run("rmdir", str(m.path / "emptied"))
+    assert "/emptied" not in folder_paths(client, dataset)
+    (m.path / "a" / "b" / "new.png").write_bytes(png_bytes(8100))
+    assert errno_of(lambda: os.rmdir(m.path / "a" / "b")) == errno.ENOTEMPTY
+    sync(m)
+    assert "/a/b/new.png" in live(client, dataset)
 
 
 # ---------------------------------------------------------------------- bad input
@@ -604,6 +621,26 @@ def test_rm_of_a_file_being_written_uploads_nothing(client, dataset, mount, serv
     assert counts.uploads() == 0, counts.since()
     assert live(client, dataset) == {}
     assert os.listdir(m.path) == []
+
+
+def test_closed_staged_files_renamed_upload_at_once_and_removed_upload_nothing(
+        client, dataset, mount, server, tmp_path):
+    """With a write-back far away, the only way these uploads happen within the sync's
+    timeout is the rename rule (queued at once); ``rm`` cancels before anything is sent."""
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes(12))
+    (tmp_path / "c.jpg").write_bytes(jpeg_bytes(13))
+    m = mount(dataset.name, "--write-back", "1h")
+    os.mkdir(m.path / "sub")
+    counts = Counts(server)
+    run("cp", str(tmp_path / "a.jpg"), str(tmp_path / "c.jpg"), str(m.path))
+    run("mv", str(m.path / "a.jpg"), str(m.path / "sub" / "b.jpg"))
+    run("rm", str(m.path / "c.jpg"))
+    assert os.listdir(m.path / "sub") == ["b.jpg"] and os.listdir(m.path) == ["sub"]
+    sync(m, timeout="60s")
+    assert counts.uploads() == 1, counts.since()
+    images = live(client, dataset)
+    assert sorted(images) == ["/sub/b.jpg"]
+    assert service_bytes(client, images["/sub/b.jpg"].id, tmp_path) == jpeg_bytes(12)
 
 
 def test_rm_and_mv_of_an_image_being_read_keep_the_handle_reading(client, dataset, mount):

@@ -1,0 +1,238 @@
+"""The upload queue's batches (``batch`` > 1 with ``BulkApiRemote``): fresh entries of one
+folder due together go out with one bulk upload-url and one bulk register call per share,
+against the real reference server; a member that fails (bytes that are not an image, a name
+taken by other bytes) fails alone, one taken by the same bytes is adopted, a cancelled one is
+left out; replaces and single entries keep the single path. The choice of companions is
+tested on the schedule alone with a fake clock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from harness import ServerHandle
+from imagegen import png_bytes
+from pictofs.api.bulk_remote import BulkApiRemote
+from pictofs.config import Connection
+from pictofs.core.journal import Journal
+from pictofs.core.upload_batch import companions
+from pictofs.core.upload_schedule import Schedule
+from pictofs.core.uploads import UploadQueue
+from pictofs.model import Dataset, Image
+
+pytestmark = pytest.mark.timeout(120)
+
+WAIT = 60.0
+ROUTES = {"url": ("POST", "/api/v1/developer/images/upload-url"),
+          "bulk_url": ("POST", "/api/v1/developer/images/bulk-upload-url"),
+          "register": ("POST", "/api/v1/developer/images/register"),
+          "bulk_register": ("POST", "/api/v1/developer/images/bulk-register"),
+          "put": ("PUT", "storage/upload")}
+
+
+def counts(server: ServerHandle) -> dict[str, int]:
+    return {name: server.calls(*route) for name, route in ROUTES.items()}
+
+
+def delta(server: ServerHandle, before: dict[str, int]) -> dict[str, int]:
+    after = counts(server)
+    return {name: after[name] - before[name] for name in ROUTES if after[name] != before[name]}
+
+
+class Batches:
+    """A queue with batches over its own journal; stage many, then make them due together
+    (what the mirror does)."""
+
+    def __init__(self, remote: BulkApiRemote, journal: Journal, dataset_id: str,
+                 **options: Any) -> None:
+        self.journal = journal
+        self._lock = threading.Lock()  # guards registered and failures
+        self.registered: dict[str, Image] = {}
+        self.failures: dict[str, str] = {}
+        options.setdefault("retry_max_wait", 0.05)
+        self.queue = UploadQueue(remote, journal, dataset_id, write_back=0.0,
+                                 on_registered=self._landed, on_failed=self._failed, **options)
+
+    def _landed(self, entry_id: str, image: Image) -> None:
+        with self._lock:
+            self.registered[entry_id] = image
+
+    def _failed(self, entry_id: str, reason: str) -> None:
+        with self._lock:
+            self.failures[entry_id] = reason
+
+    def stage(self, folder: str, name: str, data: bytes, replaced_id: str | None = None) -> str:
+        entry_id = self.queue.stage(folder, name, replaced_id)
+        self.queue.staging_path(entry_id).write_bytes(data)
+        self.queue.flushed(entry_id, len(data))
+        return entry_id
+
+    def release(self, entry_ids: list[str]) -> None:
+        due = time.monotonic() + 0.2
+        for entry_id in entry_ids:
+            self.queue.schedule(entry_id, max(0.0, due - time.monotonic()))
+
+    def settle(self) -> None:
+        assert self.queue.wait_idle(WAIT), self.queue.entries()
+
+
+@pytest.fixture()
+def bulk_remote(server: ServerHandle) -> Iterator[BulkApiRemote]:
+    remote = BulkApiRemote(Connection(server.base_url, server.key, "argument"),
+                           retry_max_wait=0.2)
+    yield remote
+    remote.close()
+
+
+@pytest.fixture()
+def batches(tmp_path: Path, server: ServerHandle, dataset: Dataset,
+            bulk_remote: BulkApiRemote) -> Iterator[Callable[..., Batches]]:
+    made: list[Batches] = []
+
+    def make(**options: Any) -> Batches:
+        journal = Journal.for_dataset(tmp_path / "state", server.base_url, dataset.id,
+                                      server.key)
+        made.append(Batches(bulk_remote, journal, dataset.id, **options))
+        made[-1].queue.start()
+        return made[-1]
+
+    yield make
+    for b in made:
+        assert b.queue.stop(WAIT)
+        b.journal.close()
+
+
+def names(client, dataset: Dataset, folder: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    return {i.filename: i.file_size for i in client.images.list(dataset.id, folder_path=folder)
+            if i.directory_path == folder}
+
+
+def test_fresh_entries_due_together_go_out_in_bulk(batches, server, client, dataset) -> None:
+    b = batches(transfers=2, batch=20)
+    files = {(folder, f"f{n:02d}.png"): png_bytes(300 + n) for folder in ("/a", "/b")
+             for n in range(30)}
+    before = counts(server)
+
+    ids = [b.stage(folder, name, data) for (folder, name), data in files.items()]
+    b.release(ids)
+    b.settle()
+
+    calls = delta(server, before)
+    assert calls["put"] == 60
+    assert calls["bulk_url"] == calls["bulk_register"] >= 3  # at most 20 a call
+    assert calls.get("url", 0) == calls.get("register", 0) <= 2  # a last one alone, maybe
+    assert calls["bulk_url"] + calls.get("url", 0) <= 10  # not 60
+    assert len(b.registered) == 60 and not b.failures
+    for folder in ("/a", "/b"):
+        assert names(client, dataset, folder) == {
+            name: len(data) for (f, name), data in files.items() if f == folder}
+    assert b.journal.staging_names() == []
+
+
+def test_a_member_that_fails_fails_alone_and_a_taken_name_is_adopted_or_a_conflict(
+        batches, client, dataset, tmp_path: Path) -> None:
+    taken_same, taken_other = png_bytes(1), png_bytes(2)
+    for name, data in (("same.png", taken_same), ("other.png", taken_other)):
+        (tmp_path / name).write_bytes(data)
+        client.images.upload(dataset_id=dataset.id, file_path=tmp_path / name,
+                             folder_path="/m")
+    b = batches(transfers=1, batch=10)
+
+    good = [b.stage("/m", f"g{n}.png", png_bytes(10 + n)) for n in range(3)]
+    bad = b.stage("/m", "text.png", b"not an image at all")
+    same = b.stage("/m", "same.png", taken_same)
+    other = b.stage("/m", "other.png", png_bytes(3))
+    b.release([*good, bad, same, other])
+    b.settle()
+
+    assert set(b.registered) == {*good, same}
+    assert b.failures[bad].startswith("not an image")
+    assert "already exists on the service with other bytes" in b.failures[other]
+    assert sorted(names(client, dataset, "/m")) == ["g0.png", "g1.png", "g2.png", "other.png",
+                                                    "same.png"]
+    assert names(client, dataset, "/m")["other.png"] == len(taken_other)  # left as it was
+
+
+def test_cancelled_replaces_and_lone_entries_keep_out_of_batches(
+        batches, server, client, dataset, tmp_path: Path) -> None:
+    (tmp_path / "old.png").write_bytes(png_bytes(50))
+    registered = counts(server)["register"]
+    old = client.images.upload(dataset_id=dataset.id, file_path=tmp_path / "old.png",
+                               folder_path="/r")
+    b = batches(transfers=1, batch=10)
+    deadline = time.monotonic() + WAIT  # the server counts a request after answering it
+    while counts(server)["register"] == registered and time.monotonic() < deadline:
+        time.sleep(0.01)
+    before = counts(server)
+
+    fresh = [b.stage("/r", f"n{n}.png", png_bytes(60 + n)) for n in range(3)]
+    gone = b.stage("/r", "gone.png", png_bytes(70))
+    replace = b.stage("/r", "old.png", png_bytes(71), replaced_id=old.id)
+    b.queue.cancel(gone)
+    b.release([*fresh, gone, replace])
+    b.settle()
+
+    calls = delta(server, before)
+    assert calls["bulk_url"] == calls["bulk_register"] == 1  # the three fresh ones
+    assert calls["url"] == calls["register"] == 1, calls  # the replace, on its own
+    assert set(b.registered) == {*fresh, replace} and not b.failures
+    assert sorted(names(client, dataset, "/r")) == ["n0.png", "n1.png", "n2.png", "old.png"]
+
+    lone = b.stage("/r", "lone.png", png_bytes(80))
+    before = counts(server)
+    b.release([lone])
+    b.settle()
+    assert delta(server, before) == {"url": 1, "put": 1, "register": 1}
+
+
+# ---------------------------------------------------------------------- picking companions
+
+
+class FakeJournal:
+    """Just ``get``: entry id → a fresh entry in a folder."""
+
+    def __init__(self, entries: dict[str, tuple[str, str]]) -> None:
+        from pictofs.core.journal import Entry
+
+        self._entries = {i: Entry(i, folder, name, "queued", True, False, 1, None, None, None,
+                                  None, None, "none", None, None, 0.0, 0.0)
+                         for i, (folder, name) in entries.items()}
+
+    def get(self, entry_id: str) -> Any:
+        return self._entries.get(entry_id)
+
+
+def test_companions_are_due_fresh_entries_of_the_folder_with_distinct_names() -> None:
+    now = [0.0]
+    schedule = Schedule(lambda: now[0], pause=1.0)
+    journal = FakeJournal({"a1": ("/a", "1.png"), "a2": ("/a", "2.png"),
+                           "a2bis": ("/a", "2.png"), "b1": ("/b", "1.png"),
+                           "a3": ("/a", "3.png"), "later": ("/a", "4.png")})
+    for entry_id in ("a1", "a2", "a2bis", "b1", "a3"):
+        schedule.due_in(schedule.add(entry_id), 0.0)
+    schedule.due_in(schedule.add("later"), 5.0)
+
+    first, _ = schedule.take()
+    assert first is not None and first.entry_id == "a1"
+    taken = companions(schedule, journal, first, limit=10, workers=1)  # type: ignore[arg-type]
+
+    assert [t.entry_id for t in taken] == ["a2", "a3"]
+    assert all(t.running for t in taken)
+    rest, _ = schedule.take()
+    assert rest is not None and rest.entry_id == "a2bis"  # passed over, still due
+    assert schedule.take()[0].entry_id == "b1"  # type: ignore[union-attr]
+
+
+def test_companions_share_what_is_due_between_the_workers() -> None:
+    schedule = Schedule(lambda: 0.0, pause=1.0)
+    journal = FakeJournal({f"e{n}": ("/a", f"{n}.png") for n in range(40)})
+    for n in range(40):
+        schedule.due_in(schedule.add(f"e{n}"), 0.0)
+    first, _ = schedule.take()
+    assert first is not None
+    taken = companions(schedule, journal, first, limit=100, workers=4)  # type: ignore[arg-type]
+    assert len(taken) + 1 == 10  # 40 due, 4 workers
