@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from pictofs.errors import ConfigError
 
@@ -203,12 +203,16 @@ class Journal:
 
     def add(self, entry_id: str, folder: str, filename: str,
             replaced_id: str | None = None) -> Entry:
+        self.add_many([(entry_id, folder, filename, replaced_id)])
+        return self._require(entry_id)
+
+    def add_many(self, rows: Sequence[tuple[str, str, str, str | None]]) -> None:
+        """``add`` of many ``(entry_id, folder, filename, replaced_id)`` in one transaction."""
         now = time.time()
         with self._write() as db:
-            db.execute("INSERT INTO entries (id, folder, filename, state, replaced_id, created,"
-                       " updated) VALUES (?, ?, ?, 'staged', ?, ?, ?)",
-                       (entry_id, folder, filename, replaced_id, now, now))
-        return self._require(entry_id)
+            db.executemany("INSERT INTO entries (id, folder, filename, state, replaced_id, "
+                           "created, updated) VALUES (?, ?, ?, 'staged', ?, ?, ?)",
+                           [(*row, now, now) for row in rows])
 
     def get(self, entry_id: str) -> Entry | None:
         with self._lock:
@@ -227,20 +231,22 @@ class Journal:
 
     def update(self, entry_id: str, **changes: Any) -> Entry:
         """Change columns of one row and commit; returns the new row."""
-        unknown = set(changes) - _UPDATABLE
-        if unknown:
-            raise ValueError(f"not journal columns: {sorted(unknown)}")
-        if "state" in changes and changes["state"] not in STATES:
-            raise ValueError(f"unknown state {changes['state']!r}")
-        if "step" in changes and changes["step"] not in STEPS:
-            raise ValueError(f"unknown step {changes['step']!r}")
-        assignments = ", ".join(f"{name} = ?" for name in changes)
-        with self._write() as db:
-            cursor = db.execute(f"UPDATE entries SET {assignments}, updated = ? WHERE id = ?",
-                                (*changes.values(), time.time(), entry_id))
-            if cursor.rowcount == 0:
-                raise KeyError(entry_id)
+        self.update_many({entry_id: changes})
         return self._require(entry_id)
+
+    def update_many(self, changes: Mapping[str, Mapping[str, Any]]) -> None:
+        """``update`` of many rows (entry id → columns) in one transaction; KeyError (and
+        nothing changed) when a row is missing."""
+        for columns in changes.values():
+            _check_columns(columns)
+        now = time.time()
+        with self._write() as db:
+            for entry_id, columns in changes.items():
+                assignments = ", ".join(f"{name} = ?" for name in columns)
+                cursor = db.execute(f"UPDATE entries SET {assignments}, updated = ? "
+                                    "WHERE id = ?", (*columns.values(), now, entry_id))
+                if cursor.rowcount == 0:
+                    raise KeyError(entry_id)
 
     def delete(self, entry_id: str) -> None:
         with self._write() as db:
@@ -249,13 +255,19 @@ class Journal:
     def record_registered(self, entry_id: str, image_id: str) -> Entry:
         """The entry is done as ``image_id``; its mtime (if a writer set one) now belongs to
         that image. One transaction."""
-        with self._write() as db:
-            db.execute("UPDATE entries SET state = 'done', step = 'registered', image_id = ?,"
-                       " error = NULL, updated = ? WHERE id = ?",
-                       (image_id, time.time(), entry_id))
-            db.execute("INSERT OR REPLACE INTO mtimes (image_id, mtime) SELECT image_id, mtime"
-                       " FROM entries WHERE id = ? AND mtime IS NOT NULL", (entry_id,))
+        self.record_registered_many({entry_id: image_id})
         return self._require(entry_id)
+
+    def record_registered_many(self, image_ids: Mapping[str, str]) -> None:
+        """``record_registered`` of many entries (entry id → image id), one transaction."""
+        now = time.time()
+        with self._write() as db:
+            for entry_id, image_id in image_ids.items():
+                db.execute("UPDATE entries SET state = 'done', step = 'registered', "
+                           "image_id = ?, error = NULL, updated = ? WHERE id = ?",
+                           (image_id, now, entry_id))
+                db.execute("INSERT OR REPLACE INTO mtimes (image_id, mtime) SELECT image_id, "
+                           "mtime FROM entries WHERE id = ? AND mtime IS NOT NULL", (entry_id,))
 
     def set_entry_mtime(self, entry_id: str, mtime: float) -> None:
         """Record the mtime a writer set; an entry already registered passes it to its image."""
@@ -301,10 +313,15 @@ class Journal:
 
     def create_staging_file(self, entry_id: str) -> Path:
         """An empty 0600 staging file, durable in its folder."""
-        path = self.staging_path(entry_id)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        self.create_staging_files([entry_id])
+        return self.staging_path(entry_id)
+
+    def create_staging_files(self, entry_ids: Iterable[str]) -> None:
+        """``create_staging_file`` for many, with one fsync of the folder."""
+        for entry_id in entry_ids:
+            os.close(os.open(self.staging_path(entry_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                             0o600))
         _fsync_dir(self.staging_dir)
-        return path
 
     def sync_staging_file(self, entry_id: str) -> None:
         """Make the staged bytes durable (a flush that returned can be resumed)."""
@@ -314,12 +331,15 @@ class Journal:
         finally:
             os.close(fd)
 
-    def remove_staging_file(self, entry_id: str) -> bool:
+    def remove_staging_file(self, entry_id: str, sync: bool = True) -> bool:
+        """Remove an entry's staging file; ``sync=False`` skips the folder fsync, for a file
+        whose reappearance after a crash is harmless (a done entry's: a restart removes it)."""
         try:
             self.staging_path(entry_id).unlink()
         except FileNotFoundError:
             return False
-        _fsync_dir(self.staging_dir)
+        if sync:
+            _fsync_dir(self.staging_dir)
         return True
 
     def staging_names(self) -> list[str]:
@@ -349,6 +369,16 @@ class Journal:
                 if value:
                     db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
                                (key, value))
+
+
+def _check_columns(changes: Mapping[str, Any]) -> None:
+    unknown = set(changes) - _UPDATABLE
+    if unknown:
+        raise ValueError(f"not journal columns: {sorted(unknown)}")
+    if "state" in changes and changes["state"] not in STATES:
+        raise ValueError(f"unknown state {changes['state']!r}")
+    if "step" in changes and changes["step"] not in STEPS:
+        raise ValueError(f"unknown step {changes['step']!r}")
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:

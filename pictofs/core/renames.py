@@ -145,6 +145,7 @@ class Renamer:
         if self.writes.release_orphan(image.path) is None:
             self.remote.restore(self.dataset_id, [image.id])
             self.view.note_image(image)
+            self.writes.on_archived()  # the archive changed: it leaves .archive/
         self.writes.forget(pending, cancel=False)
 
     def _rename_image(self, old: str, image: Image, new: str, target: Thing | None) -> None:

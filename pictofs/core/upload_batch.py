@@ -23,11 +23,10 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Protocol, Sequence, Union
+from typing import Any, Callable, Protocol, Sequence, Union
 
 from pictofs.core.journal import Entry, Journal
 from pictofs.core.upload_job import (
-    Control,
     Disposition,
     Interrupted,
     Landed,
@@ -37,7 +36,7 @@ from pictofs.core.upload_job import (
     inspect_staged,
     new_key,
 )
-from pictofs.core.upload_schedule import Schedule, Task
+from pictofs.core.upload_schedule import Schedule, Task, TaskControl, record_together
 from pictofs.errors import AlreadyExists, PermissionDenied
 from pictofs.faults import fault_point
 from pictofs.model import Image
@@ -112,7 +111,7 @@ def companions(schedule: Schedule, journal: Journal, task: Task, *, limit: int,
 @dataclass
 class _Member:
     entry: Entry
-    control: Control
+    control: TaskControl
     staged: StagedFile
     ticket: UploadTicket | None = None
 
@@ -123,7 +122,7 @@ class BatchJob:
         self._journal = journal
         self._dataset_id = dataset_id
 
-    def run(self, members: Sequence[tuple[Entry, Control]]) -> dict[str, Outcome]:
+    def run(self, members: Sequence[tuple[Entry, TaskControl]]) -> dict[str, Outcome]:
         """Upload the members (one folder); returns each member's outcome by entry id."""
         outcomes: dict[str, Outcome] = {}
         live = self._inspect(members, outcomes)
@@ -137,19 +136,18 @@ class BatchJob:
 
     # ---------------------------------------------------------------- steps
 
-    def _inspect(self, members: Sequence[tuple[Entry, Control]],
+    def _inspect(self, members: Sequence[tuple[Entry, TaskControl]],
                  outcomes: dict[str, Outcome]) -> list[_Member]:
         live = []
         for entry, control in members:
             try:
                 staged = inspect_staged(self._journal.staging_path(entry.id), entry.filename)
-                entry = control.record(state="uploading", size=staged.size,
-                                       sha256=staged.sha256)
-            except Exception as exc:  # each member fails (or is interrupted) on its own
+            except Exception as exc:  # each member fails on its own
                 outcomes[entry.id] = exc
                 continue
             live.append(_Member(entry, control, staged))
-        return live
+        return self._record(live, outcomes, lambda m: {
+            "state": "uploading", "size": m.staged.size, "sha256": m.staged.sha256})
 
     def _tickets(self, live: list[_Member], outcomes: dict[str, Outcome]) -> list[_Member]:
         live = self._checkpoint(live, outcomes)
@@ -165,7 +163,7 @@ class BatchJob:
             return self._fail_all(live, exc, outcomes)
         for member, ticket in zip(live, tickets):
             member.ticket = ticket
-        return self._record(live, outcomes, step="url")
+        return self._record(live, outcomes, lambda m: {"step": "url"})
 
     def _put_all(self, live: list[_Member], outcomes: dict[str, Outcome]) -> list[_Member]:
         sent = []
@@ -184,15 +182,10 @@ class BatchJob:
                 self._fail_all(live[index:], exc, outcomes)
                 break
             sent.append(member)
+        sent = self._record([m for m in sent if m.entry.id not in outcomes], outcomes,
+                            lambda m: {"step": "put", "register_key": new_key()})
         for member in sent:
-            if member.entry.id in outcomes:
-                continue
-            try:
-                member.control.record(step="put", register_key=new_key())
-                member.control.mark_put()
-            except Interrupted as exc:
-                outcomes[member.entry.id] = exc
-        sent = [m for m in sent if m.entry.id not in outcomes]
+            member.control.mark_put()
         if sent:
             fault_point("after_put")
         return sent
@@ -232,10 +225,17 @@ class BatchJob:
                               m.staged.width, m.staged.height) for m in registering])
             for member, result in zip(registering, results):
                 outcome = self._settle(member, result)
-                outcomes[member.entry.id] = outcome
                 if isinstance(outcome, Landed):
                     landed[member.entry.id] = outcome
+                else:
+                    outcomes[member.entry.id] = outcome
+            if landed:
+                fault_point("after_register")
+                self._journal.record_registered_many(
+                    {entry_id: landing.image.id for entry_id, landing in landed.items()})
+                outcomes.update(landed)
         except Exception as exc:  # the call failed as a whole
+            landed.clear()
             self._fail_all([m for m in registering if m.entry.id not in outcomes], exc,
                            outcomes)
         finally:
@@ -243,20 +243,16 @@ class BatchJob:
                 member.control.end_register(landed.get(member.entry.id))
 
     def _settle(self, member: _Member, result: Image | Exception) -> Outcome:
-        """One member's register answer: record it, or adopt after a 409."""
+        """One member's register answer, or its adoption after a 409."""
         if isinstance(result, AlreadyExists):
             job = UploadJob(self._remote, self._journal, self._dataset_id, member.control)
             try:
-                landing = job._adopt(member.entry, member.staged)
+                return job.adopt(member.entry, member.staged)
             except Exception as exc:  # an unadoptable conflict, or the lookup failed
                 return exc
-        elif isinstance(result, Exception):
+        if isinstance(result, Exception):
             return result
-        else:
-            landing = Landed(result, "uploaded")
-        fault_point("after_register")
-        self._journal.record_registered(member.entry.id, landing.image.id)
-        return landing
+        return Landed(result, "uploaded")
 
     # ---------------------------------------------------------------- helpers
 
@@ -273,16 +269,17 @@ class BatchJob:
         return kept
 
     @staticmethod
-    def _record(live: list[_Member], outcomes: dict[str, Outcome], **changes: str
-                ) -> list[_Member]:
+    def _record(live: list[_Member], outcomes: dict[str, Outcome],
+                changes: Callable[[_Member], dict[str, Any]]) -> list[_Member]:
+        """Write each member's journal changes in one transaction; a member that changed
+        meanwhile drops out of the batch (Interrupted)."""
         kept = []
-        for member in live:
-            try:
-                member.control.record(**changes)
-            except Interrupted as exc:
-                outcomes[member.entry.id] = exc
-                continue
-            kept.append(member)
+        current = record_together([(m.control, changes(m)) for m in live])
+        for member, ok in zip(live, current):
+            if ok:
+                kept.append(member)
+            else:
+                outcomes[member.entry.id] = Interrupted(member.entry.id)
         return kept
 
     @staticmethod

@@ -14,7 +14,7 @@ import collections
 import heapq
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 from pictofs.core.journal import Entry, Journal
 from pictofs.core.upload_job import Interrupted, Landed
@@ -277,3 +277,17 @@ class TaskControl:
             if landed is not None:
                 self._task.image = landed.image
             self._changed.notify_all()
+
+
+def record_together(members: Sequence[tuple[TaskControl, Mapping[str, Any]]]) -> list[bool]:
+    """``TaskControl.record`` for the runs of a batch at once: one lock, one transaction.
+    Per member, whether it was still current (False: nothing was written for it, and its run
+    is to stop as ``record`` would have raised Interrupted)."""
+    if not members:
+        return []
+    changed, journal = members[0][0]._changed, members[0][0]._journal
+    with changed:
+        current = [control._current() for control, _ in members]
+        journal.update_many({control._task.entry_id: changes for (control, changes), ok
+                             in zip(members, current) if ok})
+    return current

@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from pictofs.core import upload_batch, upload_job
 from pictofs.core.journal import Entry, Journal, ResumeAction, orphan_staging_files
@@ -92,13 +92,20 @@ class UploadQueue:
 
     def stage(self, folder: str, filename: str, replaced_id: str | None = None) -> str:
         """A new entry (state ``staged``, durable) and its empty staging file."""
-        entry_id = uuid.uuid4().hex
-        self._journal.add(entry_id, folder, filename, replaced_id)
-        self._journal.create_staging_file(entry_id)
+        return self.stage_many([(folder, filename, replaced_id)])[0]
+
+    def stage_many(self, targets: Sequence[tuple[str, str, str | None]]) -> list[str]:
+        """``stage`` for many ``(folder, filename, replaced_id)`` at once (one transaction)."""
+        entry_ids = [uuid.uuid4().hex for _ in targets]
+        self._journal.add_many([(entry_id, *target) for entry_id, target
+                                in zip(entry_ids, targets)])
+        self._journal.create_staging_files(entry_ids)
         with self._lock:
-            self._schedule.add(entry_id)
-        log.debug("staged %s in %s as entry %s", filename, folder, entry_id)
-        return entry_id
+            for entry_id in entry_ids:
+                self._schedule.add(entry_id)
+        for entry_id, (folder, filename, _) in zip(entry_ids, targets):
+            log.debug("staged %s in %s as entry %s", filename, folder, entry_id)
+        return entry_ids
 
     def staging_path(self, entry_id: str) -> Path:
         return self._journal.staging_path(entry_id)
@@ -106,17 +113,26 @@ class UploadQueue:
     def flushed(self, entry_id: str, size: int) -> None:
         """The writer's flush returned with new bytes: they are made durable and the entry is
         resumable from now on. An upload of older bytes starts over."""
-        self._journal.sync_staging_file(entry_id)
+        self.flushed_many({entry_id: size})
+
+    def flushed_many(self, sizes: Mapping[str, int]) -> None:
+        """``flushed`` for many entries (entry id → size) at once (one transaction)."""
+        for entry_id in sizes:
+            self._journal.sync_staging_file(entry_id)
         with self._changed:
-            entry = self._require(entry_id)
-            if entry.state == "done" or entry.cancelled:
-                log.warning("flush of %s after its upload ended is ignored (hold() it before "
-                            "writing again)", entry.path)
-                return
-            self._schedule.add(entry_id).generation += 1
-            self._journal.update(entry_id, flushed=True, size=size, sha256=None, url_key=None,
-                                 register_key=None, step=restart_step(entry), error=None,
-                                 state="staged" if entry.state == "failed" else entry.state)
+            changes: dict[str, dict[str, Any]] = {}
+            for entry_id, size in sizes.items():
+                entry = self._require(entry_id)
+                if entry.state == "done" or entry.cancelled:
+                    log.warning("flush of %s after its upload ended is ignored (hold() it "
+                                "before writing again)", entry.path)
+                    continue
+                self._schedule.add(entry_id).generation += 1
+                changes[entry_id] = dict(
+                    flushed=True, size=size, sha256=None, url_key=None, register_key=None,
+                    step=restart_step(entry), error=None,
+                    state="staged" if entry.state == "failed" else entry.state)
+            self._journal.update_many(changes)
             self._changed.notify_all()
 
     def set_mtime(self, entry_id: str, mtime: float) -> None:
@@ -126,13 +142,21 @@ class UploadQueue:
     def schedule(self, entry_id: str, delay: float | None = None) -> None:
         """Upload ``delay`` (default ``write_back``) seconds from now; a later call for the
         same entry pushes the upload back."""
+        self.schedule_many([entry_id], delay)
+
+    def schedule_many(self, entry_ids: Iterable[str], delay: float | None = None) -> None:
+        """``schedule`` for many entries at once: a worker finds them due together (and can
+        send them in one batch)."""
         with self._changed:
-            task = self._schedule.task(entry_id)
-            if task is None or task.cancelled:
-                return
-            if not task.running:
-                self._journal.update(entry_id, state="queued")
-            self._schedule.due_in(task, self._write_back if delay is None else delay)
+            queued: dict[str, dict[str, Any]] = {}
+            for entry_id in entry_ids:
+                task = self._schedule.task(entry_id)
+                if task is None or task.cancelled:
+                    continue
+                if not task.running:
+                    queued[entry_id] = {"state": "queued"}
+                self._schedule.due_in(task, self._write_back if delay is None else delay)
+            self._journal.update_many(queued)
             self._changed.notify_all()
 
     def hold(self, entry_id: str) -> Image | None:
@@ -371,7 +395,7 @@ class UploadQueue:
             self._after_landed(task, entry, landed)
 
     def _after_landed(self, task: Task, entry: Entry, landed: Landed) -> None:
-        self._journal.remove_staging_file(task.entry_id)
+        self._journal.remove_staging_file(task.entry_id, sync=False)  # done: see resume()
         image = landed.image
         with self._changed:
             if self._schedule.key_works():

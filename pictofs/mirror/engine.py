@@ -1,10 +1,10 @@
 """Carries out the mirror's plans: uploads through the journaled upload queue (the one the
 mount uses), server-side moves and archives, and the state database around them.
 
-An upload is staged as a consistent snapshot of the local file (``local.snapshot``), recorded
-in the state database as *pending* with its entry id, then handed to the queue; at most
-``WINDOW_FILES`` (and ``WINDOW_BYTES``) are staged at a time, and they are scheduled in
-chunks with one due time so that the queue's workers can send them with the bulk routes.
+Uploads are staged in chunks: each file as a consistent snapshot (``local.snapshot``) in a
+new entry, the chunk recorded in the state database as *pending* with the entry ids, then
+made due together (so that the queue's workers send it with the bulk routes); at most
+``WINDOW_FILES`` (and ``WINDOW_BYTES``) are staged and not landed at a time.
 The queue's callbacks (worker threads) turn a landed entry into a row — and archive the
 image a rename retires — or a failed one into a known failure, reported once and not retried
 until the file changes.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -36,9 +35,8 @@ from pictofs.remote import Remote
 
 log = logging.getLogger(__name__)
 
-CHUNK_FILES, CHUNK_BYTES = 100, 64 << 20  # scheduled together (one bulk call per share)
+CHUNK_FILES, CHUNK_BYTES = 100, 64 << 20  # staged and scheduled together
 WINDOW_FILES, WINDOW_BYTES = 400, 256 << 20  # staged and not landed, at most
-SCHEDULE_AHEAD = 0.05  # seconds: a chunk becomes due at once, after it is all scheduled
 ARCHIVE_CHUNK = 1000
 
 
@@ -58,6 +56,7 @@ class Engine:
         self.progress = progress
         self.report = report
         self._landed = landed
+        self._journal = journal
         self.queue = UploadQueue(remote, journal, dataset_id, transfers=transfers,
                                  write_back=0.0, retry_max_wait=retry_max_wait,
                                  on_registered=self._registered, on_failed=self._failed,
@@ -93,6 +92,7 @@ class Engine:
             row = self.state.row(rel)
             if entry_id not in waiting and row is not None:
                 self._retire(row)
+        self._journal.delete_done()  # settled above; at once rather than one by one
         self.queue.resume()
         self.queue.start()
 
@@ -237,46 +237,42 @@ class Engine:
     # ---------------------------------------------------------------- uploads
 
     def _upload_all(self, uploads: list[Upload]) -> None:
-        chunk: list[str] = []
+        chunk: list[Upload] = []
         size = 0
-        try:
-            for upload in uploads:
-                self._wait_for_room()
-                entry_id = self._stage(upload)
-                if entry_id is not None:
-                    chunk.append(entry_id)
-                    size += upload.file.size
-                if len(chunk) >= CHUNK_FILES or size >= CHUNK_BYTES:
-                    self._schedule(chunk)
-                    chunk, size = [], 0
-        finally:
-            self._schedule(chunk)
+        for upload in uploads:
+            chunk.append(upload)
+            size += upload.file.size
+            if len(chunk) >= CHUNK_FILES or size >= CHUNK_BYTES:
+                self._stage(chunk)
+                chunk, size = [], 0
+        if chunk:
+            self._stage(chunk)
 
-    def _stage(self, upload: Upload) -> str | None:
-        f = upload.file
-        entry_id = self.queue.stage(upload.folder, f.rel.rsplit("/", 1)[-1],
-                                    upload.replaced_id)
-        try:
-            snap = local.snapshot(self.root / f.rel, f, self.queue.staging_path(entry_id))
-        except (local.Changed, OSError) as exc:
-            self.queue.discard(entry_id)
-            log.debug("not staged: %s", exc)
-            self.retry_later.add(f.rel)
-            return None
-        retire = upload.retire.rel if upload.retire is not None else None
-        self.state.add_pending(Pending(entry_id, f.rel, f.size, f.mtime_ns,
-                                       snap.sha256 or "", retire, upload.archive))
+    def _stage(self, uploads: list[Upload]) -> None:
+        """Snapshot a chunk of files into new entries and make them due together."""
+        self._wait_for_room()
+        entry_ids = self.queue.stage_many([(u.folder, u.file.rel.rsplit("/", 1)[-1],
+                                            u.replaced_id) for u in uploads])
+        pending = []
+        for entry_id, upload in zip(entry_ids, uploads):
+            f = upload.file
+            try:
+                snap = local.snapshot(self.root / f.rel, f, self.queue.staging_path(entry_id))
+            except (local.Changed, OSError) as exc:
+                self.queue.discard(entry_id)
+                log.debug("not staged: %s", exc)
+                self.retry_later.add(f.rel)
+                continue
+            retire = upload.retire.rel if upload.retire is not None else None
+            pending.append(Pending(entry_id, f.rel, f.size, f.mtime_ns, snap.sha256 or "",
+                                   retire, upload.archive))
+        self.state.add_pending(pending)
         with self._lock:
-            self._live[entry_id] = (f.rel, f.size)
-            self.report.attempted += 1
-        self.queue.flushed(entry_id, f.size)
-        return entry_id
-
-    def _schedule(self, entry_ids: list[str]) -> None:
-        """Make a chunk due at one moment, so that a worker finds it whole."""
-        due = time.monotonic() + SCHEDULE_AHEAD
-        for entry_id in entry_ids:
-            self.queue.schedule(entry_id, max(0.0, due - time.monotonic()))
+            for p in pending:
+                self._live[p.entry_id] = (p.rel, p.size)
+            self.report.attempted += len(pending)
+        self.queue.flushed_many({p.entry_id: p.size for p in pending})
+        self.queue.schedule_many([p.entry_id for p in pending], 0.0)
 
     def _wait_for_room(self) -> None:
         while True:

@@ -3,7 +3,9 @@
 One folder per mirror under ``STATE_DIR/mirror/<digest>/``, the digest naming (local real
 path, base URL, dataset id, target folder, ``--organize-by-class``), holds:
 
-- ``mirror.db``: SQLite (WAL, ``synchronous=FULL``) with
+- ``mirror.db``: SQLite (WAL, ``synchronous=NORMAL``: it survives ``kill -9``; after a power
+  loss its last transactions may be missing, and the next start settles them from the
+  service listing and the upload journal, which is ``FULL``) with
   ``files`` — one row per mirrored file: relative path, size, mtime (ns), sha256, image id and
   where the image is (folder and name as the service answered, so a HEIC file ``x.heic``
   remembers its ``x.png``: the pair that keeps a restart from uploading it again), and
@@ -109,7 +111,7 @@ class MirrorState:
         try:
             self._db = sqlite3.connect(directory / "mirror.db", check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # see the module doc
             self._init(identity)
         except sqlite3.DatabaseError as exc:
             self._lock_file.close()
@@ -171,16 +173,17 @@ class MirrorState:
 
     # ---------------------------------------------------------------- uploads
 
-    def add_pending(self, pending: Pending) -> None:
-        """Before the entry is scheduled; a retired row is marked superseded with it."""
+    def add_pending(self, entries: list[Pending]) -> None:
+        """Before the entries are scheduled, in one transaction; a row an entry retires is
+        marked superseded by it."""
         with self._write() as db:
-            db.execute("INSERT OR REPLACE INTO pending (entry_id, rel, size, mtime_ns, "
-                       "sha256, retire_rel, archive) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (pending.entry_id, pending.rel, pending.size, pending.mtime_ns,
-                        pending.sha256, pending.retire_rel, int(pending.archive)))
-            if pending.retire_rel is not None:
-                db.execute("UPDATE files SET superseded = ? WHERE rel = ?",
-                           (pending.entry_id, pending.retire_rel))
+            db.executemany("INSERT OR REPLACE INTO pending (entry_id, rel, size, mtime_ns, "
+                           "sha256, retire_rel, archive) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(p.entry_id, p.rel, p.size, p.mtime_ns, p.sha256, p.retire_rel,
+                             int(p.archive)) for p in entries])
+            db.executemany("UPDATE files SET superseded = ? WHERE rel = ?",
+                           [(p.entry_id, p.retire_rel) for p in entries
+                            if p.retire_rel is not None])
 
     def pending(self) -> dict[str, Pending]:
         with self._lock:

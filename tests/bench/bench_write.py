@@ -22,12 +22,15 @@ repetition into a fresh dataset:
    cache expired before every run) and on a fresh remount (listings asked for again; the
    mtimes that ``rsync -a`` set come from the state folder).
 
-Every ratio is pictofs time / baseline time, printed with its target and PASS or MISS. Under
-the table: reference timings (the first ``rsync -a`` and its sync, ``pictofs sync`` with
-nothing pending), every repetition, and the requests the server saw during the first
-repetition of each measurement. The report is printed as plain text and again as Markdown for
-the docs. Everything (mounts, daemons, the proxy, the server, temporary folders) is cleaned
-up, also on failure or Ctrl-C.
+Every ratio is pictofs time / baseline time, printed with its target and PASS or MISS.
+Under the table: every repetition; reference timings that locate the cost (``pictofs sync``
+with nothing pending, ``cp -r`` through a mount whose uploads are held back by a 1 h
+write-back, the first ``rsync -a`` and its sync); the requests the server saw during the first
+repetition of each measurement, next to what the bulk routes or a single listing would cost;
+the machine, its load and the revision measured. The report is printed as plain text and
+again as Markdown for the docs. The server, mount and teardown machinery is the read
+benchmark's (``bench_read.py``). Everything (mounts, daemons, the proxy, the server,
+temporary folders) is cleaned up, also on failure or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -225,6 +228,9 @@ class WriteBench(Bench):
         self.proxy: FaultProxy | None = None
         self.datasets = 0
         self.seen: list[Seen] = []
+        self.source_parent = root  # set by make_source
+        self.source = root / FOLDER
+        self.expected: dict[str, int] = {}  # file name → size, of the source folder
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -233,7 +239,6 @@ class WriteBench(Bench):
         self.source_parent = self.fresh_dir("source")
         self.source = self.source_parent / FOLDER
         self.source.mkdir()
-        self.expected = {}
         for i in range(self.files):
             name = f"photo{i:05d}.jpg"
             (self.source / name).write_bytes(sized_jpeg(IMAGE_SIZE, i))
@@ -304,7 +309,7 @@ class WriteBench(Bench):
     # -- 1. cp -r + sync vs upload_dataset_from_folder ---------------------------------------
 
     def copy(self) -> None:
-        assert self.client is not None and self.server is not None
+        assert self.server is not None
         n, default_wb = self.files, WRITE_BACKS[0]
         keys = dict(zip(WRITE_BACKS, "ab"))
         totals = {wb: TimeRow(f"1{key}", f"`cp -r` {n:,} × 100 KB + `pictofs sync`, "
@@ -317,62 +322,24 @@ class WriteBench(Bench):
         latency = TimeRow("1e", f"`cp -r` alone, +{ADDED_LATENCY * 1000:.0f} ms on every "
                                 f"request, `--write-back {default_wb}`",
                           "`cp -r` alone without it (1c)", 1.2)
-        bulk = {"PUT /storage/upload/{token}": n,
-                "POST /images/bulk-upload-url": -(-n // images_api.BULK_LIMIT),
-                "POST /images/bulk-register": -(-n // images_api.BULK_LIMIT),
-                "POST /directories/": 1}
         held: list[float] = []
         self.proxy = FaultProxy(self.server.base_url).start()
         self.proxy.delay_next(ADDED_LATENCY, count=10**9)  # every request, for the whole run
 
         for rep in range(self.reps):
             first = rep == 0
-            log(f"copy {rep + 1}/{self.reps}: upload_dataset_from_folder")
-            dataset = self.new_dataset("upload")
-            before = self.counts()
-            start = time.perf_counter()
-            result = workflows.upload_dataset_from_folder(
-                self.client, dataset, folder=self.source_parent, organize_by_class=True,
-                parallel=True, max_workers=8)
-            elapsed = time.perf_counter() - start
-            if result.images_uploaded != n or result.failures:
-                raise RuntimeError(f"upload_dataset_from_folder: {result}")
-            for row in totals.values():
-                row.base.append(elapsed)
-            if first:
-                self.record("1 baseline, `upload_dataset_from_folder`", before)
-            self.check_landed(dataset)
-
+            log(f"copy {rep + 1}/{self.reps}: upload_dataset_from_folder, cp -r to local disk")
+            upload = self.upload_with_workflow(first)
             local = self.fresh_dir("local-copy")
-            elapsed = timed_run(lambda: run("cp", "-r", self.source, f"{local}/"))
+            cp_local = timed_run(lambda: run("cp", "-r", self.source, f"{local}/"))
             shutil.rmtree(local)
-            for row in alone.values():
-                row.base.append(elapsed)
-
             for wb, key in keys.items():
                 log(f"copy {rep + 1}/{self.reps}: cp -r + sync, --write-back {wb}")
-                dataset = self.new_dataset(f"cp-{wb}")
-                mountpoint = self.mount_dataset(dataset, wb)
-                before = self.counts()
-                start = time.perf_counter()
-                run("cp", "-r", self.source, f"{mountpoint}/")
-                copied = time.perf_counter()
-                during_cp = self.counts()
-                self.sync(mountpoint)
-                done = time.perf_counter()
-                alone[wb].ours.append(copied - start)
-                totals[wb].ours.append(done - start)
-                if first:
-                    self.seen.append(Seen(f"1{key} during `cp -r` (before `pictofs sync`)",
-                                          diff(during_cp, before)))
-                    self.record(f"1{key} `cp -r` + `pictofs sync`, in all", before, bulk,
-                                "the bulk routes: one PUT per file, one upload-url and one "
-                                f"register call per {images_api.BULK_LIMIT} files, and the "
-                                "`mkdir`")
-                self.umount(mountpoint)
-                self.check_landed(dataset)
-                if first and wb == default_wb:
-                    self.idle_sync_reference(dataset)
+                copied, synced = self.copy_and_sync(wb, key, first)
+                totals[wb].ours.append(synced)
+                totals[wb].base.append(upload)
+                alone[wb].ours.append(copied)
+                alone[wb].base.append(cp_local)
 
             log(f"copy {rep + 1}/{self.reps}: cp -r with the uploads held back")
             held.append(self.copy_without_uploads())
@@ -391,6 +358,52 @@ class WriteBench(Bench):
         self.write_rows += [*totals.values(), *alone.values(), latency]
         self.references.append((f"`cp -r` alone, uploads held back (`--write-back {HELD_BACK}`"
                                 "): the write path with no upload beside it", held))
+
+    def upload_with_workflow(self, first: bool) -> float:
+        """The baseline: ``upload_dataset_from_folder`` into a fresh dataset; its time."""
+        assert self.client is not None
+        dataset = self.new_dataset("upload")
+        before = self.counts()
+        start = time.perf_counter()
+        result = workflows.upload_dataset_from_folder(
+            self.client, dataset, folder=self.source_parent, organize_by_class=True,
+            parallel=True, max_workers=8)
+        elapsed = time.perf_counter() - start
+        if result.images_uploaded != self.files or result.failures:
+            raise RuntimeError(f"upload_dataset_from_folder: {result}")
+        if first:
+            self.record("1 baseline, `upload_dataset_from_folder`", before)
+        self.check_landed(dataset)
+        return elapsed
+
+    def copy_and_sync(self, write_back: str, key: str, first: bool) -> tuple[float, float]:
+        """``cp -r`` into a fresh mount, then ``pictofs sync``; the time of the ``cp -r`` and
+        of both."""
+        n = self.files
+        dataset = self.new_dataset(f"cp-{write_back}")
+        mountpoint = self.mount_dataset(dataset, write_back)
+        before = self.counts()
+        start = time.perf_counter()
+        run("cp", "-r", self.source, f"{mountpoint}/")
+        copied = time.perf_counter()
+        during_cp = self.counts()
+        self.sync(mountpoint)
+        synced = time.perf_counter()
+        if first:
+            self.seen.append(Seen(f"1{key} during `cp -r` (before `pictofs sync`)",
+                                  diff(during_cp, before)))
+            self.record(f"1{key} `cp -r` + `pictofs sync`, in all", before,
+                        {"PUT /storage/upload/{token}": n,
+                         "POST /images/bulk-upload-url": -(-n // images_api.BULK_LIMIT),
+                         "POST /images/bulk-register": -(-n // images_api.BULK_LIMIT),
+                         "POST /directories/": 1},
+                        "the bulk routes: one PUT per file, one upload-url and one register "
+                        f"call per {images_api.BULK_LIMIT} files, and the `mkdir`")
+        self.umount(mountpoint)
+        self.check_landed(dataset)
+        if first and write_back == WRITE_BACKS[0]:
+            self.idle_sync_reference(dataset)
+        return copied - start, synced - start
 
     def copy_without_uploads(self) -> float:
         """``cp -r`` through a mount whose uploads do not start during the run; then unmount
@@ -531,6 +544,21 @@ def machine() -> str:
             f"Python {platform.python_version()}")
 
 
+def revision() -> str:
+    """The commit measured, and whether the package had uncommitted changes."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--",
+                                "pictofs"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not head:
+        return "unknown"
+    return f"{head} with uncommitted changes in pictofs/" if dirty.strip() else head
+
+
 def load_average() -> str:
     try:
         return f"{os.getloadavg()[0]:.2f}"
@@ -552,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     root = Path(tempfile.mkdtemp(prefix="pictofs-bench-write-"))
     bench = WriteBench(root, sizes)
-    load_before = load_average()
+    load_before, measured = load_average(), revision()
     try:
         isolate_environment(root)
         bench.start()
@@ -560,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.copy()
         bench.second_rsync()
         bench.notes.append(f"Machine: {machine()}; load average (1 min) at start / end: "
-                           f"{load_before} / {load_average()}.")
+                           f"{load_before} / {load_average()}. Revision: {measured}.")
         broken = bench.tracebacks()
         if broken:
             bench.notes.append("Tracebacks in the mount logs: "

@@ -11,6 +11,8 @@
 - A permanent refusal (415) ends as ``failed``: listed by ``pictofs status``, visible with
   ``user.pictofs.error``, named by ``pictofs sync`` and ``pictofs umount`` (non-zero, no hang),
   discarded by ``rm``.
+- ``pictofs sync`` starts uploads held back only by ``--write-back``; ``pictofs umount``
+  waits for pending uploads with a progress line, then unmounts.
 - A small staging disk with ``--min-free-space``: ``ENOSPC`` past the limit, earlier files
   kept and uploaded once space returns.
 
@@ -20,7 +22,6 @@ Nothing here waits on the wall clock except polls with a deadline.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import subprocess
 import sys
@@ -67,8 +68,8 @@ def uploads_status(m) -> dict:  # type: ignore[no-untyped-def, type-arg]
     return m.status()["uploads"]
 
 
-def assert_exactly_once(client, dataset, folder: str, files: dict[str, bytes],  # type: ignore[no-untyped-def]
-                        scratch: Path) -> None:
+def assert_exactly_once(client, dataset, folder: str,  # type: ignore[no-untyped-def]
+                        files: dict[str, bytes], scratch: Path) -> None:
     """The folder holds exactly these files, each once, with these bytes, and nothing of
     the dataset is archived (no second copy was made and then replaced)."""
     images = list(client.images.list(dataset.id, include_archived=True))

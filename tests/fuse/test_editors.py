@@ -37,7 +37,8 @@ pytestmark = pytest.mark.fuse
 BOX = {"type": "bbox", "class": "cat", "bbox": [1, 2, 3, 4]}
 
 
-def seed_annotated(client, dataset, folder: str, name: str, data: bytes):  # type: ignore[no-untyped-def]
+def seed_annotated(client, dataset, folder: str,  # type: ignore[no-untyped-def]
+                   name: str, data: bytes):
     """One image with one annotation; returns the image."""
     image, _ = seed_images(client, dataset.id, folder, [name], data_for=lambda n: data)[name]
     save_annotations(client.transport, dataset.id, image.path, [BOX])
@@ -210,6 +211,7 @@ def test_gio_copy_move_remove_and_trash(client, dataset, mount, server, tmp_path
     assert "Path=" in info and "a.png" in info
     wait_for(lambda: {i.id: i.is_archived for i in everything(client, dataset)}[a_id],
              "the trashed image to be archived")
+    assert (m.path / ".archive" / "out" / "a.png").read_bytes() == a_bytes
     assert live(client, dataset, "/out") == {}
     assert trashed.read_bytes() == a_bytes
     assert counts.uploads() == 0, counts.since()
@@ -223,6 +225,7 @@ def test_gio_copy_move_remove_and_trash(client, dataset, mount, server, tmp_path
     assert result.returncode == 0, result.stderr
     assert {p: i.id for p, i in live(client, dataset, "/out").items()} == {"/out/a.png": a_id}
     assert (m.path / "out" / "a.png").read_bytes() == a_bytes
+    assert not (m.path / ".archive" / "out" / "a.png").exists()
     sync(m)
     assert counts.uploads() == 0, counts.since()
     assert os.listdir(m.path / ".Trash-0" / "files") == []

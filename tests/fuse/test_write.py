@@ -4,8 +4,9 @@ Each test drives the mount with the tools people use (``cp``, ``rsync``, ``mv``,
 ``mkdir``, ``rmdir``, ``touch``, ``setfattr``, shell redirection), waits for the uploads with
 ``pictofs sync``, and checks the service through the API client: which images exist, under
 which id, with which bytes. Request counts come from the server's ``/metrics``, so "exactly
-one upload" or "a server-side move, no upload" is checked exactly. Every mount uses a short
-``--write-back`` so uploads start quickly; nothing waits on the wall clock except polls with a
+one upload" or "a server-side move, no upload" is checked exactly. Most mounts use a short
+``--write-back`` so uploads start quickly; a few use a very long one, so that what they check
+cannot be an upload that simply came due. Nothing waits on the wall clock except polls with a
 deadline.
 """
 
@@ -695,14 +696,20 @@ def test_setfattr_split_and_tags_reach_the_service(client, dataset, mount):
 
 def test_split_and_tags_set_on_a_staged_file_apply_after_register(client, dataset, mount,
                                                                   tmp_path):
-    m = mount(dataset.name, "--write-back", "1s")
+    """The write-back is far away, so the attributes are surely set while the file is staged;
+    the rename then queues the upload at once, and the attributes follow it."""
+    m = mount(dataset.name, "--write-back", "1h")
     (tmp_path / "new.png").write_bytes(png_bytes(6100))
     run("cp", str(tmp_path / "new.png"), str(m.path / "new.png"))
     run("setfattr", "-n", "user.pictograph.split", "-v", "val", str(m.path / "new.png"))
     run("setfattr", "-n", "user.pictograph.tags", "-v", '["fresh"]', str(m.path / "new.png"))
-    sync(m)
-    stored = live(client, dataset)["/new.png"]
+    assert live(client, dataset) == {}
+    run("mv", str(m.path / "new.png"), str(m.path / "final.png"))
+    sync(m, timeout="60s")
+    stored = live(client, dataset)["/final.png"]
     assert stored.split == "val" and list(stored.tags) == ["fresh"]
+    assert errno_of(lambda: os.setxattr(m.path / "final.png", "user.pictograph.split",
+                                        b"sometimes")) == errno.EINVAL
 
 
 def test_read_only_xattrs_accept_their_value_and_refuse_another(client, dataset, mount):
