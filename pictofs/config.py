@@ -212,6 +212,16 @@ def config_file() -> Path:
     return home_dir() / ".pictograph" / "config.toml"
 
 
+def _check_private(path: Path, what: str, info: os.stat_result | None = None) -> None:
+    """Refuse a file holding a key that group or others can read, as ssh does."""
+    mode = (info or path.stat()).st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"{what} {path} is readable by others (mode {stat.S_IMODE(mode):04o}); "
+            f"run: chmod 600 {path}"
+        )
+
+
 def read_key_file(path: str | os.PathLike[str]) -> str:
     """Read a key file: one key on its first non-empty line. Refuses a file that group or
     others can read, as ssh does."""
@@ -221,11 +231,7 @@ def read_key_file(path: str | os.PathLike[str]) -> str:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read key file {p}: {exc.strerror}") from None
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            f"key file {p} is readable by others (mode {stat.S_IMODE(info.st_mode):04o}); "
-            f"run: chmod 600 {p}"
-        )
+    _check_private(p, "key file", info)
     for line in text.splitlines():
         if line.strip():
             return line.strip()
@@ -269,6 +275,7 @@ def resolve_connection(
     elif os.environ.get(ENV_KEY):
         key, source = os.environ[ENV_KEY].strip(), "environment"
     elif from_file().get("api_key"):
+        _check_private(config_file(), "config file")
         key, source = str(from_file()["api_key"]).strip(), f"config file {config_file()}"
     else:
         key, source = None, "none"

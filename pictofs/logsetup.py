@@ -12,14 +12,22 @@ import logging.handlers
 import os
 import re
 
+from pictofs.names import printable
+
 _KEY_RE = re.compile(r"pk_(live|test)_[A-Za-z0-9_\-]+")
 
 
 class KeyRedactingFilter(logging.Filter):
+    """Masks keys, and escapes unprintable characters so that a name holding a newline
+    cannot forge a log line and undecodable bytes cannot make the handler drop the line."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if "pk_" in message:
-            record.msg = _KEY_RE.sub(r"pk_\1_***", message)
+        clean = printable(message)
+        if "pk_" in clean:
+            clean = _KEY_RE.sub(r"pk_\1_***", clean)
+        if clean != message:
+            record.msg = clean
             record.args = None
         return True
 

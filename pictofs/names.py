@@ -38,7 +38,7 @@ def check_name(name: str) -> None:
         raise InvalidName(f"invalid name {name!r}")
     if "/" in name:
         raise InvalidName(f"a name cannot contain '/': {name!r}")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
+    if any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in name):  # C0, DEL, C1
         raise InvalidName(f"a name cannot contain control characters: {name!r}")
     try:
         encoded = name.encode("utf-8")
@@ -88,3 +88,21 @@ def normalize_folder(path: str) -> str:
     for part in parts:
         check_name(part)
     return "/" + "/".join(parts)
+
+
+def printable(text: str) -> str:
+    """``text`` for one line of a log or a report: control characters (a newline in a file
+    name must not start a forged line) and other unprintable characters are escaped like
+    Python does (``\\x07``, ``\\n``), and bytes that were not UTF-8 (decoded with
+    ``surrogateescape``) are shown as the bytes they were (``\\xff``)."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+        elif "\udc80" <= ch <= "\udcff":
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        else:
+            out.append(ascii(ch)[1:-1])
+    return "".join(out)

@@ -40,6 +40,8 @@ def pytest_configure(config: pytest.Config) -> None:
         os.chmod(path, 0o700)
         os.environ[name] = str(path)
     for name in list(os.environ):
+        if name == "PICTOFS_LONG":  # the tests' own switch (long fuzz/differential profiles)
+            continue
         if name.startswith("PICTOGRAPH_") or name.startswith("PICTOFS_"):
             del os.environ[name]
     config._pictofs_root = root  # type: ignore[attr-defined]

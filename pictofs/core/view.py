@@ -25,6 +25,14 @@ from pictofs.remote import Remote
 log = logging.getLogger(__name__)
 
 
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class DirEntry:
     """A folder at ``path`` (``folder`` is None for the root and for folders known only
@@ -135,6 +143,10 @@ class DatasetView:
         parent, name = split_path(path)
         if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
             raise NameTooLong(f"name longer than {MAX_NAME_BYTES} bytes")
+        if not _is_utf8(name):
+            # Bytes that are not UTF-8 (decoded with surrogateescape) name nothing on the
+            # service, and could not even be put in a request.
+            raise NotFound(f"{path!r} is not a UTF-8 name")
         parent_entry = self.resolve(parent)
         if not isinstance(parent_entry, DirEntry):
             raise NotFound(f"{parent} is not a folder")

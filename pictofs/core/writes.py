@@ -374,6 +374,7 @@ class WriteLayer:
         pending = self.pending_at(path)
         if pending is not None:
             self.forget(pending, cancel=True)
+            self.archive_replaced(pending, path, permanent=self.options.permanent_delete)
             return
         if self.is_hidden(path):
             raise NotFound(path)
@@ -385,6 +386,21 @@ class WriteLayer:
         self.view.note_gone(path)
         self.on_archived()
         log.info("%s %s", "deleted" if self.options.permanent_delete else "archived", path)
+
+    def archive_replaced(self, pending: Pending, path: str, permanent: bool = False) -> None:
+        """A file staged over an image left that image's path (``rm``, ``mv``) before its
+        upload took the image's place: the image goes too, as ``rm``/``mv`` of the file it
+        showed would take it (already archived by the upload's replace step: no change)."""
+        replaced, pending.replaced_id = pending.replaced_id, None
+        if replaced is None:
+            return
+        try:
+            self.remote.archive(self.view.dataset_id, [replaced], permanent=permanent)
+        except NotFound:
+            pass
+        self.view.note_gone(path)
+        self.on_archived()
+        log.info("archived %s: the file replacing it was removed or renamed", path)
 
     def forget(self, pending: Pending, cancel: bool) -> None:
         pending.removed = True

@@ -61,13 +61,14 @@ class Engine:
                                  write_back=0.0, retry_max_wait=retry_max_wait,
                                  on_registered=self._registered, on_failed=self._failed,
                                  batch=batch)
-        # _lock guards _live, known, _noted and report; _changed is signalled when an
+        # _lock guards _live, _known, _noted, _said and report; _changed is signalled when an
         # upload lands or fails.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._live: dict[str, tuple[str, int]] = {}  # entry id → (rel, size) in flight
-        self.known: dict[str, Known] = {}  # rel → a failure reported for these bytes
+        self._known: dict[str, Known] = {}  # rel → a failure reported for these bytes
         self._noted: set[tuple[str, int, int]] = set()  # left-out files already logged
+        self._said: set[tuple[str, str]] = set()  # plan failures already logged
         self._folders: set[str] = set()  # folders made on the service by this process
         self.stopping = threading.Event()
         self.retry_later: set[str] = set()  # paths whose move or archive failed for now
@@ -114,6 +115,10 @@ class Engine:
         with self._lock:
             return {rel for rel, _ in self._live.values()}
 
+    def known_failures(self) -> dict[str, Known]:
+        with self._lock:
+            return dict(self._known)
+
     def busy(self) -> bool:
         with self._lock:
             return bool(self._live)
@@ -122,11 +127,15 @@ class Engine:
         """Until every upload handed over landed or failed; False when stopped first."""
         while True:
             with self._changed:
-                if not self._live:
-                    return True
                 if self.stopping.is_set():
                     return False
-                self._changed.wait(poll)
+                if self._live:
+                    self._changed.wait(poll)
+                    idle = False
+                else:
+                    idle = True
+            if idle and self.queue.wait_idle(poll):  # resumed entries this run did not stage
+                return True
             self.progress.tick()
 
     # ---------------------------------------------------------------- plans
@@ -335,24 +344,29 @@ class Engine:
     # ---------------------------------------------------------------- failures
 
     def _report_failure(self, failure: Failure) -> None:
+        """A failure the plan found. A collision or a name taken depends on other files, so
+        it is planned again at the next event (logged once), unlike a failure of the bytes
+        themselves (``_fail_known``)."""
         with self._lock:
             self.report.failed[failure.rel] = failure.reason
-        if not failure.known:
+            first = (failure.rel, failure.reason) not in self._said
+            self._said.add((failure.rel, failure.reason))
+        if first and not failure.known:
             log.warning("not uploaded: %s: %s", failure.rel, failure.reason)
-        if failure.rel in self.known:
-            return
-        try:
-            info = (self.root / failure.rel).stat()
-        except OSError:
-            return
+
+    def give_up(self, rels: set[str], reason: str) -> None:
+        """Report paths that could not be brought in step in this run."""
         with self._lock:
-            self.known[failure.rel] = Known(info.st_size, info.st_mtime_ns, failure.reason)
+            for rel in rels:
+                self.report.failed[rel] = reason
+        for rel in sorted(rels):
+            log.warning("not in step: %s: %s", rel, reason)
 
     def _fail_known(self, rel: str, size: int, mtime_ns: int, reason: str,
                     logged: bool = False) -> None:
         with self._lock:
-            first = self.known.get(rel) != Known(size, mtime_ns, reason)
-            self.known[rel] = Known(size, mtime_ns, reason)
+            first = self._known.get(rel) != Known(size, mtime_ns, reason)
+            self._known[rel] = Known(size, mtime_ns, reason)
             self.report.failed[rel] = reason
         if first and not logged:
             log.warning("not uploaded: %s: %s", rel, reason)

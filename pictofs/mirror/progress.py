@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
+from pictofs.names import printable
 from pictofs.units import format_size
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,9 @@ class Report:
         if extra:
             lines.append(", ".join(extra))
         for path, reason in sorted(self.left_out.items()):
-            lines.append(f"skipped {path}: {reason}")
+            lines.append(f"skipped {printable(path)}: {printable(reason)}")
         for path, reason in sorted(self.failed.items()):
-            lines.append(f"failed {path}: {reason}")
+            lines.append(f"failed {printable(path)}: {printable(reason)}")
         if self.refused:
             lines.append(self.refused)
         return lines

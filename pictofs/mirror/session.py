@@ -63,6 +63,12 @@ class Session:
             self.engine.recover()
             self.reconcile()
             self.engine.wait_done()
+            if self.engine.retry_later:  # changed while read, or a move that failed for now
+                retry, self.engine.retry_later = self.engine.retry_later, set()
+                self.sync(retry)
+                self.engine.wait_done()
+                self.engine.give_up(self.engine.retry_later,
+                                    "still changing, or the service refused it for now")
         except Stopped:
             pass
         finally:
@@ -120,7 +126,8 @@ class Session:
         files = dict(files)
         for _ in range(2):
             plan = plan_sync(files, self.engine.state.rows(), self.policy, remote=remote,
-                             pending=self.engine.pending_rels(), known=self.engine.known,
+                             pending=self.engine.pending_rels(),
+                             known=self.engine.known_failures(),
                              scope=scope)
             if not plan.hash_first:
                 break

@@ -21,6 +21,10 @@ from pictofs.server.folders import Folders
 from pictofs.server.ingest import Ingest
 from pictofs.server.middleware import KeyedLocks, Metrics
 
+# The largest ``offset`` a listing takes: SQLite integers are 64-bit, and a larger offset
+# would fail in the query (a 500) instead of answering an empty page.
+MAX_OFFSET = 2**63 - 1
+
 
 @dataclass
 class ServerState:

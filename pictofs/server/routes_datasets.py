@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from pictofs.server.catalog import ImageFilter, image_json
 from pictofs.server.db import Caller
-from pictofs.server.deps import ServerState, base_url, caller, member, page, state
+from pictofs.server.deps import MAX_OFFSET, ServerState, base_url, caller, member, page, state
 from pictofs.server.idempotency import IdempotentRoute
 from pictofs.server.schemas import (
     ERROR_RESPONSES,
@@ -30,7 +30,8 @@ router = APIRouter(prefix=API, route_class=IdempotentRoute, responses=ERROR_RESP
 # ---- datasets ----------------------------------------------------------------------------
 
 @router.get("/datasets/", response_model=Page[DatasetOut], tags=["datasets"])
-def list_datasets(limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+def list_datasets(limit: int = Query(100, ge=1, le=1000),
+                  offset: int = Query(0, ge=0, le=MAX_OFFSET),
                   archived: bool = False, who: Caller = Depends(caller),
                   st: ServerState = Depends(state)) -> dict[str, Any]:
     if archived:  # datasets are never archived here
@@ -43,7 +44,7 @@ def list_datasets(limit: int = Query(100, ge=1, le=1000), offset: int = Query(0,
             response_model_exclude_unset=True, tags=["datasets"])
 def get_dataset(request: Request, dataset: str, include_images: bool = False,
                 images_limit: int = Query(1000, ge=1, le=10_000),
-                images_offset: int = Query(0, ge=0), who: Caller = Depends(caller),
+                images_offset: int = Query(0, ge=0, le=MAX_OFFSET), who: Caller = Depends(caller),
                 st: ServerState = Depends(state)) -> dict[str, Any]:
     """One dataset; with ``include_images=true`` (as the official SDK may ask) also a page of
     its images, newest first."""
@@ -77,6 +78,8 @@ def list_directories(dataset: str, parent_path: str | None = None,
 
 
 @router.post("/directories/", response_model=Envelope[DirectoryOut], status_code=201,
+             responses={200: {"model": Envelope[DirectoryOut],
+                              "description": "The folder already existed"}},
              tags=["directories"])
 def create_directory(body: DirectoryCreate, response: Response, who: Caller = Depends(member),
                      st: ServerState = Depends(state)) -> dict[str, Any]:

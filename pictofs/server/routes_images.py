@@ -17,7 +17,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from pictofs.server.catalog import ImageFilter, image_json
 from pictofs.server.db import Caller
-from pictofs.server.deps import ServerState, base_url, caller, member, page, state
+from pictofs.server.deps import MAX_OFFSET, ServerState, base_url, caller, member, page, state
 from pictofs.server.failures import ApiFailure
 from pictofs.server.idempotency import IdempotentRoute
 from pictofs.server.schemas import (
@@ -66,7 +66,7 @@ def list_images(request: Request, dataset: str,
                 directory_path: str | None = None, filename: str | None = None,
                 include_archived: bool = False, status: Status | None = None,
                 split: Split | None = None, min_confidence_lt: float | None = None,
-                limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+                limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_OFFSET),
                 who: Caller = Depends(caller), st: ServerState = Depends(state)
                 ) -> dict[str, Any]:
     ds = st.catalog.find_dataset(who.organization_id, dataset)

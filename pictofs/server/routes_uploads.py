@@ -29,6 +29,7 @@ from pictofs.server.schemas import (
     BulkUploadUrlOut,
     BulkUploadUrlRequest,
     Envelope,
+    ErrorBody,
     ImageOut,
     RegisterRequest,
     StoredOut,
@@ -129,7 +130,14 @@ async def _drain(request: Request) -> None:
         return
 
 
-@storage_router.put(STORAGE_PATH + "/{token}", response_model=Envelope[StoredOut])
+_PUT_BODY = {"required": True, "description": "The image bytes, with the signed Content-Type",
+             "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}
+
+
+@storage_router.put(STORAGE_PATH + "/{token}", response_model=Envelope[StoredOut],
+                    responses={411: {"model": ErrorBody,
+                                     "description": "Content-Length is missing"}},
+                    openapi_extra={"requestBody": _PUT_BODY})
 async def storage_put(token: str, request: Request) -> dict[str, Any]:
     """Step 2: the bytes, streamed to disk. No API key; the signed token is the permission."""
     st: ServerState = request.app.state.server

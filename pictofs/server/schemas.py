@@ -7,9 +7,10 @@ use, such as ``readme``). Responses are validated against these models by FastAP
 
 from __future__ import annotations
 
+import math
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 T = TypeVar("T")
 
@@ -19,6 +20,49 @@ Split = Literal["train", "val", "test"]
 
 class _Out(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+MAX_JSON_DEPTH = 64  # far beyond any annotation; pydantic cannot serialize a few hundred
+
+
+def _unstorable(value: Any, depth: int = 0) -> str | None:
+    """Why a decoded JSON value cannot be stored and answered as sent, or None if it can."""
+    if isinstance(value, str):
+        if any("\ud800" <= ch <= "\udfff" for ch in value):
+            return "strings cannot contain unpaired surrogates"
+    elif isinstance(value, bool):
+        return None
+    elif isinstance(value, int):
+        if not _INT64[0] <= value <= _INT64[1]:
+            return "integers must fit in 64 bits"
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return "numbers must be finite (no NaN, Infinity or overflowing literals)"
+    elif isinstance(value, (dict, list, tuple)):
+        if depth >= MAX_JSON_DEPTH:
+            return f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        for item in items:
+            reason = _unstorable(item, depth + 1)
+            if reason:
+                return reason
+    return None
+
+
+class _In(BaseModel):
+    """A request body. Python's JSON decoder takes what SQLite and a JSON answer cannot hold:
+    unpaired UTF-16 surrogates (``"\\ud800"``), ``NaN``/``Infinity``, ``1e999``, integers
+    beyond 64 bits, and nesting deeper than the response serializer goes. Each is a 422 here
+    instead of a 500 (or a stored row that no later answer can render)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        reason = _unstorable(data)
+        if reason:
+            raise ValueError(reason)
+        return data
 
 
 # ---- wire objects ------------------------------------------------------------------------
@@ -101,7 +145,7 @@ class ErrorBody(BaseModel):
 
 # ---- datasets ----------------------------------------------------------------------------
 
-class DatasetCreate(BaseModel):
+class DatasetCreate(_In):
     name: str
     description: str | None = None
     annotation_types: list[str] | None = None
@@ -110,12 +154,12 @@ class DatasetCreate(BaseModel):
 
 # ---- directories -------------------------------------------------------------------------
 
-class DirectoryCreate(BaseModel):
+class DirectoryCreate(_In):
     dataset: str
     directory_path: str
 
 
-class DirectoryRename(BaseModel):
+class DirectoryRename(_In):
     new_name: str
 
 
@@ -126,7 +170,7 @@ class DirectoryDeleted(BaseModel):
 
 # ---- uploads -----------------------------------------------------------------------------
 
-class UploadUrlRequest(BaseModel):
+class UploadUrlRequest(_In):
     dataset: str
     filename: str
     directory_path: str | None = "/"
@@ -140,13 +184,13 @@ class UploadUrlOut(BaseModel):
     expires_in_minutes: int
 
 
-class BulkUploadItem(BaseModel):
+class BulkUploadItem(_In):
     filename: str
     directory_path: str | None = "/"
     content_type: str
 
 
-class BulkUploadUrlRequest(BaseModel):
+class BulkUploadUrlRequest(_In):
     dataset: str
     images: list[BulkUploadItem] = Field(min_length=1, max_length=500)
 
@@ -162,7 +206,7 @@ class BulkUploadUrlOut(BaseModel):
     expires_in_minutes: int
 
 
-class RegisterItem(BaseModel):
+class RegisterItem(_In):
     filename: str
     directory_path: str | None = "/"
     file_size: int | None = Field(default=None, ge=0)
@@ -175,7 +219,7 @@ class RegisterRequest(RegisterItem):
     dataset: str
 
 
-class BulkRegisterRequest(BaseModel):
+class BulkRegisterRequest(_In):
     dataset: str
     images: list[RegisterItem] = Field(min_length=1, max_length=500)
 
@@ -204,11 +248,11 @@ class DeleteResult(BaseModel):
     message: str
 
 
-class SplitRequest(BaseModel):
+class SplitRequest(_In):
     split: Split | None = None
 
 
-class BulkTagRequest(BaseModel):
+class BulkTagRequest(_In):
     dataset: str
     image_ids: list[str] = Field(max_length=10_000)
     tags: list[str]
@@ -219,24 +263,24 @@ class ProcessedOut(BaseModel):
     processed: int
 
 
-class BatchDeleteRequest(BaseModel):
+class BatchDeleteRequest(_In):
     dataset_name: str
     image_ids: list[str] = Field(max_length=10_000)
     permanent: bool = False
 
 
-class BatchUpdates(BaseModel):
+class BatchUpdates(_In):
     is_archived: bool | None = None
     status: Status | None = None
 
 
-class BatchUpdateRequest(BaseModel):
+class BatchUpdateRequest(_In):
     dataset_name: str
     image_ids: list[str] = Field(max_length=10_000)
     updates: BatchUpdates
 
 
-class BatchMoveRequest(BaseModel):
+class BatchMoveRequest(_In):
     dataset_name: str
     image_ids: list[str] = Field(max_length=10_000)
     target_directory_path: str
@@ -262,7 +306,7 @@ class AnnotationsOut(BaseModel):
     annotations: list[dict[str, Any]]
 
 
-class AnnotationsSave(BaseModel):
+class AnnotationsSave(_In):
     annotations: list[dict[str, Any]]
 
 

@@ -566,6 +566,14 @@ def load_average() -> str:
         return "unknown"
 
 
+def show_mount_logs(bench: WriteBench, lines: int = 40) -> None:
+    """On failure: the end of the last mount log, and of every log with a traceback."""
+    shown = [p for p in bench.logs if p.exists()][-1:] + bench.tracebacks()
+    for path in dict.fromkeys(shown):
+        log(f"--- the end of {path.name}:")
+        log("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -593,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
         if broken:
             bench.notes.append("Tracebacks in the mount logs: "
                                + ", ".join(p.name for p in broken))
+    except BaseException:
+        show_mount_logs(bench)  # before the temporary folder goes
+        raise
     finally:
         bench.close()
         shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,443 @@
+"""Differential random operations: a real mount against a plain-Python model (filesystem
+§3, §5, §6).
+
+A Hypothesis ``RuleBasedStateMachine`` drives one real mount per example (a fresh dataset
+each time) with the operations people do through a mount, and changes made meanwhile by
+another client through the API. The model is a dict (path → bytes), a set of folders and the
+mtimes set with ``utime``. After every step the mount's whole tree (folder names, file names,
+sizes, every file's bytes, the mtimes set) must equal the model; after ``pictofs sync`` (a
+rule, and at the end of each example) the service's live images and folders must equal the
+model's uploadable part, and after ``pictofs umount`` they still must.
+
+Each example draws its mount's timing: ``--write-back`` 0 s (uploads race the next steps),
+0.3 s, or 1 h (files stay staged until a ``sync`` step, so renames of staged files and of
+uploaded images are both reached deterministically); and the listing cache: ``--dir-cache-time
+0`` (API changes show at once), or 30 s with ``pictofs refresh`` after each API change and a
+wait of the kernel's 1 s entry timeout (the staleness the spec allows, modelled).
+
+Names: folders ``p``/``q`` (nested up to three levels), supported images ``a.png``,
+``b.png``, ``c.jpg``, ``d.jpg`` and local-only names ``.e.png``, ``f.png~``, ``.g.jpg.part``
+(never uploaded; renaming one to a supported name uploads it, as an editor's save does). A
+supported file is never renamed to a local-only name (that hands the image to an orphan timer,
+§6, which this model does not time). Contents are small PNGs/JPEGs from ``imagegen`` whose kind
+follows the extension.
+
+Profiles: CI runs ``EXAMPLES`` × ``STEPS`` with a fixed seed (``PICTOFS_SEED`` overrides it);
+``PICTOFS_LONG=1`` runs the long profile. See docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from hypothesis import HealthCheck, seed, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
+                                 rule, run_state_machine_as_test)
+
+from imagegen import jpeg_bytes, png_bytes
+from mountkit import pictofs_cmd, service_bytes, sync
+from pictofs.api import folders as folders_api
+from pictofs.api.errors import ConflictError
+from pictofs.names import is_local_only
+
+pytestmark = pytest.mark.fuse
+
+LONG = os.environ.get("PICTOFS_LONG", "") not in ("", "0")
+SEED = int(os.environ.get("PICTOFS_SEED", "20240611"))
+EXAMPLES = int(os.environ.get("PICTOFS_EXAMPLES", 150 if LONG else 10))
+STEPS = int(os.environ.get("PICTOFS_STEPS", 40 if LONG else 15))
+
+FOLDER_NAMES = ("p", "q")
+MAX_DEPTH = 3  # folders nest at most this deep (mkdir adds up to 2; renames may add one)
+UPLOADABLE = ("a.png", "b.png", "c.jpg", "d.jpg")
+LOCAL = (".e.png", "f.png~", ".g.jpg.part")
+FILE_NAMES = UPLOADABLE + LOCAL
+OLD = 1_000_000_000  # utime sets mtimes in 2001-2002; a file's own mtime is always later
+
+# What the examples did, for docs/reliability.md (printed at the end, visible with -s).
+FIGURES: dict[str, Any] = {"examples": 0, "steps": 0, "rules": {}}
+
+
+def kind(name: str) -> str:
+    return "png" if ".png" in name else "jpg"
+
+
+def content(name: str, number: int) -> bytes:
+    return png_bytes(number) if kind(name) == "png" else jpeg_bytes(number)
+
+
+def join(folder: str, name: str) -> str:
+    return f"{folder}/{name}" if folder else name
+
+
+def parent_of(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+def depth(folder: str) -> int:
+    return folder.count("/") + 1 if folder else 0
+
+
+def uploadable(path: str) -> bool:
+    return not any(is_local_only(part) for part in path.split("/"))
+
+
+def errno_of(func: Callable[[], object]) -> int | None:
+    try:
+        func()
+    except OSError as exc:
+        return exc.errno
+    return None
+
+
+def write_file(path: Path, data: bytes, flags: int, pieces: int) -> None:
+    """``open`` with ``flags``, the bytes in ``pieces`` writes, ``close``."""
+    fd = os.open(path, flags, 0o644)
+    try:
+        step = max(1, -(-len(data) // pieces))
+        for start in range(0, len(data), step):
+            view = memoryview(data)[start:start + step]
+            while view:
+                view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def step(func: Callable[..., None]) -> Callable[..., None]:
+    """Count the rule, and mark the machine broken if it raises (teardown then only
+    unmounts: a failed step is the report, not what the teardown finds after it)."""
+
+    @functools.wraps(func)
+    def wrapper(self: "MountMachine", **kwargs: Any) -> None:
+        self.broken = True
+        func(self, **kwargs)
+        self.broken = False
+        FIGURES["steps"] += 1
+        FIGURES["rules"][func.__name__] = FIGURES["rules"].get(func.__name__, 0) + 1
+
+    return wrapper
+
+
+class MountMachine(RuleBasedStateMachine):
+    """Bound to the test's fixtures by ``machine_for``."""
+
+    client: Any
+    mount: Any
+    scratch: Path
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: dict[str, bytes] = {}
+        self.folders: set[str] = set()
+        self.mtimes: dict[str, int] = {}
+        self.m: Any = None
+        self.dataset: Any = None
+        self.cached = False
+        self.broken = False
+
+    # ------------------------------------------------------------------ set-up
+
+    @initialize(write_back=st.sampled_from(["0s", "0.3s", "1h"]),
+                cached=st.booleans())
+    def start(self, write_back: str, cached: bool) -> None:
+        self.broken = True
+        self.cached = cached
+        name = f"diff-{uuid.uuid4().hex[:10]}"
+        self.dataset = self.client.projects.create(name)
+        self.m = self.mount(name, "--write-back", write_back,
+                            "--dir-cache-time", "30s" if cached else "0")
+        FIGURES["examples"] += 1
+        self.broken = False
+
+    def teardown(self) -> None:
+        if self.m is None:
+            return
+        try:
+            if not self.broken:
+                sync(self.m, timeout=120)
+                assert self.m.status()["uploads"]["failed"] == []
+                self.check_service()
+                result = self.m.umount("--timeout", "120")
+                assert result.returncode == 0, f"umount: {result.stderr}\n{self.m.log()[-3000:]}"
+                self.check_service()  # unmounting changes nothing more
+        finally:
+            if self.m.mounted:
+                self.m.umount("--timeout", "30", "--force")
+
+    # ------------------------------------------------------------------ helpers
+
+    def p(self, path: str) -> Path:
+        return self.m.path / path if path else self.m.path
+
+    def all_folders(self) -> list[str]:
+        return ["", *sorted(self.folders)]
+
+    def exists(self, path: str) -> bool:
+        return path in self.files or path in self.folders
+
+    def empty(self, folder: str) -> bool:
+        prefix = folder + "/"
+        return not any(p.startswith(prefix) for p in [*self.files, *self.folders])
+
+    def after_api_change(self) -> None:
+        """A change by another client shows now (dir cache 0), or after ``pictofs refresh``
+        plus the kernel's entry/attr timeout of min(1 s, --dir-cache-time) (§2, §3)."""
+        if self.cached:
+            self.m.refresh()
+            time.sleep(1.1)
+
+    def service_images(self) -> dict[str, Any]:
+        return {img.path.lstrip("/"): img for img in self.client.images.list(self.dataset.id)}
+
+    def check_service(self) -> None:
+        expected = {p: d for p, d in self.files.items() if uploadable(p)}
+        images = self.service_images()
+        assert sorted(images) == sorted(expected), "service images differ from the model"
+        for path, image in images.items():
+            assert service_bytes(self.client, image.id, self.scratch) == expected[path], path
+        folders = {f.full_path.strip("/") for f in
+                   folders_api.list_folders(self.client.transport, self.dataset.id)}
+        assert folders == {f for f in self.folders if uploadable(f)}, \
+            "service folders differ from the model"
+
+    # ------------------------------------------------------------------ invariant
+
+    @invariant()
+    def mount_matches_model(self) -> None:
+        if self.m is None:
+            return
+        folders: set[str] = set()
+        files: dict[str, bytes] = {}
+        for dirpath, dirnames, filenames in os.walk(self.m.path):
+            rel = os.path.relpath(dirpath, self.m.path)
+            rel = "" if rel == "." else rel
+            folders.update(join(rel, d) for d in dirnames)
+            for name in filenames:
+                path = join(rel, name)
+                full = self.p(path)
+                data = full.read_bytes()
+                info = os.stat(full)
+                assert info.st_size == len(data), f"{path}: st_size {info.st_size} but " \
+                    f"{len(data)} bytes read"
+                if path in self.mtimes:
+                    assert info.st_mtime == self.mtimes[path], \
+                        f"{path}: mtime {info.st_mtime}, set to {self.mtimes[path]}"
+                else:
+                    assert info.st_mtime > OLD + 10_000_000, \
+                        f"{path}: mtime {info.st_mtime} is an old utime, not the last write"
+                files[path] = data
+        assert folders == self.folders, "mount folders differ from the model"
+        assert sorted(files) == sorted(self.files), "mount files differ from the model"
+        for path, data in files.items():
+            assert data == self.files[path], f"{path}: bytes differ from the model"
+
+    # ------------------------------------------------------------------ files
+
+    @rule(data=st.data(), number=st.integers(0, 60), pieces=st.integers(1, 3))
+    @step
+    def create(self, data: st.DataObject, number: int, pieces: int) -> None:
+        folder = data.draw(st.sampled_from(self.all_folders()), "folder")
+        name = data.draw(st.sampled_from(FILE_NAMES), "name")
+        path = join(folder, name)
+        blob = content(name, number)
+        if self.exists(path):
+            code = errno_of(lambda: write_file(self.p(path), blob,
+                                               os.O_WRONLY | os.O_CREAT | os.O_EXCL, 1))
+            assert code == errno.EEXIST, f"create O_EXCL of existing {path}: {code}"
+            return
+        write_file(self.p(path), blob, os.O_WRONLY | os.O_CREAT | os.O_EXCL, pieces)
+        self.files[path] = blob
+        self.mtimes.pop(path, None)
+
+    @rule(data=st.data())
+    @step
+    def create_unsupported(self, data: st.DataObject) -> None:
+        folder = data.draw(st.sampled_from(self.all_folders()), "folder")
+        code = errno_of(lambda: write_file(self.p(join(folder, "notes.txt")), b"hello",
+                                           os.O_WRONLY | os.O_CREAT, 1))
+        assert code == errno.ENOTSUP, f"create notes.txt: {code}"
+
+    @precondition(lambda self: self.files)
+    @rule(data=st.data(), number=st.integers(0, 60), pieces=st.integers(1, 3))
+    @step
+    def overwrite(self, data: st.DataObject, number: int, pieces: int) -> None:
+        path = data.draw(st.sampled_from(sorted(self.files)), "path")
+        blob = content(path, number)
+        write_file(self.p(path), blob, os.O_WRONLY | os.O_TRUNC, pieces)
+        self.files[path] = blob
+        self.mtimes.pop(path, None)
+
+    @precondition(lambda self: self.files)
+    @rule(data=st.data())
+    @step
+    def rename_file(self, data: st.DataObject) -> None:
+        src = data.draw(st.sampled_from(sorted(self.files)), "src")
+        name = src.rpartition("/")[2]
+        choices = [n for n in (FILE_NAMES if is_local_only(name) else UPLOADABLE)
+                   if kind(n) == kind(name)]
+        folder = data.draw(st.sampled_from(self.all_folders()), "folder")
+        dst = join(folder, data.draw(st.sampled_from(choices), "name"))
+        if dst == src:
+            return
+        os.rename(self.p(src), self.p(dst))
+        self.files[dst] = self.files.pop(src)
+        if src in self.mtimes:
+            self.mtimes[dst] = self.mtimes.pop(src)
+        else:
+            self.mtimes.pop(dst, None)
+
+    @precondition(lambda self: self.files)
+    @rule(data=st.data())
+    @step
+    def unlink(self, data: st.DataObject) -> None:
+        path = data.draw(st.sampled_from(sorted(self.files)), "path")
+        os.unlink(self.p(path))
+        del self.files[path]
+        self.mtimes.pop(path, None)
+
+    @precondition(lambda self: self.files)
+    @rule(data=st.data(), when=st.integers(0, 50_000_000))
+    @step
+    def utime(self, data: st.DataObject, when: int) -> None:
+        path = data.draw(st.sampled_from(sorted(self.files)), "path")
+        os.utime(self.p(path), (OLD + when, OLD + when))
+        self.mtimes[path] = OLD + when
+
+    # ------------------------------------------------------------------ folders
+
+    @rule(data=st.data())
+    @step
+    def mkdir(self, data: st.DataObject) -> None:
+        parent = data.draw(st.sampled_from([f for f in self.all_folders() if depth(f) < 2]),
+                           "parent")
+        path = join(parent, data.draw(st.sampled_from(FOLDER_NAMES), "name"))
+        if self.exists(path):
+            assert errno_of(lambda: os.mkdir(self.p(path))) == errno.EEXIST
+            return
+        os.mkdir(self.p(path))
+        self.folders.add(path)
+
+    @precondition(lambda self: self.folders)
+    @rule(data=st.data())
+    @step
+    def rmdir(self, data: st.DataObject) -> None:
+        path = data.draw(st.sampled_from(sorted(self.folders)), "path")
+        if not self.empty(path):
+            code = errno_of(lambda: os.rmdir(self.p(path)))
+            assert code == errno.ENOTEMPTY, f"rmdir of non-empty {path}: {code}"
+            return
+        os.rmdir(self.p(path))
+        self.folders.discard(path)
+
+    @precondition(lambda self: self.folders)
+    @rule(data=st.data())
+    @step
+    def rename_folder(self, data: st.DataObject) -> None:
+        src = data.draw(st.sampled_from(sorted(self.folders)), "src")
+        below = [f for f in self.folders if f.startswith(src + "/")]
+        height = max([depth(f) for f in below], default=depth(src)) - depth(src) + 1
+        parents = [f for f in self.all_folders()
+                   if f != src and not f.startswith(src + "/") and depth(f) + height <= MAX_DEPTH]
+        if not parents:
+            return
+        parent = data.draw(st.sampled_from(parents), "parent")
+        dst = join(parent, data.draw(st.sampled_from(FOLDER_NAMES), "name"))
+        if dst == src:
+            return
+        if dst in self.folders and not self.empty(dst):
+            code = errno_of(lambda: os.rename(self.p(src), self.p(dst)))
+            assert code == errno.ENOTEMPTY, f"rename {src} onto non-empty {dst}: {code}"
+            return
+        os.rename(self.p(src), self.p(dst))
+        self.folders.discard(dst)
+
+        def moved(path: str) -> str:
+            return dst + path[len(src):]
+
+        under = src + "/"
+        self.folders = {moved(f) if f == src or f.startswith(under) else f
+                        for f in self.folders}
+        self.files = {moved(p) if p.startswith(under) else p: d for p, d in self.files.items()}
+        self.mtimes = {moved(p) if p.startswith(under) else p: t for p, t in self.mtimes.items()}
+
+    # ------------------------------------------------------------------ another client
+
+    @rule(data=st.data(), number=st.integers(0, 60))
+    @step
+    def api_upload(self, data: st.DataObject, number: int) -> None:
+        folder = data.draw(st.sampled_from(self.all_folders()), "folder")
+        name = data.draw(st.sampled_from(UPLOADABLE), "name")
+        path = join(folder, name)
+        if self.exists(path):
+            return
+        blob = content(name, number)
+        source = self.scratch / "api" / name
+        source.parent.mkdir(exist_ok=True)
+        source.write_bytes(blob)
+        try:
+            self.client.images.upload(self.dataset.id, source, "/" + folder)
+        except ConflictError:  # an unlinked upload of the mount's not archived yet
+            sync(self.m, timeout=120)
+            self.client.images.upload(self.dataset.id, source, "/" + folder)
+        self.files[path] = blob
+        self.after_api_change()
+
+    @precondition(lambda self: any(uploadable(p) for p in self.files))
+    @rule(data=st.data())
+    @step
+    def api_archive(self, data: st.DataObject) -> None:
+        path = data.draw(st.sampled_from(sorted(p for p in self.files if uploadable(p))),
+                         "path")
+        sync(self.m, timeout=120)  # so the image at that path is the one the model holds
+        image = self.service_images()[path]
+        self.client.images.delete(image.id)
+        del self.files[path]
+        self.mtimes.pop(path, None)
+        self.after_api_change()
+
+    @rule(data=st.data())
+    @step
+    def api_mkdir(self, data: st.DataObject) -> None:
+        parent = data.draw(st.sampled_from([f for f in self.all_folders() if depth(f) < 2]),
+                           "parent")
+        path = join(parent, data.draw(st.sampled_from(FOLDER_NAMES), "name"))
+        if self.exists(path):
+            return
+        folders_api.create_folder(self.client.transport, self.dataset.id, "/" + path)
+        self.folders.add(path)
+        self.after_api_change()
+
+    # ------------------------------------------------------------------ the service
+
+    @rule()
+    @step
+    def sync_and_compare(self) -> None:
+        sync(self.m, timeout=120)
+        assert self.m.status()["uploads"]["failed"] == []
+        self.check_service()
+
+
+def test_mount_agrees_with_a_model_under_random_operations(client, mount, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+
+    class Bound(MountMachine):
+        pass
+
+    Bound.client, Bound.mount, Bound.scratch = client, staticmethod(mount), scratch
+    seed(SEED)(Bound)
+    started = time.monotonic()
+    run_state_machine_as_test(Bound, settings=settings(
+        max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, database=None,
+        suppress_health_check=list(HealthCheck), print_blob=True))
+    FIGURES["seconds"] = round(time.monotonic() - started, 1)
+    print(f"\ndifferential: seed {SEED}, {FIGURES}")
+    assert FIGURES["examples"] >= 1 and FIGURES["steps"] > 0
