@@ -88,14 +88,22 @@ class Renamer:
         else:
             self._rename_image(old, source, new, target)
 
-    def _rename_pending(self, pending: Pending, new: str, target: Thing | None) -> None:
+    def _rename_pending(self, pending: Pending, new: str, target: Thing | None,
+                        moved_along: bool = False) -> None:
+        """``moved_along``: a folder rename moved the image this file replaces with it."""
         folder, name = split_path(new)
         replaced_id = target.id if isinstance(target, Image) else None
+        if isinstance(target, Pending) and target is not pending:
+            replaced_id = target.replaced_id  # the image the file there replaces: ours now
+        old_path, left_behind = pending.path, pending.replaced_id
+        if moved_along:
+            replaced_id, left_behind = pending.replaced_id, None
         if pending.holds is not None and new == pending.holds.path:
             self._restore_held(pending)
             return
         if self.writes.in_local_folder(new):
             self._make_local(pending)
+            pending.replaced_id = None
         elif not names.is_supported(name):
             raise Unsupported(f"{name}: unsupported file type")
         elif pending.local:
@@ -106,8 +114,11 @@ class Renamer:
             if landed is not None:  # it became an image meanwhile: rename the image
                 self._rename_image(pending.path, landed, new, target)
                 return
+            pending.replaced_id = replaced_id
         if isinstance(target, Pending) and target is not pending:
+            target.replaced_id = None  # handed over above: not archived by its unlink
             self.writes.unlink(new)
+        self.writes.archive_left_behind(left_behind, old_path)
         self.writes.move_pending(pending, new)
         if pending.entry_id is not None and pending.opens == 0 and pending.written \
                 and pending.size > 0:
@@ -221,7 +232,8 @@ class Renamer:
         else:
             self._move_folder(old, new)
         for pending in self.writes.pending_under(old):
-            self._rename_pending(pending, new + pending.path[len(old):], None)
+            self._rename_pending(pending, new + pending.path[len(old):], None,
+                                 moved_along=True)
         self.view.note_folder_gone(old)
         self.view.note_folder(new)
 

@@ -247,7 +247,15 @@ class WriteLayer:
             pending.poison = TooLarge(f"{pending.path}: over the 50 MB limit of the service")
             log.warning("%s", pending.poison)
             raise pending.poison
-        self._check_space(len(data))
+        try:
+            self._check_space(len(data))
+        except NoSpace as exc:
+            # the file is incomplete: like EFBIG, it is never uploaded (a cut-off image
+            # must not reach the service) and disappears when closed; other files are kept
+            if not pending.local:
+                pending.poison = exc
+            log.warning("%s: %s", pending.path, exc)
+            raise
         written = pending.pwrite(data, offset)
         pending.written = pending.dirty = True
         pending.mtime, pending.mtime_set = self.wall(), False
@@ -374,7 +382,8 @@ class WriteLayer:
         pending = self.pending_at(path)
         if pending is not None:
             self.forget(pending, cancel=True)
-            self.archive_replaced(pending, path, permanent=self.options.permanent_delete)
+            replaced, pending.replaced_id = pending.replaced_id, None
+            self.archive_left_behind(replaced, path, permanent=self.options.permanent_delete)
             return
         if self.is_hidden(path):
             raise NotFound(path)
@@ -387,11 +396,11 @@ class WriteLayer:
         self.on_archived()
         log.info("%s %s", "deleted" if self.options.permanent_delete else "archived", path)
 
-    def archive_replaced(self, pending: Pending, path: str, permanent: bool = False) -> None:
-        """A file staged over an image left that image's path (``rm``, ``mv``) before its
-        upload took the image's place: the image goes too, as ``rm``/``mv`` of the file it
-        showed would take it (already archived by the upload's replace step: no change)."""
-        replaced, pending.replaced_id = pending.replaced_id, None
+    def archive_left_behind(self, replaced: str | None, path: str,
+                            permanent: bool = False) -> None:
+        """A file staged over image ``replaced`` left the image's path (``rm``, ``mv``)
+        before its upload took the image's place: the image goes too, as it would with the
+        file it showed (one the upload's replace step archived already stays archived)."""
         if replaced is None:
             return
         try:

@@ -109,6 +109,8 @@ class MirrorState:
         self._lock_file = _take_lock(directory / "mirror.lock", identity)
         self._lock = threading.Lock()  # guards _db (one connection shared by threads)
         try:
+            # Created 0600 first: SQLite gives the -wal and -shm files the database's mode.
+            os.close(os.open(directory / "mirror.db", os.O_WRONLY | os.O_CREAT, 0o600))
             self._db = sqlite3.connect(directory / "mirror.db", check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # see the module doc
@@ -121,6 +123,7 @@ class MirrorState:
 
     @classmethod
     def open(cls, state_dir: Path, identity: Identity) -> MirrorState:
+        _private_dir(state_dir)
         return cls(state_dir / "mirror" / identity.digest(), identity)
 
     @property

@@ -30,6 +30,15 @@ _METHODS = ("POST", "PATCH")
 _MAX_KEY_LENGTH = 255
 
 
+async def _body_was_lost(request: Request, response: Response) -> bool:
+    """A request whose body never arrived whole (the client went away mid-send) was not
+    handled: its error answer must not be replayed to the retry that resends the body."""
+    if await request.is_disconnected():
+        return True
+    return response.status_code == 400 and b"error parsing the body" in (
+        getattr(response, "body", b"") or b"")
+
+
 class IdempotentRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -66,7 +75,8 @@ class IdempotentRoute(APIRoute):
                                     headers={REPLAY_HEADER: "true"})
                 response = await run(request)
                 body = getattr(response, "body", None)
-                if response.status_code < 500 and isinstance(body, bytes):
+                if response.status_code < 500 and isinstance(body, bytes) \
+                        and not await _body_was_lost(request, response):
                     await run_in_threadpool(server.db.remember_response, org, key, route,
                                             response.status_code, body)
                 return response

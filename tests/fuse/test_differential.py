@@ -22,8 +22,8 @@ supported file is never renamed to a local-only name (that hands the image to an
 §6, which this model does not time). Contents are small PNGs/JPEGs from ``imagegen`` whose kind
 follows the extension.
 
-Profiles: CI runs ``EXAMPLES`` × ``STEPS`` with a fixed seed (``PICTOFS_SEED`` overrides it);
-``PICTOFS_LONG=1`` runs the long profile. See docs/reliability.md.
+Profiles: CI runs ``EXAMPLES`` × ``STEPS`` with a fixed seed (``pytest --hypothesis-seed=N``
+runs another); ``PICTOFS_LONG=1`` runs the long profile. See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ from pictofs.names import is_local_only
 pytestmark = pytest.mark.fuse
 
 LONG = os.environ.get("PICTOFS_LONG", "") not in ("", "0")
-SEED = int(os.environ.get("PICTOFS_SEED", "20240611"))
-EXAMPLES = int(os.environ.get("PICTOFS_EXAMPLES", 150 if LONG else 10))
-STEPS = int(os.environ.get("PICTOFS_STEPS", 40 if LONG else 15))
+SEED = 20240611  # pytest --hypothesis-seed=N runs another seed
+EXAMPLES = 150 if LONG else 10
+STEPS = 40 if LONG else 15
 
 FOLDER_NAMES = ("p", "q")
 MAX_DEPTH = 3  # folders nest at most this deep (mkdir adds up to 2; renames may add one)
@@ -425,7 +425,7 @@ class MountMachine(RuleBasedStateMachine):
         self.check_service()
 
 
-def test_mount_agrees_with_a_model_under_random_operations(client, mount, tmp_path):
+def test_mount_agrees_with_a_model_under_random_operations(client, mount, tmp_path, request):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
 
@@ -433,11 +433,13 @@ def test_mount_agrees_with_a_model_under_random_operations(client, mount, tmp_pa
         pass
 
     Bound.client, Bound.mount, Bound.scratch = client, staticmethod(mount), scratch
-    seed(SEED)(Bound)
+    chosen = request.config.getoption("hypothesis_seed", None)
+    used = int(chosen) if chosen is not None else SEED
+    seed(used)(Bound)
     started = time.monotonic()
     run_state_machine_as_test(Bound, settings=settings(
         max_examples=EXAMPLES, stateful_step_count=STEPS, deadline=None, database=None,
         suppress_health_check=list(HealthCheck), print_blob=True))
     FIGURES["seconds"] = round(time.monotonic() - started, 1)
-    print(f"\ndifferential: seed {SEED}, {FIGURES}")
+    print(f"\ndifferential: seed {used}, long={LONG}, {FIGURES}")
     assert FIGURES["examples"] >= 1 and FIGURES["steps"] > 0

@@ -13,8 +13,8 @@
   discarded by ``rm``.
 - ``pictofs sync`` starts uploads held back only by ``--write-back``; ``pictofs umount``
   waits for pending uploads with a progress line, then unmounts.
-- A small staging disk with ``--min-free-space``: ``ENOSPC`` past the limit, earlier files
-  kept and uploaded once space returns.
+- A small staging disk with ``--min-free-space``: ``ENOSPC`` past the limit, the cut-off
+  file dropped (never uploaded), earlier files kept and uploaded once space returns.
 
 Nothing here waits on the wall clock except polls with a deadline.
 """
@@ -315,7 +315,8 @@ def test_min_free_space_refuses_writes_with_enospc_and_keeps_earlier_files(
         kept[name] = data
     assert refused is not None, "no write was refused"
     assert len(kept) >= 2
-    os.unlink(m.path / "full" / refused)  # what a user does with a copy that failed
+    # the cut-off file is never uploaded and is gone once closed
+    assert not (m.path / "full" / refused).exists()
     for name, data in kept.items():
         assert (m.path / "full" / name).read_bytes() == data
 
