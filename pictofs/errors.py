@@ -61,6 +61,12 @@ class Unavailable(PictofsError):
     """The service cannot be reached (network down, circuit breaker open)."""
 
 
+class CutShort(Unavailable):
+    """The service answered but its answer was cut short (a truncated body): worth another
+    try like ``Unavailable``, but no sign that the service is unreachable, so it does not
+    trip the circuit breaker."""
+
+
 class ConfigError(PictofsError):
     """Bad configuration: an option, a key file readable by others, a missing setting."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -74,16 +75,24 @@ class ServerHandle:
         return {"X-API-Key": key or self.key}
 
 
+def free_port() -> int:
+    """A TCP port on loopback that is free now (for a server restarted on the same port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def start_server(data_dir: Path, log_path: Path, *extra_args: str,
-                 timeout: float = 30) -> ServerHandle:
-    """Start ``pictofs serve`` on a free port and wait until it answers ``/healthz``."""
+                 timeout: float = 30, port: int = 0) -> ServerHandle:
+    """Start ``pictofs serve`` and wait until it answers ``/healthz``. ``port`` 0 picks a
+    free one; a fixed ``port`` lets a test restart a server where its clients expect it."""
     data_dir.mkdir(parents=True, exist_ok=True)
     state = data_dir / "server.json"
     if state.exists():
         state.unlink()
     log = open(log_path, "ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "pictofs", "serve", "--data", str(data_dir), "--port", "0",
+        [sys.executable, "-m", "pictofs", "serve", "--data", str(data_dir), "--port", str(port),
          *extra_args],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )

@@ -129,7 +129,11 @@ class NetworkError(PictographError, domain.Unavailable):
     """No usable answer: connection refused or reset, timeout, a body cut short."""
 
 
-class StreamCutShort(NetworkError):
+class AnswerCutShort(NetworkError, domain.CutShort):
+    """A 2xx answer whose body ended early or does not parse (not retried: not a GET)."""
+
+
+class StreamCutShort(NetworkError, domain.CutShort):
     """An image stream that ended early after some of its bytes were handed over."""
 
 

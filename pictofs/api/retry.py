@@ -13,7 +13,9 @@ Rules:
   over 120 s gives up at once;
 - GET/HEAD/PUT/DELETE always retry; POST/PATCH only when they carry an idempotency key;
 - a body cut short (fewer bytes than ``Content-Length``, or a 2xx whose JSON does not parse)
-  is retried like a connection error, on GET/HEAD only (elsewhere the request took effect).
+  is retried like a connection error on GET/HEAD, and on POST/PATCH with an idempotency key
+  (the request took effect, and the service replays its first answer for the same key);
+  never on PUT/DELETE or an unkeyed POST.
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ class RetryPolicy:
         """Retry or not after failed attempt number ``attempt`` (0 = the first retry is next)."""
         if outcome is Outcome.STATUS and status not in self.statuses:
             return Decision(False, reason=f"status {status} is not retried")
-        if outcome is Outcome.TRUNCATED and method.upper() not in READ_METHODS:
+        if outcome is Outcome.TRUNCATED and method.upper() not in READ_METHODS and not (
+                method.upper() in KEYED_METHODS and has_idempotency_key):
             return Decision(False, reason=f"a cut-short answer to {method.upper()} is not retried")
         if not self.method_allows(method, has_idempotency_key):
             return Decision(False, reason=f"{method.upper()} without an idempotency key")

@@ -30,7 +30,8 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from pictofs import __version__
-from pictofs.api.errors import NetworkError, StreamCutShort, error_from_response
+from pictofs.api.errors import (AnswerCutShort, NetworkError, StreamCutShort,
+                                 error_from_response)
 from pictofs.api.retry import Decision, Outcome, RetryPolicy, parse_retry_after
 from pictofs.api.redaction import Redactor, redact_signed_url
 from pictofs.api.wire import ByteStream, announced_length, idempotency_key_for
@@ -269,7 +270,11 @@ class Transport:
                         decision = self.retry.decide(attempt, method, Outcome.TRUNCATED,
                                                      has_idempotency_key=keyed)
                         if not decision.retry:
-                            raise NetworkError(
+                            # the service answered: a cut body is no sign it is unreachable
+                            # (the breaker trips on NetworkError, not on AnswerCutShort)
+                            cut = NetworkError if isinstance(exc, requests.Timeout) \
+                                else AnswerCutShort
+                            raise cut(
                                 f"{method} {target}: answer cut short: {_describe(exc, redact)}"
                             ) from None
             self._pause(method, target, attempt, decision)

@@ -1,7 +1,8 @@
 """The circuit breaker in front of the Remote (filesystem §4, "Service unreachable").
 
 A request that fails to connect or times out after its retries raises ``Unavailable``; that
-trips the breaker. While it is open every call fails with ``Unavailable`` at once (the mount
+trips the breaker. An answer cut short (``CutShort``: the service did answer) fails that call
+only. While it is open every call fails with ``Unavailable`` at once (the mount
 answers uncached ``open``/``lookup`` with ``EIO`` without waiting), cached images and listings
 keep working because they do not reach the remote, and a background probe closes the breaker
 as soon as the service answers again.
@@ -15,7 +16,7 @@ import logging
 import threading
 from typing import Any, Callable, Iterator
 
-from pictofs.errors import Unavailable
+from pictofs.errors import CutShort, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class CircuitBreaker:
             raise Unavailable("the service is unreachable (waiting for it to come back)")
         try:
             return fn(*args, **kwargs)
+        except CutShort:
+            raise
         except Unavailable:
             self.trip()
             raise
@@ -123,6 +126,8 @@ def _guarded_stream(opener: contextlib.AbstractContextManager[Iterator[bytes]],
 def _guarded_chunks(stream: Iterator[bytes], breaker: CircuitBreaker) -> Iterator[bytes]:
     try:
         yield from stream
+    except CutShort:
+        raise
     except Unavailable:
         breaker.trip()
         raise

@@ -371,6 +371,11 @@ class WriteLayer:
             target.mtime_set = True
             if target.entry_id is not None:
                 self.queue.set_mtime(target.entry_id, mtime)
+                entry = self.queue.get(target.entry_id)
+                if entry is not None and entry.image_id is not None:
+                    # it registered meanwhile (the journal passed the mtime on): so does stat
+                    with self._lock:
+                        self._mtimes[entry.image_id] = mtime
             return
         with self._lock:
             self._mtimes[target.id] = mtime

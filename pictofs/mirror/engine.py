@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from pictofs.core.journal import Journal
+from pictofs.core.listing import list_images_consistent
 from pictofs.core.uploads import UploadQueue
 from pictofs.errors import NotFound, PictofsError
 from pictofs.mirror import local
@@ -174,9 +175,7 @@ class Engine:
             self._adopt(adopt.file, adopt.image)
         if plan.forgets:
             self.state.delete([row.rel for row in plan.forgets])
-        for move in plan.moves:
-            self._check_stop()
-            self._move(move)
+        self._move_all(plan.moves)
         self._upload_all(plan.uploads)
         self._archive(plan.archives)
 
@@ -190,34 +189,49 @@ class Engine:
             self.report.adopted += 1
         log.debug("%s is already on the service as image %s: adopted", f.rel, image.id)
 
-    def _move(self, move: Move) -> None:
-        row, f, folder = move.row, move.file, move.folder
+    def _move_all(self, moves: list[Move]) -> None:
+        """Server-side moves, one batch call per target folder."""
+        by_folder: dict[str, list[Move]] = {}
+        for move in moves:
+            by_folder.setdefault(move.folder, []).append(move)
+        for folder, group in sorted(by_folder.items()):
+            self._check_stop()
+            self._move_into(folder, group)
+
+    def _move_into(self, folder: str, group: list[Move]) -> None:
         try:
-            there = self._remote.find_image(self._dataset_id, folder, row.name)
-            if there is not None and there.id != row.image_id:
-                self._report_failure(Failure(f.rel, f"cannot move image {row.image_id} to "
-                                                    f"{join_path(folder, row.name)}: taken"))
+            there, _ = list_images_consistent(self._remote, self._dataset_id, folder)
+            taken = {image.filename: image.id for image in there.values()}
+            ready = []
+            for move in group:
+                other = taken.get(move.row.name)
+                if other is not None and other != move.row.image_id:
+                    self._report_failure(Failure(
+                        move.file.rel, f"cannot move image {move.row.image_id} to "
+                                       f"{join_path(folder, move.row.name)}: taken"))
+                else:
+                    ready.append(move)
+            if not ready:
                 return
             self._make_folder(folder)
-            renamed = self._remote.move(self._dataset_id, [row.image_id], folder)
-            name = self._remote.get_image(row.image_id).filename if renamed else row.name
-        except NotFound:
-            log.info("image %s of %s is gone from the service: uploading %s", row.image_id,
-                     row.rel, f.rel)
-            self.state.delete([row.rel])
-            self._upload_all([Upload(f, folder)])
-            return
+            renamed = self._remote.move(self._dataset_id, [m.row.image_id for m in ready],
+                                        folder)
+            names = {m.row.image_id: (self._remote.get_image(m.row.image_id).filename
+                                      if renamed else m.row.name) for m in ready}
         except PictofsError as exc:
-            log.warning("could not move %s to %s (%s); trying again later", row.rel, f.rel, exc)
-            self.retry_later.update((row.rel, f.rel))
+            log.warning("could not move %d images to %s (%s); trying again later",
+                        len(group), folder, exc)
+            self.retry_later.update(r for m in group for r in (m.row.rel, m.file.rel))
             return
-        if renamed:
-            log.warning("moved %s to %s, but the service renamed it %s (a name clash)",
-                        row.rel, f.rel, name)
-        self.state.relink(row.rel, _row(f, row.image_id, folder, name))
+        for move in ready:
+            row, f, name = move.row, move.file, names[move.row.image_id]
+            if name != row.name:
+                log.warning("moved %s to %s, but the service renamed it %s (a name clash)",
+                            row.rel, f.rel, name)
+            self.state.relink(row.rel, _row(f, row.image_id, folder, name))
+            log.info("moved %s → %s (same image %s)", row.rel, f.rel, row.image_id)
         with self._lock:
-            self.report.moved += 1
-        log.info("moved %s → %s (same image %s)", row.rel, f.rel, row.image_id)
+            self.report.moved += len(ready)
 
     def _make_folder(self, folder: str) -> None:
         if folder != "/" and folder not in self._folders:

@@ -200,7 +200,12 @@ def percentile(values: list[float], fraction: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer files, one repetition")
-    sizes = QUICK if parser.parse_args().quick else FULL
+    parser.add_argument("--repetitions", type=int, help="reconcile repetitions (default 3)")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else FULL
+    if args.repetitions:
+        sizes = Sizes(sizes.latency_files, sizes.reconcile_files, args.repetitions,
+                      sizes.restart_files)
     work = Path(tempfile.mkdtemp(prefix="pictofs-bench-mirror-"))
     server = start_server(work / "server", work / "server.log")
     try:

@@ -172,6 +172,19 @@ def test_truncated_json_answer_is_retried(api: Client, client: Client, proxy: Fa
     assert proxy.stats.count("GET", IMAGE_METADATA) == 2
 
 
+def test_a_keyed_post_answer_cut_short_is_retried_and_replayed(
+        api: Client, proxy: FaultProxy, dataset: Dataset, tmp_path: Path) -> None:
+    """A register whose answer is cut short took effect on the service: the retry with the
+    same idempotency key gets the first answer replayed, and the image exists once."""
+    proxy.truncate_next(keep_bytes=20, method="POST", path=REGISTER)
+
+    image = api.images.upload(dataset.id, write_image(tmp_path, "cut.png", png_bytes(seed=6)))
+
+    assert proxy.stats.count("POST", REGISTER) == 2
+    listed = [i for i in api.images.list(dataset.id) if i.filename == "cut.png"]
+    assert [i.id for i in listed] == [image.id]
+
+
 def test_seeded_random_faults_upload_list_and_read_back(api: Client, proxy: FaultProxy,
                                                         dataset: Dataset,
                                                         tmp_path: Path) -> None:

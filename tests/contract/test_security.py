@@ -23,11 +23,13 @@ import os
 import subprocess
 import sys
 import uuid
+import warnings
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 import requests
+from PIL import Image
 
 from harness import start_server, stop_server
 from imagegen import png_bytes
@@ -192,13 +194,13 @@ def test_server_refuses_bad_names_on_every_route_that_takes_one(server, dataset,
         _error(s.post(api + "/images/bulk-upload-url", timeout=10, json={
             "dataset": dataset.id, "images": [{"filename": filename, "directory_path": "/",
                                                "content_type": "image/png"}]}), 400)
+        if label == "slash":  # "/" in a folder path separates segments
+            continue
         _error(s.post(api + "/batch/images/move", timeout=10, json={
             "dataset_name": dataset.id, "image_ids": [image.id],
             "target_directory_path": f"/ok/{bad}"}), 400)
-        if label not in ("slash",):
-            _error(s.post(api + "/images/upload-url", timeout=10, json={
-                "dataset": dataset.id, "filename": filename, "content_type": "image/png"}),
-                400)
+        _error(s.post(api + "/images/upload-url", timeout=10, json={
+            "dataset": dataset.id, "filename": filename, "content_type": "image/png"}), 400)
     # Unpaired surrogates cannot even be stored: 422 on every body.
     for body in ({"name": "\ud800"},):
         _error(s.post(api + "/datasets/", json=body, timeout=10), 422)
@@ -257,15 +259,16 @@ def test_bombs_are_refused_by_server_and_client(maker, ext, ctype, side, server,
         "dataset": dataset.id, "filename": name, "file_size": len(data), "content_type": ctype})
     _error(refused, 415)
     assert refused.json()["error"]["code"] == "decompression_bomb"
-    assert not client.images.list(dataset.id)
+    assert not list(client.images.list(dataset.id))
     # The client checks names and sizes locally and leaves content to the service: its 415
     # arrives as a ValidationError, and nothing is registered.
     local = tmp_path / name
     local.write_bytes(data)
-    with pytest.raises(ValidationError) as caught:
+    with pytest.raises(ValidationError) as caught, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the client's probe
         client.images.upload(dataset.id, local)
     assert caught.value.status == 415
-    assert not client.images.list(dataset.id)
+    assert not list(client.images.list(dataset.id))
 
 
 # ---------------------------------------------------------------------- the mirror

@@ -131,16 +131,19 @@ def test_retries_give_up_after_three(recorder_factory) -> None:
     assert caught.value.request_id == "r-503"
 
 
-def test_a_2xx_whose_json_is_cut_is_retried_on_get(recorder_factory) -> None:
+def test_a_2xx_whose_json_is_cut_is_retried_on_get_and_keyed_post(recorder_factory) -> None:
     rec = recorder_factory()
     rec.answers = [(200, {}, b'{"data": {"na'), (200, {}, b'{"data": {"name": "x"}}')]
     with Transport(rec.url, KEY, retry=NO_SLEEP) as t:
         body, _ = t.request_json("GET", "/datasets/x")
         assert body == {"data": {"name": "x"}}
+        # the POST took effect: sent again with the same key, the service replays its answer
         rec.answers = [(200, {}, b'{"data": {"na'), (200, {}, b'{"data": {}}')]
-        with pytest.raises(NetworkError):  # the POST took effect: not repeated
-            t.request_json("POST", "/datasets/", json={})
-    assert [s.method for s in rec.seen] == ["GET", "GET", "POST"]
+        body, _ = t.request_json("POST", "/datasets/", json={})
+        assert body == {"data": {}}
+    assert [s.method for s in rec.seen] == ["GET", "GET", "POST", "POST"]
+    first, again = rec.seen[2:]
+    assert first.headers["Idempotency-Key"] == again.headers["Idempotency-Key"]
 
 
 def test_connection_refused_is_a_network_error_after_retries() -> None:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pillow_heif
 import pytest
 from PIL import Image as PILImage
 
@@ -195,7 +196,6 @@ def test_the_max_delete_guard_refuses_then_force_archives(
 
 def test_heic_pairs_are_remembered_and_not_sent_again(
         mirror, server, client, dataset, tmp_path: Path) -> None:
-    pillow_heif = pytest.importorskip("pillow_heif")
     pillow_heif.register_heif_opener()
     root = tmp_path / "phone"
     (root / "cam").mkdir(parents=True)

@@ -151,3 +151,30 @@ def test_a_temp_then_rename_save_uploads_once(
     assert sha(image_bytes(client, service_images(client, dataset.id)["/sub/other.png"].id)
                ) == sha(new)
     assert running.stop() == 0
+
+
+def test_a_renamed_folder_becomes_one_server_side_move(
+        observer, mirror, server, client, dataset, tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    make_tree(root, 6, depth_of=lambda n: "pets/" if n < 4 else "")
+    assert mirror(root, dataset.name, "--once").run().returncode == 0
+    before = service_images(client, dataset.id)
+    moves = server.calls("POST", "batch/images/move")
+    running = mirror(root, dataset.name, "--settle", "0.5s", *observer).start()
+
+    (root / "pets").rename(root / "animals")
+
+    def moved() -> dict | None:
+        now = service_images(client, dataset.id)
+        return now if {p for p in now if p.startswith("/animals/")} == {
+            f"/animals/img000{n}.png" for n in range(4)} else None
+
+    now = wait_for(moved, what="the images under /animals")
+    assert {p: i.id for p, i in now.items() if p.startswith("/animals/")} == {
+        p.replace("/pets/", "/animals/"): i.id for p, i in before.items()
+        if p.startswith("/pets/")}
+    assert not any(p.startswith("/pets/") for p in now)
+    assert running.stop() == 0
+    # one call for the folder (the server books a request just after answering it)
+    wait_for(lambda: server.calls("POST", "batch/images/move") > moves, what="the move count")
+    assert server.calls("POST", "batch/images/move") - moves == 1

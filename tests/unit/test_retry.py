@@ -50,10 +50,13 @@ DECISIONS = [
     ("GET", NO_RESPONSE, None, False, 0, None, True, 1.0),
     ("PUT", NO_RESPONSE, None, False, 1, None, True, 2.0),
     ("POST", NO_RESPONSE, None, True, 2, None, True, 4.0),
-    # a body cut short: GET/HEAD only
+    # a body cut short: GET/HEAD, and POST/PATCH with a key (the service replays the answer)
     ("GET", TRUNCATED, None, False, 0, None, True, 1.0),
     ("HEAD", TRUNCATED, None, False, 0, None, True, 1.0),
-    ("POST", TRUNCATED, None, True, 0, None, False, 0.0),
+    ("POST", TRUNCATED, None, True, 0, None, True, 1.0),
+    ("PATCH", TRUNCATED, None, True, 1, None, True, 2.0),
+    ("POST", TRUNCATED, None, False, 0, None, False, 0.0),
+    ("POST", TRUNCATED, None, True, 3, None, False, 0.0),
     ("PUT", TRUNCATED, None, False, 0, None, False, 0.0),
     ("DELETE", TRUNCATED, None, False, 0, None, False, 0.0),
     # Retry-After: wait max(Retry-After, backoff); give up above 120 s
