@@ -52,7 +52,7 @@ class Renamer:
             return
         self._require_dir(parent)
         folder = self.remote.make_folder(self.dataset_id, path)
-        self.view.note_folder(path, folder)
+        self.view.note_folder(path, folder, new=True)
 
     def rmdir(self, path: str) -> None:
         if self.writes.is_local_dir(path):
@@ -227,10 +227,19 @@ class Renamer:
             raise InvalidArgument("local-only folders cannot be renamed to or from")
         old_parent, _ = split_path(old)
         new_parent, new_name = split_path(new)
-        if old_parent == new_parent:
-            self.remote.rename_folder(self.dataset_id, old, new_name)
-        else:
-            self._move_folder(old, new)
+        held = [p for p in self.writes.pending_under(old) if p.entry_id is not None]
+        for pending in held:  # no upload may register in (and so re-create) the old folder
+            self.writes.queue.hold(pending.entry_id)
+        try:
+            if old_parent == new_parent:
+                self.remote.rename_folder(self.dataset_id, old, new_name)
+            else:
+                self._move_folder(old, new)
+        except BaseException:
+            for pending in held:
+                if pending.opens == 0 and pending.written and pending.size > 0:
+                    self.writes.queue.schedule(pending.entry_id)
+            raise
         for pending in self.writes.pending_under(old):
             self._rename_pending(pending, new + pending.path[len(old):], None,
                                  moved_along=True)

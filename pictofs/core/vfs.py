@@ -246,6 +246,9 @@ class Vfs:
             return sorted(rows.items())
         rows: dict[str, dict[str, Any]] = {}
         writes = side.writes
+        # the pending files before the listing: one that lands while the listing is fetched
+        # is then in one of the two, never in neither
+        pendings = writes.pending_in(entry.path) if writes is not None else {}
         if writes is None or not writes.is_local_dir(entry.path):
             listing = side.view.listing(entry.path)
             for name, folder in listing.folders.items():
@@ -256,7 +259,7 @@ class Vfs:
         if writes is not None:
             for name in writes.local_dirs_in(entry.path):
                 rows[name] = self._dir_attrs(side, DirEntry(join_path(entry.path, name)))
-            for name, pending in writes.pending_in(entry.path).items():
+            for name, pending in pendings.items():
                 rows[name] = self._pending_attrs(pending)
         return sorted(rows.items())
 

@@ -74,12 +74,15 @@ class DatasetView:
         self.dataset = dataset
         self.ttl = dir_cache_time
         self.clock = clock
-        # _lock guards _listings, _children, _lookups and _hidden_logged.
+        # _lock guards _listings, _children, _lookups, _hidden_logged and _changes.
         self._lock = threading.Lock()
         self._listings: dict[str, FolderListing] = {}
         self._children: dict[str, _Children] = {}
         self._lookups: dict[tuple[str, str], _Lookup] = {}
         self._hidden_logged: set[tuple[str, str]] = set()
+        # folder → how many changes this mount noted in it: an answer fetched while one was
+        # noted may predate it, and is not kept (else it would hide the change for the TTL)
+        self._changes: dict[str, int] = {}
 
     @property
     def dataset_id(self) -> str:
@@ -104,19 +107,24 @@ class DatasetView:
         while the service is unreachable."""
         with self._lock:
             cached = self._listings.get(path)
+            before = self._changes.get(path, 0)
         if cached is not None and self._fresh(cached.fetched_at):
             return cached
-        try:
-            listing, hidden = fetch_listing(self.remote, self.dataset_id, path, self.clock)
-        except Unavailable:
-            if cached is not None:
-                return cached
-            raise
-        self._log_hidden(hidden)
-        with self._lock:
-            self._listings[path] = listing
-            self._children[path] = _Children(listing.folders, listing.fetched_at)
-        return listing
+        for _attempt in range(3):
+            try:
+                listing, hidden = fetch_listing(self.remote, self.dataset_id, path, self.clock)
+            except Unavailable:
+                if cached is not None:
+                    return cached
+                raise
+            self._log_hidden(hidden)
+            with self._lock:
+                if self._changes.get(path, 0) == before:
+                    self._listings[path] = listing
+                    self._children[path] = _Children(listing.folders, listing.fetched_at)
+                    return listing
+                before = self._changes.get(path, 0)  # noted meanwhile: ask again
+        return listing  # changing all along: this answer, kept for no one
 
     def cached_listing(self, path: str) -> FolderListing | None:
         """The folder's listing if one is held and fresh (no request)."""
@@ -186,6 +194,8 @@ class DatasetView:
             known = self._children.get(parent)
         if known is not None and self._fresh(known.at):
             return known.folders
+        with self._lock:
+            before = self._changes.get(parent, 0)
         try:
             folders = self.remote.list_folders(self.dataset_id, parent)
         except Unavailable:
@@ -194,7 +204,8 @@ class DatasetView:
             raise
         children = {f.name: f for f in folders if f.name and "/" not in f.name}
         with self._lock:
-            self._children[parent] = _Children(children, self.clock())
+            if self._changes.get(parent, 0) == before:
+                self._children[parent] = _Children(children, self.clock())
         return children
 
     def _find_image(self, parent: str, name: str) -> Image | None:
@@ -203,6 +214,8 @@ class DatasetView:
             known = self._lookups.get(key)
         if known is not None and self._fresh(known.at):
             return known.image
+        with self._lock:
+            before = self._changes.get(parent, 0)
         try:
             image = self.remote.find_image(self.dataset_id, parent, name)
         except Unavailable:
@@ -210,7 +223,8 @@ class DatasetView:
                 return known.image
             raise
         with self._lock:
-            self._lookups[key] = _Lookup(image, self.clock())
+            if self._changes.get(parent, 0) == before:
+                self._lookups[key] = _Lookup(image, self.clock())
         return image
 
     # ------------------------------------------------------- what this mount changed
@@ -220,6 +234,7 @@ class DatasetView:
         path = image.path
         parent, name = split_path(path)
         with self._lock:
+            self._changes[parent] = self._changes.get(parent, 0) + 1
             listing = self._listings.get(parent)
             if listing is not None:
                 listing.images[name] = image
@@ -229,16 +244,26 @@ class DatasetView:
         """An image this mount archived or moved away: hide it at once."""
         parent, name = split_path(path)
         with self._lock:
+            self._changes[parent] = self._changes.get(parent, 0) + 1
             listing = self._listings.get(parent)
             if listing is not None:
                 listing.images.pop(name, None)
             self._lookups[(parent, name)] = _Lookup(None, self.clock())
 
-    def note_folder(self, path: str, folder: Folder | None = None) -> None:
-        """A folder this mount created: show it at once."""
+    def note_folder(self, path: str, folder: Folder | None = None, *, new: bool = False
+                    ) -> None:
+        """A folder this mount created: show it at once. ``new``: nothing was at ``path``
+        before (``mkdir`` checked), so the folder is known to be empty and names in it are
+        answered without a request for ``dir_cache_time`` (``cp -r`` into it asks nothing
+        per file)."""
         parent, name = split_path(path)
         entry = folder or Folder(id="", dataset_id=self.dataset_id, name=name, full_path=path)
         with self._lock:
+            self._changes[parent] = self._changes.get(parent, 0) + 1
+            if new:
+                now = self.clock()
+                self._listings[path] = FolderListing(path, fetched_at=now)
+                self._children[path] = _Children({}, now)
             listing = self._listings.get(parent)
             if listing is not None:
                 listing.folders[name] = entry
@@ -251,6 +276,7 @@ class DatasetView:
         parent, name = split_path(path)
         prefix = path + "/"
         with self._lock:
+            self._changes[parent] = self._changes.get(parent, 0) + 1
             listing = self._listings.get(parent)
             if listing is not None:
                 listing.folders.pop(name, None)

@@ -436,6 +436,7 @@ class WriteLayer:
     # ------------------------------------------------------------------ queue callbacks
 
     def _registered(self, entry_id: str, image: Image) -> None:
+        self.view.note_image(image)  # before the pending goes: a lookup finds one of them
         with self._lock:
             pending = self._by_entry.pop(entry_id, None)
             if pending is not None:
@@ -445,8 +446,14 @@ class WriteLayer:
                 if pending.path != image.path:
                     log.info("%s was stored by the service as %s", pending.path, image.path)
             mtime = self.journal.mtime(image.id)
+            written_over = pending is not None and image.id == pending.replaced_id \
+                and not pending.mtime_set
+            if written_over:  # identical bytes kept the image, but it was written: the
+                mtime = pending.mtime  # mtime is the write's, not one set before it (§2, §5)
             if mtime is not None:
                 self._mtimes[image.id] = mtime
+        if written_over and pending is not None:
+            self.journal.set_mtime(image.id, pending.mtime)
         if pending is not None and pending.opens == 0:
             pending.close_descriptor()
         if pending is not None and pending.after_register:

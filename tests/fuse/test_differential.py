@@ -43,7 +43,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  rule, run_state_machine_as_test)
 
 from imagegen import jpeg_bytes, png_bytes
-from mountkit import service_bytes, sync
+from mountkit import pictofs_cmd, service_bytes
 from pictofs import control
 from pictofs.api import folders as folders_api
 from pictofs.api.errors import ConflictError
@@ -180,8 +180,9 @@ class MountMachine(RuleBasedStateMachine):
             return
         try:
             if not self.broken:
-                sync(self.m, timeout=120)  # the command, once per example
-                assert self.m.status()["uploads"]["failed"] == []
+                result = pictofs_cmd(self.m, "sync", "--timeout", "60s", str(self.m.path))
+                assert result.returncode == 0, f"pictofs sync: {result.stderr}\n" \
+                    f"{self.m.status()['uploads']}\n{self.m.log()[-3000:]}"
                 self.check_service()
                 result = self.m.umount("--timeout", "120")
                 assert result.returncode == 0, f"umount: {result.stderr}\n{self.m.log()[-3000:]}"
