@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -217,7 +218,13 @@ def _serve(target: Target, args: argparse.Namespace) -> int:
         start_sighup_thread(vfs.refresh)
         sides.started = True
         if vfs._single is not None:
-            vfs.side(vfs._single)  # resume this dataset's journal now
+            try:
+                vfs.side(vfs._single)  # resume this dataset's journal now
+            except Exception as exc:  # never leave `pictofs mount` waiting for "ready"
+                log.exception("cannot set up %s", name)
+                _tell_parent(f"cannot mount {name}: {exc}")
+                os.kill(os.getpid(), signal.SIGTERM)  # libfuse ends its loop and unmounts
+                return
         log.info("mounted %s on %s", name, target.mountpoint)
         _tell_parent("ready")
         sdnotify.notify("READY=1", f"STATUS=mounted {name} on {target.mountpoint}")
@@ -258,7 +265,7 @@ class SideBuilder:
 
     def build(self, view: Any) -> Any:
         from pictofs.core.archive import ArchiveView
-        from pictofs.core.cache import ImageCache
+        from pictofs.core.cache import open_cache
         from pictofs.core.downloads import Downloader
         from pictofs.core.journal import Journal
         from pictofs.core.renames import Renamer
@@ -266,7 +273,7 @@ class SideBuilder:
         from pictofs.core.writes import WriteLayer, WriteOptions
 
         conn = self.target.connection
-        cache = ImageCache(self.cache_root, conn.base_url, view.dataset_id, self.args.cache_size)
+        cache = open_cache(self.cache_root, conn.base_url, view.dataset_id, self.args.cache_size)
         downloader = Downloader(cache, self.remote)
         archive = ArchiveView(self.remote, view.dataset_id, self.args.dir_cache_time)
         if self.args.read_only:

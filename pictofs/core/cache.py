@@ -18,6 +18,10 @@ Images never change for an id, so an entry is written once and only ever dropped
 - The sha256 recorded at insert is checked on the first open of each entry by this instance
   (one instance per mount); a mismatch drops the entry and the open reports a miss.
 - A failed write (ENOSPC, EIO) drops the entry with one log line; the caller keeps its bytes.
+- A cache folder that cannot be set up at all (a full or read-only disk) gives a
+  ``NullCache`` (``open_cache``, one log line): nothing is cached, every read is streamed.
+  An index that becomes unreadable later (sqlite cannot open it on a full disk) makes opens
+  misses and ``stats`` zeros, never an error.
 """
 
 from __future__ import annotations
@@ -185,7 +189,12 @@ class ImageCache:
 
     def stats(self) -> CacheStats:
         size = entries = 0
-        for _image_id, record in self._records():
+        try:
+            records = self._records()
+        except (OSError, sqlite3.Error) as exc:  # a full disk: sqlite cannot open the index
+            log.debug("cache: cannot read the index for stats: %s", exc)
+            records = []
+        for _image_id, record in records:
             if record.complete:
                 size += record.size
                 entries += 1
@@ -198,7 +207,11 @@ class ImageCache:
     # -- opening -----------------------------------------------------------------------------
 
     def _open_valid(self, image_id: str) -> BinaryIO | None:
-        record = self._record(image_id)
+        try:
+            record = self._record(image_id)
+        except (OSError, sqlite3.Error) as exc:  # a full disk: sqlite cannot open the index
+            log.debug("cache: cannot look up image %s: %s; a miss", image_id, exc)
+            return None
         if record is None or not record.complete:
             return None
         try:
@@ -359,6 +372,51 @@ class ImageCache:
             for path in self._data.iterdir():
                 if path.name not in known:
                     path.unlink(missing_ok=True)
+
+
+class NullCache:
+    """The cache of a mount whose cache folder could not be set up: it holds nothing, every
+    open is a miss and every write is refused, so readers are served from the stream."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # guards _misses
+        self._misses = 0
+
+    def pin(self, image_id: str) -> None:
+        pass
+
+    def unpin(self, image_id: str) -> None:
+        pass
+
+    def contains(self, image_id: str) -> bool:
+        return False
+
+    def open_cached(self, image_id: str) -> BinaryIO | None:
+        with self._lock:
+            self._misses += 1
+        return None
+
+    def begin(self, image_id: str) -> CacheWriter:
+        raise CacheWriteFailed("no usable cache folder")  # logged once, by open_cache
+
+    def stats(self) -> CacheStats:
+        with self._lock:
+            return CacheStats(0, 0, 0, self._misses)
+
+    def close(self) -> None:
+        pass
+
+
+def open_cache(root: Path, base_url: str, dataset_id: str,
+               cap_bytes: int) -> ImageCache | NullCache:
+    """The cache of one dataset on one service, or a ``NullCache`` (one log line) when its
+    folder cannot be set up (filesystem §4: a full cache disk never fails a read)."""
+    try:
+        return ImageCache(root, base_url, dataset_id, cap_bytes)
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("cache: cannot use the cache folder %s (%s); images are read from the "
+                    "service without caching them", root, getattr(exc, "strerror", None) or exc)
+        return NullCache()
 
 
 class CacheWriter:

@@ -92,9 +92,10 @@ class Renamer:
                         moved_along: bool = False) -> None:
         """``moved_along``: a folder rename moved the image this file replaces with it."""
         folder, name = split_path(new)
-        replaced_id = target.id if isinstance(target, Image) else None
         if isinstance(target, Pending) and target is not pending:
-            replaced_id = target.replaced_id  # the image the file there replaces: ours now
+            self.writes.unlink(new)  # first: its upload (and the image it replaced) are gone
+            target = None  # when this one uploads, so nothing on the service is in the way
+        replaced_id = target.id if isinstance(target, Image) else None
         old_path, left_behind = pending.path, pending.replaced_id
         if moved_along:
             replaced_id, left_behind = pending.replaced_id, None
@@ -112,12 +113,11 @@ class Renamer:
             assert pending.entry_id is not None
             landed = self.writes.queue.retarget(pending.entry_id, folder, name, replaced_id)
             if landed is not None:  # it became an image meanwhile: rename the image
-                self._rename_image(pending.path, landed, new, target)
+                old_path = pending.path
+                self.writes.forget(pending, cancel=False)  # the rename shows where it went
+                self._rename_image(old_path, landed, new, target)
                 return
             pending.replaced_id = replaced_id
-        if isinstance(target, Pending) and target is not pending:
-            target.replaced_id = None  # handed over above: not archived by its unlink
-            self.writes.unlink(new)
         self.writes.archive_left_behind(left_behind, old_path)
         self.writes.move_pending(pending, new)
         if pending.entry_id is not None and pending.opens == 0 and pending.written \

@@ -386,8 +386,13 @@ class WriteLayer:
     def unlink(self, path: str) -> None:
         pending = self.pending_at(path)
         if pending is not None:
+            # no register of it may be in flight or start: when rm returns, nothing of the
+            # file is left on the service (an upload that registered is archived here)
+            landed = self.queue.hold(pending.entry_id) if pending.entry_id else None
             self.forget(pending, cancel=True)
             replaced, pending.replaced_id = pending.replaced_id, None
+            if landed is not None and landed.id != replaced:
+                self.archive_left_behind(landed.id, path, self.options.permanent_delete)
             self.archive_left_behind(replaced, path, permanent=self.options.permanent_delete)
             return
         if self.is_hidden(path):
@@ -436,10 +441,10 @@ class WriteLayer:
     # ------------------------------------------------------------------ queue callbacks
 
     def _registered(self, entry_id: str, image: Image) -> None:
-        self.view.note_image(image)  # before the pending goes: a lookup finds one of them
         with self._lock:
             pending = self._by_entry.pop(entry_id, None)
-            if pending is not None:
+            if pending is not None:  # else rm or mv took it over and showed what they did
+                self.view.note_image(image)  # before the pending goes: a lookup finds one
                 pending.removed = True
             if pending is not None and self._pending.get(pending.path) is pending:
                 del self._pending[pending.path]
@@ -458,7 +463,7 @@ class WriteLayer:
             pending.close_descriptor()
         if pending is not None and pending.after_register:
             image = self._apply_attrs(image, pending.after_register)
-        self.view.note_image(image)
+            self.view.note_image(image)
         entry = self.queue.get(entry_id)
         if entry is None or entry.replaced_id is not None:
             self.on_archived()  # a replace archived the image it replaced

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +38,8 @@ from pictofs.remote import Remote
 log = logging.getLogger(__name__)
 
 CHUNK_FILES, CHUNK_BYTES = 100, 64 << 20  # staged and scheduled together
+FIRST_CHUNK_FILES = 16
+SNAPSHOT_THREADS = 4  # copies (and their fsyncs) side by side
 WINDOW_FILES, WINDOW_BYTES = 400, 256 << 20  # staged and not landed, at most
 ARCHIVE_CHUNK = 1000
 
@@ -62,7 +65,8 @@ class Engine:
                                  write_back=0.0, retry_max_wait=retry_max_wait,
                                  on_registered=self._registered, on_failed=self._failed,
                                  batch=batch)
-        # _lock guards _live, _known, _noted, _said and report; _changed is signalled when an
+        # _lock guards _live, _known, _noted, _said, report (and retry_later while snapshots
+        # run side by side); _changed is signalled when an
         # upload lands or fails.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -261,13 +265,13 @@ class Engine:
 
     def _upload_all(self, uploads: list[Upload]) -> None:
         chunk: list[Upload] = []
-        size = 0
+        size, limit = 0, FIRST_CHUNK_FILES  # a small first chunk: the workers start sooner
         for upload in uploads:
             chunk.append(upload)
             size += upload.file.size
-            if len(chunk) >= CHUNK_FILES or size >= CHUNK_BYTES:
+            if len(chunk) >= limit or size >= CHUNK_BYTES:
                 self._stage(chunk)
-                chunk, size = [], 0
+                chunk, size, limit = [], 0, CHUNK_FILES
         if chunk:
             self._stage(chunk)
 
@@ -276,19 +280,9 @@ class Engine:
         self._wait_for_room()
         entry_ids = self.queue.stage_many([(u.folder, u.file.rel.rsplit("/", 1)[-1],
                                             u.replaced_id) for u in uploads])
-        pending = []
-        for entry_id, upload in zip(entry_ids, uploads):
-            f = upload.file
-            try:
-                snap = local.snapshot(self.root / f.rel, f, self.queue.staging_path(entry_id))
-            except (local.Changed, OSError) as exc:
-                self.queue.discard(entry_id)
-                log.debug("not staged: %s", exc)
-                self.retry_later.add(f.rel)
-                continue
-            retire = upload.retire.rel if upload.retire is not None else None
-            pending.append(Pending(entry_id, f.rel, f.size, f.mtime_ns, snap.sha256 or "",
-                                   retire, upload.archive))
+        with ThreadPoolExecutor(SNAPSHOT_THREADS, thread_name_prefix="snapshot") as pool:
+            staged = list(pool.map(self._snapshot, entry_ids, uploads))
+        pending = [p for p in staged if p is not None]
         self.state.add_pending(pending)
         with self._lock:
             for p in pending:
@@ -296,6 +290,20 @@ class Engine:
             self.report.attempted += len(pending)
         self.queue.flushed_many({p.entry_id: p.size for p in pending})
         self.queue.schedule_many([p.entry_id for p in pending], 0.0)
+
+    def _snapshot(self, entry_id: str, upload: Upload) -> Pending | None:
+        f = upload.file
+        try:
+            snap = local.snapshot(self.root / f.rel, f, self.queue.staging_path(entry_id))
+        except (local.Changed, OSError) as exc:
+            self.queue.discard(entry_id)
+            log.debug("not staged: %s", exc)
+            with self._lock:
+                self.retry_later.add(f.rel)
+            return None
+        retire = upload.retire.rel if upload.retire is not None else None
+        return Pending(entry_id, f.rel, f.size, f.mtime_ns, snap.sha256 or "", retire,
+                       upload.archive)
 
     def _wait_for_room(self) -> None:
         while True:

@@ -53,6 +53,7 @@ FAULT_KINDS = ("503", "429", "reset", "stall", "truncate")
 FAULT_RATE = 0.1
 STALL = 1.0  # seconds: well under the mounts' --timeout below
 TIMEOUT = "10s"
+PREFETCH = 1 << 20  # bytes a download reads before it hands any over (transport.STREAM_CHUNK)
 
 
 def sha(data: bytes) -> str:
@@ -184,9 +185,10 @@ def read_or_eio(path: Path) -> bytes | None:
 def test_an_uncached_read_through_a_truncated_body_is_retried_or_fails_eio(
         client, dataset, mount, proxy):
     """Cut the bytes route at different places (inside and past the first MiB a download
-    reads before it answers), once (retried) or every time (given up): each uncached read
-    returns exactly the image's bytes or fails with EIO, and a failed read leaves nothing
-    wrong behind (the next read, unfaulted, is right)."""
+    reads before it answers), once or every time: each uncached read returns exactly the
+    image's bytes or fails with EIO (a single cut inside the first MiB is always retried; a
+    cut after bytes reached the reader, or one on every attempt, is EIO), and a failed read
+    leaves nothing wrong behind (the next read, unfaulted, is right)."""
     sizes = {"small.jpg": 200_000, "mid.jpg": 1_500_000, "big.jpg": 3 * MB}
     cases = [(name, keep, times) for name in sizes
              for keep in (0, 100, sizes[name] // 2, min(MB + 4096, sizes[name] - 10))
@@ -204,6 +206,8 @@ def test_an_uncached_read_through_a_truncated_body_is_retried_or_fails_eio(
         proxy.truncate_next(count=times, keep_bytes=keep, method="GET", path=route)
         got = read_or_eio(m.path / name)
         if got is None:
+            # a cut before the first MiB reached the reader is retried by the transport
+            assert times > 1 or keep >= PREFETCH, f"{name} cut once at {keep}: EIO"
             outcomes["eio"] += 1
         else:
             assert len(got) == len(data) and got == data, (
@@ -215,8 +219,7 @@ def test_an_uncached_read_through_a_truncated_body_is_retried_or_fails_eio(
         wait_for(lambda: m.status()["service"] == "ok", "the service to be reachable again")
         assert (m.path / name).read_bytes() == data, name
     print(f"\nFIGURES truncated reads: {dict(outcomes)} of {len(cases)}")
-    assert outcomes["right"] >= sum(1 for _n, _k, times in cases if times == 1), (
-        "a single cut was not retried", outcomes)
+    assert outcomes["right"] >= 1 and outcomes["eio"] >= 1, outcomes
     assert proxy.stats.faults["truncate"] >= len(cases)
 
 
@@ -375,6 +378,10 @@ def full_cache_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("when", ["before_mount", "after_mount"])
 def test_a_full_cache_disk_serves_reads_from_the_stream(client, dataset, mount, full_cache_disk,
                                                         when):
+    """The cache dir on a 1 MiB tmpfs, full before the mount (the cache folder cannot even be
+    set up) or after it (every cache file fails): images of 2 MiB and 50 KB read right, twice,
+    nothing is kept, the warnings are few (one at start, or one per download), no traceback,
+    and ``pictofs status`` still answers."""
     disk, fill = full_cache_disk
     names = [f"big{n}.jpg" for n in range(3)] + ["small.jpg"]
     made = seed_images(client, dataset.id, "/", names,
@@ -389,14 +396,19 @@ def test_a_full_cache_disk_serves_reads_from_the_stream(client, dataset, mount, 
     for _round in range(2):
         for name in names:
             assert (m.path / name).read_bytes() == made[name][1], name
-    data_files = [p for p in (disk / "cache").rglob("*") if p.is_file()
-                  and p.parent.name in ("data", "partial")]
-    assert data_files == [], "an image was cached on a full disk"
-    log = m.log()
-    for name in names:
-        image_id = made[name][0].id
-        lines = [line for line in log.splitlines()
-                 if image_id in line and ("WARNING" in line or "ERROR" in line)]
-        assert len(lines) <= 2, lines  # one per read, never a flood
-    assert "No space left on device" in log
-    assert m.status()["service"] == "ok"
+
+    def cache_files() -> list[Path]:
+        return [p for p in (disk / "cache").rglob("*") if p.is_file()
+                and p.parent.name in ("data", "partial")]
+
+    wait_for(lambda: not cache_files(), "no cache file left behind")
+    status = m.status()
+    assert status["service"] == "ok"
+    warnings = [line for line in m.log().splitlines() if " WARNING " in line or " ERROR " in line]
+    if when == "before_mount":
+        assert len(warnings) == 1 and "cannot use the cache folder" in warnings[0], warnings
+    else:
+        for name in names:
+            lines = [line for line in warnings if made[name][0].id in line]
+            assert 1 <= len(lines) <= 2, lines  # one per download, never a flood
+        assert all("No space left on device" in line for line in warnings), warnings
