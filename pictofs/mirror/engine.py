@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +38,6 @@ log = logging.getLogger(__name__)
 
 CHUNK_FILES, CHUNK_BYTES = 100, 64 << 20  # staged and scheduled together
 FIRST_CHUNK_FILES = 16
-SNAPSHOT_THREADS = 4  # copies (and their fsyncs) side by side
 WINDOW_FILES, WINDOW_BYTES = 400, 256 << 20  # staged and not landed, at most
 ARCHIVE_CHUNK = 1000
 
@@ -65,8 +63,7 @@ class Engine:
                                  write_back=0.0, retry_max_wait=retry_max_wait,
                                  on_registered=self._registered, on_failed=self._failed,
                                  batch=batch)
-        # _lock guards _live, _known, _noted, _said, report (and retry_later while snapshots
-        # run side by side); _changed is signalled when an
+        # _lock guards _live, _known, _noted, _said and report; _changed is signalled when an
         # upload lands or fails.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -280,8 +277,8 @@ class Engine:
         self._wait_for_room()
         entry_ids = self.queue.stage_many([(u.folder, u.file.rel.rsplit("/", 1)[-1],
                                             u.replaced_id) for u in uploads])
-        with ThreadPoolExecutor(SNAPSHOT_THREADS, thread_name_prefix="snapshot") as pool:
-            staged = list(pool.map(self._snapshot, entry_ids, uploads))
+        staged = [self._snapshot(entry_id, upload) for entry_id, upload
+                  in zip(entry_ids, uploads)]
         pending = [p for p in staged if p is not None]
         self.state.add_pending(pending)
         with self._lock:
@@ -298,8 +295,7 @@ class Engine:
         except (local.Changed, OSError) as exc:
             self.queue.discard(entry_id)
             log.debug("not staged: %s", exc)
-            with self._lock:
-                self.retry_later.add(f.rel)
+            self.retry_later.add(f.rel)
             return None
         retire = upload.retire.rel if upload.retire is not None else None
         return Pending(entry_id, f.rel, f.size, f.mtime_ns, snap.sha256 or "", retire,

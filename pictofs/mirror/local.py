@@ -108,9 +108,8 @@ class Changed(Exception):
 
 
 def snapshot(source: Path, expected: LocalFile, dest: Path) -> LocalFile:
-    """Copy ``source`` into ``dest`` (an existing staging file) while hashing it, and make
-    the copy durable; it is one consistent state of the file, the one planned (same size and
-    mtime), else Changed."""
+    """Copy ``source`` into ``dest`` (an existing staging file) while hashing it; the copy is
+    one consistent state of the file, the one planned (same size and mtime), else Changed."""
     digest = hashlib.sha256()
     try:
         handle = open(source, "rb")
@@ -123,8 +122,6 @@ def snapshot(source: Path, expected: LocalFile, dest: Path) -> LocalFile:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
             out.write(chunk)
-        out.flush()
-        os.fsync(out.fileno())  # here, in the caller's thread: snapshots run side by side
         after = os.fstat(handle.fileno())
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
         raise Changed(f"{expected.rel} changed while it was read")

@@ -1,0 +1,137 @@
+"""``pictofs mirror --once`` under faults (filesystem §9 "Restart after a crash", §5
+"Failures", "Durability"); figures measured here are in ``docs/reliability.md``.
+
+- ``PICTOFS_FAULT=crash:before_upload_url`` over a fresh tree (the bulk path), and crashes at
+  every step of a replace (a file changed locally: ``before_upload_url``, ``after_archive``,
+  ``after_put``, ``after_register``); ``test_mirror.py`` has ``after_put``/``after_register``
+  over a fresh tree. The next ``--once`` leaves every file once, with its new bytes, and
+  every replaced image in the archive.
+- 500 images through the fault proxy failing a seeded 10% of every request (503, 429 with
+  ``Retry-After``, resets, stalls, truncated bodies): exit 0, each image once, same bytes.
+  The same run without faults is the baseline of the printed slowdown (never asserted).
+
+``PICTOFS_LONG=1`` runs more images and seeds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from faultproxy import FaultProxy
+
+from .mirrorkit import image_bytes, make_tree, service_images, sha, write_image
+
+LONG = os.environ.get("PICTOFS_LONG") == "1"
+FAULT_KINDS = ("503", "429", "reset", "stall", "truncate")
+
+pytestmark = pytest.mark.timeout(1200 if LONG else 240)
+
+
+def flat(n: int) -> str:
+    return ["", "a/", "a/b/", "c/"][n % 4]
+
+
+def assert_exactly(client, dataset_id: str, tree: dict[str, bytes]  # type: ignore[no-untyped-def]
+                   ) -> None:
+    """The dataset's live images are exactly the tree's files, once each, with their bytes."""
+    images = [i for i in client.images.list(dataset_id) if not i.is_archived]
+    paths = Counter(i.path for i in images)
+    assert not [p for p, n in paths.items() if n > 1], "duplicates"
+    assert set(paths) == {"/" + rel for rel in tree}, "missing or extra images"
+    with ThreadPoolExecutor(8) as pool:
+        digests = dict(zip((i.path for i in images),
+                           pool.map(lambda i: sha(image_bytes(client, i.id)), images)))
+    wrong = [p for p, d in digests.items() if d != sha(tree[p[1:]])]
+    assert not wrong, f"bytes differ: {wrong[:5]}"
+
+
+def test_a_crash_before_the_upload_url_resumes_to_one_copy_of_each_file(
+        mirror, client, dataset, tmp_path: Path) -> None:
+    root = tmp_path / "fresh"
+    tree = make_tree(root, 40, depth_of=flat)
+    crashed = mirror(root, dataset.name, "--once", "--transfers", "2",
+                     env={"PICTOFS_FAULT": "crash:before_upload_url:2"}).run()
+    assert crashed.returncode == -signal.SIGKILL
+    assert "fault injection: crashing at before_upload_url" in (tmp_path / "mirror0.log").read_text()
+    resumed = mirror(root, dataset.name, "--once").run()
+    assert resumed.returncode == 0, resumed.stdout
+    assert_exactly(client, dataset.id, tree)
+    assert service_images(client, dataset.id, archived=True) == {}
+
+
+@pytest.mark.parametrize("point", ["before_upload_url", "after_archive", "after_put",
+                                   "after_register"])
+def test_a_crash_during_a_replace_keeps_the_replaced_images(
+        point: str, mirror, client, dataset, tmp_path: Path) -> None:
+    """Mirror 8 files, change them all locally, crash at the second time a replace reaches
+    ``point``, run again: the new bytes are there once each, and every old image is in the
+    archive with its old bytes (none lost, none twice)."""
+    root = tmp_path / "rep"
+    old_tree = make_tree(root, 8, depth_of=lambda n: ["", "x/"][n % 2])
+    assert mirror(root, dataset.name, "--once").run().returncode == 0
+    old = service_images(client, dataset.id)
+    new_tree = {rel: write_image(root / rel, seed=50_000 + n, size=(9, 7))
+                for n, rel in enumerate(sorted(old_tree))}
+
+    crashed = mirror(root, dataset.name, "--once", "--transfers", "4",
+                     env={"PICTOFS_FAULT": f"crash:{point}:2"}).run()
+    assert crashed.returncode == -signal.SIGKILL, crashed.stdout
+    resumed = mirror(root, dataset.name, "--once").run()
+
+    assert resumed.returncode == 0, resumed.stdout
+    assert_exactly(client, dataset.id, new_tree)
+    archived = [i for i in client.images.list(dataset.id, include_archived=True)
+                if i.is_archived]
+    assert sorted(i.id for i in archived) == sorted(i.id for i in old.values()), (
+        "the archive does not hold exactly the replaced images")
+    for image in archived:
+        assert image_bytes(client, image.id) == old_tree[image.path[1:]], image.path
+    again = mirror(root, dataset.name, "--once").run()  # in step: nothing more to do
+    assert again.returncode == 0 and again.stdout.startswith("attempted 0, uploaded 0")
+
+
+SEEDS = [21, 22, 23] if LONG else [21]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_once_through_10_percent_faults_lands_every_image_once(
+        seed: int, mirror, server, client, dataset, tmp_path: Path) -> None:
+    count = 2000 if LONG else 500
+    root = tmp_path / "many"
+    tree = make_tree(root, count, depth_of=lambda n: f"d{n % 5}/")
+    clean_dataset = client.projects.create(f"{dataset.name}-clean")
+    options = ("--once", "--retry-max-wait", "2s", "--timeout", "10s")
+    with FaultProxy(server.base_url, seed=seed) as proxy:
+        env = {"PICTOGRAPH_BASE_URL": proxy.url}
+        started = time.monotonic()
+        clean = mirror(root, clean_dataset.name, *options, env=env).run(timeout=600)
+        clean_seconds = time.monotonic() - started
+        assert clean.returncode == 0, clean.stdout
+        clean_requests = len(proxy.stats.responses)
+        proxy.reset_stats()
+        proxy.set_random_faults(rate=0.1, kinds=FAULT_KINDS, stall_seconds=1.0, retry_after=1)
+        started = time.monotonic()
+        result = mirror(root, dataset.name, *options, env=env).run(timeout=600)
+        seconds = time.monotonic() - started
+        proxy.clear_faults()
+        stats = proxy.stats
+    faults = stats.faults
+    print(f"\nFIGURES mirror faults seed={seed} images={count} rate=0.1 "
+          f"requests={len(stats.responses)} faults={sum(faults.values())} by_kind={dict(faults)} "
+          f"clean_requests={clean_requests} clean={clean_seconds:.1f}s faulty={seconds:.1f}s "
+          f"slowdown={seconds / clean_seconds:.2f}x")
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.splitlines()[0] == \
+        f"attempted {count}, uploaded {count}, skipped 0, failed 0", result.stdout
+    assert set(faults) == set(FAULT_KINDS), faults
+    assert not stats.errors, stats.errors
+    assert_exactly(client, dataset.id, tree)
+    assert_exactly(client, clean_dataset.id, tree)
+    assert service_images(client, dataset.id, archived=True) == {}
