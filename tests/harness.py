@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
@@ -126,3 +127,15 @@ def stop_server(handle: ServerHandle, timeout: float = 15) -> int:
     return handle.process.returncode
 
 
+
+
+def restart_server(handle: ServerHandle, timeout: float = 30) -> ServerHandle:
+    """Stop ``handle`` (SIGTERM, as a service restart does, requests in flight or not) and
+    start a server again on the same data folder and port, so that its clients' base URL
+    stays valid. Returns the new handle (extra arguments of the first start are not kept)."""
+    code = stop_server(handle)
+    if code != 0:
+        raise RuntimeError(f"server exited {code}: {handle.log_path.read_text()[-3000:]}")
+    port = urlsplit(handle.base_url).port
+    assert port is not None
+    return start_server(handle.data_dir, handle.log_path, timeout=timeout, port=port)

@@ -269,11 +269,14 @@ class Journal:
                 db.execute("INSERT OR REPLACE INTO mtimes (image_id, mtime) SELECT image_id, "
                            "mtime FROM entries WHERE id = ? AND mtime IS NOT NULL", (entry_id,))
 
-    def set_entry_mtime(self, entry_id: str, mtime: float) -> None:
-        """Record the mtime a writer set; an entry already registered passes it to its image."""
+    def set_entry_mtime(self, entry_id: str, mtime: float | None) -> None:
+        """Record the mtime a writer set (None: forget it); an entry already registered
+        passes it to its image."""
         with self._write() as db:
             db.execute("UPDATE entries SET mtime = ?, updated = ? WHERE id = ?",
                        (mtime, time.time(), entry_id))
+            if mtime is None:
+                return
             db.execute("INSERT OR REPLACE INTO mtimes (image_id, mtime) SELECT image_id, mtime"
                        " FROM entries WHERE id = ? AND image_id IS NOT NULL", (entry_id,))
 

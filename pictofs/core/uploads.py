@@ -135,8 +135,9 @@ class UploadQueue:
             self._journal.update_many(changes)
             self._changed.notify_all()
 
-    def set_mtime(self, entry_id: str, mtime: float) -> None:
-        """The mtime a writer set (utimensat); it follows the entry to its image."""
+    def set_mtime(self, entry_id: str, mtime: float | None) -> None:
+        """The mtime a writer set (utimensat); it follows the entry to its image. None: a
+        write came after it (the image then gets none from the entry)."""
         self._journal.set_entry_mtime(entry_id, mtime)
 
     def schedule(self, entry_id: str, delay: float | None = None) -> None:

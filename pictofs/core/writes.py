@@ -258,8 +258,15 @@ class WriteLayer:
             raise
         written = pending.pwrite(data, offset)
         pending.written = pending.dirty = True
-        pending.mtime, pending.mtime_set = self.wall(), False
+        self._written_now(pending)
         return written
+
+    def _written_now(self, pending: Pending) -> None:
+        """A write or truncate: the mtime is now, and one set before with utimensat is no
+        longer what the image gets when it registers."""
+        if pending.mtime_set and pending.entry_id is not None:
+            self.queue.set_mtime(pending.entry_id, None)
+        pending.mtime, pending.mtime_set = self.wall(), False
 
     def read(self, pending: Pending, size: int, offset: int) -> bytes:
         if pending.holds is not None and pending.fd is None:
@@ -277,7 +284,7 @@ class WriteLayer:
             raise TooLarge(f"{pending.path}: over the 50 MB limit of the service")
         pending.truncate(length)
         pending.written = pending.dirty = True
-        pending.mtime = self.wall()
+        self._written_now(pending)
 
     def truncate_image(self, path: str, image: Image, length: int) -> Pending:
         """``truncate`` of an image with no open handle: stage its bytes cut to ``length``."""

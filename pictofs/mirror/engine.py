@@ -36,9 +36,9 @@ from pictofs.remote import Remote
 
 log = logging.getLogger(__name__)
 
-CHUNK_FILES, CHUNK_BYTES = 100, 64 << 20  # staged and scheduled together
+CHUNK_FILES, CHUNK_BYTES = 250, 64 << 20  # staged and scheduled together
 FIRST_CHUNK_FILES = 16
-WINDOW_FILES, WINDOW_BYTES = 400, 256 << 20  # staged and not landed, at most
+WINDOW_FILES, WINDOW_BYTES = 1000, 256 << 20  # staged and not landed, at most
 ARCHIVE_CHUNK = 1000
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 
 from faultproxy import FaultProxy
-from harness import free_port, start_server, stop_server
+from harness import free_port, restart_server, start_server, stop_server
 from imagegen import png_bytes, sized_jpeg
 from mountkit import is_dead_mount, kill_daemon, pictofs_cmd, staging_files, sync, wait_for
 from pictofs.api import Client
@@ -302,15 +302,14 @@ def test_crash_during_a_replace_never_loses_the_replaced_image(client, dataset, 
 
 @pytest.fixture()
 def own_server(tmp_path):  # type: ignore[no-untyped-def]
-    """A reference server of this test's own on a fixed port (restartable where the mount
-    expects it); stopped at teardown."""
-    port = free_port()
-    data = tmp_path / "own-server"
-    handles = [start_server(data, tmp_path / "own-server.log", port=port)]
+    """A reference server of this test's own on a fixed port, and ``restart()``: SIGTERM,
+    then the same data folder and port (the mount's base URL stays valid); stopped at
+    teardown."""
+    handles = [start_server(tmp_path / "own-server", tmp_path / "own-server.log",
+                            port=free_port())]
 
     def restart():  # type: ignore[no-untyped-def]
-        assert stop_server(handles[-1]) == 0
-        handles.append(start_server(data, tmp_path / "own-server.log", port=port))
+        handles.append(restart_server(handles[-1]))
         return handles[-1]
 
     yield handles[0], restart
@@ -325,7 +324,7 @@ def test_server_restart_mid_run_lands_every_file_once(own_server, mount, tmp_pat
     count = 300 if LONG else 120
     files = pngs(count, seed=9000)
     write_files(tmp_path / "src", files)
-    m = mount(dataset.name, "--write-back", "0.2s", "--transfers", "2", "--retry-max-wait", "1s",
+    m = mount(dataset.name, "--write-back", "0.2s", "--transfers", "1", "--retry-max-wait", "1s",
               "--dir-cache-time", "5m",
               env={"PICTOGRAPH_API_KEY": server.key, "PICTOGRAPH_BASE_URL": server.base_url})
     (m.path / "run").mkdir()
