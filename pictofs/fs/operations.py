@@ -184,6 +184,11 @@ class PictoOperations(Operations):
 
     @translated
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        if not name.startswith("user."):
+            # ``ls -l`` asks every file for security.selinux and system.posix_acl_access:
+            # ENOTSUP, answered without resolving the path, makes it stop asking (ENOSYS
+            # would switch getxattr off for the whole mount, user.pictograph.* included).
+            raise FuseOSError(errno.ENOTSUP)
         return self.vfs.getxattr(path, name)
 
     @translated
