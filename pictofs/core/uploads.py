@@ -407,8 +407,8 @@ class UploadQueue:
             if self._schedule.key_works():
                 log.info("API key accepted again: uploads resumed")
             task.running = False
-            if task.cancelled:  # unlinked while registering: a worker archives it
-                self._schedule.requeue(task)
+            if task.cancelled:  # unlinked while registering: a worker archives it, at once
+                self._schedule.due_in(task, 0.0)  # (not at a write-back due time set meanwhile)
             else:
                 self._schedule.remember_landed(task.entry_id, image)
                 self._schedule.remove(task.entry_id)

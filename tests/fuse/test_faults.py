@@ -37,7 +37,7 @@ import pytest
 from faultproxy import FaultProxy
 from harness import free_port, restart_server, start_server, stop_server
 from imagegen import png_bytes, sized_jpeg
-from mountkit import is_dead_mount, kill_daemon, pictofs_cmd, staging_files, sync, wait_for
+from mountkit import is_dead_mount, kill_daemon, staging_files, sync, wait_for
 from pictofs.api import Client
 from pictofs.api import images as images_api
 from seed import seed_images
@@ -105,8 +105,8 @@ def assert_queue_clean(m) -> None:  # type: ignore[no-untyped-def]
 # ---------------------------------------------------------------------- random faults
 
 
-def copy_and_sync(mount, base_url: str, source: Path, dataset_name: str  # type: ignore[no-untyped-def]
-                  ) -> tuple[object, float, float]:
+def copy_and_sync(mount, base_url: str, source: Path,  # type: ignore[no-untyped-def]
+                  dataset_name: str) -> tuple[object, float, float]:
     """Mount, ``cp -r SOURCE/. MOUNT/``, ``pictofs sync``: the Mount, the seconds the copy
     took and the seconds copy and sync took together (figures for the report, never
     asserted)."""

@@ -63,7 +63,8 @@ def test_a_crash_before_the_upload_url_resumes_to_one_copy_of_each_file(
     crashed = mirror(root, dataset.name, "--once", "--transfers", "2",
                      env={"PICTOFS_FAULT": "crash:before_upload_url:2"}).run()
     assert crashed.returncode == -signal.SIGKILL
-    assert "fault injection: crashing at before_upload_url" in (tmp_path / "mirror0.log").read_text()
+    log = (tmp_path / "mirror0.log").read_text()
+    assert "fault injection: crashing at before_upload_url" in log
     resumed = mirror(root, dataset.name, "--once").run()
     assert resumed.returncode == 0, resumed.stdout
     assert_exactly(client, dataset.id, tree)
