@@ -303,8 +303,12 @@ def check_journal_free(target: Target) -> None:
     conn = target.connection
     if target.dataset is None or conn.api_key is None:
         return
-    journal = Journal.for_dataset(dirs.private_dir(dirs.state_dir()), conn.base_url,
-                                  target.dataset.id, conn.api_key)
+    try:
+        journal = Journal.for_dataset(dirs.private_dir(dirs.state_dir()), conn.base_url,
+                                      target.dataset.id, conn.api_key)
+    except OSError as exc:
+        raise ConfigError(f"cannot open the upload journal in {dirs.state_dir()}: "
+                          f"{exc.strerror or exc}") from None
     journal.close()
 
 
