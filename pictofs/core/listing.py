@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000
 ATTEMPTS = 3
+GAP_SLACK = 16  # rows re-read on each side of a gap: the folder may move again meanwhile
 
 
 @dataclass
@@ -83,8 +84,9 @@ def _page_through(remote: Remote, dataset_id: str, path: str) -> tuple[dict[str,
             # total (new images go to the front): read that many rows before the boundary
             # again, so none is skipped. Costs a request only when the folder changed.
             drop = last_total - page.total
-            gap = remote.list_images_page(dataset_id, path, offset=max(0, offset - drop),
-                                          limit=min(drop, PAGE_SIZE))
+            gap = remote.list_images_page(dataset_id, path,
+                                          offset=max(0, offset - drop - GAP_SLACK),
+                                          limit=min(drop + 2 * GAP_SLACK, PAGE_SIZE))
             for image in gap.items:
                 received[image.id] = image
         last_total = page.total

@@ -107,8 +107,8 @@ def test_rows_of_other_folders_and_archived_rows_are_filtered():
 def test_a_row_skipped_by_a_removal_is_read_again_from_the_gap():
     page1 = ([img("d.jpg", "4"), img("c.jpg", "3")], 4, True)
     page2 = ([img("a.jpg", "1")], 3, False)  # "d" was removed: "b" moved into page 1, unseen
-    pages = ScriptedPages([[page1, page2]] * 3, gaps={(a, 1): [img("b.jpg", "2")]
+    pages = ScriptedPages([[page1, page2]] * 3, gaps={(a, 0): [img("b.jpg", "2")]
                                                      for a in range(3)})
     rows, complete = list_images_consistent(pages, "d", "/")  # type: ignore[arg-type]
-    assert (1, 1) in pages.gap_calls
+    assert (0, 33) in pages.gap_calls  # the dropped row and GAP_SLACK rows on each side
     assert {"1", "2", "3", "4"} <= set(rows) and not complete
