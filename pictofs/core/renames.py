@@ -250,10 +250,10 @@ class Renamer:
         """Create the target, move the images level by level, delete the emptied source."""
         self.remote.make_folder(self.dataset_id, new)
         listing = self.view.listing(old)
-        ids = [image.id for image in listing.images.values()]
+        ids = [image.id for image in list(listing.images.values())]  # updated in place
         for start in range(0, len(ids), 10_000):
             self.remote.move(self.dataset_id, ids[start:start + 10_000], new)
-        for name in listing.folders:
+        for name in list(listing.folders):
             self._move_folder(join_path(old, name), join_path(new, name))
         self.remote.delete_folder(self.dataset_id, old)
 

@@ -105,6 +105,46 @@ class Interrupted(Exception):
     the job stops at this step boundary and the queue decides what comes next."""
 
 
+class ExactBody:
+    """A staging file as a PUT body: exactly ``size`` bytes (the declared Content-Length).
+    A file rewritten shorter meanwhile (``O_TRUNC`` of a file being uploaded; the writer's
+    hold made this upload stale anyway) ends the request at once with Interrupted, instead
+    of leaving the service waiting for the missing bytes until the read timeout, retried.
+    Rewound per attempt by the transport."""
+
+    def __init__(self, path: Path, size: int, entry_id: str) -> None:
+        self._file = open(path, "rb")
+        self._size = size
+        self._entry_id = entry_id
+
+    def __enter__(self) -> "ExactBody":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Any:  # requests streams a body that has __iter__; it calls read()
+        while chunk := self.read(1 << 16):
+            yield chunk
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._size - self._file.tell()
+        want = left if n is None or n < 0 else min(n, left)
+        data = self._file.read(want) if want > 0 else b""
+        if len(data) < want:
+            raise Interrupted(self._entry_id)  # the file was cut shorter while being sent
+        return data
+
+
 # ---------------------------------------------------------------------- local facts
 
 
@@ -280,15 +320,17 @@ class UploadJob:
 
     def _put(self, entry: Entry, staged: StagedFile, ticket: UploadTicket) -> None:
         self._control.checkpoint()
-        try:
-            self._remote.put_upload(ticket, staged.path, staged.size)
-        except PermissionDenied as exc:
-            if classify(exc) is Disposition.AUTH:
-                raise
-            log.info("%s: upload URL refused (expired?); asking for a fresh one", entry.path)
-            ticket = self._ticket(entry, staged)
-            self._control.checkpoint()
-            self._remote.put_upload(ticket, staged.path, staged.size)
+        with ExactBody(staged.path, staged.size, entry.id) as body:
+            try:
+                self._remote.put_upload(ticket, body, staged.size)  # type: ignore[arg-type]
+            except PermissionDenied as exc:
+                if classify(exc) is Disposition.AUTH:
+                    raise
+                log.info("%s: upload URL refused (expired?); asking for a fresh one",
+                         entry.path)
+                ticket = self._ticket(entry, staged)
+                self._control.checkpoint()
+                self._remote.put_upload(ticket, body, staged.size)  # type: ignore[arg-type]
 
     def _register(self, entry: Entry, staged: StagedFile, key: str,
                   sent_before: bool = False) -> Landed:

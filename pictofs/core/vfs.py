@@ -251,9 +251,11 @@ class Vfs:
         pendings = writes.pending_in(entry.path) if writes is not None else {}
         if writes is None or not writes.is_local_dir(entry.path):
             listing = side.view.listing(entry.path)
-            for name, folder in listing.folders.items():
+            # copies (one C call each, atomic under the GIL): the cached listing is updated
+            # in place by this mount's changes while we iterate
+            for name, folder in list(listing.folders.items()):
                 rows[name] = self._dir_attrs(side, DirEntry(join_path(entry.path, name), folder))
-            for name, image in listing.images.items():
+            for name, image in list(listing.images.items()):
                 if writes is None or not writes.is_hidden(join_path(entry.path, name)):
                     rows[name] = self._file_attrs(side, image)
         if writes is not None:
