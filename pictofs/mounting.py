@@ -183,15 +183,18 @@ def run_foreground(args: argparse.Namespace) -> int:
 
 
 def _serve(target: Target, args: argparse.Namespace) -> int:
-    from pictofs.api.remote import ApiRemote
+    from pictofs.api.bulk_remote import BulkApiRemote
     from pictofs.core.attrs import AttrPolicy
     from pictofs.core.breaker import CircuitBreaker, GuardedRemote
     from pictofs.core.vfs import Vfs, VfsOptions
     from pictofs.fs.mount import MountSettings, serve, start_sighup_thread
     from pictofs.fs.operations import PictoOperations
 
-    api_remote = ApiRemote(target.connection, timeout=args.timeout, retries=args.retries,
-                           retry_max_wait=args.retry_max_wait, pool_size=max(16, args.transfers * 2))
+    # the bulk verbs let the upload queue send new files of a folder together (one PUT per
+    # file, one upload-url and one register call per batch)
+    api_remote = BulkApiRemote(target.connection, timeout=args.timeout, retries=args.retries,
+                               retry_max_wait=args.retry_max_wait,
+                               pool_size=max(16, args.transfers * 2))
     breaker = CircuitBreaker(probe=api_remote.ping)
     remote = GuardedRemote(api_remote, breaker)
     if target.offline:
@@ -264,6 +267,7 @@ class SideBuilder:
         self.started = False
 
     def build(self, view: Any) -> Any:
+        from pictofs.api import images as images_api
         from pictofs.core.archive import ArchiveView
         from pictofs.core.cache import open_cache
         from pictofs.core.downloads import Downloader
@@ -288,7 +292,8 @@ class SideBuilder:
         options = WriteOptions(write_back=self.args.write_back, transfers=self.args.transfers,
                                retry_max_wait=self.args.retry_max_wait,
                                min_free_space=self.args.min_free_space,
-                               permanent_delete=self.args.permanent_delete)
+                               permanent_delete=self.args.permanent_delete,
+                               batch=images_api.BULK_LIMIT)
         writes = WriteLayer(view, self.remote, journal, downloader, journal.directory / "local",
                             options)
         writes.start()

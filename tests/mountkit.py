@@ -26,6 +26,7 @@ REGISTER = f"{API}/images/register"
 BULK_REGISTER = f"{API}/images/bulk-register"
 BATCH_DELETE = f"{API}/batch/images/delete"
 BATCH_MOVE = f"{API}/batch/images/move"
+PUT = "/storage/upload/{token}"
 
 
 class Counts:
@@ -40,6 +41,8 @@ class Counts:
         self.server = server
         self.start_all = self._now(ok_only=False)
         self.start_ok = self._now(ok_only=True)
+        self.start_puts = 0
+        self.start_puts = self.puts()
 
     def _now(self, ok_only: bool) -> dict[str, int]:
         metrics = self.server.metrics()
@@ -55,6 +58,13 @@ class Counts:
     def succeeded(self) -> dict[str, int]:
         now = self._now(ok_only=True)
         return {key: now[key] - self.start_ok[key] for key in now}
+
+    def puts(self) -> int:
+        """Storage PUTs answered 2xx since construction: one per file whose bytes went up,
+        whether its upload-URL and register requests were single or bulk."""
+        now = sum(n for (method, route, status), n in self.server.metrics().items()
+                  if method == "PUT" and route == PUT and 200 <= status < 300)
+        return now - self.start_puts
 
     def uploads(self) -> int:
         """Upload-URL requests of any kind: zero means nothing was sent."""

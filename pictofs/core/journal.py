@@ -13,18 +13,24 @@ fingerprint) under ``STATE_DIR/datasets/<digest>/`` holds:
   processes never resume the same entries.
 
 Every method that changes a row commits before it returns, so a caller that records a step
-and then sends it never sends a step the journal does not know about. A journal of a version
-this code does not know refuses to open (``ConfigError``) and is left untouched. Files are
-0600, folders 0700. ``plan_resume`` is the pure decision of what a restart does with each
-entry.
+and then sends it never sends a step the journal does not know about. A commit is durable
+(the WAL is fsync'd) unless the method says ``durable=False``: that is only for a row a crash
+may lose, a new entry not flushed yet (a restart drops such an entry anyway), and a durable
+commit made later also makes every earlier one durable (the WAL is one file, written in
+order). Likewise a new staging file's folder entry is made durable at the entry's first
+flush, not at its creation (``sync_staging_files``), by one folder fsync that covers every
+staging file created before it.
+
+A journal of a version this code does not know refuses to open (``ConfigError``) and is left
+untouched (``journal_files``). Files are 0600, folders 0700. Reads go through a second
+connection, so they never wait for a commit's fsync. ``resume_action`` is the pure decision
+of what a restart does with each entry.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
-import errno
-import fcntl
 import hashlib
 import logging
 import os
@@ -33,9 +39,9 @@ import threading
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from pictofs.errors import ConfigError
+from pictofs.core.journal_files import fsync_dir, open_database, private_dir, take_lock
 
 log = logging.getLogger(__name__)
 
@@ -167,12 +173,22 @@ class Journal:
         self.directory = Path(directory)
         self.staging_dir = self.directory / "staging"
         for folder in (self.directory.parent, self.directory, self.staging_dir):
-            _private_dir(folder)
-        self._lock_file = _take_lock(self.directory / "journal.lock")
+            private_dir(folder)
+        self._lock_file = take_lock(self.directory / "journal.lock")
         self._lock = threading.Lock()  # guards _db (one connection shared by threads)
+        # reads go through a connection of their own: in WAL mode they see the last commit
+        # without waiting for a commit in progress (and its fsync)
+        self._read_lock = threading.Lock()  # guards _reader
+        # staging files created so far, and how many of them a folder fsync covers
+        # (guarded by _folder_lock)
+        self._folder_lock = threading.Lock()
+        self._created = 0
+        self._folder_synced = 0
         try:
-            self._db = _open_database(self.directory / "journal.db")
+            self._db = open_database(self.directory / "journal.db", VERSION)
             self._init_meta(base_url=base_url, dataset_id=dataset_id, fingerprint=fingerprint)
+            self._reader = sqlite3.connect(self.directory / "journal.db",
+                                           check_same_thread=False, isolation_level=None)
         except BaseException:
             self._lock_file.close()
             raise
@@ -185,6 +201,8 @@ class Journal:
                    fingerprint=key_fingerprint(api_key))
 
     def close(self) -> None:
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._db.close()
         self._lock_file.close()  # releases the flock
@@ -206,18 +224,21 @@ class Journal:
         self.add_many([(entry_id, folder, filename, replaced_id)])
         return self._require(entry_id)
 
-    def add_many(self, rows: Sequence[tuple[str, str, str, str | None]]) -> None:
-        """``add`` of many ``(entry_id, folder, filename, replaced_id)`` in one transaction."""
+    def add_many(self, rows: Sequence[tuple[str, str, str, str | None]],
+                 durable: bool = True) -> None:
+        """``add`` of many ``(entry_id, folder, filename, replaced_id)`` in one transaction.
+        ``durable=False``: the commit is not fsync'd (see the module doc); new rows are not
+        flushed, so a crash that loses them loses nothing a restart would keep."""
         now = time.time()
-        with self._write() as db:
+        with self._write(durable) as db:
             db.executemany("INSERT INTO entries (id, folder, filename, state, replaced_id, "
                            "created, updated) VALUES (?, ?, ?, 'staged', ?, ?, ?)",
                            [(*row, now, now) for row in rows])
 
     def get(self, entry_id: str) -> Entry | None:
-        with self._lock:
-            row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM entries WHERE id = ?",
-                                   (entry_id,)).fetchone()
+        with self._read_lock:
+            row = self._reader.execute(f"SELECT {', '.join(_COLUMNS)} FROM entries "
+                                       "WHERE id = ?", (entry_id,)).fetchone()
         return _entry(row) if row else None
 
     def entries(self, state: str | None = None) -> list[Entry]:
@@ -225,8 +246,8 @@ class Journal:
         args: tuple[Any, ...] = ()
         if state is not None:
             query, args = query + " WHERE state = ?", (state,)
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY created, id", args).fetchall()
+        with self._read_lock:
+            rows = self._reader.execute(query + " ORDER BY created, id", args).fetchall()
         return [_entry(row) for row in rows]
 
     def update(self, entry_id: str, **changes: Any) -> Entry:
@@ -234,19 +255,60 @@ class Journal:
         self.update_many({entry_id: changes})
         return self._require(entry_id)
 
-    def update_many(self, changes: Mapping[str, Mapping[str, Any]]) -> None:
+    def update_many(self, changes: Mapping[str, Mapping[str, Any]],
+                    missing_ok: bool = False) -> None:
         """``update`` of many rows (entry id → columns) in one transaction; KeyError (and
-        nothing changed) when a row is missing."""
+        nothing changed) when a row is missing, unless ``missing_ok`` (missing rows are then
+        skipped)."""
         for columns in changes.values():
             _check_columns(columns)
-        now = time.time()
         with self._write() as db:
-            for entry_id, columns in changes.items():
-                assignments = ", ".join(f"{name} = ?" for name in columns)
-                cursor = db.execute(f"UPDATE entries SET {assignments}, updated = ? "
-                                    "WHERE id = ?", (*columns.values(), now, entry_id))
-                if cursor.rowcount == 0:
-                    raise KeyError(entry_id)
+            self._apply(db, changes, missing_ok)
+
+    def update_if(self, changes: Mapping[str, Mapping[str, Any]],
+                  still: Callable[[str], bool]) -> list[str]:
+        """``update_many`` of the rows for which ``still(entry_id)`` is true, asked under the
+        journal's lock (so no other write comes between the question and the write); returns
+        the ids written. ``still`` must take no lock that is held around journal calls."""
+        for columns in changes.values():
+            _check_columns(columns)
+        with self._write() as db:
+            kept = {entry_id: columns for entry_id, columns in changes.items()
+                    if still(entry_id)}
+            self._apply(db, kept, missing_ok=False)
+        return list(kept)
+
+    @staticmethod
+    def _apply(db: sqlite3.Connection, changes: Mapping[str, Mapping[str, Any]],
+               missing_ok: bool) -> None:
+        now = time.time()
+        for entry_id, columns in changes.items():
+            assignments = ", ".join(f"{name} = ?" for name in columns)
+            cursor = db.execute(f"UPDATE entries SET {assignments}, updated = ? "
+                                "WHERE id = ?", (*columns.values(), now, entry_id))
+            if cursor.rowcount == 0 and not missing_ok:
+                raise KeyError(entry_id)
+
+    def record_flushed(self, sizes: Mapping[str, int],
+                       still: Callable[[str], bool] = lambda entry_id: True) -> None:
+        """New bytes of these entries (entry id → size) were flushed: each becomes resumable
+        and its upload starts over (hash, keys and error forgotten; a replace whose old image
+        is already archived stays past that step, see ``restart_step``; a failed entry is
+        staged again). The step and state are worked out from the row as it is at the write,
+        so the write commutes with a retarget, hold or cancel made between the caller's
+        decision and the write. Rows for which ``still(entry_id)`` is false (a newer flush
+        will write them) or that are gone are skipped. One transaction."""
+        with self._write() as db:
+            now = time.time()
+            for entry_id, size in sizes.items():
+                if not still(entry_id):
+                    continue
+                db.execute("UPDATE entries SET flushed = 1, size = ?, sha256 = NULL, "
+                           "url_key = NULL, register_key = NULL, error = NULL, "
+                           "step = CASE WHEN replaced_id IS NOT NULL AND step != 'none' "
+                           "THEN 'archived' ELSE 'none' END, "
+                           "state = CASE WHEN state = 'failed' THEN 'staged' ELSE state END, "
+                           "updated = ? WHERE id = ?", (size, now, entry_id))
 
     def delete(self, entry_id: str) -> None:
         with self._write() as db:
@@ -296,14 +358,14 @@ class Journal:
                        (image_id, mtime))
 
     def mtime(self, image_id: str) -> float | None:
-        with self._lock:
-            row = self._db.execute("SELECT mtime FROM mtimes WHERE image_id = ?",
-                                   (image_id,)).fetchone()
+        with self._read_lock:
+            row = self._reader.execute("SELECT mtime FROM mtimes WHERE image_id = ?",
+                                       (image_id,)).fetchone()
         return row[0] if row else None
 
     def mtimes(self) -> dict[str, float]:
-        with self._lock:
-            return dict(self._db.execute("SELECT image_id, mtime FROM mtimes").fetchall())
+        with self._read_lock:
+            return dict(self._reader.execute("SELECT image_id, mtime FROM mtimes").fetchall())
 
     def forget_mtime(self, image_id: str) -> None:
         with self._write() as db:
@@ -319,20 +381,42 @@ class Journal:
         self.create_staging_files([entry_id])
         return self.staging_path(entry_id)
 
-    def create_staging_files(self, entry_ids: Iterable[str]) -> None:
-        """``create_staging_file`` for many, with one fsync of the folder."""
+    def create_staging_files(self, entry_ids: Iterable[str], sync: bool = True) -> None:
+        """``create_staging_file`` for many, with one fsync of the folder; ``sync=False``
+        leaves that fsync to ``sync_staging_files`` (the entries' first flush)."""
         for entry_id in entry_ids:
             os.close(os.open(self.staging_path(entry_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
                              0o600))
-        _fsync_dir(self.staging_dir)
+            with self._folder_lock:
+                self._created += 1
+        if sync:
+            self.sync_staging_folder()
 
     def sync_staging_file(self, entry_id: str) -> None:
         """Make the staged bytes durable (a flush that returned can be resumed)."""
-        fd = os.open(self.staging_path(entry_id), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        self.sync_staging_files([entry_id])
+
+    def sync_staging_files(self, entry_ids: Iterable[str]) -> None:
+        """Make the staged bytes of these entries durable, and their staging files' folder
+        entries (a flush that returned can be resumed)."""
+        for entry_id in entry_ids:
+            fd = os.open(self.staging_path(entry_id), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.sync_staging_folder()
+
+    def sync_staging_folder(self) -> None:
+        """fsync the staging folder, unless a folder fsync already covers every staging file
+        created so far (one fsync then serves many files)."""
+        with self._folder_lock:
+            created = self._created
+            if self._folder_synced >= created:
+                return
+        fsync_dir(self.staging_dir)
+        with self._folder_lock:  # every file counted in `created` existed before the fsync
+            self._folder_synced = max(self._folder_synced, created)
 
     def remove_staging_file(self, entry_id: str, sync: bool = True) -> bool:
         """Remove an entry's staging file; ``sync=False`` skips the folder fsync, for a file
@@ -342,7 +426,7 @@ class Journal:
         except FileNotFoundError:
             return False
         if sync:
-            _fsync_dir(self.staging_dir)
+            fsync_dir(self.staging_dir)
         return True
 
     def staging_names(self) -> list[str]:
@@ -351,10 +435,19 @@ class Journal:
     # ---------------------------------------------------------------- internals
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One committed transaction under the lock."""
-        with self._lock, self._db:
-            yield self._db
+    def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One committed transaction under the lock; fsync'd unless ``durable`` is False."""
+        with self._lock:
+            if durable:
+                with self._db:
+                    yield self._db
+                return
+            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync at this commit
+            try:
+                with self._db:
+                    yield self._db
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
 
     def _require(self, entry_id: str) -> Entry:
         entry = self.get(entry_id)
@@ -389,72 +482,3 @@ def _entry(row: tuple[Any, ...]) -> Entry:
     values["flushed"] = bool(values["flushed"])
     values["cancelled"] = bool(values["cancelled"])
     return Entry(**values)
-
-
-def _open_database(path: Path) -> sqlite3.Connection:
-    """Open (or create) the database; refuse an unknown version before changing anything."""
-    if not path.exists():
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-    try:
-        db = sqlite3.connect(path, check_same_thread=False, isolation_level="DEFERRED")
-        version = _stored_version(db)
-    except sqlite3.DatabaseError as exc:
-        raise ConfigError(f"{path}: not a readable pictofs journal ({exc}); "
-                          "refusing to mount (the file is kept as it is)") from None
-    if version is not None and version != VERSION:
-        db.close()
-        raise ConfigError(f"{path}: journal version {version} is unknown to this pictofs "
-                          f"(it knows version {VERSION}); refusing to mount (the journal is "
-                          "kept as it is: use the pictofs that wrote it)")
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("PRAGMA busy_timeout=5000")
-    return db
-
-
-def _stored_version(db: sqlite3.Connection) -> int | str | None:
-    """The version in ``meta``; None for a new (empty) database."""
-    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if not tables:
-        return None
-    if "meta" not in tables:
-        return "(none)"
-    row = db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
-    if row is None:
-        return "(none)"
-    try:
-        return int(row[0])
-    except ValueError:
-        return str(row[0])
-
-
-def _take_lock(path: Path) -> Any:
-    """Hold an exclusive flock on ``path`` (with our pid in it) or raise ConfigError."""
-    handle = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+", encoding="ascii")
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise ConfigError(f"journal in use by pid {holder} ({path.parent}): "
-                              "another pictofs has this dataset mounted") from None
-        raise
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
-
-
-def _private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

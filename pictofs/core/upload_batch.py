@@ -4,13 +4,15 @@ upload URLs, the PUTs, one call to register them all (protocol §4 "bulk-upload-
 
 A batch is an optimisation of ``upload_job.UploadJob`` for many new files at once (a mirror's
 start-up, ``cp -r`` onto a mount): three requests per file become one PUT per file plus two
-per batch. It keeps every promise of the single job: each member still records its steps in
-its own journal row before sending them (size and sha256, the ``url`` step, the ``put`` step
-with a fresh register key), every journal write goes through the member's ``Control`` (a
-member that was held, retargeted or cancelled meanwhile drops out of the batch at the next
-step boundary), and the crash points sit at the same boundaries. A member resumed after a
-crash is retried on its own: a register the service already took answers 409 and the single
-job adopts the image when size and sha256 match.
+per batch. It keeps every promise of the single job: each member records in its own journal
+row, before the register is sent, its size and sha256 and the ``put`` step with a fresh
+register key (one transaction for the batch; the bulk upload-url call has no key and a
+resumed entry asks for fresh URLs anyway, so nothing before it needs a commit), and the
+register answers (a second transaction). Every journal write goes through the member's
+``Control`` (a member that was held, retargeted or cancelled meanwhile drops out of the
+batch at the next step boundary), and the crash points sit at the same boundaries. A member
+resumed after a crash is retried on its own: a register the service already took answers
+409 and the single job adopts the image when size and sha256 match.
 
 Only *fresh* entries are batched (``batchable``): no replace, never sent before, not
 cancelled. The queue picks the members (one folder, distinct names); this module runs them
@@ -146,8 +148,7 @@ class BatchJob:
                 outcomes[entry.id] = exc
                 continue
             live.append(_Member(entry, control, staged))
-        return self._record(live, outcomes, lambda m: {
-            "state": "uploading", "size": m.staged.size, "sha256": m.staged.sha256})
+        return self._checkpoint(live, outcomes)
 
     def _tickets(self, live: list[_Member], outcomes: dict[str, Outcome]) -> list[_Member]:
         live = self._checkpoint(live, outcomes)
@@ -163,7 +164,7 @@ class BatchJob:
             return self._fail_all(live, exc, outcomes)
         for member, ticket in zip(live, tickets):
             member.ticket = ticket
-        return self._record(live, outcomes, lambda m: {"step": "url"})
+        return live
 
     def _put_all(self, live: list[_Member], outcomes: dict[str, Outcome]) -> list[_Member]:
         sent = []
@@ -183,7 +184,9 @@ class BatchJob:
                 break
             sent.append(member)
         sent = self._record([m for m in sent if m.entry.id not in outcomes], outcomes,
-                            lambda m: {"step": "put", "register_key": new_key()})
+                            lambda m: {"state": "uploading", "size": m.staged.size,
+                                       "sha256": m.staged.sha256, "step": "put",
+                                       "register_key": new_key()})
         for member in sent:
             member.control.mark_put()
         if sent:

@@ -3,7 +3,8 @@ service changes", "Durability"), and the pure decisions around it.
 
 A run of ``UploadJob.run``:
 
-1. local checks: size ≤ 50 MB, Pillow identifies the bytes, dimensions, sha256;
+1. local checks: size ≤ 50 MB, Pillow identifies the bytes, dimensions, sha256 (recorded,
+   with the state ``uploading``, in the same commit as the first step that goes out);
 2. a replace (``replaced_id`` set) first looks at the name: another id there → conflict,
    nothing archived; the same size and sha256 → nothing uploaded, the existing image is the
    answer; otherwise the old id is archived (the journal says ``archived`` first);
@@ -24,6 +25,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
+import os
 import random
 import uuid
 from dataclasses import dataclass
@@ -159,20 +161,25 @@ class StagedFile:
 
 
 def inspect_staged(path: Path, filename: str) -> StagedFile:
-    """The checks made before any request; raises a permanent error for a doomed file."""
-    size = path.stat().st_size
-    if size > names.MAX_IMAGE_BYTES:
-        raise UploadFailed(f"too large: {size:,} bytes, over the 50 MB limit "
-                           f"({names.MAX_IMAGE_BYTES:,} bytes)")
+    """The checks made before any request; raises a permanent error for a doomed file. The
+    file is opened once for all of them."""
     if not names.is_supported(filename):
         raise UploadFailed(f"unsupported file type {names.extension(filename) or '(none)'}")
-    try:
-        imaging.identify(path)
-    except PictofsError as exc:
-        raise UploadFailed(f"not an image: {exc}") from None
-    dimensions = imaging.probe(path)
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > names.MAX_IMAGE_BYTES:
+            raise UploadFailed(f"too large: {size:,} bytes, over the 50 MB limit "
+                               f"({names.MAX_IMAGE_BYTES:,} bytes)")
+        try:
+            imaging.identify(handle)
+        except PictofsError as exc:
+            raise UploadFailed(f"not an image: {exc}") from None
+        dimensions = imaging.probe(handle)
+        digest = hashlib.sha256()
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
     width, height = dimensions if dimensions else (None, None)
-    return StagedFile(path=path, size=size, sha256=file_sha256(path),
+    return StagedFile(path=path, size=size, sha256=digest.hexdigest(),
                       content_type=names.content_type_for(filename), width=width, height=height)
 
 
@@ -234,13 +241,18 @@ class UploadJob:
         self._journal = journal
         self._dataset_id = dataset_id
         self._control = control
+        # changes waiting to go into the journal with the run's next record: what a run
+        # found out before its first request that changes anything (size, sha256, the state
+        # 'uploading') needs no commit of its own
+        self._carried: dict[str, Any] = {}
 
     # ---------------------------------------------------------------- upload
 
     def run(self, entry: Entry) -> Landed:
         """Upload one entry; returns once the journal records it as done."""
         staged = inspect_staged(self._journal.staging_path(entry.id), entry.filename)
-        entry = self._control.record(state="uploading", size=staged.size, sha256=staged.sha256)
+        self._control.checkpoint()
+        self._carried = dict(state="uploading", size=staged.size, sha256=staged.sha256)
         if entry.replaced_id is not None and entry.step == "none":
             landed = self._prepare_replace(entry, staged)
             if landed is not None:
@@ -269,7 +281,7 @@ class UploadJob:
                                           service_name(entry.filename))
         if current is None:
             log.info("%s: the image it replaces is gone; uploading it as a new file", entry.path)
-            self._control.record(replaced_id=None)
+            self._record(replaced_id=None)
             return None
         if current.id != entry.replaced_id:
             raise UploadFailed("conflict: replaced by another client "
@@ -277,7 +289,7 @@ class UploadJob:
         if self._same_bytes(current, staged):
             log.debug("%s: same bytes as image %s; nothing to upload", entry.path, current.id)
             return self._control.register(lambda: Landed(current, "identical"))
-        self._control.record(step="archived")
+        self._record(step="archived")
         return None
 
     def _archive_replaced(self, entry: Entry) -> None:
@@ -294,6 +306,8 @@ class UploadJob:
         resumed entry always gets a fresh URL; its saved register key is reused."""
         if entry.step == "put" and entry.register_key and self._control.put_done():
             register_key = entry.register_key
+            if self._carried:
+                self._record()  # what this run found out, before its register goes out
         else:
             try:
                 ticket = self._ticket(entry, staged)
@@ -301,21 +315,26 @@ class UploadJob:
             except AlreadyExists:
                 return self._control.register(lambda: self._adopt(entry, staged))
             register_key = entry.register_key or new_key()
-            self._control.record(step="put", register_key=register_key)
+            self._record(step="put", register_key=register_key)
             self._control.mark_put()
             fault_point("after_put")
         sent_before = entry.register_key is not None  # by an earlier run, maybe a crashed one
         return self._control.register(
             lambda: self._register(entry, staged, register_key, sent_before))
 
+    def _record(self, **changes: Any) -> Entry:
+        """Write ``changes`` (with what the run carried so far) to the entry's row, in one
+        commit, before the request they announce is sent."""
+        changes, self._carried = {**self._carried, **changes}, {}
+        return self._control.record(**changes)
+
     def _ticket(self, entry: Entry, staged: StagedFile) -> UploadTicket:
         key = new_key()
-        self._control.record(url_key=key)
+        self._record(url_key=key)
         self._control.checkpoint()
         fault_point("before_upload_url")
         ticket = self._remote.request_upload(self._dataset_id, entry.folder, entry.filename,
                                              staged.content_type, idempotency_key=key)
-        self._control.record(step="url")
         return ticket
 
     def _put(self, entry: Entry, staged: StagedFile, ticket: UploadTicket) -> None:
@@ -350,7 +369,7 @@ class UploadJob:
             log.info("%s: register with the saved key refused (%s); trying once with a "
                      "fresh key", entry.path, describe(exc))
             fresh = new_key()
-            self._control.record(register_key=fresh)
+            self._record(register_key=fresh)
             return self._register(entry, staged, fresh)
         return Landed(image, "uploaded")
 

@@ -34,6 +34,7 @@ class Task:
     running: bool = False
     registering: bool = False  # a register (or adoption) is in flight
     generation: int = 0  # bumped by every change a running job must notice
+    flushes: int = 0  # flushes seen (the journal write of an older one is skipped)
     attempts: int = 0  # transient failures in a row
     cancelled: bool = False
     image: Image | None = None  # the register answer, as soon as it arrived
@@ -236,6 +237,8 @@ class TaskControl:
             return self._current()
 
     def _current(self) -> bool:
+        """(Reads two fields; called with the queue's lock, or from ``record`` with the
+        journal's, where a value a moment old is still safe, see there.)"""
         return self._task.generation == self._generation and not self._stopping()
 
     def checkpoint(self) -> None:
@@ -251,10 +254,17 @@ class TaskControl:
             self._task.put_generation = self._generation
 
     def record(self, **changes: Any) -> Entry:
-        with self._changed:
-            if not self._current():
-                raise Interrupted(self._task.entry_id)
-            return self._journal.update(self._task.entry_id, **changes)
+        """Write the run's changes, unless the task changed (Interrupted). Whether it did is
+        asked under the journal's lock, not the queue's: whoever moves the generation does
+        so before writing the journal, so no write of this run can land after theirs, and
+        the queue's lock is not held while the journal commits."""
+        entry_id = self._task.entry_id
+        if not self._journal.update_if({entry_id: changes}, lambda _: self._current()):
+            raise Interrupted(entry_id)
+        entry = self._journal.get(entry_id)
+        if entry is None:
+            raise Interrupted(entry_id)
+        return entry
 
     def register(self, step: Callable[[], Landed]) -> Landed:
         self.begin_register()
@@ -285,9 +295,9 @@ def record_together(members: Sequence[tuple[TaskControl, Mapping[str, Any]]]) ->
     is to stop as ``record`` would have raised Interrupted)."""
     if not members:
         return []
-    changed, journal = members[0][0]._changed, members[0][0]._journal
-    with changed:
-        current = [control._current() for control, _ in members]
-        journal.update_many({control._task.entry_id: changes for (control, changes), ok
-                             in zip(members, current) if ok})
-    return current
+    journal = members[0][0]._journal
+    controls = {control._task.entry_id: control for control, _ in members}
+    written = set(journal.update_if(
+        {control._task.entry_id: changes for control, changes in members},
+        lambda entry_id: controls[entry_id]._current()))
+    return [control._task.entry_id in written for control, _ in members]

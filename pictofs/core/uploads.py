@@ -7,7 +7,8 @@ are in flight, the retry backoff, the pause after a rejected key, and the counte
 ``pictofs status`` shows. What one upload does is ``upload_job.UploadJob``; what survives a
 crash is the journal. Workers (``transfers`` threads) are started by ``start()`` (the mount's
 ``init``, never before: libfuse forks after mounting) and stopped by ``stop()``, which lets
-the step in flight finish and leaves the rest queued in the journal for the next mount.
+the step in flight finish and leaves the rest queued in the journal for the next mount. What
+the workers do with a task is in ``upload_workers.QueueWorkers``.
 
 With ``batch`` > 1 (and a remote with the bulk verbs of ``upload_batch.BulkRemote``), a
 worker that takes a fresh entry also takes other due fresh entries of its folder and sends
@@ -30,20 +31,16 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
-from pictofs.core import upload_batch, upload_job
 from pictofs.core.journal import Entry, Journal, ResumeAction, orphan_staging_files
-from pictofs.core.journal import restart_step, resume_action
-from pictofs.core.upload_job import Disposition, Interrupted, Landed, UploadJob
-from pictofs.core.upload_schedule import QueueStats, Schedule, Task, TaskControl
+from pictofs.core.journal import resume_action
+from pictofs.core.upload_schedule import QueueStats, Schedule, Task
+from pictofs.core.upload_workers import QueueWorkers
 from pictofs.model import Image
 from pictofs.remote import Remote
 
 log = logging.getLogger(__name__)
-
-DONE_KEEP = 3600.0  # seconds a done journal row is kept before it is pruned
-PRUNE_EVERY = 60.0  # seconds between two prunings
 
 RegisteredCallback = Callable[[str, Image], None]
 FailedCallback = Callable[[str, str], None]
@@ -51,7 +48,7 @@ FailedCallback = Callable[[str, str], None]
 __all__ = ["QueueStats", "UploadQueue"]
 
 
-class UploadQueue:
+class UploadQueue(QueueWorkers):
     def __init__(
         self,
         remote: Remote,
@@ -80,7 +77,9 @@ class UploadQueue:
         self._batch = max(1, batch)
         # _lock guards _schedule (the task table, due times, key pause, counters), _stopping,
         # _workers and _last_prune; _changed is signalled on every change of them. Journal
-        # calls may be made with it held (the journal's own lock is always taken second).
+        # calls may be made with it held (the journal's own lock is always taken second), but
+        # the frequent writes (stage, flush, the steps of a running upload) are made outside
+        # it, so that the workers and the writers do not wait for each other's fsyncs.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._schedule = Schedule(clock, pause=retry_max_wait)
@@ -91,15 +90,17 @@ class UploadQueue:
     # ---------------------------------------------------------------- writing side
 
     def stage(self, folder: str, filename: str, replaced_id: str | None = None) -> str:
-        """A new entry (state ``staged``, durable) and its empty staging file."""
+        """A new entry (state ``staged``) and its empty staging file (see ``stage_many``)."""
         return self.stage_many([(folder, filename, replaced_id)])[0]
 
     def stage_many(self, targets: Sequence[tuple[str, str, str | None]]) -> list[str]:
-        """``stage`` for many ``(folder, filename, replaced_id)`` at once (one transaction)."""
+        """``stage`` for many ``(folder, filename, replaced_id)`` at once (one transaction).
+        Nothing here is fsync'd: an entry not flushed yet is dropped by a restart anyway,
+        and its staging file removed; ``flushed`` makes the row and the file durable."""
         entry_ids = [uuid.uuid4().hex for _ in targets]
         self._journal.add_many([(entry_id, *target) for entry_id, target
-                                in zip(entry_ids, targets)])
-        self._journal.create_staging_files(entry_ids)
+                                in zip(entry_ids, targets)], durable=False)
+        self._journal.create_staging_files(entry_ids, sync=False)
         with self._lock:
             for entry_id in entry_ids:
                 self._schedule.add(entry_id)
@@ -115,25 +116,32 @@ class UploadQueue:
         resumable from now on. An upload of older bytes starts over."""
         self.flushed_many({entry_id: size})
 
-    def flushed_many(self, sizes: Mapping[str, int]) -> None:
-        """``flushed`` for many entries (entry id → size) at once (one transaction)."""
-        for entry_id in sizes:
-            self._journal.sync_staging_file(entry_id)
+    def flushed_many(self, sizes: Mapping[str, int], sync: bool = True) -> None:
+        """``flushed`` for many entries (entry id → size) at once: one fsync per staging
+        file (and at most one of their folder), then one durable transaction.
+
+        ``sync=False`` skips the fsyncs of the staging files and their folder: only for a
+        caller that can tell a staging file a crash damaged and stage it again from a source
+        it still has (the mirror checks each file's sha256 at its restart)."""
+        if sync:
+            self._journal.sync_staging_files(sizes)
+        flushes: dict[str, int] = {}
         with self._changed:
-            changes: dict[str, dict[str, Any]] = {}
-            for entry_id, size in sizes.items():
+            for entry_id in sizes:
                 entry = self._require(entry_id)
                 if entry.state == "done" or entry.cancelled:
                     log.warning("flush of %s after its upload ended is ignored (hold() it "
                                 "before writing again)", entry.path)
                     continue
-                self._schedule.add(entry_id).generation += 1
-                changes[entry_id] = dict(
-                    flushed=True, size=size, sha256=None, url_key=None, register_key=None,
-                    step=restart_step(entry), error=None,
-                    state="staged" if entry.state == "failed" else entry.state)
-            self._journal.update_many(changes)
+                task = self._schedule.add(entry_id)
+                task.generation += 1  # a running upload of older bytes stops at its next step
+                task.flushes += 1
+                flushes[entry_id] = task.flushes
             self._changed.notify_all()
+        # Outside the queue's lock: the generation moved first, so a running upload writes
+        # no step after this (TaskControl.record asks under the journal's lock).
+        self._journal.record_flushed({e: sizes[e] for e in flushes},
+                                     still=lambda e: self._flushes(e) == flushes[e])
 
     def set_mtime(self, entry_id: str, mtime: float | None) -> None:
         """The mtime a writer set (utimensat); it follows the entry to its image. None: a
@@ -148,16 +156,14 @@ class UploadQueue:
     def schedule_many(self, entry_ids: Iterable[str], delay: float | None = None) -> None:
         """``schedule`` for many entries at once: a worker finds them due together (and can
         send them in one batch)."""
+        # Nothing is written to the journal: a restart queues every flushed entry whatever
+        # its state (journal.resume_action), so 'queued' would add a commit and no safety.
         with self._changed:
-            queued: dict[str, dict[str, Any]] = {}
             for entry_id in entry_ids:
                 task = self._schedule.task(entry_id)
                 if task is None or task.cancelled:
                     continue
-                if not task.running:
-                    queued[entry_id] = {"state": "queued"}
                 self._schedule.due_in(task, self._write_back if delay is None else delay)
-            self._journal.update_many(queued)
             self._changed.notify_all()
 
     def hold(self, entry_id: str) -> Image | None:
@@ -184,6 +190,8 @@ class UploadQueue:
             if (task is not None and task.image is not None) or entry is None \
                     or entry.state == "done":
                 return self._schedule.landed(entry_id)
+            if task is not None:  # first: a running upload writes no step after this
+                task.generation += 1
             self._journal.update(entry_id, folder=folder, filename=filename,
                                  replaced_id=replaced_id, url_key=None, register_key=None,
                                  step="none", error=None,
@@ -191,7 +199,6 @@ class UploadQueue:
             if task is None:  # a failed entry: a new name is a new try
                 task = self._schedule.add(entry_id)
                 self._schedule.due_in(task, 0.0)
-            task.generation += 1
             self._changed.notify_all()
         log.debug("entry %s retargeted to %s in %s", entry_id, filename, folder)
         return None
@@ -202,10 +209,10 @@ class UploadQueue:
             entry = self._journal.get(entry_id)
             if entry is None:
                 return
-            entry = self._journal.update(entry_id, cancelled=True)
             task = self._schedule.add(entry_id)
             task.cancelled, task.held = True, False
-            task.generation += 1
+            task.generation += 1  # first: a running upload writes no step after this
+            entry = self._journal.update(entry_id, cancelled=True)
             if not task.running:
                 self._continue_cancel(task, entry)
             self._changed.notify_all()
@@ -284,7 +291,7 @@ class UploadQueue:
         for name in orphan_staging_files(entries, self._journal.staging_names()):
             log.info("removing orphan staging file %s", name)
             self._journal.remove_staging_file(name)
-        queued: list[str] = []
+        queued: list[Entry] = []
         for entry in entries:
             action = resume_action(entry)
             if action is ResumeAction.PRUNE:
@@ -294,16 +301,17 @@ class UploadQueue:
                 log.info("dropping %s: its writer never flushed it", entry.path)
                 self._drop(entry.id)
             elif action in (ResumeAction.QUEUE, ResumeAction.FINISH_CANCEL):
-                self._journal.update(entry.id, state="queued")
-                with self._changed:
-                    task = self._schedule.add(entry.id)
-                    task.cancelled = entry.cancelled
-                    self._schedule.due_in(task, 0.0)
-                    self._changed.notify_all()
-                queued.append(entry.id)
+                queued.append(entry)
+        self._journal.update_many({entry.id: {"state": "queued"} for entry in queued})
+        with self._changed:
+            for entry in queued:
+                task = self._schedule.add(entry.id)
+                task.cancelled = entry.cancelled
+                self._schedule.due_in(task, 0.0)
+            self._changed.notify_all()
         if queued:
             log.info("resuming %d upload(s) from the journal", len(queued))
-        return queued
+        return [entry.id for entry in queued]
 
     def start(self) -> None:
         """Start the workers (once; the mount's init calls it)."""
@@ -328,174 +336,6 @@ class UploadQueue:
             worker.join(max(0.0, deadline - time.monotonic()))
         return not any(w.is_alive() for w in workers)
 
-    # ---------------------------------------------------------------- workers
-
-    def _work(self) -> None:
-        while (tasks := self._take()) is not None:
-            if len(tasks) == 1:
-                self._run(tasks[0])
-            else:
-                self._run_batch(tasks)
-
-    def _take(self) -> list[Task] | None:
-        """The next due task (and its batch companions), marked running; None when
-        stopping."""
-        with self._changed:
-            while not self._stopping:
-                task, wait = self._schedule.take()
-                if task is not None:
-                    return [task, *self._companions(task)]
-                self._changed.wait(wait)
-            return None
-
-    def _companions(self, task: Task) -> list[Task]:
-        """Due fresh entries to send in one batch with ``task`` (lock held)."""
-        if self._batch < 2:
-            return []
-        return upload_batch.companions(self._schedule, self._journal, task,
-                                       limit=self._batch, workers=self._transfers)
-
-    def _run_batch(self, tasks: list[Task]) -> None:
-        members = []
-        for task in tasks:
-            entry = self._journal.get(task.entry_id)
-            if entry is None:
-                self._end(task)
-                continue
-            control = TaskControl(self._changed, self._journal, task, lambda: self._stopping)
-            members.append((task, entry, control))
-        bulk: Any = self._remote  # batch > 1 is only given with a BulkRemote
-        job = upload_batch.BatchJob(bulk, self._journal, self._dataset_id)
-        outcomes = job.run([(entry, control) for _, entry, control in members])
-        for task, entry, control in members:
-            outcome = outcomes.get(entry.id, Interrupted(entry.id))
-            if isinstance(outcome, Landed):
-                self._after_landed(task, entry, outcome)
-            elif isinstance(outcome, Interrupted) or not control.current:
-                self._after_interrupt(task)
-            else:
-                self._after_error(task, entry, outcome)  # type: ignore[arg-type]
-
-    def _run(self, task: Task) -> None:
-        entry = self._journal.get(task.entry_id)
-        if entry is None:
-            self._end(task)
-            return
-        control = TaskControl(self._changed, self._journal, task, lambda: self._stopping)
-        job = UploadJob(self._remote, self._journal, self._dataset_id, control)
-        try:
-            if task.cancelled:
-                job.finish_cancel(entry)
-                self._drop(task.entry_id)
-                self._end(task)
-                return
-            landed = job.run(entry)
-        except Interrupted:
-            self._after_interrupt(task)
-        except Exception as exc:  # every failure is classified; a bug too (logged, failed)
-            if control.current:
-                self._after_error(task, entry, exc)
-            else:  # the entry changed meanwhile: what failed no longer matters
-                self._after_interrupt(task)
-        else:
-            self._after_landed(task, entry, landed)
-
-    def _after_landed(self, task: Task, entry: Entry, landed: Landed) -> None:
-        self._journal.remove_staging_file(task.entry_id, sync=False)  # done: see resume()
-        image = landed.image
-        with self._changed:
-            if self._schedule.key_works():
-                log.info("API key accepted again: uploads resumed")
-            task.running = False
-            if task.cancelled:  # unlinked while registering: a worker archives it, at once
-                self._schedule.due_in(task, 0.0)  # (not at a write-back due time set meanwhile)
-            else:
-                self._schedule.remember_landed(task.entry_id, image)
-                self._schedule.remove(task.entry_id)
-            if landed.uploaded:
-                self._schedule.count_bytes(image.file_size or entry.size or 0)
-            self._prune_done()
-            self._changed.notify_all()
-            if task.cancelled:
-                return
-        if (image.filename, image.directory_path) != (entry.filename, entry.folder):
-            log.info("%s was stored by the service as %s", entry.path, image.path)
-        else:
-            log.debug("%s: %s as image %s", entry.path, landed.how, image.id)
-        self._callback(self._on_registered, task.entry_id, image)
-
-    def _after_interrupt(self, task: Task) -> None:
-        with self._changed:
-            self._schedule.run_ended()
-            task.running = False
-            entry = self._journal.get(task.entry_id)
-            if entry is None:
-                self._schedule.remove(task.entry_id)
-            elif task.cancelled:
-                self._continue_cancel(task, entry)
-            elif task.held:
-                self._journal.update(task.entry_id, state="staged")
-            else:
-                self._journal.update(task.entry_id, state="queued")
-                if not self._stopping:
-                    self._schedule.requeue(task)
-            self._changed.notify_all()
-
-    def _after_error(self, task: Task, entry: Entry, exc: Exception) -> None:
-        disposition = upload_job.classify(exc)
-        reason = upload_job.describe(exc)
-        if disposition is Disposition.PERMANENT and upload_job.is_unexpected(exc):
-            log.error("unexpected error uploading %s", entry.path, exc_info=exc)
-        if disposition is Disposition.AUTH:
-            self._retry(task, "API key rejected", None)
-        elif disposition is Disposition.TRANSIENT:
-            delay = upload_job.retry_delay(task.attempts + 1, self._retry_max_wait,
-                                           upload_job.draw_jitter(self._rng),
-                                           getattr(exc, "retry_after", None))
-            log.info("upload of %s failed (%s); retry %d in %.1fs", entry.path, reason,
-                     task.attempts + 1, delay)
-            self._retry(task, reason, delay)
-        elif task.cancelled:
-            log.warning("could not undo the cancelled upload of %s: %s", entry.path, reason)
-            self._drop(task.entry_id)
-            self._end(task)
-        else:
-            self._fail(task, entry, reason)
-
-    def _retry(self, task: Task, reason: str, delay: float | None) -> None:
-        """Queue the task again: after ``delay`` seconds, or (None: the key was rejected)
-        when the queue's pause ends."""
-        with self._changed:
-            task.running = False
-            if delay is None:
-                if self._schedule.key_rejected():
-                    log.warning("API key rejected: uploads paused; trying again every %gs",
-                                self._retry_max_wait)
-                delay = 0.0
-            else:
-                self._schedule.run_ended()
-                task.attempts += 1
-            self._journal.update(task.entry_id, state="queued", error=reason)
-            if not self._stopping and not task.held:
-                self._schedule.due_in(task, delay)
-            self._changed.notify_all()
-
-    def _fail(self, task: Task, entry: Entry, reason: str) -> None:
-        log.warning("upload of %s failed: %s", entry.path, reason)
-        with self._changed:
-            self._schedule.run_ended()
-            self._journal.update(task.entry_id, state="failed", error=reason)
-            self._schedule.remove(task.entry_id)
-            self._changed.notify_all()
-        self._callback(self._on_failed, task.entry_id, reason)
-
-    def _end(self, task: Task) -> None:
-        """The task is over with nothing more to record."""
-        with self._changed:
-            self._schedule.run_ended()
-            self._schedule.remove(task.entry_id)
-            self._changed.notify_all()
-
     # ---------------------------------------------------------------- helpers
 
     def _settled(self, entry_id: str) -> Task | None:
@@ -519,25 +359,14 @@ class UploadQueue:
         self._journal.delete(entry_id)
         self._journal.remove_staging_file(entry_id)
 
-    def _prune_done(self) -> None:
-        """Forget done rows older than DONE_KEEP, at most every PRUNE_EVERY (lock held)."""
-        now = self._clock()
-        if now - self._last_prune >= PRUNE_EVERY:
-            self._last_prune = now
-            self._journal.delete_done(before=time.time() - DONE_KEEP)
+    def _flushes(self, entry_id: str) -> int:
+        """How many flushes of the entry this process saw (read without the lock: an int,
+        and only compared with a count the same caller took under it)."""
+        task = self._schedule.tasks.get(entry_id)
+        return task.flushes if task is not None else -1
 
     def _require(self, entry_id: str) -> Entry:
         entry = self._journal.get(entry_id)
         if entry is None:
             raise KeyError(f"no upload entry {entry_id}")
         return entry
-
-    @staticmethod
-    def _callback(fn: Callable[..., None] | None, *args: Any) -> None:
-        if fn is None:
-            return
-        try:
-            fn(*args)
-        except Exception:  # a listener's bug must not stop the queue
-            log.exception("upload callback %r failed", fn)
-

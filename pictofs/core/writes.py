@@ -5,7 +5,8 @@ flush-time checks, write-back uploads through the journaled queue, replace, unli
 upload, or local-only) that the VFS lays over the service's listing. Bytes go to a staging
 file of the upload journal (or, for local-only names, to the mount's local folder); the
 upload starts ``write_back`` seconds after the last release. The queue's callbacks swap a
-pending file for the image the service registered. Renames and folders are in ``renames.py``.
+pending file for the image the service registered. Renames and folders are in ``renames.py``;
+local-only names, images held by them, and the janitor in ``local_names.py``.
 """
 
 from __future__ import annotations
@@ -15,25 +16,23 @@ import logging
 import os
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from pictofs import imaging, names
 from pictofs.core.journal import Journal
+from pictofs.core.local_names import LocalNames, Orphan
 from pictofs.core.pending import Pending
 from pictofs.core.uploads import UploadQueue
 from pictofs.core.view import DatasetView, DirEntry, FileEntry
 from pictofs.errors import (AlreadyExists, IsADirectory, NoSpace, NotADirectory, NotAnImage,
-                            NotEmpty, NotFound, PictofsError, TooLarge, Unsupported)
+                            NotFound, PictofsError, TooLarge, Unsupported)
 from pictofs.model import Image, split_path
 from pictofs.remote import Remote
 
 log = logging.getLogger(__name__)
 
-LEFTOVER_AGE = 3600.0  # local-only files are removed this long after their last close
-JANITOR_EVERY = 0.5
 
 
 @dataclass(frozen=True)
@@ -43,18 +42,12 @@ class WriteOptions:
     retry_max_wait: float = 30.0
     min_free_space: int = 1 << 30
     permanent_delete: bool = False
+    # > 1: new files of a folder due together go up together with the bulk routes (the
+    # remote must then have the verbs of upload_batch.BulkRemote); 1: one file at a time
+    batch: int = 1
 
 
-@dataclass
-class Orphan:
-    """An image renamed to a local-only name: archived at ``deadline`` unless a file written
-    at its old path replaces it first (§6, an editor's ``x.jpg`` → ``x.jpg~``)."""
-
-    image: Image
-    deadline: float
-
-
-class WriteLayer:
+class WriteLayer(LocalNames):
     def __init__(self, view: DatasetView, remote: Remote, journal: Journal, downloader: Any,
                  local_dir: Path, options: WriteOptions,
                  clock: Callable[[], float] = time.monotonic,
@@ -70,7 +63,8 @@ class WriteLayer:
         self.queue = UploadQueue(remote, journal, view.dataset_id,
                                  transfers=options.transfers, write_back=options.write_back,
                                  retry_max_wait=options.retry_max_wait,
-                                 on_registered=self._registered, on_failed=self._failed)
+                                 on_registered=self._registered, on_failed=self._failed,
+                                 batch=options.batch)
         local_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # _lock guards _pending, _by_entry, _local_dirs, _orphans and _mtimes.
         self._lock = threading.RLock()
@@ -79,7 +73,7 @@ class WriteLayer:
         self._local_dirs: set[str] = set()
         self._orphans: dict[str, Orphan] = {}
         self._mtimes: dict[str, float] = journal.mtimes()
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # the janitor's
         self._janitor: threading.Thread | None = None
         # called after this layer archives an image (unlink, a replace registered, an orphan
         # archived), so a view of the archive shows it at once; the VFS sets it
@@ -100,18 +94,10 @@ class WriteLayer:
                 self._pending[entry.path] = pending
                 self._by_entry[entry.id] = pending
         self.queue.start()
-        self._janitor = threading.Thread(target=self._tidy, name="pictofs-janitor", daemon=True)
-        self._janitor.start()
+        self._start_janitor()
 
     def stop(self, timeout: float = 30.0) -> bool:
-        self._stop.set()
-        if self._janitor is not None:
-            self._janitor.join(timeout)
-        try:  # at unmount no new file can take an orphan's place any more (§6)
-            self._archive_due_orphans(every=True)
-        except PictofsError as exc:
-            log.warning("images renamed to local names could not be archived at unmount "
-                        "(%s); they stay where they were", exc)
+        self._stop_janitor(timeout)
         done = self.queue.stop(timeout)
         with self._lock:
             for pending in self._pending.values():
@@ -129,28 +115,9 @@ class WriteLayer:
             return {split_path(p)[1]: v for p, v in self._pending.items()
                     if split_path(p)[0] == folder}
 
-    def local_dirs_in(self, folder: str) -> list[str]:
-        with self._lock:
-            return [split_path(d)[1] for d in self._local_dirs if split_path(d)[0] == folder]
-
-    def is_local_dir(self, path: str) -> bool:
-        with self._lock:
-            return path in self._local_dirs
-
-    def is_hidden(self, path: str) -> bool:
-        """An image renamed away to a local name: not at its old path any more."""
-        with self._lock:
-            return path in self._orphans
-
     def image_mtime(self, image: Image) -> float | None:
         with self._lock:
             return self._mtimes.get(image.id)
-
-    def in_local_folder(self, path: str) -> bool:
-        """True for names that never reach the service: local-only names and anything inside
-        a local-only folder."""
-        parts = [p for p in path.split("/") if p]
-        return any(names.is_local_only(p) for p in parts)
 
     # ------------------------------------------------------------------ creating
 
@@ -203,16 +170,6 @@ class WriteLayer:
         with self._lock:
             self._pending[path] = pending
             self._by_entry[entry_id] = pending
-        return pending
-
-    def _new_local(self, path: str, holds: Image | None = None) -> Pending:
-        pending = Pending(path, self.local_dir / uuid.uuid4().hex, None, mtime=self.wall(),
-                          opens=0 if holds else 1, holds=holds,
-                          size=holds.file_size if holds else 0)
-        if holds is None:
-            pending.descriptor()
-        with self._lock:
-            self._pending[path] = pending
         return pending
 
     def _existing(self, path: str) -> Pending | Image | None:
@@ -304,7 +261,6 @@ class WriteLayer:
         pending.dirty = False
         if pending.size == 0:
             return  # 0-byte files stay local until they have content
-        pending.fsync()
         try:
             imaging.identify(pending.file)
         except NotAnImage:
@@ -312,7 +268,7 @@ class WriteLayer:
             log.warning("%s; it will not be uploaded", pending.poison)
             raise pending.poison from None
         assert pending.entry_id is not None
-        self.queue.flushed(pending.entry_id, pending.size)
+        self.queue.flushed(pending.entry_id, pending.size)  # fsyncs the bytes, then commits
 
     def fsync(self, pending: Pending) -> None:
         """Durable in the local journal; never waits for the network."""
@@ -354,14 +310,6 @@ class WriteLayer:
         finally:
             reader.close()
         pending.size = image.file_size
-
-    def materialize(self, pending: Pending) -> None:
-        """A local name that holds an image gets the image's bytes before it changes."""
-        image = pending.holds
-        if image is None:
-            return
-        self._copy_image_into(image, pending)
-        pending.holds = None
 
     def _check_space(self, adding: int) -> None:
         disk = os.statvfs(self.local_dir)
@@ -506,69 +454,6 @@ class WriteLayer:
             pending.error = reason
         log.warning("upload failed for good: %s", reason)
 
-    # ------------------------------------------------------------------ orphans and janitor
-
-    def hold_image(self, path: str, image: Image, local_path: str) -> Pending:
-        """An image renamed to a local-only name: the local name holds it; the image is
-        archived after ``write_back`` unless a new file at ``path`` replaces it."""
-        pending = self._new_local(local_path, holds=image)
-        with self._lock:
-            self._orphans[path] = Orphan(image, self.clock() + self.options.write_back)
-        self.view.note_gone(path)
-        return pending
-
-    def _take_orphan(self, path: str) -> Orphan | None:
-        with self._lock:
-            return self._orphans.pop(path, None)
-
-    def release_orphan(self, path: str) -> Orphan | None:
-        """A local name renamed back to the image's path: the image stays where it was."""
-        orphan = self._take_orphan(path)
-        if orphan is not None:
-            self.view.note_image(orphan.image)
-        return orphan
-
-    def _tidy(self) -> None:
-        while not self._stop.wait(JANITOR_EVERY):
-            try:
-                self._archive_due_orphans()
-                self._remove_leftovers()
-            except PictofsError as exc:
-                log.warning("background tidying: %s", exc)
-            except Exception:
-                log.exception("background tidying failed")
-
-    def _archive_due_orphans(self, every: bool = False) -> None:
-        now = self.clock()
-        with self._lock:
-            due = [(p, o) for p, o in self._orphans.items() if every or o.deadline <= now]
-        for path, orphan in due:
-            self.remote.archive(self.view.dataset_id, [orphan.image.id])
-            with self._lock:
-                if self._orphans.get(path) is orphan:
-                    del self._orphans[path]
-            self.on_archived()
-            log.info("archived %s (renamed to a local name and not written back)", path)
-
-    def _remove_stale_local_files(self) -> None:
-        """Local-only files live as long as the mount that made them: the ones an earlier
-        mount left (unmounted or killed) are unreachable now."""
-        stale = [p for p in self.local_dir.iterdir() if p.is_file()]
-        for path in stale:
-            path.unlink(missing_ok=True)
-        if stale:
-            log.info("removed %d local-only file(s) left by an earlier mount", len(stale))
-
-    def _remove_leftovers(self) -> None:
-        now = self.clock()
-        with self._lock:
-            old = [p for p in self._pending.values()
-                   if p.local and p.opens == 0 and p.last_close
-                   and now - p.last_close > LEFTOVER_AGE]
-        for pending in old:
-            log.info("removing left-over local file %s", pending.path)
-            self.forget(pending, cancel=False)
-
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict[str, Any]:
@@ -603,17 +488,6 @@ class WriteLayer:
             self._by_entry[entry_id] = pending
         if pending.mtime_set:
             self.queue.set_mtime(entry_id, pending.mtime)
-
-    def add_local_dir(self, path: str) -> None:
-        with self._lock:
-            self._local_dirs.add(path)
-
-    def remove_local_dir(self, path: str) -> None:
-        with self._lock:
-            if any(p.startswith(path + "/") for p in self._pending) or \
-                    any(d.startswith(path + "/") for d in self._local_dirs):
-                raise NotEmpty(path)
-            self._local_dirs.discard(path)
 
     def pending_under(self, folder: str) -> list[Pending]:
         prefix = folder + "/"

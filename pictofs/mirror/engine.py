@@ -12,6 +12,13 @@ until the file changes.
 ``recover`` runs before the queue resumes its journal after a crash: an entry the journal
 saw land is recorded, a dropped one is forgotten (its file is looked at again), a rename
 whose upload landed gets its old image archived.
+
+Staging files are not fsync'd (``UploadQueue.flushed_many(sync=False)``): the mirrored file
+itself is the durable copy. After a crash of the machine a staging file may have lost bytes,
+so ``recover`` checks every waiting entry's staging file against the sha256 taken when it was
+staged; an entry whose file does not match, or that the state database does not know, is
+cancelled (an image it may have registered is archived by the queue) and its file is looked
+at again, staged afresh from the source.
 """
 
 from __future__ import annotations
@@ -82,11 +89,21 @@ class Engine:
         """Settle what a previous run left in flight; then resume and start the queue."""
         for entry in self.queue.failed():
             self.queue.discard(entry.id)
-        for entry_id, pending in self.state.pending().items():
+        pending_now = self.state.pending()
+        for entry in self.queue.entries():  # a staging file no pending row vouches for
+            if entry.flushed and not entry.cancelled and entry.id not in pending_now:
+                log.info("restaging %s: its entry is unknown to the mirror state", entry.path)
+                self.queue.discard(entry.id)
+        for entry_id, pending in pending_now.items():
             entry = self.queue.get(entry_id)
             if entry is not None and entry.state == "done" and entry.image_id:
                 self._recover_landed(entry_id, entry.image_id)
             elif entry is None or entry.cancelled or not entry.flushed:
+                self.state.fail(entry_id)
+            elif not self._staged_intact(entry_id, pending.sha256):
+                log.info("restaging %s: its staging copy did not survive the crash intact",
+                         pending.rel)
+                self.queue.discard(entry_id)
                 self.state.fail(entry_id)
             else:
                 self._live[entry_id] = (pending.rel, pending.size)
@@ -98,6 +115,12 @@ class Engine:
         self._journal.delete_done()  # settled above; at once rather than one by one
         self.queue.resume()
         self.queue.start()
+
+    def _staged_intact(self, entry_id: str, sha256: str) -> bool:
+        try:
+            return local.sha256_of(self.queue.staging_path(entry_id)) == sha256
+        except OSError:
+            return False
 
     def _recover_landed(self, entry_id: str, image_id: str) -> None:
         try:
@@ -285,7 +308,8 @@ class Engine:
             for p in pending:
                 self._live[p.entry_id] = (p.rel, p.size)
             self.report.attempted += len(pending)
-        self.queue.flushed_many({p.entry_id: p.size for p in pending})
+        # no fsync: the source file is still there to stage again (see recover)
+        self.queue.flushed_many({p.entry_id: p.size for p in pending}, sync=False)
         self.queue.schedule_many([p.entry_id for p in pending], 0.0)
 
     def _snapshot(self, entry_id: str, upload: Upload) -> Pending | None:

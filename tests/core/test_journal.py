@@ -313,3 +313,108 @@ def test_entry_snapshots_are_immutable(journal: Journal) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         entry.state = "done"  # type: ignore[misc]
     assert entry.state == "staged" and not entry.flushed and entry.step == "none"
+
+
+# ---------------------------------------------------------------------- fewer commits and fsyncs
+
+
+@pytest.mark.parametrize("before, step, state", [
+    (dict(), "none", "staged"),
+    (dict(replaced_id="old", step="archived"), "archived", "staged"),
+    (dict(replaced_id="old", step="put", register_key="k" * 32), "archived", "staged"),
+    (dict(state="failed", error="boom", step="put"), "none", "staged"),
+    (dict(state="uploading", step="put", url_key="u" * 32), "none", "uploading"),
+])
+def test_record_flushed_starts_the_upload_over_from_the_row_as_it_is(
+        journal: Journal, before: dict[str, Any], step: str, state: str) -> None:
+    journal.add("e1", "/", "x.jpg")
+    if before:
+        journal.update("e1", **before)
+    journal.record_flushed({"e1": 42})
+    entry = journal.get("e1")
+    assert entry is not None
+    assert (entry.flushed, entry.size, entry.step, entry.state) == (True, 42, step, state)
+    assert (entry.sha256, entry.url_key, entry.register_key, entry.error) == (None,) * 4
+
+
+def test_record_flushed_after_a_retarget_keeps_the_retarget(journal: Journal) -> None:
+    """The write is worked out from the row at the time it is made: a retarget that came
+    between the flush's decision and its write (a new name, no replace) is not undone."""
+    journal.add("e1", "/", "x.jpg", replaced_id="old")
+    journal.update("e1", step="archived")
+    journal.update("e1", filename="y.jpg", replaced_id=None, step="none")  # the retarget
+    journal.record_flushed({"e1": 7})
+    entry = journal.get("e1")
+    assert entry is not None and (entry.filename, entry.replaced_id, entry.step) == \
+        ("y.jpg", None, "none")
+
+
+def test_record_flushed_skips_rows_a_newer_flush_will_write(journal: Journal) -> None:
+    journal.add("e1", "/", "a.jpg")
+    journal.add("e2", "/", "b.jpg")
+    journal.record_flushed({"e1": 1, "e2": 2}, still=lambda entry_id: entry_id == "e2")
+    one, two = journal.get("e1"), journal.get("e2")
+    assert one is not None and two is not None
+    assert (one.flushed, two.flushed, two.size) == (False, True, 2)
+
+
+def test_update_if_writes_only_the_rows_still_wanted(journal: Journal) -> None:
+    journal.add("e1", "/", "a.jpg")
+    journal.add("e2", "/", "b.jpg")
+    written = journal.update_if({"e1": {"step": "put"}, "e2": {"step": "put"}},
+                                lambda entry_id: entry_id == "e1")
+    assert written == ["e1"]
+    assert [e.step for e in journal.entries()] == ["put", "none"]
+
+
+def test_a_new_entry_is_committed_without_fsync_and_the_journal_stays_full(
+        journal: Journal) -> None:
+    journal.add_many([("e1", "/", "a.jpg", None)], durable=False)
+    assert journal.get("e1") is not None
+    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+
+
+def test_one_folder_fsync_covers_every_staging_file_created_before_it(
+        journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pictofs.core.journal as journal_module
+    synced: list[Path] = []
+    real = journal_module.fsync_dir
+    monkeypatch.setattr(journal_module, "fsync_dir", lambda path: (synced.append(path),
+                                                                   real(path)))
+    journal.create_staging_files(["a", "b"], sync=False)
+    assert synced == []  # not at creation
+    journal.sync_staging_files(["a"])
+    assert synced == [journal.staging_dir]
+    journal.sync_staging_files(["b"])  # created before that fsync: covered
+    assert synced == [journal.staging_dir]
+    journal.create_staging_files(["c"], sync=False)
+    journal.sync_staging_files(["c"])
+    assert synced == [journal.staging_dir] * 2
+
+
+def test_writing_a_file_costs_one_durable_commit_and_two_fsyncs_at_most(
+        journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the mount's create, flush and release do to the journal: the row is committed
+    without an fsync at create, then the flush fsyncs the staging file and its folder and
+    commits once, and the release (schedule) writes nothing. A restart still resumes it."""
+    queue = UploadQueue(remote=None, journal=journal, dataset_id=DATASET)  # type: ignore[arg-type]
+    durable: list[bool] = []
+    real_write = Journal._write
+
+    def counting_write(self: Journal, durable_commit: bool = True) -> Any:
+        durable.append(durable_commit)
+        return real_write(self, durable_commit)
+
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(Journal, "_write", counting_write)
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd)))
+    entry_id = queue.stage("/", "a.png")  # create
+    journal.staging_path(entry_id).write_bytes(b"x" * 100)
+    queue.flushed(entry_id, 100)  # flush
+    queue.schedule(entry_id)  # release
+    assert durable == [False, True]
+    assert len(fsyncs) == 2  # the staging file and its folder
+    monkeypatch.undo()
+    entry = journal.get(entry_id)
+    assert entry is not None and resume_action(entry) is ResumeAction.QUEUE

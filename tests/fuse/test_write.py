@@ -36,6 +36,8 @@ API = "/api/v1/developer"
 UPLOAD_URL = f"{API}/images/upload-url"
 BULK_UPLOAD_URL = f"{API}/images/bulk-upload-url"
 REGISTER = f"{API}/images/register"
+BULK_REGISTER = f"{API}/images/bulk-register"
+PUT = "/storage/upload/{token}"
 BATCH_DELETE = f"{API}/batch/images/delete"
 BATCH_MOVE = f"{API}/batch/images/move"
 
@@ -52,7 +54,8 @@ class Counts:
     what was added after."""
 
     ROUTES = {"upload_url": UPLOAD_URL, "bulk_upload_url": BULK_UPLOAD_URL,
-              "register": REGISTER, "delete": BATCH_DELETE, "move": BATCH_MOVE}
+              "register": REGISTER, "bulk_register": BULK_REGISTER,
+              "delete": BATCH_DELETE, "move": BATCH_MOVE}
 
     def __init__(self, server) -> None:  # type: ignore[no-untyped-def]
         self.server = server
@@ -60,17 +63,29 @@ class Counts:
 
     def _now(self) -> dict[str, int]:
         metrics = self.server.metrics()
-        return {key: sum(n for (method, r, _s), n in metrics.items()
-                         if method == "POST" and r == route)
-                for key, route in self.ROUTES.items()}
+        counts = {key: sum(n for (method, r, _s), n in metrics.items()
+                           if method == "POST" and r == route)
+                  for key, route in self.ROUTES.items()}
+        counts["put"] = sum(n for (method, r, _s), n in metrics.items()
+                            if method == "PUT" and r == PUT)
+        return counts
 
     def since(self) -> dict[str, int]:
         now = self._now()
         return {key: now[key] - self.start[key] for key in now}
 
     def uploads(self) -> int:
+        """Upload-URL requests, single or bulk (one bulk request serves many files)."""
         changes = self.since()
         return changes["upload_url"] + changes["bulk_upload_url"]
+
+    def files_sent(self) -> int:
+        """Files whose bytes went up (one storage PUT each); checks that every upload-URL
+        request, single or bulk, was followed by exactly one register request of its kind."""
+        changes = self.since()
+        assert changes["upload_url"] == changes["register"], changes
+        assert changes["bulk_upload_url"] == changes["bulk_register"], changes
+        return changes["put"]
 
 
 def sync(m, timeout: str | None = None) -> None:  # type: ignore[no-untyped-def]
@@ -177,11 +192,31 @@ def test_cp_r_of_300_images_uploads_each_once(client, dataset, mount, server, tm
     assert sorted(img.filename for img in images.values()) == names
     for image in images.values():
         assert service_bytes(client, image.id, tmp_path) == made[image.filename], image.path
-    changes = counts.since()
-    assert changes["upload_url"] == 300 and changes["register"] == 300, changes
-    assert changes["bulk_upload_url"] == 0, changes
+    assert counts.files_sent() == 300, counts.since()  # each file once, singly or in a batch
     assert sorted(os.listdir(m.path / "shots")) == names
     assert m.status()["uploads"]["pending"] == 0
+
+
+def test_files_due_together_go_up_with_the_bulk_routes(client, dataset, mount, server,
+                                                      tmp_path):
+    """Uploads held back until ``pictofs sync`` are all due at once: the workers send them in
+    batches, one storage PUT per file and one bulk upload-url and bulk register call per
+    batch, never a file twice."""
+    names = [f"b{i:02d}.png" for i in range(40)]
+    made = write_tree(tmp_path / "src" / "bulk", names, lambda n: png_bytes(5000 + int(n[1:3])))
+    m = mount(dataset.name, "--write-back", "1h")
+    counts = Counts(server)
+    run("cp", "-r", str(tmp_path / "src" / "bulk"), str(m.path))
+    assert counts.uploads() == 0, counts.since()  # held back until the sync
+    sync(m, timeout="120")  # starts them at once: it does not wait for the hour
+    images = live(client, dataset, "/bulk")
+    assert sorted(img.filename for img in images.values()) == names
+    for image in list(images.values())[::8]:
+        assert service_bytes(client, image.id, tmp_path) == made[image.filename], image.path
+    assert counts.files_sent() == 40, counts.since()
+    changes = counts.since()
+    assert changes["bulk_upload_url"] >= 1, changes
+    assert counts.uploads() <= 40 // 8 + 1, changes  # batches of 8 files or more, bar one
 
 
 def test_rsync_twice_transfers_nothing_and_a_changed_file_replaces_its_image(
@@ -195,7 +230,7 @@ def test_rsync_twice_transfers_nothing_and_a_changed_file_replaces_its_image(
     out = run("rsync", "-ai", str(source), str(m.path)).stdout  # uploads may be pending
     assert not [line for line in out.splitlines() if line.startswith(">f")], out
     sync(m)
-    assert counts.uploads() == 6, counts.since()
+    assert counts.files_sent() == 6, counts.since()
     first = live(client, dataset, "/photos")
     assert sorted(img.filename for img in first.values()) == names
 
@@ -532,7 +567,7 @@ def test_shell_redirection_writes_whole_images(client, dataset, mount, server, t
         str(tmp_path / "part2"), str(m.path / "two.jpg"))
     assert (m.path / "two.jpg").read_bytes() == whole
     sync(m)
-    assert counts.uploads() == 2, counts.since()
+    assert counts.files_sent() == 2, counts.since()
     images = live(client, dataset)
     for path in ("/one.jpg", "/two.jpg"):
         assert service_bytes(client, images[path].id, tmp_path) == whole, path
@@ -559,7 +594,7 @@ def test_two_parallel_cp_r_into_one_folder_all_land(client, dataset, mount, serv
     made = {**left, **right}
     images = live(client, dataset, "/both")
     assert sorted(i.filename for i in images.values()) == sorted(made)
-    assert counts.uploads() == 80, counts.since()
+    assert counts.files_sent() == 80, counts.since()
     for image in list(images.values())[::10]:
         assert service_bytes(client, image.id, tmp_path) == made[image.filename]
 
@@ -671,7 +706,7 @@ def test_renameat2_noreplace_and_exchange(client, dataset, mount, server):
         == errno.EINVAL
     assert {p: i.id for p, i in live(client, dataset).items()} == \
         {"/a.png": made["a.png"][0].id, "/b.png": made["b.png"][0].id}
-    assert counts.since() == {k: 0 for k in Counts.ROUTES}
+    assert counts.since() == {k: 0 for k in [*Counts.ROUTES, "put"]}
     os.mkdir(m.path / "sub")
     renameat2(m.path / "a.png", m.path / "sub" / "a.png", RENAME_NOREPLACE)
     assert live(client, dataset)["/sub/a.png"].id == made["a.png"][0].id

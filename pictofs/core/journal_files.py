@@ -1,0 +1,83 @@
+"""The files under a journal's folder, below what the journal records: the SQLite database
+(WAL, ``synchronous=FULL``; one of an unknown version is refused and left as it is), the
+``flock`` that keeps a second process out, private (0700) folders and a folder's fsync."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from pictofs.errors import ConfigError
+
+
+def open_database(path: Path, version: int) -> sqlite3.Connection:
+    """Open (or create) the database; refuse an unknown version before changing anything."""
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    try:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level="DEFERRED")
+        stored = _stored_version(db)
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"{path}: not a readable pictofs journal ({exc}); "
+                          "refusing to mount (the file is kept as it is)") from None
+    if stored is not None and stored != version:
+        db.close()
+        raise ConfigError(f"{path}: journal version {stored} is unknown to this pictofs "
+                          f"(it knows version {version}); refusing to mount (the journal is "
+                          "kept as it is: use the pictofs that wrote it)")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
+def _stored_version(db: sqlite3.Connection) -> int | str | None:
+    """The version in ``meta``; None for a new (empty) database."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if not tables:
+        return None
+    if "meta" not in tables:
+        return "(none)"
+    row = db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+    if row is None:
+        return "(none)"
+    try:
+        return int(row[0])
+    except ValueError:
+        return str(row[0])
+
+
+def take_lock(path: Path) -> Any:
+    """Hold an exclusive flock on ``path`` (with our pid in it) or raise ConfigError."""
+    handle = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+", encoding="ascii")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise ConfigError(f"journal in use by pid {holder} ({path.parent}): "
+                              "another pictofs has this dataset mounted") from None
+        raise
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

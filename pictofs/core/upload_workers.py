@@ -1,0 +1,241 @@
+"""The worker threads of ``uploads.UploadQueue``: each takes a due task (and, with ``batch``,
+due fresh companions of its folder), runs it as an ``upload_job.UploadJob`` or an
+``upload_batch.BatchJob``, and records how the run ended: landed (the staging file goes, the
+``on_registered`` callback runs), interrupted (queued again, or held, or the cancel goes on),
+or failed (retried after a backoff, paused while the API key is rejected, or failed for
+good). ``QueueWorkers`` is the part of ``UploadQueue`` that does this; the queue's state and
+lock are described there.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from typing import Any, Callable
+
+from pictofs.core import upload_batch, upload_job
+from pictofs.core.journal import Entry, Journal
+from pictofs.core.upload_job import Disposition, Interrupted, Landed, UploadJob
+from pictofs.core.upload_schedule import Schedule, Task, TaskControl
+from pictofs.model import Image
+from pictofs.remote import Remote
+
+log = logging.getLogger(__name__)
+
+DONE_KEEP = 3600.0  # seconds a done journal row is kept before it is pruned
+PRUNE_EVERY = 60.0  # seconds between two prunings
+
+
+class QueueWorkers:
+    """The workers' side of ``UploadQueue`` (which sets every attribute below)."""
+
+    _remote: Remote
+    _journal: Journal
+    _dataset_id: str
+    _transfers: int
+    _retry_max_wait: float
+    _clock: Callable[[], float]
+    _on_registered: Callable[[str, Image], None] | None
+    _on_failed: Callable[[str, str], None] | None
+    _rng: random.Random
+    _batch: int
+    _changed: threading.Condition
+    _schedule: Schedule
+    _stopping: bool
+    _last_prune: float
+
+    def _drop(self, entry_id: str) -> None:
+        raise NotImplementedError
+
+    def _continue_cancel(self, task: Task, entry: Entry) -> None:
+        raise NotImplementedError
+
+    def _work(self) -> None:
+        while (tasks := self._take()) is not None:
+            if len(tasks) == 1:
+                self._run(tasks[0])
+            else:
+                self._run_batch(tasks)
+
+    def _take(self) -> list[Task] | None:
+        """The next due task (and its batch companions), marked running; None when
+        stopping."""
+        with self._changed:
+            while not self._stopping:
+                task, wait = self._schedule.take()
+                if task is not None:
+                    return [task, *self._companions(task)]
+                self._changed.wait(wait)
+            return None
+
+    def _companions(self, task: Task) -> list[Task]:
+        """Due fresh entries to send in one batch with ``task`` (lock held)."""
+        if self._batch < 2:
+            return []
+        return upload_batch.companions(self._schedule, self._journal, task,
+                                       limit=self._batch, workers=self._transfers)
+
+    def _run_batch(self, tasks: list[Task]) -> None:
+        members = []
+        for task in tasks:
+            entry = self._journal.get(task.entry_id)
+            if entry is None:
+                self._end(task)
+                continue
+            control = TaskControl(self._changed, self._journal, task, lambda: self._stopping)
+            members.append((task, entry, control))
+        bulk: Any = self._remote  # batch > 1 is only given with a BulkRemote
+        job = upload_batch.BatchJob(bulk, self._journal, self._dataset_id)
+        outcomes = job.run([(entry, control) for _, entry, control in members])
+        for task, entry, control in members:
+            outcome = outcomes.get(entry.id, Interrupted(entry.id))
+            if isinstance(outcome, Landed):
+                self._after_landed(task, entry, outcome)
+            elif isinstance(outcome, Interrupted) or not control.current:
+                self._after_interrupt(task)
+            else:
+                self._after_error(task, entry, outcome)  # type: ignore[arg-type]
+
+    def _run(self, task: Task) -> None:
+        entry = self._journal.get(task.entry_id)
+        if entry is None:
+            self._end(task)
+            return
+        control = TaskControl(self._changed, self._journal, task, lambda: self._stopping)
+        job = UploadJob(self._remote, self._journal, self._dataset_id, control)
+        try:
+            if task.cancelled:
+                job.finish_cancel(entry)
+                self._drop(task.entry_id)
+                self._end(task)
+                return
+            landed = job.run(entry)
+        except Interrupted:
+            self._after_interrupt(task)
+        except Exception as exc:  # every failure is classified; a bug too (logged, failed)
+            if control.current:
+                self._after_error(task, entry, exc)
+            else:  # the entry changed meanwhile: what failed no longer matters
+                self._after_interrupt(task)
+        else:
+            self._after_landed(task, entry, landed)
+
+    def _after_landed(self, task: Task, entry: Entry, landed: Landed) -> None:
+        self._journal.remove_staging_file(task.entry_id, sync=False)  # done: see resume()
+        image = landed.image
+        with self._changed:
+            if self._schedule.key_works():
+                log.info("API key accepted again: uploads resumed")
+            task.running = False
+            if task.cancelled:  # unlinked while registering: a worker archives it, at once
+                self._schedule.due_in(task, 0.0)  # (not at a write-back due time set meanwhile)
+            else:
+                self._schedule.remember_landed(task.entry_id, image)
+                self._schedule.remove(task.entry_id)
+            if landed.uploaded:
+                self._schedule.count_bytes(image.file_size or entry.size or 0)
+            prune = self._prune_due()
+            self._changed.notify_all()
+            cancelled = task.cancelled
+        if prune:
+            self._journal.delete_done(before=time.time() - DONE_KEEP)
+        if cancelled:
+            return
+        if (image.filename, image.directory_path) != (entry.filename, entry.folder):
+            log.info("%s was stored by the service as %s", entry.path, image.path)
+        else:
+            log.debug("%s: %s as image %s", entry.path, landed.how, image.id)
+        self._callback(self._on_registered, task.entry_id, image)
+
+    def _after_interrupt(self, task: Task) -> None:
+        with self._changed:
+            self._schedule.run_ended()
+            task.running = False
+            entry = self._journal.get(task.entry_id)
+            if entry is None:
+                self._schedule.remove(task.entry_id)
+            elif task.cancelled:
+                self._continue_cancel(task, entry)
+            elif task.held:
+                self._journal.update(task.entry_id, state="staged")
+            else:
+                self._journal.update(task.entry_id, state="queued")
+                if not self._stopping:
+                    self._schedule.requeue(task)
+            self._changed.notify_all()
+
+    def _after_error(self, task: Task, entry: Entry, exc: Exception) -> None:
+        disposition = upload_job.classify(exc)
+        reason = upload_job.describe(exc)
+        if disposition is Disposition.PERMANENT and upload_job.is_unexpected(exc):
+            log.error("unexpected error uploading %s", entry.path, exc_info=exc)
+        if disposition is Disposition.AUTH:
+            self._retry(task, "API key rejected", None)
+        elif disposition is Disposition.TRANSIENT:
+            delay = upload_job.retry_delay(task.attempts + 1, self._retry_max_wait,
+                                           upload_job.draw_jitter(self._rng),
+                                           getattr(exc, "retry_after", None))
+            log.info("upload of %s failed (%s); retry %d in %.1fs", entry.path, reason,
+                     task.attempts + 1, delay)
+            self._retry(task, reason, delay)
+        elif task.cancelled:
+            log.warning("could not undo the cancelled upload of %s: %s", entry.path, reason)
+            self._drop(task.entry_id)
+            self._end(task)
+        else:
+            self._fail(task, entry, reason)
+
+    def _retry(self, task: Task, reason: str, delay: float | None) -> None:
+        """Queue the task again: after ``delay`` seconds, or (None: the key was rejected)
+        when the queue's pause ends."""
+        with self._changed:
+            task.running = False
+            if delay is None:
+                if self._schedule.key_rejected():
+                    log.warning("API key rejected: uploads paused; trying again every %gs",
+                                self._retry_max_wait)
+                delay = 0.0
+            else:
+                self._schedule.run_ended()
+                task.attempts += 1
+            self._journal.update(task.entry_id, state="queued", error=reason)
+            if not self._stopping and not task.held:
+                self._schedule.due_in(task, delay)
+            self._changed.notify_all()
+
+    def _fail(self, task: Task, entry: Entry, reason: str) -> None:
+        log.warning("upload of %s failed: %s", entry.path, reason)
+        with self._changed:
+            self._schedule.run_ended()
+            self._journal.update(task.entry_id, state="failed", error=reason)
+            self._schedule.remove(task.entry_id)
+            self._changed.notify_all()
+        self._callback(self._on_failed, task.entry_id, reason)
+
+    def _end(self, task: Task) -> None:
+        """The task is over with nothing more to record."""
+        with self._changed:
+            self._schedule.run_ended()
+            self._schedule.remove(task.entry_id)
+            self._changed.notify_all()
+
+    def _prune_due(self) -> bool:
+        """Whether to forget done rows older than DONE_KEEP now: at most every PRUNE_EVERY
+        (lock held; the caller deletes them after releasing it)."""
+        now = self._clock()
+        if now - self._last_prune >= PRUNE_EVERY:
+            self._last_prune = now
+            return True
+        return False
+
+    @staticmethod
+    def _callback(fn: Callable[..., None] | None, *args: Any) -> None:
+        if fn is None:
+            return
+        try:
+            fn(*args)
+        except Exception:  # a listener's bug must not stop the queue
+            log.exception("upload callback %r failed", fn)
+
