@@ -197,6 +197,10 @@ def _serve(target: Target, args: argparse.Namespace) -> int:
                                pool_size=max(16, args.transfers * 2))
     breaker = CircuitBreaker(probe=api_remote.ping)
     remote = GuardedRemote(api_remote, breaker)
+    # the upload queue retries a failed step itself (the protocol's backoff, without holding
+    # a worker), so its requests are sent once; and one failed upload request must not open
+    # the breaker for the read side
+    upload_remote = GuardedRemote(api_remote.without_retries(), breaker, trips=False)
     if target.offline:
         breaker.trip()
     state = dirs.private_dir(dirs.state_dir())
@@ -206,7 +210,7 @@ def _serve(target: Target, args: argparse.Namespace) -> int:
         file_mode=args.file_mode, dir_mode=args.dir_mode, umask=args.umask or 0,
         read_only=args.read_only,
     )
-    sides = SideBuilder(target, args, remote, state)
+    sides = SideBuilder(target, args, remote, state, upload_remote)
     vfs = Vfs(remote, VfsOptions(policy, args.dir_cache_time, str(state)), sides.build,
               dataset=target.dataset, is_online=breaker.allows_requests)
     name = target.dataset.name if target.dataset else "organization"
@@ -257,10 +261,11 @@ class SideBuilder:
     journal, the write layer (with its upload workers, started here) and the renamer."""
 
     def __init__(self, target: Target, args: argparse.Namespace, remote: Any,
-                 state: Path) -> None:
+                 state: Path, upload_remote: Any) -> None:
         self.target = target
         self.args = args
         self.remote = remote
+        self.upload_remote = upload_remote
         self.state = state
         self.cache_root = Path(args.cache_dir).expanduser() if args.cache_dir \
             else dirs.cache_dir()
@@ -295,7 +300,7 @@ class SideBuilder:
                                permanent_delete=self.args.permanent_delete,
                                batch=images_api.BULK_LIMIT)
         writes = WriteLayer(view, self.remote, journal, downloader, journal.directory / "local",
-                            options)
+                            options, upload_remote=self.upload_remote)
         writes.start()
         return Side(view, downloader, writes, Renamer(view, self.remote, writes), archive)
 

@@ -4,11 +4,14 @@ Translates domain verbs (paths inside a dataset, image ids) into route calls of
 ``pictofs.api.images``/``folders``/``datasets``/``batch``/``annotations``. Errors arrive
 already typed by the transport (each a subclass of a domain error). ``ping`` uses a second
 transport without retries and with short timeouts, so the circuit breaker's probe answers fast.
+``without_retries`` gives the upload queue a twin whose failed requests come back at once: the
+queue retries the step itself, with the same backoff, while its worker goes on with other files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import BinaryIO, Iterator, Sequence
 
 from pictofs.api import annotations as annotations_api
@@ -39,6 +42,15 @@ class ApiRemote:
     def close(self) -> None:
         self.transport.close()
         self._probe.close()
+
+    def without_retries(self) -> "ApiRemote":
+        """This remote (same class, same connection pool) with no transport retries. Closing
+        this remote closes the twin; the twin itself is never closed on its own."""
+        twin = copy.copy(self)
+        twin.transport = copy.copy(self.transport)
+        twin.transport.retry = RetryPolicy(max_retries=0,
+                                           max_delay=self.transport.retry.max_delay)
+        return twin
 
     def ping(self) -> None:
         datasets_api.list_page(self._probe, limit=1)

@@ -49,7 +49,11 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 REQUEST_ID_HEADER = "X-Request-Id"
 DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 30.0)
 PUT_TIMEOUT: tuple[float, float] = (5.0, 300.0)
-STREAM_CHUNK = 1 << 20
+# A stream hands its bytes over in pieces of STREAM_CHUNK: the size of a FUSE read, so the
+# first read of an image waits for 128 KiB, not for a bigger chunk. ``download`` writes a
+# whole body to a file and takes bigger pieces.
+STREAM_CHUNK = 128 * 1024
+DOWNLOAD_CHUNK = 1 << 20
 
 _NO_ANSWER = (requests.ConnectionError, requests.Timeout)
 _CUT_SHORT = (
@@ -196,7 +200,7 @@ class Transport:
         attempt = 0
         while True:
             try:
-                with self.stream("GET", path_or_url) as body:
+                with self.stream("GET", path_or_url, chunk_size=DOWNLOAD_CHUNK) as body:
                     for chunk in body:
                         out.write(chunk)
                     return body.headers

@@ -55,6 +55,13 @@ class CircuitBreaker:
             self.trip()
             raise
 
+    def call_without_tripping(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Refused at once while open, like ``call``; a failure leaves the breaker as it is."""
+        if self._open:
+            self.refused += 1
+            raise Unavailable("the service is unreachable (waiting for it to come back)")
+        return fn(*args, **kwargs)
+
     def trip(self) -> None:
         with self._lock:
             if self._open or self._stopped.is_set():
@@ -88,11 +95,16 @@ class CircuitBreaker:
 
 
 class GuardedRemote:
-    """A Remote whose every call goes through a CircuitBreaker."""
+    """A Remote whose every call goes through a CircuitBreaker. With ``trips=False`` its
+    calls are refused while the breaker is open but their failures do not trip it: the
+    upload queue's remote, whose requests are not retried by the transport (one reset
+    connection must not turn every uncached read into ``EIO``). Streams opened through it
+    (``open_bytes``) still trip it; the queue opens none."""
 
-    def __init__(self, remote: Any, breaker: CircuitBreaker) -> None:
+    def __init__(self, remote: Any, breaker: CircuitBreaker, trips: bool = True) -> None:
         self._remote = remote
         self.breaker = breaker
+        self._call = breaker.call if trips else breaker.call_without_tripping
 
     def __getattr__(self, name: str) -> Any:
         target = getattr(self._remote, name)
@@ -101,7 +113,7 @@ class GuardedRemote:
 
         @functools.wraps(target)
         def guarded(*args: Any, **kwargs: Any) -> Any:
-            return self.breaker.call(target, *args, **kwargs)
+            return self._call(target, *args, **kwargs)
 
         return guarded
 

@@ -1,7 +1,8 @@
 """The image cache (filesystem spec §4): complete images on local disk, keyed by image id.
 
 This module owns the cache folder of one (base URL, dataset id) pair and is the only user of
-diskcache in pictofs. Layout under ``root``::
+diskcache in pictofs; one entry's record, file names, checks and writer are in
+``cache_entry``. Layout under ``root``::
 
     <digest of base URL + dataset id>/
         origin.json           which base URL and dataset the folder belongs to
@@ -15,8 +16,22 @@ Images never change for an id, so an entry is written once and only ever dropped
 - The cap is checked on insert: least recently *opened* entries that are complete and not
   pinned by any live process are evicted until the new entry fits. Pinned entries are never
   evicted, so the cache can be over its cap while they stay pinned.
-- The sha256 recorded at insert is checked on the first open of each entry by this instance
-  (one instance per mount); a mismatch drops the entry and the open reports a miss.
+- Every open checks the entry's size. The first open of an entry by this instance (one
+  instance per mount) also compares the data file's inode, mtime and ctime with those
+  recorded at insert: unchanged, the entry is trusted; changed (the file was written to,
+  replaced or touched since), its sha256 is computed and compared with the one recorded at
+  insert, and a mismatch drops the entry and the open reports a miss. Entries recorded
+  without that stamp (by an older version) are hashed.
+- Later opens of an entry this instance checked use the record it keeps in memory (the
+  file's size is still checked on every open), and their LRU times are written to the index
+  in batches: before every insert (in its transaction, so eviction sees them), on the first
+  open ``OPENS_FLUSH_SECONDS`` after the last batch, and at ``close``. Other processes see
+  them late, which only makes their LRU order less exact. A hit then costs no index access:
+  diskcache keeps one sqlite connection per thread (in a thread-local), and Python gives each
+  FUSE callback on libfuse's threads a fresh thread state, so there every index access opens
+  a new connection.
+- The index keeps the total size of the complete entries (``_TOTAL_KEY``), updated in the
+  same transactions as the records, so an insert that fits reads one row, not all of them.
 - A failed write (ENOSPC, EIO) drops the entry with one log line; the caller keeps its bytes.
 - A cache folder that cannot be set up at all (a full or read-only disk) gives a
   ``NullCache`` (``open_cache``, one log line): nothing is cached, every read is streamed.
@@ -26,12 +41,10 @@ Images never change for an id, so an entry is written once and only ever dropped
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
 import os
-import re
 import secrets
 import sqlite3
 import threading
@@ -42,18 +55,20 @@ from typing import BinaryIO, Callable
 
 import diskcache
 
+from pictofs.core.cache_entry import (CacheWriteFailed, CacheWriter, EntryRecord, Stamp,
+                                      failure_reason, file_name, folder_name, pid_of_partial,
+                                      sha256_of, stamp_of)
 from pictofs.core.pins import PinTable, pid_alive
 
 log = logging.getLogger(__name__)
 
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
-_HASH_BLOCK = 1 << 20
+__all__ = ["CacheStats", "CacheWriteFailed", "CacheWriter", "ImageCache", "NullCache",
+           "file_name", "open_cache"]
+
+_TOTAL_KEY = ("total size of complete entries",)  # not a str: never an image id
+OPENS_FLUSH_SECONDS = 30.0
 
 Opener = Callable[[Path], BinaryIO]
-
-
-class CacheWriteFailed(Exception):
-    """A cache file could not be written; the entry is dropped and was logged once."""
 
 
 @dataclass(frozen=True)
@@ -69,45 +84,6 @@ class CacheStats:
     def hit_ratio(self) -> float:
         opens = self.hits + self.misses
         return self.hits / opens if opens else 0.0
-
-
-@dataclass(frozen=True)
-class _Record:
-    """One index row. ``pid`` is the process that last wrote it (only meaningful while
-    ``complete`` is false: an insert in progress)."""
-
-    size: int
-    sha256: str
-    last_open: float
-    complete: bool
-    pid: int
-
-    def to_dict(self) -> dict[str, object]:
-        return {"size": self.size, "sha256": self.sha256, "last_open": self.last_open,
-                "complete": self.complete, "pid": self.pid}
-
-    @classmethod
-    def from_dict(cls, data: object) -> _Record | None:
-        if not isinstance(data, dict):
-            return None
-        try:
-            return cls(int(data["size"]), str(data["sha256"]), float(data["last_open"]),
-                       bool(data["complete"]), int(data["pid"]))
-        except (KeyError, TypeError, ValueError):
-            return None
-
-
-def file_name(image_id: str) -> str:
-    """The file name of an image id: the id itself when it is a safe name, else a digest."""
-    if _SAFE_NAME.fullmatch(image_id):
-        return image_id
-    return "x-" + hashlib.sha256(image_id.encode()).hexdigest()
-
-
-def folder_name(base_url: str, dataset_id: str) -> str:
-    """The subfolder of one (base URL, dataset id) pair: a filesystem-safe digest."""
-    origin = f"{base_url.rstrip('/')}\n{dataset_id}"
-    return hashlib.sha256(origin.encode()).hexdigest()[:32]
 
 
 def _open_partial(path: Path) -> BinaryIO:
@@ -133,9 +109,12 @@ class ImageCache:
         self._write_origin(base_url, dataset_id)
         self._pins = PinTable(self.folder / "pins")
         self._index = diskcache.Cache(str(self.folder / "index"), eviction_policy="none")
-        # guards _verified (ids whose sha256 this instance has checked), _hits and _misses
+        # guards _verified (the records of entries this instance has checked), _opened (LRU
+        # times of opens not written to the index yet), _opened_flushed, _hits and _misses
         self._lock = threading.Lock()
-        self._verified: set[str] = set()
+        self._verified: dict[str, EntryRecord] = {}
+        self._opened: dict[str, float] = {}
+        self._opened_flushed = clock()
         self._hits = 0
         self._misses = 0
         self._recover()
@@ -146,19 +125,25 @@ class ImageCache:
         """Keep ``image_id`` from eviction (by any process) until the matching ``unpin``."""
         self._pins.pin(file_name(image_id))
 
-    def unpin(self, image_id: str) -> None:
-        self._pins.unpin(file_name(image_id))
+    def unpin(self, image_id: str, linger: bool = False) -> None:
+        """Drop a pin; ``linger``: a reader of the complete entry closed, and the entry may
+        well be opened again soon, so its pin file stays a moment (``pins.LINGER_SECONDS``)."""
+        self._pins.unpin(file_name(image_id), linger)
 
     def contains(self, image_id: str) -> bool:
-        """Whether a complete entry is recorded (no check of its bytes)."""
+        """Whether a complete entry is recorded and its file is there (no check of its
+        bytes). No data file answers without the index."""
+        if not self.data_path(image_id).exists():
+            return False
         record = self._record(image_id)
         return record is not None and record.complete
 
     def open_cached(self, image_id: str) -> BinaryIO | None:
         """Open a complete entry for reading and mark it recently opened; ``None`` on a miss.
 
-        The first open of an entry by this instance checks its sha256; a mismatch drops the
-        entry (one log line) and is a miss. The caller should hold a pin while reading.
+        The first open of an entry by this instance checks it (size, stamp, sha256 when the
+        stamp changed); a damaged entry is dropped (one log line) and is a miss. The caller
+        should hold a pin while reading.
         """
         handle = self._open_valid(image_id)
         with self._lock:
@@ -202,65 +187,125 @@ class ImageCache:
             return CacheStats(size, entries, self._hits, self._misses)
 
     def close(self) -> None:
+        self._flush_opens()
+        self._pins.close()
         self._index.close()
 
     # -- opening -----------------------------------------------------------------------------
 
     def _open_valid(self, image_id: str) -> BinaryIO | None:
+        with self._lock:
+            known = self._verified.get(image_id)
+        if known is not None:
+            handle = self._open_known(image_id, known)
+            if handle is not None:
+                return handle
+            with self._lock:  # gone or changed: the full check decides
+                self._verified.pop(image_id, None)
+        return self._open_checked(image_id)
+
+    def _open_known(self, image_id: str, record: EntryRecord) -> BinaryIO | None:
+        """An entry this instance checked before: its file, if it still has the size of
+        the record; no index access."""
         try:
-            record = self._record(image_id)
-        except (OSError, sqlite3.Error) as exc:  # a full disk: sqlite cannot open the index
-            log.debug("cache: cannot look up image %s: %s; a miss", image_id, exc)
+            handle: BinaryIO = open(self.data_path(image_id), "rb", buffering=0)
+        except OSError:
             return None
-        if record is None or not record.complete:
+        try:
+            same_size = os.fstat(handle.fileno()).st_size == record.size
+        except OSError:
+            same_size = False
+        if not same_size:
+            handle.close()
             return None
+        self._note_open(image_id)
+        return handle
+
+    def _open_checked(self, image_id: str) -> BinaryIO | None:
+        """The first open of an entry by this instance: its file, its record from the index
+        and the checks of ``_check``. No data file is a miss without the index (a file is
+        only ever in place with its record complete)."""
         try:
             handle: BinaryIO = open(self.data_path(image_id), "rb", buffering=0)
         except FileNotFoundError:
-            self._drop_if_unchanged(image_id, record)  # evicted by another process
-            return None
+            return None  # not cached, or evicted (record and file go together)
         except OSError as exc:
             log.warning("cache: dropping image %s: cannot open it (%s)", image_id,
                         exc.strerror or exc)
-            self._drop_if_unchanged(image_id, record)
+            record = self._record_or_none(image_id)
+            if record is not None:
+                self._drop_if_unchanged(image_id, record)
+            return None
+        record = self._record_or_none(image_id)
+        if record is None or not record.complete:
+            handle.close()
             return None
         try:
-            problem = self._check(image_id, handle, record)
+            problem, stamp = self._check(handle, record)
         except OSError as exc:
-            problem = f"cannot read it ({exc.strerror or exc})"
+            problem, stamp = f"cannot read it ({exc.strerror or exc})", record.stamp
         if problem:
             handle.close()
             log.warning("cache: dropping image %s: %s", image_id, problem)
             self._drop_if_unchanged(image_id, record)
             return None
-        self._touch(image_id, record)
+        if stamp != record.stamp:  # hashed and found right: trust the file as it is now
+            record = self._restamp(image_id, record, stamp)
+        with self._lock:
+            self._verified[image_id] = record
+        self._note_open(image_id)
         return handle
 
-    def _check(self, image_id: str, handle: BinaryIO, record: _Record) -> str | None:
-        """Size on every open, sha256 on the first open by this instance."""
-        size = os.fstat(handle.fileno()).st_size
-        if size != record.size:
-            return f"size {size} differs from the recorded {record.size}"
-        with self._lock:
-            if image_id in self._verified:
-                return None
-        digest = _sha256_of(handle)
-        if digest != record.sha256:
-            return "sha256 differs from the one recorded at insert"
-        with self._lock:
-            self._verified.add(image_id)
-        return None
+    def _check(self, handle: BinaryIO, record: EntryRecord) -> tuple[str | None, Stamp | None]:
+        """(what is wrong or None, the file's stamp): the size, then the stamp recorded at
+        insert, and the sha256 when the stamp changed."""
+        found = os.fstat(handle.fileno())
+        if found.st_size != record.size:
+            return f"size {found.st_size} differs from the recorded {record.size}", None
+        stamp = stamp_of(found)
+        if stamp != record.stamp and sha256_of(handle) != record.sha256:
+            return "sha256 differs from the one recorded at insert", None
+        return None, stamp
 
-    def _touch(self, image_id: str, record: _Record) -> None:
-        """Record the open for LRU order (on open only, never per read). A full disk only
-        costs the LRU update."""
+    def _restamp(self, image_id: str, record: EntryRecord, stamp: Stamp | None) -> EntryRecord:
+        """Record the stamp of a file whose sha256 was just found right."""
+        updated = replace(record, stamp=stamp)
         try:
             with self._index.transact():
                 current = self._record(image_id)
                 if current is not None and current.sha256 == record.sha256:
-                    self._put(image_id, replace(current, last_open=self._clock()))
+                    self._put(image_id, replace(current, stamp=stamp))
         except (OSError, sqlite3.Error) as exc:
-            log.debug("cache: cannot record the open of image %s: %s", image_id, exc)
+            log.debug("cache: cannot record the stamp of image %s: %s", image_id, exc)
+        return updated
+
+    def _note_open(self, image_id: str) -> None:
+        """Remember the open for LRU order (on open only, never per read); written to the
+        index in batches."""
+        now = self._clock()
+        with self._lock:
+            self._opened[image_id] = now
+            due = now - self._opened_flushed >= OPENS_FLUSH_SECONDS
+        if due:
+            self._flush_opens()
+
+    def _flush_opens(self) -> None:
+        try:
+            with self._index.transact():
+                self._write_opens()
+        except (OSError, sqlite3.Error) as exc:  # a full disk only costs the LRU update
+            log.debug("cache: cannot record opens: %s", exc)
+
+    def _write_opens(self) -> None:
+        """Write the LRU times of the opens noted since the last time (inside the index
+        transaction)."""
+        with self._lock:
+            opened, self._opened = self._opened, {}
+            self._opened_flushed = self._clock()
+        for image_id, when in opened.items():
+            current = self._record(image_id)
+            if current is not None and current.complete and current.last_open < when:
+                self._put(image_id, replace(current, last_open=when))
 
     # -- inserting ---------------------------------------------------------------------------
 
@@ -269,14 +314,15 @@ class ImageCache:
         False (logged once, partial file dropped) when it cannot be stored."""
         try:
             with self._index.transact():
+                self._write_opens()  # so that eviction goes by the latest opens
                 self._insert_locked(image_id, partial, size, sha256)
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             partial.unlink(missing_ok=True)
             log.warning("cache: cannot store image %s (%s); not caching it", image_id,
-                        getattr(exc, "strerror", None) or exc)
+                        failure_reason(exc, self.folder))
             return False
         with self._lock:
-            self._verified.discard(image_id)
+            self._verified.pop(image_id, None)
         return True
 
     def _insert_locked(self, image_id: str, partial: Path, size: int, sha256: str) -> None:
@@ -285,23 +331,43 @@ class ImageCache:
                 and self.data_path(image_id).exists():
             partial.unlink(missing_ok=True)  # another process stored it meanwhile
             return
+        if current is not None and current.complete:
+            self._add_to_total(-current.size)  # replaced below
         self._make_room(size, image_id)
         now = self._clock()
-        self._put(image_id, _Record(size, sha256, now, False, os.getpid()))
+        self._put(image_id, EntryRecord(size, sha256, now, False, os.getpid()))
+        target = self.data_path(image_id)
         try:
-            os.replace(partial, self.data_path(image_id))
+            os.replace(partial, target)
+            stamp = stamp_of(os.stat(target))
         except OSError:
             self._index.delete(image_id)
             raise
-        self._put(image_id, _Record(size, sha256, now, True, os.getpid()))
+        self._put(image_id, EntryRecord(size, sha256, now, True, os.getpid(), stamp))
+        self._add_to_total(size)
+
+    def _total(self) -> int:
+        value = self._index.get(_TOTAL_KEY)
+        return value if isinstance(value, int) else self._recount()
+
+    def _add_to_total(self, change: int) -> None:
+        """(Inside the index transaction.)"""
+        self._index.set(_TOTAL_KEY, max(0, self._total() + change))
+
+    def _recount(self) -> int:
+        """The total from every record (start-up, or a missing total); stores it."""
+        total = sum(r.size for _i, r in self._records() if r.complete)
+        self._index.set(_TOTAL_KEY, total)
+        return total
 
     def _make_room(self, size: int, inserting: str) -> None:
         """Evict least recently opened, unpinned, complete entries until ``size`` fits.
-        Runs inside the index transaction, so two processes never evict at once."""
+        Runs inside the index transaction, so two processes never evict at once. Reads
+        every record only when something must go."""
+        if self._total() + size <= self.cap_bytes:
+            return
         records = [(i, r) for i, r in self._records() if r.complete and i != inserting]
         total = sum(r.size for _i, r in records)
-        if total + size <= self.cap_bytes:
-            return
         pinned = self._pins.pinned_names()
         for image_id, record in sorted(records, key=lambda item: item[1].last_open):
             if total + size <= self.cap_bytes:
@@ -314,28 +380,41 @@ class ImageCache:
 
     # -- index helpers -----------------------------------------------------------------------
 
-    def _record(self, image_id: str) -> _Record | None:
-        return _Record.from_dict(self._index.get(image_id))
+    def _record_or_none(self, image_id: str) -> EntryRecord | None:
+        """The record, or None also when the index cannot be read (a full disk: sqlite
+        cannot open it): a miss."""
+        try:
+            return self._record(image_id)
+        except (OSError, sqlite3.Error) as exc:
+            log.debug("cache: cannot look up image %s: %s; a miss", image_id, exc)
+            return None
 
-    def _put(self, image_id: str, record: _Record) -> None:
+    def _record(self, image_id: str) -> EntryRecord | None:
+        return EntryRecord.from_dict(self._index.get(image_id))
+
+    def _put(self, image_id: str, record: EntryRecord) -> None:
         self._index.set(image_id, record.to_dict())
 
-    def _records(self) -> list[tuple[str, _Record]]:
+    def _records(self) -> list[tuple[str, EntryRecord]]:
         rows = []
         for key in list(self._index):
-            record = _Record.from_dict(self._index.get(key))
+            record = EntryRecord.from_dict(self._index.get(key))
             if isinstance(key, str) and record is not None:
                 rows.append((key, record))
         return rows
 
     def _remove(self, image_id: str) -> None:
-        """Forget an entry: the record first (no one opens it after), then the file."""
+        """Forget an entry: the record first (no one opens it after), then the file
+        (inside the index transaction)."""
+        record = self._record(image_id)
         self._index.delete(image_id)
+        if record is not None and record.complete:
+            self._add_to_total(-record.size)
         self.data_path(image_id).unlink(missing_ok=True)
         with self._lock:
-            self._verified.discard(image_id)
+            self._verified.pop(image_id, None)
 
-    def _drop_if_unchanged(self, image_id: str, seen: _Record) -> None:
+    def _drop_if_unchanged(self, image_id: str, seen: EntryRecord) -> None:
         """Drop an entry found bad, unless another process replaced it meanwhile."""
         try:
             with self._index.transact():
@@ -359,7 +438,7 @@ class ImageCache:
         and data files that no record names."""
         self._pins.remove_stale()
         for path in self._partial.iterdir():
-            pid = _pid_of_partial(path.name)
+            pid = pid_of_partial(path.name)
             if pid is None or not pid_alive(pid):
                 path.unlink(missing_ok=True)
         with self._index.transact():
@@ -372,6 +451,7 @@ class ImageCache:
             for path in self._data.iterdir():
                 if path.name not in known:
                     path.unlink(missing_ok=True)
+            self._recount()
 
 
 class NullCache:
@@ -385,7 +465,7 @@ class NullCache:
     def pin(self, image_id: str) -> None:
         pass
 
-    def unpin(self, image_id: str) -> None:
+    def unpin(self, image_id: str, linger: bool = False) -> None:
         pass
 
     def contains(self, image_id: str) -> bool:
@@ -417,78 +497,3 @@ def open_cache(root: Path, base_url: str, dataset_id: str,
         log.warning("cache: cannot use the cache folder %s (%s); images are read from the "
                     "service without caching them", root, getattr(exc, "strerror", None) or exc)
         return NullCache()
-
-
-class CacheWriter:
-    """One entry being written. The writing thread calls ``write`` then ``commit`` or
-    ``discard``; ``read`` may be called from any thread for bytes already written; ``close``
-    (once, after the last read) releases the file and the pin."""
-
-    def __init__(self, cache: ImageCache, image_id: str, path: Path, handle: BinaryIO) -> None:
-        self.image_id = image_id
-        self._cache = cache
-        self._path = path
-        self._handle = handle
-        self._sha = hashlib.sha256()
-        self._written = 0
-        self._closed = False
-
-    @property
-    def written(self) -> int:
-        return self._written
-
-    def write(self, chunk: bytes) -> None:
-        """Append ``chunk``. On failure the entry is dropped (one log line) and
-        ``CacheWriteFailed`` is raised; bytes written before stay readable until ``close``."""
-        view = memoryview(chunk)
-        try:
-            while view:
-                count = self._handle.write(view)
-                if not count:
-                    raise OSError("short write")
-                view = view[count:]
-        except OSError as exc:
-            self.discard()
-            log.warning("cache: cannot write image %s (%s); not caching it, serving it from "
-                        "memory", self.image_id, exc.strerror or exc)
-            raise CacheWriteFailed(str(exc)) from exc
-        self._sha.update(chunk)
-        self._written += len(chunk)
-
-    def read(self, offset: int, size: int) -> bytes:
-        return os.pread(self._handle.fileno(), size, offset)
-
-    def commit(self) -> bool:
-        """Insert the entry (sha256 of the bytes written); False if it could not be stored."""
-        return self._cache._insert(self.image_id, self._path, self._written,
-                                   self._sha.hexdigest())
-
-    def discard(self) -> None:
-        """Drop the partial file (an open descriptor keeps its bytes readable)."""
-        self._path.unlink(missing_ok=True)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._handle.close()
-        self._cache.unpin(self.image_id)
-
-
-def _sha256_of(handle: BinaryIO) -> str:
-    digest = hashlib.sha256()
-    offset = 0
-    while True:
-        block = os.pread(handle.fileno(), _HASH_BLOCK, offset)
-        if not block:
-            return digest.hexdigest()
-        digest.update(block)
-        offset += len(block)
-
-
-def _pid_of_partial(name: str) -> int | None:
-    """``<id>.<pid>.<token>`` → pid."""
-    parts = name.rsplit(".", 2)
-    if len(parts) != 3 or not parts[1].isdigit():
-        return None
-    return int(parts[1])

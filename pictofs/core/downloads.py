@@ -8,6 +8,10 @@ This module owns the in-flight downloads of one mount. Rules:
 - One stream per image id: readers opened while it runs share it.
 - When the last reader closes before half the image has arrived, the download is cancelled
   and its partial file dropped; from half on it completes into the cache.
+- Readers are woken as soon as a chunk is written, before it is hashed.
+- A stream cut short after bytes arrived is asked again (up to ``_RESUMES`` times) and the
+  bytes already received are skipped: the bytes of an image id never change. The transport
+  itself retries a cut inside the first chunk, before anything was handed over.
 - A stream that fails, ends early or delivers more than the expected size is never cached;
   readers of ranges that did not arrive get the error (``Unavailable`` or what the remote
   raised) and the next ``open`` starts a new download.
@@ -25,12 +29,13 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from typing import BinaryIO, Protocol
 
 from pictofs.core.cache import CacheWriteFailed, CacheWriter, ImageCache
-from pictofs.errors import PictofsError, Unavailable
+from pictofs.errors import CutShort, PictofsError, Unavailable
 from pictofs.remote import Remote
 
 log = logging.getLogger(__name__)
 
 _OPEN_ATTEMPTS = 3
+_RESUMES = 2  # new requests for a stream cut short after bytes arrived
 
 
 class Reader(ABC):
@@ -60,6 +65,7 @@ class _Store(Protocol):
     """Where a download's bytes go: a cache file (``CacheWriter``) or memory."""
 
     def write(self, chunk: bytes) -> None: ...
+    def hash_written(self) -> None: ...
     def read(self, offset: int, size: int) -> bytes: ...
     def close(self) -> None: ...
 
@@ -72,6 +78,9 @@ class _MemoryStore:
 
     def write(self, chunk: bytes) -> None:
         self._buffer += chunk
+
+    def hash_written(self) -> None:
+        pass  # nothing to hash: memory is never cached
 
     def read(self, offset: int, size: int) -> bytes:
         return bytes(self._buffer[offset:offset + size])
@@ -152,15 +161,35 @@ class _Download:
             return
         try:
             self._open_store(cache)
-            with remote.open_bytes(self.image_id) as chunks:
-                for chunk in chunks:
-                    if self._is_cancelled():
-                        break
-                    if chunk:
-                        self._accept(chunk)
+            resumes = 0
+            while True:
+                try:
+                    self._receive(remote)
+                    break
+                except CutShort as exc:
+                    if resumes == _RESUMES or self._arrived == 0 or self._is_cancelled():
+                        raise
+                    resumes += 1
+                    log.info("download of image %s cut short after %d bytes (%s); asking "
+                             "again", self.image_id, self._arrived, exc)
             self._settle()
         except Exception as exc:  # any failure of the remote must reach the readers
             self._fail(exc)
+
+    def _receive(self, remote: Remote) -> None:
+        """One request for the bytes, skipping those that arrived before (a resume)."""
+        skip = self._arrived  # only this worker thread changes it
+        with remote.open_bytes(self.image_id) as chunks:
+            for chunk in chunks:
+                if self._is_cancelled():
+                    break
+                if skip:
+                    if len(chunk) <= skip:
+                        skip -= len(chunk)
+                        continue
+                    chunk, skip = chunk[skip:], 0
+                if chunk:
+                    self._accept(chunk)
 
     def finish(self) -> None:
         """The worker is done: wake every reader; release now if none is left."""
@@ -183,13 +212,16 @@ class _Download:
         if self._arrived + len(chunk) > self.expected_size:
             raise Unavailable(f"image {self.image_id}: the stream is longer than the expected "
                               f"{self.expected_size} bytes")
+        store = self._store
         try:
-            self._store.write(chunk)
+            store.write(chunk)
         except CacheWriteFailed:
             self._to_memory(chunk)
+            store = self._store
         with self._cond:
             self._arrived += len(chunk)
             self._cond.notify_all()
+        store.hash_written()  # after the readers were woken
 
     def _to_memory(self, chunk: bytes) -> None:
         """The cache file failed (logged by the cache): go on in memory."""
@@ -264,7 +296,7 @@ class _CachedReader(Reader):
         if self._handle.closed:
             return
         self._handle.close()
-        self._cache.unpin(self.image_id)
+        self._cache.unpin(self.image_id, linger=True)
 
 
 class _StreamReader(Reader):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -128,9 +129,12 @@ def visible_entries(path: str, images: dict[str, Image], folders: list[Folder]
 def fetch_listing(remote: Remote, dataset_id: str, path: str,
                   clock: Callable[[], float] = time.monotonic
                   ) -> tuple[FolderListing, list[Hidden]]:
-    """One folder from the service: ⌈N/1000⌉ image pages plus one folders call."""
-    images, consistent = list_images_consistent(remote, dataset_id, path)
-    folders = remote.list_folders(dataset_id, path)
+    """One folder from the service: ⌈N/1000⌉ image pages plus one folders call, the folders
+    call sent alongside the pages (it does not depend on them)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pictofs-folders") as pool:
+        asked = pool.submit(remote.list_folders, dataset_id, path)
+        images, consistent = list_images_consistent(remote, dataset_id, path)
+        folders = asked.result()
     shown_images, shown_folders, hidden = visible_entries(path, images, folders)
     listing = FolderListing(path, shown_images, shown_folders, consistent, clock())
     return listing, hidden

@@ -5,6 +5,13 @@ process ``<pid>`` holds the entry ``<name>`` at least once; inside the process a
 how many holders there are. Pins of dead processes (a crash, ``kill -9``) are ignored and
 removed at start. A reused pid can make a stale pin look alive: that only keeps an entry
 longer, never evicts one in use.
+
+An unpin may ``linger`` (a cache entry closed by its last reader): its file stays for
+``LINGER_SECONDS`` more, so reopening the entry (a training loop reading the same images
+again) costs no file creation and removal. Other processes see the entry pinned meanwhile;
+this process does not (its own pins come from its counts). A sweeper thread, alive only
+while lingering pins exist, removes them when their time is up; ``close`` removes them at
+once.
 """
 
 from __future__ import annotations
@@ -13,9 +20,12 @@ import errno
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+LINGER_SECONDS = 2.0
 
 
 def pid_alive(pid: int) -> bool:
@@ -54,37 +64,72 @@ class PinTable:
     def __init__(self, folder: Path) -> None:
         self._folder = folder
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # guards _counts (entry name → holders in this process) and the pin files it creates
-        self._lock = threading.Lock()
+        # guards _counts (entry name → holders in this process), _lingering (name → when
+        # its last holder left, oldest first), _sweeping and the pin files of this process
+        self._lock = threading.Condition()
         self._counts: dict[str, int] = {}
+        self._lingering: dict[str, float] = {}
+        self._sweeping = False
 
     def pin(self, name: str) -> None:
         with self._lock:
             count = self._counts.get(name, 0)
-            if count == 0:
+            if count == 0 and self._lingering.pop(name, None) is None:
                 self._create(name)
             self._counts[name] = count + 1
 
-    def unpin(self, name: str) -> None:
+    def unpin(self, name: str, linger: bool = False) -> None:
+        """Drop one hold; the last one removes the pin file, or with ``linger`` leaves it
+        for ``LINGER_SECONDS``."""
         with self._lock:
             count = self._counts.get(name, 0)
             if count <= 0:
                 log.debug("unpin of %s without a pin", name)
                 return
-            if count == 1:
-                del self._counts[name]
-                self._path(name).unlink(missing_ok=True)
-            else:
+            if count > 1:
                 self._counts[name] = count - 1
+                return
+            del self._counts[name]
+            if not linger:
+                self._path(name).unlink(missing_ok=True)
+                return
+            self._lingering[name] = time.monotonic()
+            if not self._sweeping:
+                self._sweeping = True
+                threading.Thread(target=self._sweep, name="pictofs-pins",
+                                 daemon=True).start()
+
+    def close(self) -> None:
+        """Remove the lingering pins now (the cache is closed)."""
+        with self._lock:
+            for name in self._lingering:
+                self._path(name).unlink(missing_ok=True)
+            self._lingering.clear()
+            self._lock.notify_all()
 
     def pinned_names(self) -> set[str]:
-        """Names pinned by any live process (this one included)."""
+        """Names pinned by any live process (this one by its counts: its lingering pins
+        do not keep it from evicting)."""
+        own = os.getpid()
         with self._lock:
             names = set(self._counts)
         for entry, pid in self._scan():
-            if pid_alive(pid):
+            if pid != own and pid_alive(pid):
                 names.add(entry)
         return names
+
+    def _sweep(self) -> None:
+        """Remove lingering pins as their time is up; ends when none is left."""
+        with self._lock:
+            while self._lingering:
+                name, since = next(iter(self._lingering.items()))
+                wait = since + LINGER_SECONDS - time.monotonic()
+                if wait > 0:
+                    self._lock.wait(wait)
+                    continue
+                del self._lingering[name]
+                self._path(name).unlink(missing_ok=True)
+            self._sweeping = False
 
     def remove_stale(self) -> int:
         """Remove the pins of dead processes; returns how many."""
@@ -99,7 +144,7 @@ class PinTable:
         """Create the pin file (lock held). On a full disk the pin still holds in this
         process; other processes cannot see it."""
         try:
-            self._path(name).touch(mode=0o600)
+            os.close(os.open(self._path(name), os.O_WRONLY | os.O_CREAT, 0o600))
         except OSError as exc:
             log.debug("cannot create the pin file of %s: %s", name, exc)
 

@@ -5,29 +5,32 @@
 directory): the ``DatasetView`` (listings), the ``Downloader`` (reads through the cache), and,
 unless the mount is read-only, the ``WriteLayer`` (files being written, local-only files,
 uploads) and the ``Renamer``. Pending files are laid over the service's listing. Attributes
-come from listings, so ``ls -l`` makes no per-image request (filesystem §1–§6).
+come from listings, so ``ls -l`` makes no per-image request (filesystem §1–§6). The
+extended-attribute verbs live in ``vfs_xattrs``, the ``.archive/`` folder in ``vfs_archive``
+and the control verbs (status and its counters, refresh, close, statfs) in ``vfs_control``,
+mixed in.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import json
 import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from pictofs.core import attrs
 from pictofs.core.archive import is_archive_path
 from pictofs.core.attrs import AttrPolicy
 from pictofs.core.pending import Pending
+from pictofs.core.vfs_archive import ArchiveVerbs
+from pictofs.core.vfs_control import ControlVerbs, Counters
+from pictofs.core.vfs_xattrs import XattrVerbs
 from pictofs.core.view import DatasetView, DirEntry, FileEntry
-from pictofs.errors import (AlreadyExists, BadHandle, CrossDevice, InvalidArgument,
-                            IsADirectory, NoAttribute, NotADirectory, NotFound, NotPermitted,
-                            ReadOnly, Unavailable, ValueTooLarge)
+from pictofs.errors import (AlreadyExists, BadHandle, CrossDevice, IsADirectory,
+                            NotADirectory, NotFound, NotPermitted, ReadOnly, Unavailable)
 from pictofs.model import Dataset, Image, join_path, parse_timestamp
 from pictofs.names import check_name
 from pictofs.remote import Remote
@@ -35,6 +38,7 @@ from pictofs.remote import Remote
 log = logging.getLogger(__name__)
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
+STAT_CACHE_SIZE = 100_000  # images whose stat dict is kept (some 60 MB at most)
 
 
 @dataclass(frozen=True)
@@ -69,15 +73,7 @@ class Handle:
     pending: Pending | None = None
 
 
-@dataclass
-class Counters:
-    opens: int = 0
-    reads: int = 0
-    bytes_read: int = 0
-    started: float = field(default_factory=time.time)
-
-
-class Vfs:
+class Vfs(ArchiveVerbs, XattrVerbs, ControlVerbs):
     def __init__(self, remote: Remote, options: VfsOptions, side_for: SideFactory,
                  dataset: Dataset | None = None, clock: Callable[[], float] = time.monotonic,
                  is_online: Callable[[], bool] = lambda: True) -> None:
@@ -101,6 +97,11 @@ class Vfs:
         self._fh = itertools.count(1)
         self._last_open_id: dict[str, str] = {}
         self.counters = Counters()
+        # image id → (the Image, the mtime a writer recorded, its stat dict): a listing
+        # keeps its Image objects, so a readdir or getattr of an unchanged image reuses the
+        # dict (no timestamp parsing); read-only for everyone. Plain dict operations, atomic
+        # under the GIL; emptied when it grows past STAT_CACHE_SIZE.
+        self._file_stats: dict[str, tuple[Image, float | None, dict[str, Any]]] = {}
 
     # ------------------------------------------------------------------ routing
 
@@ -194,8 +195,15 @@ class Vfs:
 
     def _file_attrs(self, side: Side | None, image: Image) -> dict[str, Any]:
         recorded = side.writes.image_mtime(image) if side and side.writes else None
-        return attrs.file_stat(self.options.policy, image.file_size,
+        cached = self._file_stats.get(image.id)
+        if cached is not None and cached[0] is image and cached[1] == recorded:
+            return cached[2]
+        stat = attrs.file_stat(self.options.policy, image.file_size,
                                attrs.image_mtime(image, recorded))
+        if len(self._file_stats) >= STAT_CACHE_SIZE:
+            self._file_stats = {}
+        self._file_stats[image.id] = (image, recorded, stat)
+        return stat
 
     def _pending_attrs(self, pending: Pending) -> dict[str, Any]:
         return attrs.file_stat(self.options.policy, pending.size, pending.mtime)
@@ -208,13 +216,6 @@ class Vfs:
         if isinstance(entry, FileEntry):
             return self._file_attrs(side, entry.image)
         return self._dir_attrs(side, entry)
-
-    def _archive_attrs(self, entry: DirEntry | FileEntry) -> dict[str, Any]:
-        """Everything in ``.archive/`` is read-only."""
-        policy = dataclasses.replace(self.options.policy, read_only=True)
-        if isinstance(entry, FileEntry):
-            return attrs.file_stat(policy, entry.image.file_size, attrs.image_mtime(entry.image))
-        return attrs.dir_stat(policy, 0, self.mounted_at)
 
     def getattr(self, path: str) -> dict[str, Any]:
         side, entry = self._resolve(path)
@@ -238,12 +239,7 @@ class Vfs:
             return [(name, self._dir_attrs(self.side(v), DirEntry("/")))
                     for name, v in sorted(self._dataset_views().items())]
         if is_archive_path(entry.path) and side.archive is not None:
-            folders, files = side.archive.readdir(entry.path)
-            rows = {name: self._archive_attrs(DirEntry(join_path(entry.path, name)))
-                    for name in folders}
-            rows.update({name: self._archive_attrs(FileEntry(join_path(entry.path, name), img))
-                         for name, img in files.items()})
-            return sorted(rows.items())
+            return self._archive_rows(side, entry.path)
         rows: dict[str, dict[str, Any]] = {}
         writes = side.writes
         # the pending files before the listing: one that lands while the listing is fetched
@@ -339,6 +335,11 @@ class Vfs:
             raise BadHandle("the file is not open for writing")
         return self._writes(handle.side, "write").write(handle.pending, data, offset)
 
+    def needs_flush(self, fh: int) -> bool:
+        """Whether ``flush`` of this handle does anything (a pending file: written, or
+        read while staged); an image opened for reading does not need it."""
+        return self._handle(fh).pending is not None
+
     def flush(self, fh: int) -> None:
         handle = self._handle(fh)
         if handle.pending is not None and handle.side.writes is not None:
@@ -388,34 +389,6 @@ class Vfs:
             self._delete_for_good(side, inner)  # type: ignore[arg-type]
             return
         writes.unlink(inner)
-
-    def _delete_for_good(self, side: Side, inner: str) -> None:
-        """``rm`` inside ``.archive/``: a permanent delete (EACCES if the role is too low)."""
-        entry = side.archive.resolve(inner)
-        if not isinstance(entry, FileEntry):
-            raise IsADirectory(inner)
-        self.remote.archive(side.view.dataset_id, [entry.image.id], permanent=True)
-        side.archive.dropped(entry.image)
-        log.info("deleted %s for good", inner)
-
-    def _restore(self, side: Side, old: str, new: str, flags: int) -> None:
-        """``mv .archive/cars/x.jpg cars/x.jpg`` restores the image (same id); to another
-        folder or name it restores, then renames. A taken name → EEXIST."""
-        entry = side.archive.resolve(old)
-        if not isinstance(entry, FileEntry):
-            raise NotPermitted("folders of the archive cannot be moved")
-        if is_archive_path(new):
-            raise ReadOnly("the archive is read-only")
-        image = entry.image
-        if side.renamer.what(new) is not None:
-            raise AlreadyExists(new)
-        self.remote.restore(side.view.dataset_id, [image.id])
-        restored = dataclasses.replace(image, is_archived=False)
-        side.archive.dropped(image)
-        side.view.note_image(restored)
-        log.info("restored %s", restored.path)
-        if new != restored.path:
-            side.renamer.rename(restored.path, new, flags)
 
     def mkdir(self, path: str) -> None:
         """A folder; in an organization mount, ``mkdir /name`` creates a dataset."""
@@ -478,135 +451,3 @@ class Vfs:
         """chmod/chown: accepted (rsync -a, cp -p exit 0) and not stored; the file must exist."""
         if path is not None:
             self.getattr(path)
-
-    # ------------------------------------------------------------ extended attributes
-
-    def listxattr(self, path: str) -> list[str]:
-        _side, entry = self._resolve(path)
-        if isinstance(entry, FileEntry):
-            return attrs.xattr_names(entry.image)
-        if isinstance(entry, Pending) and entry.error:
-            return [attrs.ERROR_XATTR]
-        return []
-
-    def getxattr(self, path: str, name: str) -> bytes:
-        _side, entry = self._resolve(path)
-        if isinstance(entry, Pending):
-            if name == attrs.ERROR_XATTR and entry.error:
-                return entry.error.encode()
-            raise NoAttribute(name)
-        if not isinstance(entry, FileEntry):
-            raise NoAttribute(name)
-        if name == attrs.ANNOTATIONS_XATTR:
-            value = json.dumps(self.remote.get_annotations(entry.image),
-                               ensure_ascii=False).encode()
-            if len(value) > attrs.MAX_XATTR_SIZE:
-                raise ValueTooLarge(f"annotations of {path} are larger than 64 KiB")
-            return value
-        value = attrs.xattr_value(entry.image, name)
-        if value is None:
-            raise NoAttribute(name)
-        return value
-
-    def setxattr(self, path: str, name: str, value: bytes) -> None:
-        if name.startswith(("security.", "system.")):
-            return  # capability and ACL probes of cp -p: accepted and ignored
-        side, entry = self._resolve(path)
-        if isinstance(entry, Pending) and self._set_pending_attr(side, entry, name, value):
-            return
-        if isinstance(entry, Pending):  # it landed meanwhile: set it on the image
-            side, entry = self._resolve(path)
-        if not isinstance(entry, FileEntry) or not name.startswith(attrs.XATTR_PREFIX):
-            raise NotPermitted(f"{name} cannot be set here")
-        current = attrs.xattr_value(entry.image, name)
-        if current is not None and current == value:
-            return
-        field_name = name[len(attrs.XATTR_PREFIX):]
-        if field_name not in attrs.WRITABLE_XATTRS:
-            raise NotPermitted(f"{name} is read-only")
-        self._writes(side, "setxattr")
-        assert side is not None
-        image = entry.image
-        try:
-            if field_name == "split":
-                updated = self.remote.set_split(image, attrs.parse_split(value))
-            else:
-                tags = attrs.parse_tags(value)
-                self.remote.set_tags(image.dataset_id, image.id,
-                                     [t for t in tags if t not in image.tags],
-                                     [t for t in image.tags if t not in tags])
-                updated = dataclasses.replace(image, tags=tuple(tags))
-        except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
-        side.view.note_image(updated)
-
-    def _set_pending_attr(self, side: Side | None, pending: Pending, name: str,
-                          value: bytes) -> bool:
-        """``split``/``tags`` on a staged file apply right after register (§2); False when
-        the file landed before the value was kept."""
-        field_name = name[len(attrs.XATTR_PREFIX):] if name.startswith(attrs.XATTR_PREFIX) \
-            else ""
-        if field_name not in attrs.WRITABLE_XATTRS:
-            raise NotPermitted(f"{name} cannot be set on a file not uploaded yet")
-        writes = self._writes(side, "setxattr")
-        try:
-            parsed: Any = attrs.parse_split(value) if field_name == "split" \
-                else attrs.parse_tags(value)
-        except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
-        return writes.set_attr_after_register(pending, field_name, parsed)
-
-    def removexattr(self, path: str, name: str) -> None:
-        if name.startswith(("security.", "system.")):
-            raise NoAttribute(name)
-        raise NotPermitted(f"{name} cannot be removed")
-
-    # -------------------------------------------------------------------- the rest
-
-    def statfs(self) -> dict[str, int]:
-        disk = os.statvfs(self.options.staging_dir)
-        return {
-            "f_bsize": disk.f_bsize, "f_frsize": disk.f_frsize, "f_blocks": disk.f_blocks,
-            "f_bfree": max(disk.f_bfree, 1), "f_bavail": max(disk.f_bavail, 1),
-            "f_files": 1 << 20, "f_ffree": 1 << 20, "f_favail": 1 << 20, "f_namemax": 255,
-        }
-
-    def refresh(self) -> None:
-        """Drop every listing now (``pictofs refresh``, SIGHUP)."""
-        for side in self.sides():
-            side.view.forget()
-            if side.archive is not None:
-                side.archive.forget()
-        with self._lock:
-            self._datasets_at = -1e18
-        log.info("listing cache dropped")
-
-    def status(self) -> dict[str, Any]:
-        with self._lock:
-            counters = self.counters
-            open_files = len(self._handles)
-        sides = self.sides()
-        cache = [s.downloader.cache.stats() for s in sides]
-        uploads = [s.writes.status() for s in sides if s.writes is not None]
-        return {
-            "open_files": open_files,
-            "opens": counters.opens,
-            "reads": counters.reads,
-            "bytes_read": counters.bytes_read,
-            "cache": [{**dataclasses.asdict(c), "hit_ratio": c.hit_ratio} for c in cache],
-            "uploads": _merge_upload_status(uploads),
-        }
-
-
-def _merge_upload_status(items: list[dict[str, Any]]) -> dict[str, Any]:
-    merged: dict[str, Any] = {"pending": 0, "in_flight": 0, "failed": [], "bytes_uploaded": 0,
-                              "upload_rate": 0.0, "paused": False}
-    for item in items:
-        merged["pending"] += item["pending"]
-        merged["in_flight"] += item["in_flight"]
-        merged["failed"] += item["failed"]
-        merged["bytes_uploaded"] += item["bytes_uploaded"]
-        merged["upload_rate"] += item["upload_rate"]
-        merged["paused"] = merged["paused"] or item["paused"]
-    return merged
-

@@ -2,7 +2,10 @@
 
 ``DatasetView`` answers "what is at this path" for one dataset: from a fresh cached listing
 when there is one; otherwise for a folder not yet listed with one cheap question (the folders
-route for folder names, ``filename=`` for an image name), never a full listing. Listings are
+route for folder names, ``filename=`` for an image name), except where the listing is the
+cheaper answer: the folder holds at most one page of images (its ``image_count`` from the
+folders route), or this is the ``LOOKUPS_BEFORE_LISTING``-th image name asked in
+it (``rsync`` or ``cp -r`` into a folder asks every name). Listings are
 kept for ``dir_cache_time``; past it they are refreshed on the next ``readdir``, and while the
 service is unreachable a stale listing keeps answering. Negative answers are cached for
 ``dir_cache_time`` too, and never drawn from a listing that did not add up.
@@ -16,13 +19,15 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from pictofs.core.listing import FolderListing, fetch_listing
+from pictofs.core.listing import PAGE_SIZE, FolderListing, fetch_listing
 from pictofs.errors import NameTooLong, NotFound, Unavailable
 from pictofs.model import Dataset, Folder, Image, join_path, split_path
 from pictofs.names import MAX_NAME_BYTES, is_supported
 from pictofs.remote import Remote
 
 log = logging.getLogger(__name__)
+
+LOOKUPS_BEFORE_LISTING = 4  # image names asked one by one in a folder before listing it
 
 
 def _is_utf8(name: str) -> bool:
@@ -79,6 +84,7 @@ class DatasetView:
         self._listings: dict[str, FolderListing] = {}
         self._children: dict[str, _Children] = {}
         self._lookups: dict[tuple[str, str], _Lookup] = {}
+        self._asked: dict[str, int] = {}  # folder → image names asked one by one
         self._hidden_logged: set[tuple[str, str]] = set()
         # folder → how many changes this mount noted in it: an answer fetched while one was
         # noted may predate it, and is not kept (else it would hide the change for the TTL)
@@ -96,6 +102,7 @@ class DatasetView:
             self._listings.clear()
             self._children.clear()
             self._lookups.clear()
+            self._asked.clear()
 
     def _fresh(self, at: float) -> bool:
         return self.clock() - at < self.ttl
@@ -122,6 +129,7 @@ class DatasetView:
                 if self._changes.get(path, 0) == before:
                     self._listings[path] = listing
                     self._children[path] = _Children(listing.folders, listing.fetched_at)
+                    self._asked.pop(path, None)
                     return listing
                 before = self._changes.get(path, 0)  # noted meanwhile: ask again
         return listing  # changing all along: this answer, kept for no one
@@ -158,11 +166,13 @@ class DatasetView:
         parent_entry = self.resolve(parent)
         if not isinstance(parent_entry, DirEntry):
             raise NotFound(f"{parent} is not a folder")
-        return self._child(parent, name)
+        return self._child(parent, name, parent_entry.folder)
 
-    def _child(self, parent: str, name: str) -> Entry:
+    def _child(self, parent: str, name: str, parent_folder: Folder | None = None) -> Entry:
         path = join_path(parent, name)
         listing = self.cached_listing(parent)
+        if listing is None and self._list_instead(parent, name, parent_folder):
+            listing = self.listing(parent)
         if listing is not None:
             if name in listing.folders:
                 return DirEntry(path, listing.folders[name])
@@ -183,6 +193,28 @@ class DatasetView:
         if name in folders:
             return DirEntry(path, folders[name])
         raise NotFound(path)
+
+    def _list_instead(self, parent: str, name: str, folder: Folder | None) -> bool:
+        """Whether to answer an image name in a folder not listed yet from its listing
+        rather than with a ``filename=`` question: when the listing is one page (the
+        folder's image count from the folders route is at most a page; the root has no such
+        count), or when this is the ``LOOKUPS_BEFORE_LISTING``-th name asked in the folder. Names
+        answered from the lookup cache or the subfolders, and non-image names (answered by
+        the folders route), ask nothing and do not count."""
+        if not is_supported(name):
+            return False
+        with self._lock:
+            known = self._lookups.get((parent, name))
+        if known is not None and self._fresh(known.at):
+            return False
+        subfolders = self._known_subfolders(parent)
+        if subfolders is not None and name in subfolders:
+            return False
+        if folder is not None and folder.id and folder.image_count <= PAGE_SIZE:
+            return True
+        with self._lock:
+            asked = self._asked[parent] = self._asked.get(parent, 0) + 1
+        return asked >= LOOKUPS_BEFORE_LISTING
 
     def _known_subfolders(self, parent: str) -> dict[str, Folder] | None:
         with self._lock:

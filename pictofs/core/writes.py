@@ -51,7 +51,11 @@ class WriteLayer(LocalNames):
     def __init__(self, view: DatasetView, remote: Remote, journal: Journal, downloader: Any,
                  local_dir: Path, options: WriteOptions,
                  clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time,
+                 upload_remote: Remote | None = None) -> None:
+        """``upload_remote`` (default ``remote``) is the one the upload queue sends with: the
+        mount gives it one without transport retries, as the queue retries a failed step
+        itself and its worker goes on with other files meanwhile."""
         self.view = view
         self.remote = remote
         self.journal = journal
@@ -60,7 +64,7 @@ class WriteLayer(LocalNames):
         self.options = options
         self.clock = clock
         self.wall = wall
-        self.queue = UploadQueue(remote, journal, view.dataset_id,
+        self.queue = UploadQueue(upload_remote or remote, journal, view.dataset_id,
                                  transfers=options.transfers, write_back=options.write_back,
                                  retry_max_wait=options.retry_max_wait,
                                  on_registered=self._registered, on_failed=self._failed,

@@ -57,7 +57,11 @@ class Engine:
     def __init__(self, root: Path, remote: Remote, dataset_id: str, state: MirrorState,
                  journal: Journal, *, transfers: int, retry_max_wait: float, batch: int,
                  progress: Progress, report: Report,
-                 landed: Callable[[str], None] = lambda rel: None) -> None:
+                 landed: Callable[[str], None] = lambda rel: None,
+                 upload_remote: Remote | None = None) -> None:
+        """``upload_remote`` (default ``remote``) is the one the upload queue sends with:
+        the runner gives it one without transport retries (the queue retries a failed step
+        itself while its worker goes on with other files)."""
         self.root = root
         self._remote = remote
         self._dataset_id = dataset_id
@@ -66,7 +70,8 @@ class Engine:
         self.report = report
         self._landed = landed
         self._journal = journal
-        self.queue = UploadQueue(remote, journal, dataset_id, transfers=transfers,
+        self.queue = UploadQueue(upload_remote or remote, journal, dataset_id,
+                                 transfers=transfers,
                                  write_back=0.0, retry_max_wait=retry_max_wait,
                                  on_registered=self._registered, on_failed=self._failed,
                                  batch=batch)

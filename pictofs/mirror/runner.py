@@ -98,7 +98,7 @@ def _run(args: argparse.Namespace, root: Path, remote: BulkApiRemote, dataset_id
 
     engine = Engine(root, remote, dataset_id, state, journal, transfers=args.transfers,
                     retry_max_wait=args.retry_max_wait, batch=BATCH, progress=progress,
-                    report=Report(), landed=landed)
+                    report=Report(), landed=landed, upload_remote=remote.without_retries())
     session = Session(root, engine, remote, dataset_id, policy, settle=args.settle,
                       poll=bool(args.poll), workers=args.transfers)
     log.info("mirroring %s into %s:%s%s", root, args.target.partition(":/")[0],

@@ -5,8 +5,12 @@ It does the least an honest FUSE filesystem in Python can do: ``getattr`` is ``o
 ``os.close``. Everything else keeps mfusepy's defaults. Like pictofs it uses libfuse 3 and
 libfuse's default (multi-threaded) loop.
 
-Run: ``python tests/bench/passthrough.py ROOT MOUNTPOINT`` (stays in the foreground until
-unmounted with ``fusermount3 -u MOUNTPOINT``).
+With ``--keep-cache`` every open keeps the kernel page cache (``keep_cache``), as pictofs
+does when a path still maps to the image it mapped to at the last open: the floor of a
+repeat read whose bytes come from the page cache of a FUSE mount.
+
+Run: ``python tests/bench/passthrough.py [--keep-cache] ROOT MOUNTPOINT`` (stays in the
+foreground until unmounted with ``fusermount3 -u MOUNTPOINT``).
 """
 
 from __future__ import annotations
@@ -59,12 +63,32 @@ class Passthrough(mfusepy.Operations):
         return 0
 
 
+class KeepCachePassthrough(Passthrough):
+    """The same, with the file info of each open (``raw_fi``) to set ``keep_cache``."""
+
+    def open(self, path: str, fi: Any) -> int:  # type: ignore[override]
+        fi.fh = super().open(path, fi.flags)
+        fi.keep_cache = 1
+        return 0
+
+    def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:  # type: ignore[override]
+        return os.pread(fi.fh, size, offset)
+
+    def release(self, path: str, fi: Any) -> int:  # type: ignore[override]
+        os.close(fi.fh)
+        return 0
+
+
 def main(argv: list[str]) -> int:
+    keep_cache = argv[:1] == ["--keep-cache"]
+    if keep_cache:
+        argv = argv[1:]
     if len(argv) != 2:
-        print("usage: passthrough.py ROOT MOUNTPOINT", file=sys.stderr)
+        print("usage: passthrough.py [--keep-cache] ROOT MOUNTPOINT", file=sys.stderr)
         return 2
     root, mountpoint = argv
-    mfusepy.FUSE(Passthrough(root), mountpoint, foreground=True, ro=True,
+    operations = KeepCachePassthrough(root) if keep_cache else Passthrough(root)
+    mfusepy.FUSE(operations, mountpoint, raw_fi=keep_cache, foreground=True, ro=True,
                  fsname="passthrough", subtype="passthrough")
     return 0
 

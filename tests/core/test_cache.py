@@ -15,12 +15,15 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 import pytest
 
 import pictofs
+from pictofs.core import cache as cache_module
+from pictofs.core import pins as pins_module
 from pictofs.core.cache import CacheWriteFailed, ImageCache, file_name
 
 BASE_URL = "http://127.0.0.1:9/"
@@ -189,6 +192,34 @@ def test_lru_evicts_the_least_recently_opened(make_cache, clock: FakeClock) -> N
     assert cache.stats().size_bytes == 3000
 
 
+def test_a_lingering_pin_stays_for_others_but_not_for_this_process(make_cache) -> None:
+    cache = make_cache(cap=3000)
+    store(cache, "a", image(1000))
+    cache.pin("a")
+    cache.unpin("a", linger=True)  # a reader of the cached entry closed
+    pins = cache.folder / "pins"
+    assert [p.name for p in pins.iterdir()] == [f"a.{os.getpid()}"]  # other processes see it
+    cache.pin("a")  # reopened: the same file serves
+    cache.unpin("a", linger=True)
+    store(cache, "big", image(2500))  # this process evicts it all the same
+    assert not cache.contains("a") and cache.contains("big")
+    cache.close()
+    assert list(pins.iterdir()) == []
+
+
+def test_lingering_pins_are_removed_when_their_time_is_up(make_cache, monkeypatch) -> None:
+    monkeypatch.setattr(pins_module, "LINGER_SECONDS", 0.0)
+    cache = make_cache()
+    store(cache, "a", image(1000))
+    cache.pin("a")
+    cache.unpin("a", linger=True)
+    pins = cache.folder / "pins"
+    deadline = time.monotonic() + 30  # only so that a broken sweeper fails instead of hanging
+    while list(pins.iterdir()):
+        assert time.monotonic() < deadline, "the lingering pin was never removed"
+        time.sleep(0.01)
+
+
 def test_cap_respected_under_a_flood_of_inserts(make_cache, clock: FakeClock) -> None:
     cap = 20_000
     cache = make_cache(cap=cap)
@@ -340,6 +371,47 @@ def test_the_check_runs_on_the_first_open_after_insert(make_cache) -> None:
     store(cache, "a", image(4000))
     corrupt(cache.data_path("a"), "flipped")  # the file went bad after it was written
     assert cache.open_cached("a") is None
+
+
+def test_an_intact_entry_is_not_hashed_again_unless_its_file_changed(make_cache,
+                                                                     monkeypatch) -> None:
+    hashed: list[str] = []
+    real = cache_module.sha256_of
+
+    def counting(handle: BinaryIO) -> str:
+        hashed.append("x")
+        return real(handle)
+
+    monkeypatch.setattr(cache_module, "sha256_of", counting)
+    first = make_cache()
+    store(first, "a", image(4000))
+    first.close()
+    second = make_cache()  # a new mount: size, inode, mtime and ctime as recorded
+    assert read_cached(second, "a") == image(4000)
+    assert hashed == []
+    second.close()
+    os.utime(second.data_path("a"))  # touched, bytes intact: hashed once, then trusted
+    third = make_cache()
+    assert read_cached(third, "a") == image(4000)
+    assert read_cached(third, "a") == image(4000)
+    assert hashed == ["x"]
+    third.close()
+    fourth = make_cache()
+    assert read_cached(fourth, "a") == image(4000)
+    assert hashed == ["x"], "the stamp of the file found intact was not recorded"
+
+
+def test_an_insert_that_fits_reads_no_other_record(make_cache, monkeypatch) -> None:
+    cache = make_cache(cap=1 << 20)
+    for n in range(5):
+        store(cache, f"i{n}", image(1000, n))
+    scans: list[str] = []
+    real = ImageCache._records
+    monkeypatch.setattr(ImageCache, "_records", lambda self: scans.append("x") or real(self))
+    store(cache, "fits", image(1000, 9))
+    assert scans == []
+    store(cache, "too-big", image((1 << 20) - 3000, 10))  # over the cap: evicts, reads all
+    assert scans and cache.stats().size_bytes <= 1 << 20
 
 
 # -- crash recovery ------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import pytest
 
 from pictofs.core.cache import ImageCache
 from pictofs.core.downloads import Downloader, Reader
-from pictofs.errors import NotFound, Unavailable
+from pictofs.errors import CutShort, NotFound, Unavailable
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -393,6 +393,29 @@ def test_truncated_stream_is_never_served_or_cached(make_downloader,
     assert fetch(downloader, "a") == (IMAGES["a"], False)
     settle(downloader)
     assert downloader.cache.contains("a")
+
+
+def test_a_stream_cut_short_after_bytes_arrived_is_asked_again(make_downloader,
+                                                               source: ByteSource) -> None:
+    source.fail("a", at_chunk=4, error=CutShort("cut after 4 chunks"))
+    downloader = make_downloader()
+    assert fetch(downloader, "a") == (IMAGES["a"], False)
+    settle(downloader)
+    assert source.calls["a"] == 2
+    assert downloader.cache.contains("a")
+    assert fetch(downloader, "a") == (IMAGES["a"], True)  # the cached bytes are whole
+
+
+def test_a_cut_before_any_byte_is_left_to_the_transport(make_downloader,
+                                                        source: ByteSource) -> None:
+    source.fail("a", at_chunk=0, error=CutShort("cut at once"))
+    downloader = make_downloader()
+    with downloader.open("a", len(IMAGES["a"])) as reader:
+        with pytest.raises(CutShort):
+            reader.read(0, CHUNK)
+    settle(downloader)
+    assert source.calls["a"] == 1
+    assert not downloader.cache.contains("a")
 
 
 def test_stream_longer_than_expected_is_an_error(make_downloader) -> None:

@@ -94,7 +94,10 @@ def test_ls_l_of_2500_images_costs_three_pages_and_one_folder_call(client, datas
     assert delta(before, image_routes(server)) == {}
 
 
-def test_lookup_in_an_unlisted_folder_asks_one_name(client, dataset, mount, server):
+def test_lookup_in_an_unlisted_small_folder_lists_it_once(client, dataset, mount, server):
+    """A folder of at most one page of images (its image count from the folders route) is
+    listed on the first name asked in it: one page and one folders call answer every name,
+    so ``rsync`` into it after a remount asks nothing per file (filesystem §3)."""
     seed_images(client, dataset.id, "/f", [f"x{i}.png" for i in range(20)])
     m = mount(dataset.name)
     os.stat(m.path / "f")  # the folder itself is found through the folders route
@@ -102,12 +105,13 @@ def test_lookup_in_an_unlisted_folder_asks_one_name(client, dataset, mount, serv
     st = os.stat(m.path / "f" / "x7.png")
     changes = delta(before, image_routes(server))
     assert st.st_size > 0
-    assert changes == {f"GET {LIST_IMAGES}": 1}, changes
-    with pytest.raises(FileNotFoundError):
-        os.stat(m.path / "f" / "nope.png")
+    assert changes == {f"GET {LIST_IMAGES}": 1, f"GET {FOLDERS}": 1}, changes
     before = image_routes(server)
-    with pytest.raises(FileNotFoundError):
-        os.stat(m.path / "f" / "nope.png")  # negative answer cached
+    for i in range(20):
+        assert os.stat(m.path / "f" / f"x{i}.png").st_size > 0
+    for i in range(30):
+        with pytest.raises(FileNotFoundError):
+            os.stat(m.path / "f" / f"new{i}.png")  # negative answers from the listing
     assert delta(before, image_routes(server)) == {}
 
 
