@@ -80,8 +80,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("timeout", "read timeout of a request without a byte; also how long mount start-up "
            "retries an unreachable service", MOUNT_MIRROR, default="30s", type=parse_duration,
            metavar="DURATION"),
-    Option("retries", "extra attempts for a failed request", MOUNT_MIRROR, default="3", type=int,
-           metavar="N"),
+    Option("retries", "extra attempts for a failed request (upload steps are retried by the "
+           "queue, without limit)", MOUNT_MIRROR, default="3", type=int, metavar="N"),
     Option("retry-max-wait", "longest wait between attempts", MOUNT_MIRROR, default="30s",
            type=parse_duration, metavar="DURATION"),
     # writing
