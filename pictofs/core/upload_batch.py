@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence, Union
 
@@ -119,10 +120,15 @@ class _Member:
 
 
 class BatchJob:
-    def __init__(self, remote: BulkRemote, journal: Journal, dataset_id: str) -> None:
+    def __init__(self, remote: BulkRemote, journal: Journal, dataset_id: str,
+                 senders: Executor | None = None) -> None:
+        """``senders``: a pool the members' PUTs are sent in side by side (the queue's,
+        shared by its workers, so that the PUTs in flight stay bounded); None: one after
+        the other in the calling thread."""
         self._remote = remote
         self._journal = journal
         self._dataset_id = dataset_id
+        self._senders = senders
 
     def run(self, members: Sequence[tuple[Entry, TaskControl]]) -> dict[str, Outcome]:
         """Upload the members (one folder); returns each member's outcome by entry id."""
@@ -167,23 +173,37 @@ class BatchJob:
         return live
 
     def _put_all(self, live: list[_Member], outcomes: dict[str, Outcome]) -> list[_Member]:
-        sent = []
-        for index, member in enumerate(live):
+        """PUT every member's bytes (in the ``senders`` pool when there is one, else one
+        after the other); then record the ``put`` step of those sent in one transaction."""
+        # A failure that says the service or the key is in trouble: the PUTs not started yet
+        # would fail the same way, so they are not sent and share it.
+        trouble: list[Exception] = []
+
+        def put(member: _Member) -> Outcome | None:
+            if trouble:
+                return trouble[0]
             try:
                 member.control.checkpoint()
                 self._put(member)
             except Interrupted as exc:
-                outcomes[member.entry.id] = exc
-                continue
+                return exc
             except Exception as exc:
-                if classify(exc) is Disposition.PERMANENT:
-                    outcomes[member.entry.id] = exc
-                    continue
-                # the service or the key is in trouble: the rest would fail the same way
-                self._fail_all(live[index:], exc, outcomes)
-                break
-            sent.append(member)
-        sent = self._record([m for m in sent if m.entry.id not in outcomes], outcomes,
+                if classify(exc) is not Disposition.PERMANENT:
+                    trouble.append(exc)
+                return exc
+            return None
+
+        if self._senders is None:
+            results = [put(member) for member in live]
+        else:
+            results = list(self._senders.map(put, live))
+        sent = []
+        for member, result in zip(live, results):
+            if result is None:
+                sent.append(member)
+            else:
+                outcomes[member.entry.id] = result
+        sent = self._record(sent, outcomes,
                             lambda m: {"state": "uploading", "size": m.staged.size,
                                        "sha256": m.staged.sha256, "step": "put",
                                        "register_key": new_key()})

@@ -13,6 +13,7 @@ import logging
 import random
 import threading
 import time
+from concurrent.futures import Executor
 from typing import Any, Callable
 
 from pictofs.core import upload_batch, upload_job
@@ -38,9 +39,11 @@ class QueueWorkers:
     _retry_max_wait: float
     _clock: Callable[[], float]
     _on_registered: Callable[[str, Image], None] | None
+    _on_registered_many: Callable[[list[tuple[str, Image]]], None] | None
     _on_failed: Callable[[str, str], None] | None
     _rng: random.Random
     _batch: int
+    _senders: Executor | None
     _changed: threading.Condition
     _schedule: Schedule
     _stopping: bool
@@ -74,8 +77,11 @@ class QueueWorkers:
         """Due fresh entries to send in one batch with ``task`` (lock held)."""
         if self._batch < 2:
             return []
+        # With the PUTs of a batch sent side by side, one batch keeps every transfer busy:
+        # no need to share what is due between the workers.
+        workers = 1 if self._senders is not None else self._transfers
         return upload_batch.companions(self._schedule, self._journal, task,
-                                       limit=self._batch, workers=self._transfers)
+                                       limit=self._batch, workers=workers)
 
     def _run_batch(self, tasks: list[Task]) -> None:
         members = []
@@ -87,16 +93,19 @@ class QueueWorkers:
             control = TaskControl(self._changed, self._journal, task, lambda: self._stopping)
             members.append((task, entry, control))
         bulk: Any = self._remote  # batch > 1 is only given with a BulkRemote
-        job = upload_batch.BatchJob(bulk, self._journal, self._dataset_id)
+        job = upload_batch.BatchJob(bulk, self._journal, self._dataset_id, self._senders)
         outcomes = job.run([(entry, control) for _, entry, control in members])
+        landed = []
         for task, entry, control in members:
             outcome = outcomes.get(entry.id, Interrupted(entry.id))
             if isinstance(outcome, Landed):
-                self._after_landed(task, entry, outcome)
+                if self._after_landed(task, entry, outcome):
+                    landed.append((task.entry_id, outcome.image))
             elif isinstance(outcome, Interrupted) or not control.current:
                 self._after_interrupt(task)
             else:
                 self._after_error(task, entry, outcome)  # type: ignore[arg-type]
+        self._report_landed(landed)
 
     def _run(self, task: Task) -> None:
         entry = self._journal.get(task.entry_id)
@@ -120,9 +129,12 @@ class QueueWorkers:
             else:  # the entry changed meanwhile: what failed no longer matters
                 self._after_interrupt(task)
         else:
-            self._after_landed(task, entry, landed)
+            if self._after_landed(task, entry, landed):
+                self._report_landed([(task.entry_id, landed.image)])
 
-    def _after_landed(self, task: Task, entry: Entry, landed: Landed) -> None:
+    def _after_landed(self, task: Task, entry: Entry, landed: Landed) -> bool:
+        """Record a landing; whether to report it to the caller (``_report_landed``): not
+        when the entry was cancelled meanwhile."""
         self._journal.remove_staging_file(task.entry_id, sync=False)  # done: see resume()
         image = landed.image
         with self._changed:
@@ -142,12 +154,23 @@ class QueueWorkers:
         if prune:
             self._journal.delete_done(before=time.time() - DONE_KEEP)
         if cancelled:
-            return
+            return False
         if (image.filename, image.directory_path) != (entry.filename, entry.folder):
             log.info("%s was stored by the service as %s", entry.path, image.path)
         else:
             log.debug("%s: %s as image %s", entry.path, landed.how, image.id)
-        self._callback(self._on_registered, task.entry_id, image)
+        return True
+
+    def _report_landed(self, landed: list[tuple[str, Image]]) -> None:
+        """The ``on_registered_many`` callback, once for them all; else ``on_registered``
+        for each."""
+        if not landed:
+            return
+        if self._on_registered_many is not None:
+            self._callback(self._on_registered_many, landed)
+            return
+        for entry_id, image in landed:
+            self._callback(self._on_registered, entry_id, image)
 
     def _after_interrupt(self, task: Task) -> None:
         with self._changed:

@@ -13,14 +13,20 @@ the workers do with a task is in ``upload_workers.QueueWorkers``.
 With ``batch`` > 1 (and a remote with the bulk verbs of ``upload_batch.BulkRemote``), a
 worker that takes a fresh entry also takes other due fresh entries of its folder and sends
 them together with the bulk routes (``upload_batch.BatchJob``), up to ``batch`` at a time and
-about an equal share per worker.
+about an equal share per worker. With ``parallel_puts`` too, the PUTs of a batch go out side by
+side in a pool of ``transfers`` threads the workers share, so a worker takes every due fresh
+entry of its folder (up to ``batch``) instead of a share: fewer, larger bulk calls with as many
+PUTs in flight (the mirror's start-up).
 
 Callers (FUSE threads, the mirror) use ``stage``/``flushed``/``set_mtime``/``schedule`` while
 writing, ``hold`` when a staged file is opened again, ``retarget`` on rename, ``cancel`` on
 unlink, ``discard`` on ``rm`` of a failed file. ``hold`` and ``retarget`` wait while a register
 is in flight and return the registered image when the entry already became one: from then on
 the change is the caller's (a replace or an image rename). Callbacks ``on_registered`` and
-``on_failed`` run in worker threads, outside every lock.
+``on_failed`` run in worker threads, outside every lock. ``on_registered_many``, when given,
+is called instead of ``on_registered``: once per batch with the ``(entry id, image)`` of every
+member that landed (once per single upload with one pair), so that a caller can record them
+in one transaction.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import random
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -43,6 +50,7 @@ from pictofs.remote import Remote
 log = logging.getLogger(__name__)
 
 RegisteredCallback = Callable[[str, Image], None]
+RegisteredManyCallback = Callable[[list[tuple[str, Image]]], None]
 FailedCallback = Callable[[str, str], None]
 
 __all__ = ["QueueStats", "UploadQueue"]
@@ -60,9 +68,11 @@ class UploadQueue(QueueWorkers):
         retry_max_wait: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         on_registered: RegisteredCallback | None = None,
+        on_registered_many: RegisteredManyCallback | None = None,
         on_failed: FailedCallback | None = None,
         rng: random.Random | None = None,
         batch: int = 1,
+        parallel_puts: bool = False,
     ) -> None:
         self._remote = remote
         self._journal = journal
@@ -72,9 +82,13 @@ class UploadQueue(QueueWorkers):
         self._retry_max_wait = retry_max_wait
         self._clock = clock
         self._on_registered = on_registered
+        self._on_registered_many = on_registered_many
         self._on_failed = on_failed
         self._rng = rng or random.Random()
         self._batch = max(1, batch)
+        # The PUTs of batches (threads are started at the first one, not before start()).
+        self._senders = (ThreadPoolExecutor(self._transfers, thread_name_prefix="upload-put")
+                         if parallel_puts and self._batch > 1 else None)
         # _lock guards _schedule (the task table, due times, key pause, counters), _stopping,
         # _workers and _last_prune; _changed is signalled on every change of them. Journal
         # calls may be made with it held (the journal's own lock is always taken second), but
@@ -334,7 +348,10 @@ class UploadQueue(QueueWorkers):
         deadline = time.monotonic() + timeout
         for worker in workers:
             worker.join(max(0.0, deadline - time.monotonic()))
-        return not any(w.is_alive() for w in workers)
+        ended = not any(w.is_alive() for w in workers)
+        if ended and self._senders is not None:  # (a worker still running may yet use it)
+            self._senders.shutdown(wait=False)
+        return ended
 
     # ---------------------------------------------------------------- helpers
 

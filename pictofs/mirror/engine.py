@@ -5,9 +5,9 @@ Uploads are staged in chunks: each file as a consistent snapshot (``local.snapsh
 new entry, the chunk recorded in the state database as *pending* with the entry ids, then
 made due together (so that the queue's workers send it with the bulk routes); at most
 ``WINDOW_FILES`` (and ``WINDOW_BYTES``) are staged and not landed at a time.
-The queue's callbacks (worker threads) turn a landed entry into a row — and archive the
-image a rename retires — or a failed one into a known failure, reported once and not retried
-until the file changes.
+The queue's callbacks (worker threads) turn the entries a batch landed into rows (one
+transaction) — and archive the image a rename retires — or a failed one into a known
+failure, reported once and not retried until the file changes.
 
 ``recover`` runs before the queue resumes its journal after a crash: an entry the journal
 saw land is recorded, a dropped one is forgotten (its file is looked at again), a rename
@@ -73,8 +73,8 @@ class Engine:
         self.queue = UploadQueue(upload_remote or remote, journal, dataset_id,
                                  transfers=transfers,
                                  write_back=0.0, retry_max_wait=retry_max_wait,
-                                 on_registered=self._registered, on_failed=self._failed,
-                                 batch=batch)
+                                 on_registered_many=self._registered,
+                                 on_failed=self._failed, batch=batch, parallel_puts=True)
         # _lock guards _live, _known, _noted, _said and report; _changed is signalled when an
         # upload lands or fails.
         self._lock = threading.Lock()
@@ -346,22 +346,24 @@ class Engine:
 
     # ---------------------------------------------------------------- callbacks
 
-    def _registered(self, entry_id: str, image: Image) -> None:
+    def _registered(self, landed: list[tuple[str, Image]]) -> None:
+        """Uploads that landed (a batch's, recorded in one transaction)."""
         try:
-            landing = self.state.land(entry_id, image)
-            if landing is None:
-                return
-            self.progress.advance(landing.row.size)
-            if self.announce:
-                log.info("uploaded %s as %s", landing.row.rel, image.path)
-            if landing.archive is not None:
-                self._retire(landing.archive)
-            with self._lock:
-                self.report.uploaded += 1
-            self._landed(landing.row.rel)
-        finally:  # done with it only now: a --once report waits for the retire above
+            for (_, image), landing in zip(landed, self.state.land_many(landed)):
+                if landing is None:
+                    continue
+                self.progress.advance(landing.row.size)
+                if self.announce:
+                    log.info("uploaded %s as %s", landing.row.rel, image.path)
+                if landing.archive is not None:
+                    self._retire(landing.archive)
+                with self._lock:
+                    self.report.uploaded += 1
+                self._landed(landing.row.rel)
+        finally:  # done with them only now: a --once report waits for the retires above
             with self._changed:
-                self._live.pop(entry_id, None)
+                for entry_id, _ in landed:
+                    self._live.pop(entry_id, None)
                 self._changed.notify_all()
 
     def _failed(self, entry_id: str, reason: str) -> None:

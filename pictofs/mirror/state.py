@@ -31,7 +31,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from pictofs.errors import ConfigError
 from pictofs.mirror.plan import Row
@@ -198,23 +198,12 @@ class MirrorState:
         """The entry registered as ``image``: its row, and the retired row to archive (the
         retired row stays, superseded, until ``delete`` after the archive). None for an
         entry this mirror did not hand over (or already landed)."""
+        return self.land_many([(entry_id, image)])[0]
+
+    def land_many(self, landed: Sequence[tuple[str, Image]]) -> list[Landing | None]:
+        """``land`` for the entries of a batch, in one transaction."""
         with self._write() as db:
-            pending = _pop_pending(db, entry_id)
-            if pending is None:
-                return None
-            row = Row(pending.rel, pending.size, pending.mtime_ns, pending.sha256, image.id,
-                      image.directory_path, image.filename)
-            retired = None
-            if pending.retire_rel is not None and pending.retire_rel != pending.rel:
-                found = db.execute("SELECT rel, size, mtime_ns, sha256, image_id, folder, "
-                                   "name FROM files WHERE rel = ? AND superseded = ?",
-                                   (pending.retire_rel, entry_id)).fetchone()
-                if found is not None and pending.archive:
-                    retired = Row(*found, superseded=True)
-                elif found is not None:
-                    db.execute("DELETE FROM files WHERE rel = ?", (pending.retire_rel,))
-            _upsert(db, row)
-        return Landing(pending, row, retired)
+            return [_land(db, entry_id, image) for entry_id, image in landed]
 
     def fail(self, entry_id: str) -> Pending | None:
         """The entry failed for good: forget it; a row it would have retired is live again."""
@@ -255,6 +244,25 @@ def _upsert(db: sqlite3.Connection, row: Row) -> None:
                "name, superseded) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
                (row.rel, row.size, row.mtime_ns, row.sha256, row.image_id, row.folder,
                 row.name))
+
+
+def _land(db: sqlite3.Connection, entry_id: str, image: Image) -> Landing | None:
+    pending = _pop_pending(db, entry_id)
+    if pending is None:
+        return None
+    row = Row(pending.rel, pending.size, pending.mtime_ns, pending.sha256, image.id,
+              image.directory_path, image.filename)
+    retired = None
+    if pending.retire_rel is not None and pending.retire_rel != pending.rel:
+        found = db.execute("SELECT rel, size, mtime_ns, sha256, image_id, folder, "
+                           "name FROM files WHERE rel = ? AND superseded = ?",
+                           (pending.retire_rel, entry_id)).fetchone()
+        if found is not None and pending.archive:
+            retired = Row(*found, superseded=True)
+        elif found is not None:
+            db.execute("DELETE FROM files WHERE rel = ?", (pending.retire_rel,))
+    _upsert(db, row)
+    return Landing(pending, row, retired)
 
 
 def _pop_pending(db: sqlite3.Connection, entry_id: str) -> Pending | None:

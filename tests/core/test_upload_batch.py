@@ -2,8 +2,9 @@
 folder due together go out with one bulk upload-url and one bulk register call per share,
 against the real reference server; a member that fails (bytes that are not an image, a name
 taken by other bytes) fails alone, one taken by the same bytes is adopted, a cancelled one is
-left out; replaces and single entries keep the single path. The choice of companions is
-tested on the schedule alone with a fake clock."""
+left out; replaces and single entries keep the single path. With ``parallel_puts`` a batch
+takes the whole folder and sends its PUTs side by side; ``on_registered_many`` hears of a
+batch once. The choice of companions is tested on the schedule alone with a fake clock."""
 
 from __future__ import annotations
 
@@ -131,6 +132,62 @@ def test_fresh_entries_due_together_go_out_in_bulk(batches, server, client, data
         assert names(client, dataset, folder) == {
             name: len(data) for (f, name), data in files.items() if f == folder}
     assert b.journal.staging_names() == []
+
+
+def test_with_parallel_puts_a_folder_goes_out_in_one_batch_its_puts_side_by_side(
+        batches, bulk_remote, server, client, dataset, monkeypatch) -> None:
+    b = batches(transfers=4, batch=50, parallel_puts=True)
+    put_upload = bulk_remote.put_upload
+    both_sent = threading.Barrier(2, timeout=WAIT)  # the first two PUTs wait for each other
+    first_two = iter(range(2))
+
+    def put_in_step(*args: Any, **kwargs: Any) -> None:
+        if next(first_two, None) is not None:
+            both_sent.wait()  # raises (the PUT fails) unless another PUT is in flight too
+        put_upload(*args, **kwargs)
+
+    monkeypatch.setattr(bulk_remote, "put_upload", put_in_step)
+    files = {f"p{n:02d}.png": png_bytes(400 + n) for n in range(40)}
+    before = counts(server)
+
+    ids = [b.stage("/p", name, data) for name, data in files.items()]
+    b.release(ids)
+    b.settle()
+    deadline = time.monotonic() + WAIT  # the server counts a request after answering it
+    while "bulk_register" not in delta(server, before) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    calls = delta(server, before)
+    assert calls == {"bulk_url": 1, "put": 40, "bulk_register": 1}  # not a share per worker
+    assert len(b.registered) == 40 and not b.failures
+    assert names(client, dataset, "/p") == {name: len(data) for name, data in files.items()}
+    assert b.journal.staging_names() == []
+
+
+def test_on_registered_many_hears_of_a_batch_once(tmp_path: Path, server, dataset,
+                                                   bulk_remote) -> None:
+    heard: list[list[tuple[str, Image]]] = []
+    journal = Journal.for_dataset(tmp_path / "state", server.base_url, dataset.id, server.key)
+    queue = UploadQueue(bulk_remote, journal, dataset.id, write_back=0.0, transfers=1,
+                        batch=10, on_registered_many=heard.append)
+    ids = []
+    for n in range(6):
+        entry_id = queue.stage("/h", f"h{n}.png")
+        data = png_bytes(500 + n)
+        queue.staging_path(entry_id).write_bytes(data)
+        queue.flushed(entry_id, len(data))
+        ids.append(entry_id)
+    queue.schedule_many(ids, 0.0)
+    queue.start()
+    try:
+        assert queue.wait_idle(WAIT), queue.entries()
+    finally:
+        assert queue.stop(WAIT)
+        journal.close()
+
+    assert len(heard) == 1  # one call for the batch, not one per entry
+    assert sorted(entry_id for entry_id, _ in heard[0]) == sorted(ids)
+    assert sorted(image.filename for _, image in heard[0]) == [f"h{n}.png" for n in range(6)]
 
 
 def test_a_member_that_fails_fails_alone_and_a_taken_name_is_adopted_or_a_conflict(
