@@ -47,6 +47,9 @@ from pictofs.remote import Remote, UploadTicket
 
 log = logging.getLogger(__name__)
 
+# transient PUT failures in one batch after which its PUTs not started yet are not sent
+TROUBLE_AFTER = 3
+
 Outcome = Union[Landed, BaseException]
 MIN_SHARE = 8
 SLACK = 0.05  # seconds: entries due this close together travel together
@@ -175,9 +178,13 @@ class BatchJob:
     def _put_all(self, live: list[_Member], outcomes: dict[str, Outcome]) -> list[_Member]:
         """PUT every member's bytes (in the ``senders`` pool when there is one, else one
         after the other); then record the ``put`` step of those sent in one transaction."""
-        # A failure that says the service or the key is in trouble: the PUTs not started yet
-        # would fail the same way, so they are not sent and share it.
+        # Failures that say the service or the key is in trouble (a rejected key at once, or
+        # TROUBLE_AFTER transient failures): the PUTs not started yet would fail the same
+        # way, so they are not sent and share it. One transient failure (a 503, a reset
+        # connection: the queue's requests are not retried by the transport) fails only its
+        # own member, which the queue retries after its backoff.
         trouble: list[Exception] = []
+        transient: list[Exception] = []
 
         def put(member: _Member) -> Outcome | None:
             if trouble:
@@ -188,7 +195,10 @@ class BatchJob:
             except Interrupted as exc:
                 return exc
             except Exception as exc:
-                if classify(exc) is not Disposition.PERMANENT:
+                disposition = classify(exc)
+                if disposition is Disposition.TRANSIENT:
+                    transient.append(exc)
+                if disposition is Disposition.AUTH or len(transient) >= TROUBLE_AFTER:
                     trouble.append(exc)
                 return exc
             return None

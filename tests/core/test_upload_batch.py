@@ -18,6 +18,7 @@ import pytest
 from harness import ServerHandle
 from imagegen import png_bytes
 from pictofs.api.bulk_remote import BulkApiRemote
+from pictofs.api.errors import ServerError
 from pictofs.config import Connection
 from pictofs.core.journal import Journal
 from pictofs.core.upload_batch import companions
@@ -162,6 +163,54 @@ def test_with_parallel_puts_a_folder_goes_out_in_one_batch_its_puts_side_by_side
     assert len(b.registered) == 40 and not b.failures
     assert names(client, dataset, "/p") == {name: len(data) for name, data in files.items()}
     assert b.journal.staging_names() == []
+
+
+def put_and_register_spies(monkeypatch, bulk_remote: BulkApiRemote,  # type: ignore[no-untyped-def]
+                           failing: int) -> list[str]:
+    """The first ``failing`` PUTs fail with a 503 (as one sent once, without transport
+    retries, does); returns the events in order: ``put`` (one sent) and ``register N``."""
+    events: list[str] = []
+    put_upload, register_uploads = bulk_remote.put_upload, bulk_remote.register_uploads
+    lock = threading.Lock()
+
+    def put(*args: Any, **kwargs: Any) -> None:
+        with lock:
+            events.append("put")
+            fail = events.count("put") <= failing
+        if fail:
+            raise ServerError(503, "unavailable", "injected by the test")
+        put_upload(*args, **kwargs)
+
+    def register(dataset_id: str, folder: str, items: Any) -> Any:
+        with lock:
+            events.append(f"register {len(items)}")
+        return register_uploads(dataset_id, folder, items)
+
+    monkeypatch.setattr(bulk_remote, "put_upload", put)
+    monkeypatch.setattr(bulk_remote, "register_uploads", register)
+    return events
+
+
+def test_one_failed_put_fails_only_its_own_member(batches, bulk_remote, monkeypatch) -> None:
+    b = batches(transfers=1, batch=50)
+    events = put_and_register_spies(monkeypatch, bulk_remote, failing=1)
+    ids = [b.stage("/o", f"o{n:02d}.png", png_bytes(500 + n)) for n in range(20)]
+    b.release(ids)
+    b.settle()
+    assert events[:21] == ["put"] * 20 + ["register 19"]  # the other 19 went on
+    assert len(b.registered) == 20 and not b.failures  # the failed one was retried
+
+
+def test_a_batch_stops_sending_after_three_failed_puts(batches, bulk_remote,
+                                                       monkeypatch) -> None:
+    b = batches(transfers=1, batch=50)
+    events = put_and_register_spies(monkeypatch, bulk_remote, failing=3)
+    ids = [b.stage("/t", f"t{n:02d}.png", png_bytes(600 + n)) for n in range(20)]
+    b.release(ids)
+    b.settle()
+    first = events.index(next(e for e in events if e.startswith("register")))
+    assert events[:3] == ["put"] * 3 and first >= 3 + 20  # the rest waited for a new batch
+    assert len(b.registered) == 20 and not b.failures
 
 
 def test_on_registered_many_hears_of_a_batch_once(tmp_path: Path, server, dataset,
