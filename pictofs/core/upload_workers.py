@@ -197,6 +197,12 @@ class QueueWorkers:
         if disposition is Disposition.AUTH:
             self._retry(task, "API key rejected", None)
         elif disposition is Disposition.TRANSIENT:
+            now = self._journal.get(task.entry_id)
+            if now is not None and now.step != entry.step:
+                # it got further this time (its PUT went through): the request that failed
+                # is a new one, whose backoff starts again, as the transport's would
+                with self._changed:
+                    task.attempts = 0
             delay = upload_job.retry_delay(task.attempts + 1, self._retry_max_wait,
                                            upload_job.draw_jitter(self._rng),
                                            getattr(exc, "retry_after", None))

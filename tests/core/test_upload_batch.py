@@ -8,6 +8,7 @@ batch once. The choice of companions is tested on the schedule alone with a fake
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -211,6 +212,37 @@ def test_a_batch_stops_sending_after_three_failed_puts(batches, bulk_remote,
     first = events.index(next(e for e in events if e.startswith("register")))
     assert events[:3] == ["put"] * 3 and first >= 3 + 20  # the rest waited for a new batch
     assert len(b.registered) == 20 and not b.failures
+
+
+def test_the_backoff_starts_again_when_an_upload_got_further(
+        batches, bulk_remote, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    """The queue retries a step itself (its requests are sent once): a failure after the PUT
+    went through is the first failure of a new request, so its retry waits the first backoff
+    again, not the doubled one."""
+    b = batches(transfers=1, batch=1)
+    request_upload, register_upload = bulk_remote.request_upload, bulk_remote.register_upload
+    failed = {"url": False, "register": False}
+
+    def url_once(*args: Any, **kwargs: Any) -> Any:
+        if not failed["url"]:
+            failed["url"] = True
+            raise ServerError(503, "unavailable", "injected by the test")
+        return request_upload(*args, **kwargs)
+
+    def register_once(*args: Any, **kwargs: Any) -> Any:
+        if not failed["register"]:
+            failed["register"] = True
+            raise ServerError(503, "unavailable", "injected by the test")
+        return register_upload(*args, **kwargs)
+
+    monkeypatch.setattr(bulk_remote, "request_upload", url_once)
+    monkeypatch.setattr(bulk_remote, "register_upload", register_once)
+    with caplog.at_level(logging.INFO, logger="pictofs.core.upload_workers"):
+        b.release([b.stage("/r", "r.png", png_bytes(700))])
+        b.settle()
+    retries = [r.getMessage() for r in caplog.records if "; retry " in r.getMessage()]
+    assert len(retries) == 2 and all("; retry 1 in" in line for line in retries), retries
+    assert len(b.registered) == 1 and not b.failures
 
 
 def test_on_registered_many_hears_of_a_batch_once(tmp_path: Path, server, dataset,
