@@ -98,12 +98,13 @@ class GuardedRemote:
     """A Remote whose every call goes through a CircuitBreaker. With ``trips=False`` its
     calls are refused while the breaker is open but their failures do not trip it: the
     upload queue's remote, whose requests are not retried by the transport (one reset
-    connection must not turn every uncached read into ``EIO``). Streams opened through it
-    (``open_bytes``) still trip it; the queue opens none."""
+    connection must not turn every uncached read into ``EIO``), streams (``open_bytes``,
+    which the queue uses to compare an image it may adopt) included."""
 
     def __init__(self, remote: Any, breaker: CircuitBreaker, trips: bool = True) -> None:
         self._remote = remote
         self.breaker = breaker
+        self._trips = trips
         self._call = breaker.call if trips else breaker.call_without_tripping
 
     def __getattr__(self, name: str) -> Any:
@@ -119,15 +120,16 @@ class GuardedRemote:
 
     def open_bytes(self, image_id: str) -> contextlib.AbstractContextManager[Iterator[bytes]]:
         """Streams are guarded where the request happens: on enter, and while iterating."""
-        return _guarded_stream(self._remote.open_bytes(image_id), self.breaker)
+        return _guarded_stream(self._remote.open_bytes(image_id), self.breaker, self._trips)
 
 
 @contextlib.contextmanager
 def _guarded_stream(opener: contextlib.AbstractContextManager[Iterator[bytes]],
-                    breaker: CircuitBreaker) -> Iterator[Iterator[bytes]]:
-    stream = breaker.call(opener.__enter__)
+                    breaker: CircuitBreaker, trips: bool) -> Iterator[Iterator[bytes]]:
+    call = breaker.call if trips else breaker.call_without_tripping
+    stream = call(opener.__enter__)
     try:
-        yield _guarded_chunks(stream, breaker)
+        yield _guarded_chunks(stream, breaker) if trips else stream
     except BaseException as exc:
         if not opener.__exit__(type(exc), exc, exc.__traceback__):
             raise

@@ -54,3 +54,28 @@ def test_only_an_unreachable_service_trips_the_breaker(error: Exception, trips: 
             assert breaker.is_open is trips, use
         finally:
             breaker.close()
+
+
+def test_the_upload_queues_remote_never_trips_the_breaker_but_waits_while_it_is_open() -> None:
+    """``trips=False`` (the upload queue's remote, whose requests are sent once): a failed
+    call or stream leaves the breaker closed; once the read side opened it, calls are refused
+    at once without reaching the remote."""
+    breaker = CircuitBreaker(probe=lambda: None, interval=3600)
+    remote = GuardedRemote(FakeRemote(NetworkError("PUT: connection reset")), breaker,
+                           trips=False)
+    try:
+        with pytest.raises(NetworkError):
+            remote.stat()
+        with pytest.raises(NetworkError):
+            with remote.open_bytes("x") as chunks:
+                for _ in chunks:
+                    pass
+        assert not breaker.is_open
+        breaker.trip()  # as a read that cannot reach the service does
+        with pytest.raises(Unavailable, match="unreachable") as refused:
+            remote.stat()
+        assert not isinstance(refused.value, NetworkError)  # refused, not sent
+        with pytest.raises(Unavailable, match="unreachable"):
+            remote.open_bytes("x").__enter__()
+    finally:
+        breaker.close()
