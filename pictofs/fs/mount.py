@@ -9,9 +9,6 @@
 - Options follow the practical notes of the architecture: ``hard_remove`` and nullpath
   handles, kernel timeouts of min(1 s, ``--dir-cache-time``), never ``kernel_cache``,
   ``direct_io`` or ``use_ino``, and none of libfuse 2's ``big_writes``/``max_read`` options.
-  With ``--dir-cache-time`` above 1 s, ``PictoOperations.init_with_config`` raises the entry
-  and attribute timeouts to ``--dir-cache-time`` once ``kernel_cache`` can take answers back
-  (the negative timeout stays min(1 s, ``--dir-cache-time``)).
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -99,7 +95,6 @@ def serve(operations: Any, settings: MountSettings) -> None:
     from pictofs.fs.operations import PictoFUSE
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
-    operations.mountpoint = settings.mountpoint  # the kernel cache stats folders through it
     try:
         PictoFUSE(operations, settings.mountpoint, raw_fi=True, **fuse_options(settings))
     except RuntimeError as exc:
@@ -124,23 +119,12 @@ def start_sighup_thread(on_hup: Callable[[], None]) -> threading.Thread:
     return thread
 
 
-BUSY_RETRIES = 5  # the daemon's own brief ``stat`` of a folder (kernel_cache) makes it busy
-
-
 def unmount(mountpoint: str, lazy: bool = False) -> None:
-    """``fusermount3 -u``. "Device or resource busy" is tried again a few times, 0.1 s
-    apart: while the daemon takes an answer back from the kernel it ``stat``s the folder
-    through the mount, and the kernel refuses an unmount during that call."""
     args = [fusermount(), "-u"] + (["-z"] if lazy else []) + [mountpoint]
-    for attempt in range(BUSY_RETRIES):
-        result = subprocess.run(args, capture_output=True, text=True)
-        if result.returncode == 0:
-            return
-        if "busy" not in result.stderr or attempt == BUSY_RETRIES - 1:
-            break
-        time.sleep(0.1)
-    message = result.stderr.strip() or f"fusermount3 exited {result.returncode}"
-    raise ConfigError(f"unmounting {mountpoint} failed: {message}")
+    result = subprocess.run(args, capture_output=True, text=True)
+    if result.returncode != 0:
+        message = result.stderr.strip() or f"fusermount3 exited {result.returncode}"
+        raise ConfigError(f"unmounting {mountpoint} failed: {message}")
 
 
 def mount_device(mountpoint: str) -> tuple[int, int] | None:

@@ -23,7 +23,6 @@ from pictofs.core.vfs import Vfs
 from pictofs.errors import PictofsError
 from pictofs.fs.errno_map import errno_for
 from pictofs.fs.fuselib import FUSE, FuseOSError, Operations, fuse
-from pictofs.fs.kernel_cache import KernelCache, kernel_timeouts, takes_back
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +73,6 @@ def mtime_of(times: Any) -> float | None:
     return None if mtime == UTIME_NOW else mtime / 1e9
 
 
-FUSE_CAP_READDIRPLUS = 1 << 13  # libfuse 3 capability: READDIRPLUS
-FUSE_CAP_READDIRPLUS_AUTO = 1 << 14  # ... only when the kernel's heuristic wants it
 FUSE_READDIR_PLUS = 1 << 0  # readdir flag: the kernel asked for READDIRPLUS
 FUSE_FILL_DIR_PLUS = 1 << 1  # filler flag: this entry comes with its full attributes
 
@@ -172,41 +169,13 @@ class PictoOperations(Operations):
         self._lock = threading.Lock()
         self._dirs: dict[int, _OpenDir] = {}
         self._next_dir = 1
-        dir_cache_time = vfs.options.dir_cache_time
-        self.kernel = KernelCache() if takes_back(dir_cache_time) else None
-        self.mountpoint = "/"  # set by ``mount.serve``
 
     # lifecycle: worker threads start here, after libfuse has set up the mount
-    def init_with_config(self, conn: Any, config: Any) -> None:
-        """Long kernel timeouts (``--dir-cache-time`` above 1 s) once the answers handed
-        out can be taken back (``kernel_cache``); the mount options set min(1 s,
-        ``--dir-cache-time``), which stay if that cannot be set up."""
-        if self.kernel is not None and config is not None:
-            context = fuse._libfuse.fuse_get_context().contents  # per thread: only here
-            if self.kernel.attach(fuse._libfuse, context.fuse, self.mountpoint,
-                                  conn.proto_minor if conn is not None else 0):
-                self.vfs.kernel = self.kernel
-                timeout, _negative = kernel_timeouts(self.vfs.options.dir_cache_time)
-                config.entry_timeout = timeout
-                config.attr_timeout = timeout
-                if conn.capable & FUSE_CAP_READDIRPLUS:
-                    # every page of a listing with its attributes, not only the first
-                    # (the kernel's "auto" mode asks the others without them unless names
-                    # in the folder were looked up): what `ls` lists is then kept too
-                    conn.want = (conn.want | FUSE_CAP_READDIRPLUS) & ~FUSE_CAP_READDIRPLUS_AUTO
-            else:
-                log.warning("the kernel or libfuse cannot expire entries (Linux 6.2 and "
-                            "libfuse 3.12 needed): the kernel keeps names and attributes "
-                            "for 1 s")
-        self.init("/")
-
     def init(self, path: str) -> None:
         if self._on_init:
             self._on_init()
 
     def destroy(self, path: str) -> None:
-        if self.kernel is not None:
-            self.kernel.close()
         if self._on_destroy:
             self._on_destroy()
         self.vfs.close()
@@ -216,9 +185,9 @@ class PictoOperations(Operations):
     @translated
     def getattr(self, path: str | None, fh: Any = None) -> dict[str, Any]:
         self.vfs.count_callback("getattr")
-        if path is None:  # an open file whose name is gone: nothing to take back by path
+        if path is None:
             return self.vfs.handle_attrs(fh.fh)
-        return self.vfs.lookup(path)
+        return self.vfs.getattr(path)
 
     @translated
     def access(self, path: str, amode: int) -> int:
@@ -357,7 +326,6 @@ class PictoOperations(Operations):
     @translated
     def rename(self, old: str, new: str, flags: int = 0) -> int:
         self.vfs.rename(old, new, flags)
-        self.vfs.kernel.renamed(old, new)
         return 0
 
     @translated

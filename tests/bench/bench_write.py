@@ -489,9 +489,7 @@ class WriteBench(Bench):
             log(f"second rsync -a, same mount, listing cached {rep + 1}/{reps}")
             self.refresh(mountpoint)  # untimed: the listing is fetched again here, so it
             os.listdir(mountpoint / FOLDER)  # cannot expire during the run
-            # past the kernel's 1 s timeout of old: what still answers from the kernel is
-            # what the listing handed it, kept while the listing is fresh (performance.md)
-            time.sleep(KERNEL_ATTR_TIMEOUT + 0.2)
+            time.sleep(KERNEL_ATTR_TIMEOUT + 0.2)  # the daemon answers, not the kernel
             second_run(warm, mountpoint, seen_warm)
         self.umount(mountpoint)
         self.seen.append(Seen(f"2a second `rsync -a`, listing cached, all {reps} runs",

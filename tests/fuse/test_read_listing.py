@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -110,62 +108,3 @@ def test_the_archive_lists_with_its_read_only_attributes(client, dataset, mount)
     st = os.stat(m.path / ".archive" / "old" / "gone.png")
     assert st.st_mode & 0o222 == 0  # read-only, as the listing said
     assert sorted(os.listdir(m.path / "old")) == ["kept.png"]
-
-
-def test_the_kernel_keeps_names_of_a_fresh_listing_until_a_refresh_takes_them_back(
-        client, dataset, mount):
-    """With ``--dir-cache-time`` above 1 s the kernel keeps what a fresh listing answered for
-    as long as the listing stays fresh, and ``pictofs refresh`` takes it back at once."""
-    made = seed_images(client, dataset.id, "/k", [f"k{i:02d}.png" for i in range(30)])
-    m = mount(dataset.name, "--dir-cache-time", "1h")
-    folder = m.path / "k"
-    for name in made:
-        os.stat(folder / name)
-    time.sleep(1.5)  # past the 1 s the kernel kept names for before
-    getattrs = callbacks(m, "getattr")
-    for name, (_image, data) in made.items():
-        assert os.stat(folder / name).st_size == len(data)
-    assert callbacks(m, "getattr") == getattrs, "a second stat went to the daemon"
-    # changes through the API, to names the kernel holds: shown right after the refresh
-    client.images.delete(made["k00.png"][0].id)
-    client.images.delete(made["k01.png"][0].id)
-    m.refresh()
-    assert not os.path.exists(folder / "k00.png")
-    assert "k01.png" not in os.listdir(folder)
-    assert os.stat(folder / "k02.png").st_size == len(made["k02.png"][1])
-    # the name itself was taken back, not only its attributes: writing it again asks the
-    # daemon to create it (a kept name would be opened, and is gone)
-    data = png_bytes(5)
-    (folder / "k01.png").write_bytes(data)
-    assert os.stat(folder / "k01.png").st_size == len(data)
-
-
-def test_a_file_written_and_stored_under_its_name_shows_its_stored_attributes(client, dataset,
-                                                                                mount):
-    """This mount's own files: the kernel keeps a pending file's attributes 1 s, so what the
-    upload changes shows; the stored image then stays in the kernel like any listed one."""
-    m = mount(dataset.name, "--write-back", "0s")
-    data = png_bytes(9)
-    (m.path / "mine.png").write_bytes(data)
-    synced = subprocess.run([sys.executable, "-m", "pictofs", "sync", str(m.path)],
-                            capture_output=True, text=True, env=m.env, timeout=180,
-                            stdin=subprocess.DEVNULL)
-    assert synced.returncode == 0, synced.stderr
-    assert os.stat(m.path / "mine.png").st_size == len(data)
-    time.sleep(1.5)
-    getattrs = callbacks(m, "getattr")
-    assert os.stat(m.path / "mine.png").st_size == len(data)
-    assert callbacks(m, "getattr") - getattrs <= 1
-
-
-def test_every_name_ls_listed_stays_in_the_kernel(client, dataset, mount):
-    """Every page of the listing comes with its attributes (not only the first), and the
-    kernel keeps them while the listing is fresh: no call per name after ``ls``."""
-    made = seed_images(client, dataset.id, "/l", [f"l{i:03d}.png" for i in range(400)])
-    m = mount(dataset.name, "--dir-cache-time", "1h", "--read-only")
-    assert len(os.listdir(m.path / "l")) == len(made)
-    time.sleep(1.5)  # past the 1 s the kernel kept names for before
-    getattrs = callbacks(m, "getattr")
-    for name, (_image, data) in made.items():
-        assert os.stat(m.path / "l" / name).st_size == len(data)
-    assert callbacks(m, "getattr") - getattrs <= 1
