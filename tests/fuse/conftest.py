@@ -85,6 +85,18 @@ def force_unmount(path: Path) -> None:
             pass
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fusectl() -> None:
+    """Mount the FUSE control filesystem where it is missing (some containers do not mount
+    it), so that a hung daemon's connection can be aborted: without it, a mount whose daemon
+    cannot exit hangs every process that touches it, the test run included."""
+    connections = Path("/sys/fs/fuse/connections")
+    if os.geteuid() == 0 and connections.is_dir() and not any(connections.iterdir()) \
+            and not os.path.ismount(connections):
+        subprocess.run(["mount", "-t", "fusectl", "none", str(connections)],
+                       capture_output=True)
+
+
 @pytest.fixture()
 def mount_env(server) -> dict[str, str]:  # type: ignore[no-untyped-def]
     env = dict(os.environ)
