@@ -9,7 +9,7 @@ import fcntl
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pictofs.errors import ConfigError
 
@@ -51,8 +51,9 @@ def _stored_version(db: sqlite3.Connection) -> int | str | None:
         return str(row[0])
 
 
-def take_lock(path: Path) -> Any:
-    """Hold an exclusive flock on ``path`` (with our pid in it) or raise ConfigError."""
+def take_lock(path: Path, busy: Callable[[str], str] | None = None) -> Any:
+    """Hold an exclusive flock on ``path`` (with our pid in it) or raise ConfigError with
+    ``busy(holder_pid)`` (by default: the dataset is mounted by another pictofs)."""
     handle = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+", encoding="ascii")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -60,8 +61,10 @@ def take_lock(path: Path) -> Any:
         holder = handle.read().strip() or "unknown"
         handle.close()
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise ConfigError(f"journal in use by pid {holder} ({path.parent}): "
-                              "another pictofs has this dataset mounted") from None
+            message = busy(holder) if busy else (
+                f"journal in use by pid {holder} ({path.parent}): another pictofs has this "
+                "dataset mounted")
+            raise ConfigError(message) from None
         raise
     handle.seek(0)
     handle.truncate()

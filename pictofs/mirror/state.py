@@ -22,8 +22,6 @@ threads).
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -31,8 +29,9 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
+from pictofs.core.journal_files import private_dir, take_lock
 from pictofs.errors import ConfigError
 from pictofs.mirror.plan import Row
 from pictofs.model import Image
@@ -104,9 +103,12 @@ class Landing:
 class MirrorState:
     def __init__(self, directory: Path, identity: Identity) -> None:
         self.directory = directory
-        _private_dir(directory.parent)
-        _private_dir(directory)
-        self._lock_file = _take_lock(directory / "mirror.lock", identity)
+        private_dir(directory.parent)
+        private_dir(directory)
+        self._lock_file = take_lock(
+            directory / "mirror.lock",
+            lambda pid: f"another pictofs mirror (pid {pid}) already mirrors "
+                        f"{identity.local_dir} into {identity.folder}")
         self._lock = threading.Lock()  # guards _db (one connection shared by threads)
         try:
             # Created 0600 first: SQLite gives the -wal and -shm files the database's mode.
@@ -123,7 +125,7 @@ class MirrorState:
 
     @classmethod
     def open(cls, state_dir: Path, identity: Identity) -> MirrorState:
-        _private_dir(state_dir)
+        private_dir(state_dir)
         return cls(state_dir / "mirror" / identity.digest(), identity)
 
     @property
@@ -272,26 +274,3 @@ def _pop_pending(db: sqlite3.Connection, entry_id: str) -> Pending | None:
         return None
     db.execute("DELETE FROM pending WHERE entry_id = ?", (entry_id,))
     return Pending(*found[:6], archive=bool(found[6]))
-
-
-def _take_lock(path: Path, identity: Identity) -> Any:
-    handle = open(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+", encoding="ascii")
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise ConfigError(f"another pictofs mirror (pid {holder}) already mirrors "
-                              f"{identity.local_dir} into {identity.folder}") from None
-        raise
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
-
-
-def _private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
