@@ -30,6 +30,18 @@ from pictofs.mirror.coalesce import Event
 
 log = logging.getLogger(__name__)
 
+
+class _StoppedEmitterNoise(logging.Filter):
+    """watchdog logs an ERROR when an inotify emitter it is stopping still had events queued
+    ("queue_events() called when the thread is inactive"), which happens when the mirror
+    gives up inotify for polling; nothing is lost (polling takes over), so it is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
+logging.getLogger("watchdog.observers.inotify").addFilter(_StoppedEmitterNoise())
+
 WATCHES_SYSCTL = "fs.inotify.max_user_watches"
 INSTANCES_SYSCTL = "fs.inotify.max_user_instances"
 _KINDS = {"created": "created", "modified": "modified", "attrib": "attrib",
