@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -26,12 +27,12 @@ from pictofs.core.archive import is_archive_path
 from pictofs.core.attrs import AttrPolicy
 from pictofs.core.pending import Pending
 from pictofs.core.vfs_archive import ArchiveVerbs
-from pictofs.core.vfs_control import ControlVerbs, Counters
+from pictofs.core.vfs_control import ControlVerbs, Counters, KernelNotes
 from pictofs.core.vfs_xattrs import XattrVerbs
 from pictofs.core.view import DatasetView, DirEntry, FileEntry
 from pictofs.errors import (AlreadyExists, BadHandle, CrossDevice, IsADirectory,
                             NotADirectory, NotFound, NotPermitted, ReadOnly, Unavailable)
-from pictofs.model import Dataset, Image, join_path, parse_timestamp
+from pictofs.model import Dataset, Image, join_path, parse_timestamp, split_path
 from pictofs.names import check_name
 from pictofs.remote import Remote
 
@@ -102,6 +103,9 @@ class Vfs(ArchiveVerbs, XattrVerbs, ControlVerbs):
         # dict (no timestamp parsing); read-only for everyone. Plain dict operations, atomic
         # under the GIL; emptied when it grows past STAT_CACHE_SIZE.
         self._file_stats: dict[str, tuple[Image, float | None, dict[str, Any]]] = {}
+        # what the kernel was handed, to take back when it stops being fresh: set by the
+        # FUSE adapter when the kernel's timeouts are long (pictofs.fs.kernel_cache)
+        self.kernel: KernelNotes = KernelNotes()
 
     # ------------------------------------------------------------------ routing
 
@@ -119,9 +123,20 @@ class Vfs(ArchiveVerbs, XattrVerbs, ControlVerbs):
             found = self._sides.get(view.dataset_id)
             if found is None:
                 found = self._sides[view.dataset_id] = self._side_for(view)
+                self._tell_kernel_of_changes(view)
                 if found.writes is not None and found.archive is not None:
                     found.writes.on_archived = found.archive.forget  # show new archives
             return found
+
+    def _tell_kernel_of_changes(self, view: DatasetView) -> None:
+        """Changes this mount notes in ``view`` take back what the kernel holds of them."""
+        prefix = "" if view is self._single else "/" + view.dataset.name
+
+        def outer(path: str) -> str:
+            return prefix + path if path != "/" else (prefix or "/")
+
+        view.on_change = lambda paths: self.kernel.forget_soon([outer(p) for p in paths])
+        view.on_folder_gone = lambda path: self.kernel.forget_under_soon(outer(path))
 
     def sides(self) -> list[Side]:
         with self._lock:
@@ -221,6 +236,44 @@ class Vfs(ArchiveVerbs, XattrVerbs, ControlVerbs):
         side, entry = self._resolve(path)
         return self._attrs(side, entry)
 
+    def lookup(self, path: str) -> dict[str, Any]:
+        """``getattr`` for the kernel, which caches the answer: recorded with the time its
+        source stops being fresh, to be taken back then."""
+        if not self.kernel.active:
+            return self.getattr(path)
+        # how fresh the sources are, asked before the answer is worked out from them
+        side, inner = self._route(path)
+        parent = split_path(inner)[0]
+        expires = side.view.expires_at(inner) if side is not None else 0.0
+        changes = side.view.changes_in(parent) if side is not None else 0
+        side, inner, entry = self._locate(path)
+        found = self._attrs(side, entry)
+        if side is not None and side.view.changes_in(parent) != changes:
+            expires = 0.0  # a change noted meanwhile: the answer may predate it
+        self.kernel.handed_out(path, self._fresh_for(side, inner, entry, expires),
+                               is_dir=isinstance(entry, DirEntry))
+        return found
+
+    def _fresh_for(self, side: Side | None, inner: str, entry: DirEntry | FileEntry | Pending,
+                   expires: float) -> float:
+        """Seconds the kernel may keep this answer: until ``expires``, when the listing (or
+        single-name answer) it comes from stops being fresh. This mount's pending files,
+        local-only folders, the archive, an organization mount's top two levels, an answer
+        that may predate a change and any answer while the service is unreachable get 1 s,
+        the kernel's timeout before long timeouts (their answers come from state that
+        changes behind the kernel's back, or may be stale)."""
+        short = min(1.0, self.options.dir_cache_time)
+        if side is None or isinstance(entry, Pending) or is_archive_path(inner):
+            return short
+        if not self.is_online():  # maybe a stale answer, kept while the service is away
+            return short
+        if isinstance(entry, DirEntry):
+            local_dir = entry.folder is None and inner != "/"
+            dataset_folder = inner == "/" and self._single is None
+            if local_dir or dataset_folder:
+                return short
+        return max(expires - self.clock(), short)
+
     def handle_attrs(self, fh: int) -> dict[str, Any]:
         """Attributes of an open file from its handle (the path may be gone)."""
         handle = self._handle(fh)
@@ -235,16 +288,22 @@ class Vfs(ArchiveVerbs, XattrVerbs, ControlVerbs):
         side, entry = self._resolve(path)
         if not isinstance(entry, DirEntry):
             raise NotADirectory(path)
-        if side is None:
-            return [(name, self._dir_attrs(self.side(v), DirEntry("/")))
-                    for name, v in sorted(self._dataset_views().items())]
-        if is_archive_path(entry.path) and side.archive is not None:
-            return self._archive_rows(side, entry.path)
+        if side is None or (is_archive_path(entry.path) and side.archive is not None):
+            if side is None:
+                found = [(name, self._dir_attrs(self.side(v), DirEntry("/")))
+                         for name, v in sorted(self._dataset_views().items())]
+            else:
+                found = self._archive_rows(side, entry.path)
+            if self.kernel.active:  # answers from elsewhere than a listing: 1 s
+                self._hand_out_rows(path, None, entry.path, dict(found), [])
+            return found
         rows: dict[str, dict[str, Any]] = {}
         writes = side.writes
         # the pending files before the listing: one that lands while the listing is fetched
         # is then in one of the two, never in neither
         pendings = writes.pending_in(entry.path) if writes is not None else {}
+        changes = side.view.changes_in(entry.path)
+        listing = None
         if writes is None or not writes.is_local_dir(entry.path):
             listing = side.view.listing(entry.path)
             # copies (one C call each, atomic under the GIL): the cached listing is updated
@@ -254,12 +313,46 @@ class Vfs(ArchiveVerbs, XattrVerbs, ControlVerbs):
             for name, image in list(listing.images.items()):
                 if writes is None or not writes.is_hidden(join_path(entry.path, name)):
                     rows[name] = self._file_attrs(side, image)
+        short: list[str] = []
         if writes is not None:
             for name in writes.local_dirs_in(entry.path):
                 rows[name] = self._dir_attrs(side, DirEntry(join_path(entry.path, name)))
+                short.append(name)
             for name, pending in pendings.items():
                 rows[name] = self._pending_attrs(pending)
+                short.append(name)
+        if self.kernel.active:
+            kept = listing is not None and side.view.cached_listing(entry.path) is listing \
+                and side.view.changes_in(entry.path) == changes
+            self._hand_out_rows(path, side if kept else None, entry.path, rows, short,
+                                listing.fetched_at if kept and listing else 0.0)
         return sorted(rows.items())
+
+    def _hand_out_rows(self, path: str, side: Side | None, inner: str,
+                       rows: dict[str, dict[str, Any]], short: list[str],
+                       fetched_at: float = 0.0) -> None:
+        """Record the rows of a READDIRPLUS. With ``side``, the rows not in ``short`` come
+        from the listing fetched at ``fetched_at``, still kept and with no change noted
+        while they were worked out: they stay as long as it stays fresh (a folder as long
+        as its own answers, which give its link count). Every other row: 1 s."""
+        prefix = path.rstrip("/") + "/"
+        held = min(1.0, self.options.dir_cache_time)
+        local = set(short) if side is not None else set(rows)
+        files = []
+        for name, found in rows.items():
+            is_dir = stat.S_ISDIR(found["st_mode"])
+            if name in local:
+                self.kernel.handed_out(prefix + name, held, is_dir=is_dir)
+            elif is_dir:
+                assert side is not None
+                expires = min(fetched_at + self.options.dir_cache_time,
+                              side.view.expires_at(join_path(inner, name)))
+                self.kernel.handed_out(prefix + name, max(expires - self.clock(), held),
+                                       is_dir=True)
+            else:
+                files.append(prefix + name)
+        self.kernel.handed_out_many(
+            files, max(fetched_at + self.options.dir_cache_time - self.clock(), held))
 
     # ------------------------------------------------------------------- opening
 
@@ -280,7 +373,7 @@ class Vfs(ArchiveVerbs, XattrVerbs, ControlVerbs):
             entry.opens += 1
             return self._add(Handle(path, side, pending=entry)), False
         image = entry.image
-        reader = side.downloader.open(image.id, image.file_size)
+        reader = side.downloader.open(image.id, image.file_size, inner)
         if not reader.from_cache and not self.is_online():
             reader.close()
             raise Unavailable(f"{path} is not cached and the service is unreachable")

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,42 @@ class Counters:
     callbacks: dict[str, int] = field(default_factory=dict)
 
 
+class KernelNotes:
+    """What ``Vfs`` tells about the answers the kernel caches. This one, used while the
+    kernel's timeouts are short (at most 1 s), records nothing; the FUSE adapter puts a
+    ``pictofs.fs.kernel_cache.KernelCache`` in its place when they are long. The paths say
+    what the kernel got; the adapter may take back more than they name (it takes back
+    everything at once)."""
+
+    active = False
+    raises = 0  # how many times everything was taken back (``status``: kernel_takebacks)
+
+    def handed_out(self, path: str, delay: float, is_dir: bool = False) -> None:
+        """The kernel got ``path``'s attributes; take them back in ``delay`` seconds."""
+
+    def handed_out_many(self, paths: list[str], delay: float) -> None:
+        """``handed_out`` for files, all with one delay."""
+
+    def forget_soon(self, paths: Iterable[str]) -> None:
+        """Take these paths back now (may be called inside a FUSE callback)."""
+
+    def forget_under_soon(self, folder: str) -> None:
+        """Take back ``folder`` and everything under it."""
+
+    def forget_all(self) -> None:
+        """Take back everything, before returning (never from a FUSE callback)."""
+
+    def settle(self, timeout: float = 5.0) -> None:
+        """Wait until what ``forget_soon`` was given so far has been taken back."""
+
+    def close(self) -> None:
+        """At unmount."""
+
+
 class ControlVerbs:
     options: Any  # VfsOptions
     counters: Counters
+    kernel: KernelNotes
     _handles: dict[int, Any]
     _datasets_at: float
     _lock: threading.Lock
@@ -60,16 +93,21 @@ class ControlVerbs:
                 log.exception("closing the cache of %s failed", side.view.dataset.name)
 
     def refresh(self) -> None:
-        """Drop every listing now (``pictofs refresh``, SIGHUP)."""
+        """Drop every listing now (``pictofs refresh``, SIGHUP), then what the kernel holds
+        of them (called from the control or signal thread, never a FUSE callback)."""
         for side in self.sides():
             side.view.forget()
             if side.archive is not None:
                 side.archive.forget()
         with self._lock:
             self._datasets_at = -1e18
+        self.kernel.forget_all()
         log.info("listing cache dropped")
 
     def status(self) -> dict[str, Any]:
+        # what this mount changed behind the kernel's back is taken back before the status
+        # says so (``pictofs sync`` returns with it)
+        self.kernel.settle()
         with self._lock:
             counters = dataclasses.replace(self.counters,
                                            callbacks=dict(self.counters.callbacks))
@@ -83,6 +121,7 @@ class ControlVerbs:
             "reads": counters.reads,
             "bytes_read": counters.bytes_read,
             "callbacks": dict(counters.callbacks),
+            "kernel_takebacks": self.kernel.raises,
             "cache": [{**dataclasses.asdict(c), "hit_ratio": c.hit_ratio} for c in cache],
             "uploads": _merge_upload_status(uploads),
         }

@@ -89,6 +89,10 @@ class DatasetView:
         # folder → how many changes this mount noted in it: an answer fetched while one was
         # noted may predate it, and is not kept (else it would hide the change for the TTL)
         self._changes: dict[str, int] = {}
+        # told the paths this mount changed (``note_*``), outside the lock, so the kernel's
+        # cached attributes of them are taken back (``KernelCache.forget_soon``)
+        self.on_change: Callable[[list[str]], None] = lambda paths: None
+        self.on_folder_gone: Callable[[str], None] = lambda path: None
 
     @property
     def dataset_id(self) -> str:
@@ -106,6 +110,33 @@ class DatasetView:
 
     def _fresh(self, at: float) -> bool:
         return self.clock() - at < self.ttl
+
+    def changes_in(self, folder: str) -> int:
+        """How many changes this mount noted in ``folder`` so far: an answer worked out while
+        this moved may predate a change (see ``_changes``)."""
+        with self._lock:
+            return self._changes.get(folder, 0)
+
+    def expires_at(self, path: str) -> float:
+        """When what this view answers about ``path`` stops being fresh: the earliest time a
+        fresh cached answer it may come from was fetched (its folder's listing, subfolders
+        or single-name answer; a folder's own listing, which gives its link count), plus
+        the TTL. An answer drawn from nothing cached was fetched just now. Asked before the
+        answer is worked out, it is never later than the answer's own expiry (a listing
+        fetched meanwhile is newer)."""
+        now = self.clock()
+        parent, name = split_path(path)
+        with self._lock:
+            listing = self._listings.get(parent)
+            children = self._children.get(parent)
+            lookup = self._lookups.get((parent, name))
+            own = self._listings.get(path)
+            own_children = self._children.get(path)
+        times = [listing.fetched_at if listing else None, children.at if children else None,
+                 lookup.at if lookup else None, own.fetched_at if own else None,
+                 own_children.at if own_children else None]
+        fresh = [at for at in times if at is not None and now - at < self.ttl]
+        return min(fresh, default=now) + self.ttl
 
     # ---------------------------------------------------------------------- listings
 
@@ -271,6 +302,7 @@ class DatasetView:
             if listing is not None:
                 listing.images[name] = image
             self._lookups[(parent, name)] = _Lookup(image, self.clock())
+        self.on_change([path])
 
     def note_gone(self, path: str) -> None:
         """An image this mount archived or moved away: hide it at once."""
@@ -281,6 +313,7 @@ class DatasetView:
             if listing is not None:
                 listing.images.pop(name, None)
             self._lookups[(parent, name)] = _Lookup(None, self.clock())
+        self.on_change([path])
 
     def note_folder(self, path: str, folder: Folder | None = None, *, new: bool = False
                     ) -> None:
@@ -302,6 +335,7 @@ class DatasetView:
             children = self._children.get(parent)
             if children is not None:
                 children.folders[name] = entry
+        self.on_change([path, parent])
 
     def note_folder_gone(self, path: str) -> None:
         """A folder this mount removed or renamed: hide it and forget what was under it."""
@@ -320,3 +354,5 @@ class DatasetView:
                     del table[key]
             for key in [k for k in self._lookups if k[0] == path or k[0].startswith(prefix)]:
                 del self._lookups[key]
+        self.on_folder_gone(path)
+        self.on_change([parent])

@@ -9,6 +9,9 @@
 - Options follow the practical notes of the architecture: ``hard_remove`` and nullpath
   handles, kernel timeouts of min(1 s, ``--dir-cache-time``), never ``kernel_cache``,
   ``direct_io`` or ``use_ino``, and none of libfuse 2's ``big_writes``/``max_read`` options.
+  With ``--dir-cache-time`` above 1 s, ``PictoOperations.init_with_config`` raises the entry
+  and attribute timeouts to ``--dir-cache-time`` once ``kernel_cache`` can take answers back
+  (the negative timeout stays min(1 s, ``--dir-cache-time``)).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -119,12 +123,25 @@ def start_sighup_thread(on_hup: Callable[[], None]) -> threading.Thread:
     return thread
 
 
+BUSY_RETRIES = 5  # attempts of ``unmount`` while the kernel says the mount is busy
+
+
 def unmount(mountpoint: str, lazy: bool = False) -> None:
+    """``fusermount3 -u``. "Device or resource busy" is tried again a few times, 0.1 s
+    apart: a process that has just finished with the mount (a ``stat`` or ``ls`` still
+    returning, a shell leaving the folder) may hold it for a moment, and an unmount right
+    after a test or script should not fail for that. A mount kept busy longer still fails.
+    The daemon itself never makes its mount busy: it sends no request through it."""
     args = [fusermount(), "-u"] + (["-z"] if lazy else []) + [mountpoint]
-    result = subprocess.run(args, capture_output=True, text=True)
-    if result.returncode != 0:
-        message = result.stderr.strip() or f"fusermount3 exited {result.returncode}"
-        raise ConfigError(f"unmounting {mountpoint} failed: {message}")
+    for attempt in range(BUSY_RETRIES):
+        result = subprocess.run(args, capture_output=True, text=True)
+        if result.returncode == 0:
+            return
+        if "busy" not in result.stderr or attempt == BUSY_RETRIES - 1:
+            break
+        time.sleep(0.1)
+    message = result.stderr.strip() or f"fusermount3 exited {result.returncode}"
+    raise ConfigError(f"unmounting {mountpoint} failed: {message}")
 
 
 def mount_device(mountpoint: str) -> tuple[int, int] | None:

@@ -23,6 +23,7 @@ from pictofs.core.vfs import Vfs
 from pictofs.errors import PictofsError
 from pictofs.fs.errno_map import errno_for
 from pictofs.fs.fuselib import FUSE, FuseOSError, Operations, fuse
+from pictofs.fs.kernel_cache import KernelCache, kernel_timeouts, takes_back
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ def mtime_of(times: Any) -> float | None:
     return None if mtime == UTIME_NOW else mtime / 1e9
 
 
+FUSE_CAP_READDIRPLUS = 1 << 13  # libfuse 3 capability: READDIRPLUS
+FUSE_CAP_READDIRPLUS_AUTO = 1 << 14  # ... only when the kernel's heuristic wants it
 FUSE_READDIR_PLUS = 1 << 0  # readdir flag: the kernel asked for READDIRPLUS
 FUSE_FILL_DIR_PLUS = 1 << 1  # filler flag: this entry comes with its full attributes
 
@@ -118,7 +121,8 @@ class PictoFUSE(FUSE):
     def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int,
                        fip: Any, flags: int) -> int:
         rows = self.operations.readdir_rows(fip.contents.fh, offset)
-        plus = bool(flags & FUSE_READDIR_PLUS)
+        plus = bool(flags & FUSE_READDIR_PLUS) and self.operations.plus_allowed(
+            fip.contents.fh)
         for position in range(offset, len(rows)):
             name, attrs = rows[position]
             st = fuse.c_stat()
@@ -144,13 +148,15 @@ class PictoFUSE(FUSE):
 
 
 class _OpenDir:
-    """An open directory: its path and the rows of the current pass."""
+    """An open directory: its path, the rows of the current pass, and the kernel cache's
+    generation they were worked out under (``KernelCache.plus_allowed``)."""
 
-    __slots__ = ("path", "rows")
+    __slots__ = ("path", "rows", "generation")
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.rows: list[DirRow] | None = None
+        self.generation = 0
 
 
 class PictoOperations(Operations):
@@ -169,13 +175,39 @@ class PictoOperations(Operations):
         self._lock = threading.Lock()
         self._dirs: dict[int, _OpenDir] = {}
         self._next_dir = 1
+        dir_cache_time = vfs.options.dir_cache_time
+        self.kernel = KernelCache() if takes_back(dir_cache_time) else None
 
     # lifecycle: worker threads start here, after libfuse has set up the mount
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        """Long kernel timeouts (``--dir-cache-time`` above 1 s) once the answers handed
+        out can be taken back (``kernel_cache``); the mount options set min(1 s,
+        ``--dir-cache-time``), which stay if that cannot be set up."""
+        if self.kernel is not None and config is not None:
+            context = fuse._libfuse.fuse_get_context().contents  # per thread: only here
+            if self.kernel.attach(fuse._libfuse, context.fuse,
+                                  conn.proto_minor if conn is not None else 0):
+                self.vfs.kernel = self.kernel
+                timeout, _negative = kernel_timeouts(self.vfs.options.dir_cache_time)
+                config.entry_timeout = timeout
+                config.attr_timeout = timeout
+                if conn.capable & FUSE_CAP_READDIRPLUS:
+                    # every page of a listing with its attributes, not only the first
+                    # (the kernel's "auto" mode asks the others without them unless names
+                    # in the folder were looked up): what `ls` lists is then kept too
+                    conn.want = (conn.want | FUSE_CAP_READDIRPLUS) & ~FUSE_CAP_READDIRPLUS_AUTO
+            else:
+                log.warning("the kernel cannot take cached names back (Linux 6.16 needed): "
+                            "it keeps names and attributes for 1 s")
+        self.init("/")
+
     def init(self, path: str) -> None:
         if self._on_init:
             self._on_init()
 
     def destroy(self, path: str) -> None:
+        if self.kernel is not None:
+            self.kernel.close()
         if self._on_destroy:
             self._on_destroy()
         self.vfs.close()
@@ -185,9 +217,9 @@ class PictoOperations(Operations):
     @translated
     def getattr(self, path: str | None, fh: Any = None) -> dict[str, Any]:
         self.vfs.count_callback("getattr")
-        if path is None:
+        if path is None:  # an open file whose name is gone: nothing to take back by path
             return self.vfs.handle_attrs(fh.fh)
-        return self.vfs.getattr(path)
+        return self.vfs.lookup(path)
 
     @translated
     def access(self, path: str, amode: int) -> int:
@@ -219,10 +251,24 @@ class PictoOperations(Operations):
         rows = opened.rows
         if offset == 0 or rows is None:
             self.vfs.count_callback("readdir")
+            if self.kernel is not None:  # read before the rows: a take-back meanwhile shows
+                opened.generation = self.kernel.generation
             rows = [(".", None), ("..", None)]
             rows.extend(self.vfs.readdir(opened.path))
             opened.rows = rows
         return rows
+
+    def plus_allowed(self, fh: int) -> bool:
+        """Whether this page of an open directory may give the kernel its entries'
+        attributes: always with short kernel timeouts; with long ones, only if nothing was
+        taken back from the kernel since the rows were worked out (the kernel would keep
+        what they say as if it were current, see ``kernel_cache``). Without them the
+        kernel gets the names alone and looks each one up when it is used."""
+        if self.kernel is None or not self.kernel.running:
+            return True
+        with self._lock:
+            opened = self._dirs.get(fh)
+        return opened is not None and self.kernel.plus_allowed(opened.generation)
 
     def readdir(self, path: str | None, fh: int) -> list[Any]:
         """mfusepy's plain readdir (not called by ``PictoFUSE``, which fills from
