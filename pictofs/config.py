@@ -29,6 +29,14 @@ def _mode(text: str) -> int:
     return int(text, 8)
 
 
+def _count(text: str) -> int:
+    """A whole number, 0 or more."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"{text} is negative")
+    return value
+
+
 @dataclass(frozen=True)
 class Option:
     """One command-line option. ``commands`` names the subcommands that accept it."""
@@ -64,6 +72,8 @@ OPTIONS: tuple[Option, ...] = (
            metavar="SIZE"),
     Option("dir-cache-time", "how long listings are kept before asking the service again",
            MOUNT, default="30s", type=parse_duration, metavar="DURATION"),
+    Option("prefetch", "images downloaded ahead of a program reading a folder's images in "
+           "name order (0: none)", MOUNT, default="1", type=_count, metavar="N"),
     # permissions
     Option("read-only", "mount read-only", MOUNT, default=False, flag=True, type=None),
     Option("allow-other", "let other users use the mount (implies default_permissions)",

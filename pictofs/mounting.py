@@ -277,13 +277,16 @@ class SideBuilder:
         from pictofs.core.cache import open_cache
         from pictofs.core.downloads import Downloader
         from pictofs.core.journal import Journal
+        from pictofs.core.readahead import ReadAhead
         from pictofs.core.renames import Renamer
         from pictofs.core.vfs import Side
         from pictofs.core.writes import WriteLayer, WriteOptions
 
         conn = self.target.connection
         cache = open_cache(self.cache_root, conn.base_url, view.dataset_id, self.args.cache_size)
-        downloader = Downloader(cache, self.remote)
+        downloader = Downloader(cache, self.remote,
+                                read_ahead=ReadAhead(self.args.prefetch, view.cached_listing),
+                                is_online=self.remote.breaker.allows_requests)
         archive = ArchiveView(self.remote, view.dataset_id, self.args.dir_cache_time)
         if self.args.read_only:
             return Side(view, downloader, archive=archive)

@@ -15,7 +15,13 @@ Images never change for an id, so an entry is written once and only ever dropped
 
 - The cap is checked on insert: least recently *opened* entries that are complete and not
   pinned by any live process are evicted until the new entry fits. Pinned entries are never
-  evicted, so the cache can be over its cap while they stay pinned.
+  evicted, so the cache can be over its cap while they stay pinned. An image fetched ahead
+  of its reader (read-ahead) is inserted ``within_cap`` only: when evicting every unpinned
+  entry would not make room, nothing is evicted and it is not cached; ``no_room_ahead``
+  tells before its download whether it has a chance. Until this instance opens it, such an
+  entry is evicted by this instance only after every other candidate, and never to make
+  room for another image fetched ahead (one read-ahead evicting the next would download
+  images twice in a small cache); it holds no pin, so other processes evict it as usual.
 - Every open checks the entry's size. The first open of an entry by this instance (one
   instance per mount) also compares the data file's inode, mtime and ctime with those
   recorded at insert: unchanged, the entry is trusted; changed (the file was written to,
@@ -67,6 +73,7 @@ __all__ = ["CacheStats", "CacheWriteFailed", "CacheWriter", "ImageCache", "NullC
 
 _TOTAL_KEY = ("total size of complete entries",)  # not a str: never an image id
 OPENS_FLUSH_SECONDS = 30.0
+AHEAD_DISK_MARGIN = 64 * 1024 * 1024  # free disk left after an image fetched ahead
 
 Opener = Callable[[Path], BinaryIO]
 
@@ -113,6 +120,7 @@ class ImageCache:
         # times of opens not written to the index yet), _opened_flushed, _hits and _misses
         self._lock = threading.Lock()
         self._verified: dict[str, EntryRecord] = {}
+        self._unopened_ahead: set[str] = set()  # fetched ahead, not opened since
         self._opened: dict[str, float] = {}
         self._opened_flushed = clock()
         self._hits = 0
@@ -151,6 +159,7 @@ class ImageCache:
                 self._misses += 1
             else:
                 self._hits += 1
+                self._unopened_ahead.discard(image_id)
         return handle
 
     def begin(self, image_id: str) -> CacheWriter:
@@ -167,6 +176,38 @@ class ImageCache:
                         image_id, exc.strerror or exc)
             raise CacheWriteFailed(str(exc)) from exc
         return CacheWriter(self, image_id, path, handle)
+
+    def has_file(self, image_id: str) -> bool:
+        """Whether the data file of ``image_id`` is there: a complete entry, unchecked, with
+        no index access (cheap enough for a FUSE callback)."""
+        return self.data_path(image_id).exists()
+
+    def no_room_ahead(self, size: int, busy: int) -> str | None:
+        """Why an image of ``size`` bytes should not be fetched ahead of its reader now
+        (None: it may): the cache disk is nearly full, or the cap cannot take it next to the
+        entries it may not evict (pinned, or fetched ahead and not opened yet) and ``busy``
+        bytes of downloads in flight, which will be inserted too. Reads the index only when
+        the cache is near its cap."""
+        try:
+            disk = os.statvfs(self.folder)
+            total = self._total()
+        except (OSError, sqlite3.Error) as exc:
+            return f"the cache cannot be read ({exc})"
+        if disk.f_bavail * disk.f_frsize < size + AHEAD_DISK_MARGIN:
+            return "the cache disk is nearly full"
+        if total + busy + size <= self.cap_bytes:
+            return None
+        pinned = self._pins.pinned_names()
+        with self._lock:
+            unopened = set(self._unopened_ahead)
+        try:
+            held = sum(r.size for i, r in self._records()
+                       if r.complete and (file_name(i) in pinned or i in unopened))
+        except (OSError, sqlite3.Error) as exc:
+            return f"the cache cannot be read ({exc})"
+        if held + busy + size > self.cap_bytes:
+            return "the cache is full of images in use"
+        return None
 
     def data_path(self, image_id: str) -> Path:
         """Where the complete entry of ``image_id`` lives (whether or not it exists)."""
@@ -309,31 +350,46 @@ class ImageCache:
 
     # -- inserting ---------------------------------------------------------------------------
 
-    def _insert(self, image_id: str, partial: Path, size: int, sha256: str) -> bool:
+    def _insert(self, image_id: str, partial: Path, size: int, sha256: str,
+                within_cap: bool = False, unread: bool = False) -> bool:
         """Move a written partial file into place, evicting to stay under the cap.
-        False (logged once, partial file dropped) when it cannot be stored."""
+        False (logged once, partial file dropped) when it cannot be stored; with
+        ``within_cap``, also when it would take the cache over its cap (logged at debug).
+        ``unread``: fetched ahead and nobody has read it yet (evicted last)."""
         try:
             with self._index.transact():
                 self._write_opens()  # so that eviction goes by the latest opens
-                self._insert_locked(image_id, partial, size, sha256)
+                stored = self._insert_locked(image_id, partial, size, sha256, within_cap)
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             partial.unlink(missing_ok=True)
             log.warning("cache: cannot store image %s (%s); not caching it", image_id,
                         failure_reason(exc, self.folder))
             return False
+        if not stored:
+            partial.unlink(missing_ok=True)
+            log.debug("cache: not caching image %s fetched ahead: no room under the cap",
+                      image_id)
+            return False
+        if unread:
+            with self._lock:
+                self._unopened_ahead.add(image_id)
         with self._lock:
             self._verified.pop(image_id, None)
         return True
 
-    def _insert_locked(self, image_id: str, partial: Path, size: int, sha256: str) -> None:
+    def _insert_locked(self, image_id: str, partial: Path, size: int, sha256: str,
+                       within_cap: bool) -> bool:
+        """False: not stored, because it does not fit ``within_cap``."""
         current = self._record(image_id)
         if current is not None and current.complete and current.sha256 == sha256 \
                 and self.data_path(image_id).exists():
             partial.unlink(missing_ok=True)  # another process stored it meanwhile
-            return
-        if current is not None and current.complete:
-            self._add_to_total(-current.size)  # replaced below
-        self._make_room(size, image_id)
+            return True
+        replaced = current.size if current is not None and current.complete else 0
+        self._add_to_total(-replaced)  # replaced below
+        if not self._make_room(size, image_id, within_cap):
+            self._add_to_total(replaced)
+            return False
         now = self._clock()
         self._put(image_id, EntryRecord(size, sha256, now, False, os.getpid()))
         target = self.data_path(image_id)
@@ -345,6 +401,7 @@ class ImageCache:
             raise
         self._put(image_id, EntryRecord(size, sha256, now, True, os.getpid(), stamp))
         self._add_to_total(size)
+        return True
 
     def _total(self) -> int:
         value = self._index.get(_TOTAL_KEY)
@@ -360,23 +417,34 @@ class ImageCache:
         self._index.set(_TOTAL_KEY, total)
         return total
 
-    def _make_room(self, size: int, inserting: str) -> None:
+    def _make_room(self, size: int, inserting: str, within_cap: bool = False) -> bool:
         """Evict least recently opened, unpinned, complete entries until ``size`` fits.
         Runs inside the index transaction, so two processes never evict at once. Reads
-        every record only when something must go."""
+        every record only when something must go. With ``within_cap``, evicts nothing and
+        returns False when evicting every unpinned entry would not be enough."""
         if self._total() + size <= self.cap_bytes:
-            return
+            return True
         records = [(i, r) for i, r in self._records() if r.complete and i != inserting]
         total = sum(r.size for _i, r in records)
         pinned = self._pins.pinned_names()
-        for image_id, record in sorted(records, key=lambda item: item[1].last_open):
+        with self._lock:
+            unopened = set(self._unopened_ahead)
+        victims = []
+        # entries fetched ahead and not opened yet go last, and never for another one
+        for image_id, record in sorted(records, key=lambda item: (item[0] in unopened,
+                                                                  item[1].last_open)):
             if total + size <= self.cap_bytes:
                 break
-            if file_name(image_id) in pinned:
+            if file_name(image_id) in pinned or (within_cap and image_id in unopened):
                 continue
-            self._remove(image_id)
+            victims.append((image_id, record.size))
             total -= record.size
-            log.debug("cache: evicted image %s (%d bytes)", image_id, record.size)
+        if within_cap and total + size > self.cap_bytes:
+            return False
+        for image_id, victim_size in victims:
+            self._remove(image_id)
+            log.debug("cache: evicted image %s (%d bytes)", image_id, victim_size)
+        return True
 
     # -- index helpers -----------------------------------------------------------------------
 
@@ -413,6 +481,7 @@ class ImageCache:
         self.data_path(image_id).unlink(missing_ok=True)
         with self._lock:
             self._verified.pop(image_id, None)
+            self._unopened_ahead.discard(image_id)
 
     def _drop_if_unchanged(self, image_id: str, seen: EntryRecord) -> None:
         """Drop an entry found bad, unless another process replaced it meanwhile."""
@@ -470,6 +539,12 @@ class NullCache:
 
     def contains(self, image_id: str) -> bool:
         return False
+
+    def has_file(self, image_id: str) -> bool:
+        return False
+
+    def no_room_ahead(self, size: int, busy: int) -> str | None:
+        return "there is no usable cache"  # read-ahead goes to the cache or nowhere
 
     def open_cached(self, image_id: str) -> BinaryIO | None:
         with self._lock:

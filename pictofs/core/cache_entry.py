@@ -127,11 +127,13 @@ class CacheWriter:
     def read(self, offset: int, size: int) -> bytes:
         return os.pread(self._handle.fileno(), size, offset)
 
-    def commit(self) -> bool:
-        """Insert the entry (sha256 of the bytes written); False if it could not be stored."""
+    def commit(self, within_cap: bool = False, unread: bool = False) -> bool:
+        """Insert the entry (sha256 of the bytes written); False if it could not be stored.
+        ``within_cap``: only if it fits under the cap (an image fetched ahead); ``unread``:
+        fetched ahead and not read by anyone yet."""
         self.hash_written()
         return self._cache._insert(self.image_id, self._path, self._written,
-                                   self._sha.hexdigest())
+                                   self._sha.hexdigest(), within_cap, unread)
 
     def discard(self) -> None:
         """Drop the partial file (an open descriptor keeps its bytes readable)."""

@@ -17,6 +17,17 @@ This module owns the in-flight downloads of one mount. Rules:
   raised) and the next ``open`` starts a new download.
 - If the cache file cannot be written, the bytes are kept in memory (an image is at most
   50 MB) for the readers of this download, so a full cache disk never fails a read.
+
+Read-ahead (``pictofs.core.readahead`` decides which images): an open made with its path
+may start downloads of the next images of its folder with no reader yet. Such a download
+(``ahead``) holds no pin of its own (only the cache writer's, while it writes), is never
+cancelled by a reader leaving, and is only inserted into the cache if it fits under the cap
+(``commit(within_cap=True)``; with ``unread`` when no reader attached, so the cache
+evicts it last). Just before its request, it is dropped when nobody has opened the image
+meanwhile and the service is unreachable, memory is low, or the cache has no room for it
+next to what is pinned, downloading, or fetched ahead and unread; it is also dropped, not
+kept in memory, when its cache file cannot be written. A reader opening the image attaches
+to it as to any download; one opening it after it was dropped starts a new one.
 """
 
 from __future__ import annotations
@@ -26,10 +37,12 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Callable, Protocol
 
 from pictofs.core.cache import CacheWriteFailed, CacheWriter, ImageCache
+from pictofs.core.readahead import MAX_IMAGE_BYTES, ReadAhead, memory_low
 from pictofs.errors import CutShort, PictofsError, Unavailable
+from pictofs.model import Image
 from pictofs.remote import Remote
 
 log = logging.getLogger(__name__)
@@ -40,10 +53,39 @@ _RESUMES = 2  # new requests for a stream cut short after bytes arrived
 
 class Reader(ABC):
     """An open image. ``read`` may be called from several threads; ``close`` once, last.
-    ``from_cache`` tells whether it reads a complete cache entry (no request)."""
+    ``from_cache`` tells whether it reads a complete cache entry (no request).
+
+    A reader opened with a path reports, once, when it has been read through (a read at
+    offset 0 and at least the image's size in bytes served, in any order: the kernel's
+    read-ahead requests may be answered out of order), for the read-ahead's detection."""
 
     image_id: str
     from_cache: bool
+    _on_read_through: Callable[[], None] | None = None
+    _size = 0
+    _served = 0
+    _from_start = False
+    _track_lock: threading.Lock | None = None
+
+    def watch_read_through(self, size: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the reader has served the whole image from offset 0."""
+        self._size = size
+        self._track_lock = threading.Lock()
+        self._on_read_through = callback
+
+    def _note_served(self, offset: int, count: int) -> None:
+        if self._track_lock is None or not count:
+            return
+        with self._track_lock:
+            callback = self._on_read_through
+            if callback is None:
+                return
+            self._served += count
+            self._from_start = self._from_start or offset == 0
+            if not (self._from_start and self._served >= self._size):
+                return
+            self._on_read_through = None
+        callback()
 
     @abstractmethod
     def read(self, offset: int, size: int) -> bytes:
@@ -93,9 +135,11 @@ class _Download:
     """One stream of one image, shared by its readers. The stream runs in one worker thread,
     which alone writes to the store; readers wait on the condition for their range."""
 
-    def __init__(self, image_id: str, expected_size: int) -> None:
+    def __init__(self, image_id: str, expected_size: int, ahead: bool = False) -> None:
         self.image_id = image_id
         self.expected_size = expected_size
+        self.ahead = ahead  # started by read-ahead, not by a reader (see the module doc)
+        self._had_reader = False  # guarded by _cond
         # guards every field below: progress, outcome, reader count and the stores
         self._cond = threading.Condition()
         self._arrived = 0
@@ -116,6 +160,7 @@ class _Download:
             if self._cancelled:
                 return False
             self._readers += 1
+            self._had_reader = True
             return True
 
     def detach(self) -> bool:
@@ -127,7 +172,7 @@ class _Download:
             if self._finished:
                 self._release()
                 return False
-            if self._arrived * 2 >= self.expected_size:
+            if self.ahead or self._arrived * 2 >= self.expected_size:
                 return False
             self._cancelled = True
             self._cond.notify_all()
@@ -146,6 +191,20 @@ class _Download:
         # a replaced store stays open until release, so reading outside the lock is safe
         return store.read(offset, end - offset)
 
+    def has_readers(self) -> bool:
+        with self._cond:
+            return self._readers > 0
+
+    def drop_if_unread(self) -> bool:
+        """Cancel the download if no reader is attached (a read-ahead that is not wanted any
+        more); True when it was cancelled. A reader attaching afterwards starts a new one."""
+        with self._cond:
+            if self._readers:
+                return False
+            self._cancelled = True
+            self._cond.notify_all()
+            return True
+
     def abort(self, error: BaseException) -> None:
         """Stop the download and fail readers still waiting (shutdown)."""
         with self._cond:
@@ -161,6 +220,8 @@ class _Download:
             return
         try:
             self._open_store(cache)
+            if self.ahead and self._writer is None and self.drop_if_unread():
+                return  # read-ahead goes to the cache or nowhere, never to memory
             resumes = 0
             while True:
                 try:
@@ -218,6 +279,8 @@ class _Download:
         except CacheWriteFailed:
             self._to_memory(chunk)
             store = self._store
+            if self.ahead:
+                self.drop_if_unread()  # nobody to keep these bytes in memory for
         with self._cond:
             self._arrived += len(chunk)
             self._cond.notify_all()
@@ -244,7 +307,9 @@ class _Download:
             raise Unavailable(f"image {self.image_id}: the stream ended after "
                               f"{self._arrived} of {self.expected_size} bytes")
         if self._writer is not None:
-            self._writer.commit()
+            with self._cond:
+                unread = self.ahead and not self._had_reader
+            self._writer.commit(within_cap=self.ahead, unread=unread)
 
     def _fail(self, error: Exception) -> None:
         if isinstance(error, PictofsError):
@@ -290,7 +355,9 @@ class _CachedReader(Reader):
         self._handle = handle
 
     def read(self, offset: int, size: int) -> bytes:
-        return os.pread(self._handle.fileno(), size, offset)
+        data = os.pread(self._handle.fileno(), size, offset)
+        self._note_served(offset, len(data))
+        return data
 
     def close(self) -> None:
         if self._handle.closed:
@@ -312,7 +379,9 @@ class _StreamReader(Reader):
     def read(self, offset: int, size: int) -> bytes:
         if self._closed:
             raise ValueError("read of a closed reader")
-        return self._download.read(offset, size)
+        data = self._download.read(offset, size)
+        self._note_served(offset, len(data))
+        return data
 
     def close(self) -> None:
         if self._closed:
@@ -322,12 +391,19 @@ class _StreamReader(Reader):
 
 
 class Downloader:
-    """Opens images for reading; owns the in-flight downloads of one mount."""
+    """Opens images for reading; owns the in-flight downloads of one mount.
+
+    ``read_ahead``: the read-ahead policy (None: none); ``is_online`` tells whether the
+    service is believed reachable (the circuit breaker is closed): read-ahead sends nothing
+    while it is not."""
 
     def __init__(self, cache: ImageCache, remote: Remote, executor: Executor | None = None,
-                 *, max_workers: int = 16) -> None:
+                 *, max_workers: int = 16, read_ahead: ReadAhead | None = None,
+                 is_online: Callable[[], bool] = lambda: True) -> None:
         self._cache = cache
         self._remote = remote
+        self._read_ahead = read_ahead if read_ahead is not None and read_ahead.depth else None
+        self._is_online = is_online
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix="pictofs-download")
@@ -340,15 +416,23 @@ class Downloader:
     def cache(self) -> ImageCache:
         return self._cache
 
-    def open(self, image_id: str, expected_size: int) -> Reader:
+    def open(self, image_id: str, expected_size: int, path: str | None = None) -> Reader:
         """Open an image of ``expected_size`` bytes; returns at once, reading from the cache
-        when it holds the image and from a (shared) download otherwise."""
+        when it holds the image and from a (shared) download otherwise. ``path`` (inside the
+        dataset) is given by opens of a program reading the mount: it feeds the read-ahead,
+        which may start downloads of the next images of the folder."""
         self._cache.pin(image_id)
         try:
-            return self._open_pinned(image_id, expected_size)
+            reader = self._open_pinned(image_id, expected_size)
         except BaseException:
             self._cache.unpin(image_id)
             raise
+        read_ahead = self._read_ahead
+        if read_ahead is not None and path is not None:
+            reader.watch_read_through(expected_size,
+                                      lambda: read_ahead.note_read_through(path))
+            self._fetch_ahead(read_ahead.images_after(path))
+        return reader
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every download started so far has ended; False on timeout."""
@@ -384,6 +468,42 @@ class Downloader:
         self._submit(download)
         return _StreamReader(self, download)
 
+    def _fetch_ahead(self, images: list[Image]) -> None:
+        """Start downloads of ``images`` with no reader (read-ahead), skipping those too big,
+        cached or already downloading, up to ``2 × depth`` unread at a time. Runs in the
+        open that triggered it, so it must stay cheap: a file check per image; what needs
+        the index or the disk waits for the worker (``_why_not_ahead``)."""
+        assert self._read_ahead is not None
+        limit = 2 * self._read_ahead.depth
+        for image in images:
+            if not 0 < image.file_size <= MAX_IMAGE_BYTES or self._cache.has_file(image.id):
+                continue
+            with self._lock:
+                if image.id in self._downloads:
+                    continue
+                unread = sum(1 for d in self._downloads.values()
+                             if d.ahead and not d.has_readers())
+                if unread >= limit:
+                    return
+                download = _Download(image.id, image.file_size, ahead=True)
+                self._downloads[image.id] = download
+            log.debug("read-ahead: fetching %s (image %s)", image.path, image.id)
+            try:
+                self._submit(download)
+            except Unavailable:  # shutting down
+                return
+
+    def _why_not_ahead(self, download: _Download) -> str | None:
+        """Why a read-ahead download should not be sent now (None: send it): checked in the
+        worker, just before the request."""
+        if not self._is_online():
+            return "the service is unreachable"
+        if memory_low():
+            return "memory is low"
+        with self._lock:
+            busy = sum(d.expected_size for d in self._downloads.values() if d is not download)
+        return self._cache.no_room_ahead(download.expected_size, busy)
+
     def _register(self, image_id: str, expected_size: int) -> _Download:
         """A new download with one reader, in the table (lock held)."""
         download = _Download(image_id, expected_size)
@@ -405,6 +525,12 @@ class Downloader:
 
     def _run(self, download: _Download) -> None:
         try:
+            if download.ahead and not download.has_readers():
+                reason = self._why_not_ahead(download)
+                if reason is not None and download.drop_if_unread():
+                    log.debug("read-ahead: not fetching image %s: %s", download.image_id,
+                              reason)
+                    return
             download.stream(self._remote, self._cache)
         finally:
             with self._lock:

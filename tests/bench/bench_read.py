@@ -218,9 +218,10 @@ def wait_for_mount(path: Path, process: subprocess.Popen[bytes], timeout: float 
 class Bench:
     """The temporary world of one run, its measurements, and everything to tear down."""
 
-    def __init__(self, root: Path, sizes: Sizes) -> None:
+    def __init__(self, root: Path, sizes: Sizes, mount_options: tuple[str, ...] = ()) -> None:
         self.root = root
         self.sizes = sizes
+        self.mount_options = mount_options  # extra `pictofs mount` options (--mount-option)
         self.server: ServerHandle | None = None
         self.client: Client | None = None
         self.env: dict[str, str] = {}
@@ -251,9 +252,10 @@ class Bench:
                         PICTOGRAPH_BASE_URL=self.server.base_url)
         self.dataset_id = self.client.projects.create(self.dataset).id
 
-    def seed(self) -> None:
+    def seed(self, listing: bool = True) -> None:
+        """``listing``: also the folder of rows 3 and 4 (not needed for row 1 alone)."""
         assert self.client is not None
-        n, count = self.sizes.images, self.sizes.listing
+        n, count = self.sizes.images, self.sizes.listing if listing else 0
         log(f"seeding {n} × 2 MB images into /big and {count} images into /many")
         big = seed_images(self.client, self.dataset_id, "/big",
                           [f"photo{i:03d}.jpg" for i in range(n)],
@@ -282,7 +284,7 @@ class Bench:
         self.logs.append(log_file)
         result = self.pictofs("mount", self.dataset, str(mountpoint), "--cache-dir",
                               str(cache_dir), "--dir-cache-time", DIR_CACHE_TIME,
-                              "--log-file", str(log_file))
+                              "--log-file", str(log_file), *self.mount_options)
         if result.returncode != 0:
             raise RuntimeError(f"pictofs mount failed: {result.stderr.strip()}")
         self.mounts.append(mountpoint)
@@ -643,6 +645,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK.repetitions} repetitions, {QUICK.images} images, "
                              f"{QUICK.listing:,} files in the listing folder")
+    parser.add_argument("--cold-only", action="store_true",
+                        help="measure row 1 (the cold read) and its references only")
+    parser.add_argument("--mount-option", action="append", default=[], metavar="OPTION",
+                        help="pass OPTION to every `pictofs mount` (repeatable), e.g. "
+                             "--mount-option=--prefetch=0")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
 
@@ -651,15 +658,16 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     root = Path(tempfile.mkdtemp(prefix="pictofs-bench-"))
-    bench = Bench(root, sizes)
+    bench = Bench(root, sizes, tuple(args.mount_option))
     load_before = load_average()
     try:
         isolate_environment(root)
         bench.start()
-        bench.seed()
+        bench.seed(listing=not args.cold_only)
         cache = bench.cold_read()
-        bench.repeat_read(cache)
-        bench.listings()
+        if not args.cold_only:
+            bench.repeat_read(cache)
+            bench.listings()
         bench.notes.append(f"Load average (1 min) at start / end: {load_before} / "
                            f"{load_average()} on {os.cpu_count()} CPUs.")
         broken = bench.tracebacks()

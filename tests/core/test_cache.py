@@ -276,6 +276,79 @@ def test_pinned_entries_are_never_evicted(make_cache, clock: FakeClock) -> None:
     assert cache.stats().entries == 1
 
 
+def store_ahead(cache: ImageCache, image_id: str, data: bytes) -> bool:
+    """Insert an entry the way a read-ahead download does: only within the cap."""
+    writer = cache.begin(image_id)
+    try:
+        writer.write(data)
+        return writer.commit(within_cap=True, unread=True)
+    finally:
+        writer.close()
+
+
+def test_an_image_fetched_ahead_evicts_like_any_insert(make_cache, clock: FakeClock) -> None:
+    cache = make_cache(cap=5000)
+    for number in range(5):
+        store(cache, f"img{number}", image(1000, number))
+        clock.tick()
+    assert store_ahead(cache, "ahead", image(2000))
+    assert not cache.contains("img0") and not cache.contains("img1")
+    assert cache.stats().size_bytes == 5000
+    assert read_cached(cache, "ahead") == image(2000)
+
+
+def test_an_image_fetched_ahead_never_takes_the_cache_over_its_cap(make_cache,
+                                                                    clock: FakeClock) -> None:
+    """Pinned entries fill the cap: a normal insert goes over it, one fetched ahead is not
+    stored and evicts nothing."""
+    cache = make_cache(cap=5000)
+    for number in range(4):
+        store(cache, f"img{number}", image(1000, number))
+        clock.tick()
+    for number in range(3):
+        cache.pin(f"img{number}")
+    assert cache.no_room_ahead(1000, busy=0) is None  # the unpinned img3 can go
+    assert cache.no_room_ahead(3000, busy=0) == "the cache is full of images in use"
+    assert cache.no_room_ahead(1000, busy=2000) == "the cache is full of images in use"
+    assert not store_ahead(cache, "ahead", image(3000))
+    assert not cache.contains("ahead")
+    assert [cache.contains(f"img{n}") for n in range(4)] == [True] * 4
+    assert not any(cache.folder.glob("partial/*"))
+    assert cache.stats().size_bytes == 4000
+
+
+def test_an_image_fetched_ahead_and_not_opened_is_evicted_last(make_cache,
+                                                                clock: FakeClock) -> None:
+    """Until it is opened, an entry fetched ahead goes after every other candidate, and
+    never to make room for another image fetched ahead."""
+    cache = make_cache(cap=3000)
+    assert store_ahead(cache, "ahead1", image(1000, 1))
+    clock.tick()
+    store(cache, "read", image(1000, 2))
+    clock.tick()
+    store(cache, "read2", image(1000, 3))
+    clock.tick()
+    store(cache, "next", image(1000, 4))  # a reader's insert: "read" goes, not "ahead1"
+    assert not cache.contains("read") and cache.contains("ahead1")
+    clock.tick()
+    assert store_ahead(cache, "ahead2", image(1000, 5))  # "read2" goes
+    assert not cache.contains("read2")
+    clock.tick()
+    assert store_ahead(cache, "ahead3", image(1000, 6))  # "next" goes
+    assert not store_ahead(cache, "ahead4", image(1000, 7))  # only images fetched ahead left
+    assert cache.no_room_ahead(1000, busy=0) == "the cache is full of images in use"
+    assert [cache.contains(f"ahead{n}") for n in (1, 2, 3, 4)] == [True, True, True, False]
+    assert read_cached(cache, "ahead1") == image(1000, 1)  # opened: an ordinary entry now
+    assert store_ahead(cache, "ahead4", image(1000, 7))  # so "ahead1" may go for it
+    assert not cache.contains("ahead1")
+
+
+def test_no_room_ahead_without_a_cache_folder() -> None:
+    from pictofs.core.cache import NullCache
+
+    assert NullCache().no_room_ahead(1, busy=0) == "there is no usable cache"
+
+
 def test_entry_larger_than_the_cap_is_kept_while_pinned(make_cache, clock: FakeClock) -> None:
     cache = make_cache(cap=1000)
     big = image(5000)

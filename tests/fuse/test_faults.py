@@ -198,8 +198,10 @@ def test_an_uncached_read_through_a_truncated_body_is_retried_or_fails_eio(
     names = [f"{n:02d}-{name}" for n, (name, _keep, _times) in enumerate(cases)]
     made = seed_images(client, dataset.id, "/", names,
                        data_for=lambda n: sized_jpeg(sizes[n[3:]], seed=int(n[:2])))
+    # --prefetch 0: the images are read in name order, and a read-ahead would fetch the
+    # next one before its fault is set up
     m = mount(dataset.name, "--timeout", TIMEOUT, "--retry-max-wait", "0.2s",
-              base_url=proxy.url)
+              "--prefetch", "0", base_url=proxy.url)
     assert sorted(os.listdir(m.path)) == sorted(names)
     outcomes: Counter[str] = Counter()
     for name, (_base, keep, times) in zip(names, cases):

@@ -405,3 +405,162 @@ def dataset_created(dataset) -> float:  # type: ignore[no-untyped-def]
     value = parse_timestamp(dataset.created_at)
     assert value is not None
     return value
+
+
+# ------------------------------------------------------------------------------ read-ahead
+#
+# The fault proxy records every request with its path, so these tests count the bytes
+# requests of each image exactly. The read-ahead decides in the open that triggers it and
+# logs "read-ahead: fetching <path>" there (the mounts run with -v), so once the reading
+# tool has exited, the log tells for certain whether a read-ahead was started.
+
+
+@pytest.fixture()
+def proxy(server):  # type: ignore[no-untyped-def]
+    from faultproxy import FaultProxy
+
+    with FaultProxy(upstream=server.base_url, seed=1) as p:
+        yield p
+
+
+def bytes_requests(proxy, image_id: str) -> int:  # type: ignore[no-untyped-def]
+    """How many bytes requests of ``image_id`` the proxy has seen."""
+    return proxy.stats.count("GET", f"^/api/v1/developer/images/{image_id}$")
+
+
+def wait_until_cached(cache_dir: Path, image_id: str, timeout: float = 30) -> None:
+    """Wait until the cache holds ``image_id`` complete (its data file is in place)."""
+    deadline = time.monotonic() + timeout
+    while not any(cache_dir.glob(f"*/data/{image_id}")):
+        assert time.monotonic() < deadline, f"image {image_id} never reached the cache"
+        time.sleep(0.02)
+
+
+def seed_sequence(client, dataset, folder: str, count: int,  # type: ignore[no-untyped-def]
+                  size: int = 300_000) -> dict[str, tuple]:  # type: ignore[type-arg]
+    return seed_images(client, dataset.id, folder, [f"p{i}.jpg" for i in range(count)],
+                       data_for=lambda n: sized_jpeg(size, seed=int(n[1:-4])))
+
+
+def cat(*paths: Path) -> bytes:
+    return subprocess.run(["cat", *map(str, paths)], capture_output=True, check=True,
+                          timeout=60).stdout
+
+
+def test_reading_a_folder_in_name_order_fetches_the_next_image_ahead(client, dataset, mount,
+                                                                      proxy):
+    made = seed_sequence(client, dataset, "/seq", 5)
+    ids = {name: image.id for name, (image, _data) in made.items()}
+    m = mount(dataset.name, "--prefetch", "1", base_url=proxy.url)
+    folder = m.path / "seq"
+    os.listdir(folder)  # the listing the read-ahead goes by (it never asks for one)
+    # the second image of a sequential pass triggers: p2 is fetched while p1 is read
+    assert cat(folder / "p0.jpg", folder / "p1.jpg") == made["p0.jpg"][1] + made["p1.jpg"][1]
+    assert "read-ahead: fetching /seq/p2.jpg" in m.log()
+    wait_until_cached(m.cache_dir, ids["p2.jpg"])
+    assert {n: bytes_requests(proxy, i) for n, i in ids.items()} == {
+        "p0.jpg": 1, "p1.jpg": 1, "p2.jpg": 1, "p3.jpg": 0, "p4.jpg": 0}
+    # the image fetched ahead is served from the cache, without another request; and the
+    # pass goes on across processes: opening p2 after p1 was read fetches p3, and so on
+    hits = m.status()["cache"][0]["hits"]
+    assert cat(folder / "p2.jpg") == made["p2.jpg"][1]
+    assert m.status()["cache"][0]["hits"] == hits + 1
+    wait_until_cached(m.cache_dir, ids["p3.jpg"])
+    assert cat(folder / "p3.jpg") == made["p3.jpg"][1]
+    wait_until_cached(m.cache_dir, ids["p4.jpg"])
+    assert cat(folder / "p4.jpg") == made["p4.jpg"][1]
+    assert {n: bytes_requests(proxy, i) for n, i in ids.items()} == {n: 1 for n in ids}
+    fetched = [line.split("read-ahead: fetching ")[1].split()[0]
+               for line in m.log().splitlines() if "read-ahead: fetching" in line]
+    assert fetched == ["/seq/p2.jpg", "/seq/p3.jpg", "/seq/p4.jpg"]
+
+
+def test_read_ahead_depth_two_fetches_the_next_two(client, dataset, mount, proxy):
+    made = seed_sequence(client, dataset, "/seq", 5)
+    ids = {name: image.id for name, (image, _data) in made.items()}
+    m = mount(dataset.name, "--prefetch", "2", base_url=proxy.url)
+    folder = m.path / "seq"
+    os.listdir(folder)
+    cat(folder / "p0.jpg", folder / "p1.jpg")
+    for name in ("p2.jpg", "p3.jpg"):
+        wait_until_cached(m.cache_dir, ids[name])
+    assert {n: bytes_requests(proxy, i) for n, i in ids.items()} == {
+        "p0.jpg": 1, "p1.jpg": 1, "p2.jpg": 1, "p3.jpg": 1, "p4.jpg": 0}
+
+
+def test_random_access_and_header_reads_fetch_nothing_ahead(client, dataset, mount, proxy):
+    made = seed_sequence(client, dataset, "/seq", 5)
+    ids = {name: image.id for name, (image, _data) in made.items()}
+    headers = seed_sequence(client, dataset, "/hdr", 5)
+    m = mount(dataset.name, "--prefetch", "2", base_url=proxy.url)
+    os.listdir(m.path / "seq")
+    os.listdir(m.path / "hdr")
+    # whole files, out of order (backwards included): each image once, for its reader
+    for name in ("p3.jpg", "p0.jpg", "p2.jpg", "p1.jpg", "p4.jpg"):
+        assert cat(m.path / "seq" / name) == made[name][1]
+    # `file *` and thumbnailers read only the start of each file, in name order; p4 is
+    # left alone, so a read-ahead would show as a request for it
+    for name in ("p0.jpg", "p1.jpg", "p2.jpg", "p3.jpg"):
+        with open(m.path / "hdr" / name, "rb") as handle:
+            assert handle.read(1000) == headers[name][1][:1000]
+    assert "read-ahead" not in m.log()
+    proxy.wait_idle()
+    assert {n: bytes_requests(proxy, i) for n, i in ids.items()} == {n: 1 for n in ids}
+    assert bytes_requests(proxy, headers["p4.jpg"][0].id) == 0
+
+
+def test_prefetch_0_fetches_nothing_ahead(client, dataset, mount, proxy):
+    made = seed_sequence(client, dataset, "/seq", 4)
+    ids = {name: image.id for name, (image, _data) in made.items()}
+    m = mount(dataset.name, "--prefetch", "0", base_url=proxy.url)
+    folder = m.path / "seq"
+    os.listdir(folder)
+    assert cat(folder / "p0.jpg", folder / "p1.jpg", folder / "p2.jpg") == b"".join(
+        made[f"p{i}.jpg"][1] for i in range(3))
+    proxy.wait_idle()
+    assert "read-ahead" not in m.log()
+    assert {n: bytes_requests(proxy, i) for n, i in ids.items()} == {
+        "p0.jpg": 1, "p1.jpg": 1, "p2.jpg": 1, "p3.jpg": 0}
+
+
+def test_read_ahead_into_a_cache_full_of_open_images_is_skipped(client, dataset, mount, proxy):
+    """The cap is 2.5 MB; p0 and p1 (1 MB each) are held open, so their entries cannot be
+    evicted: p2 would take the cache over its cap, so it is not fetched ahead."""
+    made = seed_sequence(client, dataset, "/seq", 3, size=1024 * 1024)
+    ids = {name: image.id for name, (image, _data) in made.items()}
+    m = mount(dataset.name, "--prefetch", "1", "--cache-size", "2500K", base_url=proxy.url)
+    folder = m.path / "seq"
+    os.listdir(folder)
+    with open(folder / "p0.jpg", "rb") as first:
+        assert first.read() == made["p0.jpg"][1]
+        second = open(folder / "p1.jpg", "rb")  # the open after p0 was read triggers
+        assert second.read() == made["p1.jpg"][1]
+        deadline = time.monotonic() + 30
+        while f"not fetching image {ids['p2.jpg']}" not in m.log():
+            assert bytes_requests(proxy, ids["p2.jpg"]) == 0, "p2 was fetched ahead"
+            assert time.monotonic() < deadline, "the read-ahead never decided about p2"
+            time.sleep(0.02)
+        second.close()
+    assert "the cache is full of images in use" in m.log()
+    proxy.wait_idle()
+    assert bytes_requests(proxy, ids["p2.jpg"]) == 0
+    assert cat(folder / "p2.jpg") == made["p2.jpg"][1]  # read on demand, as without
+    assert bytes_requests(proxy, ids["p2.jpg"]) == 1
+
+
+def test_read_ahead_stays_under_the_cache_cap(client, dataset, mount, proxy):
+    """A sequential pass through more than the cache holds: whatever is fetched ahead
+    evicts only what an insert may, every image is downloaded once, and the cache ends
+    under its cap."""
+    made = seed_sequence(client, dataset, "/seq", 6, size=1024 * 1024)
+    ids = {name: image.id for name, (image, _data) in made.items()}
+    m = mount(dataset.name, "--prefetch", "2", "--cache-size", "2500K", base_url=proxy.url)
+    folder = m.path / "seq"
+    os.listdir(folder)
+    names = sorted(ids)
+    assert cat(*(folder / n for n in names)) == b"".join(made[n][1] for n in names)
+    proxy.wait_idle()
+    assert {n: bytes_requests(proxy, i) for n, i in ids.items()} == {n: 1 for n in ids}
+    m.umount()  # every download ended and committed (or not) before the daemon exits
+    data = [p for p in m.cache_dir.glob("*/data/*")]
+    assert sum(p.stat().st_size for p in data) <= 2_500 * 1024

@@ -1,0 +1,118 @@
+"""Read-ahead across files: when a program reads a folder's images one after the other in
+name order (``cat big/*``, a training loop over sorted names, an image viewer stepping to
+the next picture), the next images are downloaded into the cache while it reads the current
+one, so its next open finds the download running or done.
+
+This module decides *which* images to fetch and *whether* the machine can afford it; the
+``Downloader`` runs the downloads (one per image, shared with readers as always).
+
+Detection, deliberately simple and cheap (it runs in every ``open``): the mount remembers,
+per folder, the last image that was *read through* (a read at offset 0 and at least its size
+in bytes served: what a whole-file reader does, whatever order the kernel's read-ahead
+requests arrive in). Opening an image whose predecessor in the folder's sorted listing is
+that image is the signal: the next ``depth`` images after the one opened are fetched. So the
+second and every later image of a sequential pass triggers; random access, a program
+reading only headers (``file *``), and opens of folders not listed recently (no listing
+held: the read-ahead never asks the service for one) trigger nothing.
+
+Names are ordered by code point (``sorted``), as ``ls`` and shell globs order them in the C
+locale; a program using another collation (mixed-case names under a UTF-8 locale) may not
+match our order, and then read-ahead simply does not start.
+
+Bounds: images above ``MAX_IMAGE_BYTES`` are never fetched ahead; the ``Downloader`` keeps
+at most ``2 × depth`` read-ahead downloads without a reader in flight, and just before each
+request checks the breaker, ``memory_low`` and the cache's room (``no_room_ahead``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from bisect import bisect_left
+from collections import OrderedDict
+from typing import Callable
+
+from pictofs.core.listing import FolderListing
+from pictofs.model import Image, split_path
+
+log = logging.getLogger(__name__)
+
+MAX_IMAGE_BYTES = 16 * 1024 * 1024  # larger images are read on demand only
+MIN_FREE_MEMORY = 256 * 1024 * 1024  # below this much available memory, no read-ahead
+FOLDERS_REMEMBERED = 64  # folders whose last read-through image is remembered
+
+Listings = Callable[[str], "FolderListing | None"]
+
+
+class ReadAhead:
+    """The read-ahead policy of one dataset. ``depth`` images ahead (0: off); ``listing``
+    answers a folder's listing if one is held and fresh, without a request."""
+
+    def __init__(self, depth: int, listing: Listings) -> None:
+        self.depth = max(0, depth)
+        self._listing = listing
+        # guards _read_through (folder → name of the image read through last, oldest folder
+        # first) and _orders (folder → (the listing, its size then, its names sorted))
+        self._lock = threading.Lock()
+        self._read_through: OrderedDict[str, str] = OrderedDict()
+        self._orders: dict[str, tuple[FolderListing, int, list[str]]] = {}
+
+    def note_read_through(self, path: str) -> None:
+        """The image at ``path`` (inside the dataset) was read from start to end."""
+        if not self.depth:
+            return
+        folder, name = split_path(path)
+        with self._lock:
+            self._read_through[folder] = name
+            self._read_through.move_to_end(folder)
+            while len(self._read_through) > FOLDERS_REMEMBERED:
+                forgotten, _name = self._read_through.popitem(last=False)
+                self._orders.pop(forgotten, None)
+
+    def images_after(self, path: str) -> list[Image]:
+        """The images to fetch ahead of an open of ``path``: the next ``depth`` in the
+        folder's name order when the image read through last in this folder is the one
+        just before ``path``; else none. Cached or running ones are the caller's to skip."""
+        if not self.depth:
+            return []
+        folder, name = split_path(path)
+        with self._lock:
+            previous = self._read_through.get(folder)
+        if previous is None or previous >= name:
+            return []
+        listing = self._listing(folder)
+        if listing is None:
+            return []
+        names = self._sorted_names(folder, listing)
+        at = bisect_left(names, name)
+        if at == 0 or at == len(names) or names[at] != name or names[at - 1] != previous:
+            return []
+        ahead = names[at + 1:at + 1 + self.depth]
+        return [listing.images[n] for n in ahead if n in listing.images]
+
+    def _sorted_names(self, folder: str, listing: FolderListing) -> list[str]:
+        """The listing's image names in order, sorted once per listing (a listing gains a
+        name in place when this mount creates an image: its size tells)."""
+        with self._lock:
+            known = self._orders.get(folder)
+        if known is not None and known[0] is listing and known[1] == len(listing.images):
+            return known[2]
+        images = dict(listing.images)  # a copy: another thread may add to it
+        names = sorted(images)
+        with self._lock:
+            self._orders[folder] = (listing, len(images), names)
+        return names
+
+
+def memory_low() -> bool:
+    """Whether the machine has less than ``MIN_FREE_MEMORY`` available (``/proc/meminfo``'s
+    MemAvailable): read-ahead fills the page cache and, under pressure, would evict pages
+    someone is using. Unknown (no ``/proc``) counts as enough."""
+    try:
+        with open("/proc/meminfo", "rb") as meminfo:
+            for line in meminfo:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024 < MIN_FREE_MEMORY
+    except (OSError, ValueError, IndexError):
+        pass
+    return False

@@ -1,0 +1,153 @@
+"""Read-ahead across files (``pictofs.core.readahead`` and the ``Downloader``'s read-ahead
+downloads), with the in-test byte source of ``test_downloads`` standing in for the network.
+The FUSE tests in ``tests/fuse/test_read.py`` check the same through a real mount."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from pictofs.core.cache import ImageCache, NullCache
+from pictofs.core.downloads import Downloader
+from pictofs.core.listing import FolderListing
+from pictofs.core.readahead import ReadAhead
+from pictofs.model import Image
+from tests.core.test_downloads import CHUNK, SAFETY, ByteSource, image
+
+pytestmark = pytest.mark.timeout(60)
+
+NAMES = ["p0.jpg", "p1.jpg", "p2.jpg", "p3.jpg", "p4.jpg"]
+DATA = {f"id-{name}": image(5 * CHUNK, number) for number, name in enumerate(NAMES)}
+
+
+def listing_of(folder: str, names: list[str]) -> FolderListing:
+    images = {name: Image(id=f"id-{name}", dataset_id="ds", filename=name,
+                          directory_path=folder, file_size=5 * CHUNK) for name in names}
+    return FolderListing(folder, images, {}, True, 0.0)
+
+
+@pytest.fixture()
+def source() -> Iterator[ByteSource]:
+    byte_source = ByteSource(dict(DATA))
+    yield byte_source
+    byte_source.release_all()
+
+
+@pytest.fixture()
+def make_downloader(source: ByteSource, tmp_path: Path) -> Iterator:
+    made: list[tuple[Downloader, ImageCache | NullCache]] = []
+    folder = listing_of("/seq", NAMES)
+
+    def make(depth: int = 1, cap: int = 1 << 24, cache: ImageCache | NullCache | None = None,
+             online: bool = True) -> Downloader:
+        cache = cache or ImageCache(tmp_path / "cache", "http://127.0.0.1:9", "ds", cap)
+        read_ahead = ReadAhead(depth, lambda path: folder if path == "/seq" else None)
+        downloader = Downloader(cache, source, read_ahead=read_ahead,
+                                is_online=lambda: online)
+        made.append((downloader, cache))
+        return downloader
+
+    yield make
+    for downloader, cache in made:
+        downloader.close(timeout=SAFETY)
+        cache.close()
+
+
+def read_through(downloader: Downloader, name: str) -> None:
+    """Open ``/seq/name``, read it whole in order, close."""
+    size = 5 * CHUNK
+    with downloader.open(f"id-{name}", size, f"/seq/{name}") as reader:
+        data = b"".join(reader.read(offset, 1024) for offset in range(0, size, 1024))
+    assert data == DATA[f"id-{name}"]
+
+
+def test_the_second_image_of_a_pass_in_name_order_starts_the_next(make_downloader,
+                                                                  source) -> None:
+    downloader = make_downloader(depth=2)
+    read_through(downloader, "p0.jpg")
+    assert downloader.wait(SAFETY)
+    assert dict(source.calls) == {"id-p0.jpg": 1}
+    read_through(downloader, "p1.jpg")
+    assert downloader.wait(SAFETY)
+    assert dict(source.calls) == {"id-p0.jpg": 1, "id-p1.jpg": 1, "id-p2.jpg": 1,
+                                  "id-p3.jpg": 1}
+    for name in ("p2.jpg", "p3.jpg"):  # served from the cache: no other request
+        with downloader.open(f"id-{name}", 5 * CHUNK) as reader:
+            assert reader.from_cache
+    assert source.calls["id-p4.jpg"] == 0
+
+
+def test_out_of_order_opens_and_partial_reads_start_nothing(make_downloader, source) -> None:
+    downloader = make_downloader(depth=2)
+    for name in ("p3.jpg", "p1.jpg", "p4.jpg", "p0.jpg"):
+        read_through(downloader, name)
+    for name in ("p0.jpg", "p1.jpg"):  # only the start of each (p0 is cached by now)
+        with downloader.open(f"id-{name}", 5 * CHUNK, f"/seq/{name}") as reader:
+            reader.read(0, 100)
+    with downloader.open("id-p2.jpg", 5 * CHUNK, "/seq/p2.jpg") as reader:
+        reader.read(0, 100)  # p1 was not read through: p3 and p4 are not fetched ahead
+    assert downloader.wait(SAFETY)
+    assert source.calls["id-p2.jpg"] == 1
+    assert sum(source.calls.values()) == 5
+
+
+def test_reads_answered_out_of_order_still_count_as_read_through(make_downloader,
+                                                                 source) -> None:
+    downloader = make_downloader(depth=1)
+    size = 5 * CHUNK
+    with downloader.open("id-p0.jpg", size, "/seq/p0.jpg") as reader:
+        for offset in sorted(range(0, size, 1024), reverse=True):  # the last piece first
+            reader.read(offset, 1024)
+    read_through(downloader, "p1.jpg")
+    assert downloader.wait(SAFETY)
+    assert source.calls["id-p2.jpg"] == 1
+
+
+def test_depth_0_and_opens_without_a_path_start_nothing(make_downloader, source,
+                                                       tmp_path: Path) -> None:
+    other_cache = ImageCache(tmp_path / "other", "http://127.0.0.1:9", "ds", 1 << 24)
+    size = 5 * CHUNK
+    for downloader, with_path in ((make_downloader(depth=0), True),
+                                  (make_downloader(depth=1, cache=other_cache), False)):
+        for name in ("p0.jpg", "p1.jpg", "p2.jpg"):
+            path = f"/seq/{name}" if with_path else None  # no path: not a program's open
+            with downloader.open(f"id-{name}", size, path) as reader:
+                reader.read(0, size)
+        assert downloader.wait(SAFETY)
+    assert dict(source.calls) == {f"id-p{n}.jpg": 2 for n in range(3)}
+
+
+def test_no_read_ahead_while_the_service_is_unreachable(make_downloader, source) -> None:
+    downloader = make_downloader(depth=1, online=False)
+    read_through(downloader, "p0.jpg")
+    read_through(downloader, "p1.jpg")
+    assert downloader.wait(SAFETY)
+    assert source.calls["id-p2.jpg"] == 0
+
+
+def test_no_read_ahead_without_a_cache(make_downloader, source) -> None:
+    downloader = make_downloader(depth=1, cache=NullCache())
+    read_through(downloader, "p0.jpg")
+    read_through(downloader, "p1.jpg")
+    assert downloader.wait(SAFETY)
+    assert source.calls["id-p2.jpg"] == 0
+
+
+def test_a_read_ahead_nobody_reads_completes_and_pins_nothing(make_downloader, source,
+                                                              tmp_path: Path) -> None:
+    downloader = make_downloader(depth=1)
+    gate = source.hold("id-p2.jpg", before_chunk=1)
+    read_through(downloader, "p0.jpg")
+    read_through(downloader, "p1.jpg")
+    assert gate.reached.wait(SAFETY)
+    # a reader opens and leaves early: a download of its own would be cancelled, the
+    # read-ahead goes on to the end
+    with downloader.open("id-p2.jpg", 5 * CHUNK) as reader:
+        assert not reader.from_cache
+    gate.release()
+    assert downloader.wait(SAFETY)
+    assert source.calls["id-p2.jpg"] == 1
+    assert downloader.cache.contains("id-p2.jpg")
+    assert not any((downloader.cache.folder / "pins").glob("id-p2.jpg.*"))
