@@ -8,7 +8,10 @@ fingerprint) under ``STATE_DIR/datasets/<digest>/`` holds:
   staged file: target, state, size, sha256, mtime, replaced id, idempotency keys, the step
   reached, the error, the registered image id) and the ``mtimes`` table (image id → the mtime a
   writer set, reported by ``stat`` so a second ``rsync -a`` transfers nothing);
-- ``staging/``: one file per entry, named by the entry id;
+- ``staging/``: one file per entry, named by the entry id, except for an entry uploaded
+  from its *source* (``add_sources``): a file of the caller's that nobody is writing to (the
+  mirror's), whose size, mtime and sha256 the row records; the upload checks the bytes it
+  sends against them (``upload_job.SourceBody``) and drops the entry when they changed;
 - ``journal.lock``: an ``flock`` held for the life of the ``Journal`` object, so two
   processes never resume the same entries.
 
@@ -45,7 +48,10 @@ from pictofs.core.journal_files import fsync_dir, open_database, private_dir, ta
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2
+# what turns a journal of an older version into this one (version 1 had no sources)
+UPGRADES = {1: "ALTER TABLE entries ADD COLUMN source TEXT;"
+               "ALTER TABLE entries ADD COLUMN source_mtime_ns INTEGER;"}
 STATES = ("staged", "queued", "uploading", "failed", "done")
 STEPS = ("none", "archived", "url", "put", "registered")
 
@@ -69,7 +75,9 @@ CREATE TABLE IF NOT EXISTS entries (
     error TEXT,
     image_id TEXT,
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    source TEXT,
+    source_mtime_ns INTEGER
 );
 CREATE TABLE IF NOT EXISTS mtimes (image_id TEXT PRIMARY KEY, mtime REAL NOT NULL);
 """
@@ -96,6 +104,8 @@ class Entry:
     image_id: str | None
     created: float
     updated: float
+    source: str | None = None  # the file the bytes are read from (else the staging file)
+    source_mtime_ns: int | None = None  # the source's mtime when it was hashed
 
     @property
     def path(self) -> str:
@@ -108,7 +118,23 @@ class Entry:
 
 
 _COLUMNS = tuple(f.name for f in fields(Entry))
-_UPDATABLE = frozenset(_COLUMNS) - {"id", "created", "updated"}
+# a source and what it was are set once, by add_sources
+_UPDATABLE = frozenset(_COLUMNS) - {"id", "created", "updated", "source", "source_mtime_ns"}
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """A new entry uploaded from its source file: ``size``, ``mtime_ns`` and ``sha256`` are
+    the file's when it was hashed."""
+
+    entry_id: str
+    folder: str
+    filename: str
+    replaced_id: str | None
+    source: str
+    size: int
+    mtime_ns: int
+    sha256: str
 
 
 def key_fingerprint(api_key: str) -> str:
@@ -185,7 +211,7 @@ class Journal:
         self._created = 0
         self._folder_synced = 0
         try:
-            self._db = open_database(self.directory / "journal.db", VERSION)
+            self._db = open_database(self.directory / "journal.db", VERSION, UPGRADES)
             self._init_meta(base_url=base_url, dataset_id=dataset_id, fingerprint=fingerprint)
             self._reader = sqlite3.connect(self.directory / "journal.db",
                                            check_same_thread=False, isolation_level=None)
@@ -234,6 +260,18 @@ class Journal:
             db.executemany("INSERT INTO entries (id, folder, filename, state, replaced_id, "
                            "created, updated) VALUES (?, ?, ?, 'staged', ?, ?, ?)",
                            [(*row, now, now) for row in rows])
+
+    def add_sources(self, rows: Sequence[SourceRow]) -> None:
+        """New entries whose bytes stay in their source file (no staging file): resumable at
+        once (``flushed``), with the size, mtime and sha256 the upload must find. One
+        durable transaction."""
+        now = time.time()
+        with self._write() as db:
+            db.executemany("INSERT INTO entries (id, folder, filename, state, flushed, "
+                           "replaced_id, size, sha256, source, source_mtime_ns, created, "
+                           "updated) VALUES (?, ?, ?, 'staged', 1, ?, ?, ?, ?, ?, ?, ?)",
+                           [(r.entry_id, r.folder, r.filename, r.replaced_id, r.size,
+                             r.sha256, r.source, r.mtime_ns, now, now) for r in rows])
 
     def get(self, entry_id: str) -> Entry | None:
         with self._read_lock:

@@ -9,13 +9,16 @@ import fcntl
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from pictofs.errors import ConfigError
 
 
-def open_database(path: Path, version: int) -> sqlite3.Connection:
-    """Open (or create) the database; refuse an unknown version before changing anything."""
+def open_database(path: Path, version: int,
+                  upgrades: Mapping[int, str] | None = None) -> sqlite3.Connection:
+    """Open (or create) the database; refuse an unknown version before changing anything.
+    ``upgrades`` maps an older version to the SQL that brings it to ``version`` (run in one
+    transaction with the new version number)."""
     if not path.exists():
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     try:
@@ -24,7 +27,9 @@ def open_database(path: Path, version: int) -> sqlite3.Connection:
     except sqlite3.DatabaseError as exc:
         raise ConfigError(f"{path}: not a readable pictofs journal ({exc}); "
                           "refusing to mount (the file is kept as it is)") from None
-    if stored is not None and stored != version:
+    if isinstance(stored, int) and stored in (upgrades or {}):
+        _upgrade(db, (upgrades or {})[stored], version)
+    elif stored is not None and stored != version:
         db.close()
         raise ConfigError(f"{path}: journal version {stored} is unknown to this pictofs "
                           f"(it knows version {version}); refusing to mount (the journal is "
@@ -33,6 +38,19 @@ def open_database(path: Path, version: int) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous=FULL")
     db.execute("PRAGMA busy_timeout=5000")
     return db
+
+
+def _upgrade(db: sqlite3.Connection, script: str, version: int) -> None:
+    """Run an upgrade and record the new version, all or nothing."""
+    db.execute("BEGIN IMMEDIATE")  # DDL too is transactional in SQLite
+    try:
+        for statement in filter(None, (part.strip() for part in script.split(";"))):
+            db.execute(statement)
+        db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (str(version),))
+    except BaseException:
+        db.rollback()
+        raise
+    db.commit()
 
 
 def _stored_version(db: sqlite3.Connection) -> int | str | None:

@@ -36,8 +36,9 @@ from pictofs.core.upload_job import (
     StagedFile,
     UploadJob,
     classify,
-    inspect_staged,
+    inspect_entry,
     new_key,
+    send_bytes,
 )
 from pictofs.core.upload_schedule import Schedule, Task, TaskControl, record_together
 from pictofs.errors import AlreadyExists, PermissionDenied
@@ -152,7 +153,7 @@ class BatchJob:
         live = []
         for entry, control in members:
             try:
-                staged = inspect_staged(self._journal.staging_path(entry.id), entry.filename)
+                staged = inspect_entry(self._journal, entry)
             except Exception as exc:  # each member fails on its own
                 outcomes[entry.id] = exc
                 continue
@@ -227,7 +228,7 @@ class BatchJob:
         assert member.ticket is not None
         staged = member.staged
         try:
-            self._remote.put_upload(member.ticket, staged.path, staged.size)
+            self._send(member)
         except PermissionDenied as exc:
             if classify(exc) is Disposition.AUTH:
                 raise
@@ -237,7 +238,16 @@ class BatchJob:
                 self._dataset_id, member.entry.folder, member.entry.filename,
                 staged.content_type)
             member.control.checkpoint()
+            self._send(member)
+
+    def _send(self, member: _Member) -> None:
+        """One PUT: a staging file by its path; a source checked as it is sent."""
+        assert member.ticket is not None
+        staged = member.staged
+        if staged.source_mtime_ns is None:
             self._remote.put_upload(member.ticket, staged.path, staged.size)
+        else:
+            send_bytes(self._remote, member.ticket, staged, member.entry.id)
 
     def _register_all(self, live: list[_Member], outcomes: dict[str, Outcome]) -> None:
         registering = []

@@ -4,7 +4,10 @@ service changes", "Durability"), and the pure decisions around it.
 A run of ``UploadJob.run``:
 
 1. local checks: size ≤ 50 MB, Pillow identifies the bytes, dimensions, sha256 (recorded,
-   with the state ``uploading``, in the same commit as the first step that goes out);
+   with the state ``uploading``, in the same commit as the first step that goes out). An
+   entry read from its source file (``Entry.source``) keeps the sha256 recorded when it was
+   hashed; its PUT hashes the bytes it sends (``SourceBody``), and bytes that are not the
+   recorded ones end the run with ``SourceChanged`` before anything is registered;
 2. a replace (``replaced_id`` set) first looks at the name: another id there → conflict,
    nothing archived; the same size and sha256 → nothing uploaded, the existing image is the
    answer; otherwise the old id is archived (the journal says ``archived`` first);
@@ -102,6 +105,12 @@ class UploadFailed(PictofsError):
     """A permanent failure found by the job itself (local checks, an unadoptable conflict)."""
 
 
+class SourceChanged(PictofsError):
+    """The source file of an entry uploaded from its source (``Entry.source``) is not the one
+    the journal recorded (another size, mtime or sha256, or gone), found before the entry was
+    registered: its bytes are not registered, and the caller stages the file again."""
+
+
 class Interrupted(Exception):
     """The entry changed under the job (hold, retarget, cancel) or the queue is stopping:
     the job stops at this step boundary and the queue decides what comes next."""
@@ -147,6 +156,56 @@ class ExactBody:
         return data
 
 
+class SourceBody(ExactBody):
+    """A source file as a PUT body, hashed as it is sent: ``check`` (after the PUT) says
+    whether the bytes sent are the ones the journal recorded (``staged``'s size and sha256)
+    and the file still has the recorded size and mtime. Rewinding starts the hash over."""
+
+    def __init__(self, staged: StagedFile, entry_id: str) -> None:
+        try:
+            super().__init__(staged.path, staged.size, entry_id)
+        except FileNotFoundError:
+            raise SourceChanged(f"{staged.path} is gone") from None
+        self._staged = staged
+        self._digest = hashlib.sha256()
+        self._sent = 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        position = super().seek(offset, whence)
+        if position == 0:
+            self._digest, self._sent = hashlib.sha256(), 0
+        return position
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data = super().read(n)
+        except Interrupted:
+            raise SourceChanged(f"{self._staged.path} was cut shorter while it was sent")
+        self._digest.update(data)
+        self._sent += len(data)
+        return data
+
+    def check(self) -> None:
+        info = os.fstat(self._file.fileno())
+        staged = self._staged
+        if ((self._sent, self._digest.hexdigest()) != (staged.size, staged.sha256)
+                or (info.st_size, info.st_mtime_ns) != (staged.size, staged.source_mtime_ns)):
+            raise SourceChanged(f"{staged.path} changed while it was sent")
+
+
+def send_bytes(remote: Remote, ticket: UploadTicket, staged: StagedFile,
+               entry_id: str) -> None:
+    """PUT the staged bytes: a staging file as it is; a source checked against what the
+    journal recorded (SourceChanged, after the PUT, when it does not match)."""
+    if staged.source_mtime_ns is None:
+        with ExactBody(staged.path, staged.size, entry_id) as body:
+            remote.put_upload(ticket, body, staged.size)  # type: ignore[arg-type]
+        return
+    with SourceBody(staged, entry_id) as source:
+        remote.put_upload(ticket, source, staged.size)  # type: ignore[arg-type]
+        source.check()
+
+
 # ---------------------------------------------------------------------- local facts
 
 
@@ -158,11 +217,32 @@ class StagedFile:
     content_type: str
     width: int | None
     height: int | None
+    source_mtime_ns: int | None = None  # a source's recorded mtime; None: a staging file
 
 
-def inspect_staged(path: Path, filename: str) -> StagedFile:
+def inspect_entry(journal: Journal, entry: Entry) -> StagedFile:
+    """``inspect_staged`` of the entry's bytes: its staging file, or its source (which must
+    still be what the journal recorded, else SourceChanged; its sha256 is the recorded one,
+    checked against the bytes sent by ``SourceBody``)."""
+    if entry.source is None:
+        return inspect_staged(journal.staging_path(entry.id), entry.filename)
+    assert entry.size is not None and entry.sha256 is not None
+    path = Path(entry.source)
+    try:
+        info = os.stat(path)
+        staged = inspect_staged(path, entry.filename, entry.sha256)
+    except FileNotFoundError:
+        raise SourceChanged(f"{path} is gone") from None
+    if (info.st_size, info.st_mtime_ns) != (entry.size, entry.source_mtime_ns):
+        raise SourceChanged(f"{path} changed since it was hashed")
+    return StagedFile(path=path, size=entry.size, sha256=entry.sha256,
+                      content_type=staged.content_type, width=staged.width,
+                      height=staged.height, source_mtime_ns=entry.source_mtime_ns)
+
+
+def inspect_staged(path: Path, filename: str, sha256: str | None = None) -> StagedFile:
     """The checks made before any request; raises a permanent error for a doomed file. The
-    file is opened once for all of them."""
+    file is opened once for all of them. ``sha256``: already known (not computed again)."""
     if not names.is_supported(filename):
         raise UploadFailed(f"unsupported file type {names.extension(filename) or '(none)'}")
     with open(path, "rb") as handle:
@@ -175,11 +255,13 @@ def inspect_staged(path: Path, filename: str) -> StagedFile:
         except PictofsError as exc:
             raise UploadFailed(f"not an image: {exc}") from None
         dimensions = imaging.probe(handle)
-        digest = hashlib.sha256()
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
+        if sha256 is None:
+            digest = hashlib.sha256()
+            while chunk := handle.read(HASH_CHUNK):
+                digest.update(chunk)
+            sha256 = digest.hexdigest()
     width, height = dimensions if dimensions else (None, None)
-    return StagedFile(path=path, size=size, sha256=digest.hexdigest(),
+    return StagedFile(path=path, size=size, sha256=sha256,
                       content_type=names.content_type_for(filename), width=width, height=height)
 
 
@@ -250,7 +332,7 @@ class UploadJob:
 
     def run(self, entry: Entry) -> Landed:
         """Upload one entry; returns once the journal records it as done."""
-        staged = inspect_staged(self._journal.staging_path(entry.id), entry.filename)
+        staged = inspect_entry(self._journal, entry)
         self._control.checkpoint()
         self._carried = dict(state="uploading", size=staged.size, sha256=staged.sha256)
         if entry.replaced_id is not None and entry.step == "none":
@@ -339,17 +421,15 @@ class UploadJob:
 
     def _put(self, entry: Entry, staged: StagedFile, ticket: UploadTicket) -> None:
         self._control.checkpoint()
-        with ExactBody(staged.path, staged.size, entry.id) as body:
-            try:
-                self._remote.put_upload(ticket, body, staged.size)  # type: ignore[arg-type]
-            except PermissionDenied as exc:
-                if classify(exc) is Disposition.AUTH:
-                    raise
-                log.info("%s: upload URL refused (expired?); asking for a fresh one",
-                         entry.path)
-                ticket = self._ticket(entry, staged)
-                self._control.checkpoint()
-                self._remote.put_upload(ticket, body, staged.size)  # type: ignore[arg-type]
+        try:
+            send_bytes(self._remote, ticket, staged, entry.id)
+        except PermissionDenied as exc:
+            if classify(exc) is Disposition.AUTH:
+                raise
+            log.info("%s: upload URL refused (expired?); asking for a fresh one", entry.path)
+            ticket = self._ticket(entry, staged)
+            self._control.checkpoint()
+            send_bytes(self._remote, ticket, staged, entry.id)
 
     def _register(self, entry: Entry, staged: StagedFile, key: str,
                   sent_before: bool = False) -> Landed:

@@ -37,6 +37,7 @@ class Task:
     flushes: int = 0  # flushes seen (the journal write of an older one is skipped)
     attempts: int = 0  # transient failures in a row
     cancelled: bool = False
+    source_changed: bool = False  # cancelled because its source file changed
     image: Image | None = None  # the register answer, as soon as it arrived
     put_generation: int | None = None  # the generation whose PUT finished in this process
 

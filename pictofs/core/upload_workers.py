@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 DONE_KEEP = 3600.0  # seconds a done journal row is kept before it is pruned
 PRUNE_EVERY = 60.0  # seconds between two prunings
+SLOT_POLL = 0.2  # seconds between two looks at the stop flag while a batch waits its turn
 
 
 class QueueWorkers:
@@ -41,9 +42,11 @@ class QueueWorkers:
     _on_registered: Callable[[str, Image], None] | None
     _on_registered_many: Callable[[list[tuple[str, Image]]], None] | None
     _on_failed: Callable[[str, str], None] | None
+    _on_changed: Callable[[str], None] | None
     _rng: random.Random
     _batch: int
     _senders: Executor | None
+    _batch_slots: threading.BoundedSemaphore | None
     _changed: threading.Condition
     _schedule: Schedule
     _stopping: bool
@@ -84,6 +87,22 @@ class QueueWorkers:
                                        limit=self._batch, workers=workers)
 
     def _run_batch(self, tasks: list[Task]) -> None:
+        """Run a batch, once one of the ``BATCHES_AT_ONCE`` slots is free when its PUTs go
+        to the shared pool (a stop while it waits queues its members again)."""
+        if self._batch_slots is None:
+            self._run_batch_now(tasks)
+            return
+        while not self._batch_slots.acquire(timeout=SLOT_POLL):
+            if self._stopping:
+                for task in tasks:
+                    self._after_interrupt(task)
+                return
+        try:
+            self._run_batch_now(tasks)
+        finally:
+            self._batch_slots.release()
+
+    def _run_batch_now(self, tasks: list[Task]) -> None:
         members = []
         for task in tasks:
             entry = self._journal.get(task.entry_id)
@@ -119,6 +138,7 @@ class QueueWorkers:
                 job.finish_cancel(entry)
                 self._drop(task.entry_id)
                 self._end(task)
+                self._cancel_ended(task)
                 return
             landed = job.run(entry)
         except Interrupted:
@@ -194,7 +214,9 @@ class QueueWorkers:
         reason = upload_job.describe(exc)
         if disposition is Disposition.PERMANENT and upload_job.is_unexpected(exc):
             log.error("unexpected error uploading %s", entry.path, exc_info=exc)
-        if disposition is Disposition.AUTH:
+        if isinstance(exc, upload_job.SourceChanged) and not task.cancelled:
+            self._source_changed(task, entry, reason)
+        elif disposition is Disposition.AUTH:
             self._retry(task, "API key rejected", None)
         elif disposition is Disposition.TRANSIENT:
             now = self._journal.get(task.entry_id)
@@ -213,6 +235,7 @@ class QueueWorkers:
             log.warning("could not undo the cancelled upload of %s: %s", entry.path, reason)
             self._drop(task.entry_id)
             self._end(task)
+            self._cancel_ended(task)
         else:
             self._fail(task, entry, reason)
 
@@ -233,6 +256,34 @@ class QueueWorkers:
             if not self._stopping and not task.held:
                 self._schedule.due_in(task, delay)
             self._changed.notify_all()
+
+    def _source_changed(self, task: Task, entry: Entry, reason: str) -> None:
+        """An entry's source file changed before its bytes were registered: the entry ends
+        as a cancel does (an image an earlier, crashed run may have registered is archived
+        by a worker first), then the caller is told to stage the file again."""
+        log.info("%s: %s; it is to be staged again", entry.path, reason)
+        with self._changed:
+            self._schedule.run_ended()
+            task.running = False
+            task.cancelled, task.held = True, False
+            task.source_changed = True
+            task.generation += 1
+            current = self._journal.update(task.entry_id, cancelled=True)
+            self._continue_cancel(task, current)
+            ended = self._schedule.task(task.entry_id) is None
+            self._changed.notify_all()
+        if ended:
+            self._cancel_ended(task)
+
+    def _cancel_ended(self, task: Task) -> None:
+        """A cancel is over (the entry is gone): the caller hears of a changed source only
+        now, so that a new upload of the file cannot meet the image being archived."""
+        if not task.source_changed:
+            return
+        if self._on_changed is not None:
+            self._callback(self._on_changed, task.entry_id)
+        else:
+            self._callback(self._on_failed, task.entry_id, "its source file changed")
 
     def _fail(self, task: Task, entry: Entry, reason: str) -> None:
         log.warning("upload of %s failed: %s", entry.path, reason)

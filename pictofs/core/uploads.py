@@ -16,7 +16,8 @@ them together with the bulk routes (``upload_batch.BatchJob``), up to ``batch`` 
 about an equal share per worker. With ``parallel_puts`` too, the PUTs of a batch go out side by
 side in a pool of ``transfers`` threads the workers share, so a worker takes every due fresh
 entry of its folder (up to ``batch``) instead of a share: fewer, larger bulk calls with as many
-PUTs in flight (the mirror's start-up).
+PUTs in flight (the mirror's start-up); at most ``BATCHES_AT_ONCE`` such batches run at a time
+(a worker that took another one waits for its turn).
 
 Callers (FUSE threads, the mirror) use ``stage``/``flushed``/``set_mtime``/``schedule`` while
 writing, ``hold`` when a staged file is opened again, ``retarget`` on rename, ``cancel`` on
@@ -27,6 +28,11 @@ the change is the caller's (a replace or an image rename). Callbacks ``on_regist
 is called instead of ``on_registered``: once per batch with the ``(entry id, image)`` of every
 member that landed (once per single upload with one pair), so that a caller can record them
 in one transaction.
+
+``stage_sources`` queues files that stay where they are (no staging file; the mirror's): the
+journal records each one's size, mtime and sha256, and the upload checks the bytes it sends
+against them. One that changed before it was registered ends as a cancel, and
+``on_changed`` tells the caller to stage it again (``on_failed`` when there is none).
 """
 
 from __future__ import annotations
@@ -37,10 +43,13 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from pictofs.core.journal import Entry, Journal, ResumeAction, orphan_staging_files
+from pictofs.core.journal import (
+    Entry, Journal, ResumeAction, SourceRow, orphan_staging_files,
+)
 from pictofs.core.journal import resume_action
 from pictofs.core.upload_schedule import QueueStats, Schedule, Task
 from pictofs.core.upload_workers import QueueWorkers
@@ -52,8 +61,31 @@ log = logging.getLogger(__name__)
 RegisteredCallback = Callable[[str, Image], None]
 RegisteredManyCallback = Callable[[list[tuple[str, Image]]], None]
 FailedCallback = Callable[[str, str], None]
+ChangedCallback = Callable[[str], None]
 
-__all__ = ["QueueStats", "UploadQueue"]
+__all__ = ["QueueStats", "Source", "UploadQueue"]
+
+# With parallel PUTs, batches that run at once: the second's PUTs queue behind the first's in
+# the shared pool, so the transfers stay busy while the first registers. More only put more
+# bulk registers in flight at once, which compete with the PUTs on the service and finish no
+# sooner (measured: docs/performance.md, "Mirror"); fewer idle the transfers at each
+# register. Holding the slot through the register measured better than releasing it after
+# the PUTs (which piles the registers up).
+BATCHES_AT_ONCE = 2
+
+
+@dataclass(frozen=True)
+class Source:
+    """A file to upload from where it is (``stage_sources``): its size, mtime and sha256
+    when it was hashed."""
+
+    folder: str
+    filename: str
+    replaced_id: str | None
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
 
 
 class UploadQueue(QueueWorkers):
@@ -70,6 +102,7 @@ class UploadQueue(QueueWorkers):
         on_registered: RegisteredCallback | None = None,
         on_registered_many: RegisteredManyCallback | None = None,
         on_failed: FailedCallback | None = None,
+        on_changed: ChangedCallback | None = None,
         rng: random.Random | None = None,
         batch: int = 1,
         parallel_puts: bool = False,
@@ -84,11 +117,14 @@ class UploadQueue(QueueWorkers):
         self._on_registered = on_registered
         self._on_registered_many = on_registered_many
         self._on_failed = on_failed
+        self._on_changed = on_changed
         self._rng = rng or random.Random()
         self._batch = max(1, batch)
         # The PUTs of batches (threads are started at the first one, not before start()).
         self._senders = (ThreadPoolExecutor(self._transfers, thread_name_prefix="upload-put")
                          if parallel_puts and self._batch > 1 else None)
+        self._batch_slots = (threading.BoundedSemaphore(BATCHES_AT_ONCE)
+                             if self._senders is not None else None)
         # _lock guards _schedule (the task table, due times, key pause, counters), _stopping,
         # _workers and _last_prune; _changed is signalled on every change of them. Journal
         # calls may be made with it held (the journal's own lock is always taken second), but
@@ -120,6 +156,20 @@ class UploadQueue(QueueWorkers):
                 self._schedule.add(entry_id)
         for entry_id, (folder, filename, _) in zip(entry_ids, targets):
             log.debug("staged %s in %s as entry %s", filename, folder, entry_id)
+        return entry_ids
+
+    def stage_sources(self, sources: Sequence[Source]) -> list[str]:
+        """New entries uploaded from their source files, without staging copies: resumable
+        at once (one durable transaction), due when ``schedule``d. For files nobody is
+        writing to: one that changed before its bytes were registered is dropped (its
+        ``on_changed``) instead of uploaded."""
+        entry_ids = [uuid.uuid4().hex for _ in sources]
+        self._journal.add_sources([SourceRow(entry_id, s.folder, s.filename, s.replaced_id,
+                                             s.path, s.size, s.mtime_ns, s.sha256)
+                                   for entry_id, s in zip(entry_ids, sources)])
+        with self._lock:
+            for entry_id in entry_ids:
+                self._schedule.add(entry_id)
         return entry_ids
 
     def staging_path(self, entry_id: str) -> Path:

@@ -1,10 +1,15 @@
 """Carries out the mirror's plans: uploads through the journaled upload queue (the one the
 mount uses), server-side moves and archives, and the state database around them.
 
-Uploads are staged in chunks: each file as a consistent snapshot (``local.snapshot``) in a
-new entry, the chunk recorded in the state database as *pending* with the entry ids, then
-made due together (so that the queue's workers send it with the bulk routes); at most
-``WINDOW_FILES`` (and ``WINDOW_BYTES``) are staged and not landed at a time.
+Uploads are staged in chunks: each file hashed as one consistent state (``local.fingerprint``)
+into a new entry that reads its bytes from the file itself (``UploadQueue.stage_sources``),
+the chunk recorded in the state database as *pending* with the entry ids, then made due
+together (so that the queue's workers send it with the bulk routes); at most
+``WINDOW_FILES`` (and ``WINDOW_BYTES``) are staged and not landed at a time. The queue checks
+the bytes it sends against the size, mtime and sha256 recorded here; a file that changed
+before its bytes were registered comes back (``_source_changed``) and is looked at again,
+and its next upload is copied into a staging file first (``local.snapshot``), so that a file
+that keeps changing is sent as one consistent state of it.
 The queue's callbacks (worker threads) turn the entries a batch landed into rows (one
 transaction) — and archive the image a rename retires — or a failed one into a known
 failure, reported once and not retried until the file changes.
@@ -16,9 +21,9 @@ whose upload landed gets its old image archived.
 Staging files are not fsync'd (``UploadQueue.flushed_many(sync=False)``): the mirrored file
 itself is the durable copy. After a crash of the machine a staging file may have lost bytes,
 so ``recover`` checks every waiting entry's staging file against the sha256 taken when it was
-staged; an entry whose file does not match, or that the state database does not know, is
-cancelled (an image it may have registered is archived by the queue) and its file is looked
-at again, staged afresh from the source.
+staged (and an entry read from its file, that file's size and mtime); an entry that does not
+match, or that the state database does not know, is cancelled (an image it may have
+registered is archived by the queue) and its file is looked at again.
 """
 
 from __future__ import annotations
@@ -26,11 +31,11 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 from pictofs.core.journal import Journal
 from pictofs.core.listing import list_images_consistent
-from pictofs.core.uploads import UploadQueue
+from pictofs.core.uploads import Source, UploadQueue
 from pictofs.errors import NotFound, PictofsError
 from pictofs.mirror import local
 from pictofs.mirror.plan import (
@@ -70,13 +75,15 @@ class Engine:
         self.report = report
         self._landed = landed
         self._journal = journal
+        self._batch = batch
         self.queue = UploadQueue(upload_remote or remote, journal, dataset_id,
                                  transfers=transfers,
                                  write_back=0.0, retry_max_wait=retry_max_wait,
                                  on_registered_many=self._registered,
-                                 on_failed=self._failed, batch=batch, parallel_puts=True)
-        # _lock guards _live, _known, _noted, _said and report; _changed is signalled when an
-        # upload lands or fails.
+                                 on_failed=self._failed, on_changed=self._source_changed,
+                                 batch=batch, parallel_puts=True)
+        # _lock guards _live, _known, _noted, _said, _retry_later, _copy and report; _changed
+        # is signalled when an upload lands or fails.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._live: dict[str, tuple[str, int]] = {}  # entry id → (rel, size) in flight
@@ -85,7 +92,8 @@ class Engine:
         self._said: set[tuple[str, str]] = set()  # plan failures already logged
         self._folders: set[str] = set()  # folders made on the service by this process
         self.stopping = threading.Event()
-        self.retry_later: set[str] = set()  # paths whose move or archive failed for now
+        self._retry_later: set[str] = set()  # changed while read, or a move that failed
+        self._copy: set[str] = set()  # changed while uploaded: staged as a copy next time
         self.announce = False  # log each upload as it lands (while watching)
 
     # ---------------------------------------------------------------- life cycle
@@ -105,7 +113,7 @@ class Engine:
                 self._recover_landed(entry_id, entry.image_id)
             elif entry is None or entry.cancelled or not entry.flushed:
                 self.state.fail(entry_id)
-            elif not self._staged_intact(entry_id, pending.sha256):
+            elif not self._staged_intact(entry_id, pending):
                 log.info("restaging %s: its staging copy did not survive the crash intact",
                          pending.rel)
                 self.queue.discard(entry_id)
@@ -121,9 +129,16 @@ class Engine:
         self.queue.resume()
         self.queue.start()
 
-    def _staged_intact(self, entry_id: str, sha256: str) -> bool:
+    def _staged_intact(self, entry_id: str, pending: Pending) -> bool:
+        """The entry's staging file still has the sha256 taken when it was staged. An entry
+        read from its file is resumed as it is: the queue checks that file against what it
+        recorded before anything is registered, and one that changed comes back through
+        ``_source_changed`` once an image the crashed run may have registered is archived."""
+        entry = self.queue.get(entry_id)
+        if entry is not None and entry.source is not None:
+            return True
         try:
-            return local.sha256_of(self.queue.staging_path(entry_id)) == sha256
+            return local.sha256_of(self.queue.staging_path(entry_id)) == pending.sha256
         except OSError:
             return False
 
@@ -144,6 +159,21 @@ class Engine:
     def pending_rels(self) -> set[str]:
         with self._lock:
             return {rel for rel, _ in self._live.values()}
+
+    def retry_later(self, rels: Iterable[str]) -> None:
+        """Paths to look at again later (``take_retry_later``)."""
+        with self._lock:
+            self._retry_later.update(rels)
+
+    def has_retry_later(self) -> bool:
+        with self._lock:
+            return bool(self._retry_later)
+
+    def take_retry_later(self) -> set[str]:
+        """The paths to look at again, forgotten here."""
+        with self._lock:
+            rels, self._retry_later = self._retry_later, set()
+            return rels
 
     def known_failures(self) -> dict[str, Known]:
         with self._lock:
@@ -250,7 +280,7 @@ class Engine:
         except PictofsError as exc:
             log.warning("could not move %d images to %s (%s); trying again later",
                         len(group), folder, exc)
-            self.retry_later.update(r for m in group for r in (m.row.rel, m.file.rel))
+            self.retry_later(r for m in group for r in (m.row.rel, m.file.rel))
             return
         for move in ready:
             row, f, name = move.row, move.file, names[move.row.image_id]
@@ -278,7 +308,7 @@ class Engine:
             except PictofsError as exc:
                 log.warning("could not archive %d images (%s); trying again later",
                             len(chunk), exc)
-                self.retry_later.update(row.rel for row in chunk)
+                self.retry_later(row.rel for row in chunk)
                 continue
             self.state.delete([row.rel for row in chunk])
             with self._lock:
@@ -289,33 +319,58 @@ class Engine:
     # ---------------------------------------------------------------- uploads
 
     def _upload_all(self, uploads: list[Upload]) -> None:
-        chunk: list[Upload] = []
-        size, limit = 0, FIRST_CHUNK_FILES  # a small first chunk: the workers start sooner
-        for upload in uploads:
-            chunk.append(upload)
-            size += upload.file.size
-            if len(chunk) >= limit or size >= CHUNK_BYTES:
-                self._stage(chunk)
-                chunk, size, limit = [], 0, CHUNK_FILES
-        if chunk:
+        for chunk in chunks(uploads, self._batch):
             self._stage(chunk)
 
     def _stage(self, uploads: list[Upload]) -> None:
-        """Snapshot a chunk of files into new entries and make them due together."""
+        """Stage a chunk of files into new entries and make them due together: read from
+        the files themselves, except those that changed while they were uploaded (copied)."""
         self._wait_for_room()
+        with self._lock:
+            copies = [u for u in uploads if u.file.rel in self._copy]
+            self._copy.difference_update(u.file.rel for u in copies)
+        sources = [u for u in uploads if u.file.rel not in {c.file.rel for c in copies}]
+        pending = self._stage_sources(sources) + self._stage_copies(copies)
+        self.queue.schedule_many([p.entry_id for p in pending], 0.0)
+
+    def _stage_sources(self, uploads: list[Upload]) -> list[Pending]:
+        """Hash each file into an entry that reads it where it is (one journal commit)."""
+        hashed = [(u, f) for u in uploads if (f := self._fingerprint(u.file)) is not None]
+        entry_ids = self.queue.stage_sources([
+            Source(u.folder, f.rel.rsplit("/", 1)[-1], u.replaced_id, str(self.root / f.rel),
+                   f.size, f.mtime_ns, f.sha256 or "") for u, f in hashed])
+        pending = [_pending(entry_id, u, f) for entry_id, (u, f) in zip(entry_ids, hashed)]
+        self._add_pending(pending)
+        return pending
+
+    def _fingerprint(self, f: LocalFile) -> LocalFile | None:
+        try:
+            return local.fingerprint(self.root / f.rel, f)
+        except (local.Changed, OSError) as exc:
+            log.debug("not staged: %s", exc)
+            self.retry_later([f.rel])
+            return None
+
+    def _stage_copies(self, uploads: list[Upload]) -> list[Pending]:
+        """Copy each file into a new entry's staging file while hashing it."""
+        if not uploads:
+            return []
         entry_ids = self.queue.stage_many([(u.folder, u.file.rel.rsplit("/", 1)[-1],
                                             u.replaced_id) for u in uploads])
         staged = [self._snapshot(entry_id, upload) for entry_id, upload
                   in zip(entry_ids, uploads)]
         pending = [p for p in staged if p is not None]
+        self._add_pending(pending)
+        # no fsync: the source file is still there to stage again (see recover)
+        self.queue.flushed_many({p.entry_id: p.size for p in pending}, sync=False)
+        return pending
+
+    def _add_pending(self, pending: list[Pending]) -> None:
         self.state.add_pending(pending)
         with self._lock:
             for p in pending:
                 self._live[p.entry_id] = (p.rel, p.size)
             self.report.attempted += len(pending)
-        # no fsync: the source file is still there to stage again (see recover)
-        self.queue.flushed_many({p.entry_id: p.size for p in pending}, sync=False)
-        self.queue.schedule_many([p.entry_id for p in pending], 0.0)
 
     def _snapshot(self, entry_id: str, upload: Upload) -> Pending | None:
         f = upload.file
@@ -324,11 +379,9 @@ class Engine:
         except (local.Changed, OSError) as exc:
             self.queue.discard(entry_id)
             log.debug("not staged: %s", exc)
-            self.retry_later.add(f.rel)
+            self.retry_later([f.rel])
             return None
-        retire = upload.retire.rel if upload.retire is not None else None
-        return Pending(entry_id, f.rel, f.size, f.mtime_ns, snap.sha256 or "", retire,
-                       upload.archive)
+        return _pending(entry_id, upload, snap)
 
     def _wait_for_room(self) -> None:
         while True:
@@ -375,6 +428,19 @@ class Engine:
         if pending is not None:
             self._fail_known(pending.rel, pending.size, pending.mtime_ns, reason, logged=True)
 
+    def _source_changed(self, entry_id: str) -> None:
+        """The file of an upload read from where it is changed before its bytes were
+        registered (the queue dropped the entry): look at it again, and copy it next time."""
+        pending = self.state.fail(entry_id)
+        with self._changed:
+            if pending is not None:
+                self._retry_later.add(pending.rel)  # before it leaves _live: see wait_done
+                self._copy.add(pending.rel)
+            self._live.pop(entry_id, None)
+            self._changed.notify_all()
+        if pending is not None:
+            log.info("%s changed while it was uploaded: looking at it again", pending.rel)
+
     def _retire(self, row: Row) -> None:
         """Archive the image a rename replaced, then forget its row."""
         try:
@@ -419,6 +485,31 @@ class Engine:
             self.report.failed[rel] = reason
         if first and not logged:
             log.warning("not uploaded: %s: %s", rel, reason)
+
+
+def chunks(uploads: list[Upload], batch: int) -> Iterator[list[Upload]]:
+    """The uploads in chunks to stage together. A chunk ends where a folder ends once it
+    holds ``batch`` files (``FIRST_CHUNK_FILES`` for the first, so that the workers start
+    sooner): the queue sends a folder's due entries in one batch of up to ``batch``, so a
+    folder cut across two chunks would cost two bulk calls of each kind where one does. A
+    chunk never passes ``CHUNK_FILES`` files or ``CHUNK_BYTES`` bytes."""
+    chunk: list[Upload] = []
+    size, least = 0, FIRST_CHUNK_FILES
+    for upload in uploads:
+        if chunk and ((len(chunk) >= least and upload.folder != chunk[-1].folder)
+                      or len(chunk) >= CHUNK_FILES or size >= CHUNK_BYTES):
+            yield chunk
+            chunk, size, least = [], 0, batch
+        chunk.append(upload)
+        size += upload.file.size
+    if chunk:
+        yield chunk
+
+
+def _pending(entry_id: str, upload: Upload, hashed: LocalFile) -> Pending:
+    retire = upload.retire.rel if upload.retire is not None else None
+    return Pending(entry_id, hashed.rel, hashed.size, hashed.mtime_ns, hashed.sha256 or "",
+                   retire, upload.archive)
 
 
 def _row(f: LocalFile, image_id: str, folder: str, name: str, sha: str | None = None) -> Row:

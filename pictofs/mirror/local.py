@@ -3,8 +3,9 @@ file into an upload entry's staging file as one consistent snapshot.
 
 ``scan`` walks the whole tree (``os.scandir``, one ``lstat`` per entry, symlinks never
 followed) or only some paths (``scan_paths``, after a burst of events), and sorts every entry
-with the pure ``plan.classify``. ``snapshot`` copies a file while hashing it and checks that
-its size and mtime did not move meanwhile: a file still being written is not staged.
+with the pure ``plan.classify``. ``fingerprint`` hashes a file and checks that its size and
+mtime did not move meanwhile (a file still being written is not uploaded); ``snapshot`` does
+the same while copying it into a staging file.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 from pictofs.mirror.plan import LocalFile, Target, Verdict, classify, ignored_folder
 
@@ -107,21 +108,33 @@ class Changed(Exception):
     """The file is not what was planned, or changed while it was read."""
 
 
+def fingerprint(source: Path, expected: LocalFile) -> LocalFile:
+    """``expected`` with its sha256, read from ``source``: one consistent state of the file,
+    the one planned (same size and mtime), else Changed."""
+    return _read(source, expected, None)
+
+
 def snapshot(source: Path, expected: LocalFile, dest: Path) -> LocalFile:
-    """Copy ``source`` into ``dest`` (an existing staging file) while hashing it; the copy is
-    one consistent state of the file, the one planned (same size and mtime), else Changed."""
+    """``fingerprint``, copying the bytes into ``dest`` (an existing staging file) as they
+    are read: the copy is the state of the file that was hashed."""
+    with open(dest, "wb") as out:
+        return _read(source, expected, out)
+
+
+def _read(source: Path, expected: LocalFile, out: BinaryIO | None) -> LocalFile:
     digest = hashlib.sha256()
     try:
         handle = open(source, "rb")
     except FileNotFoundError:
         raise Changed(f"{expected.rel} is gone") from None
-    with handle, open(dest, "wb") as out:
+    with handle:
         before = os.fstat(handle.fileno())
         if (before.st_size, before.st_mtime_ns) != (expected.size, expected.mtime_ns):
             raise Changed(f"{expected.rel} changed since it was looked at")
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
-            out.write(chunk)
+            if out is not None:
+                out.write(chunk)
         after = os.fstat(handle.fileno())
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
         raise Changed(f"{expected.rel} changed while it was read")

@@ -17,15 +17,17 @@ import logging
 import queue
 import time
 from pathlib import Path
-from typing import Collection
+from typing import TYPE_CHECKING, Collection
 
 from pictofs.mirror import local, service
 from pictofs.mirror.coalesce import Coalescer, Event
 from pictofs.mirror.engine import Engine, Stopped
-from pictofs.mirror.events import Watcher
 from pictofs.mirror.plan import LocalFile, Plan, Policy, RemoteListing, plan_sync
 from pictofs.remote import Remote
 from pictofs.units import format_size
+
+if TYPE_CHECKING:  # imported when watching: --once does without watchdog
+    from pictofs.mirror.events import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +65,11 @@ class Session:
             self.engine.recover()
             self.reconcile()
             self.engine.wait_done()
-            if self.engine.retry_later:  # changed while read, or a move that failed for now
-                retry, self.engine.retry_later = self.engine.retry_later, set()
+            retry = self.engine.take_retry_later()  # changed, or a move that failed for now
+            if retry:
                 self.sync(retry)
                 self.engine.wait_done()
-                self.engine.give_up(self.engine.retry_later,
+                self.engine.give_up(self.engine.take_retry_later(),
                                     "still changing, or the service refused it for now")
         except Stopped:
             pass
@@ -80,6 +82,8 @@ class Session:
         return 0 if self.engine.report.ok else 1
 
     def run_watch(self) -> int:
+        from pictofs.mirror.events import Watcher  # (watchdog: only needed here)
+
         self.engine.recover()
         watcher = Watcher(self.root, self.inbox.put, poll=self.poll,
                           poll_interval=min(1.0, max(0.1, self.settle / 2)),
@@ -173,10 +177,9 @@ class Session:
             if watcher.mode == "inotify" and now - last_rescan >= RESCAN_EVERY:
                 last_rescan = now
                 self.rescan(coalescer)
-            if self.engine.retry_later and now - last_retry >= RETRY_EVERY:
+            if self.engine.has_retry_later() and now - last_retry >= RETRY_EVERY:
                 last_retry = now
-                retry, self.engine.retry_later = self.engine.retry_later, set()
-                self.sync(retry)
+                self.sync(self.engine.take_retry_later())
             if self.engine.busy():
                 self.engine.progress.tick()
             else:

@@ -1,6 +1,7 @@
 """Mirror-mode benchmark: ``pictofs mirror`` against the plain alternatives, in one run.
 
-Run: ``python tests/bench/bench_mirror.py [--quick]``.
+Run: ``python tests/bench/bench_mirror.py [--quick] [--repetitions N] [--reconcile-only]``
+(``--reconcile-only``: row 2 alone, to iterate on it).
 
 It starts its own reference server in a temporary folder and measures:
 
@@ -203,10 +204,21 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
+def report_reconcile(ours: list[float], base: list[float], ratio: float) -> int:
+    """The reconcile row alone (``--reconcile-only``)."""
+    print(f"\nreconcile: mirror {statistics.median(ours):.2f} s, workflow "
+          f"{statistics.median(base):.2f} s, median ratio {ratio:.2f}×; pairs (mirror/workflow): "
+          + ", ".join(f"{o:.2f}/{b:.2f}" for o, b in zip(ours, base))
+          + f"; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+    return 0 if ratio <= 1.0 else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer files, one repetition")
     parser.add_argument("--repetitions", type=int, help="reconcile repetitions (default 3)")
+    parser.add_argument("--reconcile-only", action="store_true",
+                        help="measure only the start-up reconcile (row 2)")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     if args.repetitions:
@@ -217,18 +229,23 @@ def main() -> int:
     server = start_server(work / "server", work / "server.log")
     try:
         env = Env(work, server)
-        log(f"latency over {sizes.latency_files} files (settle {SETTLE:g}s)...")
-        lat = latency(env, sizes.latency_files)
+        if not args.reconcile_only:
+            log(f"latency over {sizes.latency_files} files (settle {SETTLE:g}s)...")
+            lat = latency(env, sizes.latency_files)
         log(f"reconcile of {sizes.reconcile_files} files x{sizes.repetitions}...")
         ours, base = reconcile(env, sizes.reconcile_files, sizes.repetitions)
-        log(f"restart over {sizes.restart_files} mirrored files...")
-        first, again, uploads = restart(env, sizes.restart_files)
+        if not args.reconcile_only:
+            log(f"restart over {sizes.restart_files} mirrored files...")
+            first, again, uploads = restart(env, sizes.restart_files)
     finally:
         stop_server(server)
         shutil.rmtree(work, ignore_errors=True)
 
-    p50, p95 = percentile(lat, 0.5), percentile(lat, 0.95)
     ratio = statistics.median(o / b for o, b in zip(ours, base))  # pairs run back to back
+    if args.reconcile_only:
+        return report_reconcile(ours, base, ratio)
+
+    p50, p95 = percentile(lat, 0.5), percentile(lat, 0.95)
     rows = [
         ("Close-to-visible latency, p50 / p95", f"{sizes.latency_files} files, one per 100 ms",
          f"{p50:.2f} s / {p95:.2f} s", f"p95 ≤ {SETTLE + 1:g} s",

@@ -1,7 +1,9 @@
 """``pictofs mirror --once`` under faults (filesystem §9 "Restart after a crash", §5
 "Failures", "Durability"); figures measured here are in ``docs/reliability.md``.
 
-- ``PICTOFS_FAULT=crash:before_upload_url`` over a fresh tree (the bulk path), and crashes at
+- ``PICTOFS_FAULT=crash:before_upload_url`` over a fresh tree (the bulk path); crashes after
+  the PUTs and after the register of fresh files read where they are, then half of them
+  rewritten; a file rewritten between its hash and its PUT; and crashes at
   every step of a replace (a file changed locally: ``before_upload_url``, ``after_archive``,
   ``after_put``, ``after_register``); ``test_mirror.py`` has ``after_put``/``after_register``
   over a fresh tree. The next ``--once`` leaves every file once, with its new bytes, and
@@ -71,26 +73,61 @@ def test_a_crash_before_the_upload_url_resumes_to_one_copy_of_each_file(
     assert service_images(client, dataset.id, archived=True) == {}
 
 
-def test_staging_copies_a_machine_crash_damaged_are_staged_again(
-        mirror, client, dataset, tmp_path: Path) -> None:
-    """The mirror does not fsync its staging copies (the mirrored files are the durable
-    copy), so a crash of the machine may leave them short. Simulated: a crash before the
-    upload URL, then every staging file cut to half. The next run checks each against the
-    sha256 taken when it was staged and stages the damaged ones again from the source."""
+@pytest.mark.parametrize("point", ["after_put", "after_register"])
+def test_files_changed_after_a_crash_are_uploaded_with_their_new_bytes(
+        point: str, mirror, client, dataset, tmp_path: Path) -> None:
+    """Fresh files are uploaded from where they are (no staging copy); the journal records
+    each one's size, mtime and sha256. A crash after a batch's PUTs (or its register), then
+    half the files rewritten: the next run resumes every entry, finds those files changed
+    before sending anything, cancels their entries (an image the crashed run registered is
+    archived) and uploads the new bytes. Every file ends on the service once, with its last
+    bytes."""
     root = tmp_path / "fresh"
-    tree = make_tree(root, 24, depth_of=flat)
+    old_tree = make_tree(root, 24, depth_of=flat)
     state = {"XDG_STATE_HOME": str(tmp_path / "state")}
     crashed = mirror(root, dataset.name, "--once", "--transfers", "2",
-                     env={**state, "PICTOFS_FAULT": "crash:before_upload_url:1"}).run()
+                     env={**state, "PICTOFS_FAULT": f"crash:{point}:1"}).run()
     assert crashed.returncode == -signal.SIGKILL
-    staged = sorted(p for p in (tmp_path / "state").rglob("staging/*") if p.is_file())
-    assert staged, "the crash left no staged file to damage"
-    for path in staged:
-        data = path.read_bytes()
-        path.write_bytes(data[:len(data) // 2])
+    staged = [p for p in (tmp_path / "state").rglob("staging/*") if p.is_file()]
+    assert staged == [], "fresh files were copied into staging files"
+    tree = dict(old_tree)
+    for n, rel in enumerate(sorted(old_tree)[::2]):
+        time.sleep(0.01)  # a new mtime even on a coarse clock
+        tree[rel] = write_image(root / rel, seed=70_000 + n, size=(11, 5))
+
     resumed = mirror(root, dataset.name, "--once", env=state).run()
+
     assert resumed.returncode == 0, resumed.stdout
-    assert "did not survive the crash intact" in (tmp_path / "mirror1.log").read_text()
+    assert "changed while it was uploaded" in (tmp_path / "mirror1.log").read_text()
+    assert_exactly(client, dataset.id, tree)
+    archived = [i for i in client.images.list(dataset.id, include_archived=True)
+                if i.is_archived]
+    for image in archived:  # only what the crashed run registered of the rewritten files
+        assert tree[image.path[1:]] != old_tree[image.path[1:]], image.path
+        assert image_bytes(client, image.id) == old_tree[image.path[1:]], image.path
+    if point == "after_put":
+        assert archived == []
+
+
+def test_a_file_rewritten_while_it_is_uploaded_lands_with_its_last_bytes(
+        mirror, server, client, dataset, tmp_path: Path) -> None:
+    """A file rewritten after it was hashed and before its PUT: the bytes sent do not match
+    what the journal recorded, so they are not registered; the file is looked at again,
+    copied into a staging file and sent with its new bytes. Deterministic: the proxy holds
+    the first upload-URL call until the file has been rewritten."""
+    root = tmp_path / "moving"
+    tree = make_tree(root, 6, depth_of=lambda n: "")
+    rel = sorted(tree)[0]
+    with FaultProxy(server.base_url) as proxy:
+        proxy.delay_next(5.0, method="POST", path="upload-url")
+        run = mirror(root, dataset.name, "--once", env={"PICTOGRAPH_BASE_URL": proxy.url})
+        process = run.spawn(stdout=subprocess.PIPE)
+        proxy.wait_for(lambda s: s.count("POST", "upload-url") >= 1, timeout=60)
+        time.sleep(0.01)  # a new mtime even on a coarse clock
+        tree[rel] = write_image(root / rel, seed=90_000, size=(13, 3))
+        out, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, out
+    assert f"{rel} changed while it was uploaded" in run.log()
     assert_exactly(client, dataset.id, tree)
     assert service_images(client, dataset.id, archived=True) == {}
 
