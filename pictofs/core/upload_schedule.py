@@ -68,6 +68,9 @@ class Schedule:
         self._probing = False
         self._bytes = 0
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        # landings whose ``on_registered`` callback has not returned yet: the queue is not
+        # idle until the caller has heard of every landing (``pictofs sync`` then sees them)
+        self.reporting = 0
 
     # ---------------------------------------------------------------- tasks
 
@@ -94,7 +97,7 @@ class Schedule:
         self._push(task)
 
     def busy(self) -> bool:
-        return any(t.busy for t in self.tasks.values())
+        return self.reporting > 0 or any(t.busy for t in self.tasks.values())
 
     def take(self) -> tuple[Task | None, float | None]:
         """The next due task, marked running; else how long to wait (None: until told)."""

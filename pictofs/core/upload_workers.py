@@ -166,6 +166,7 @@ class QueueWorkers:
             else:
                 self._schedule.remember_landed(task.entry_id, image)
                 self._schedule.remove(task.entry_id)
+                self._schedule.reporting += 1  # until _report_landed has told the caller
             if landed.uploaded:
                 self._schedule.count_bytes(image.file_size or entry.size or 0)
             prune = self._prune_due()
@@ -186,11 +187,16 @@ class QueueWorkers:
         for each."""
         if not landed:
             return
-        if self._on_registered_many is not None:
-            self._callback(self._on_registered_many, landed)
-            return
-        for entry_id, image in landed:
-            self._callback(self._on_registered, entry_id, image)
+        try:
+            if self._on_registered_many is not None:
+                self._callback(self._on_registered_many, landed)
+            else:
+                for entry_id, image in landed:
+                    self._callback(self._on_registered, entry_id, image)
+        finally:
+            with self._changed:
+                self._schedule.reporting -= len(landed)
+                self._changed.notify_all()
 
     def _after_interrupt(self, task: Task) -> None:
         with self._changed:

@@ -197,6 +197,36 @@ def test_a_flushed_and_released_file_is_uploaded_once(make_harness, server, clie
     assert stats.bytes_uploaded == len(data) and stats.rate > 0
 
 
+def test_wait_idle_returns_only_after_the_landed_callback_returned(
+        open_journal, dataset, remote) -> None:
+    """``pictofs sync`` waits for ``wait_idle``; a landing its caller has not heard of yet
+    (the callback that updates the listing, or the mirror's state) keeps the queue busy."""
+    in_callback, release = threading.Event(), threading.Event()
+    heard: list[str] = []
+
+    def slow_callback(entry_id: str, image: Image) -> None:
+        in_callback.set()
+        release.wait(WAIT)
+        heard.append(entry_id)
+
+    queue = UploadQueue(remote, open_journal(), dataset.id, write_back=0.0,
+                        on_registered=slow_callback)
+    queue.start()
+    try:
+        entry_id = queue.stage("/idle", "a.png")
+        queue.staging_path(entry_id).write_bytes(png_bytes(7))
+        queue.flushed(entry_id, len(png_bytes(7)))
+        queue.schedule(entry_id)
+        assert in_callback.wait(WAIT)
+        assert not queue.wait_idle(0.2)  # landed, but the callback has not returned
+        release.set()
+        assert queue.wait_idle(WAIT)
+        assert heard == [entry_id]
+    finally:
+        release.set()
+        assert queue.stop(WAIT)
+
+
 class ConcurrencyRemote:
     """Passes every call to ``inner``; records how many PUTs ran at once."""
 
