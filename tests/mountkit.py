@@ -142,3 +142,19 @@ def kill_daemon(m: Any) -> None:
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: is_dead_mount(m.path), "the killed daemon's mount to go stale")
     m.mounted = False
+
+
+def crash_mount(mount: Any, m: Any, dataset_name: str, point: str, hit: int) -> Any:
+    """Mount again on ``m``'s mountpoint with ``PICTOFS_FAULT=crash:POINT:HIT`` and wait for
+    the daemon to kill itself there, leaving a stale mount. The daemon resumes its journal
+    while it sets the mount up, so the crash may come before it tells ``pictofs mount`` it
+    is ready: that command then fails, naming the signal, which is right too."""
+    crashing = mount(dataset_name, "--write-back", "0.2s", mountpoint=m.path,
+                     env={"PICTOFS_FAULT": f"crash:{point}:{hit}"}, expect_fail=None)
+    wait_for(lambda: f"fault injection: crashing at {point}" in crashing.log(),
+             f"the daemon to crash at {point}")
+    if not crashing.mounted:
+        assert "exited with status -9 before mounting" in crashing.args[-1], crashing.args[-1]
+    wait_for(lambda: is_dead_mount(crashing.path), "the crashed daemon's mount to go stale")
+    crashing.mounted = False
+    return crashing

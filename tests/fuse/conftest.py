@@ -111,12 +111,13 @@ def mount(server, tmp_path: Path, mount_env: dict[str, str]  # type: ignore[no-u
     """``mount(dataset_name_or_None, *options, base_url=..., cache_dir=..., env=...,
     mountpoint=...)`` → Mount. ``env`` adds variables to the daemon's environment (and to
     the ``pictofs`` commands of the Mount); ``mountpoint`` mounts again on a folder used
-    before (a stale mount of a killed daemon is cleaned by ``pictofs mount`` itself)."""
+    before (a stale mount of a killed daemon is cleaned by ``pictofs mount`` itself);
+    ``expect_fail=None``: the mount may fail (the handle says so: ``mounted`` is False)."""
     made: list[Mount] = []
     attempts = iter(range(1000))
 
     def make(dataset: str | None, *options: str, base_url: str | None = None,
-             cache_dir: Path | None = None, expect_fail: bool = False,
+             cache_dir: Path | None = None, expect_fail: bool | None = False,
              env: dict[str, str] | None = None, mountpoint: Path | None = None) -> Mount:
         index = next(attempts)
         if mountpoint is None:
@@ -131,7 +132,7 @@ def mount(server, tmp_path: Path, mount_env: dict[str, str]  # type: ignore[no-u
                 "--cache-dir", str(cache), "--log-file", str(log_file), "-v", *options]
         result = pictofs(*args, env=env, timeout=120)
         handle = Mount(mountpoint, dataset, cache, log_file, env, args)
-        if expect_fail:
+        if expect_fail or (expect_fail is None and result.returncode != 0):
             assert result.returncode != 0, "mount was expected to fail"
             handle.mounted = False
             handle.args.append(result.stderr)

@@ -32,7 +32,7 @@ import pytest
 
 from faultproxy import FaultProxy
 from imagegen import jpeg_bytes, png_bytes, sized_jpeg
-from mountkit import (Counts, is_dead_mount, journal_folder, kill_daemon, live, pictofs_cmd,
+from mountkit import (Counts, crash_mount, journal_folder, kill_daemon, live, pictofs_cmd,
                       service_bytes, staging_files, sync, wait_for)
 
 pytestmark = pytest.mark.fuse
@@ -123,12 +123,7 @@ def test_crash_at_an_upload_step_loses_nothing_and_duplicates_nothing(client, da
     wait_for(lambda: uploads_status(m)["pending"] == 24, "24 pending journal entries")
     kill_daemon(m)
     # 2. the next mount resumes them and dies at the third time it reaches the step
-    crashing = mount(dataset.name, "--write-back", "0.2s", mountpoint=m.path,
-                     env={"PICTOFS_FAULT": f"crash:{point}:3"})
-    wait_for(lambda: "fault injection: crashing at " + point in crashing.log(),
-             f"the daemon to crash at {point}")
-    wait_for(lambda: is_dead_mount(crashing.path), "the crashed daemon's mount to go stale")
-    crashing.mounted = False
+    crash_mount(mount, m, dataset.name, point, 3)
     # 3. a clean mount finishes the job
     again = mount(dataset.name, "--write-back", "0.2s", mountpoint=m.path)
     sync(again)

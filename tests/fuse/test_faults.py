@@ -37,7 +37,7 @@ import pytest
 from faultproxy import FaultProxy
 from harness import free_port, restart_server, start_server, stop_server
 from imagegen import png_bytes, sized_jpeg
-from mountkit import is_dead_mount, kill_daemon, staging_files, sync, wait_for
+from mountkit import crash_mount, kill_daemon, staging_files, sync, wait_for
 from pictofs.api import Client
 from pictofs.api import images as images_api
 from seed import seed_images
@@ -227,18 +227,6 @@ def test_an_uncached_read_through_a_truncated_body_is_retried_or_fails_eio(
 
 
 # ---------------------------------------------------------------------- crash points
-
-
-def crash_mount(mount, m, dataset_name: str, point: str, hit: int):  # type: ignore[no-untyped-def]
-    """Mount again on ``m``'s mountpoint with ``crash:POINT:HIT`` and wait for the daemon to
-    kill itself there."""
-    crashing = mount(dataset_name, "--write-back", "0.2s", mountpoint=m.path,
-                     env={"PICTOFS_FAULT": f"crash:{point}:{hit}"})
-    wait_for(lambda: f"fault injection: crashing at {point}" in crashing.log(),
-             f"the daemon to crash at {point}")
-    wait_for(lambda: is_dead_mount(crashing.path), "the crashed daemon's mount to go stale")
-    crashing.mounted = False
-    return crashing
 
 
 def test_crash_before_the_upload_url_loses_nothing_and_duplicates_nothing(
