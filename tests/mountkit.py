@@ -135,11 +135,73 @@ def is_dead_mount(path: Path) -> bool:
     return False
 
 
+def daemon_pids(path: Path) -> list[int]:
+    """The ``pictofs mount`` processes serving ``path`` (found by their command line)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        if b"pictofs" in argv and b"mount" in argv and str(path).encode() in argv:
+            pids.append(int(proc.name))
+    return pids
+
+
+def is_running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (a reaped or zombie daemon has exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def kernel_stacks(pid: int) -> str:
+    """Where each thread of ``pid`` waits in the kernel: ``wchan`` and ``stack`` per task
+    (the stack needs root; what cannot be read is said, not skipped)."""
+    lines = [f"process {pid} is still alive:"]
+    tasks = sorted(Path(f"/proc/{pid}/task").glob("*"), key=lambda t: int(t.name))
+    for task in tasks:
+        parts = []
+        for name in ("comm", "wchan", "stat", "stack"):
+            try:
+                parts.append(f"{name}: {(task / name).read_text().strip()}")
+            except OSError as exc:
+                parts.append(f"{name}: unreadable ({exc.strerror})")
+        lines.append(f"  task {task.name}\n    " + "\n    ".join(parts))
+    return "\n".join(lines)
+
+
+def wait_for_daemon_exit(pids: list[int], what: str, timeout: float = 120.0,
+                         explain_after: float = 5.0) -> None:
+    """Wait until every pid has exited; a daemon that outlives its kill by more than
+    ``explain_after`` seconds has its threads' kernel stacks printed (once), so a hang
+    explains itself in the test's output; fail after ``timeout``."""
+    start = time.monotonic()
+    explained = False
+    while True:
+        alive = [pid for pid in pids if is_running(pid)]
+        if not alive:
+            return
+        waited = time.monotonic() - start
+        if waited > explain_after and not explained:
+            explained = True
+            for pid in alive:
+                print(f"{what}: {kernel_stacks(pid)}", file=sys.stderr, flush=True)
+        assert waited < timeout, f"timed out waiting for {what}: {alive} still alive"
+        time.sleep(0.05)
+
+
 def kill_daemon(m: Any) -> None:
-    """``kill -9`` the mount's daemon (pid from ``pictofs status``) and wait until the
-    mount is dead; the Mount is then left to be cleaned by the next ``pictofs mount``."""
+    """``kill -9`` the mount's daemon (pid from ``pictofs status``) and wait until it has
+    exited and the mount is dead; the Mount is then left to be cleaned by the next
+    ``pictofs mount``."""
     pid = int(m.status()["pid"])
     os.kill(pid, signal.SIGKILL)
+    wait_for_daemon_exit([pid], "the killed daemon")
     wait_for(lambda: is_dead_mount(m.path), "the killed daemon's mount to go stale")
     m.mounted = False
 
@@ -155,6 +217,7 @@ def crash_mount(mount: Any, m: Any, dataset_name: str, point: str, hit: int) -> 
              f"the daemon to crash at {point}")
     if not crashing.mounted:
         assert "exited with status -9 before mounting" in crashing.args[-1], crashing.args[-1]
+    wait_for_daemon_exit(daemon_pids(crashing.path), "the daemon that crashed itself")
     wait_for(lambda: is_dead_mount(crashing.path), "the crashed daemon's mount to go stale")
     crashing.mounted = False
     return crashing

@@ -110,6 +110,7 @@ class Watcher:
         self._inotify_factory = inotify_factory
         self._observer: Any = None
         self._short = 0  # consecutive checks that found watches missing
+        self._own_fds: set[int] = set()  # the inotify descriptors of the running observer
         self.mode = ""
 
     def start(self) -> str:
@@ -118,6 +119,8 @@ class Watcher:
                 self._observer = self._started(self._inotify_factory())
                 self.mode = "inotify"
             except OSError as exc:
+                # watchdog before 7.1.1 raises only for the top folder; 7.1.1 also raises
+                # for a subfolder at start-up. Either way no watch is left: poll instead.
                 if exc.errno not in (errno.ENOSPC, errno.EMFILE):
                     raise
                 self._fall_back(exc.errno)
@@ -159,16 +162,20 @@ class Watcher:
     # ---------------------------------------------------------------- internals
 
     def _started(self, observer: Any) -> Any:
+        before = _inotify_fds()
         observer.schedule(self._handler, self.root, recursive=True)
         try:
             observer.start()
         except BaseException:
             observer.stop()
             raise
+        # The inotify descriptors this observer opened: only their watches are compared with
+        # the tree, so watches other observers of this process hold never hide a gap.
+        self._own_fds = _inotify_fds() - before
         return observer
 
     def _missing_watches(self) -> int:
-        held = inotify_watches_held()
+        held = inotify_watches_held(self._own_fds)
         if held is None:  # no /proc: nothing to compare with
             return 0
         return max(0, count_folders(self.root) - held)
@@ -177,25 +184,40 @@ class Watcher:
         setting = INSTANCES_SYSCTL if code == errno.EMFILE else WATCHES_SYSCTL
         current = _read_int(Path("/proc/sys") / setting.replace(".", "/"))
         suggested = max(524288 if code == errno.ENOSPC else 1024, 2 * (current or 0))
-        detail = f"{missing} folders could not be watched; " if missing else ""
-        log.warning("inotify limit reached (%s = %s): %swatching %s by polling instead "
-                    "(slower, and it cannot see that a file is still open). Fix: "
-                    "sysctl %s=%d (add it to /etc/sysctl.d/ to keep it), then restart "
-                    "the mirror", setting, current if current is not None else "?", detail,
-                    self.root, setting, suggested)
+        folders = count_folders(self.root)
+        detail = f"{missing} of them could not be watched; " if missing else ""
+        log.warning("inotify limit reached (%s = %s): %s has %d %s, one watch each; %s"
+                    "watching it by polling instead (slower, and it cannot see that a file "
+                    "is still open). Fix: sysctl %s=%d (add it to /etc/sysctl.d/ to keep "
+                    "it), then restart the mirror", setting,
+                    current if current is not None else "?", self.root, folders,
+                    "folder" if folders == 1 else "folders", detail, setting, suggested)
 
 
-def inotify_watches_held() -> int | None:
-    """How many inotify watches this process holds (None when /proc cannot tell)."""
-    total = 0
+def _inotify_fds() -> set[int]:
+    """This process's open inotify descriptors (empty when /proc cannot tell)."""
+    found = set()
     try:
         fds = os.listdir("/proc/self/fd")
     except OSError:
-        return None
+        return found
     for fd in fds:
         try:
-            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
-                continue
+            if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify":
+                found.add(int(fd))
+        except OSError:
+            continue
+    return found
+
+
+def inotify_watches_held(fds: set[int] | None = None) -> int | None:
+    """How many inotify watches this process holds on ``fds`` (default: on every inotify
+    descriptor it has); None when /proc cannot tell."""
+    if not os.path.isdir("/proc/self/fdinfo"):
+        return None
+    total = 0
+    for fd in _inotify_fds() if fds is None else fds:
+        try:
             with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
                 total += sum(1 for line in info if line.startswith("inotify wd:"))
         except OSError:

@@ -21,6 +21,8 @@ import pytest
 
 from pictofs.fs.mount import abort_connection
 
+from mountkit import daemon_pids, wait_for_daemon_exit
+
 
 def pictofs(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
             check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -58,31 +60,18 @@ class Mount:
         return result
 
 
-def daemon_pids(path: Path) -> list[int]:
-    """The ``pictofs mount`` processes serving ``path`` (found by their command line)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:  # gone meanwhile
-            continue
-        if b"pictofs" in argv and b"mount" in argv and str(path).encode() in argv:
-            pids.append(int(proc.name))
-    return pids
-
-
 def force_unmount(path: Path) -> None:
     """Abort the FUSE connection, unmount lazily and kill the daemon if it is still there,
     so a hung daemon cannot outlive its test (or hold its journal lock for the next one)."""
     abort_connection(str(path))
     subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True)
-    for pid in daemon_pids(path):
+    pids = daemon_pids(path)
+    for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    wait_for_daemon_exit(pids, f"the daemon of {path} killed by the forced unmount")
 
 
 @pytest.fixture(scope="session", autouse=True)
