@@ -134,10 +134,14 @@ def mount(server, tmp_path: Path, mount_env: dict[str, str]  # type: ignore[no-u
     problems = []
     for handle in made:
         if handle.mounted:
-            result = handle.umount()
-            if result.returncode != 0:
+            try:
+                result = handle.umount()
+                failure = result.stderr if result.returncode != 0 else None
+            except subprocess.TimeoutExpired as exc:
+                failure = f"no answer in {exc.timeout:.0f} s"
+            if failure is not None:
                 force_unmount(handle.path)
-                problems.append(f"umount {handle.path}: {result.stderr}")
+                problems.append(f"umount {handle.path}: {failure}")
         if "Traceback" in handle.log():
             problems.append(f"traceback in {handle.log_file}:\n{handle.log()[-3000:]}")
     assert not problems, "\n".join(problems)
