@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TextIO
 
 from pictofs import dirs
-from pictofs.core.pins import pid_alive
+from pictofs.core.cache.pins import pid_alive
 from pictofs.config import ENV_BASE_URL, ENV_KEY, Connection, resolve_connection
 from pictofs.errors import ConfigError
 

@@ -184,9 +184,9 @@ def run_foreground(args: argparse.Namespace) -> int:
 
 def _serve(target: Target, args: argparse.Namespace) -> int:
     from pictofs.api.bulk_remote import BulkApiRemote
-    from pictofs.core.attrs import AttrPolicy
-    from pictofs.core.breaker import CircuitBreaker, GuardedRemote
-    from pictofs.core.vfs import Vfs, VfsOptions
+    from pictofs.core.tree.attrs import AttrPolicy
+    from pictofs.remote.breaker import CircuitBreaker, GuardedRemote
+    from pictofs.core.tree.vfs import Vfs, VfsOptions
     from pictofs.fs.mount import MountSettings, serve, start_sighup_thread
     from pictofs.fs.operations import PictoOperations
 
@@ -273,14 +273,14 @@ class SideBuilder:
 
     def build(self, view: Any) -> Any:
         from pictofs.api import images as images_api
-        from pictofs.core.archive import ArchiveView
-        from pictofs.core.cache import open_cache
-        from pictofs.core.downloads import Downloader
-        from pictofs.core.journal import Journal
-        from pictofs.core.readahead import ReadAhead
-        from pictofs.core.renames import Renamer
-        from pictofs.core.vfs import Side
-        from pictofs.core.writes import WriteLayer, WriteOptions
+        from pictofs.core.tree.archive import ArchiveView
+        from pictofs.core.cache.store import open_cache
+        from pictofs.core.cache.downloads import Downloader
+        from pictofs.core.upload.journal import Journal
+        from pictofs.core.cache.readahead import ReadAhead
+        from pictofs.core.tree.renames import Renamer
+        from pictofs.core.tree.vfs import Side
+        from pictofs.core.tree.writes import WriteLayer, WriteOptions
 
         conn = self.target.connection
         cache = open_cache(self.cache_root, conn.base_url, view.dataset_id, self.args.cache_size)
@@ -311,7 +311,7 @@ class SideBuilder:
 def check_journal_free(target: Target) -> None:
     """A writable dataset mount needs the dataset's journal: refuse at start, in one line,
     when another process holds it (the same dataset mounted twice on this machine)."""
-    from pictofs.core.journal import Journal
+    from pictofs.core.upload.journal import Journal
 
     conn = target.connection
     if target.dataset is None or conn.api_key is None:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from pictofs.core.journal import journal_dir
+from pictofs.core.upload.journal import journal_dir
 from pictofs.model import Image
 
 API = "/api/v1/developer"

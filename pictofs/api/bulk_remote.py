@@ -1,5 +1,5 @@
 """``BulkApiRemote``: ``ApiRemote`` plus the bulk upload verbs the upload queue batches with
-(``pictofs.core.upload_batch.BulkRemote``).
+(``pictofs.core.upload.batch.BulkRemote``).
 
 ``request_uploads`` is one ``bulk-upload-url`` call (≤ 500 files of one folder);
 ``register_uploads`` is one ``bulk-register`` call whose per-file answers are matched back to
@@ -21,7 +21,7 @@ from pictofs.model import Image
 
 
 class Registration(Protocol):
-    """One PUT file to register (``pictofs.core.upload_batch.Registration`` is one)."""
+    """One PUT file to register (``pictofs.core.upload.batch.Registration`` is one)."""
 
     @property
     def filename(self) -> str: ...

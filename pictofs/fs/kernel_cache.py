@@ -50,7 +50,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-from pictofs.core.vfs_control import KernelNotes
+from pictofs.core.tree.status import KernelNotes
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import stat
 import threading
 from typing import Any, Callable, TypeVar
 
-from pictofs.core.vfs import Vfs
+from pictofs.core.tree.vfs import Vfs
 from pictofs.errors import PictofsError
 from pictofs.fs.errno_map import errno_for
 from pictofs.fs.fuselib import FUSE, FuseOSError, Operations, fuse

@@ -33,9 +33,9 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from pictofs.core.journal import Journal
-from pictofs.core.listing import list_images_consistent
-from pictofs.core.uploads import Source, UploadQueue
+from pictofs.core.upload.journal import Journal
+from pictofs.core.tree.listing import list_images_consistent
+from pictofs.core.upload.queue import Source, UploadQueue
 from pictofs.errors import NotFound, PictofsError
 from pictofs.mirror import local
 from pictofs.mirror.plan import (

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Collection, Mapping
 
 from pictofs import names
-from pictofs.core.upload_job import service_name
+from pictofs.core.upload.job import service_name
 from pictofs.errors import InvalidName
 from pictofs.model import Image, join_path
 

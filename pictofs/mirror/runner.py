@@ -23,7 +23,7 @@ from types import FrameType
 
 from pictofs import dirs
 from pictofs.api.bulk_remote import BulkApiRemote
-from pictofs.core.journal import Journal, key_fingerprint
+from pictofs.core.upload.journal import Journal, key_fingerprint
 from pictofs.embedded import connect
 from pictofs.errors import ConfigError, InvalidName, NotFound
 from pictofs.mirror.engine import Engine

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from pictofs.core.listing import list_images_consistent
+from pictofs.core.tree.listing import list_images_consistent
 from pictofs.mirror.plan import RemoteListing
 from pictofs.model import Image
 from pictofs.names import normalize_folder

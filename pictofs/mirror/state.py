@@ -13,7 +13,7 @@ path, base URL, dataset id, target folder, ``--organize-by-class``), holds:
   ``pending`` — one row per upload handed to the queue: the entry id, the local file it
   carries (size, mtime, sha256 at staging time) and the row it retires when it lands;
 - ``mirror.lock``: an ``flock`` held while the mirror runs (two mirrors of one pair refuse);
-- ``journal/``: the upload queue's journal and staging files (``pictofs.core.journal``).
+- ``journal/``: the upload queue's journal and staging files (``pictofs.core.upload.journal``).
 
 Every method commits before it returns. Thread-safe (the queue's callbacks write from worker
 threads).
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from pictofs.core.journal_files import private_dir, take_lock
+from pictofs.core.upload.journal_files import private_dir, take_lock
 from pictofs.errors import ConfigError
 from pictofs.mirror.plan import Row
 from pictofs.model import Image

@@ -22,9 +22,9 @@ from typing import BinaryIO, Iterator
 import pytest
 
 import pictofs
-from pictofs.core import cache as cache_module
-from pictofs.core import pins as pins_module
-from pictofs.core.cache import CacheWriteFailed, ImageCache, file_name
+from pictofs.core.cache import store as cache_module
+from pictofs.core.cache import pins as pins_module
+from pictofs.core.cache.store import CacheWriteFailed, ImageCache, file_name
 
 BASE_URL = "http://127.0.0.1:9/"
 DATASET = "ds-1"
@@ -344,7 +344,7 @@ def test_an_image_fetched_ahead_and_not_opened_is_evicted_last(make_cache,
 
 
 def test_no_room_ahead_without_a_cache_folder() -> None:
-    from pictofs.core.cache import NullCache
+    from pictofs.core.cache.store import NullCache
 
     assert NullCache().no_room_ahead(1, busy=0) == "there is no usable cache"
 
@@ -371,7 +371,7 @@ def test_entry_larger_than_the_cap_is_kept_while_pinned(make_cache, clock: FakeC
 PIN_HOLDER = """
     import sys
     from pathlib import Path
-    from pictofs.core.cache import ImageCache
+    from pictofs.core.cache.store import ImageCache
     root, base_url, dataset, image_id = sys.argv[1:5]
     cache = ImageCache(Path(root), base_url, dataset, 1)
     cache.pin(image_id)
@@ -421,7 +421,7 @@ def test_corrupt_entry_is_dropped_on_first_open_of_a_mount(make_cache, how: str,
     corrupt(first.data_path("a"), how)
 
     second = make_cache()
-    with caplog.at_level(logging.WARNING, logger="pictofs.core.cache"):
+    with caplog.at_level(logging.WARNING, logger="pictofs.core.cache.store"):
         assert second.open_cached("a") is None
     assert not second.contains("a")
     assert not second.data_path("a").exists()
@@ -493,7 +493,7 @@ def test_an_insert_that_fits_reads_no_other_record(make_cache, monkeypatch) -> N
 CRASHING_WRITER = """
     import os, sys
     from pathlib import Path
-    from pictofs.core.cache import ImageCache
+    from pictofs.core.cache.store import ImageCache
     root, base_url, dataset = sys.argv[1:4]
     cache = ImageCache(Path(root), base_url, dataset, 1 << 20)
     writer = cache.begin("partial")
@@ -555,7 +555,7 @@ def test_failed_write_drops_the_entry_with_one_log_line(make_cache, caplog) -> N
     cache = make_cache(opener=failing_opener(1500))
     writer = cache.begin("a")
     writer.write(b"x" * 1000)
-    with caplog.at_level(logging.WARNING, logger="pictofs.core.cache"):
+    with caplog.at_level(logging.WARNING, logger="pictofs.core.cache.store"):
         with pytest.raises(CacheWriteFailed):
             writer.write(b"y" * 1000)
     assert writer.read(0, 1000) == b"x" * 1000  # what was written stays readable
@@ -572,7 +572,7 @@ def test_cache_file_that_cannot_be_created(make_cache, caplog) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     cache = make_cache(opener=refuse)
-    with caplog.at_level(logging.WARNING, logger="pictofs.core.cache"):
+    with caplog.at_level(logging.WARNING, logger="pictofs.core.cache.store"):
         with pytest.raises(CacheWriteFailed):
             cache.begin("a")
     assert len(caplog.records) == 1

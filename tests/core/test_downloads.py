@@ -19,8 +19,8 @@ from typing import BinaryIO, Iterator
 
 import pytest
 
-from pictofs.core.cache import ImageCache
-from pictofs.core.downloads import Downloader, Reader
+from pictofs.core.cache.store import ImageCache
+from pictofs.core.cache.downloads import Downloader, Reader
 from pictofs.errors import CutShort, NotFound, Unavailable
 
 pytestmark = pytest.mark.timeout(60)
@@ -349,7 +349,7 @@ def test_stream_failure_wakes_a_waiting_reader_and_a_later_open_retries(
     outcome: list[BaseException | bytes] = []
     waiting = threading.Thread(target=lambda: outcome.append(_try_read(reader, 8 * CHUNK)))
     waiting.start()
-    with caplog.at_level(logging.WARNING, logger="pictofs.core.downloads"):
+    with caplog.at_level(logging.WARNING, logger="pictofs.core.cache.downloads"):
         gate.release()
         waiting.join(SAFETY)
         settle(downloader)
@@ -480,7 +480,7 @@ def test_full_cache_disk_still_serves_reads(small_tmpfs: Path, make_cache,
             with downloader.open("big", len(big)) as reader:
                 assert read_all(reader, len(big), piece=128 * 1024) == big
             settle(downloader)
-        assert [r.name for r in caplog.records] == ["pictofs.core.cache"]
+        assert [r.name for r in caplog.records] == ["pictofs.core.cache.store"]
         assert "No space left on device" in caplog.records[0].getMessage()
         assert not cache.contains("big")
         assert list((cache.folder / "partial").iterdir()) == []

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from pictofs.core.journal import (
+from pictofs.core.upload.journal import (
     VERSION,
     Entry,
     Journal,
@@ -27,7 +27,7 @@ from pictofs.core.journal import (
     restart_step,
     resume_action,
 )
-from pictofs.core.uploads import UploadQueue
+from pictofs.core.upload.queue import UploadQueue
 from pictofs.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(60)
@@ -159,7 +159,7 @@ def test_a_file_that_is_not_a_journal_refuses_to_open_and_is_kept(state_dir: Pat
 _OPEN_JOURNAL = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from pictofs.core.journal import Journal
+    from pictofs.core.upload.journal import Journal
     from pictofs.errors import ConfigError
     try:
         journal = Journal(Path(sys.argv[1]))
@@ -376,7 +376,7 @@ def test_a_new_entry_is_committed_without_fsync_and_the_journal_stays_full(
 
 def test_one_folder_fsync_covers_every_staging_file_created_before_it(
         journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pictofs.core.journal as journal_module
+    import pictofs.core.upload.journal as journal_module
     synced: list[Path] = []
     real = journal_module.fsync_dir
     monkeypatch.setattr(journal_module, "fsync_dir", lambda path: (synced.append(path),

@@ -1,4 +1,4 @@
-"""Read-ahead across files (``pictofs.core.readahead`` and the ``Downloader``'s read-ahead
+"""Read-ahead across files (``pictofs.core.cache.readahead`` and the ``Downloader``'s read-ahead
 downloads), with the in-test byte source of ``test_downloads`` standing in for the network.
 The FUSE tests in ``tests/fuse/test_read.py`` check the same through a real mount."""
 
@@ -9,10 +9,10 @@ from typing import Iterator
 
 import pytest
 
-from pictofs.core.cache import ImageCache, NullCache
-from pictofs.core.downloads import Downloader
-from pictofs.core.listing import FolderListing
-from pictofs.core.readahead import ReadAhead
+from pictofs.core.cache.store import ImageCache, NullCache
+from pictofs.core.cache.downloads import Downloader
+from pictofs.core.tree.listing import FolderListing
+from pictofs.core.cache.readahead import ReadAhead
 from pictofs.model import Image
 from tests.core.test_downloads import CHUNK, SAFETY, ByteSource, image
 

@@ -21,10 +21,10 @@ from imagegen import png_bytes
 from pictofs.api.bulk_remote import BulkApiRemote
 from pictofs.api.errors import ServerError
 from pictofs.config import Connection
-from pictofs.core.journal import Journal
-from pictofs.core.upload_batch import companions
-from pictofs.core.upload_schedule import Schedule
-from pictofs.core.uploads import UploadQueue
+from pictofs.core.upload.journal import Journal
+from pictofs.core.upload.batch import companions
+from pictofs.core.upload.schedule import Schedule
+from pictofs.core.upload.queue import UploadQueue
 from pictofs.model import Dataset, Image
 
 pytestmark = pytest.mark.timeout(120)
@@ -237,7 +237,7 @@ def test_the_backoff_starts_again_when_an_upload_got_further(
 
     monkeypatch.setattr(bulk_remote, "request_upload", url_once)
     monkeypatch.setattr(bulk_remote, "register_upload", register_once)
-    with caplog.at_level(logging.INFO, logger="pictofs.core.upload_workers"):
+    with caplog.at_level(logging.INFO, logger="pictofs.core.upload.workers"):
         b.release([b.stage("/r", "r.png", png_bytes(700))])
         b.settle()
     retries = [r.getMessage() for r in caplog.records if "; retry " in r.getMessage()]
@@ -334,7 +334,7 @@ class FakeJournal:
     """Just ``get``: entry id → a fresh entry in a folder."""
 
     def __init__(self, entries: dict[str, tuple[str, str]]) -> None:
-        from pictofs.core.journal import Entry
+        from pictofs.core.upload.journal import Entry
 
         self._entries = {i: Entry(i, folder, name, "queued", True, False, 1, None, None, None,
                                   None, None, "none", None, None, 0.0, 0.0)

@@ -23,8 +23,8 @@ from harness import ServerHandle
 from imagegen import png_bytes
 from pictofs.api.remote import ApiRemote
 from pictofs.config import Connection
-from pictofs.core.journal import Journal
-from pictofs.core.uploads import UploadQueue
+from pictofs.core.upload.journal import Journal
+from pictofs.core.upload.queue import UploadQueue
 from pictofs.model import Dataset, Image
 
 pytestmark = pytest.mark.timeout(120)

@@ -28,10 +28,10 @@ from pictofs.api import Client
 from pictofs.api import errors as api_errors
 from pictofs.api.remote import ApiRemote
 from pictofs.config import Connection
-from pictofs.core.journal import Journal
-from pictofs.core.upload_job import Disposition, classify, retry_delay, service_name
-from pictofs.core.upload_schedule import Schedule
-from pictofs.core.uploads import UploadQueue
+from pictofs.core.upload.journal import Journal
+from pictofs.core.upload.job import Disposition, classify, retry_delay, service_name
+from pictofs.core.upload.schedule import Schedule
+from pictofs.core.upload.queue import UploadQueue
 from pictofs.errors import ConfigError, NotAnImage, Unavailable
 from pictofs.model import Dataset, Image
 from pictofs.names import MAX_IMAGE_BYTES
@@ -544,8 +544,8 @@ _DRIVER = textwrap.dedent("""
     from pathlib import Path
     from pictofs.api.remote import ApiRemote
     from pictofs.config import Connection
-    from pictofs.core.journal import Journal
-    from pictofs.core.uploads import UploadQueue
+    from pictofs.core.upload.journal import Journal
+    from pictofs.core.upload.queue import UploadQueue
 
     plan = json.loads(sys.argv[1])
     connection = Connection(plan["base_url"], os.environ["PICTOGRAPH_API_KEY"], "environment")
@@ -737,7 +737,7 @@ def test_schedule_rate_counts_the_last_ten_seconds() -> None:
 
 
 def test_sha256_helper_matches_hashlib(tmp_path: Path) -> None:
-    from pictofs.core.upload_job import file_sha256
+    from pictofs.core.upload.job import file_sha256
 
     path = tmp_path / "blob"
     path.write_bytes(b"x" * 3_000_000)

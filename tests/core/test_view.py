@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from pictofs.core.view import LOOKUPS_BEFORE_LISTING, DatasetView, DirEntry, FileEntry
+from pictofs.core.tree.view import LOOKUPS_BEFORE_LISTING, DatasetView, DirEntry, FileEntry
 from pictofs.errors import NotFound
 from pictofs.model import Dataset, Folder, Image, Page
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from pictofs.core import journal as journal_module
-from pictofs.core.journal import Journal, ResumeAction, SourceRow, resume_action
+from pictofs.core.upload import journal as journal_module
+from pictofs.core.upload.journal import Journal, ResumeAction, SourceRow, resume_action
 
 VERSION_1_ENTRIES = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -9,7 +9,7 @@ from typing import Iterator
 import pytest
 
 from pictofs.api.errors import AnswerCutShort, NetworkError, StreamCutShort
-from pictofs.core.breaker import CircuitBreaker, GuardedRemote
+from pictofs.remote.breaker import CircuitBreaker, GuardedRemote
 from pictofs.errors import Unavailable
 
 

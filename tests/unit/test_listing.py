@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pictofs.core.listing import list_images_consistent, visible_entries
+from pictofs.core.tree.listing import list_images_consistent, visible_entries
 from pictofs.model import Folder, Image, Page
 
 

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from pictofs import names
-from pictofs.core.pending import Pending
-from pictofs.core.view import DatasetView
+from pictofs.core.tree.pending import Pending
+from pictofs.core.tree.view import DatasetView
 from pictofs.errors import NotEmpty, PictofsError
 from pictofs.model import Image, split_path
 from pictofs.remote import Remote
 
 if TYPE_CHECKING:
-    from pictofs.core.writes import WriteOptions
+    from pictofs.core.tree.writes import WriteOptions
 
 log = logging.getLogger(__name__)
 

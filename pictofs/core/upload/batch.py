@@ -28,8 +28,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence, Union
 
-from pictofs.core.journal import Entry, Journal
-from pictofs.core.upload_job import (
+from pictofs.core.upload.journal import Entry, Journal
+from pictofs.core.upload.job import (
     Disposition,
     Interrupted,
     Landed,
@@ -40,7 +40,7 @@ from pictofs.core.upload_job import (
     new_key,
     send_bytes,
 )
-from pictofs.core.upload_schedule import Schedule, Task, TaskControl, record_together
+from pictofs.core.upload.schedule import Schedule, Task, TaskControl, record_together
 from pictofs.errors import AlreadyExists, PermissionDenied
 from pictofs.faults import fault_point
 from pictofs.model import Image

@@ -14,9 +14,9 @@ import io
 import logging
 
 from pictofs import imaging, names
-from pictofs.core.pending import Pending
-from pictofs.core.view import DatasetView, DirEntry, FileEntry
-from pictofs.core.writes import WriteLayer
+from pictofs.core.tree.pending import Pending
+from pictofs.core.tree.view import DatasetView, DirEntry, FileEntry
+from pictofs.core.tree.writes import WriteLayer
 from pictofs.errors import (AlreadyExists, InvalidArgument, IsADirectory, NotADirectory,
                             NotEmpty, NotFound, Unsupported)
 from pictofs.model import Image, join_path, split_path

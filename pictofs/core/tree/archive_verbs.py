@@ -10,9 +10,9 @@ import dataclasses
 import logging
 from typing import Any
 
-from pictofs.core import attrs
-from pictofs.core.archive import is_archive_path
-from pictofs.core.view import DirEntry, FileEntry
+from pictofs.core.tree import attrs
+from pictofs.core.tree.archive import is_archive_path
+from pictofs.core.tree.view import DirEntry, FileEntry
 from pictofs.errors import AlreadyExists, IsADirectory, NotPermitted, ReadOnly
 from pictofs.model import join_path
 from pictofs.remote import Remote

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from pictofs import imaging, names
-from pictofs.core.journal import STEPS, Entry, Journal
+from pictofs.core.upload.journal import STEPS, Entry, Journal
 from pictofs.errors import AlreadyExists, NotFound, PermissionDenied, PictofsError, Unavailable
 from pictofs.faults import fault_point
 from pictofs.model import Image, join_path

@@ -16,10 +16,11 @@ import time
 from concurrent.futures import Executor
 from typing import Any, Callable
 
-from pictofs.core import upload_batch, upload_job
-from pictofs.core.journal import Entry, Journal
-from pictofs.core.upload_job import Disposition, Interrupted, Landed, UploadJob
-from pictofs.core.upload_schedule import Schedule, Task, TaskControl
+from pictofs.core.upload import batch as upload_batch
+from pictofs.core.upload import job as upload_job
+from pictofs.core.upload.journal import Entry, Journal
+from pictofs.core.upload.job import Disposition, Interrupted, Landed, UploadJob
+from pictofs.core.upload.schedule import Schedule, Task, TaskControl
 from pictofs.model import Image
 from pictofs.remote import Remote
 

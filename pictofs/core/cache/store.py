@@ -61,10 +61,10 @@ from typing import BinaryIO, Callable
 
 import diskcache
 
-from pictofs.core.cache_entry import (CacheWriteFailed, CacheWriter, EntryRecord, Stamp,
+from pictofs.core.cache.entry import (CacheWriteFailed, CacheWriter, EntryRecord, Stamp,
                                       failure_reason, file_name, folder_name, pid_of_partial,
                                       sha256_of, stamp_of)
-from pictofs.core.pins import PinTable, pid_alive
+from pictofs.core.cache.pins import PinTable, pid_alive
 
 log = logging.getLogger(__name__)
 

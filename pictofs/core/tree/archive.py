@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pictofs.core.listing import PAGE_SIZE
-from pictofs.core.view import DirEntry, FileEntry
+from pictofs.core.tree.listing import PAGE_SIZE
+from pictofs.core.tree.view import DirEntry, FileEntry
 from pictofs.errors import NotADirectory, NotFound
 from pictofs.model import Image, split_path
 from pictofs.remote import Remote

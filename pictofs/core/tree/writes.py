@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pictofs import imaging, names
-from pictofs.core.journal import Journal
-from pictofs.core.local_names import LocalNames, Orphan
-from pictofs.core.pending import Pending
-from pictofs.core.uploads import UploadQueue
-from pictofs.core.view import DatasetView, DirEntry, FileEntry
+from pictofs.core.upload.journal import Journal
+from pictofs.core.tree.local_names import LocalNames, Orphan
+from pictofs.core.tree.pending import Pending
+from pictofs.core.upload.queue import UploadQueue
+from pictofs.core.tree.view import DatasetView, DirEntry, FileEntry
 from pictofs.errors import (AlreadyExists, IsADirectory, NoSpace, NotADirectory, NotAnImage,
                             NotFound, PictofsError, TooLarge, Unsupported)
 from pictofs.model import Image, split_path

@@ -22,14 +22,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from pictofs.core import attrs
-from pictofs.core.archive import is_archive_path
-from pictofs.core.attrs import AttrPolicy
-from pictofs.core.pending import Pending
-from pictofs.core.vfs_archive import ArchiveVerbs
-from pictofs.core.vfs_control import ControlVerbs, Counters, KernelNotes
-from pictofs.core.vfs_xattrs import XattrVerbs
-from pictofs.core.view import DatasetView, DirEntry, FileEntry
+from pictofs.core.tree import attrs
+from pictofs.core.tree.archive import is_archive_path
+from pictofs.core.tree.attrs import AttrPolicy
+from pictofs.core.tree.pending import Pending
+from pictofs.core.tree.archive_verbs import ArchiveVerbs
+from pictofs.core.tree.status import ControlVerbs, Counters, KernelNotes
+from pictofs.core.tree.xattr_verbs import XattrVerbs
+from pictofs.core.tree.view import DatasetView, DirEntry, FileEntry
 from pictofs.errors import (AlreadyExists, BadHandle, CrossDevice, IsADirectory,
                             NotADirectory, NotFound, NotPermitted, ReadOnly, Unavailable)
 from pictofs.model import Dataset, Image, join_path, parse_timestamp, split_path
@@ -55,9 +55,9 @@ class Side:
 
     view: DatasetView
     downloader: Any
-    writes: Any = None  # pictofs.core.writes.WriteLayer
-    renamer: Any = None  # pictofs.core.renames.Renamer
-    archive: Any = None  # pictofs.core.archive.ArchiveView
+    writes: Any = None  # pictofs.core.tree.writes.WriteLayer
+    renamer: Any = None  # pictofs.core.tree.renames.Renamer
+    archive: Any = None  # pictofs.core.tree.archive.ArchiveView
 
 
 SideFactory = Callable[[DatasetView], Side]

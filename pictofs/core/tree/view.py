@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from pictofs.core.listing import PAGE_SIZE, FolderListing, fetch_listing
+from pictofs.core.tree.listing import PAGE_SIZE, FolderListing, fetch_listing
 from pictofs.errors import NameTooLong, NotFound, Unavailable
 from pictofs.model import Dataset, Folder, Image, join_path, split_path
 from pictofs.names import MAX_NAME_BYTES, is_supported

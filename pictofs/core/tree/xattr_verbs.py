@@ -13,9 +13,9 @@ import dataclasses
 import json
 from typing import Any
 
-from pictofs.core import attrs
-from pictofs.core.pending import Pending
-from pictofs.core.view import FileEntry
+from pictofs.core.tree import attrs
+from pictofs.core.tree.pending import Pending
+from pictofs.core.tree.view import FileEntry
 from pictofs.errors import InvalidArgument, NoAttribute, NotPermitted, ValueTooLarge
 from pictofs.remote import Remote
 

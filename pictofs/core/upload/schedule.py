@@ -16,8 +16,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from pictofs.core.journal import Entry, Journal
-from pictofs.core.upload_job import Interrupted, Landed
+from pictofs.core.upload.journal import Entry, Journal
+from pictofs.core.upload.job import Interrupted, Landed
 from pictofs.model import Image
 
 RATE_WINDOW = 10.0  # seconds of history behind the upload rate

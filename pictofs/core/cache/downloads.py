@@ -18,7 +18,7 @@ This module owns the in-flight downloads of one mount. Rules:
 - If the cache file cannot be written, the bytes are kept in memory (an image is at most
   50 MB) for the readers of this download, so a full cache disk never fails a read.
 
-Read-ahead (``pictofs.core.readahead`` decides which images): an open made with its path
+Read-ahead (``pictofs.core.cache.readahead`` decides which images): an open made with its path
 may start downloads of the next images of its folder with no reader yet. Such a download
 (``ahead``) holds no pin of its own (only the cache writer's, while it writes), is never
 cancelled by a reader leaving, and is only inserted into the cache if it fits under the cap
@@ -39,8 +39,8 @@ from abc import ABC, abstractmethod
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from typing import BinaryIO, Callable, Protocol
 
-from pictofs.core.cache import CacheWriteFailed, CacheWriter, ImageCache
-from pictofs.core.readahead import MAX_IMAGE_BYTES, ReadAhead, memory_low
+from pictofs.core.cache.store import CacheWriteFailed, CacheWriter, ImageCache
+from pictofs.core.cache.readahead import MAX_IMAGE_BYTES, ReadAhead, memory_low
 from pictofs.errors import CutShort, PictofsError, Unavailable
 from pictofs.model import Image
 from pictofs.remote import Remote

@@ -47,12 +47,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from pictofs.core.journal import (
+from pictofs.core.upload.journal import (
     Entry, Journal, ResumeAction, SourceRow, orphan_staging_files,
 )
-from pictofs.core.journal import resume_action
-from pictofs.core.upload_schedule import QueueStats, Schedule, Task
-from pictofs.core.upload_workers import QueueWorkers
+from pictofs.core.upload.journal import resume_action
+from pictofs.core.upload.schedule import QueueStats, Schedule, Task
+from pictofs.core.upload.workers import QueueWorkers
 from pictofs.model import Image
 from pictofs.remote import Remote
 

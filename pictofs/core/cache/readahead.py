@@ -32,7 +32,7 @@ from bisect import bisect_left
 from collections import OrderedDict
 from typing import Callable
 
-from pictofs.core.listing import FolderListing
+from pictofs.core.tree.listing import FolderListing
 from pictofs.model import Image, split_path
 
 log = logging.getLogger(__name__)

@@ -44,7 +44,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from pictofs.core.journal_files import fsync_dir, open_database, private_dir, take_lock
+from pictofs.core.upload.journal_files import fsync_dir, open_database, private_dir, take_lock
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, BinaryIO
 import diskcache
 
 if TYPE_CHECKING:
-    from pictofs.core.cache import ImageCache
+    from pictofs.core.cache.store import ImageCache
 
-log = logging.getLogger("pictofs.core.cache")  # one logger for the cache's lines
+log = logging.getLogger("pictofs.core.cache.store")  # one logger for the cache's lines
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
 _HASH_BLOCK = 1 << 20
