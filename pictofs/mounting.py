@@ -224,9 +224,9 @@ def _serve(target: Target, args: argparse.Namespace) -> int:
         ctl.start()
         start_sighup_thread(vfs.refresh)
         sides.started = True
-        if vfs._single is not None:
+        if target.dataset is not None:
             try:
-                vfs.side(vfs._single)  # resume this dataset's journal now
+                vfs.open_dataset()  # resume this dataset's journal now
             except Exception as exc:  # never leave `pictofs mount` waiting for "ready"
                 log.exception("cannot set up %s", name)
                 _tell_parent(f"cannot mount {name}: {exc}")

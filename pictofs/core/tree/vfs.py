@@ -109,6 +109,12 @@ class Vfs(ArchiveVerbs, XattrVerbs, ControlVerbs):
 
     # ------------------------------------------------------------------ routing
 
+    def open_dataset(self) -> None:
+        """A dataset mount: set up its dataset now (resumes its upload journal); an
+        organization mount sets each dataset up when it is first reached."""
+        if self._single is not None:
+            self.side(self._single)
+
     def _route(self, path: str) -> tuple[Side | None, str]:
         """(side, path inside the dataset); (None, "/") is the organization root."""
         if self._single is not None:
