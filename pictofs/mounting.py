@@ -210,12 +210,12 @@ def _serve(target: Target, args: argparse.Namespace) -> int:
         file_mode=args.file_mode, dir_mode=args.dir_mode, umask=args.umask or 0,
         read_only=args.read_only,
     )
-    sides = SideBuilder(target, args, remote, state, upload_remote)
+    sides = DatasetTreeBuilder(target, args, remote, state, upload_remote)
     vfs = Vfs(remote, VfsOptions(policy, args.dir_cache_time, str(state)), sides.build,
               dataset=target.dataset, is_online=breaker.allows_requests)
     name = target.dataset.name if target.dataset else "organization"
     ctl = control.ControlServer(target.mountpoint, {
-        "status": lambda _req: _status(vfs, breaker, target),
+        "status": lambda _req: _status(vfs, operations, breaker, target),
         "refresh": lambda _req: (vfs.refresh(), {})[1],
         "sync": lambda req: _sync(vfs, req.get("timeout")),
     })
@@ -256,8 +256,8 @@ def _serve(target: Target, args: argparse.Namespace) -> int:
     return 0
 
 
-class SideBuilder:
-    """Builds the Side of a dataset: cache and downloader, and for writable mounts the
+class DatasetTreeBuilder:
+    """Builds the DatasetTree of a dataset: cache and downloader, and for writable mounts the
     journal, the write layer (with its upload workers, started here) and the renamer."""
 
     def __init__(self, target: Target, args: argparse.Namespace, remote: Any,
@@ -279,7 +279,7 @@ class SideBuilder:
         from pictofs.core.upload.journal import Journal
         from pictofs.core.cache.readahead import ReadAhead
         from pictofs.core.tree.renames import Renamer
-        from pictofs.core.tree.vfs import Side
+        from pictofs.core.tree.vfs import DatasetTree
         from pictofs.core.tree.writes import WriteLayer, WriteOptions
 
         conn = self.target.connection
@@ -289,14 +289,14 @@ class SideBuilder:
                                 is_online=self.remote.breaker.allows_requests)
         archive = ArchiveView(self.remote, view.dataset_id, self.args.dir_cache_time)
         if self.args.read_only:
-            return Side(view, downloader, archive=archive)
+            return DatasetTree(view, downloader, archive)
         assert conn.api_key is not None
         try:
             journal = Journal.for_dataset(self.state, conn.base_url, view.dataset_id,
                                           conn.api_key)
         except ConfigError as exc:
             log.warning("%s: read-only in this mount: %s", view.dataset.name, exc)
-            return Side(view, downloader, archive=archive)
+            return DatasetTree(view, downloader, archive)
         options = WriteOptions(write_back=self.args.write_back, transfers=self.args.transfers,
                                retry_max_wait=self.args.retry_max_wait,
                                min_free_space=self.args.min_free_space,
@@ -305,7 +305,7 @@ class SideBuilder:
         writes = WriteLayer(view, self.remote, journal, downloader, journal.directory / "local",
                             options, upload_remote=self.upload_remote)
         writes.start()
-        return Side(view, downloader, writes, Renamer(view, self.remote, writes), archive)
+        return DatasetTree(view, downloader, archive, writes, Renamer(view, self.remote, writes))
 
 
 def check_journal_free(target: Target) -> None:
@@ -337,8 +337,9 @@ def _sync(vfs: Any, timeout: float | None) -> dict[str, Any]:
             "in_flight": status["in_flight"]}
 
 
-def _status(vfs: Any, breaker: Any, target: Target) -> dict[str, Any]:
+def _status(vfs: Any, operations: Any, breaker: Any, target: Target) -> dict[str, Any]:
     status = vfs.status()
+    status.update(operations.status())
     status.update({
         "pid": os.getpid(),
         "mountpoint": target.mountpoint,

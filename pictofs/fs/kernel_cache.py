@@ -3,8 +3,9 @@
 With ``--dir-cache-time`` above 1 s the kernel keeps the names and attributes the daemon
 hands out for the whole ``--dir-cache-time`` (set in ``init``), so a second ``stat`` of a
 name makes no round trip into the daemon. libfuse's high-level API has one timeout for all
-entries, so freshness is kept by taking answers back instead: ``Vfs`` tells, for every
-answer it hands out, when that answer stops being fresh (the listing's age, or 1 s for this
+entries, so freshness is kept by taking answers back instead: the adapter records, for every
+answer it hands out, when that answer stops being fresh (``Vfs.stat_and_validity`` and
+``readdir_with_validity`` say it) (the listing's age, or 1 s for this
 mount's pending files, as the kernel's timeout was before), and at the earliest such
 deadline ``KernelCache`` takes back *every* name the kernel holds at once, by raising the
 connection's epoch (``FUSE_NOTIFY_INC_EPOCH``, Linux 6.16, FUSE protocol 7.44). A name
@@ -50,7 +51,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable
 
-from pictofs.core.tree.status import KernelNotes
+from pictofs.core.tree.vfs import ChangeListener
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def takes_back(dir_cache_time: float) -> bool:
     return dir_cache_time > SHORT_TIMEOUT
 
 
-class KernelCache(KernelNotes):
+class KernelCache(ChangeListener):
     """Deadlines of what the kernel holds, and the thread that takes it all back."""
 
     active = True
@@ -202,6 +203,16 @@ class KernelCache(KernelNotes):
             return True
 
     # ---------------------------------------------------------------- taking back
+
+    # the tree's ChangeListener verbs: what this mount changed is taken back
+    def changed(self, paths: Iterable[str]) -> None:
+        self.forget_soon(paths)
+
+    def changed_under(self, folder: str) -> None:
+        self.forget_under_soon(folder)
+
+    def refreshed(self) -> None:
+        self.forget_all()
 
     def forget_soon(self, paths: Iterable[str] = ()) -> None:
         """Take everything back soon, from the worker (safe inside a FUSE callback)."""

@@ -23,7 +23,7 @@ from pictofs.core.tree.vfs import Vfs
 from pictofs.errors import PictofsError
 from pictofs.fs.errno_map import errno_for
 from pictofs.fs.fuselib import FUSE, FuseOSError, Operations, fuse
-from pictofs.fs.kernel_cache import KernelCache, kernel_timeouts, takes_back
+from pictofs.fs.kernel_cache import SHORT_TIMEOUT, KernelCache, kernel_timeouts, takes_back
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +171,19 @@ class PictoOperations(Operations):
         self.vfs = vfs
         self._on_init = on_init
         self._on_destroy = on_destroy
-        # _lock guards _dirs (open directory handles) and _next_dir.
+        # _lock guards _dirs (open directory handles), _next_dir and callbacks.
         self._lock = threading.Lock()
         self._dirs: dict[int, _OpenDir] = {}
         self._next_dir = 1
+        # callbacks by name (``getattr`` includes the kernel's lookups, which libfuse's
+        # high-level API turns into getattr): shows in ``pictofs status``
+        self.callbacks: dict[str, int] = {}
         dir_cache_time = vfs.options.dir_cache_time
+        self._short = min(SHORT_TIMEOUT, dir_cache_time)
         self.kernel = KernelCache() if takes_back(dir_cache_time) else None
+        # the kernel cache once attached: the kernel then keeps answers for long, and every
+        # answer handed out is recorded with the time it stops being valid
+        self.kept: KernelCache | None = None
 
     # lifecycle: worker threads start here, after libfuse has set up the mount
     def init_with_config(self, conn: Any, config: Any) -> None:
@@ -187,7 +194,8 @@ class PictoOperations(Operations):
             context = fuse._libfuse.fuse_get_context().contents  # per thread: only here
             if self.kernel.attach(fuse._libfuse, context.fuse,
                                   conn.proto_minor if conn is not None else 0):
-                self.vfs.kernel = self.kernel
+                self.kept = self.kernel
+                self.vfs.listener = self.kernel
                 timeout, _negative = kernel_timeouts(self.vfs.options.dir_cache_time)
                 config.entry_timeout = timeout
                 config.attr_timeout = timeout
@@ -214,12 +222,32 @@ class PictoOperations(Operations):
 
     # ----------------------------------------------------------------- metadata
 
+    def count(self, name: str) -> None:
+        with self._lock:
+            self.callbacks[name] = self.callbacks.get(name, 0) + 1
+
+    def status(self) -> dict[str, Any]:
+        """The adapter's part of ``pictofs status``."""
+        with self._lock:
+            callbacks = dict(self.callbacks)
+        return {"callbacks": callbacks,
+                "kernel_takebacks": self.kept.raises if self.kept is not None else 0}
+
+    def _keep_for(self, valid_until: float) -> float:
+        """Seconds the kernel may keep an answer valid until ``valid_until`` (never less
+        than the short timeout it had before long ones)."""
+        return max(valid_until - self.vfs.clock(), self._short)
+
     @translated
     def getattr(self, path: str | None, fh: Any = None) -> dict[str, Any]:
-        self.vfs.count_callback("getattr")
+        self.count("getattr")
         if path is None:  # an open file whose name is gone: nothing to take back by path
             return self.vfs.handle_attrs(fh.fh)
-        return self.vfs.lookup(path)
+        if self.kept is None:
+            return self.vfs.getattr(path)
+        found, valid_until, is_dir = self.vfs.stat_and_validity(path)
+        self.kept.handed_out(path, self._keep_for(valid_until), is_dir=is_dir)
+        return found
 
     @translated
     def access(self, path: str, amode: int) -> int:
@@ -250,13 +278,33 @@ class PictoOperations(Operations):
             raise FuseOSError(errno.EBADF)
         rows = opened.rows
         if offset == 0 or rows is None:
-            self.vfs.count_callback("readdir")
+            self.count("readdir")
             if self.kernel is not None:  # read before the rows: a take-back meanwhile shows
                 opened.generation = self.kernel.generation
             rows = [(".", None), ("..", None)]
-            rows.extend(self.vfs.readdir(opened.path))
+            if self.kept is None:
+                rows.extend(self.vfs.readdir(opened.path))
+            else:
+                listed = self.vfs.readdir_with_validity(opened.path)
+                self._hand_out(opened.path, listed)
+                rows.extend((name, found) for name, found, _valid in listed)
             opened.rows = rows
         return rows
+
+    def _hand_out(self, path: str, rows: list[tuple[str, dict[str, Any], float]]) -> None:
+        """Record the rows of a READDIRPLUS with the time each stops being valid (files
+        valid until the same time, as those of one listing are, in one call)."""
+        assert self.kept is not None
+        prefix = path.rstrip("/") + "/"
+        files: dict[float, list[str]] = {}
+        for name, found, valid_until in rows:
+            is_dir = stat.S_ISDIR(found["st_mode"])
+            if is_dir or not valid_until:
+                self.kept.handed_out(prefix + name, self._keep_for(valid_until), is_dir=is_dir)
+            else:
+                files.setdefault(valid_until, []).append(prefix + name)
+        for valid_until, paths in files.items():
+            self.kept.handed_out_many(paths, self._keep_for(valid_until))
 
     def plus_allowed(self, fh: int) -> bool:
         """Whether this page of an open directory may give the kernel its entries'
@@ -303,7 +351,7 @@ class PictoOperations(Operations):
 
     @translated
     def flush(self, path: str | None, fi: Any) -> int:
-        self.vfs.count_callback("flush")
+        self.count("flush")
         self.vfs.flush(fi.fh)
         return 0
 
@@ -382,12 +430,14 @@ class PictoOperations(Operations):
 
     @translated
     def chmod(self, path: str | None, mode: int) -> int:
-        self.vfs.touch_metadata(path)
+        if path is not None:  # accepted (rsync -a, cp -p) and not stored; it must exist
+            self.vfs.getattr(path)
         return 0
 
     @translated
     def chown(self, path: str | None, uid: int, gid: int) -> int:
-        self.vfs.touch_metadata(path)
+        if path is not None:
+            self.vfs.getattr(path)
         return 0
 
     # ------------------------------------------------------------------ refused

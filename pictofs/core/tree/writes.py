@@ -110,6 +110,9 @@ class WriteLayer(LocalNames):
 
     # ------------------------------------------------------------------ lookups
 
+    def check_writable(self, what: str) -> None:
+        """Every change may be made here (``ReadOnlyWrites`` refuses them)."""
+
     def pending_at(self, path: str) -> Pending | None:
         with self._lock:
             return self._pending.get(path)

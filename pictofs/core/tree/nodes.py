@@ -1,0 +1,388 @@
+"""What one path of a mount is: a node that answers the verbs of that kind of thing.
+
+``Vfs.resolve`` turns a path into one node, and a verb of a path is then one call on it:
+the node, not a switch on the kind of entry, knows how a folder of the service, a folder
+known only here, an image, a file not uploaded yet, or something in ``.archive/``
+answers ``attrs``, ``readdir``, ``open``, the extended attributes and ``truncate``. A node
+is made for one call and not kept: it holds what the resolution found (the entry, the
+dataset it belongs to) and the tree (``Vfs``) for what is shared by the whole mount (the
+options, the stat cache, the handle table, whether the service is reachable).
+
+Every verb that changes something goes through the dataset's ``writes`` (a ``WriteLayer``,
+or ``ReadOnlyWrites`` on a read-only mount, which refuses with ``ReadOnly``), so no node
+asks whether the mount is writable.
+
+Nodes take no lock of their own; what they touch locks itself (``Vfs._lock`` for the
+handle table, the view's and the write layer's locks for theirs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from pictofs.core.tree import attrs
+from pictofs.core.tree.archive import is_archive_path
+from pictofs.core.tree.pending import Pending
+from pictofs.core.tree.view import DirEntry, FileEntry
+from pictofs.errors import (AlreadyExists, InvalidArgument, IsADirectory, NoAttribute,
+                            NotADirectory, NotPermitted, ReadOnly, Unavailable,
+                            ValueTooLarge)
+from pictofs.model import Image, join_path, parse_timestamp
+
+if TYPE_CHECKING:
+    from pictofs.core.tree.vfs import DatasetTree, Vfs
+
+log = logging.getLogger(__name__)
+
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
+
+Rows = list[tuple[str, dict[str, Any], float]]  # (name, attributes, valid until)
+
+
+class Node:
+    """The verbs every node answers; a kind of node overrides what it does otherwise.
+    ``path`` is the path in the mount, ``inner`` the path inside its dataset."""
+
+    is_dir = False
+
+    def __init__(self, tree: Vfs, dataset: DatasetTree | None, path: str, inner: str) -> None:
+        self.tree = tree
+        self.dataset = dataset
+        self.path = path
+        self.inner = inner
+
+    def attrs(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def valid_until(self, expires: float) -> float:
+        """Until when (``Vfs.clock``) an answer about this node may be kept by whoever
+        caches it, given that its source is fresh until ``expires``; 0.0: it may change at
+        any moment behind the cache's back (this mount's own files, the archive, the
+        organization's top levels)."""
+        return 0.0
+
+    def readdir(self) -> Rows:
+        raise NotADirectory(self.path)
+
+    def open(self, flags: int) -> tuple[int, bool]:
+        raise IsADirectory(self.path)
+
+    def truncate(self, length: int) -> None:
+        raise IsADirectory(self.path)
+
+    def set_mtime(self, when: float) -> None:
+        """Folders keep their creation time."""
+
+    def listxattr(self) -> list[str]:
+        return []
+
+    def getxattr(self, name: str) -> bytes:
+        raise NoAttribute(name)
+
+    def setxattr(self, name: str, value: bytes) -> None:
+        raise NotPermitted(f"{name} cannot be set here")
+
+    # in .archive/ only: the folders there answer these; an archived image overrides them
+    def delete_for_good(self) -> None:
+        raise IsADirectory(self.inner)
+
+    def restore(self, new: str, flags: int) -> None:
+        raise NotPermitted("folders of the archive cannot be moved")
+
+
+# ---------------------------------------------------------------------------- folders
+
+
+class OrganizationRoot(Node):
+    """The top of an organization mount: one folder per dataset."""
+
+    is_dir = True
+
+    def attrs(self) -> dict[str, Any]:
+        return attrs.dir_stat(self.tree.options.policy, len(self.tree.dataset_names()),
+                              self.tree.mounted_at)
+
+    def readdir(self) -> Rows:
+        return [(name, DatasetFolder.root_of(self.tree, dataset).attrs(), 0.0)
+                for name, dataset in self.tree.datasets()]
+
+
+class DatasetFolder(Node):
+    """A folder of a dataset: of the service, the dataset's root, or a folder known only
+    to this mount (``mkdir`` of a local-only name, or not created on the service yet)."""
+
+    is_dir = True
+
+    def __init__(self, tree: Vfs, dataset: DatasetTree, path: str, entry: DirEntry,
+                 local: bool = False) -> None:
+        super().__init__(tree, dataset, path, entry.path)
+        self.entry = entry
+        self.local = local
+        self.side: DatasetTree = dataset
+
+    @classmethod
+    def root_of(cls, tree: Vfs, dataset: DatasetTree) -> DatasetFolder:
+        return cls(tree, dataset, "/", DirEntry("/"))
+
+    def attrs(self) -> dict[str, Any]:
+        view = self.side.view
+        listing = view.cached_listing(self.inner)
+        subfolders = len(listing.folders) if listing else 0
+        created = self.entry.folder.created_at if self.entry.folder else None
+        if self.inner == "/":
+            created = view.dataset.created_at
+        mtime = parse_timestamp(created) or self.tree.mounted_at
+        return attrs.dir_stat(self.tree.options.policy, subfolders, mtime)
+
+    def valid_until(self, expires: float) -> float:
+        local = self.entry.folder is None and self.inner != "/"
+        dataset_folder = self.inner == "/" and self.tree.is_organization
+        return 0.0 if local or dataset_folder else expires
+
+    def readdir(self) -> Rows:
+        """Names with their attributes from one listing (no per-entry request), with the
+        pending files and local folders of this mount laid over it. Rows from a listing
+        still kept, with no change noted while they were worked out, are valid while it
+        stays fresh; the others may change at any moment."""
+        side, folder, tree = self.side, self.inner, self.tree
+        writes, view = side.writes, side.view
+        dir_cache_time = tree.options.dir_cache_time
+        # the pending files before the listing: one that lands while the listing is fetched
+        # is then in one of the two, never in neither
+        pendings = writes.pending_in(folder)
+        changes = view.changes_in(folder)
+        rows: dict[str, tuple[dict[str, Any], float]] = {}
+        listing = None
+        if not writes.is_local_dir(folder):
+            listing = view.listing(folder)
+            fetched_until = listing.fetched_at + dir_cache_time
+            # copies (one C call each, atomic under the GIL): the cached listing is updated
+            # in place by this mount's changes while we iterate
+            for name, sub in list(listing.folders.items()):
+                child = join_path(folder, name)
+                found = DatasetFolder(tree, side, child, DirEntry(child, sub)).attrs()
+                rows[name] = (found, min(fetched_until, view.expires_at(child)))
+            for name, image in list(listing.images.items()):
+                if not writes.is_hidden(join_path(folder, name)):
+                    rows[name] = (tree.image_attrs(side, image), fetched_until)
+        for name in writes.local_dirs_in(folder):
+            child = join_path(folder, name)
+            rows[name] = (DatasetFolder(tree, side, child, DirEntry(child)).attrs(), 0.0)
+        for name, pending in pendings.items():
+            rows[name] = (PendingFile.stat_of(tree, pending), 0.0)
+        kept = listing is not None and view.cached_listing(folder) is listing \
+            and view.changes_in(folder) == changes
+        if not kept:  # the listing went, or changed, while the rows were worked out
+            rows = {name: (found, 0.0) for name, (found, _valid) in rows.items()}
+        return [(name, found, valid) for name, (found, valid) in sorted(rows.items())]
+
+
+class ArchiveFolder(Node):
+    """A folder of ``.archive/``: archived images in their folder layout, read-only."""
+
+    is_dir = True
+
+    def __init__(self, tree: Vfs, dataset: DatasetTree, path: str, inner: str) -> None:
+        super().__init__(tree, dataset, path, inner)
+        self.side: DatasetTree = dataset
+
+    def attrs(self) -> dict[str, Any]:
+        return attrs.dir_stat(self.tree.read_only_policy(), 0, self.tree.mounted_at)
+
+    def readdir(self) -> Rows:
+        folders, files = self.side.archive.readdir(self.inner)
+        rows = {name: ArchiveFolder(self.tree, self.side, "", join_path(self.inner, name)
+                                    ).attrs() for name in folders}
+        rows.update({name: ArchivedImage.stat_of(self.tree, image)
+                     for name, image in files.items()})
+        return [(name, found, 0.0) for name, found in sorted(rows.items())]
+
+
+# ------------------------------------------------------------------------------ files
+
+
+class ImageFile(Node):
+    """An image of the service: its bytes read through the cache; writing it stages a
+    new version (filesystem §5 "Replace")."""
+
+    def __init__(self, tree: Vfs, dataset: DatasetTree, path: str, entry: FileEntry) -> None:
+        super().__init__(tree, dataset, path, entry.path)
+        self.image: Image = entry.image
+        self.side: DatasetTree = dataset
+
+    def attrs(self) -> dict[str, Any]:
+        return self.tree.image_attrs(self.side, self.image)
+
+    def valid_until(self, expires: float) -> float:
+        return expires
+
+    def open(self, flags: int) -> tuple[int, bool]:
+        if flags & WRITE_FLAGS:
+            pending = self.side.writes.open_for_write(self.inner, self.image,
+                                                      truncate=bool(flags & os.O_TRUNC))
+            return self.tree.add_handle(self.path, self.side, pending=pending), False
+        image = self.image
+        reader = self.side.downloader.open(image.id, image.file_size, self.inner)
+        if not reader.from_cache and not self.tree.is_online():
+            reader.close()
+            raise Unavailable(f"{self.path} is not cached and the service is unreachable")
+        fh = self.tree.add_handle(self.path, self.side, image=image, reader=reader)
+        return fh, self.tree.opened_image(self.path, image)
+
+    def truncate(self, length: int) -> None:
+        self.side.writes.truncate_image(self.inner, self.image, length)
+
+    def set_mtime(self, when: float) -> None:
+        self.side.writes.set_mtime(self.image, when)
+
+    def listxattr(self) -> list[str]:
+        return attrs.xattr_names(self.image)
+
+    def getxattr(self, name: str) -> bytes:
+        if name == attrs.ANNOTATIONS_XATTR:
+            value = json.dumps(self.tree.remote.get_annotations(self.image),
+                               ensure_ascii=False).encode()
+            if len(value) > attrs.MAX_XATTR_SIZE:
+                raise ValueTooLarge(f"annotations of {self.path} are larger than 64 KiB")
+            return value
+        value = attrs.xattr_value(self.image, name)
+        if value is None:
+            raise NoAttribute(name)
+        return value
+
+    def setxattr(self, name: str, value: bytes) -> None:
+        if not name.startswith(attrs.XATTR_PREFIX):
+            raise NotPermitted(f"{name} cannot be set here")
+        current = attrs.xattr_value(self.image, name)
+        if current is not None and current == value:
+            return
+        field_name = name[len(attrs.XATTR_PREFIX):]
+        if field_name not in attrs.WRITABLE_XATTRS:
+            raise NotPermitted(f"{name} is read-only")
+        self.side.writes.check_writable("setxattr")
+        image, remote = self.image, self.tree.remote
+        try:
+            if field_name == "split":
+                updated = remote.set_split(image, attrs.parse_split(value))
+            else:
+                tags = attrs.parse_tags(value)
+                remote.set_tags(image.dataset_id, image.id,
+                                [t for t in tags if t not in image.tags],
+                                [t for t in image.tags if t not in tags])
+                updated = dataclasses.replace(image, tags=tuple(tags))
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        self.side.view.note_image(updated)
+
+
+class ArchivedImage(ImageFile):
+    """An image in ``.archive/``: readable, read-only; ``rm`` deletes it for good and
+    ``mv`` out of the archive restores it (filesystem §6)."""
+
+    @staticmethod
+    def stat_of(tree: Vfs, image: Image) -> dict[str, Any]:
+        return attrs.file_stat(tree.read_only_policy(), image.file_size,
+                               attrs.image_mtime(image))
+
+    def attrs(self) -> dict[str, Any]:
+        return self.stat_of(self.tree, self.image)
+
+    def valid_until(self, expires: float) -> float:
+        return 0.0
+
+    def open(self, flags: int) -> tuple[int, bool]:
+        if flags & WRITE_FLAGS:
+            raise ReadOnly(f"{self.path}: the archive is read-only")
+        return super().open(flags)
+
+    def truncate(self, length: int) -> None:
+        self.side.writes.check_writable("truncate")
+        raise ReadOnly(f"{self.path}: the archive is read-only")
+
+    def delete_for_good(self) -> None:
+        """``rm`` inside ``.archive/``: a permanent delete (EACCES if the role is too low)."""
+        self.tree.remote.archive(self.side.view.dataset_id, [self.image.id], permanent=True)
+        self.side.archive.dropped(self.image)
+        log.info("deleted %s for good", self.inner)
+
+    def restore(self, new: str, flags: int) -> None:
+        """``mv .archive/cars/x.jpg cars/x.jpg`` restores the image (same id); to another
+        folder or name it restores, then renames. A taken name → EEXIST."""
+        if is_archive_path(new):
+            raise ReadOnly("the archive is read-only")
+        side, image = self.side, self.image
+        if side.renamer.what(new) is not None:
+            raise AlreadyExists(new)
+        self.tree.remote.restore(side.view.dataset_id, [image.id])
+        restored = dataclasses.replace(image, is_archived=False)
+        side.archive.dropped(image)
+        side.view.note_image(restored)
+        log.info("restored %s", restored.path)
+        if new != restored.path:
+            side.renamer.rename(restored.path, new, flags)
+
+
+class PendingFile(Node):
+    """A file that exists on this machine only for now: being written, waiting to upload,
+    failed, or local-only (``pictofs.core.tree.pending``)."""
+
+    def __init__(self, tree: Vfs, dataset: DatasetTree, path: str, inner: str,
+                 pending: Pending) -> None:
+        super().__init__(tree, dataset, path, inner)
+        self.pending = pending
+        self.side: DatasetTree = dataset
+
+    @staticmethod
+    def stat_of(tree: Vfs, pending: Pending) -> dict[str, Any]:
+        return attrs.file_stat(tree.options.policy, pending.size, pending.mtime)
+
+    def attrs(self) -> dict[str, Any]:
+        return self.stat_of(self.tree, self.pending)
+
+    def open(self, flags: int) -> tuple[int, bool]:
+        if flags & WRITE_FLAGS:
+            pending = self.side.writes.open_for_write(self.inner, self.pending,
+                                                      truncate=bool(flags & os.O_TRUNC))
+        else:
+            pending = self.pending
+            pending.opens += 1
+        return self.tree.add_handle(self.path, self.side, pending=pending), False
+
+    def truncate(self, length: int) -> None:
+        self.side.writes.truncate(self.pending, length)
+
+    def set_mtime(self, when: float) -> None:
+        self.side.writes.set_mtime(self.pending, when)
+
+    def listxattr(self) -> list[str]:
+        return [attrs.ERROR_XATTR] if self.pending.error else []
+
+    def getxattr(self, name: str) -> bytes:
+        if name == attrs.ERROR_XATTR and self.pending.error:
+            return self.pending.error.encode()
+        raise NoAttribute(name)
+
+    def setxattr(self, name: str, value: bytes) -> None:
+        """``split``/``tags`` on a staged file apply right after register (§2); if it
+        landed before the value was kept, they are set on the image it became."""
+        field_name = name[len(attrs.XATTR_PREFIX):] if name.startswith(attrs.XATTR_PREFIX) \
+            else ""
+        if field_name not in attrs.WRITABLE_XATTRS:
+            raise NotPermitted(f"{name} cannot be set on a file not uploaded yet")
+        writes = self.side.writes
+        writes.check_writable("setxattr")
+        try:
+            parsed: Any = attrs.parse_split(value) if field_name == "split" \
+                else attrs.parse_tags(value)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        if writes.set_attr_after_register(self.pending, field_name, parsed):
+            return
+        landed = self.tree.resolve(self.path)  # it landed meanwhile: set it on the image
+        if isinstance(landed, PendingFile):
+            raise NotPermitted(f"{name} cannot be set here")
+        landed.setxattr(name, value)
