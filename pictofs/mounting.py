@@ -6,6 +6,9 @@ daemon (this same command with ``--foreground``, in a new session) and waits unt
 says the mount is ready on an inherited pipe, or prints the daemon's one-line error. So
 ``pictofs mount`` returns exactly when the mount is usable, and no Python threads are ever
 forked.
+
+``build_tree`` builds the object graph of a mount (remotes, circuit breaker, side builder,
+``Vfs``) without FUSE; ``_serve`` hands it to the FUSE adapter, and tests drive it in-process.
 """
 
 from __future__ import annotations
@@ -182,13 +185,47 @@ def run_foreground(args: argparse.Namespace) -> int:
         raise
 
 
-def _serve(target: Target, args: argparse.Namespace) -> int:
+@dataclass
+class BuiltTree:
+    """The object graph of one mount, without FUSE: what ``_serve`` hands to the adapter and
+    what tests drive in-process. ``vfs`` is the core; ``breaker`` guards the service;
+    ``api_remote`` is the HTTP remote beneath both (closed by ``close``)."""
+
+    vfs: Any  # pictofs.core.tree.vfs.Vfs
+    breaker: Any  # pictofs.remote.breaker.CircuitBreaker
+    api_remote: Any  # pictofs.api.bulk_remote.BulkApiRemote
+    sides: "SideBuilder"
+
+    def stop_uploads(self, timeout: float = 60) -> None:
+        """Stop every dataset's upload workers, letting the steps in flight finish (what
+        the rest of the queue holds resumes at the next mount)."""
+        for side in self.vfs.sides():
+            if side.writes is not None and not side.writes.stop(timeout=timeout):
+                log.warning("an upload step was still running at unmount; it resumes at "
+                            "the next mount")
+
+    def close(self, timeout: float = 60) -> None:
+        """Everything a mount's teardown does to the tree, in its order: stop the uploads,
+        close the breaker, the caches and downloads, then the HTTP remote."""
+        try:
+            self.stop_uploads(timeout)
+            self.breaker.close()
+            self.vfs.close()
+        finally:
+            self.api_remote.close()
+
+
+def build_tree(target: Target, args: argparse.Namespace,
+               state_dir: Path | None = None) -> BuiltTree:
+    """Build the remotes, the circuit breaker, the side builder and the ``Vfs`` of a mount
+    of ``target`` with the options ``args`` (a ``mount`` Namespace, defaults filled).
+    ``state_dir``: where journals live (default: the user's state dir). Imports no FUSE
+    module; a dataset's side (journal, upload workers) is set up when first reached, or by
+    ``vfs.open_dataset()``."""
     from pictofs.api.bulk_remote import BulkApiRemote
     from pictofs.core.tree.attrs import AttrPolicy
     from pictofs.remote.breaker import CircuitBreaker, GuardedRemote
     from pictofs.core.tree.vfs import Vfs, VfsOptions
-    from pictofs.fs.mount import MountSettings, serve, start_sighup_thread
-    from pictofs.fs.operations import PictoOperations
 
     # the bulk verbs let the upload queue send new files of a folder together (one PUT per
     # file, one upload-url and one register call per batch)
@@ -203,7 +240,7 @@ def _serve(target: Target, args: argparse.Namespace) -> int:
     upload_remote = GuardedRemote(api_remote.without_retries(), breaker, trips=False)
     if target.offline:
         breaker.trip()
-    state = dirs.private_dir(dirs.state_dir())
+    state = dirs.private_dir(state_dir if state_dir is not None else dirs.state_dir())
     policy = AttrPolicy(
         uid=args.uid if args.uid is not None else os.getuid(),
         gid=args.gid if args.gid is not None else os.getgid(),
@@ -213,6 +250,15 @@ def _serve(target: Target, args: argparse.Namespace) -> int:
     sides = DatasetTreeBuilder(target, args, remote, state, upload_remote)
     vfs = Vfs(remote, VfsOptions(policy, args.dir_cache_time, str(state)), sides.build,
               dataset=target.dataset, is_online=breaker.allows_requests)
+    return BuiltTree(vfs, breaker, api_remote, sides)
+
+
+def _serve(target: Target, args: argparse.Namespace) -> int:
+    from pictofs.fs.mount import MountSettings, serve, start_sighup_thread
+    from pictofs.fs.operations import PictoOperations
+
+    tree = build_tree(target, args)
+    vfs, breaker, sides = tree.vfs, tree.breaker, tree.sides
     name = target.dataset.name if target.dataset else "organization"
     ctl = control.ControlServer(target.mountpoint, {
         "status": lambda _req: _status(vfs, operations, breaker, target),
@@ -238,10 +284,7 @@ def _serve(target: Target, args: argparse.Namespace) -> int:
 
     def on_destroy() -> None:
         sdnotify.notify("STOPPING=1", "STATUS=unmounting; finishing the upload steps in flight")
-        for side in vfs.sides():
-            if side.writes is not None and not side.writes.stop(timeout=60):
-                log.warning("an upload step was still running at unmount; it resumes at "
-                            "the next mount")
+        tree.stop_uploads(timeout=60)
         ctl.stop()
         breaker.close()
         log.info("unmounted %s", target.mountpoint)
@@ -252,7 +295,7 @@ def _serve(target: Target, args: argparse.Namespace) -> int:
     try:
         serve(operations, settings)
     finally:
-        api_remote.close()
+        tree.api_remote.close()
     return 0
 
 

@@ -32,6 +32,9 @@ ERRNO_TABLE: dict[type[BaseException], int] = {
     errors.NotADirectory: errno.ENOTDIR,
     errors.IsADirectory: errno.EISDIR,
     errors.BadHandle: errno.EBADF,
+    # a setting that stops a call (the upload journal cannot be opened, ...): the message
+    # goes to the log, the program gets EIO (§7's "anything unexpected")
+    errors.ConfigError: errno.EIO,
 }
 
 
