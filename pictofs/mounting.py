@@ -194,13 +194,13 @@ class BuiltTree:
     vfs: Any  # pictofs.core.tree.vfs.Vfs
     breaker: Any  # pictofs.remote.breaker.CircuitBreaker
     api_remote: Any  # pictofs.api.bulk_remote.BulkApiRemote
-    sides: "SideBuilder"
+    sides: "DatasetTreeBuilder"
 
     def stop_uploads(self, timeout: float = 60) -> None:
         """Stop every dataset's upload workers, letting the steps in flight finish (what
         the rest of the queue holds resumes at the next mount)."""
-        for side in self.vfs.sides():
-            if side.writes is not None and not side.writes.stop(timeout=timeout):
+        for dataset in self.vfs.dataset_trees():
+            if not dataset.writes.stop(timeout=timeout):
                 log.warning("an upload step was still running at unmount; it resumes at "
                             "the next mount")
 
@@ -258,7 +258,7 @@ def _serve(target: Target, args: argparse.Namespace) -> int:
     from pictofs.fs.operations import PictoOperations
 
     tree = build_tree(target, args)
-    vfs, breaker, sides = tree.vfs, tree.breaker, tree.sides
+    vfs, breaker = tree.vfs, tree.breaker
     name = target.dataset.name if target.dataset else "organization"
     ctl = control.ControlServer(target.mountpoint, {
         "status": lambda _req: _status(vfs, operations, breaker, target),
@@ -269,7 +269,6 @@ def _serve(target: Target, args: argparse.Namespace) -> int:
     def on_init() -> None:
         ctl.start()
         start_sighup_thread(vfs.refresh)
-        sides.started = True
         if target.dataset is not None:
             try:
                 vfs.open_dataset()  # resume this dataset's journal now
@@ -312,7 +311,6 @@ class DatasetTreeBuilder:
         self.state = state
         self.cache_root = Path(args.cache_dir).expanduser() if args.cache_dir \
             else dirs.cache_dir()
-        self.started = False
 
     def build(self, view: Any) -> Any:
         from pictofs.api import images as images_api
@@ -370,11 +368,7 @@ def check_journal_free(target: Target) -> None:
 
 def _sync(vfs: Any, timeout: float | None) -> dict[str, Any]:
     """Wait until no upload is pending or in flight (failed ones do not count)."""
-    deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
-    idle = True
-    for side in vfs.sides():
-        if side.writes is not None:
-            idle = side.writes.wait_idle(max(0.0, deadline - time.monotonic())) and idle
+    idle = vfs.wait_idle(timeout if timeout is not None else 1e9)
     status = vfs.status()["uploads"]
     return {"idle": idle, "failed": status["failed"], "pending": status["pending"],
             "in_flight": status["in_flight"]}

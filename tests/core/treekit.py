@@ -169,8 +169,6 @@ class TreeDriver(Driver):
     def sync(self) -> None:
         """What ``pictofs sync`` asks of the mount: every dataset's uploads idle, none
         failed."""
-        for side in self.vfs.sides():
-            if side.writes is not None:
-                assert side.writes.wait_idle(SYNC_TIMEOUT), "uploads still pending"
+        assert self.vfs.wait_idle(SYNC_TIMEOUT), "uploads still pending"
         failed = self.vfs.status()["uploads"]["failed"]
         assert not failed, f"uploads failed: {failed}"

@@ -154,9 +154,14 @@ class Vfs:
         with self._lock:
             return list(self._datasets.values())
 
-    def sides(self) -> list[DatasetTree]:
-        """The datasets set up so far (the name the composition root and tests use)."""
-        return self.dataset_trees()
+    def wait_idle(self, timeout: float) -> bool:
+        """``pictofs sync``: start every waiting upload now and wait until none is pending
+        or in flight in any dataset (failed ones and open files do not count)."""
+        deadline = time.monotonic() + timeout
+        idle = True
+        for dataset in self.dataset_trees():
+            idle = dataset.writes.wait_idle(max(0.0, deadline - time.monotonic())) and idle
+        return idle
 
     def _tell_listener_of_changes(self, view: DatasetView) -> None:
         """Changes this mount notes in ``view`` are told to the listener, as mount paths."""
