@@ -19,13 +19,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import pytest
 
 from imagegen import png_bytes
+from mountkit import wait_for
 
 from pictofs.model import Image
 
@@ -169,17 +169,6 @@ def errno_of(func: Callable[[], object]) -> int:
     with pytest.raises(OSError) as info:
         func()
     return info.value.errno  # type: ignore[return-value]
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    """Poll ``condition`` until truthy (a mount's ``release`` comes after ``close`` returns)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -337,7 +326,7 @@ def scenario_not_an_image_is_einval_at_close(fs: Driver, service: Service) -> No
     fd = fs.open("/bad.png", WRITE)
     fs.write(fd, b"this is not an image at all", 0)
     assert errno_of(lambda: fs.close(fd)) == errno.EINVAL
-    wait_for(lambda: not fs.exists("/bad.png"), "the refused file to go")
+    wait_for(lambda: not fs.exists("/bad.png"), "the refused file to go", timeout=10.0)
     fs.write_file("/good.png", png_bytes(111))  # something that does upload, to sync on
     fs.sync()
     assert set(service.live()) == {"/good.png"}
