@@ -320,12 +320,21 @@ def _is_mount_helper_form(argv: Sequence[str]) -> bool:
             and argv[0] not in command_names())
 
 
+def mount_helper_main() -> int:
+    """Entry point of the ``mount.fuse.pictofs`` and ``mount.pictofs`` console scripts
+    (mount(8)'s helpers): ``pictofs.mounthelper`` translates, ``main`` mounts."""
+    from pictofs.mounthelper import run
+
+    return run(sys.argv[1:], os.path.basename(sys.argv[0]) or "mount.pictofs",
+               pictofs_main=main)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if _is_mount_helper_form(argv):
         from pictofs.mounthelper import run
 
-        return run(argv, prog="pictofs")
+        return run(argv, prog="pictofs", pictofs_main=main)
     parser = _parser()
     args = parser.parse_args(argv)
     args.argv = argv
