@@ -291,9 +291,9 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
 
 def cmd_mirror(args: argparse.Namespace) -> int:
-    from pictofs.mirror.runner import run_mirror
+    from pictofs import mirroring
 
-    return run_mirror(args)
+    return mirroring.run_mirror(args)
 
 
 # ------------------------------------------------------------------------------- main
