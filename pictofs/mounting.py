@@ -56,7 +56,7 @@ def resolve_target(args: argparse.Namespace, announce: bool) -> Target:
     service is unreachable this retries for ``--timeout``; then a dataset this machine
     mounted before is mounted from what it remembers, with the circuit breaker open."""
     from pictofs.embedded import connect
-    from pictofs.fs.mount import check_fuse_device, prepare_mountpoint
+    from pictofs.fs.fuse_session import check_fuse_device, prepare_mountpoint
 
     check_fuse_device()
     mountpoint = prepare_mountpoint(args.mountpoint)
@@ -187,7 +187,7 @@ def _serve(target: Target, args: argparse.Namespace) -> int:
     from pictofs.core.tree.attrs import AttrPolicy
     from pictofs.remote.breaker import CircuitBreaker, GuardedRemote
     from pictofs.core.tree.vfs import Vfs, VfsOptions
-    from pictofs.fs.mount import MountSettings, serve, start_sighup_thread
+    from pictofs.fs.fuse_session import MountSettings, serve, start_sighup_thread
     from pictofs.fs.operations import PictoOperations
 
     # the bulk verbs let the upload queue send new files of a folder together (one PUT per

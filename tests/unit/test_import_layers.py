@@ -27,7 +27,7 @@ ALLOWED_BACK_EDGES: frozenset[tuple[str, str]] = frozenset()
 # Lower layers must not reach up into these.
 LOWER = ("pictofs.core", "pictofs.remote", "pictofs.api")
 UPPER = ("pictofs.fs", "pictofs.mirror", "pictofs.cli", "pictofs.mounting",
-         "pictofs.mirroring", "pictofs.mounthelper")
+         "pictofs.mirroring", "pictofs.fstab")
 # Libraries the core never imports (FUSE, HTTP client, web server).
 CORE_FORBIDDEN_LIBRARIES = ("mfusepy", "fuse", "requests", "fastapi", "starlette", "uvicorn")
 

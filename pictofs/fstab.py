@@ -1,4 +1,6 @@
-"""The mount(8) helper: ``mount -t fuse.pictofs SOURCE MOUNTPOINT -o OPTIONS`` and fstab.
+"""The mount(8) helper: ``mount -t fuse.pictofs SOURCE MOUNTPOINT -o OPTIONS`` and fstab
+lines (``pictofs.mounting`` builds and runs the mount itself; ``pictofs.fs.fuse_session``
+talks to the kernel).
 
 mount(8) runs ``/sbin/mount.fuse.pictofs SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS]`` for type
 ``fuse.pictofs`` and ``/sbin/mount.pictofs`` for type ``pictofs``; both are console scripts

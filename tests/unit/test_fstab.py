@@ -9,7 +9,7 @@ import pytest
 
 from pictofs.cli import _is_mount_helper_form
 from pictofs.errors import ConfigError
-from pictofs.mounthelper import (
+from pictofs.fstab import (
     EXIT_MOUNT_FAILED,
     EXIT_USAGE,
     IGNORED_OPTIONS,
