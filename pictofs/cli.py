@@ -171,7 +171,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def cmd_umount(args: argparse.Namespace) -> int:
     from pictofs import control
-    from pictofs.fs.mount import abort_connection, unmount
+    from pictofs.fs.fuse_session import abort_connection, unmount
 
     mountpoint = os.path.abspath(args.mountpoint)
     try:
@@ -291,9 +291,9 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
 
 def cmd_mirror(args: argparse.Namespace) -> int:
-    from pictofs.mirror.runner import run_mirror
+    from pictofs import mirroring
 
-    return run_mirror(args)
+    return mirroring.run_mirror(args)
 
 
 # ------------------------------------------------------------------------------- main
@@ -314,18 +314,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _is_mount_helper_form(argv: Sequence[str]) -> bool:
     """``pictofs SOURCE MOUNTPOINT -o OPTIONS``: how ``mount.fuse3`` runs a filesystem that
-    has no ``mount.fuse.pictofs`` helper (see ``pictofs.mounthelper``)."""
+    has no ``mount.fuse.pictofs`` helper (see ``pictofs.fstab``)."""
     return (bool(argv) and not argv[0].startswith("-")
             and any(word.startswith("-o") for word in argv)
             and argv[0] not in command_names())
 
 
+def mount_helper_main() -> int:
+    """Entry point of the ``mount.fuse.pictofs`` and ``mount.pictofs`` console scripts
+    (mount(8)'s helpers): ``pictofs.fstab`` translates, ``main`` mounts."""
+    from pictofs.fstab import run
+
+    return run(sys.argv[1:], os.path.basename(sys.argv[0]) or "mount.pictofs",
+               pictofs_main=main)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if _is_mount_helper_form(argv):
-        from pictofs.mounthelper import run
+        from pictofs.fstab import run
 
-        return run(argv, prog="pictofs")
+        return run(argv, prog="pictofs", pictofs_main=main)
     parser = _parser()
     args = parser.parse_args(argv)
     args.argv = argv

@@ -2,9 +2,9 @@
 
 ``OPTIONS`` is the single table of command-line options: name, type, default, environment
 variable, help, and the commands that take it. ``add_options`` builds argparse flags from it,
-``docs/options.md`` is generated from it (``python -m pictofs.config``), and a test checks the
-two agree. ``resolve_connection`` applies the precedence of the protocol (§1): explicit argument
-or key file > ``PICTOGRAPH_*`` environment > ``~/.pictograph/config.toml`` > defaults.
+``docs/options.md`` is generated from it (``python -m pictofs.optionsdoc``), and a test checks
+the two agree. ``resolve_connection`` applies the precedence of the protocol (§1): explicit
+argument or key file > ``PICTOGRAPH_*`` environment > ``~/.pictograph/config.toml`` > defaults.
 """
 
 from __future__ import annotations
@@ -297,29 +297,3 @@ def resolve_connection(
         or DEFAULT_BASE_URL
     )
     return Connection(base_url=str(url).rstrip("/"), api_key=key, key_source=source)
-
-
-def render_options_markdown(commands: list[str]) -> str:
-    """The options reference of ``commands``, generated from ``OPTIONS`` (docs/options.md)."""
-    lines = ["# Options", "", "Generated from `pictofs/config.py` by `python -m pictofs.config`;",
-             "a test fails when this file and the table differ.", ""]
-    for command in sorted(commands):
-        lines += [f"## pictofs {command}", "", "| Option | Default | Environment | Meaning |",
-                  "|---|---|---|---|"]
-        for opt in options_for(command):
-            flag = f"`--{opt.name}`" + (f", `-{opt.short}`" if opt.short else "")
-            if opt.metavar:
-                flag = f"`--{opt.name} {opt.metavar}`" + (f", `-{opt.short}`" if opt.short else "")
-            default = "off" if opt.flag else ("" if opt.default is None else f"`{opt.default}`")
-            env = f"`{opt.env}`" if opt.env else ""
-            lines.append(f"| {flag} | {default} | {env} | {opt.help} |")
-        lines.append("")
-    lines += ["Sizes: `500M`, `10G` (binary: 10 GiB), a bare number is bytes. "
-              "Durations: `2` or `2s`, `500ms`, `5m`, `1h`.", ""]
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":  # pragma: no cover - documentation generator
-    from pictofs.cli import command_names
-
-    print(render_options_markdown(command_names()), end="")

@@ -59,7 +59,7 @@ def resolve_target(args: argparse.Namespace, announce: bool) -> Target:
     service is unreachable this retries for ``--timeout``; then a dataset this machine
     mounted before is mounted from what it remembers, with the circuit breaker open."""
     from pictofs.embedded import connect
-    from pictofs.fs.mount import check_fuse_device, prepare_mountpoint
+    from pictofs.fs.fuse_session import check_fuse_device, prepare_mountpoint
 
     check_fuse_device()
     mountpoint = prepare_mountpoint(args.mountpoint)
@@ -254,7 +254,7 @@ def build_tree(target: Target, args: argparse.Namespace,
 
 
 def _serve(target: Target, args: argparse.Namespace) -> int:
-    from pictofs.fs.mount import MountSettings, serve, start_sighup_thread
+    from pictofs.fs.fuse_session import MountSettings, serve, start_sighup_thread
     from pictofs.fs.operations import PictoOperations
 
     tree = build_tree(target, args)

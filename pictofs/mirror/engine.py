@@ -65,8 +65,8 @@ class Engine:
                  landed: Callable[[str], None] = lambda rel: None,
                  upload_remote: Remote | None = None) -> None:
         """``upload_remote`` (default ``remote``) is the one the upload queue sends with:
-        the runner gives it one without transport retries (the queue retries a failed step
-        itself while its worker goes on with other files)."""
+        ``pictofs.mirroring`` gives it one without transport retries (the queue retries a
+        failed step itself while its worker goes on with other files)."""
         self.root = root
         self._remote = remote
         self._dataset_id = dataset_id

@@ -8,7 +8,7 @@ watches (filesystem spec §9), with one log line giving the fix.
 
 Running out of watches is not always an error watchdog reports: it raises for the top
 folder, but a subfolder it cannot watch is skipped silently. So after starting, and again in
-``check`` (the runner calls it after folders were created), the watcher compares the inotify
+``check`` (the session calls it after folders were created), the watcher compares the inotify
 watches this process holds (``/proc/self/fdinfo``) with the folders under the root; when
 watches are missing twice in a row it switches to polling and says so. Events are delivered
 from watchdog's thread through ``sink``, which must be thread-safe.

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Collection
 
-from pictofs.mirror import local, service
+from pictofs.mirror import local, remote_tree
 from pictofs.mirror.coalesce import Coalescer, Event
 from pictofs.mirror.engine import Engine, Stopped
 from pictofs.mirror.plan import LocalFile, Plan, Policy, RemoteListing, plan_sync
@@ -111,8 +111,8 @@ class Session:
         started = time.monotonic()
         scan = local.scan(self.root, self.policy.target)
         self.engine.note_left_out(scan.left_out)
-        listing, _ = service.list_tree(self._remote, self._dataset_id,
-                                       self.policy.target.folder, self._workers)
+        listing, _ = remote_tree.list_tree(self._remote, self._dataset_id,
+                                           self.policy.target.folder, self._workers)
         plan = self.plan(scan.files, remote=listing)
         size = sum(u.file.size for u in plan.uploads)
         log.info("%s: %d files (%s) here, %d images there; %d to upload (%s), %d moves, "

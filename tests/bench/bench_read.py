@@ -61,7 +61,7 @@ from seed import seed_images  # noqa: E402
 from pictofs.api import Client  # noqa: E402
 from pictofs.api import folders as folders_api  # noqa: E402
 from pictofs.api import images as images_api  # noqa: E402
-from pictofs.fs.mount import abort_connection, mount_device  # noqa: E402
+from pictofs.fs.fuse_session import abort_connection, mount_device  # noqa: E402
 
 PASSTHROUGH = Path(__file__).resolve().parent / "passthrough.py"
 IMAGE_SIZE = 2 * 1024 * 1024

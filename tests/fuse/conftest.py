@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from pictofs.fs.mount import abort_connection
+from pictofs.fs.fuse_session import abort_connection
 
 from mountkit import daemon_pids, wait_for_daemon_exit
 

@@ -35,7 +35,7 @@ import pytest
 
 from imagegen import jpeg_bytes, png_bytes
 from mountkit import pictofs_cmd, service_bytes
-from pictofs.fs.mount import abort_connection
+from pictofs.fs.fuse_session import abort_connection
 from seed import seed_images
 
 pytestmark = pytest.mark.fuse

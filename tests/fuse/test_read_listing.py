@@ -22,7 +22,7 @@ import pytest
 
 from imagegen import png_bytes
 from mountkit import wait_for
-from pictofs.fs.mount import abort_connection
+from pictofs.fs.fuse_session import abort_connection
 from seed import seed_images
 
 pytestmark = pytest.mark.fuse

@@ -25,7 +25,7 @@ from typing import Iterator
 import pytest
 
 import pictofs
-from pictofs.fs.mount import abort_connection
+from pictofs.fs.fuse_session import abort_connection
 from imagegen import png_bytes
 from securitykit import User, as_user, unprivileged_user
 

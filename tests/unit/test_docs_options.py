@@ -7,8 +7,8 @@ from pathlib import Path
 
 from pictofs.cli import build_parser, command_names
 from pictofs.completion import render_bash
-from pictofs.config import render_options_markdown
 from pictofs.manpage import render_man_page
+from pictofs.optionsdoc import render_options_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "options.md"
@@ -18,7 +18,7 @@ COMPLETION = ROOT / "packaging" / "completion" / "pictofs.bash"
 
 def test_options_doc_matches_the_table():
     assert DOC.read_text() == render_options_markdown(command_names()), (
-        "docs/options.md is stale: run `python -m pictofs.config > docs/options.md`"
+        "docs/options.md is stale: run `python -m pictofs.optionsdoc > docs/options.md`"
     )
 
 

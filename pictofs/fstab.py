@@ -1,9 +1,13 @@
-"""The mount(8) helper: ``mount -t fuse.pictofs SOURCE MOUNTPOINT -o OPTIONS`` and fstab.
+"""The mount(8) helper: ``mount -t fuse.pictofs SOURCE MOUNTPOINT -o OPTIONS`` and fstab
+lines (``pictofs.mounting`` builds and runs the mount itself; ``pictofs.fs.fuse_session``
+talks to the kernel).
 
 mount(8) runs ``/sbin/mount.fuse.pictofs SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS]`` for type
 ``fuse.pictofs`` and ``/sbin/mount.pictofs`` for type ``pictofs``; both are console scripts
-of ``main``. Without them, ``mount.fuse3`` runs ``pictofs SOURCE MOUNTPOINT -o OPTIONS``,
-which ``pictofs.cli`` hands to ``run`` as well. The same translation serves all three:
+of ``pictofs.cli.mount_helper_main``. Without them, ``mount.fuse3`` runs ``pictofs SOURCE
+MOUNTPOINT -o OPTIONS``, which ``pictofs.cli.main`` recognises. Either way the command line
+calls ``run`` here with itself as the way to mount, so this module never imports
+``pictofs.cli``. The same translation serves all three:
 
 - ``SOURCE`` is a dataset name, or ``/`` for the organization (one directory per dataset).
   A dataset name never contains ``/``; any other source with one is a path mount(8) made
@@ -14,11 +18,12 @@ which ``pictofs.cli`` hands to ``run`` as well. The same translation serves all 
   (``rw``, ``nodev``, ``_netdev``, ``x-systemd.automount``, ...) are ignored. ``api_key=`` is
   refused: fstab and ``/proc/mounts`` are world-readable.
 - mount(8) strips ``PATH`` and ``HOME`` from a helper's environment (``PICTOGRAPH_*`` and
-  ``XDG_*`` pass). The helper runs the interpreter it was installed with (``sys.executable``,
-  through ``pictofs.cli``) and takes the home folder from the password database.
+  ``XDG_*`` pass). The helper runs in the interpreter it was installed with and takes the
+  home folder from the password database.
 
 ``mount_arguments`` is the pure translation; ``run`` adds the environment and the exit codes
-mount(8) expects (0 mounted, 1 bad invocation, 32 mount failure).
+mount(8) expects (0 mounted, 1 bad invocation, 32 mount failure), and mounts through the
+``pictofs`` entry point it is given.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import os
 import pwd
 import sys
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from pictofs.config import Option, options_for
 from pictofs.errors import ConfigError
@@ -215,9 +220,10 @@ def prepare_environment(environ: dict[str, str] | os._Environ[str]) -> None:
         environ["PATH"] = DEFAULT_PATH
 
 
-def run(argv: Sequence[str], prog: str) -> int:
-    """Translate, then mount through ``pictofs mount`` (which returns once the mount is
-    ready and leaves the daemon in the background). Returns mount(8)'s exit code."""
+def run(argv: Sequence[str], prog: str, *, pictofs_main: Callable[[list[str]], int]) -> int:
+    """Translate, then mount through ``pictofs_main(["mount", ...])`` (the command line's
+    entry point: ``pictofs mount`` returns once the mount is ready and leaves the daemon in
+    the background). Returns mount(8)'s exit code."""
     if any(word in ("-h", "--help") for word in argv):
         print(_USAGE.format(prog=prog))
         return EXIT_OK
@@ -236,12 +242,5 @@ def run(argv: Sequence[str], prog: str) -> int:
     if call.fake:
         return EXIT_OK
     prepare_environment(os.environ)
-    from pictofs.cli import main as pictofs_main
-
     code = pictofs_main(call.argv)
     return EXIT_OK if code == 0 else EXIT_USAGE if code == 2 else EXIT_MOUNT_FAILED
-
-
-def main() -> int:
-    """Entry point of the ``mount.fuse.pictofs`` and ``mount.pictofs`` console scripts."""
-    return run(sys.argv[1:], os.path.basename(sys.argv[0]) or "mount.pictofs")

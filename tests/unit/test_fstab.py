@@ -9,7 +9,8 @@ import pytest
 
 from pictofs.cli import _is_mount_helper_form
 from pictofs.errors import ConfigError
-from pictofs.mounthelper import (
+from pictofs.fstab import (
+    EXIT_MOUNT_FAILED,
     EXIT_USAGE,
     IGNORED_OPTIONS,
     mount_arguments,
@@ -96,15 +97,34 @@ def test_sloppy_turns_unknown_options_into_warnings():
     assert len(call.warnings) == 1 and "bogus" in call.warnings[0]
 
 
+def _must_not_mount(argv: list[str]) -> int:
+    raise AssertionError(f"mounted: {argv}")
+
+
 def test_fake_mounts_nothing_and_exits_zero(capsys):
-    assert run(["ds", MP, "-f", "-o", "ro"], prog="mount.fuse.pictofs") == 0
+    assert run(["ds", MP, "-f", "-o", "ro"], prog="mount.fuse.pictofs",
+               pictofs_main=_must_not_mount) == 0
     assert "pictofs mount ds /mnt/p --read-only" in capsys.readouterr().err
 
 
 def test_refused_option_exits_1_with_one_clear_line(capsys):
-    assert run(["ds", MP, "-o", "api_key=pk_test_x"], prog="mount.fuse.pictofs") == EXIT_USAGE
+    assert run(["ds", MP, "-o", "api_key=pk_test_x"], prog="mount.fuse.pictofs",
+               pictofs_main=_must_not_mount) == EXIT_USAGE
     err = capsys.readouterr().err
     assert err.startswith("mount.fuse.pictofs: api_key= is refused") and "usage" not in err
+
+
+@pytest.mark.parametrize("code, expected", [(0, 0), (2, EXIT_USAGE), (1, EXIT_MOUNT_FAILED)])
+def test_run_mounts_through_the_entry_point_it_is_given(code, expected):
+    calls: list[list[str]] = []
+
+    def pictofs_main(argv: list[str]) -> int:
+        calls.append(argv)
+        return code
+
+    assert run(["ds", MP, "-o", "ro"], prog="mount.fuse.pictofs",
+               pictofs_main=pictofs_main) == expected
+    assert calls == [["mount", "ds", MP, "--read-only"]]
 
 
 def test_user_and_group_names_become_numbers():

@@ -1,4 +1,6 @@
-"""Mounting and unmounting: FUSE options, the mountpoint checks, signals, fusermount3.
+"""The FUSE session of a mount: the mountpoint checks, FUSE options, libfuse's loop and its
+signals, unmounting with fusermount3 (what libfuse calls ``fuse_session_mount``, ``_loop``
+and ``_unmount``). ``pictofs.mounting`` builds the operations it serves.
 
 - ``prepare_mountpoint`` refuses a missing or busy mountpoint and lazily unmounts a stale one
   left by a killed daemon (``ENOTCONN``), with a log line.

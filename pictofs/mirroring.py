@@ -1,9 +1,12 @@
-"""``pictofs mirror LOCAL_DIR DATASET[:/folder]``: the composition root of mirror mode.
+"""``pictofs mirror LOCAL_DIR DATASET[:/folder]``: build the objects of one mirror, wire them,
+and run it (the composition root of mirror mode, as ``pictofs.mounting`` is of a mount).
 
-Parses the target (split at the first ``:/``), connects (the embedded local server when no
-key is configured), opens the state database and the upload journal of this mirror, builds
-the engine and the session, installs the SIGINT/SIGTERM handlers (finish the step in flight,
-then stop) and runs ``--once`` or the watch loop.
+Options → objects → run: parses the target (split at the first ``:/``), connects (the
+embedded local server when no key is configured), opens the state database and the upload
+journal of this mirror, builds the engine and the session of ``pictofs.mirror``, installs the
+SIGINT/SIGTERM handlers (finish the step in flight, then stop) and runs ``--once`` or the
+watch loop. Everything it closes at the end it opened itself; ``pictofs.mirror`` receives its
+collaborators and never builds a connection, a journal or a state database.
 
 Exit codes: 0 — in step (``--once``) or stopped by a signal (watching); 1 — user errors (one
 line, via the CLI), ``--once`` with failures or refused deletions, or the mirrored folder
