@@ -41,6 +41,7 @@ from pictofs.core.upload.job import (
     send_bytes,
 )
 from pictofs.core.upload.schedule import Schedule, Task, TaskControl, record_together
+from pictofs.core.upload.states import JobState, Step
 from pictofs.errors import AlreadyExists, PermissionDenied
 from pictofs.faults import fault_point
 from pictofs.model import Image
@@ -84,9 +85,9 @@ class BulkRemote(Remote, Protocol):
 
 def batchable(entry: Entry, task: Task) -> bool:
     """Whether an entry may travel in a batch: new bytes under a new name, never sent."""
-    return (entry.replaced_id is None and entry.step == "none" and entry.register_key is None
-            and entry.image_id is None and not entry.cancelled and not task.cancelled
-            and entry.state != "done")
+    return (entry.replaced_id is None and entry.step == Step.NONE
+            and entry.register_key is None and entry.image_id is None and not entry.cancelled
+            and not task.cancelled and entry.state != JobState.DONE)
 
 
 def companions(schedule: Schedule, journal: Journal, task: Task, *, limit: int,
@@ -215,8 +216,8 @@ class BatchJob:
             else:
                 outcomes[member.entry.id] = result
         sent = self._record(sent, outcomes,
-                            lambda m: {"state": "uploading", "size": m.staged.size,
-                                       "sha256": m.staged.sha256, "step": "put",
+                            lambda m: {"state": JobState.UPLOADING, "size": m.staged.size,
+                                       "sha256": m.staged.sha256, "step": Step.PUT,
                                        "register_key": new_key()})
         for member in sent:
             member.control.mark_put()

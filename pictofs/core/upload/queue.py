@@ -52,6 +52,7 @@ from pictofs.core.upload.journal import (
 )
 from pictofs.core.upload.journal import resume_action
 from pictofs.core.upload.schedule import QueueStats, Schedule, Task
+from pictofs.core.upload.states import JobState, Step
 from pictofs.core.upload.workers import QueueWorkers
 from pictofs.model import Image
 from pictofs.remote import Remote
@@ -193,7 +194,7 @@ class UploadQueue(QueueWorkers):
         with self._changed:
             for entry_id in sizes:
                 entry = self._require(entry_id)
-                if entry.state == "done" or entry.cancelled:
+                if entry.state == JobState.DONE or entry.cancelled:
                     log.warning("flush of %s after its upload ended is ignored (hold() it "
                                 "before writing again)", entry.path)
                     continue
@@ -240,7 +241,7 @@ class UploadQueue(QueueWorkers):
             task.held, task.due = True, None
             task.generation += 1
             if not task.running:
-                self._journal.update(entry_id, state="staged")
+                self._journal.update(entry_id, state=JobState.STAGED)
             self._changed.notify_all()
             return None
 
@@ -252,14 +253,15 @@ class UploadQueue(QueueWorkers):
             task = self._settled(entry_id)
             entry = self._journal.get(entry_id)
             if (task is not None and task.image is not None) or entry is None \
-                    or entry.state == "done":
+                    or entry.state == JobState.DONE:
                 return self._schedule.landed(entry_id)
             if task is not None:  # first: a running upload writes no step after this
                 task.generation += 1
             self._journal.update(entry_id, folder=folder, filename=filename,
                                  replaced_id=replaced_id, url_key=None, register_key=None,
-                                 step="none", error=None,
-                                 state="queued" if entry.state == "failed" else entry.state)
+                                 step=Step.NONE, error=None,
+                                 state=JobState.QUEUED if entry.state == JobState.FAILED
+                                 else entry.state)
             if task is None:  # a failed entry: a new name is a new try
                 task = self._schedule.add(entry_id)
                 self._schedule.due_in(task, 0.0)
@@ -284,7 +286,7 @@ class UploadQueue(QueueWorkers):
     def discard(self, entry_id: str) -> None:
         """``rm`` of a failed file: forget it and its staging file (others: ``cancel``)."""
         entry = self._journal.get(entry_id)
-        if entry is not None and entry.state == "failed":
+        if entry is not None and entry.state == JobState.FAILED:
             self._drop(entry_id)
         else:
             self.cancel(entry_id)
@@ -296,10 +298,10 @@ class UploadQueue(QueueWorkers):
 
     def entries(self) -> list[Entry]:
         """Every entry not done yet (staged, queued, uploading, failed)."""
-        return [e for e in self._journal.entries() if e.state != "done"]
+        return [e for e in self._journal.entries() if e.state != JobState.DONE]
 
     def failed(self) -> list[Entry]:
-        return self._journal.entries("failed")
+        return self._journal.entries(JobState.FAILED)
 
     def mtime(self, image_id: str) -> float | None:
         """The mtime a writer set for an image on this machine, if any (for ``stat``)."""
@@ -366,7 +368,7 @@ class UploadQueue(QueueWorkers):
                 self._drop(entry.id)
             elif action in (ResumeAction.QUEUE, ResumeAction.FINISH_CANCEL):
                 queued.append(entry)
-        self._journal.update_many({entry.id: {"state": "queued"} for entry in queued})
+        self._journal.update_many({entry.id: {"state": JobState.QUEUED} for entry in queued})
         with self._changed:
             for entry in queued:
                 task = self._schedule.add(entry.id)

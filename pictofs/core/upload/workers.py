@@ -21,6 +21,7 @@ from pictofs.core.upload import job as upload_job
 from pictofs.core.upload.journal import Entry, Journal
 from pictofs.core.upload.job import Disposition, Interrupted, Landed, UploadJob
 from pictofs.core.upload.schedule import Schedule, Task, TaskControl
+from pictofs.core.upload.states import JobState
 from pictofs.model import Image
 from pictofs.remote import Remote
 
@@ -209,9 +210,9 @@ class QueueWorkers:
             elif task.cancelled:
                 self._continue_cancel(task, entry)
             elif task.held:
-                self._journal.update(task.entry_id, state="staged")
+                self._journal.update(task.entry_id, state=JobState.STAGED)
             else:
-                self._journal.update(task.entry_id, state="queued")
+                self._journal.update(task.entry_id, state=JobState.QUEUED)
                 if not self._stopping:
                     self._schedule.requeue(task)
             self._changed.notify_all()
@@ -259,7 +260,7 @@ class QueueWorkers:
             else:
                 self._schedule.run_ended()
                 task.attempts += 1
-            self._journal.update(task.entry_id, state="queued", error=reason)
+            self._journal.update(task.entry_id, state=JobState.QUEUED, error=reason)
             if not self._stopping and not task.held:
                 self._schedule.due_in(task, delay)
             self._changed.notify_all()
@@ -296,7 +297,7 @@ class QueueWorkers:
         log.warning("upload of %s failed: %s", entry.path, reason)
         with self._changed:
             self._schedule.run_ended()
-            self._journal.update(task.entry_id, state="failed", error=reason)
+            self._journal.update(task.entry_id, state=JobState.FAILED, error=reason)
             self._schedule.remove(task.entry_id)
             self._changed.notify_all()
         self._callback(self._on_failed, task.entry_id, reason)
