@@ -20,8 +20,9 @@ from pictofs.api.remote import ApiRemote
 from pictofs.model import Image
 
 
-class Registration(Protocol):
-    """One PUT file to register (``pictofs.core.upload.batch.Registration`` is one)."""
+class PutFileLike(Protocol):
+    """One file whose bytes were PUT, to register (``pictofs.core.upload.batch.PutFile`` is
+    one)."""
 
     @property
     def filename(self) -> str: ...
@@ -41,7 +42,7 @@ class BulkApiRemote(ApiRemote):
         return images_api.bulk_upload_urls(self.transport, dataset_id, folder, files)
 
     def register_uploads(self, dataset_id: str, folder: str,
-                         items: Sequence[Registration]) -> list[Image | Exception]:
+                         items: Sequence[PutFileLike]) -> list[Image | Exception]:
         request = [images_api.RegisterItem(filename=i.filename, directory_path=folder,
                                            file_size=i.size, content_type=i.content_type,
                                            width=i.width, height=i.height) for i in items]

@@ -36,6 +36,7 @@ from typing import Callable, Iterable, Iterator
 from pictofs.core.upload.journal import Journal
 from pictofs.core.tree.listing import list_images_consistent
 from pictofs.core.upload.queue import Source, UploadQueue
+from pictofs.core.upload.states import JobState
 from pictofs.errors import NotFound, PictofsError
 from pictofs.mirror import local
 from pictofs.mirror.plan import (
@@ -109,7 +110,7 @@ class Engine:
                 self.queue.discard(entry.id)
         for entry_id, pending in pending_now.items():
             entry = self.queue.get(entry_id)
-            if entry is not None and entry.state == "done" and entry.image_id:
+            if entry is not None and entry.state == JobState.DONE and entry.image_id:
                 self._recover_landed(entry_id, entry.image_id)
             elif entry is None or entry.cancelled or not entry.flushed:
                 self.state.fail(entry_id)

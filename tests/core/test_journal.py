@@ -28,6 +28,7 @@ from pictofs.core.upload.journal import (
     resume_action,
 )
 from pictofs.core.upload.queue import UploadQueue
+from pictofs.core.upload.states import IllegalTransition, JobState
 from pictofs.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(60)
@@ -122,6 +123,20 @@ def test_update_refuses_unknown_columns_states_and_steps(journal: Journal) -> No
         journal.update("e1", step="teleported")
     with pytest.raises(KeyError):
         journal.update("missing", state="queued")
+
+
+def test_a_state_change_the_table_refuses_writes_nothing(journal: Journal) -> None:
+    for entry_id in ("e1", "e2"):
+        journal.add(entry_id, "/", f"{entry_id}.jpg")
+    journal.record_registered("e2", "img-2")
+    with pytest.raises(IllegalTransition):
+        journal.update_many({"e1": {"state": JobState.QUEUED},
+                             "e2": {"state": JobState.UPLOADING}})
+    assert [(e.id, e.state) for e in journal.entries()] == [("e1", "staged"), ("e2", "done")]
+    journal.update("e1", state=JobState.FAILED, error="boom")
+    with pytest.raises(IllegalTransition):
+        journal.record_registered("e1", "img-1")
+    assert journal.get("e1").state is JobState.FAILED  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------------- versioning

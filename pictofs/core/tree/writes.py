@@ -25,6 +25,7 @@ from pictofs.core.upload.journal import Journal
 from pictofs.core.tree.local_names import LocalNames, Orphan
 from pictofs.core.tree.pending import Pending
 from pictofs.core.upload.queue import UploadQueue
+from pictofs.core.upload.states import JobState
 from pictofs.core.tree.view import DatasetView, DirEntry, FileEntry
 from pictofs.errors import (AlreadyExists, IsADirectory, NoSpace, NotADirectory, NotAnImage,
                             NotFound, PictofsError, TooLarge, Unsupported)
@@ -92,7 +93,7 @@ class WriteLayer(LocalNames):
         for entry in self.queue.entries():
             pending = Pending(entry.path, self.queue.staging_path(entry.id), entry.id,
                               mtime=entry.mtime or self.wall(), size=entry.size or 0,
-                              written=True, error=entry.error if entry.state == "failed"
+                              written=True, error=entry.error if entry.state == JobState.FAILED
                               else None, replaced_id=entry.replaced_id)
             with self._lock:
                 self._pending[entry.path] = pending

@@ -41,6 +41,7 @@ from pictofs.core.upload.job import (
     send_bytes,
 )
 from pictofs.core.upload.schedule import Schedule, Task, TaskControl, record_together
+from pictofs.core.upload.states import JobState, Step
 from pictofs.errors import AlreadyExists, PermissionDenied
 from pictofs.faults import fault_point
 from pictofs.model import Image
@@ -51,14 +52,14 @@ log = logging.getLogger(__name__)
 # transient PUT failures in one batch after which its PUTs not started yet are not sent
 TROUBLE_AFTER = 3
 
-Outcome = Union[Landed, BaseException]
+MemberOutcome = Union[Landed, BaseException]  # how one member ended (Interrupted: it stopped)
 MIN_SHARE = 8
 SLACK = 0.05  # seconds: entries due this close together travel together
 
 
 @dataclass(frozen=True)
-class Registration:
-    """What bulk-register needs to know about one PUT file."""
+class PutFile:
+    """What bulk-register needs to know about one file whose bytes were PUT."""
 
     filename: str
     size: int
@@ -76,7 +77,7 @@ class BulkRemote(Remote, Protocol):
         ...
 
     def register_uploads(self, dataset_id: str, folder: str,
-                         items: Sequence[Registration]) -> list[Image | Exception]:
+                         items: Sequence[PutFile]) -> list[Image | Exception]:
         """Register PUT files of one folder; per item, in order, the Image or the error
         (``AlreadyExists`` for a name taken meanwhile)."""
         ...
@@ -84,9 +85,9 @@ class BulkRemote(Remote, Protocol):
 
 def batchable(entry: Entry, task: Task) -> bool:
     """Whether an entry may travel in a batch: new bytes under a new name, never sent."""
-    return (entry.replaced_id is None and entry.step == "none" and entry.register_key is None
-            and entry.image_id is None and not entry.cancelled and not task.cancelled
-            and entry.state != "done")
+    return (entry.replaced_id is None and entry.step == Step.NONE
+            and entry.register_key is None and entry.image_id is None and not entry.cancelled
+            and not task.cancelled and entry.state != JobState.DONE)
 
 
 def companions(schedule: Schedule, journal: Journal, task: Task, *, limit: int,
@@ -134,9 +135,9 @@ class BatchJob:
         self._dataset_id = dataset_id
         self._senders = senders
 
-    def run(self, members: Sequence[tuple[Entry, TaskControl]]) -> dict[str, Outcome]:
+    def run(self, members: Sequence[tuple[Entry, TaskControl]]) -> dict[str, MemberOutcome]:
         """Upload the members (one folder); returns each member's outcome by entry id."""
-        outcomes: dict[str, Outcome] = {}
+        outcomes: dict[str, MemberOutcome] = {}
         live = self._inspect(members, outcomes)
         if live:
             live = self._tickets(live, outcomes)
@@ -149,7 +150,7 @@ class BatchJob:
     # ---------------------------------------------------------------- steps
 
     def _inspect(self, members: Sequence[tuple[Entry, TaskControl]],
-                 outcomes: dict[str, Outcome]) -> list[_Member]:
+                 outcomes: dict[str, MemberOutcome]) -> list[_Member]:
         live = []
         for entry, control in members:
             try:
@@ -160,7 +161,7 @@ class BatchJob:
             live.append(_Member(entry, control, staged))
         return self._checkpoint(live, outcomes)
 
-    def _tickets(self, live: list[_Member], outcomes: dict[str, Outcome]) -> list[_Member]:
+    def _tickets(self, live: list[_Member], outcomes: dict[str, MemberOutcome]) -> list[_Member]:
         live = self._checkpoint(live, outcomes)
         if not live:
             return live
@@ -176,7 +177,7 @@ class BatchJob:
             member.ticket = ticket
         return live
 
-    def _put_all(self, live: list[_Member], outcomes: dict[str, Outcome]) -> list[_Member]:
+    def _put_all(self, live: list[_Member], outcomes: dict[str, MemberOutcome]) -> list[_Member]:
         """PUT every member's bytes (in the ``senders`` pool when there is one, else one
         after the other); then record the ``put`` step of those sent in one transaction."""
         # Failures that say the service or the key is in trouble (a rejected key at once, or
@@ -187,7 +188,7 @@ class BatchJob:
         trouble: list[Exception] = []
         transient: list[Exception] = []
 
-        def put(member: _Member) -> Outcome | None:
+        def put(member: _Member) -> MemberOutcome | None:
             if trouble:
                 return trouble[0]
             try:
@@ -215,8 +216,8 @@ class BatchJob:
             else:
                 outcomes[member.entry.id] = result
         sent = self._record(sent, outcomes,
-                            lambda m: {"state": "uploading", "size": m.staged.size,
-                                       "sha256": m.staged.sha256, "step": "put",
+                            lambda m: {"state": JobState.UPLOADING, "size": m.staged.size,
+                                       "sha256": m.staged.sha256, "step": Step.PUT,
                                        "register_key": new_key()})
         for member in sent:
             member.control.mark_put()
@@ -249,7 +250,7 @@ class BatchJob:
         else:
             send_bytes(self._remote, member.ticket, staged, member.entry.id)
 
-    def _register_all(self, live: list[_Member], outcomes: dict[str, Outcome]) -> None:
+    def _register_all(self, live: list[_Member], outcomes: dict[str, MemberOutcome]) -> None:
         registering = []
         for member in live:
             try:
@@ -264,8 +265,8 @@ class BatchJob:
         try:
             results = self._remote.register_uploads(
                 self._dataset_id, registering[0].entry.folder,
-                [Registration(m.entry.filename, m.staged.size, m.staged.content_type,
-                              m.staged.width, m.staged.height) for m in registering])
+                [PutFile(m.entry.filename, m.staged.size, m.staged.content_type,
+                         m.staged.width, m.staged.height) for m in registering])
             for member, result in zip(registering, results):
                 outcome = self._settle(member, result)
                 if isinstance(outcome, Landed):
@@ -285,7 +286,7 @@ class BatchJob:
             for member in registering:
                 member.control.end_register(landed.get(member.entry.id))
 
-    def _settle(self, member: _Member, result: Image | Exception) -> Outcome:
+    def _settle(self, member: _Member, result: Image | Exception) -> MemberOutcome:
         """One member's register answer, or its adoption after a 409."""
         if isinstance(result, AlreadyExists):
             job = UploadJob(self._remote, self._journal, self._dataset_id, member.control)
@@ -300,7 +301,7 @@ class BatchJob:
     # ---------------------------------------------------------------- helpers
 
     @staticmethod
-    def _checkpoint(live: list[_Member], outcomes: dict[str, Outcome]) -> list[_Member]:
+    def _checkpoint(live: list[_Member], outcomes: dict[str, MemberOutcome]) -> list[_Member]:
         kept = []
         for member in live:
             try:
@@ -312,7 +313,7 @@ class BatchJob:
         return kept
 
     @staticmethod
-    def _record(live: list[_Member], outcomes: dict[str, Outcome],
+    def _record(live: list[_Member], outcomes: dict[str, MemberOutcome],
                 changes: Callable[[_Member], dict[str, Any]]) -> list[_Member]:
         """Write each member's journal changes in one transaction; a member that changed
         meanwhile drops out of the batch (Interrupted)."""
@@ -327,7 +328,7 @@ class BatchJob:
 
     @staticmethod
     def _fail_all(members: list[_Member], exc: BaseException,
-                  outcomes: dict[str, Outcome]) -> list[_Member]:
+                  outcomes: dict[str, MemberOutcome]) -> list[_Member]:
         for member in members:
             outcomes.setdefault(member.entry.id, exc)
         return []

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from pictofs import imaging, names
-from pictofs.core.upload.journal import STEPS, Entry, Journal
+from pictofs.core.upload.journal import Entry, Journal
+from pictofs.core.upload.states import JobState, Step
 from pictofs.errors import AlreadyExists, NotFound, PermissionDenied, PictofsError, Unavailable
 from pictofs.faults import fault_point
 from pictofs.model import Image, join_path
@@ -334,13 +335,13 @@ class UploadJob:
         """Upload one entry; returns once the journal records it as done."""
         staged = inspect_entry(self._journal, entry)
         self._control.checkpoint()
-        self._carried = dict(state="uploading", size=staged.size, sha256=staged.sha256)
-        if entry.replaced_id is not None and entry.step == "none":
+        self._carried = dict(state=JobState.UPLOADING, size=staged.size, sha256=staged.sha256)
+        if entry.replaced_id is not None and entry.step == Step.NONE:
             landed = self._prepare_replace(entry, staged)
             if landed is not None:
                 return self._done(entry, landed)
             entry = self._journal.get(entry.id) or entry
-        if entry.replaced_id is not None and entry.step == "archived":
+        if entry.replaced_id is not None and entry.step == Step.ARCHIVED:
             self._archive_replaced(entry)
         try:
             landed = self._send(entry, staged)
@@ -371,7 +372,7 @@ class UploadJob:
         if self._same_bytes(current, staged):
             log.debug("%s: same bytes as image %s; nothing to upload", entry.path, current.id)
             return self._control.register(lambda: Landed(current, "identical"))
-        self._record(step="archived")
+        self._record(step=Step.ARCHIVED)
         return None
 
     def _archive_replaced(self, entry: Entry) -> None:
@@ -386,7 +387,7 @@ class UploadJob:
     def _send(self, entry: Entry, staged: StagedFile) -> Landed:
         """Upload URL, PUT, register; a 409 on the way ends in adoption or a conflict. A
         resumed entry always gets a fresh URL; its saved register key is reused."""
-        if entry.step == "put" and entry.register_key and self._control.put_done():
+        if entry.step == Step.PUT and entry.register_key and self._control.put_done():
             register_key = entry.register_key
             if self._carried:
                 self._record()  # what this run found out, before its register goes out
@@ -397,7 +398,7 @@ class UploadJob:
             except AlreadyExists:
                 return self._control.register(lambda: self._adopt(entry, staged))
             register_key = entry.register_key or new_key()
-            self._record(step="put", register_key=register_key)
+            self._record(step=Step.PUT, register_key=register_key)
             self._control.mark_put()
             fault_point("after_put")
         sent_before = entry.register_key is not None  # by an earlier run, maybe a crashed one
@@ -482,7 +483,7 @@ class UploadJob:
     def _archived(self, entry: Entry) -> bool:
         current = self._journal.get(entry.id) or entry
         return (current.replaced_id is not None
-                and STEPS.index(current.step) >= STEPS.index("archived"))
+                and Step(current.step).reached(Step.ARCHIVED))
 
     def _restore_replaced(self, entry: Entry) -> None:
         """The upload failed for good: bring the replaced image back."""
@@ -493,7 +494,7 @@ class UploadJob:
             log.error("%s: could not restore the replaced image %s (%s); it stays in "
                       ".archive/", entry.path, entry.replaced_id, describe(exc))
             return
-        self._journal.update(entry.id, step="none")
+        self._journal.update(entry.id, step=Step.NONE)
         log.warning("%s: upload failed for good; restored the replaced image %s",
                     entry.path, entry.replaced_id)
 

@@ -28,6 +28,10 @@ A journal of a version this code does not know refuses to open (``ConfigError``)
 untouched (``journal_files``). Files are 0600, folders 0700. Reads go through a second
 connection, so they never wait for a commit's fsync. ``resume_action`` is the pure decision
 of what a restart does with each entry.
+
+States and steps are the enums of ``states``; every write that changes a row's state is
+checked against its transition table (``states.check_transition``, under the journal's lock,
+in the writing transaction): an illegal one raises ``IllegalTransition`` and writes nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from pictofs.core.upload.journal_files import fsync_dir, open_database, private_dir, take_lock
+from pictofs.core.upload.states import INITIAL, JobState, Step, check_transition
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +57,9 @@ VERSION = 2
 # what turns a journal of an older version into this one (version 1 had no sources)
 UPGRADES = {1: "ALTER TABLE entries ADD COLUMN source TEXT;"
                "ALTER TABLE entries ADD COLUMN source_mtime_ns INTEGER;"}
-STATES = ("staged", "queued", "uploading", "failed", "done")
-STEPS = ("none", "archived", "url", "put", "registered")
 
+# The on-disk format of VERSION: its CHECK constraints spell the values of JobState and Step
+# (tests/unit/test_upload_states.py checks that they agree).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS entries (
@@ -90,7 +95,7 @@ class Entry:
     id: str
     folder: str
     filename: str
-    state: str
+    state: JobState
     flushed: bool
     cancelled: bool
     size: int | None
@@ -99,7 +104,7 @@ class Entry:
     replaced_id: str | None
     url_key: str | None
     register_key: str | None
-    step: str
+    step: Step
     error: str | None
     image_id: str | None
     created: float
@@ -114,7 +119,8 @@ class Entry:
     @property
     def maybe_registered(self) -> bool:
         """A register may have reached the service without the journal hearing the answer."""
-        return self.image_id is None and self.step == "put" and self.register_key is not None
+        return (self.image_id is None and self.step == Step.PUT
+                and self.register_key is not None)
 
 
 _COLUMNS = tuple(f.name for f in fields(Entry))
@@ -165,26 +171,26 @@ def resume_action(entry: Entry) -> ResumeAction:
         if entry.image_id is not None or entry.maybe_registered:
             return ResumeAction.FINISH_CANCEL
         return ResumeAction.DROP
-    if entry.state == "done":
+    if entry.state == JobState.DONE:
         return ResumeAction.PRUNE
-    if entry.state == "failed":
+    if entry.state == JobState.FAILED:
         return ResumeAction.KEEP_FAILED
-    if entry.state == "staged" and not entry.flushed:
+    if entry.state == JobState.STAGED and not entry.flushed:
         return ResumeAction.DROP
     return ResumeAction.QUEUE
 
 
-def restart_step(entry: Entry) -> str:
+def restart_step(entry: Entry) -> Step:
     """The step an entry goes back to when its bytes or its target change: a replace whose
     old image is already archived stays past that step; everything else starts over."""
-    if entry.replaced_id is not None and entry.step != "none":
-        return "archived"
-    return "none"
+    if entry.replaced_id is not None and entry.step != Step.NONE:
+        return Step.ARCHIVED
+    return Step.NONE
 
 
 def orphan_staging_files(entries: Iterable[Entry], staging_names: Iterable[str]) -> list[str]:
     """Staging files no live entry owns (a crash between creating the file and the row)."""
-    owned = {e.id for e in entries if e.state != "done"}
+    owned = {e.id for e in entries if e.state != JobState.DONE}
     return sorted(name for name in staging_names if name not in owned)
 
 
@@ -258,8 +264,8 @@ class Journal:
         now = time.time()
         with self._write(durable) as db:
             db.executemany("INSERT INTO entries (id, folder, filename, state, replaced_id, "
-                           "created, updated) VALUES (?, ?, ?, 'staged', ?, ?, ?)",
-                           [(*row, now, now) for row in rows])
+                           "created, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(*row[:3], INITIAL, row[3], now, now) for row in rows])
 
     def add_sources(self, rows: Sequence[SourceRow]) -> None:
         """New entries whose bytes stay in their source file (no staging file): resumable at
@@ -269,8 +275,8 @@ class Journal:
         with self._write() as db:
             db.executemany("INSERT INTO entries (id, folder, filename, state, flushed, "
                            "replaced_id, size, sha256, source, source_mtime_ns, created, "
-                           "updated) VALUES (?, ?, ?, 'staged', 1, ?, ?, ?, ?, ?, ?, ?)",
-                           [(r.entry_id, r.folder, r.filename, r.replaced_id, r.size,
+                           "updated) VALUES (?, ?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?)",
+                           [(r.entry_id, r.folder, r.filename, INITIAL, r.replaced_id, r.size,
                              r.sha256, r.source, r.mtime_ns, now, now) for r in rows])
 
     def get(self, entry_id: str) -> Entry | None:
@@ -279,7 +285,7 @@ class Journal:
                                        "WHERE id = ?", (entry_id,)).fetchone()
         return _entry(row) if row else None
 
-    def entries(self, state: str | None = None) -> list[Entry]:
+    def entries(self, state: JobState | None = None) -> list[Entry]:
         query = f"SELECT {', '.join(_COLUMNS)} FROM entries"
         args: tuple[Any, ...] = ()
         if state is not None:
@@ -321,6 +327,8 @@ class Journal:
                missing_ok: bool) -> None:
         now = time.time()
         for entry_id, columns in changes.items():
+            if "state" in columns:
+                _check_state_write(db, entry_id, columns["state"])
             assignments = ", ".join(f"{name} = ?" for name in columns)
             cursor = db.execute(f"UPDATE entries SET {assignments}, updated = ? "
                                 "WHERE id = ?", (*columns.values(), now, entry_id))
@@ -341,12 +349,16 @@ class Journal:
             for entry_id, size in sizes.items():
                 if not still(entry_id):
                     continue
+                # the step as restart_step; the state: failed → staged (an allowed transition,
+                # the only one this write makes)
                 db.execute("UPDATE entries SET flushed = 1, size = ?, sha256 = NULL, "
                            "url_key = NULL, register_key = NULL, error = NULL, "
-                           "step = CASE WHEN replaced_id IS NOT NULL AND step != 'none' "
-                           "THEN 'archived' ELSE 'none' END, "
-                           "state = CASE WHEN state = 'failed' THEN 'staged' ELSE state END, "
-                           "updated = ? WHERE id = ?", (size, now, entry_id))
+                           "step = CASE WHEN replaced_id IS NOT NULL AND step != ? "
+                           "THEN ? ELSE ? END, "
+                           "state = CASE WHEN state = ? THEN ? ELSE state END, "
+                           "updated = ? WHERE id = ?",
+                           (size, Step.NONE, Step.ARCHIVED, Step.NONE,
+                            JobState.FAILED, JobState.STAGED, now, entry_id))
 
     def delete(self, entry_id: str) -> None:
         with self._write() as db:
@@ -363,9 +375,10 @@ class Journal:
         now = time.time()
         with self._write() as db:
             for entry_id, image_id in image_ids.items():
-                db.execute("UPDATE entries SET state = 'done', step = 'registered', "
+                _check_state_write(db, entry_id, JobState.DONE)
+                db.execute("UPDATE entries SET state = ?, step = ?, "
                            "image_id = ?, error = NULL, updated = ? WHERE id = ?",
-                           (image_id, now, entry_id))
+                           (JobState.DONE, Step.REGISTERED, image_id, now, entry_id))
                 db.execute("INSERT OR REPLACE INTO mtimes (image_id, mtime) SELECT image_id, "
                            "mtime FROM entries WHERE id = ? AND mtime IS NOT NULL", (entry_id,))
 
@@ -382,9 +395,9 @@ class Journal:
 
     def delete_done(self, before: float | None = None) -> int:
         """Forget done entries (updated before ``before``, or all); returns how many."""
-        query, args = "DELETE FROM entries WHERE state = 'done'", ()
+        query, args = "DELETE FROM entries WHERE state = ?", (JobState.DONE,)
         if before is not None:
-            query, args = query + " AND updated < ?", (before,)
+            query, args = query + " AND updated < ?", (*args, before)
         with self._write() as db:
             return db.execute(query, args).rowcount
 
@@ -509,14 +522,24 @@ def _check_columns(changes: Mapping[str, Any]) -> None:
     unknown = set(changes) - _UPDATABLE
     if unknown:
         raise ValueError(f"not journal columns: {sorted(unknown)}")
-    if "state" in changes and changes["state"] not in STATES:
+    if "state" in changes and changes["state"] not in set(JobState):
         raise ValueError(f"unknown state {changes['state']!r}")
-    if "step" in changes and changes["step"] not in STEPS:
+    if "step" in changes and changes["step"] not in set(Step):
         raise ValueError(f"unknown step {changes['step']!r}")
+
+
+def _check_state_write(db: sqlite3.Connection, entry_id: str, new: JobState | str) -> None:
+    """``check_transition`` from the row's state (in the writing transaction) to ``new``;
+    nothing to check for a missing row (the write finds no row either)."""
+    row = db.execute("SELECT state FROM entries WHERE id = ?", (entry_id,)).fetchone()
+    if row is not None:
+        check_transition(row[0], new)
 
 
 def _entry(row: tuple[Any, ...]) -> Entry:
     values = dict(zip(_COLUMNS, row))
+    values["state"] = JobState(values["state"])
+    values["step"] = Step(values["step"])
     values["flushed"] = bool(values["flushed"])
     values["cancelled"] = bool(values["cancelled"])
     return Entry(**values)

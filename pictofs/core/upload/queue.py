@@ -4,20 +4,21 @@
 ``UploadQueue`` owns the in-memory scheduling of the entries of one ``Journal``: when each
 upload is due (``write_back`` seconds after the last release), which ones are held open, which
 are in flight, the retry backoff, the pause after a rejected key, and the counters
-``pictofs status`` shows. What one upload does is ``upload_job.UploadJob``; what survives a
-crash is the journal. Workers (``transfers`` threads) are started by ``start()`` (the mount's
-``init``, never before: libfuse forks after mounting) and stopped by ``stop()``, which lets
-the step in flight finish and leaves the rest queued in the journal for the next mount. What
-the workers do with a task is in ``upload_workers.QueueWorkers``.
+``pictofs status`` shows (the ``schedule.Schedule`` it guards). What one upload does is
+``job.UploadJob``; what survives a crash is the journal. The queue owns a ``workers.Workers``
+(``transfers`` threads), started by ``start()`` (the mount's ``init``, never before: libfuse
+forks after mounting) and stopped by ``stop()``, which lets the step in flight finish and
+leaves the rest queued in the journal for the next mount; what a worker does with a task is
+there.
 
-With ``batch`` > 1 (and a remote with the bulk verbs of ``upload_batch.BulkRemote``), a
-worker that takes a fresh entry also takes other due fresh entries of its folder and sends
-them together with the bulk routes (``upload_batch.BatchJob``), up to ``batch`` at a time and
-about an equal share per worker. With ``parallel_puts`` too, the PUTs of a batch go out side by
-side in a pool of ``transfers`` threads the workers share, so a worker takes every due fresh
-entry of its folder (up to ``batch``) instead of a share: fewer, larger bulk calls with as many
-PUTs in flight (the mirror's start-up); at most ``BATCHES_AT_ONCE`` such batches run at a time
-(a worker that took another one waits for its turn).
+With ``batch`` > 1 (and a remote with the bulk verbs of ``batch.BulkRemote``), a worker that
+takes a fresh entry also takes other due fresh entries of its folder and sends them together
+with the bulk routes (``batch.BatchJob``), up to ``batch`` at a time and about an equal share
+per worker. With ``parallel_puts`` too, the PUTs of a batch go out side by side in a pool of
+``transfers`` threads the workers share, so a worker takes every due fresh entry of its
+folder (up to ``batch``) instead of a share: fewer, larger bulk calls with as many PUTs in
+flight (the mirror's start-up); at most ``workers.BATCHES_AT_ONCE`` such batches run at a
+time (a worker that took another one waits for its turn).
 
 Callers (FUSE threads, the mirror) use ``stage``/``flushed``/``set_mtime``/``schedule`` while
 writing, ``hold`` when a staged file is opened again, ``retarget`` on rename, ``cancel`` on
@@ -33,6 +34,26 @@ in one transaction.
 journal records each one's size, mtime and sha256, and the upload checks the bytes it sends
 against them. One that changed before it was registered ends as a cancel, and
 ``on_changed`` tells the caller to stage it again (``on_failed`` when there is none).
+
+Locks, in the only order in which they may be held together:
+
+1. a batch slot (``Workers._batch_slots``, with parallel PUTs): a worker waits for one
+   holding no other lock;
+2. the queue's lock (``_lock``, with the condition ``_changed`` signalled on every change):
+   guards the ``Schedule`` (the task table and every ``Task``'s fields, due times, key
+   pause, counters) and the workers' ``_stopping``, ``_threads`` and ``_last_prune``. The
+   queue, the workers and each run's ``schedule.TaskControl`` (also called from the PUT
+   pool's threads) share it. Three reads are made without it, each explained where it is
+   made: ``_flushes`` and ``TaskControl._current`` (called under the journal's lock), and
+   the stop flag a batch polls while it waits for a slot;
+3. the journal's locks (``Journal._lock``, its reader's, its staging folder's): journal
+   calls may be made with the queue's lock held, never the other way round, so the
+   ``still`` questions passed to ``Journal.update_if`` and ``record_flushed`` take no lock.
+   The frequent writes (stage, flush, the steps of a running upload) are made without the
+   queue's lock, so the workers and the writers do not wait for each other's fsyncs.
+
+No request is sent to the remote with the queue's lock held, and the callbacks run with no
+lock held.
 """
 
 from __future__ import annotations
@@ -42,7 +63,6 @@ import random
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -52,26 +72,17 @@ from pictofs.core.upload.journal import (
 )
 from pictofs.core.upload.journal import resume_action
 from pictofs.core.upload.schedule import QueueStats, Schedule, Task
-from pictofs.core.upload.workers import QueueWorkers
+from pictofs.core.upload.states import JobState, Step
+from pictofs.core.upload.workers import (
+    Callbacks, ChangedCallback, FailedCallback, RegisteredCallback, RegisteredManyCallback,
+    Workers, continue_cancel, drop,
+)
 from pictofs.model import Image
 from pictofs.remote import Remote
 
 log = logging.getLogger(__name__)
 
-RegisteredCallback = Callable[[str, Image], None]
-RegisteredManyCallback = Callable[[list[tuple[str, Image]]], None]
-FailedCallback = Callable[[str, str], None]
-ChangedCallback = Callable[[str], None]
-
 __all__ = ["QueueStats", "Source", "UploadQueue"]
-
-# With parallel PUTs, batches that run at once: the second's PUTs queue behind the first's in
-# the shared pool, so the transfers stay busy while the first registers. More only put more
-# bulk registers in flight at once, which compete with the PUTs on the service and finish no
-# sooner (measured: docs/performance.md, "Mirror"); fewer idle the transfers at each
-# register. Holding the slot through the register measured better than releasing it after
-# the PUTs (which piles the registers up).
-BATCHES_AT_ONCE = 2
 
 
 @dataclass(frozen=True)
@@ -88,7 +99,7 @@ class Source:
     sha256: str
 
 
-class UploadQueue(QueueWorkers):
+class UploadQueue:
     def __init__(
         self,
         remote: Remote,
@@ -107,35 +118,17 @@ class UploadQueue(QueueWorkers):
         batch: int = 1,
         parallel_puts: bool = False,
     ) -> None:
-        self._remote = remote
         self._journal = journal
-        self._dataset_id = dataset_id
-        self._transfers = max(1, transfers)
         self._write_back = write_back
-        self._retry_max_wait = retry_max_wait
         self._clock = clock
-        self._on_registered = on_registered
-        self._on_registered_many = on_registered_many
-        self._on_failed = on_failed
-        self._on_changed = on_changed
-        self._rng = rng or random.Random()
-        self._batch = max(1, batch)
-        # The PUTs of batches (threads are started at the first one, not before start()).
-        self._senders = (ThreadPoolExecutor(self._transfers, thread_name_prefix="upload-put")
-                         if parallel_puts and self._batch > 1 else None)
-        self._batch_slots = (threading.BoundedSemaphore(BATCHES_AT_ONCE)
-                             if self._senders is not None else None)
-        # _lock guards _schedule (the task table, due times, key pause, counters), _stopping,
-        # _workers and _last_prune; _changed is signalled on every change of them. Journal
-        # calls may be made with it held (the journal's own lock is always taken second), but
-        # the frequent writes (stage, flush, the steps of a running upload) are made outside
-        # it, so that the workers and the writers do not wait for each other's fsyncs.
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _schedule (see the module doc)
         self._changed = threading.Condition(self._lock)
         self._schedule = Schedule(clock, pause=retry_max_wait)
-        self._stopping = False
-        self._workers: list[threading.Thread] = []
-        self._last_prune = clock()
+        self._workers = Workers(
+            remote, journal, dataset_id, self._schedule, self._changed,
+            Callbacks(on_registered, on_registered_many, on_failed, on_changed),
+            transfers=max(1, transfers), retry_max_wait=retry_max_wait, clock=clock,
+            rng=rng or random.Random(), batch=max(1, batch), parallel_puts=parallel_puts)
 
     # ---------------------------------------------------------------- writing side
 
@@ -193,7 +186,7 @@ class UploadQueue(QueueWorkers):
         with self._changed:
             for entry_id in sizes:
                 entry = self._require(entry_id)
-                if entry.state == "done" or entry.cancelled:
+                if entry.state == JobState.DONE or entry.cancelled:
                     log.warning("flush of %s after its upload ended is ignored (hold() it "
                                 "before writing again)", entry.path)
                     continue
@@ -240,7 +233,7 @@ class UploadQueue(QueueWorkers):
             task.held, task.due = True, None
             task.generation += 1
             if not task.running:
-                self._journal.update(entry_id, state="staged")
+                self._journal.update(entry_id, state=JobState.STAGED)
             self._changed.notify_all()
             return None
 
@@ -252,14 +245,15 @@ class UploadQueue(QueueWorkers):
             task = self._settled(entry_id)
             entry = self._journal.get(entry_id)
             if (task is not None and task.image is not None) or entry is None \
-                    or entry.state == "done":
+                    or entry.state == JobState.DONE:
                 return self._schedule.landed(entry_id)
             if task is not None:  # first: a running upload writes no step after this
                 task.generation += 1
             self._journal.update(entry_id, folder=folder, filename=filename,
                                  replaced_id=replaced_id, url_key=None, register_key=None,
-                                 step="none", error=None,
-                                 state="queued" if entry.state == "failed" else entry.state)
+                                 step=Step.NONE, error=None,
+                                 state=JobState.QUEUED if entry.state == JobState.FAILED
+                                 else entry.state)
             if task is None:  # a failed entry: a new name is a new try
                 task = self._schedule.add(entry_id)
                 self._schedule.due_in(task, 0.0)
@@ -278,14 +272,14 @@ class UploadQueue(QueueWorkers):
             task.generation += 1  # first: a running upload writes no step after this
             entry = self._journal.update(entry_id, cancelled=True)
             if not task.running:
-                self._continue_cancel(task, entry)
+                continue_cancel(self._schedule, self._journal, task, entry)
             self._changed.notify_all()
 
     def discard(self, entry_id: str) -> None:
         """``rm`` of a failed file: forget it and its staging file (others: ``cancel``)."""
         entry = self._journal.get(entry_id)
-        if entry is not None and entry.state == "failed":
-            self._drop(entry_id)
+        if entry is not None and entry.state == JobState.FAILED:
+            drop(self._journal, entry_id)
         else:
             self.cancel(entry_id)
 
@@ -296,10 +290,10 @@ class UploadQueue(QueueWorkers):
 
     def entries(self) -> list[Entry]:
         """Every entry not done yet (staged, queued, uploading, failed)."""
-        return [e for e in self._journal.entries() if e.state != "done"]
+        return [e for e in self._journal.entries() if e.state != JobState.DONE]
 
     def failed(self) -> list[Entry]:
-        return self._journal.entries("failed")
+        return self._journal.entries(JobState.FAILED)
 
     def mtime(self, image_id: str) -> float | None:
         """The mtime a writer set for an image on this machine, if any (for ``stat``)."""
@@ -363,10 +357,10 @@ class UploadQueue(QueueWorkers):
                 self._journal.delete(entry.id)
             elif action is ResumeAction.DROP:
                 log.info("dropping %s: its writer never flushed it", entry.path)
-                self._drop(entry.id)
+                drop(self._journal, entry.id)
             elif action in (ResumeAction.QUEUE, ResumeAction.FINISH_CANCEL):
                 queued.append(entry)
-        self._journal.update_many({entry.id: {"state": "queued"} for entry in queued})
+        self._journal.update_many({entry.id: {"state": JobState.QUEUED} for entry in queued})
         with self._changed:
             for entry in queued:
                 task = self._schedule.add(entry.id)
@@ -379,29 +373,12 @@ class UploadQueue(QueueWorkers):
 
     def start(self) -> None:
         """Start the workers (once; the mount's init calls it)."""
-        with self._lock:
-            if self._workers or self._stopping:
-                return
-            self._workers = [threading.Thread(target=self._work, name=f"upload-{n}",
-                                              daemon=True) for n in range(self._transfers)]
-            workers = list(self._workers)
-        for worker in workers:
-            worker.start()
+        self._workers.start()
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Let the steps in flight finish and leave the rest queued in the journal for the
         next mount; True if every worker ended within ``timeout``. Not restartable."""
-        with self._changed:
-            self._stopping = True
-            workers = self._workers
-            self._changed.notify_all()
-        deadline = time.monotonic() + timeout
-        for worker in workers:
-            worker.join(max(0.0, deadline - time.monotonic()))
-        ended = not any(w.is_alive() for w in workers)
-        if ended and self._senders is not None:  # (a worker still running may yet use it)
-            self._senders.shutdown(wait=False)
-        return ended
+        return self._workers.stop(timeout)
 
     # ---------------------------------------------------------------- helpers
 
@@ -412,19 +389,6 @@ class UploadQueue(QueueWorkers):
             if task is None or not task.registering:
                 return task
             self._changed.wait()
-
-    def _continue_cancel(self, task: Task, entry: Entry) -> None:
-        """A cancelled entry not running: drop it now, or let a worker archive its image
-        (lock held)."""
-        if entry.image_id is None and task.image is None and not entry.maybe_registered:
-            self._schedule.remove(task.entry_id)
-            self._drop(task.entry_id)
-        else:
-            self._schedule.due_in(task, 0.0)
-
-    def _drop(self, entry_id: str) -> None:
-        self._journal.delete(entry_id)
-        self._journal.remove_staging_file(entry_id)
 
     def _flushes(self, entry_id: str) -> int:
         """How many flushes of the entry this process saw (read without the lock: an int,

@@ -1,11 +1,12 @@
 """The upload queue's in-memory table: which entries are due when, held, in flight or
 registering, the pause after a rejected API key, and the counters of ``pictofs status``.
 
-``Schedule`` does no I/O and takes no lock: ``UploadQueue`` guards it with its one lock and
-keeps the durable side in the journal. Time comes from the injected ``clock``, so the
-decisions (what is due, how long to wait, when the key may be tried again) are tested with a
-fake clock and no threads. ``TaskControl`` is what one run of an upload job may do to its
-task: it goes stale as soon as the task's generation moves.
+``Schedule`` does no I/O and takes no lock: ``UploadQueue`` guards it with its one lock (which
+its ``Workers`` and every ``TaskControl`` share) and keeps the durable side in the journal.
+Time comes from the injected ``clock``, so the decisions (what is due, how long to wait, when
+the key may be tried again) are tested with a fake clock and no threads. ``TaskControl`` is
+what one run of an upload job may do to its task: it goes stale as soon as the task's
+generation moves.
 """
 
 from __future__ import annotations

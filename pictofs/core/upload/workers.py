@@ -1,10 +1,19 @@
-"""The worker threads of ``uploads.UploadQueue``: each takes a due task (and, with ``batch``,
-due fresh companions of its folder), runs it as an ``upload_job.UploadJob`` or an
-``upload_batch.BatchJob``, and records how the run ended: landed (the staging file goes, the
-``on_registered`` callback runs), interrupted (queued again, or held, or the cancel goes on),
-or failed (retried after a backoff, paused while the API key is rejected, or failed for
-good). ``QueueWorkers`` is the part of ``UploadQueue`` that does this; the queue's state and
-lock are described there.
+"""The worker threads of one ``queue.UploadQueue``: ``Workers`` owns them (started by
+``start``, stopped by ``stop``), the pool the PUTs of batches share, and what a worker does:
+take a due task (and, with ``batch``, due fresh companions of its folder), run it as a
+``job.UploadJob`` or a ``batch.BatchJob``, and record how the run ended: landed (the staging
+file goes, the ``on_registered`` callback runs), interrupted (queued again, or held, or the
+cancel goes on), or failed (retried after a backoff, paused while the API key is rejected, or
+failed for good).
+
+``Workers`` gets what it uses in its constructor: the remote and the journal, the queue's
+``Schedule`` and the condition (on the queue's lock) that guards it, and the ``Callbacks``.
+
+Locks (the order is the queue's, see ``queue``): ``changed`` (the queue's lock) guards the
+schedule and its tasks, ``_stopping``, ``_threads`` and ``_last_prune``; journal calls may be
+made with it held, never the other way round, and no request is sent with it held. A batch
+waits for a slot (``_batch_slots``) without it, and may take it while it holds a slot. The
+callbacks run outside every lock.
 """
 
 from __future__ import annotations
@@ -13,7 +22,8 @@ import logging
 import random
 import threading
 import time
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from pictofs.core.upload import batch as upload_batch
@@ -21,6 +31,7 @@ from pictofs.core.upload import job as upload_job
 from pictofs.core.upload.journal import Entry, Journal
 from pictofs.core.upload.job import Disposition, Interrupted, Landed, UploadJob
 from pictofs.core.upload.schedule import Schedule, Task, TaskControl
+from pictofs.core.upload.states import JobState
 from pictofs.model import Image
 from pictofs.remote import Remote
 
@@ -29,35 +40,104 @@ log = logging.getLogger(__name__)
 DONE_KEEP = 3600.0  # seconds a done journal row is kept before it is pruned
 PRUNE_EVERY = 60.0  # seconds between two prunings
 SLOT_POLL = 0.2  # seconds between two looks at the stop flag while a batch waits its turn
+# With parallel PUTs, batches that run at once: the second's PUTs queue behind the first's in
+# the shared pool, so the transfers stay busy while the first registers. More only put more
+# bulk registers in flight at once, which compete with the PUTs on the service and finish no
+# sooner (measured: docs/performance.md, "Mirror"); fewer idle the transfers at each
+# register. Holding the slot through the register measured better than releasing it after
+# the PUTs (which piles the registers up).
+BATCHES_AT_ONCE = 2
+
+RegisteredCallback = Callable[[str, Image], None]
+RegisteredManyCallback = Callable[[list[tuple[str, Image]]], None]
+FailedCallback = Callable[[str, str], None]
+ChangedCallback = Callable[[str], None]
 
 
-class QueueWorkers:
-    """The workers' side of ``UploadQueue`` (which sets every attribute below)."""
+@dataclass(frozen=True)
+class Callbacks:
+    """What the queue's owner hears from the workers (in worker threads, outside every
+    lock); see ``queue``."""
 
-    _remote: Remote
-    _journal: Journal
-    _dataset_id: str
-    _transfers: int
-    _retry_max_wait: float
-    _clock: Callable[[], float]
-    _on_registered: Callable[[str, Image], None] | None
-    _on_registered_many: Callable[[list[tuple[str, Image]]], None] | None
-    _on_failed: Callable[[str, str], None] | None
-    _on_changed: Callable[[str], None] | None
-    _rng: random.Random
-    _batch: int
-    _senders: Executor | None
-    _batch_slots: threading.BoundedSemaphore | None
-    _changed: threading.Condition
-    _schedule: Schedule
-    _stopping: bool
-    _last_prune: float
+    on_registered: RegisteredCallback | None = None
+    on_registered_many: RegisteredManyCallback | None = None
+    on_failed: FailedCallback | None = None
+    on_changed: ChangedCallback | None = None
 
-    def _drop(self, entry_id: str) -> None:
-        raise NotImplementedError
 
-    def _continue_cancel(self, task: Task, entry: Entry) -> None:
-        raise NotImplementedError
+def drop(journal: Journal, entry_id: str) -> None:
+    """Forget an entry: its row and its staging file."""
+    journal.delete(entry_id)
+    journal.remove_staging_file(entry_id)
+
+
+def continue_cancel(schedule: Schedule, journal: Journal, task: Task, entry: Entry) -> None:
+    """A cancelled entry not running: drop it now, or let a worker archive its image (the
+    queue's lock held)."""
+    if entry.image_id is None and task.image is None and not entry.maybe_registered:
+        schedule.remove(task.entry_id)
+        drop(journal, task.entry_id)
+    else:
+        schedule.due_in(task, 0.0)
+
+
+class Workers:
+    """The ``transfers`` worker threads of one queue and what they do with a task."""
+
+    def __init__(self, remote: Remote, journal: Journal, dataset_id: str, schedule: Schedule,
+                 changed: threading.Condition, callbacks: Callbacks, *, transfers: int,
+                 retry_max_wait: float, clock: Callable[[], float], rng: random.Random,
+                 batch: int, parallel_puts: bool) -> None:
+        self._remote = remote
+        self._journal = journal
+        self._dataset_id = dataset_id
+        self._schedule = schedule
+        self._changed = changed
+        self._callbacks = callbacks
+        self._transfers = transfers
+        self._retry_max_wait = retry_max_wait
+        self._clock = clock
+        self._rng = rng
+        self._batch = batch
+        # The PUTs of batches (threads are started at the first one, not before start()).
+        self._senders = (ThreadPoolExecutor(transfers, thread_name_prefix="upload-put")
+                         if parallel_puts and batch > 1 else None)
+        self._batch_slots = (threading.BoundedSemaphore(BATCHES_AT_ONCE)
+                             if self._senders is not None else None)
+        # guarded by changed's lock
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+        self._last_prune = clock()
+
+    # ---------------------------------------------------------------- life cycle
+
+    def start(self) -> None:
+        """Start the threads (once; not after ``stop``)."""
+        with self._changed:
+            if self._threads or self._stopping:
+                return
+            self._threads = [threading.Thread(target=self._work, name=f"upload-{n}",
+                                              daemon=True) for n in range(self._transfers)]
+            threads = list(self._threads)
+        for thread in threads:
+            thread.start()
+
+    def stop(self, timeout: float) -> bool:
+        """Let the steps in flight finish; True if every thread ended within ``timeout``.
+        Not restartable."""
+        with self._changed:
+            self._stopping = True
+            threads = self._threads
+            self._changed.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        ended = not any(t.is_alive() for t in threads)
+        if ended and self._senders is not None:  # (a worker still running may yet use it)
+            self._senders.shutdown(wait=False)
+        return ended
+
+    # ---------------------------------------------------------------- a worker
 
     def _work(self) -> None:
         while (tasks := self._take()) is not None:
@@ -94,7 +174,7 @@ class QueueWorkers:
             self._run_batch_now(tasks)
             return
         while not self._batch_slots.acquire(timeout=SLOT_POLL):
-            if self._stopping:
+            if self._stopping:  # read without the lock (a slot comes before it)
                 for task in tasks:
                     self._after_interrupt(task)
                 return
@@ -137,7 +217,7 @@ class QueueWorkers:
         try:
             if task.cancelled:
                 job.finish_cancel(entry)
-                self._drop(task.entry_id)
+                drop(self._journal, task.entry_id)
                 self._end(task)
                 self._cancel_ended(task)
                 return
@@ -189,11 +269,11 @@ class QueueWorkers:
         if not landed:
             return
         try:
-            if self._on_registered_many is not None:
-                self._callback(self._on_registered_many, landed)
+            if self._callbacks.on_registered_many is not None:
+                self._callback(self._callbacks.on_registered_many, landed)
             else:
                 for entry_id, image in landed:
-                    self._callback(self._on_registered, entry_id, image)
+                    self._callback(self._callbacks.on_registered, entry_id, image)
         finally:
             with self._changed:
                 self._schedule.reporting -= len(landed)
@@ -207,11 +287,11 @@ class QueueWorkers:
             if entry is None:
                 self._schedule.remove(task.entry_id)
             elif task.cancelled:
-                self._continue_cancel(task, entry)
+                continue_cancel(self._schedule, self._journal, task, entry)
             elif task.held:
-                self._journal.update(task.entry_id, state="staged")
+                self._journal.update(task.entry_id, state=JobState.STAGED)
             else:
-                self._journal.update(task.entry_id, state="queued")
+                self._journal.update(task.entry_id, state=JobState.QUEUED)
                 if not self._stopping:
                     self._schedule.requeue(task)
             self._changed.notify_all()
@@ -240,7 +320,7 @@ class QueueWorkers:
             self._retry(task, reason, delay)
         elif task.cancelled:
             log.warning("could not undo the cancelled upload of %s: %s", entry.path, reason)
-            self._drop(task.entry_id)
+            drop(self._journal, task.entry_id)
             self._end(task)
             self._cancel_ended(task)
         else:
@@ -259,7 +339,7 @@ class QueueWorkers:
             else:
                 self._schedule.run_ended()
                 task.attempts += 1
-            self._journal.update(task.entry_id, state="queued", error=reason)
+            self._journal.update(task.entry_id, state=JobState.QUEUED, error=reason)
             if not self._stopping and not task.held:
                 self._schedule.due_in(task, delay)
             self._changed.notify_all()
@@ -276,7 +356,7 @@ class QueueWorkers:
             task.source_changed = True
             task.generation += 1
             current = self._journal.update(task.entry_id, cancelled=True)
-            self._continue_cancel(task, current)
+            continue_cancel(self._schedule, self._journal, task, current)
             ended = self._schedule.task(task.entry_id) is None
             self._changed.notify_all()
         if ended:
@@ -287,19 +367,19 @@ class QueueWorkers:
         now, so that a new upload of the file cannot meet the image being archived."""
         if not task.source_changed:
             return
-        if self._on_changed is not None:
-            self._callback(self._on_changed, task.entry_id)
+        if self._callbacks.on_changed is not None:
+            self._callback(self._callbacks.on_changed, task.entry_id)
         else:
-            self._callback(self._on_failed, task.entry_id, "its source file changed")
+            self._callback(self._callbacks.on_failed, task.entry_id, "its source file changed")
 
     def _fail(self, task: Task, entry: Entry, reason: str) -> None:
         log.warning("upload of %s failed: %s", entry.path, reason)
         with self._changed:
             self._schedule.run_ended()
-            self._journal.update(task.entry_id, state="failed", error=reason)
+            self._journal.update(task.entry_id, state=JobState.FAILED, error=reason)
             self._schedule.remove(task.entry_id)
             self._changed.notify_all()
-        self._callback(self._on_failed, task.entry_id, reason)
+        self._callback(self._callbacks.on_failed, task.entry_id, reason)
 
     def _end(self, task: Task) -> None:
         """The task is over with nothing more to record."""
