@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("pictofs.core.cache.store")  # one logger for the cache's lines
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
-_HASH_BLOCK = 1 << 20
 
 Stamp = tuple[int, int, int]  # (inode, mtime ns, ctime ns) of a data file
 
@@ -145,17 +144,6 @@ class CacheWriter:
         self._closed = True
         self._handle.close()
         self._cache.unpin(self.image_id)
-
-
-def sha256_of(handle: BinaryIO) -> str:
-    digest = hashlib.sha256()
-    offset = 0
-    while True:
-        block = os.pread(handle.fileno(), _HASH_BLOCK, offset)
-        if not block:
-            return digest.hexdigest()
-        digest.update(block)
-        offset += len(block)
 
 
 def pid_of_partial(name: str) -> int | None:
