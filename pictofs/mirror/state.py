@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from pictofs.core.upload.journal_files import private_dir, take_lock
+from pictofs.core.upload.journal_files import take_lock
+from pictofs.dirs import private_dir
 from pictofs.errors import ConfigError
 from pictofs.mirror.plan import Row
 from pictofs.model import Image

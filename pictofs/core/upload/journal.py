@@ -44,7 +44,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from pictofs.core.upload.journal_files import fsync_dir, open_database, private_dir, take_lock
+from pictofs.core.upload.journal_files import fsync_dir, open_database, take_lock
+from pictofs.dirs import private_dir
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The files under a journal's folder, below what the journal records: the SQLite database
 (WAL, ``synchronous=FULL``; one of an unknown version is refused and left as it is), the
-``flock`` that keeps a second process out, private (0700) folders and a folder's fsync."""
+``flock`` that keeps a second process out, and a folder's fsync."""
 
 from __future__ import annotations
 
@@ -89,11 +89,6 @@ def take_lock(path: Path, busy: Callable[[str], str] | None = None) -> Any:
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
-
-
-def private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
 
 
 def fsync_dir(path: Path) -> None:
