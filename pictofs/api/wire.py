@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, TypeVar
 from urllib.parse import quote
 
 from pictofs.api.errors import NetworkError
-from pictofs.model import Page, join_path
+from pictofs.model import Page
 
 T = TypeVar("T")
 
@@ -42,11 +42,6 @@ def dataset_segment(dataset: str) -> str:
 def path_segments(path: str) -> str:
     """``/cars/red/x.jpg`` → ``cars/red/x.jpg``, percent-encoded with ``/`` kept."""
     return quote(path.strip("/"), safe="/")
-
-
-def image_path(directory: str, filename: str) -> str:
-    """The ``{img_path}`` of an image in ``directory``."""
-    return path_segments(join_path(directory, filename))
 
 
 def new_idempotency_key() -> str:
