@@ -43,7 +43,8 @@ def runtime_dir() -> Path:
 
 
 def private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) and make it 0700; returns it."""
-    path.mkdir(parents=True, exist_ok=True)
+    """Create ``path`` (and parents, with the default mode) and make it 0700; returns it.
+    A new folder is created 0700, so it is never readable by others, even briefly."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path, 0o700)
     return path

@@ -6,7 +6,7 @@ from typing import Any, Iterator
 
 from pictofs.api.errors import NotFoundError
 from pictofs.api.transport import Transport
-from pictofs.api.wire import dataset_segment, page_of, unwrap
+from pictofs.api.wire import dataset_segment, iter_pages, page_of, unwrap
 from pictofs.model import Dataset, Page
 
 PAGE_LIMIT = 1000
@@ -19,17 +19,7 @@ def list_page(t: Transport, *, limit: int = PAGE_LIMIT, offset: int = 0) -> Page
 
 def iter_datasets(t: Transport, *, page_size: int = PAGE_LIMIT) -> Iterator[Dataset]:
     """Every dataset of the key's organization, de-duplicated by id."""
-    seen: set[str] = set()
-    offset = 0
-    while True:
-        page = list_page(t, limit=page_size, offset=offset)
-        for dataset in page.items:
-            if dataset.id not in seen:
-                seen.add(dataset.id)
-                yield dataset
-        offset += len(page.items)
-        if not page.has_more or not page.items:
-            return
+    return iter_pages(lambda offset: list_page(t, limit=page_size, offset=offset))
 
 
 def get(t: Transport, dataset: str) -> Dataset:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Iterator, Sequence
 
 from pictofs.api.transport import Body, Transport
-from pictofs.api.wire import ByteStream, dataset_segment, page_of, path_segments, unwrap
+from pictofs.api.wire import (ByteStream, dataset_segment, iter_pages, page_of, path_segments,
+                              unwrap)
 from pictofs.model import Image, Page
 
 PAGE_LIMIT = 1000
@@ -104,18 +105,9 @@ def iter_images(
 ) -> Iterator[Image]:
     """Every image, page after page: the offset advances by the items received, paging stops
     when ``has_more`` is false, and an image seen twice (the listing moved) is yielded once."""
-    seen: set[str] = set()
-    offset = 0
-    while True:
-        page = list_page(t, dataset, directory_path=directory_path,
-                         include_archived=include_archived, limit=page_size, offset=offset)
-        for image in page.items:
-            if image.id not in seen:
-                seen.add(image.id)
-                yield image
-        offset += len(page.items)
-        if not page.has_more or not page.items:
-            return
+    return iter_pages(lambda offset: list_page(
+        t, dataset, directory_path=directory_path, include_archived=include_archived,
+        limit=page_size, offset=offset))
 
 
 def get_metadata(t: Transport, image_id: str) -> Image:

@@ -1,8 +1,9 @@
-"""Small wire details: path segments, envelopes, idempotency keys, streamed bodies.
+"""Small wire details: path segments, envelopes, paging, idempotency keys, streamed bodies.
 
 - ``{ds}`` (a dataset name or UUID) is percent-encoded as ONE segment; ``{img_path}`` is the
   image's folder and filename without the leading slash, percent-encoded with ``/`` kept.
-- Most answers wrap their payload as ``{"data": ...}``; lists add ``"pagination"``.
+- Most answers wrap their payload as ``{"data": ...}``; lists add ``"pagination"``, and
+  ``iter_pages`` walks a paged list to its end.
 - Idempotency keys are 32 lowercase hex digits. A caller's own key (any text) is turned into
   one per step, so ``upload(..., idempotency_key="job-7")`` sends the same step keys each time.
 """
@@ -13,13 +14,21 @@ import hashlib
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Protocol, TypeVar
 from urllib.parse import quote
 
 from pictofs.api.errors import NetworkError
-from pictofs.model import Page, join_path
+from pictofs.model import Page
 
 T = TypeVar("T")
+
+
+class _HasId(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+Item = TypeVar("Item", bound=_HasId)
 
 _KEY_RE = re.compile(r"^[0-9a-f]{32}$")
 KEYED_METHODS = frozenset({"POST", "PATCH"})
@@ -33,11 +42,6 @@ def dataset_segment(dataset: str) -> str:
 def path_segments(path: str) -> str:
     """``/cars/red/x.jpg`` → ``cars/red/x.jpg``, percent-encoded with ``/`` kept."""
     return quote(path.strip("/"), safe="/")
-
-
-def image_path(directory: str, filename: str) -> str:
-    """The ``{img_path}`` of an image in ``directory``."""
-    return path_segments(join_path(directory, filename))
 
 
 def new_idempotency_key() -> str:
@@ -117,6 +121,23 @@ def page_of(body: Any, from_json: Callable[[dict[str, Any]], T]) -> Page[T]:
         total=int(pagination.get("total") or 0),
         has_more=bool(pagination.get("has_more")),
     )
+
+
+def iter_pages(fetch: Callable[[int], Page[Item]]) -> Iterator[Item]:
+    """Every item of a paged list, ``fetch(offset)`` giving one page: the offset advances by
+    the items received, paging stops when ``has_more`` is false (or a page is empty), and an
+    item seen twice (the listing moved) is yielded once, by id."""
+    seen: set[str] = set()
+    offset = 0
+    while True:
+        page = fetch(offset)
+        for item in page.items:
+            if item.id not in seen:
+                seen.add(item.id)
+                yield item
+        offset += len(page.items)
+        if not page.has_more or not page.items:
+            return
 
 
 def _preview(body: Any) -> str:

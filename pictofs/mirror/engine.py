@@ -38,6 +38,7 @@ from pictofs.core.tree.listing import list_images_consistent
 from pictofs.core.upload.queue import Source, UploadQueue
 from pictofs.core.upload.states import JobState
 from pictofs.errors import NotFound, PictofsError
+from pictofs.hashing import sha256_file
 from pictofs.mirror import local
 from pictofs.mirror.plan import (
     FAILED_VERDICTS, Failure, Known, LocalFile, Move, Plan, Row, Upload, Verdict,
@@ -139,7 +140,7 @@ class Engine:
         if entry is not None and entry.source is not None:
             return True
         try:
-            return local.sha256_of(self.queue.staging_path(entry_id)) == pending.sha256
+            return sha256_file(self.queue.staging_path(entry_id)) == pending.sha256
         except OSError:
             return False
 
@@ -241,7 +242,7 @@ class Engine:
 
     def _adopt(self, f: LocalFile, image: Image) -> None:
         try:
-            sha = f.sha256 or local.sha256_of(self.root / f.rel)
+            sha = f.sha256 or sha256_file(self.root / f.rel)
         except OSError:
             return  # gone meanwhile: the next look at it decides
         self.state.put(_row(f, image.id, image.directory_path, image.filename, sha))

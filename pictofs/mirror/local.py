@@ -96,14 +96,6 @@ def _walk(path: str, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
             yield rel, info
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class Changed(Exception):
     """The file is not what was planned, or changed while it was read."""
 

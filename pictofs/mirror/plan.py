@@ -81,8 +81,6 @@ class Verdict(enum.Enum):
     BAD_NAME = "bad name"  # failed, reported once
 
 
-SKIPPED_VERDICTS = frozenset({Verdict.SYMLINK, Verdict.UNSUPPORTED, Verdict.EMPTY,
-                              Verdict.NOT_REGULAR})
 FAILED_VERDICTS = frozenset({Verdict.TOO_LARGE, Verdict.BAD_NAME})
 
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Collection
 
+from pictofs.hashing import sha256_file
 from pictofs.mirror import local, remote_tree
 from pictofs.mirror.coalesce import Coalescer, Event
 from pictofs.mirror.engine import Engine, Stopped
@@ -138,7 +139,7 @@ class Session:
             for f in plan.hash_first:
                 try:
                     files[f.rel] = dataclasses.replace(
-                        f, sha256=local.sha256_of(self.root / f.rel))
+                        f, sha256=sha256_file(self.root / f.rel))
                 except OSError:
                     del files[f.rel]  # gone meanwhile
         return plan

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from pictofs.core.upload.journal_files import private_dir, take_lock
+from pictofs.core.upload.journal_files import open_database, take_lock
+from pictofs.dirs import private_dir
 from pictofs.errors import ConfigError
 from pictofs.mirror.plan import Row
 from pictofs.model import Image
@@ -111,16 +112,18 @@ class MirrorState:
                         f"{identity.local_dir} into {identity.folder}")
         self._lock = threading.Lock()  # guards _db (one connection shared by threads)
         try:
-            # Created 0600 first: SQLite gives the -wal and -shm files the database's mode.
-            os.close(os.open(directory / "mirror.db", os.O_WRONLY | os.O_CREAT, 0o600))
-            self._db = sqlite3.connect(directory / "mirror.db", check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # see the module doc
+            # Created 0600 (SQLite gives the -wal and -shm files the database's mode); one of
+            # an unknown version is refused and kept. NORMAL: see the module doc.
+            self._db = open_database(directory / "mirror.db", VERSION, synchronous="NORMAL",
+                                     kind="mirror state", refusing="mirror")
             self._init(identity)
         except sqlite3.DatabaseError as exc:
             self._lock_file.close()
             raise ConfigError(f"{directory / 'mirror.db'}: not a readable mirror state "
                               f"database ({exc}); it is kept as it is") from None
+        except BaseException:
+            self._lock_file.close()
+            raise
         os.chmod(directory / "mirror.db", 0o600)
 
     @classmethod
@@ -224,15 +227,8 @@ class MirrorState:
             yield self._db
 
     def _init(self, identity: Identity) -> None:
+        """Create the tables and record the identity (the version was checked at open)."""
         with self._lock:
-            tables = {r[0] for r in self._db.execute(
-                "SELECT name FROM sqlite_master WHERE type='table'")}
-            if "meta" in tables:
-                row = self._db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
-                if row is None or row[0] != str(VERSION):
-                    raise ConfigError(f"{self.directory / 'mirror.db'}: state version "
-                                      f"{row[0] if row else '(none)'} is unknown to this "
-                                      f"pictofs (it knows {VERSION}); it is kept as it is")
             self._db.executescript(_SCHEMA)
         with self._write() as db:
             values = {"version": str(VERSION), **{k: json.dumps(v) for k, v in

@@ -2,7 +2,7 @@
 
 Writes go to a temporary file in ``DIR/blobs/tmp``, are hashed while they stream, fsynced,
 and renamed into place (the folder is fsynced too), so a blob is either complete or absent.
-Identical bytes are stored once. Reads stream in chunks.
+Identical bytes are stored once. Reads open the blob's file (``open``).
 
 ``lock`` serializes "commit a blob and record who references it" against "find a blob
 unreferenced and remove it", so a concurrent upload of the same bytes never loses its file.
@@ -16,12 +16,9 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
-
-CHUNK = 256 * 1024
-
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -121,14 +118,6 @@ class BlobStore:
 
     def open(self, digest: str) -> BinaryIO:
         return open(self.path_for(digest), "rb")
-
-    def iter_chunks(self, digest: str, chunk: int = CHUNK) -> Iterator[bytes]:
-        with self.open(digest) as handle:
-            while True:
-                data = handle.read(chunk)
-                if not data:
-                    return
-                yield data
 
     def remove(self, digest: str) -> None:
         """Remove a blob (caller holds ``lock`` and has checked nothing references it)."""

@@ -449,13 +449,13 @@ def test_the_check_runs_on_the_first_open_after_insert(make_cache) -> None:
 def test_an_intact_entry_is_not_hashed_again_unless_its_file_changed(make_cache,
                                                                      monkeypatch) -> None:
     hashed: list[str] = []
-    real = cache_module.sha256_of
+    real = cache_module.sha256_file
 
     def counting(handle: BinaryIO) -> str:
         hashed.append("x")
         return real(handle)
 
-    monkeypatch.setattr(cache_module, "sha256_of", counting)
+    monkeypatch.setattr(cache_module, "sha256_file", counting)
     first = make_cache()
     store(first, "a", image(4000))
     first.close()

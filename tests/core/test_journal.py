@@ -16,6 +16,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from journalkit import add_entry, create_staging_file, journal_meta
 from pictofs.core.upload.journal import (
     VERSION,
     Entry,
@@ -24,7 +25,6 @@ from pictofs.core.upload.journal import (
     journal_dir,
     key_fingerprint,
     orphan_staging_files,
-    restart_step,
     resume_action,
 )
 from pictofs.core.upload.queue import UploadQueue
@@ -70,8 +70,8 @@ def test_layout_is_private_and_named_by_dataset_url_and_key(journal: Journal,
     expected = journal_dir(state_dir, BASE_URL, DATASET, KEY)
     assert journal.directory == expected
     assert expected.parent == state_dir / "datasets"
-    journal.add("e1", "/", "x.jpg")
-    staged = journal.create_staging_file("e1")
+    add_entry(journal, "e1", "/", "x.jpg")
+    staged = create_staging_file(journal, "e1")
     for folder in (state_dir / "datasets", expected, journal.staging_dir):
         assert mode(folder) == 0o700, folder
     for file in (expected / "journal.db", expected / "journal.lock", staged):
@@ -79,8 +79,9 @@ def test_layout_is_private_and_named_by_dataset_url_and_key(journal: Journal,
     wal = expected / "journal.db-wal"
     if wal.exists():
         assert mode(wal) == 0o600
-    assert journal.meta() == {"version": str(VERSION), "base_url": BASE_URL,
-                              "dataset_id": DATASET, "fingerprint": key_fingerprint(KEY)}
+    assert journal_meta(journal) == {"version": str(VERSION), "base_url": BASE_URL,
+                                     "dataset_id": DATASET,
+                                     "fingerprint": key_fingerprint(KEY)}
 
 
 def test_the_key_never_appears_in_paths_and_each_identity_has_its_own_folder(
@@ -99,7 +100,7 @@ def test_the_key_never_appears_in_paths_and_each_identity_has_its_own_folder(
 
 def test_entries_and_mtimes_survive_reopening(state_dir: Path) -> None:
     with Journal.for_dataset(state_dir, BASE_URL, DATASET, KEY) as first:
-        first.add("e1", "/cars", "a.jpg", replaced_id="old")
+        add_entry(first, "e1", "/cars", "a.jpg", replaced_id="old")
         first.update("e1", flushed=True, size=42, state="queued", step="archived",
                      register_key="k" * 32)
         first.set_mtime("img-1", 1_600_000_000.5)
@@ -114,7 +115,7 @@ def test_entries_and_mtimes_survive_reopening(state_dir: Path) -> None:
 
 
 def test_update_refuses_unknown_columns_states_and_steps(journal: Journal) -> None:
-    journal.add("e1", "/", "x.jpg")
+    add_entry(journal, "e1", "/", "x.jpg")
     with pytest.raises(ValueError):
         journal.update("e1", colour="red")
     with pytest.raises(ValueError):
@@ -144,7 +145,7 @@ def test_a_state_change_the_table_refuses_writes_nothing(journal: Journal) -> No
 
 def test_a_journal_of_an_unknown_version_refuses_to_open_and_is_kept(state_dir: Path) -> None:
     with Journal.for_dataset(state_dir, BASE_URL, DATASET, KEY) as journal:
-        journal.add("e1", "/", "keep-me.jpg")
+        add_entry(journal, "e1", "/", "keep-me.jpg")
         database = journal.directory / "journal.db"
     with sqlite3.connect(database) as db:
         db.execute("UPDATE meta SET value = '99' WHERE key = 'version'")
@@ -238,17 +239,6 @@ def test_resume_action(values: dict[str, Any], action: ResumeAction) -> None:
     assert resume_action(make_entry(**values)) is action
 
 
-@pytest.mark.parametrize("values, step", [
-    (dict(step="none"), "none"),
-    (dict(step="put"), "none"),
-    (dict(step="none", replaced_id="old"), "none"),
-    (dict(step="archived", replaced_id="old"), "archived"),
-    (dict(step="put", replaced_id="old"), "archived"),
-])
-def test_restart_step_keeps_an_archive_already_done(values: dict[str, Any], step: str) -> None:
-    assert restart_step(make_entry(**values)) == step
-
-
 def test_orphan_staging_files_are_the_ones_no_live_entry_owns() -> None:
     entries = [make_entry(id="live"), make_entry(id="done", state="done")]
     assert orphan_staging_files(entries, ["live", "done", "stray"]) == ["done", "stray"]
@@ -256,8 +246,8 @@ def test_orphan_staging_files_are_the_ones_no_live_entry_owns() -> None:
 
 def test_resume_queues_flushed_entries_and_drops_the_rest(journal: Journal) -> None:
     def staged(entry_id: str, **changes: Any) -> None:
-        journal.add(entry_id, "/", f"{entry_id}.jpg")
-        journal.create_staging_file(entry_id)
+        add_entry(journal, entry_id, "/", f"{entry_id}.jpg")
+        create_staging_file(journal, entry_id)
         if changes:
             journal.update(entry_id, **changes)
 
@@ -287,7 +277,7 @@ def test_resume_queues_flushed_entries_and_drops_the_rest(journal: Journal) -> N
 
 
 def test_registering_moves_the_entry_mtime_to_the_image(journal: Journal) -> None:
-    journal.add("e1", "/", "x.jpg")
+    add_entry(journal, "e1", "/", "x.jpg")
     journal.set_entry_mtime("e1", 1_500_000_000.0)
     assert journal.mtime("img-1") is None
     done = journal.record_registered("e1", "img-1")
@@ -298,24 +288,22 @@ def test_registering_moves_the_entry_mtime_to_the_image(journal: Journal) -> Non
 
 
 def test_registering_without_an_mtime_records_none(journal: Journal) -> None:
-    journal.add("e1", "/", "x.jpg")
+    add_entry(journal, "e1", "/", "x.jpg")
     journal.record_registered("e1", "img-1")
     assert journal.mtime("img-1") is None
     assert journal.mtimes() == {}
 
 
-def test_mtimes_are_set_replaced_and_forgotten_by_image_id(journal: Journal) -> None:
+def test_mtimes_are_set_and_replaced_by_image_id(journal: Journal) -> None:
     journal.set_mtime("a", 1.0)
     journal.set_mtime("b", 2.0)
     journal.set_mtime("a", 3.0)
     assert journal.mtimes() == {"a": 3.0, "b": 2.0}
-    journal.forget_mtime("a")
-    assert journal.mtimes() == {"b": 2.0}
 
 
 def test_done_entries_are_pruned_by_age(journal: Journal) -> None:
     for entry_id in ("done", "live"):
-        journal.add(entry_id, "/", f"{entry_id}.jpg")
+        add_entry(journal, entry_id, "/", f"{entry_id}.jpg")
     done = journal.record_registered("done", "img-done")
     assert journal.delete_done(before=done.updated) == 0  # not older than the cut-off
     assert journal.delete_done(before=done.updated + 3600) == 1
@@ -324,7 +312,7 @@ def test_done_entries_are_pruned_by_age(journal: Journal) -> None:
 
 
 def test_entry_snapshots_are_immutable(journal: Journal) -> None:
-    entry = journal.add("e1", "/", "x.jpg")
+    entry = add_entry(journal, "e1", "/", "x.jpg")
     with pytest.raises(dataclasses.FrozenInstanceError):
         entry.state = "done"  # type: ignore[misc]
     assert entry.state == "staged" and not entry.flushed and entry.step == "none"
@@ -335,6 +323,8 @@ def test_entry_snapshots_are_immutable(journal: Journal) -> None:
 
 @pytest.mark.parametrize("before, step, state", [
     (dict(), "none", "staged"),
+    (dict(step="put"), "none", "staged"),
+    (dict(replaced_id="old"), "none", "staged"),
     (dict(replaced_id="old", step="archived"), "archived", "staged"),
     (dict(replaced_id="old", step="put", register_key="k" * 32), "archived", "staged"),
     (dict(state="failed", error="boom", step="put"), "none", "staged"),
@@ -342,7 +332,7 @@ def test_entry_snapshots_are_immutable(journal: Journal) -> None:
 ])
 def test_record_flushed_starts_the_upload_over_from_the_row_as_it_is(
         journal: Journal, before: dict[str, Any], step: str, state: str) -> None:
-    journal.add("e1", "/", "x.jpg")
+    add_entry(journal, "e1", "/", "x.jpg")
     if before:
         journal.update("e1", **before)
     journal.record_flushed({"e1": 42})
@@ -355,7 +345,7 @@ def test_record_flushed_starts_the_upload_over_from_the_row_as_it_is(
 def test_record_flushed_after_a_retarget_keeps_the_retarget(journal: Journal) -> None:
     """The write is worked out from the row at the time it is made: a retarget that came
     between the flush's decision and its write (a new name, no replace) is not undone."""
-    journal.add("e1", "/", "x.jpg", replaced_id="old")
+    add_entry(journal, "e1", "/", "x.jpg", replaced_id="old")
     journal.update("e1", step="archived")
     journal.update("e1", filename="y.jpg", replaced_id=None, step="none")  # the retarget
     journal.record_flushed({"e1": 7})
@@ -365,8 +355,8 @@ def test_record_flushed_after_a_retarget_keeps_the_retarget(journal: Journal) ->
 
 
 def test_record_flushed_skips_rows_a_newer_flush_will_write(journal: Journal) -> None:
-    journal.add("e1", "/", "a.jpg")
-    journal.add("e2", "/", "b.jpg")
+    add_entry(journal, "e1", "/", "a.jpg")
+    add_entry(journal, "e2", "/", "b.jpg")
     journal.record_flushed({"e1": 1, "e2": 2}, still=lambda entry_id: entry_id == "e2")
     one, two = journal.get("e1"), journal.get("e2")
     assert one is not None and two is not None
@@ -374,8 +364,8 @@ def test_record_flushed_skips_rows_a_newer_flush_will_write(journal: Journal) ->
 
 
 def test_update_if_writes_only_the_rows_still_wanted(journal: Journal) -> None:
-    journal.add("e1", "/", "a.jpg")
-    journal.add("e2", "/", "b.jpg")
+    add_entry(journal, "e1", "/", "a.jpg")
+    add_entry(journal, "e2", "/", "b.jpg")
     written = journal.update_if({"e1": {"step": "put"}, "e2": {"step": "put"}},
                                 lambda entry_id: entry_id == "e1")
     assert written == ["e1"]

@@ -21,6 +21,7 @@ import requests
 
 from harness import ServerHandle
 from imagegen import png_bytes
+from journalkit import add_entry, create_staging_file
 from pictofs.api.remote import ApiRemote
 from pictofs.config import Connection
 from pictofs.core.upload.journal import Journal
@@ -63,8 +64,8 @@ def test_a_resumed_register_whose_key_holds_an_error_lands_once_with_a_fresh_key
     assert spoil_key(server, key) in (400, 422)
     # the journal of a process killed after its PUT, with the register key already saved
     entry_id = uuid.uuid4().hex
-    journal.add(entry_id, "/kept", "one.png")
-    journal.create_staging_file(entry_id)
+    add_entry(journal, entry_id, "/kept", "one.png")
+    create_staging_file(journal, entry_id)
     journal.staging_path(entry_id).write_bytes(data)
     journal.update(entry_id, flushed=True, size=len(data), state="uploading", step="put",
                    register_key=key)

@@ -7,7 +7,6 @@ decisions (error classes, backoff, the schedule) have table-driven tests at the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -734,11 +733,3 @@ def test_schedule_rate_counts_the_last_ten_seconds() -> None:
     clock.now += 5.0
     stats = schedule.stats(failed=2)
     assert (stats.rate, stats.bytes_uploaded, stats.failed) == (pytest.approx(100.0), 6_000, 2)
-
-
-def test_sha256_helper_matches_hashlib(tmp_path: Path) -> None:
-    from pictofs.core.upload.job import file_sha256
-
-    path = tmp_path / "blob"
-    path.write_bytes(b"x" * 3_000_000)
-    assert file_sha256(path) == hashlib.sha256(b"x" * 3_000_000).hexdigest()

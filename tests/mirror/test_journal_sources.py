@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from journalkit import journal_meta
 from pictofs.core.upload import journal as journal_module
 from pictofs.core.upload.journal import Journal, ResumeAction, SourceRow, resume_action
 
@@ -35,7 +36,7 @@ def test_a_version_1_journal_opens_upgraded_with_its_entries(tmp_path: Path) -> 
         db.executescript(VERSION_1_ENTRIES)
 
     with Journal(folder) as journal:
-        assert journal.meta()["version"] == str(journal_module.VERSION) == "2"
+        assert journal_meta(journal)["version"] == str(journal_module.VERSION) == "2"
         entry = journal.get("old")
         assert entry is not None and (entry.folder, entry.size) == ("/a", 10)
         assert entry.source is None and resume_action(entry) is ResumeAction.QUEUE

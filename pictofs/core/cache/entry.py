@@ -1,6 +1,8 @@
 """One entry of the image cache on disk: its index record, its file names, the stamp and the
 sha256 that check it, and the writer that creates it (``CacheWriter``). The cache itself
-(``ImageCache``: opening, inserting, evicting, pins) is in ``cache``.
+(``ImageCache``: opening, inserting, evicting, pins) is in ``store``, which imports this
+module; the writer reaches it only through the ``WriterOwner`` protocol, so this module
+imports nothing from ``store``.
 """
 
 from __future__ import annotations
@@ -12,17 +14,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO, Protocol
 
 import diskcache
-
-if TYPE_CHECKING:
-    from pictofs.core.cache.store import ImageCache
 
 log = logging.getLogger("pictofs.core.cache.store")  # one logger for the cache's lines
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")
-_HASH_BLOCK = 1 << 20
 
 Stamp = tuple[int, int, int]  # (inode, mtime ns, ctime ns) of a data file
 
@@ -79,12 +77,22 @@ def folder_name(base_url: str, dataset_id: str) -> str:
     return hashlib.sha256(origin.encode()).hexdigest()[:32]
 
 
+class WriterOwner(Protocol):
+    """What a ``CacheWriter`` needs from the cache that made it (``store.ImageCache``)."""
+
+    def _insert(self, image_id: str, partial: Path, size: int, sha256: str,
+                within_cap: bool = False, unread: bool = False) -> bool: ...
+
+    def unpin(self, image_id: str, linger: bool = False) -> None: ...
+
+
 class CacheWriter:
     """One entry being written. The writing thread calls ``write`` then ``commit`` or
     ``discard``; ``read`` may be called from any thread for bytes already written; ``close``
     (once, after the last read) releases the file and the pin."""
 
-    def __init__(self, cache: ImageCache, image_id: str, path: Path, handle: BinaryIO) -> None:
+    def __init__(self, cache: WriterOwner, image_id: str, path: Path,
+                 handle: BinaryIO) -> None:
         self.image_id = image_id
         self._cache = cache
         self._path = path
@@ -145,17 +153,6 @@ class CacheWriter:
         self._closed = True
         self._handle.close()
         self._cache.unpin(self.image_id)
-
-
-def sha256_of(handle: BinaryIO) -> str:
-    digest = hashlib.sha256()
-    offset = 0
-    while True:
-        block = os.pread(handle.fileno(), _HASH_BLOCK, offset)
-        if not block:
-            return digest.hexdigest()
-        digest.update(block)
-        offset += len(block)
 
 
 def pid_of_partial(name: str) -> int | None:

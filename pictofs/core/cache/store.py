@@ -63,8 +63,9 @@ import diskcache
 
 from pictofs.core.cache.entry import (CacheWriteFailed, CacheWriter, EntryRecord, Stamp,
                                       failure_reason, file_name, folder_name, pid_of_partial,
-                                      sha256_of, stamp_of)
+                                      stamp_of)
 from pictofs.core.cache.pins import PinTable, pid_alive
+from pictofs.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +305,7 @@ class ImageCache:
         if found.st_size != record.size:
             return f"size {found.st_size} differs from the recorded {record.size}", None
         stamp = stamp_of(found)
-        if stamp != record.stamp and sha256_of(handle) != record.sha256:
+        if stamp != record.stamp and sha256_file(handle) != record.sha256:
             return "sha256 differs from the one recorded at insert", None
         return None, stamp
 

@@ -4,7 +4,8 @@ that never reach the service, images held by a local name after a rename to one 
 the janitor thread that archives due orphans and removes left-over local files.
 
 ``LocalNames`` is the part of ``writes.WriteLayer`` that does this; the layer's tables and
-their lock are described there.
+their lock are described there. Of the layer's ``WriteOptions`` it reads only ``write_back``
+(the ``OrphanOptions`` protocol), so this module imports nothing from ``writes``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 from pictofs import names
 from pictofs.core.tree.pending import Pending
@@ -22,9 +23,6 @@ from pictofs.core.tree.view import DatasetView
 from pictofs.errors import NotEmpty, PictofsError
 from pictofs.model import Image, split_path
 from pictofs.remote import Remote
-
-if TYPE_CHECKING:
-    from pictofs.core.tree.writes import WriteOptions
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +39,13 @@ class Orphan:
     deadline: float
 
 
+class OrphanOptions(Protocol):
+    """What ``LocalNames`` reads of the layer's options (``writes.WriteOptions``)."""
+
+    @property
+    def write_back(self) -> float: ...
+
+
 class LocalNames:
     """Local-only files and folders, orphans and the janitor (``WriteLayer`` sets every
     attribute below)."""
@@ -48,7 +53,7 @@ class LocalNames:
     view: DatasetView
     remote: Remote
     local_dir: Path
-    options: WriteOptions
+    options: OrphanOptions
     clock: Callable[[], float]
     wall: Callable[[], float]
     on_archived: Callable[[], None]

@@ -49,6 +49,8 @@ class WriteOptions:
 
 
 class WriteLayer(LocalNames):
+    options: WriteOptions  # all of them; LocalNames reads only write_back (OrphanOptions)
+
     def __init__(self, view: DatasetView, remote: Remote, journal: Journal, downloader: Any,
                  local_dir: Path, options: WriteOptions,
                  clock: Callable[[], float] = time.monotonic,

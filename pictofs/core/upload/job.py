@@ -40,13 +40,11 @@ from pictofs.core.upload.journal import Entry, Journal
 from pictofs.core.upload.states import JobState, Step
 from pictofs.errors import AlreadyExists, NotFound, PermissionDenied, PictofsError, Unavailable
 from pictofs.faults import fault_point
+from pictofs.hashing import sha256_chunks, sha256_file
 from pictofs.model import Image, join_path
 from pictofs.remote import Remote, UploadTicket
 
 log = logging.getLogger(__name__)
-
-HASH_CHUNK = 1 << 20
-
 
 # ---------------------------------------------------------------------- pure decisions
 
@@ -257,21 +255,10 @@ def inspect_staged(path: Path, filename: str, sha256: str | None = None) -> Stag
             raise UploadFailed(f"not an image: {exc}") from None
         dimensions = imaging.probe(handle)
         if sha256 is None:
-            digest = hashlib.sha256()
-            while chunk := handle.read(HASH_CHUNK):
-                digest.update(chunk)
-            sha256 = digest.hexdigest()
+            sha256 = sha256_file(handle)
     width, height = dimensions if dimensions else (None, None)
     return StagedFile(path=path, size=size, sha256=sha256,
                       content_type=names.content_type_for(filename), width=width, height=height)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------- the job
@@ -472,11 +459,8 @@ class UploadJob:
     def _same_bytes(self, image: Image, staged: StagedFile) -> bool:
         if image.file_size != staged.size:
             return False
-        digest = hashlib.sha256()
         with self._remote.open_bytes(image.id) as chunks:
-            for chunk in chunks:
-                digest.update(chunk)
-        return digest.hexdigest() == staged.sha256
+            return sha256_chunks(chunks) == staged.sha256
 
     # ---------------------------------------------------------------- replace undo
 

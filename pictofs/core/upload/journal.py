@@ -48,8 +48,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from pictofs.core.upload.journal_files import fsync_dir, open_database, private_dir, take_lock
+from pictofs.core.upload.journal_files import fsync_dir, open_database, take_lock
 from pictofs.core.upload.states import INITIAL, JobState, Step, check_transition
+from pictofs.dirs import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -180,14 +181,6 @@ def resume_action(entry: Entry) -> ResumeAction:
     return ResumeAction.QUEUE
 
 
-def restart_step(entry: Entry) -> Step:
-    """The step an entry goes back to when its bytes or its target change: a replace whose
-    old image is already archived stays past that step; everything else starts over."""
-    if entry.replaced_id is not None and entry.step != Step.NONE:
-        return Step.ARCHIVED
-    return Step.NONE
-
-
 def orphan_staging_files(entries: Iterable[Entry], staging_names: Iterable[str]) -> list[str]:
     """Staging files no live entry owns (a crash between creating the file and the row)."""
     owned = {e.id for e in entries if e.state != JobState.DONE}
@@ -245,21 +238,12 @@ class Journal:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def meta(self) -> dict[str, str]:
-        with self._lock:
-            return dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-
     # ---------------------------------------------------------------- entries
-
-    def add(self, entry_id: str, folder: str, filename: str,
-            replaced_id: str | None = None) -> Entry:
-        self.add_many([(entry_id, folder, filename, replaced_id)])
-        return self._require(entry_id)
 
     def add_many(self, rows: Sequence[tuple[str, str, str, str | None]],
                  durable: bool = True) -> None:
-        """``add`` of many ``(entry_id, folder, filename, replaced_id)`` in one transaction.
-        ``durable=False``: the commit is not fsync'd (see the module doc); new rows are not
+        """New ``staged`` entries, ``(entry_id, folder, filename, replaced_id)`` each, in one
+        transaction. ``durable=False``: the commit is not fsync'd (see the module doc); new rows are not
         flushed, so a crash that loses them loses nothing a restart would keep."""
         now = time.time()
         with self._write(durable) as db:
@@ -299,15 +283,13 @@ class Journal:
         self.update_many({entry_id: changes})
         return self._require(entry_id)
 
-    def update_many(self, changes: Mapping[str, Mapping[str, Any]],
-                    missing_ok: bool = False) -> None:
+    def update_many(self, changes: Mapping[str, Mapping[str, Any]]) -> None:
         """``update`` of many rows (entry id → columns) in one transaction; KeyError (and
-        nothing changed) when a row is missing, unless ``missing_ok`` (missing rows are then
-        skipped)."""
+        nothing changed) when a row is missing."""
         for columns in changes.values():
             _check_columns(columns)
         with self._write() as db:
-            self._apply(db, changes, missing_ok)
+            self._apply(db, changes)
 
     def update_if(self, changes: Mapping[str, Mapping[str, Any]],
                   still: Callable[[str], bool]) -> list[str]:
@@ -319,12 +301,11 @@ class Journal:
         with self._write() as db:
             kept = {entry_id: columns for entry_id, columns in changes.items()
                     if still(entry_id)}
-            self._apply(db, kept, missing_ok=False)
+            self._apply(db, kept)
         return list(kept)
 
     @staticmethod
-    def _apply(db: sqlite3.Connection, changes: Mapping[str, Mapping[str, Any]],
-               missing_ok: bool) -> None:
+    def _apply(db: sqlite3.Connection, changes: Mapping[str, Mapping[str, Any]]) -> None:
         now = time.time()
         for entry_id, columns in changes.items():
             if "state" in columns:
@@ -332,15 +313,15 @@ class Journal:
             assignments = ", ".join(f"{name} = ?" for name in columns)
             cursor = db.execute(f"UPDATE entries SET {assignments}, updated = ? "
                                 "WHERE id = ?", (*columns.values(), now, entry_id))
-            if cursor.rowcount == 0 and not missing_ok:
+            if cursor.rowcount == 0:
                 raise KeyError(entry_id)
 
     def record_flushed(self, sizes: Mapping[str, int],
                        still: Callable[[str], bool] = lambda entry_id: True) -> None:
         """New bytes of these entries (entry id → size) were flushed: each becomes resumable
         and its upload starts over (hash, keys and error forgotten; a replace whose old image
-        is already archived stays past that step, see ``restart_step``; a failed entry is
-        staged again). The step and state are worked out from the row as it is at the write,
+        is already archived, its step past ``none``, goes back to ``archived``, everything
+        else to ``none``; a failed entry is staged again). The step and state are worked out from the row as it is at the write,
         so the write commutes with a retarget, hold or cancel made between the caller's
         decision and the write. Rows for which ``still(entry_id)`` is false (a newer flush
         will write them) or that are gone are skipped. One transaction."""
@@ -349,7 +330,8 @@ class Journal:
             for entry_id, size in sizes.items():
                 if not still(entry_id):
                     continue
-                # the step as restart_step; the state: failed → staged (an allowed transition,
+                # the step goes back to none, or stays archived for a replace past that step;
+                # the state: failed → staged (an allowed transition,
                 # the only one this write makes)
                 db.execute("UPDATE entries SET flushed = 1, size = ?, sha256 = NULL, "
                            "url_key = NULL, register_key = NULL, error = NULL, "
@@ -418,23 +400,15 @@ class Journal:
         with self._read_lock:
             return dict(self._reader.execute("SELECT image_id, mtime FROM mtimes").fetchall())
 
-    def forget_mtime(self, image_id: str) -> None:
-        with self._write() as db:
-            db.execute("DELETE FROM mtimes WHERE image_id = ?", (image_id,))
-
     # ---------------------------------------------------------------- staging files
 
     def staging_path(self, entry_id: str) -> Path:
         return self.staging_dir / entry_id
 
-    def create_staging_file(self, entry_id: str) -> Path:
-        """An empty 0600 staging file, durable in its folder."""
-        self.create_staging_files([entry_id])
-        return self.staging_path(entry_id)
-
     def create_staging_files(self, entry_ids: Iterable[str], sync: bool = True) -> None:
-        """``create_staging_file`` for many, with one fsync of the folder; ``sync=False``
-        leaves that fsync to ``sync_staging_files`` (the entries' first flush)."""
+        """An empty 0600 staging file for each entry, durable in its folder by one fsync of
+        the folder; ``sync=False`` leaves that fsync to ``sync_staging_files`` (the entries'
+        first flush)."""
         for entry_id in entry_ids:
             os.close(os.open(self.staging_path(entry_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
                              0o600))
@@ -442,10 +416,6 @@ class Journal:
                 self._created += 1
         if sync:
             self.sync_staging_folder()
-
-    def sync_staging_file(self, entry_id: str) -> None:
-        """Make the staged bytes durable (a flush that returned can be resumed)."""
-        self.sync_staging_files([entry_id])
 
     def sync_staging_files(self, entry_ids: Iterable[str]) -> None:
         """Make the staged bytes of these entries durable, and their staging files' folder

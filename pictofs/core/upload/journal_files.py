@@ -1,6 +1,7 @@
 """The files under a journal's folder, below what the journal records: the SQLite database
 (WAL, ``synchronous=FULL``; one of an unknown version is refused and left as it is), the
-``flock`` that keeps a second process out, private (0700) folders and a folder's fsync."""
+``flock`` that keeps a second process out, and a folder's fsync. The mirror's state database
+(``pictofs.mirror.state``) is opened and locked by the same helpers."""
 
 from __future__ import annotations
 
@@ -14,28 +15,33 @@ from typing import Any, Callable, Mapping
 from pictofs.errors import ConfigError
 
 
-def open_database(path: Path, version: int,
-                  upgrades: Mapping[int, str] | None = None) -> sqlite3.Connection:
-    """Open (or create) the database; refuse an unknown version before changing anything.
-    ``upgrades`` maps an older version to the SQL that brings it to ``version`` (run in one
-    transaction with the new version number)."""
+def open_database(path: Path, version: int, upgrades: Mapping[int, str] | None = None, *,
+                  synchronous: str = "FULL", kind: str = "journal",
+                  refusing: str = "mount") -> sqlite3.Connection:
+    """Open (or create, 0600) the database; refuse an unknown version before changing
+    anything. ``upgrades`` maps an older version to the SQL that brings it to ``version``
+    (run in one transaction with the new version number). WAL, ``synchronous`` (``FULL``
+    or ``NORMAL``), a 5 s busy timeout. ``kind`` and ``refusing`` word the errors: "not a
+    readable pictofs {kind}", "refusing to {refusing}"."""
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ValueError(f"synchronous={synchronous!r}")
     if not path.exists():
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     try:
         db = sqlite3.connect(path, check_same_thread=False, isolation_level="DEFERRED")
         stored = _stored_version(db)
     except sqlite3.DatabaseError as exc:
-        raise ConfigError(f"{path}: not a readable pictofs journal ({exc}); "
-                          "refusing to mount (the file is kept as it is)") from None
+        raise ConfigError(f"{path}: not a readable pictofs {kind} ({exc}); "
+                          f"refusing to {refusing} (the file is kept as it is)") from None
     if isinstance(stored, int) and stored in (upgrades or {}):
         _upgrade(db, (upgrades or {})[stored], version)
     elif stored is not None and stored != version:
         db.close()
-        raise ConfigError(f"{path}: journal version {stored} is unknown to this pictofs "
-                          f"(it knows version {version}); refusing to mount (the journal is "
-                          "kept as it is: use the pictofs that wrote it)")
+        raise ConfigError(f"{path}: {kind} version {stored} is unknown to this pictofs "
+                          f"(it knows version {version}); refusing to {refusing} (the {kind} "
+                          "is kept as it is: use the pictofs that wrote it)")
     db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
+    db.execute(f"PRAGMA synchronous={synchronous}")
     db.execute("PRAGMA busy_timeout=5000")
     return db
 
@@ -89,11 +95,6 @@ def take_lock(path: Path, busy: Callable[[str], str] | None = None) -> Any:
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
-
-
-def private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
 
 
 def fsync_dir(path: Path) -> None:
