@@ -128,7 +128,7 @@ def test_update_refuses_unknown_columns_states_and_steps(journal: Journal) -> No
 
 def test_a_state_change_the_table_refuses_writes_nothing(journal: Journal) -> None:
     for entry_id in ("e1", "e2"):
-        journal.add(entry_id, "/", f"{entry_id}.jpg")
+        add_entry(journal, entry_id, "/", f"{entry_id}.jpg")
     journal.record_registered("e2", "img-2")
     with pytest.raises(IllegalTransition):
         journal.update_many({"e1": {"state": JobState.QUEUED},
