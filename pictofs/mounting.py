@@ -320,7 +320,7 @@ class DatasetTreeBuilder:
         from pictofs.core.upload.journal import Journal
         from pictofs.core.cache.readahead import ReadAhead
         from pictofs.core.tree.renames import Renamer
-        from pictofs.core.tree.vfs import DatasetTree
+        from pictofs.core.tree.dataset import DatasetTree
         from pictofs.core.tree.writes import WriteLayer, WriteOptions
 
         conn = self.target.connection

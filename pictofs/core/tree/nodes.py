@@ -5,8 +5,8 @@ the node, not a switch on the kind of entry, knows how a folder of the service, 
 known only here, an image, a file not uploaded yet, or something in ``.archive/``
 answers ``attrs``, ``readdir``, ``open``, the extended attributes and ``truncate``. A node
 is made for one call and not kept: it holds what the resolution found (the entry, the
-dataset it belongs to) and the tree (``Vfs``) for what is shared by the whole mount (the
-options, the stat cache, the handle table, whether the service is reachable).
+dataset it belongs to) and the tree (``Tree``, which ``Vfs`` is) for what the whole mount
+shares (the options, the stat cache, the handle table, whether the service is reachable).
 
 Every verb that changes something goes through the dataset's ``writes`` (a ``WriteLayer``,
 or ``ReadOnlyWrites`` on a read-only mount, which refuses with ``ReadOnly``), so no node
@@ -22,7 +22,7 @@ import dataclasses
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 from pictofs.core.tree import attrs
 from pictofs.core.tree.archive import is_archive_path
@@ -34,7 +34,9 @@ from pictofs.errors import (AlreadyExists, InvalidArgument, IsADirectory, NoAttr
 from pictofs.model import Image, join_path, parse_timestamp
 
 if TYPE_CHECKING:
-    from pictofs.core.tree.vfs import DatasetTree, Vfs
+    from pictofs.core.tree.attrs import AttrPolicy
+    from pictofs.core.tree.dataset import DatasetTree
+    from pictofs.remote import Remote
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +45,32 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 Rows = list[tuple[str, dict[str, Any], float]]  # (name, attributes, valid until)
 
 
+class Tree(Protocol):
+    """What a node needs of the whole mount (``Vfs`` is one)."""
+
+    remote: Remote
+    options: Any  # VfsOptions: policy, dir_cache_time
+    mounted_at: float
+    is_organization: bool
+
+    def is_online(self) -> bool: ...
+    def resolve(self, path: str) -> Node: ...
+    def dataset_names(self) -> dict[str, Any]: ...
+    def datasets(self) -> Iterator[tuple[str, DatasetTree]]: ...
+    def image_attrs(self, dataset: DatasetTree, image: Image) -> dict[str, Any]: ...
+    def read_only_policy(self) -> AttrPolicy: ...
+    def add_handle(self, path: str, dataset: DatasetTree, image: Image | None = None,
+                   reader: Any = None, pending: Pending | None = None) -> int: ...
+    def opened_image(self, path: str, image: Image) -> bool: ...
+
+
 class Node:
     """The verbs every node answers; a kind of node overrides what it does otherwise.
     ``path`` is the path in the mount, ``inner`` the path inside its dataset."""
 
     is_dir = False
 
-    def __init__(self, tree: Vfs, dataset: DatasetTree | None, path: str, inner: str) -> None:
+    def __init__(self, tree: Tree, dataset: DatasetTree | None, path: str, inner: str) -> None:
         self.tree = tree
         self.dataset = dataset
         self.path = path
@@ -117,7 +138,7 @@ class DatasetFolder(Node):
 
     is_dir = True
 
-    def __init__(self, tree: Vfs, dataset: DatasetTree, path: str, entry: DirEntry,
+    def __init__(self, tree: Tree, dataset: DatasetTree, path: str, entry: DirEntry,
                  local: bool = False) -> None:
         super().__init__(tree, dataset, path, entry.path)
         self.entry = entry
@@ -125,7 +146,7 @@ class DatasetFolder(Node):
         self.side: DatasetTree = dataset
 
     @classmethod
-    def root_of(cls, tree: Vfs, dataset: DatasetTree) -> DatasetFolder:
+    def root_of(cls, tree: Tree, dataset: DatasetTree) -> DatasetFolder:
         return cls(tree, dataset, "/", DirEntry("/"))
 
     def attrs(self) -> dict[str, Any]:
@@ -186,7 +207,7 @@ class ArchiveFolder(Node):
 
     is_dir = True
 
-    def __init__(self, tree: Vfs, dataset: DatasetTree, path: str, inner: str) -> None:
+    def __init__(self, tree: Tree, dataset: DatasetTree, path: str, inner: str) -> None:
         super().__init__(tree, dataset, path, inner)
         self.side: DatasetTree = dataset
 
@@ -209,7 +230,7 @@ class ImageFile(Node):
     """An image of the service: its bytes read through the cache; writing it stages a
     new version (filesystem §5 "Replace")."""
 
-    def __init__(self, tree: Vfs, dataset: DatasetTree, path: str, entry: FileEntry) -> None:
+    def __init__(self, tree: Tree, dataset: DatasetTree, path: str, entry: FileEntry) -> None:
         super().__init__(tree, dataset, path, entry.path)
         self.image: Image = entry.image
         self.side: DatasetTree = dataset
@@ -284,7 +305,7 @@ class ArchivedImage(ImageFile):
     ``mv`` out of the archive restores it (filesystem §6)."""
 
     @staticmethod
-    def stat_of(tree: Vfs, image: Image) -> dict[str, Any]:
+    def stat_of(tree: Tree, image: Image) -> dict[str, Any]:
         return attrs.file_stat(tree.read_only_policy(), image.file_size,
                                attrs.image_mtime(image))
 
@@ -330,14 +351,14 @@ class PendingFile(Node):
     """A file that exists on this machine only for now: being written, waiting to upload,
     failed, or local-only (``pictofs.core.tree.pending``)."""
 
-    def __init__(self, tree: Vfs, dataset: DatasetTree, path: str, inner: str,
+    def __init__(self, tree: Tree, dataset: DatasetTree, path: str, inner: str,
                  pending: Pending) -> None:
         super().__init__(tree, dataset, path, inner)
         self.pending = pending
         self.side: DatasetTree = dataset
 
     @staticmethod
-    def stat_of(tree: Vfs, pending: Pending) -> dict[str, Any]:
+    def stat_of(tree: Tree, pending: Pending) -> dict[str, Any]:
         return attrs.file_stat(tree.options.policy, pending.size, pending.mtime)
 
     def attrs(self) -> dict[str, Any]:

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 from pictofs.core.tree import attrs
-from pictofs.core.tree.archive import ArchiveView, is_archive_path
+from pictofs.core.tree.archive import is_archive_path
 from pictofs.core.tree.attrs import AttrPolicy
 from pictofs.core.tree.nodes import (ArchivedImage, ArchiveFolder, DatasetFolder, ImageFile,
                                      Node, OrganizationRoot, PendingFile, Rows)
 from pictofs.core.tree.pending import Pending
-from pictofs.core.tree.readonly import ReadOnlyWrites
+from pictofs.core.tree.dataset import DatasetTree
 from pictofs.core.tree.status import Counters, mount_status
 from pictofs.core.tree.view import DatasetView, DirEntry
 from pictofs.errors import (AlreadyExists, BadHandle, CrossDevice, NoAttribute, NotFound,
@@ -51,20 +51,6 @@ class VfsOptions:
     policy: AttrPolicy
     dir_cache_time: float = 30.0
     staging_dir: str = "/"  # statfs reports this disk's free space
-
-
-@dataclass
-class DatasetTree:
-    """Everything of one dataset in the mount: its listings (``view``), reads through the
-    cache (``downloader``), ``.archive/`` (``archive``) and, on a writable mount, the files
-    being written and uploaded (``writes``) and the folder and rename verbs (``renamer``).
-    A read-only mount has ``ReadOnlyWrites``, which refuses every change."""
-
-    view: DatasetView
-    downloader: Any  # pictofs.core.cache.downloads.Downloader
-    archive: ArchiveView
-    writes: Any = dataclasses.field(default_factory=ReadOnlyWrites)  # WriteLayer
-    renamer: Any = None  # pictofs.core.tree.renames.Renamer (None: read-only)
 
 
 DatasetTreeFactory = Callable[[DatasetView], DatasetTree]
