@@ -2,7 +2,7 @@
 
 This module owns the cache folder of one (base URL, dataset id) pair and is the only user of
 diskcache in pictofs; one entry's record, file names, checks and writer are in
-``cache_entry``. Layout under ``root``::
+``entry``. Layout under ``root``::
 
     <digest of base URL + dataset id>/
         origin.json           which base URL and dataset the folder belongs to

@@ -44,7 +44,7 @@ class WriteOptions:
     min_free_space: int = 1 << 30
     permanent_delete: bool = False
     # > 1: new files of a folder due together go up together with the bulk routes (the
-    # remote must then have the verbs of upload_batch.BulkRemote); 1: one file at a time
+    # remote must then have the verbs of batch.BulkRemote); 1: one file at a time
     batch: int = 1
 
 

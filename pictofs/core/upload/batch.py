@@ -2,7 +2,7 @@
 upload URLs, the PUTs, one call to register them all (protocol §4 "bulk-upload-url",
 "bulk-register").
 
-A batch is an optimisation of ``upload_job.UploadJob`` for many new files at once (a mirror's
+A batch is an optimisation of ``job.UploadJob`` for many new files at once (a mirror's
 start-up, ``cp -r`` onto a mount): three requests per file become one PUT per file plus two
 per batch. It keeps every promise of the single job: each member records in its own journal
 row, before the register is sent, its size and sha256 and the ``put`` step with a fresh

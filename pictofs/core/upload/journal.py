@@ -11,7 +11,7 @@ fingerprint) under ``STATE_DIR/datasets/<digest>/`` holds:
 - ``staging/``: one file per entry, named by the entry id, except for an entry uploaded
   from its *source* (``add_sources``): a file of the caller's that nobody is writing to (the
   mirror's), whose size, mtime and sha256 the row records; the upload checks the bytes it
-  sends against them (``upload_job.SourceBody``) and drops the entry when they changed;
+  sends against them (``job.SourceBody``) and drops the entry when they changed;
 - ``journal.lock``: an ``flock`` held for the life of the ``Journal`` object, so two
   processes never resume the same entries.
 

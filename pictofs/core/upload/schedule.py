@@ -224,7 +224,7 @@ class Schedule:
 
 
 class TaskControl:
-    """The ``upload_job.Control`` of one run: valid while the task's generation is the one
+    """The ``job.Control`` of one run: valid while the task's generation is the one
     the run started with (hold, retarget, cancel and a new flush move it) and the queue is
     not stopping. ``changed`` is the queue's condition (its lock guards the task)."""
 
