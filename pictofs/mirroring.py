@@ -30,7 +30,7 @@ from pictofs.core.upload.journal import Journal, key_fingerprint
 from pictofs.embedded import connect
 from pictofs.errors import ConfigError, InvalidName, NotFound
 from pictofs.mirror.engine import Engine
-from pictofs.mirror.plan import Policy, Target
+from pictofs.mirror.plan import Policy, Destination
 from pictofs.mirror.progress import Progress, Report
 from pictofs.mirror.session import Session
 from pictofs.mirror.state import Identity, MirrorState
@@ -80,7 +80,7 @@ def run_mirror(args: argparse.Namespace) -> int:
                           dataset_id=dataset.id,
                           fingerprint=key_fingerprint(connection.api_key))
         return _run(args, root, remote, dataset.id, state, journal,
-                    Policy(Target(folder, bool(args.organize_by_class)), bool(args.delete),
+                    Policy(Destination(folder, bool(args.organize_by_class)), bool(args.delete),
                            args.max_delete, bool(args.force)))
     finally:
         if journal is not None:

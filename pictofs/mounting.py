@@ -38,7 +38,7 @@ READY_TIMEOUT = 120.0
 
 
 @dataclass
-class Target:
+class MountTarget:
     """What to mount: one dataset, or (``dataset`` None) the whole organization."""
 
     connection: Connection
@@ -54,7 +54,7 @@ def _client(conn: Connection, args: argparse.Namespace) -> Any:
                   max_retries=args.retries)
 
 
-def resolve_target(args: argparse.Namespace, announce: bool) -> Target:
+def resolve_target(args: argparse.Namespace, announce: bool) -> MountTarget:
     """Check the key and find (or, on the local server, create) the dataset. While the
     service is unreachable this retries for ``--timeout``; then a dataset this machine
     mounted before is mounted from what it remembers, with the circuit breaker open."""
@@ -84,13 +84,13 @@ def resolve_target(args: argparse.Namespace, announce: bool) -> Target:
                       f"this machine remembers; it reconnects when the service is back",
                       file=sys.stderr)
             dataset, offline = remembered, True
-            target = Target(conn, dataset, mountpoint, offline=offline)
+            target = MountTarget(conn, dataset, mountpoint, offline=offline)
             if not args.read_only:
                 check_journal_free(target)
             return target
     if dataset is not None:
         known_datasets.put(conn.base_url, dataset)
-    target = Target(conn, dataset, mountpoint)
+    target = MountTarget(conn, dataset, mountpoint)
     if not args.read_only:
         check_journal_free(target)
     return target
@@ -215,7 +215,7 @@ class BuiltTree:
             self.api_remote.close()
 
 
-def build_tree(target: Target, args: argparse.Namespace,
+def build_tree(target: MountTarget, args: argparse.Namespace,
                state_dir: Path | None = None) -> BuiltTree:
     """Build the remotes, the circuit breaker, the side builder and the ``Vfs`` of a mount
     of ``target`` with the options ``args`` (a ``mount`` Namespace, defaults filled).
@@ -253,7 +253,7 @@ def build_tree(target: Target, args: argparse.Namespace,
     return BuiltTree(vfs, breaker, api_remote, sides)
 
 
-def _serve(target: Target, args: argparse.Namespace) -> int:
+def _serve(target: MountTarget, args: argparse.Namespace) -> int:
     from pictofs.fs.fuse_session import MountSettings, serve, start_sighup_thread
     from pictofs.fs.operations import PictoOperations
 
@@ -302,7 +302,7 @@ class DatasetTreeBuilder:
     """Builds the DatasetTree of a dataset: cache and downloader, and for writable mounts the
     journal, the write layer (with its upload workers, started here) and the renamer."""
 
-    def __init__(self, target: Target, args: argparse.Namespace, remote: Any,
+    def __init__(self, target: MountTarget, args: argparse.Namespace, remote: Any,
                  state: Path, upload_remote: Any) -> None:
         self.target = target
         self.args = args
@@ -349,7 +349,7 @@ class DatasetTreeBuilder:
         return DatasetTree(view, downloader, archive, writes, Renamer(view, self.remote, writes))
 
 
-def check_journal_free(target: Target) -> None:
+def check_journal_free(target: MountTarget) -> None:
     """A writable dataset mount needs the dataset's journal: refuse at start, in one line,
     when another process holds it (the same dataset mounted twice on this machine)."""
     from pictofs.core.upload.journal import Journal
@@ -374,7 +374,7 @@ def _sync(vfs: Any, timeout: float | None) -> dict[str, Any]:
             "in_flight": status["in_flight"]}
 
 
-def _status(vfs: Any, operations: Any, breaker: Any, target: Target) -> dict[str, Any]:
+def _status(vfs: Any, operations: Any, breaker: Any, target: MountTarget) -> dict[str, Any]:
     status = vfs.status()
     status.update(operations.status())
     status.update({

@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Iterator
 
 from pictofs.core.upload.journal import Journal
 from pictofs.core.tree.listing import list_images_consistent
-from pictofs.core.upload.queue import Source, UploadQueue
+from pictofs.core.upload.queue import SourceFile, UploadQueue
 from pictofs.core.upload.states import JobState
 from pictofs.errors import NotFound, PictofsError
 from pictofs.hashing import sha256_file
@@ -44,7 +44,7 @@ from pictofs.mirror.plan import (
     FAILED_VERDICTS, Failure, Known, LocalFile, Move, Plan, Row, Upload, Verdict,
 )
 from pictofs.mirror.progress import Progress, Report
-from pictofs.mirror.state import MirrorState, Pending
+from pictofs.mirror.state import MirrorState, QueuedUpload
 from pictofs.model import Image, join_path
 from pictofs.remote import Remote
 
@@ -131,7 +131,7 @@ class Engine:
         self.queue.resume()
         self.queue.start()
 
-    def _staged_intact(self, entry_id: str, pending: Pending) -> bool:
+    def _staged_intact(self, entry_id: str, pending: QueuedUpload) -> bool:
         """The entry's staging file still has the sha256 taken when it was staged. An entry
         read from its file is resumed as it is: the queue checks that file against what it
         recorded before anything is registered, and one that changed comes back through
@@ -335,11 +335,11 @@ class Engine:
         pending = self._stage_sources(sources) + self._stage_copies(copies)
         self.queue.schedule_many([p.entry_id for p in pending], 0.0)
 
-    def _stage_sources(self, uploads: list[Upload]) -> list[Pending]:
+    def _stage_sources(self, uploads: list[Upload]) -> list[QueuedUpload]:
         """Hash each file into an entry that reads it where it is (one journal commit)."""
         hashed = [(u, f) for u in uploads if (f := self._fingerprint(u.file)) is not None]
         entry_ids = self.queue.stage_sources([
-            Source(u.folder, f.rel.rsplit("/", 1)[-1], u.replaced_id, str(self.root / f.rel),
+            SourceFile(u.folder, f.rel.rsplit("/", 1)[-1], u.replaced_id, str(self.root / f.rel),
                    f.size, f.mtime_ns, f.sha256 or "") for u, f in hashed])
         pending = [_pending(entry_id, u, f) for entry_id, (u, f) in zip(entry_ids, hashed)]
         self._add_pending(pending)
@@ -353,7 +353,7 @@ class Engine:
             self.retry_later([f.rel])
             return None
 
-    def _stage_copies(self, uploads: list[Upload]) -> list[Pending]:
+    def _stage_copies(self, uploads: list[Upload]) -> list[QueuedUpload]:
         """Copy each file into a new entry's staging file while hashing it."""
         if not uploads:
             return []
@@ -367,14 +367,14 @@ class Engine:
         self.queue.flushed_many({p.entry_id: p.size for p in pending}, sync=False)
         return pending
 
-    def _add_pending(self, pending: list[Pending]) -> None:
+    def _add_pending(self, pending: list[QueuedUpload]) -> None:
         self.state.add_pending(pending)
         with self._lock:
             for p in pending:
                 self._live[p.entry_id] = (p.rel, p.size)
             self.report.attempted += len(pending)
 
-    def _snapshot(self, entry_id: str, upload: Upload) -> Pending | None:
+    def _snapshot(self, entry_id: str, upload: Upload) -> QueuedUpload | None:
         f = upload.file
         try:
             snap = local.snapshot(self.root / f.rel, f, self.queue.staging_path(entry_id))
@@ -508,9 +508,9 @@ def chunks(uploads: list[Upload], batch: int) -> Iterator[list[Upload]]:
         yield chunk
 
 
-def _pending(entry_id: str, upload: Upload, hashed: LocalFile) -> Pending:
+def _pending(entry_id: str, upload: Upload, hashed: LocalFile) -> QueuedUpload:
     retire = upload.retire.rel if upload.retire is not None else None
-    return Pending(entry_id, hashed.rel, hashed.size, hashed.mtime_ns, hashed.sha256 or "",
+    return QueuedUpload(entry_id, hashed.rel, hashed.size, hashed.mtime_ns, hashed.sha256 or "",
                    retire, upload.archive)
 
 

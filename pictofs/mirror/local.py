@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
-from pictofs.mirror.plan import LocalFile, Target, Verdict, classify, ignored_folder
+from pictofs.mirror.plan import LocalFile, Destination, Verdict, classify, ignored_folder
 
 CHUNK = 1 << 20
 
@@ -34,7 +34,7 @@ class Scan:
     def bytes(self) -> int:
         return sum(f.size for f in self.files.values())
 
-    def add(self, rel: str, info: os.stat_result, target: Target) -> None:
+    def add(self, rel: str, info: os.stat_result, target: Destination) -> None:
         is_link = stat.S_ISLNK(info.st_mode)
         verdict, reason = classify(rel, is_symlink=is_link, is_file=stat.S_ISREG(info.st_mode),
                                    size=info.st_size, target=target)
@@ -44,7 +44,7 @@ class Scan:
             self.left_out[rel] = (verdict, reason, info.st_size, info.st_mtime_ns)
 
 
-def scan(root: Path, target: Target) -> Scan:
+def scan(root: Path, target: Destination) -> Scan:
     """Every entry under ``root``."""
     result = Scan()
     for rel, info in _walk(str(root), ""):
@@ -52,7 +52,7 @@ def scan(root: Path, target: Target) -> Scan:
     return result
 
 
-def scan_paths(root: Path, target: Target, files: Iterable[str],
+def scan_paths(root: Path, target: Destination, files: Iterable[str],
                folders: Iterable[str] = ()) -> Scan:
     """Only ``files`` (absent ones are listed in ``absent``) and everything under
     ``folders``."""

@@ -51,7 +51,7 @@ RemoteListing = Mapping[tuple[str, str], Image]  # (folder, filename) → image
 
 
 @dataclass(frozen=True)
-class Target:
+class Destination:
     """The dataset folder a local folder is mirrored into."""
 
     folder: str = "/"
@@ -90,7 +90,7 @@ def ignored_folder(rel: str) -> bool:
 
 
 def classify(rel: str, *, is_symlink: bool, is_file: bool, size: int,
-             target: Target | None = None) -> tuple[Verdict, str]:
+             target: Destination | None = None) -> tuple[Verdict, str]:
     """What the mirror does with one local entry, and why (for the report)."""
     parts = rel.split("/")
     if ignored_folder(rel):
@@ -152,7 +152,7 @@ class Known:
 
 @dataclass(frozen=True)
 class Policy:
-    target: Target = field(default_factory=Target)
+    target: Destination = field(default_factory=Destination)
     delete: bool = False
     max_delete: int = 100
     force: bool = False

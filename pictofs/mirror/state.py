@@ -80,7 +80,7 @@ class Identity:
 
 
 @dataclass(frozen=True)
-class Pending:
+class QueuedUpload:
     """An upload handed to the queue, and the local file it carries."""
 
     entry_id: str
@@ -96,7 +96,7 @@ class Pending:
 class Landing:
     """What a landed upload leaves to do: archive the image of the row it retired."""
 
-    pending: Pending
+    pending: QueuedUpload
     row: Row
     archive: Row | None
 
@@ -181,7 +181,7 @@ class MirrorState:
 
     # ---------------------------------------------------------------- uploads
 
-    def add_pending(self, entries: list[Pending]) -> None:
+    def add_pending(self, entries: list[QueuedUpload]) -> None:
         """Before the entries are scheduled, in one transaction; a row an entry retires is
         marked superseded by it."""
         with self._write() as db:
@@ -193,11 +193,11 @@ class MirrorState:
                            [(p.entry_id, p.retire_rel) for p in entries
                             if p.retire_rel is not None])
 
-    def pending(self) -> dict[str, Pending]:
+    def pending(self) -> dict[str, QueuedUpload]:
         with self._lock:
             cursor = self._db.execute("SELECT entry_id, rel, size, mtime_ns, sha256, "
                                       "retire_rel, archive FROM pending")
-            return {r[0]: Pending(*r[:6], archive=bool(r[6])) for r in cursor}
+            return {r[0]: QueuedUpload(*r[:6], archive=bool(r[6])) for r in cursor}
 
     def land(self, entry_id: str, image: Image) -> Landing | None:
         """The entry registered as ``image``: its row, and the retired row to archive (the
@@ -210,7 +210,7 @@ class MirrorState:
         with self._write() as db:
             return [_land(db, entry_id, image) for entry_id, image in landed]
 
-    def fail(self, entry_id: str) -> Pending | None:
+    def fail(self, entry_id: str) -> QueuedUpload | None:
         """The entry failed for good: forget it; a row it would have retired is live again."""
         with self._write() as db:
             pending = _pop_pending(db, entry_id)
@@ -263,10 +263,10 @@ def _land(db: sqlite3.Connection, entry_id: str, image: Image) -> Landing | None
     return Landing(pending, row, retired)
 
 
-def _pop_pending(db: sqlite3.Connection, entry_id: str) -> Pending | None:
+def _pop_pending(db: sqlite3.Connection, entry_id: str) -> QueuedUpload | None:
     found = db.execute("SELECT entry_id, rel, size, mtime_ns, sha256, retire_rel, archive "
                        "FROM pending WHERE entry_id = ?", (entry_id,)).fetchone()
     if found is None:
         return None
     db.execute("DELETE FROM pending WHERE entry_id = ?", (entry_id,))
-    return Pending(*found[:6], archive=bool(found[6]))
+    return QueuedUpload(*found[:6], archive=bool(found[6]))

@@ -24,7 +24,7 @@ from scenarios import Attrs, Driver
 from pictofs.config import Connection, finish_options, options_for
 from pictofs.errors import PictofsError
 from pictofs.fs.errno_map import errno_for
-from pictofs.mounting import BuiltTree, Target, build_tree
+from pictofs.mounting import BuiltTree, MountTarget, build_tree
 
 T = TypeVar("T")
 
@@ -50,7 +50,7 @@ def build(server: Any, dataset: Any, root: Path, **options: Any) -> BuiltTree:
     raw = {"cache_dir": str(root / "cache"), "write_back": WRITE_BACK, **options}
     args = mount_args(**raw)
     args.dataset, args.mountpoint = dataset.name, str(root / "mnt")
-    target = Target(Connection(server.base_url, server.key, "argument"), dataset,
+    target = MountTarget(Connection(server.base_url, server.key, "argument"), dataset,
                     args.mountpoint)
     tree = build_tree(target, args, state_dir=root / "state")
     try:

@@ -8,7 +8,7 @@ import pytest
 
 from pictofs.mirror.coalesce import Coalescer, Event, Settled, coalesce
 from pictofs.mirror.plan import (
-    Known, LocalFile, Plan, Policy, Row, Target, Verdict, classify, ignored_folder, plan_sync,
+    Known, LocalFile, Plan, Policy, Row, Destination, Verdict, classify, ignored_folder, plan_sync,
 )
 from pictofs.model import Image
 
@@ -22,7 +22,7 @@ def f(rel: str, size: int = 100, mtime: int = 1, sha: str | None = None) -> Loca
 def row(rel: str, image_id: str, size: int = 100, mtime: int = 1, sha: str = "s1",
         folder: str | None = None, name: str | None = None, superseded: bool = False) -> Row:
     if folder is None:
-        folder = Target().folder_for(rel)
+        folder = Destination().folder_for(rel)
     return Row(rel, size, mtime, sha, image_id, folder, name or rel.rsplit("/", 1)[-1],
                superseded)
 
@@ -79,16 +79,16 @@ def summary(plan: Plan) -> dict[str, object]:
 
 
 @pytest.mark.parametrize("target, rel, expected", [
-    (Target("/"), "x.jpg", ("/", "x.jpg")),
-    (Target("/"), "a/b/x.jpg", ("/a/b", "x.jpg")),
-    (Target("/photos"), "a/b/x.jpg", ("/photos/a/b", "x.jpg")),
-    (Target("/photos"), "x.jpg", ("/photos", "x.jpg")),
-    (Target("/", organize_by_class=True), "cats/deep/er/x.jpg", ("/cats", "x.jpg")),
-    (Target("/p", organize_by_class=True), "x.jpg", ("/p", "x.jpg")),
-    (Target("/"), "cam/IMG_1.HEIC", ("/cam", "IMG_1.png")),
-    (Target("/"), "h.heic.jpg", ("/", "h.heic.jpg")),
+    (Destination("/"), "x.jpg", ("/", "x.jpg")),
+    (Destination("/"), "a/b/x.jpg", ("/a/b", "x.jpg")),
+    (Destination("/photos"), "a/b/x.jpg", ("/photos/a/b", "x.jpg")),
+    (Destination("/photos"), "x.jpg", ("/photos", "x.jpg")),
+    (Destination("/", organize_by_class=True), "cats/deep/er/x.jpg", ("/cats", "x.jpg")),
+    (Destination("/p", organize_by_class=True), "x.jpg", ("/p", "x.jpg")),
+    (Destination("/"), "cam/IMG_1.HEIC", ("/cam", "IMG_1.png")),
+    (Destination("/"), "h.heic.jpg", ("/", "h.heic.jpg")),
 ])
-def test_place(target: Target, rel: str, expected: tuple[str, str]) -> None:
+def test_place(target: Destination, rel: str, expected: tuple[str, str]) -> None:
     assert target.place(rel) == expected
 
 
@@ -116,11 +116,11 @@ def test_classify(rel: str, link: bool, regular: bool, size: int, verdict: Verdi
 
 
 def test_classify_checks_only_the_folder_names_the_service_sees() -> None:
-    by_class = Target(organize_by_class=True)
+    by_class = Destination(organize_by_class=True)
     assert classify("cats/bad\x02/x.jpg", is_symlink=False, is_file=True, size=1,
                     target=by_class)[0] is Verdict.CANDIDATE
     assert classify("cats/bad\x02/x.jpg", is_symlink=False, is_file=True, size=1,
-                    target=Target())[0] is Verdict.BAD_NAME
+                    target=Destination())[0] is Verdict.BAD_NAME
 
 
 @pytest.mark.parametrize("rel, ignored", [
@@ -132,9 +132,9 @@ def test_ignored_folder(rel: str, ignored: bool) -> None:
 # ---------------------------------------------------------------------- start-up plans
 
 
-TREE = Policy(Target("/"))
-DELETE = Policy(Target("/"), delete=True, max_delete=2)
-BY_CLASS = Policy(Target("/", organize_by_class=True))
+TREE = Policy(Destination("/"))
+DELETE = Policy(Destination("/"), delete=True, max_delete=2)
+BY_CLASS = Policy(Destination("/", organize_by_class=True))
 
 CASES = [
     # (id, local, rows, remote, policy, expected summary)
@@ -190,7 +190,7 @@ CASES = [
     ("--force lets them through",
      {}, rows(row("a.jpg", "i1"), row("b.jpg", "i2"), row("c.jpg", "i3")),
      listing(img("i1", "/", "a.jpg"), img("i2", "/", "b.jpg"), img("i3", "/", "c.jpg")),
-     Policy(Target("/"), delete=True, max_delete=2, force=True),
+     Policy(Destination("/"), delete=True, max_delete=2, force=True),
      {"archives": ["a.jpg", "b.jpg", "c.jpg"]}),
     ("a row whose file and image are both gone is forgotten",
      {}, rows(row("x.jpg", "i1")), listing(), DELETE, {"forgets": ["x.jpg"]}),

@@ -53,7 +53,7 @@ class FileEntry:
     image: Image
 
 
-Entry = DirEntry | FileEntry
+ViewEntry = DirEntry | FileEntry
 
 
 @dataclass
@@ -182,7 +182,7 @@ class DatasetView:
 
     # ------------------------------------------------------------------------ lookup
 
-    def resolve(self, path: str) -> Entry:
+    def resolve(self, path: str) -> ViewEntry:
         """What is at ``path``: a DirEntry or a FileEntry. Raises NotFound, NameTooLong,
         Unavailable."""
         if path == "/":
@@ -199,7 +199,7 @@ class DatasetView:
             raise NotFound(f"{parent} is not a folder")
         return self._child(parent, name, parent_entry.folder)
 
-    def _child(self, parent: str, name: str, parent_folder: Folder | None = None) -> Entry:
+    def _child(self, parent: str, name: str, parent_folder: Folder | None = None) -> ViewEntry:
         path = join_path(parent, name)
         listing = self.cached_listing(parent)
         if listing is None and self._list_instead(parent, name, parent_folder):

@@ -82,11 +82,11 @@ from pictofs.remote import Remote
 
 log = logging.getLogger(__name__)
 
-__all__ = ["QueueStats", "Source", "UploadQueue"]
+__all__ = ["QueueStats", "SourceFile", "UploadQueue"]
 
 
 @dataclass(frozen=True)
-class Source:
+class SourceFile:
     """A file to upload from where it is (``stage_sources``): its size, mtime and sha256
     when it was hashed."""
 
@@ -151,7 +151,7 @@ class UploadQueue:
             log.debug("staged %s in %s as entry %s", filename, folder, entry_id)
         return entry_ids
 
-    def stage_sources(self, sources: Sequence[Source]) -> list[str]:
+    def stage_sources(self, sources: Sequence[SourceFile]) -> list[str]:
         """New entries uploaded from their source files, without staging copies: resumable
         at once (one durable transaction), due when ``schedule``d. For files nobody is
         writing to: one that changed before its bytes were registered is dropped (its
