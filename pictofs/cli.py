@@ -273,6 +273,14 @@ def cmd_status(args: argparse.Namespace) -> int:
           + ("  (paused: API key rejected)" if uploads.get("paused") else ""))
     for item in uploads.get("failed", []):
         print(f"  failed:   {item['path']}: {item['error']}")
+    kept = uploads.get("kept_aside", [])
+    if kept:
+        folder = os.path.commonpath(kept) if len(kept) > 1 else os.path.dirname(kept[0])
+        print(f"kept aside: {len(kept)} staged file(s) the journal lost track of, in {folder} "
+              "(copy them back into the mount to upload them)")
+    for item in uploads.get("stranded", []):
+        print(f"stranded:   {item['pending']} pending upload(s) in {item['folder']} "
+              "(another journal of this dataset; taken over at the next mount)")
     for cache in reply.get("cache", []):
         print(f"cache:      {format_size(cache['size_bytes'])} in {cache['entries']} images, "
               f"hit ratio {cache['hit_ratio']:.0%}")

@@ -269,7 +269,9 @@ def _serve(target: MountTarget, args: argparse.Namespace) -> int:
     def on_init() -> None:
         ctl.start()
         start_sighup_thread(vfs.refresh)
-        if target.dataset is not None:
+        if target.dataset is None:
+            _resume_organization(vfs)
+        else:
             try:
                 vfs.open_dataset()  # resume this dataset's journal now
             except Exception as exc:  # never leave `pictofs mount` waiting for "ready"
@@ -347,6 +349,25 @@ class DatasetTreeBuilder:
                             options, upload_remote=self.upload_remote)
         writes.start()
         return DatasetTree(view, downloader, archive, writes, Renamer(view, self.remote, writes))
+
+
+def _resume_organization(vfs: Any) -> None:
+    """An organization mount resumes, at mount, every dataset that has uploads in a journal
+    (not only those a user reaches); a journal of a dataset the organization does not have
+    is reported."""
+    from pictofs.core.upload.journal import find_journals
+
+    waiting = {info.dataset_id: info for info in find_journals(dirs.state_dir())
+               if info.live or info.staged_files}
+    try:
+        missing = vfs.open_datasets(set(waiting))
+    except PictofsError as exc:
+        log.warning("cannot resume the uploads of %d dataset(s) now: %s", len(waiting), exc)
+        return
+    for dataset_id in sorted(missing):
+        log.warning("%d pending upload(s) in %s are for dataset %s, which this organization "
+                    "does not have; they stay there", waiting[dataset_id].live,
+                    waiting[dataset_id].folder, dataset_id)
 
 
 def check_journal_free(target: MountTarget) -> None:

@@ -117,8 +117,7 @@ def service_bytes(client: Any, image_id: str, scratch: Path) -> bytes:
 def journal_folder(m: Any, dataset: Any) -> Path:
     """The state folder of the mount's journal (``journal.db``, ``staging/``, ``local/``)."""
     state = Path(m.env["XDG_STATE_HOME"]) / "pictofs"
-    return journal_dir(state, m.env["PICTOGRAPH_BASE_URL"], dataset.id,
-                       m.env["PICTOGRAPH_API_KEY"])
+    return journal_dir(state, dataset.id)
 
 
 def staging_files(m: Any, dataset: Any) -> list[str]:

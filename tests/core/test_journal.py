@@ -22,7 +22,9 @@ from pictofs.core.upload.journal import (
     Entry,
     Journal,
     ResumeAction,
+    find_journals,
     journal_dir,
+    legacy_journal_dir,
     key_fingerprint,
     orphan_staging_files,
     resume_action,
@@ -65,9 +67,9 @@ def make_entry(**values: Any) -> Entry:
 # ---------------------------------------------------------------------- layout and identity
 
 
-def test_layout_is_private_and_named_by_dataset_url_and_key(journal: Journal,
-                                                             state_dir: Path) -> None:
-    expected = journal_dir(state_dir, BASE_URL, DATASET, KEY)
+def test_layout_is_private_and_named_by_the_dataset(journal: Journal,
+                                                    state_dir: Path) -> None:
+    expected = journal_dir(state_dir, DATASET)
     assert journal.directory == expected
     assert expected.parent == state_dir / "datasets"
     add_entry(journal, "e1", "/", "x.jpg")
@@ -84,18 +86,45 @@ def test_layout_is_private_and_named_by_dataset_url_and_key(journal: Journal,
                                      "fingerprint": key_fingerprint(KEY)}
 
 
-def test_the_key_never_appears_in_paths_and_each_identity_has_its_own_folder(
-        state_dir: Path) -> None:
-    fingerprint = key_fingerprint(KEY)
-    assert len(fingerprint) == 12 and int(fingerprint, 16) >= 0
-    folders = {journal_dir(state_dir, url, ds, key)
-               for url in (BASE_URL, "https://api.pictograph.io")
-               for ds in (DATASET, "other")
-               for key in (KEY, "pk_live_other")}
-    assert len(folders) == 8
-    assert all(KEY not in str(folder) for folder in folders)
-    assert journal_dir(state_dir, BASE_URL + "/", DATASET, KEY) == \
-        journal_dir(state_dir, BASE_URL, DATASET, KEY)
+def test_one_folder_per_dataset_whatever_the_base_url_or_key(state_dir: Path) -> None:
+    """The embedded server's port changes at every start and keys are rotated: the
+    journal of a dataset must be found again, so only the dataset id names it."""
+    assert journal_dir(state_dir, DATASET) == state_dir / "datasets" / DATASET
+    odd = journal_dir(state_dir, "../x/y")
+    assert odd.parent == state_dir / "datasets" and odd.name.startswith("id-")
+    with Journal.for_dataset(state_dir, BASE_URL, DATASET, KEY) as first:
+        add_entry(first, "e1", "/", "x.jpg")
+    with Journal.for_dataset(state_dir, "http://127.0.0.1:41999", DATASET,
+                             "pk_live_rotated") as second:
+        assert [e.id for e in second.entries()] == ["e1"]
+        assert journal_meta(second)["base_url"] == "http://127.0.0.1:41999"
+        assert journal_meta(second)["fingerprint"] == key_fingerprint("pk_live_rotated")
+    assert all(KEY not in str(p) for p in state_dir.rglob("*"))
+
+
+def test_a_journal_an_older_pictofs_named_by_url_and_key_is_adopted(state_dir: Path) -> None:
+    legacy = legacy_journal_dir(state_dir, BASE_URL, DATASET, KEY)
+    with Journal(legacy, base_url=BASE_URL, dataset_id=DATASET,
+                 fingerprint=key_fingerprint(KEY)) as old:
+        add_entry(old, "e1", "/", "x.jpg")
+    with Journal.for_dataset(state_dir, "http://127.0.0.1:5", DATASET, "pk_live_new") as now:
+        assert now.directory == journal_dir(state_dir, DATASET)
+        assert [e.id for e in now.entries()] == ["e1"]
+        assert now.stranded() == []
+    assert not legacy.exists()
+
+
+def test_a_second_journal_of_the_dataset_is_reported_as_stranded(state_dir: Path) -> None:
+    with Journal.for_dataset(state_dir, BASE_URL, DATASET, KEY) as current:
+        add_entry(current, "e1", "/", "x.jpg")
+    legacy = legacy_journal_dir(state_dir, BASE_URL, DATASET, "pk_live_other")
+    with Journal(legacy, base_url=BASE_URL, dataset_id=DATASET,
+                 fingerprint=key_fingerprint("pk_live_other")) as old:
+        add_entry(old, "e2", "/", "y.jpg")
+    with Journal.for_dataset(state_dir, BASE_URL, DATASET, KEY) as current:
+        [stranded] = current.stranded()
+        assert stranded.folder == legacy and stranded.live == 1
+    assert {i.dataset_id for i in find_journals(state_dir)} == {DATASET}
 
 
 def test_entries_and_mtimes_survive_reopening(state_dir: Path) -> None:
@@ -161,7 +190,7 @@ def test_a_journal_of_an_unknown_version_refuses_to_open_and_is_kept(state_dir: 
 
 
 def test_a_file_that_is_not_a_journal_refuses_to_open_and_is_kept(state_dir: Path) -> None:
-    folder = journal_dir(state_dir, BASE_URL, DATASET, KEY)
+    folder = journal_dir(state_dir, DATASET)
     folder.mkdir(parents=True)
     database = folder / "journal.db"
     database.write_bytes(b"this is not sqlite at all" * 100)
@@ -196,7 +225,7 @@ def test_a_second_process_gets_a_clear_error_naming_the_holder(journal: Journal)
 
 
 def test_the_lock_is_released_when_the_holding_process_ends(state_dir: Path) -> None:
-    folder = journal_dir(state_dir, BASE_URL, DATASET, KEY)
+    folder = journal_dir(state_dir, DATASET)
     holder = subprocess.Popen([sys.executable, "-c", _OPEN_JOURNAL, str(folder)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -24,7 +26,7 @@ from imagegen import png_bytes
 from journalkit import add_entry, create_staging_file
 from pictofs.api.remote import ApiRemote
 from pictofs.config import Connection
-from pictofs.core.upload.journal import Journal
+from pictofs.core.upload.journal import Journal, kept_aside
 from pictofs.core.upload.queue import UploadQueue
 from pictofs.model import Dataset, Image
 
@@ -109,3 +111,60 @@ def test_expedite_starts_what_waits_for_write_back_only(remote, journal, dataset
         assert journal.get(held).state == "staged"  # type: ignore[union-attr]
     finally:
         assert queue.stop(WAIT)
+
+
+@pytest.mark.parametrize("damage", ["journal removed", "journal emptied", "wal removed",
+                                    "wal cut in half", "wal byte flipped"])
+def test_staged_files_a_damaged_journal_lost_are_kept_aside_never_deleted(
+        tmp_path, server, dataset, remote, caplog, damage) -> None:
+    """A journal that lost rows (deleted, emptied, its WAL gone, cut or damaged) after a
+    crash must not cost the staged bytes: every flushed file is either still an entry of the
+    journal or kept aside under the name it was written as; none is deleted."""
+    state = tmp_path / "state"
+    journal = Journal.for_dataset(state, server.base_url, dataset.id, server.key)
+    queue = UploadQueue(remote, journal, dataset.id, write_back=3600.0)
+    datas = {f"{n}.png": png_bytes(7100 + n) for n in range(6)}
+    for name, data in datas.items():  # one commit each, as six closes would make
+        [entry_id] = queue.stage_many([("/cams", name, None)])
+        journal.staging_path(entry_id).write_bytes(data)
+        queue.flushed_many({entry_id: len(data)})
+    empty_id = queue.stage("/cams", "never-written.png")  # nothing in it: nothing to keep
+    # the files as a kill -9 leaves them (the WAL not checkpointed): a copy while open
+    crashed = tmp_path / "crashed"
+    shutil.copytree(state, crashed, ignore=shutil.ignore_patterns("journal.lock"))
+    journal.close()
+    folder = crashed / "datasets" / journal.directory.name
+    database, wal = folder / "journal.db", folder / "journal.db-wal"
+    assert wal.stat().st_size > 0
+    if damage == "journal removed":
+        for path in (database, wal, folder / "journal.db-shm"):
+            path.unlink(missing_ok=True)
+    elif damage == "journal emptied":
+        database.write_bytes(b"")
+        wal.unlink()
+    elif damage == "wal removed":
+        wal.unlink()
+    elif damage == "wal cut in half":
+        os.truncate(wal, wal.stat().st_size // 2)
+    else:
+        raw = bytearray(wal.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        wal.write_bytes(bytes(raw))
+
+    reopened = Journal.for_dataset(crashed, server.base_url, dataset.id, server.key)
+    try:
+        queue = UploadQueue(remote, reopened, dataset.id, write_back=3600.0)
+        with caplog.at_level("WARNING", logger="pictofs.core.upload.queue"):
+            queue.resume()
+        kept = {p.relative_to(folder / "quarantine").as_posix(): p.read_bytes()
+                for p in kept_aside(folder)}
+        live = {f"{e.folder.strip('/')}/{e.filename}": reopened.staging_path(e.id).read_bytes()
+                for e in reopened.entries() if e.flushed}
+        assert {**live, **kept} == {f"cams/{name}": data for name, data in datas.items()}
+        assert not set(live) & set(kept)
+        if damage in ("journal removed", "journal emptied", "wal removed"):
+            assert live == {}
+            assert "6 staged file(s) the upload journal has no record of" in caplog.text
+        assert not reopened.staging_path(empty_id).exists()
+    finally:
+        reopened.close()

@@ -22,6 +22,7 @@ Nothing here waits on the wall clock except polls with a deadline.
 from __future__ import annotations
 
 import errno
+import shutil
 import os
 import subprocess
 import sys
@@ -330,3 +331,64 @@ def test_min_free_space_refuses_writes_with_enospc_and_keeps_earlier_files(
     sync(m)
     assert_exactly_once(client, dataset, "/full", {**kept, "later.jpg": later}, tmp_path)
     assert m.umount().returncode == 0
+
+
+# ----------------------------------------------------------- nothing lost, whatever moved
+
+
+def test_pending_uploads_are_found_again_after_the_base_url_and_key_change(
+        client, dataset, mount, server, proxy, tmp_path):
+    """The embedded server starts on a new port every time and keys get rotated: what was
+    pending must resume at the next mount whatever the base URL or key."""
+    files = pngs(3, seed=3100)
+    m = mount(dataset.name, "--write-back", "1h", base_url=proxy.url)
+    write_files(m.path / "moved", files)
+    wait_for(lambda: uploads_status(m)["pending"] == 3, "3 pending journal entries")
+    kill_daemon(m)
+    other_key = server.create_key("member")
+    again = mount(dataset.name, "--write-back", "0.2s", mountpoint=m.path,
+                  env={"PICTOGRAPH_API_KEY": other_key})  # direct, and another key
+    assert sorted(os.listdir(again.path / "moved")) == sorted(files)
+    sync(again)
+    assert_exactly_once(client, dataset, "/moved", files, tmp_path)
+
+
+def test_an_organization_mount_resumes_every_dataset_with_pending_uploads(
+        client, dataset, mount, tmp_path):
+    files = pngs(2, seed=3200)
+    m = mount(None, "--write-back", "1h")
+    write_files(m.path / dataset.name / "org", files)
+    wait_for(lambda: uploads_status(m)["pending"] == 2, "2 pending journal entries")
+    kill_daemon(m)
+    again = mount(None, "--write-back", "0.2s", mountpoint=m.path)
+    # no path of the dataset is touched: the mount itself must resume it
+    assert uploads_status(again)["pending"] + len(live(client, dataset, "/org")) == 2
+    sync(again)
+    assert_exactly_once(client, dataset, "/org", files, tmp_path)
+    assert again.umount().returncode == 0
+
+
+def test_a_removed_journal_keeps_the_staged_files_aside_and_says_where(
+        client, dataset, mount, tmp_path):
+    files = pngs(4, seed=3300)
+    m = mount(dataset.name, "--write-back", "1h")
+    write_files(m.path / "lost", files)
+    wait_for(lambda: uploads_status(m)["pending"] == 4, "4 pending journal entries")
+    kill_daemon(m)
+    folder = journal_folder(m, dataset)
+    for name in ("journal.db", "journal.db-wal", "journal.db-shm"):
+        (folder / name).unlink(missing_ok=True)
+    again = mount(dataset.name, "--write-back", "0.2s", mountpoint=m.path)
+    quarantine = folder / "quarantine"
+    kept = {p.relative_to(quarantine).as_posix(): p.read_bytes()
+            for p in quarantine.rglob("*") if p.is_file()}
+    assert kept == {f"lost/{name}": data for name, data in files.items()}
+    assert uploads_status(again)["kept_aside"] == [str(quarantine / k) for k in sorted(kept)]
+    text = pictofs_cmd(again, "status", str(again.path)).stdout
+    assert "kept aside: 4 staged file(s)" in text and str(quarantine) in text
+    assert "kept aside in" in again.log()
+    # copying them back in uploads them
+    for name in files:
+        shutil.copy(quarantine / "lost" / name, again.path / name)
+    sync(again)
+    assert_exactly_once(client, dataset, "/", files, tmp_path)

@@ -36,8 +36,11 @@ def mount_status(datasets: Iterable[Any], counters: Counters, open_files: int
 
 def merge_upload_status(items: list[dict[str, Any]]) -> dict[str, Any]:
     merged: dict[str, Any] = {"pending": 0, "in_flight": 0, "failed": [], "bytes_uploaded": 0,
-                              "upload_rate": 0.0, "paused": False}
+                              "upload_rate": 0.0, "paused": False, "kept_aside": [],
+                              "stranded": []}
     for item in items:
+        merged["kept_aside"] += item.get("kept_aside", [])
+        merged["stranded"] += item.get("stranded", [])
         merged["pending"] += item["pending"]
         merged["in_flight"] += item["in_flight"]
         merged["failed"] += item["failed"]

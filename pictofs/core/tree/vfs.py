@@ -127,6 +127,16 @@ class Vfs:
         if self._single is not None:
             self.dataset_tree(self._single)
 
+    def open_datasets(self, dataset_ids: set[str]) -> set[str]:
+        """An organization mount: set up these datasets now (each resumes its upload
+        journal); returns the ids the organization has no dataset for."""
+        if not dataset_ids:
+            return set()
+        views = {view.dataset_id: view for view in self.dataset_names().values()}
+        for dataset_id in sorted(dataset_ids & set(views)):
+            self.dataset_tree(views[dataset_id])
+        return dataset_ids - set(views)
+
     def dataset_tree(self, view: DatasetView) -> DatasetTree:
         with self._lock:
             found = self._datasets.get(view.dataset_id)

@@ -471,7 +471,7 @@ class WriteLayer(LocalNames):
         failed = [{"path": e.path, "error": e.error} for e in self.queue.failed()]
         return {"pending": stats.pending, "in_flight": stats.in_flight, "failed": failed,
                 "bytes_uploaded": stats.bytes_uploaded, "upload_rate": stats.rate,
-                "paused": stats.paused}
+                "paused": stats.paused, **self.queue.report()}
 
     def wait_idle(self, timeout: float) -> bool:
         """``pictofs sync``/``umount``: uploads waiting for ``write_back`` start now; then

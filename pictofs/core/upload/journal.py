@@ -1,7 +1,9 @@
-"""The upload journal: the durable write-back state of one (base URL, dataset id, key).
+"""The upload journal: the durable write-back state of one dataset.
 
-Filesystem spec §5 "Durability" and §8. One folder per (base URL, dataset id, key
-fingerprint) under ``STATE_DIR/datasets/<digest>/`` holds:
+Filesystem spec §5 "Durability" and §8. One folder per dataset id under
+``STATE_DIR/datasets/<dataset id>/``, whatever the base URL or key (the embedded server's
+port changes at every start, a key can be rotated: pending work must still be found;
+``for_dataset`` adopts a folder an older pictofs named by base URL and key), holds:
 
 - ``journal.db``: SQLite (WAL, ``synchronous=FULL``) with a ``meta`` table (schema
   ``version``, base URL, dataset id, key fingerprint), the ``entries`` table (one row per
@@ -13,7 +15,11 @@ fingerprint) under ``STATE_DIR/datasets/<digest>/`` holds:
   mirror's), whose size, mtime and sha256 the row records; the upload checks the bytes it
   sends against them (``job.SourceBody``) and drops the entry when they changed;
 - ``journal.lock``: an ``flock`` held for the life of the ``Journal`` object, so two
-  processes never resume the same entries.
+  processes never resume the same entries;
+- ``quarantine/``: staging files no row accounts for (a journal deleted, emptied or cut
+  short by a damaged WAL), kept aside under the name they were written as (recorded beside
+  the bytes in the extended attribute ``user.pictofs.path``) or their entry id, never
+  deleted: ``pictofs status`` counts them, and copying one back into the mount uploads it.
 
 Every method that changes a row commits before it returns, so a caller that records a step
 and then sends it never sends a step the journal does not know about. A commit is durable
@@ -41,6 +47,8 @@ import enum
 import hashlib
 import logging
 import os
+import re
+import shutil
 import sqlite3
 import threading
 import time
@@ -51,6 +59,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from pictofs.core.upload.journal_files import fsync_dir, open_database, take_lock
 from pictofs.core.upload.states import INITIAL, JobState, Step, check_transition
 from pictofs.dirs import private_dir
+from pictofs.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +158,71 @@ def key_fingerprint(api_key: str) -> str:
     return hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:12]
 
 
-def journal_dir(state_dir: Path, base_url: str, dataset_id: str, api_key: str) -> Path:
-    """``STATE_DIR/datasets/<digest>`` for one (base URL, dataset id, key fingerprint)."""
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+NAME_XATTR = "user.pictofs.path"  # on a staging file: the path it was written as
+QUARANTINE = "quarantine"
+
+
+def journal_dir(state_dir: Path, dataset_id: str) -> Path:
+    """``STATE_DIR/datasets/<dataset id>`` (an id that is not a plain name: its digest)."""
+    name = dataset_id if _SAFE_ID.fullmatch(dataset_id) \
+        else "id-" + hashlib.sha256(dataset_id.encode("utf-8")).hexdigest()[:24]
+    return state_dir / "datasets" / name
+
+
+def legacy_journal_dir(state_dir: Path, base_url: str, dataset_id: str, api_key: str) -> Path:
+    """Where pictofs 0.1 kept a journal: a digest of (base URL, dataset id, key)."""
     identity = "\n".join((base_url.rstrip("/"), dataset_id, key_fingerprint(api_key)))
     return state_dir / "datasets" / hashlib.sha256(identity.encode("utf-8")).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class JournalInfo:
+    """A journal folder found under a state folder, read without opening it for writing."""
+
+    folder: Path
+    dataset_id: str
+    base_url: str
+    live: int  # entries not done: pending, in flight or failed
+    staged_files: int  # files in its staging folder
+
+
+def find_journals(state_dir: Path) -> list[JournalInfo]:
+    """Every journal under ``state_dir`` (read-only; a journal that cannot be read is
+    left out, with a log line)."""
+    found = []
+    root = state_dir / "datasets"
+    try:
+        folders = sorted(p for p in root.iterdir() if (p / "journal.db").is_file())
+    except OSError:
+        return []
+    for folder in folders:
+        try:
+            db = sqlite3.connect(f"file:{folder / 'journal.db'}?mode=ro", uri=True)
+            try:
+                meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+                live = db.execute("SELECT COUNT(*) FROM entries WHERE state != ?",
+                                  (JobState.DONE,)).fetchone()[0]
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            log.warning("cannot read the upload journal in %s: %s", folder, exc)
+            continue
+        try:
+            staged = sum(1 for p in (folder / "staging").iterdir() if p.is_file())
+        except OSError:
+            staged = 0
+        found.append(JournalInfo(folder, meta.get("dataset_id", ""),
+                                 meta.get("base_url", ""), live, staged))
+    return found
+
+
+def kept_aside(folder: Path) -> list[Path]:
+    """The files a journal folder keeps in quarantine."""
+    quarantine = folder / QUARANTINE
+    if not quarantine.is_dir():
+        return []
+    return sorted(p for p in quarantine.rglob("*") if p.is_file())
 
 
 # ---------------------------------------------------------------------- resume plan
@@ -209,6 +279,7 @@ class Journal:
         self._folder_lock = threading.Lock()
         self._created = 0
         self._folder_synced = 0
+        self.dataset_id = dataset_id
         try:
             self._db = open_database(self.directory / "journal.db", VERSION, UPGRADES)
             self._init_meta(base_url=base_url, dataset_id=dataset_id, fingerprint=fingerprint)
@@ -221,9 +292,61 @@ class Journal:
     @classmethod
     def for_dataset(cls, state_dir: Path, base_url: str, dataset_id: str,
                     api_key: str) -> Journal:
-        return cls(journal_dir(state_dir, base_url, dataset_id, api_key),
-                   base_url=base_url.rstrip("/"), dataset_id=dataset_id,
+        """The dataset's journal. A journal of this dataset that an older pictofs kept
+        under a (base URL, key) digest is adopted (renamed into place) when this dataset
+        has none yet; one that cannot be adopted is reported by ``stranded``."""
+        folder = journal_dir(state_dir, dataset_id)
+        if not folder.exists():
+            _adopt_legacy(state_dir, dataset_id, folder)
+        return cls(folder, base_url=base_url.rstrip("/"), dataset_id=dataset_id,
                    fingerprint=key_fingerprint(api_key))
+
+    def absorb(self, other: Path) -> int:
+        """Take over the live entries of another journal of this dataset (one an older
+        pictofs kept under another name): their rows, staging files and recorded mtimes
+        move here, then the other folder is removed. OSError if another process holds it.
+        Returns how many entries moved."""
+        with take_lock_or_none(other / "journal.lock"):
+            with self._lock:
+                self._db.execute("ATTACH DATABASE ? AS other", (str(other / "journal.db"),))
+                try:
+                    mine = [r[1] for r in self._db.execute("PRAGMA main.table_info(entries)")]
+                    theirs = {r[1] for r in self._db.execute("PRAGMA other.table_info(entries)")}
+                    columns = ", ".join(c for c in mine if c in theirs)
+                    moving = [r[0] for r in self._db.execute(
+                        "SELECT id FROM other.entries WHERE state != ? AND id NOT IN "
+                        "(SELECT id FROM main.entries)", (JobState.DONE,))]
+                    with self._db:
+                        self._db.execute(
+                            f"INSERT INTO main.entries ({columns}) SELECT {columns} FROM "
+                            "other.entries WHERE state != ? AND id NOT IN "
+                            "(SELECT id FROM main.entries)", (JobState.DONE,))
+                        self._db.execute("INSERT OR IGNORE INTO main.mtimes SELECT image_id, "
+                                         "mtime FROM other.mtimes")
+                finally:
+                    self._db.execute("DETACH DATABASE other")
+            for entry_id in moving:
+                staged = other / "staging" / entry_id
+                if staged.exists():
+                    os.rename(staged, self.staging_path(entry_id))
+            for name in kept_aside(other):  # its quarantine comes along too
+                target = self.directory / QUARANTINE / name.relative_to(other / QUARANTINE)
+                target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                os.rename(name, target)
+            fsync_dir(self.staging_dir)
+        shutil.rmtree(other)
+        fsync_dir(other.parent)
+        log.info("took over %d pending upload(s) of dataset %s from the journal %s",
+                 len(moving), self.dataset_id, other.name)
+        return len(moving)
+
+    def stranded(self) -> list[JournalInfo]:
+        """Other journals under this state folder that hold live entries of this dataset
+        (left by an older pictofs next to this one): reported, never merged silently."""
+        state_dir = self.directory.parent.parent
+        return [info for info in find_journals(state_dir)
+                if info.dataset_id == self.dataset_id and info.folder != self.directory
+                and (info.live or info.staged_files)]
 
     def close(self) -> None:
         with self._read_lock:
@@ -405,13 +528,20 @@ class Journal:
     def staging_path(self, entry_id: str) -> Path:
         return self.staging_dir / entry_id
 
-    def create_staging_files(self, entry_ids: Iterable[str], sync: bool = True) -> None:
+    def create_staging_files(self, entry_ids: Iterable[str], sync: bool = True,
+                             paths: Iterable[str] | None = None) -> None:
         """An empty 0600 staging file for each entry, durable in its folder by one fsync of
         the folder; ``sync=False`` leaves that fsync to ``sync_staging_files`` (the entries'
-        first flush)."""
-        for entry_id in entry_ids:
-            os.close(os.open(self.staging_path(entry_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                             0o600))
+        first flush). ``paths``: the path each is written as, recorded beside its bytes
+        (``name_staging_file``)."""
+        for entry_id, path in zip(entry_ids, paths if paths is not None else _nones()):
+            fd = os.open(self.staging_path(entry_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                         0o600)
+            try:
+                if path is not None:
+                    _set_name(fd, path)
+            finally:
+                os.close(fd)
             with self._folder_lock:
                 self._created += 1
         if sync:
@@ -453,6 +583,35 @@ class Journal:
     def staging_names(self) -> list[str]:
         return sorted(p.name for p in self.staging_dir.iterdir() if p.is_file())
 
+    def name_staging_file(self, entry_id: str, path: str) -> None:
+        """Record the path an entry is written as beside its bytes (after a rename), so
+        that the file is still known by name if its row is ever lost."""
+        try:
+            fd = os.open(self.staging_path(entry_id), os.O_RDONLY)
+        except OSError:
+            return  # an entry uploaded from its source has no staging file
+        try:
+            _set_name(fd, path)
+        finally:
+            os.close(fd)
+
+    def keep_aside(self, name: str) -> Path:
+        """Move a staging file no row accounts for into ``quarantine/``, under the path it
+        was written as when that was recorded (made unique), else its entry id."""
+        source = self.staging_path(name)
+        recorded = _get_name(source)
+        parts = [p for p in (recorded or "").split("/") if p not in ("", ".", "..")]
+        target = self.directory / QUARANTINE / Path(*parts) if parts \
+            else self.directory / QUARANTINE / name
+        private_dir(self.directory / QUARANTINE)
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if target.exists():
+            target = target.with_name(f"{target.stem}.{name[:8]}{target.suffix}")
+        os.rename(source, target)
+        fsync_dir(self.staging_dir)
+        fsync_dir(target.parent)
+        return target
+
     # ---------------------------------------------------------------- internals
 
     @contextlib.contextmanager
@@ -477,15 +636,78 @@ class Journal:
         return entry
 
     def _init_meta(self, **identity: str) -> None:
+        """The schema, the version, and the identity the journal is used with now: the
+        base URL and key fingerprint are updated (a port or key change is not a new
+        journal), the dataset id is the folder's and never changes."""
         with self._lock:
             self._db.executescript(_SCHEMA)  # idempotent: CREATE ... IF NOT EXISTS
         with self._write() as db:
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('version', ?)",
                        (str(VERSION),))
             for key, value in identity.items():
-                if value:
-                    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
-                               (key, value))
+                if not value:
+                    continue
+                row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+                if row is not None and row[0] != value and key == "dataset_id":
+                    raise ConfigError(f"{self.directory}: the journal of dataset {row[0]}, "
+                                      f"not of {value}; refusing to use it")
+                if row is not None and row[0] != value and key == "base_url":
+                    log.info("the upload journal of %s was last used with %s; now %s",
+                             identity.get("dataset_id", "?"), row[0], value)
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                           (key, value))
+
+
+def _nones() -> Iterator[None]:
+    while True:
+        yield None
+
+
+def _set_name(fd: int, path: str) -> None:
+    """Best effort: a filesystem without user xattrs keeps the bytes unnamed."""
+    try:
+        os.setxattr(fd, NAME_XATTR, path.encode("utf-8", "surrogateescape"))
+    except OSError:
+        pass
+
+
+def _get_name(path: Path) -> str | None:
+    try:
+        return os.getxattr(path, NAME_XATTR).decode("utf-8", "surrogateescape")
+    except OSError:
+        return None
+
+
+def _adopt_legacy(state_dir: Path, dataset_id: str, folder: Path) -> None:
+    """Rename the first journal an older pictofs kept for ``dataset_id`` (under a digest
+    of base URL and key) into ``folder``; the others stay and are reported as stranded."""
+    for info in find_journals(state_dir):
+        if info.dataset_id != dataset_id or info.folder.name == folder.name:
+            continue
+        try:
+            with take_lock_or_none(info.folder / "journal.lock"):
+                os.rename(info.folder, folder)
+        except OSError as exc:
+            log.warning("cannot adopt the upload journal %s of dataset %s: %s",
+                        info.folder, dataset_id, exc)
+            continue
+        fsync_dir(folder.parent)
+        log.info("adopted the upload journal %s of dataset %s (%d pending)", info.folder.name,
+                 dataset_id, info.live)
+        return
+
+
+@contextlib.contextmanager
+def take_lock_or_none(path: Path) -> Iterator[None]:
+    """Hold the journal's flock while it is renamed (OSError if another process has it)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _check_columns(changes: Mapping[str, Any]) -> None:

@@ -60,15 +60,16 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from pictofs.core.upload.journal import (
-    Entry, Journal, ResumeAction, SourceRow, orphan_staging_files,
+    QUARANTINE, Entry, Journal, ResumeAction, SourceRow, kept_aside, orphan_staging_files,
 )
 from pictofs.core.upload.journal import resume_action
 from pictofs.core.upload.schedule import QueueStats, Schedule, Task
@@ -77,7 +78,7 @@ from pictofs.core.upload.workers import (
     Callbacks, ChangedCallback, FailedCallback, RegisteredCallback, RegisteredManyCallback,
     Workers, continue_cancel, drop,
 )
-from pictofs.model import Image
+from pictofs.model import Image, join_path
 from pictofs.remote import Remote
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,9 @@ class UploadQueue:
         entry_ids = [uuid.uuid4().hex for _ in targets]
         self._journal.add_many([(entry_id, *target) for entry_id, target
                                 in zip(entry_ids, targets)], durable=False)
-        self._journal.create_staging_files(entry_ids, sync=False)
+        self._journal.create_staging_files(
+            entry_ids, sync=False, paths=[join_path(folder, filename)
+                                          for folder, filename, _replaced in targets])
         with self._lock:
             for entry_id in entry_ids:
                 self._schedule.add(entry_id)
@@ -249,6 +252,7 @@ class UploadQueue:
                 return self._schedule.landed(entry_id)
             if task is not None:  # first: a running upload writes no step after this
                 task.generation += 1
+            self._journal.name_staging_file(entry_id, join_path(folder, filename))
             self._journal.update(entry_id, folder=folder, filename=filename,
                                  replaced_id=replaced_id, url_key=None, register_key=None,
                                  step=Step.NONE, error=None,
@@ -345,10 +349,9 @@ class UploadQueue:
         """At mount, before ``start``: queue every entry whose last flush returned, drop the
         others with their staging files, forget done entries and orphan staging files.
         Returns the ids queued."""
+        self._take_over_stranded()
         entries = self._journal.entries()
-        for name in orphan_staging_files(entries, self._journal.staging_names()):
-            log.info("removing orphan staging file %s", name)
-            self._journal.remove_staging_file(name)
+        self._put_orphans_aside(entries)
         queued: list[Entry] = []
         for entry in entries:
             action = resume_action(entry)
@@ -370,6 +373,48 @@ class UploadQueue:
         if queued:
             log.info("resuming %d upload(s) from the journal", len(queued))
         return [entry.id for entry in queued]
+
+    def _take_over_stranded(self) -> None:
+        """Other journals of this dataset (kept by an older pictofs under a name of base
+        URL and key): their pending uploads move into this one; one that cannot (another
+        process holds it) is reported, and again by ``status``."""
+        for info in self._journal.stranded():
+            try:
+                self._journal.absorb(info.folder)
+            except (OSError, sqlite3.Error) as exc:
+                log.warning("%d pending upload(s) of this dataset wait in another journal, "
+                            "%s, which cannot be taken over now (%s); they are not lost",
+                            info.live, info.folder, exc)
+
+    def report(self) -> dict[str, Any]:
+        """What ``pictofs status`` says of the journal beyond the queue: files kept aside
+        and journals of this dataset that could not be taken over."""
+        return {"kept_aside": [str(p) for p in kept_aside(self._journal.directory)],
+                "stranded": [{"folder": str(i.folder), "pending": i.live}
+                             for i in self._journal.stranded()]}
+
+    def _put_orphans_aside(self, entries: Sequence[Entry]) -> None:
+        """Staging files no live row owns: a done entry's file is removed (its image
+        landed), an empty one too (nothing to lose); any other is kept aside in the
+        journal's quarantine, never deleted (its row was lost: a damaged or removed
+        journal), with one log line saying where."""
+        landed = {e.id for e in entries if e.state == JobState.DONE}
+        kept = []
+        for name in orphan_staging_files(entries, self._journal.staging_names()):
+            path = self._journal.staging_path(name)
+            try:
+                empty = path.stat().st_size == 0
+            except OSError:
+                continue
+            if name in landed or empty:
+                self._journal.remove_staging_file(name)
+            else:
+                kept.append(self._journal.keep_aside(name))
+        if kept:
+            log.warning("%d staged file(s) the upload journal has no record of (a damaged "
+                        "or removed journal) were kept aside in %s, not uploaded: copy them "
+                        "back into the mount to upload them", len(kept),
+                        self._journal.directory / QUARANTINE)
 
     def start(self) -> None:
         """Start the workers (once; the mount's init calls it)."""
