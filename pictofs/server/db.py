@@ -6,6 +6,10 @@ connection (uvicorn runs sync routes in a thread pool); ``write()`` opens a
 ``BEGIN IMMEDIATE`` transaction so check-then-insert sequences are atomic across threads and
 processes. Dataset, folder and image queries live with their domain verbs (``catalog``,
 ``folders``, ``ingest``, ``edits``), which use ``read()`` and ``write()`` from here.
+
+The schema is versioned (``meta.schema_version``): ``_SCHEMA`` is the current one, created as a
+whole in a new database; an older database is brought up to date by the steps of
+``_MIGRATIONS`` (version → statements), in one write transaction, before anything else.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pictofs.server import auth
 log = logging.getLogger(__name__)
 
 DB_FILE = "pictofs.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 15.0
 IDEMPOTENCY_TTL_S = 24 * 3600
 
@@ -105,16 +109,32 @@ CREATE TABLE IF NOT EXISTS uploads (
 );
 CREATE INDEX IF NOT EXISTS uploads_by_blob ON uploads (blob);
 CREATE TABLE IF NOT EXISTS idempotency (
-    organization_id TEXT NOT NULL,
+    api_key_id TEXT NOT NULL,
     key TEXT NOT NULL,
-    route TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
     status INTEGER NOT NULL,
     body BLOB NOT NULL,
     created_at REAL NOT NULL,
-    PRIMARY KEY (organization_id, key, route)
+    PRIMARY KEY (api_key_id, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_at);
 """
+
+# Version N: what turns a version N-1 database into a version N one.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # Idempotency records are scoped by API key and carry the request's fingerprint; the
+    # records of version 1 (scoped by organization and path) cannot be, and are dropped.
+    2: ("DROP TABLE idempotency",
+        """CREATE TABLE idempotency (
+            api_key_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            body BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (api_key_id, key))""",
+        "CREATE INDEX idempotency_by_age ON idempotency (created_at)"),
+}
 
 
 @dataclass(frozen=True)
@@ -125,12 +145,13 @@ class Organization:
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is asking: the organization and role of the presented key."""
+    """Who is asking: the organization and role of the presented key, and the key's id."""
 
     organization_id: str
     organization_name: str
     role: str
     key_prefix: str
+    key_id: str
 
 
 def new_id() -> str:
@@ -216,7 +237,10 @@ class Database:
         return version is not None
 
     def initialize(self) -> None:
-        """Create the schema if missing; refuse a database from a newer version."""
+        """Create the schema if missing, migrate an older one; refuse a database from a
+        newer version."""
+        if self.exists():
+            self._migrate()
         conn = self.connection()
         conn.executescript(_SCHEMA)
         with self.write() as tx:
@@ -227,6 +251,21 @@ class Database:
             elif int(row["value"]) > SCHEMA_VERSION:
                 raise RuntimeError(f"database schema {row['value']} is newer than this server "
                                    f"({SCHEMA_VERSION}); upgrade pictofs")
+
+    def _migrate(self) -> None:
+        """Run the steps from the stored version to ``SCHEMA_VERSION`` in one transaction
+        (another process migrating at the same moment waits, then finds nothing to do)."""
+        with self.write() as tx:
+            version = int(tx.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()["value"])
+            if version >= SCHEMA_VERSION:
+                return
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[step]:
+                    tx.execute(statement)
+            tx.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                       (str(SCHEMA_VERSION),))
+        log.info("database migrated from schema %d to %d", version, SCHEMA_VERSION)
 
     # ---- organizations and keys --------------------------------------------------------
 
@@ -265,31 +304,32 @@ class Database:
 
     def caller_for_key(self, key: str) -> Caller | None:
         row = self.connection().execute(
-            "SELECT k.organization_id, o.name, k.role, k.key_prefix FROM api_keys k"
+            "SELECT k.organization_id, o.name, k.role, k.key_prefix, k.id FROM api_keys k"
             " JOIN organizations o ON o.id = k.organization_id WHERE k.key_hash = ?",
             (auth.hash_key(key),)).fetchone()
         if row is None:
             return None
-        return Caller(row[0], row[1], row[2], row[3])
+        return Caller(row[0], row[1], row[2], row[3], row[4])
 
     # ---- idempotency records -----------------------------------------------------------
 
-    def idempotent_response(self, organization_id: str, key: str, route: str
-                            ) -> tuple[int, bytes] | None:
+    def idempotent_response(self, api_key_id: str, key: str
+                            ) -> tuple[str, int, bytes] | None:
+        """The (fingerprint, status, body) recorded under this API key and idempotency key
+        in the last 24 hours, if any."""
         row = self.connection().execute(
-            "SELECT status, body, created_at FROM idempotency"
-            " WHERE organization_id = ? AND key = ? AND route = ?",
-            (organization_id, key, route)).fetchone()
+            "SELECT fingerprint, status, body, created_at FROM idempotency"
+            " WHERE api_key_id = ? AND key = ?", (api_key_id, key)).fetchone()
         if row is None or row["created_at"] < time.time() - IDEMPOTENCY_TTL_S:
             return None
-        return int(row["status"]), bytes(row["body"])
+        return str(row["fingerprint"]), int(row["status"]), bytes(row["body"])
 
-    def remember_response(self, organization_id: str, key: str, route: str, status: int,
+    def remember_response(self, api_key_id: str, key: str, fingerprint: str, status: int,
                           body: bytes) -> None:
         now = time.time()
         with self.write() as tx:
             tx.execute("DELETE FROM idempotency WHERE created_at < ?", (now - IDEMPOTENCY_TTL_S,))
             tx.execute(
-                "INSERT OR REPLACE INTO idempotency (organization_id, key, route, status, body,"
+                "INSERT OR REPLACE INTO idempotency (api_key_id, key, fingerprint, status, body,"
                 " created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (organization_id, key, route, status, body, now))
+                (api_key_id, key, fingerprint, status, body, now))

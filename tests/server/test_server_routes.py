@@ -247,8 +247,10 @@ def test_idempotency_key_replays_the_first_response(api, dataset, make_png, make
     assert listing["pagination"]["total"] == 1
     fresh = api.post("/images/register", json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
     assert fresh.status_code == 409
-    # Dataset creation too: the replay answers 201 with the same dataset, not a 409.
+    # Dataset creation too: the replay answers 201 with the same dataset, not a 409. (A key
+    # names one request: another request needs another key.)
     create = {"name": f"idem-{uuid.uuid4().hex[:6]}"}
+    key = uuid.uuid4().hex
     one = api.post("/datasets/", json=create, headers={"Idempotency-Key": key})
     two = api.post("/datasets/", json=create, headers={"Idempotency-Key": key})
     assert one.status_code == two.status_code == 201 and one.json() == two.json()
