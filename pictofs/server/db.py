@@ -30,7 +30,7 @@ from pictofs.server import auth
 log = logging.getLogger(__name__)
 
 DB_FILE = "pictofs.db"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 15.0
 IDEMPOTENCY_TTL_S = 24 * 3600
 
@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     key_hash TEXT NOT NULL UNIQUE,
     key_prefix TEXT NOT NULL,
     role TEXT NOT NULL CHECK (role IN ('viewer', 'member', 'admin', 'owner')),
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    revoked_at REAL
 );
 CREATE TABLE IF NOT EXISTS datasets (
     id TEXT PRIMARY KEY,
@@ -134,6 +135,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             created_at REAL NOT NULL,
             PRIMARY KEY (api_key_id, key))""",
         "CREATE INDEX idempotency_by_age ON idempotency (created_at)"),
+    # Keys can be revoked (``pictofs serve --revoke-key``).
+    3: ("ALTER TABLE api_keys ADD COLUMN revoked_at REAL",),
 }
 
 
@@ -141,6 +144,18 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
 class Organization:
     id: str
     name: str
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What may be shown of an API key: never the key, nor its hash."""
+
+    id: str
+    organization_name: str
+    role: str
+    key_prefix: str
+    created_at: float
+    revoked_at: float | None
 
 
 @dataclass(frozen=True)
@@ -303,13 +318,38 @@ class Database:
         return key
 
     def caller_for_key(self, key: str) -> Caller | None:
+        """The caller of a key; None for an unknown or revoked one. Read on every request,
+        so a key revoked by another process is refused from its next request on."""
         row = self.connection().execute(
             "SELECT k.organization_id, o.name, k.role, k.key_prefix, k.id FROM api_keys k"
-            " JOIN organizations o ON o.id = k.organization_id WHERE k.key_hash = ?",
+            " JOIN organizations o ON o.id = k.organization_id"
+            " WHERE k.key_hash = ? AND k.revoked_at IS NULL",
             (auth.hash_key(key),)).fetchone()
         if row is None:
             return None
         return Caller(row[0], row[1], row[2], row[3], row[4])
+
+    def keys(self, organization_id: str | None = None) -> list[KeyInfo]:
+        """The keys (of one organization, or all), oldest first."""
+        if organization_id is None:
+            return self._keys("", ())
+        return self._keys(" WHERE k.organization_id = ?", (organization_id,))
+
+    def revoke_key(self, key_id: str) -> KeyInfo | None:
+        """Revoke a key (once: a second revoke keeps the first time); returns it as it is
+        now, or None if there is no key with that id."""
+        with self.write() as tx:
+            tx.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                       (time.time(), key_id))
+        found = self._keys(" WHERE k.id = ?", (key_id,))
+        return found[0] if found else None
+
+    def _keys(self, where: str, params: tuple[str, ...]) -> list[KeyInfo]:
+        rows = self.connection().execute(
+            "SELECT k.id, o.name, k.role, k.key_prefix, k.created_at, k.revoked_at"
+            " FROM api_keys k JOIN organizations o ON o.id = k.organization_id"
+            + where + " ORDER BY k.created_at, k.id", params).fetchall()
+        return [KeyInfo(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     # ---- idempotency records -----------------------------------------------------------
 

@@ -5,8 +5,9 @@
   socket is opened. It binds the sockets itself (port 0 picks a free port), writes
   ``DIR/server.json`` once listening, and removes it on SIGTERM/SIGINT (exit 0). A lock
   (``DIR/server.lock``) keeps a second server off the same folder.
-- ``create_org``, ``create_key``: write to the database directly; safe while a server runs
-  (SQLite WAL and a busy timeout).
+- ``create_org``, ``create_key``, ``list_keys``, ``revoke_key``: read and write the database
+  directly; safe while a server runs (SQLite WAL and a busy timeout). A running server reads
+  a key's revocation on its next request.
 - ``stop``: SIGTERM the server named in ``server.json`` and wait until it has let go of its
   lock.
 """
@@ -26,6 +27,7 @@ import socket
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
@@ -33,7 +35,7 @@ import uvicorn
 
 from pictofs.errors import ConfigError
 from pictofs.model import ROLES
-from pictofs.server.db import DB_FILE, Database
+from pictofs.server.db import DB_FILE, Database, KeyInfo
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,60 @@ def create_key(data_dir: Path, role: str, org: str | None = None) -> str:
         return db.add_api_key(found.id, role)
     finally:
         db.close()
+
+
+def _existing_database(data_dir: Path) -> Database:
+    """The database of a data folder that has one (migrated if older); ConfigError if not."""
+    db = Database(Path(data_dir) / DB_FILE)
+    if not db.exists():
+        db.close()
+        raise ConfigError(f"no server data in {data_dir}")
+    db.initialize()
+    return db
+
+
+def list_keys(data_dir: Path, org: str | None = None) -> list[KeyInfo]:
+    """The API keys (of organization ``org``, or all), oldest first; never the keys."""
+    db = _existing_database(data_dir)
+    try:
+        if org is None:
+            return db.keys()
+        found = db.organization_by_name(org)
+        if found is None:
+            raise ConfigError(f"no organization named {org!r}")
+        return db.keys(found.id)
+    finally:
+        db.close()
+
+
+def _when(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_keys(keys: list[KeyInfo]) -> str:
+    """``--list-keys`` output: one line per key under a header, columns aligned."""
+    rows = [("ID", "ORGANIZATION", "ROLE", "PREFIX", "CREATED", "REVOKED")]
+    rows += [(k.id, k.organization_name, k.role, k.key_prefix, _when(k.created_at),
+              _when(k.revoked_at) if k.revoked_at is not None else "-")
+             for k in keys]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in rows)
+
+
+def revoke_key(data_dir: Path, key_id: str) -> str:
+    """Revoke the key with id ``key_id``; returns what to print. A running server refuses
+    the key from its next request on. ConfigError if there is no such key."""
+    db = _existing_database(data_dir)
+    try:
+        key = db.revoke_key(key_id.strip())
+    finally:
+        db.close()
+    if key is None:
+        raise ConfigError(f"no API key with id {key_id!r} (see --list-keys)")
+    assert key.revoked_at is not None
+    return (f"revoked key {key.id} ({key.role}, {key.key_prefix}..., organization "
+            f"{key.organization_name!r}) at {_when(key.revoked_at)}")
 
 
 # ---- the lock and server.json --------------------------------------------------------------

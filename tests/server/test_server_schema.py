@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 from pictofs.server.auth import hash_key, key_prefix, new_api_key
+from pictofs.server import run
 from pictofs.server.db import DB_FILE, SCHEMA_VERSION
 
 # The schema of version 1, as the first release created it.
@@ -143,3 +144,6 @@ def test_a_version_1_database_is_migrated(tmp_path, spawn_server, api_for):
                     headers={"Idempotency-Key": "k" * 32})
     assert made.status_code == 201 and "Idempotent-Replayed" not in made.headers
     assert made.json()["data"]["name"] == "after-migration"
+    # Version 3: keys can be revoked; the old key is listed, not revoked.
+    [listed] = run.list_keys(data)
+    assert (listed.role, listed.key_prefix, listed.revoked_at) == ("owner", key[:12], None)
