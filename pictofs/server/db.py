@@ -30,7 +30,7 @@ from pictofs.server import auth
 log = logging.getLogger(__name__)
 
 DB_FILE = "pictofs.db"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_S = 15.0
 IDEMPOTENCY_TTL_S = 24 * 3600
 
@@ -106,9 +106,19 @@ CREATE TABLE IF NOT EXISTS uploads (
     size INTEGER NOT NULL,
     content_type TEXT NOT NULL,
     created_at REAL NOT NULL,
+    nonce TEXT,
+    url_expires_at REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (dataset_id, directory_path, filename)
 );
 CREATE INDEX IF NOT EXISTS uploads_by_blob ON uploads (blob);
+CREATE INDEX IF NOT EXISTS uploads_by_expiry ON uploads (url_expires_at);
+CREATE TABLE IF NOT EXISTS spent_uploads (
+    nonce TEXT PRIMARY KEY,
+    blob TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    url_expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS spent_uploads_by_expiry ON spent_uploads (url_expires_at);
 CREATE TABLE IF NOT EXISTS idempotency (
     api_key_id TEXT NOT NULL,
     key TEXT NOT NULL,
@@ -137,6 +147,19 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX idempotency_by_age ON idempotency (created_at)"),
     # Keys can be revoked (``pictofs serve --revoke-key``).
     3: ("ALTER TABLE api_keys ADD COLUMN revoked_at REAL",),
+    # A pending upload remembers the URL that put it (its nonce and expiry), so that its
+    # register spends the URL and an unregistered one expires; the URLs spent are kept until
+    # they expire. Pending uploads of version 1 expire as if their URL was signed at the PUT.
+    4: ("ALTER TABLE uploads ADD COLUMN nonce TEXT",
+        "ALTER TABLE uploads ADD COLUMN url_expires_at REAL NOT NULL DEFAULT 0",
+        f"UPDATE uploads SET url_expires_at = created_at + {auth.UPLOAD_TTL_SECONDS}",
+        "CREATE INDEX uploads_by_expiry ON uploads (url_expires_at)",
+        """CREATE TABLE spent_uploads (
+            nonce TEXT PRIMARY KEY,
+            blob TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            url_expires_at REAL NOT NULL)""",
+        "CREATE INDEX spent_uploads_by_expiry ON spent_uploads (url_expires_at)"),
 }
 
 

@@ -4,7 +4,9 @@
   organization and an ``owner`` key written alone to ``DIR/owner.key`` (0600) before any
   socket is opened. It binds the sockets itself (port 0 picks a free port), writes
   ``DIR/server.json`` once listening, and removes it on SIGTERM/SIGINT (exit 0). A lock
-  (``DIR/server.lock``) keeps a second server off the same folder.
+  (``DIR/server.lock``) keeps a second server off the same folder. Expired pending uploads
+  are swept at start and then every ``PICTOFS_SWEEP_INTERVAL`` seconds (default 60), a
+  bounded batch at a time, in the thread pool.
 - ``create_org``, ``create_key``, ``list_keys``, ``revoke_key``: read and write the database
   directly; safe while a server runs (SQLite WAL and a busy timeout). A running server reads
   a key's revocation on its next request.
@@ -40,6 +42,9 @@ from pictofs.server.db import DB_FILE, Database, KeyInfo
 log = logging.getLogger(__name__)
 
 DEFAULT_ORG = "default"
+SWEEP_INTERVAL_ENV = "PICTOFS_SWEEP_INTERVAL"
+SWEEP_INTERVAL_S = 60.0
+SWEEP_ROUNDS = 20  # batches one sweep runs at most (the next sweep takes the rest)
 OWNER_KEY_FILE = "owner.key"
 STATE_FILE = "server.json"
 LOCK_FILE = "server.lock"
@@ -272,23 +277,60 @@ class _Server(uvicorn.Server):
         yield
 
 
+def _sweep_interval() -> float:
+    text = os.environ.get(SWEEP_INTERVAL_ENV)
+    try:
+        value = float(text) if text else SWEEP_INTERVAL_S
+    except ValueError:
+        raise ConfigError(f"{SWEEP_INTERVAL_ENV}={text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise ConfigError(f"{SWEEP_INTERVAL_ENV} must be more than 0 seconds")
+    return value
+
+
+def _sweep(sweep_once: Callable[[], int]) -> None:
+    """Up to ``SWEEP_ROUNDS`` batches of expired uploads (bounded work)."""
+    from pictofs.server.ingest import SWEEP_BATCH
+
+    for _ in range(SWEEP_ROUNDS):
+        if sweep_once() < SWEEP_BATCH:
+            return
+
+
+async def _sweep_forever(sweep_once: Callable[[], int], interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(_sweep, sweep_once)
+        except Exception:  # a locked database, a full disk: try again next time
+            log.exception("sweeping expired uploads failed")
+
+
 async def _run(servers: list[tuple[_Server, socket.socket]],
-               on_started: Callable[[], None]) -> None:
-    """Serve every (server, socket) pair in one loop; call ``on_started`` once all listen."""
+               on_started: Callable[[], None], housekeeping: Callable[[], Any]) -> None:
+    """Serve every (server, socket) pair in one loop; call ``on_started`` once all listen;
+    run the ``housekeeping()`` coroutine meanwhile."""
     tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in servers]
-    while not all(server.started for server, _ in servers):
-        if any(task.done() for task in tasks):
-            break
-        await asyncio.sleep(0.01)
-    else:
-        on_started()
-    await asyncio.gather(*tasks)
+    chores = asyncio.create_task(housekeeping())
+    try:
+        while not all(server.started for server, _ in servers):
+            if any(task.done() for task in tasks):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            on_started()
+        await asyncio.gather(*tasks)
+    finally:
+        chores.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await chores
 
 
 def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8790,
           storage_port: int | None = None) -> int:
     """Run the server until SIGTERM or SIGINT; returns the exit code (0 on a clean stop)."""
     data_dir = Path(data_dir).absolute()
+    interval = _sweep_interval()
     data_dir.mkdir(parents=True, exist_ok=True)
     servers: list[tuple[_Server, socket.socket]] = []
     stopping: list[int] = []
@@ -314,7 +356,7 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8790,
             if storage_port is not None:
                 sockets.append(_bind(host, storage_port))
             try:
-                _serve_on(data_dir, host, sockets, servers, stopping)
+                _serve_on(data_dir, host, sockets, servers, stopping, interval)
             finally:
                 for sock in sockets:
                     sock.close()
@@ -325,7 +367,8 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8790,
 
 
 def _serve_on(data_dir: Path, host: str, sockets: list[socket.socket],
-              servers: list[tuple[_Server, socket.socket]], stopping: list[int]) -> None:
+              servers: list[tuple[_Server, socket.socket]], stopping: list[int],
+              sweep_interval: float) -> None:
     """Build the apps over the bound sockets and serve until asked to stop."""
     from pictofs.server.app import create_app
 
@@ -333,6 +376,8 @@ def _serve_on(data_dir: Path, host: str, sockets: list[socket.socket],
     storage_port = sockets[1].getsockname()[1] if len(sockets) > 1 else None
     app = create_app(data_dir, storage_port=storage_port)
     app.state.server.blobs.clean_temporary()  # safe: this process holds the server lock
+    sweep_once = app.state.server.ingest.sweep
+    _sweep(sweep_once)
     apps = [app] + ([app.state.storage_app] if storage_port is not None else [])
     for application, sock in zip(apps, sockets):
         config = uvicorn.Config(application, log_level="warning", access_log=False,
@@ -348,7 +393,8 @@ def _serve_on(data_dir: Path, host: str, sockets: list[socket.socket],
 
     try:
         if not stopping:
-            asyncio.run(_run(servers, on_started))
+            asyncio.run(_run(servers, on_started,
+                             lambda: _sweep_forever(sweep_once, sweep_interval)))
     finally:
         info = _read_state(data_dir)
         if info and info.get("pid") == os.getpid():

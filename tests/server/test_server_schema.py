@@ -3,10 +3,12 @@ opens them: nothing is lost but what a version says it drops."""
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 from pictofs.server.auth import hash_key, key_prefix, new_api_key
 from pictofs.server import run
@@ -100,9 +102,15 @@ CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_at);
 """
 
 
-def make_v1_database(data_dir: Path) -> tuple[str, str]:
-    """A version 1 data folder: one organization, its owner key (also in owner.key), and an
-    idempotency record of version 1. Returns (organization id, key)."""
+def blob_path(data_dir: Path, data: bytes) -> Path:
+    digest = hashlib.sha256(data).hexdigest()
+    return data_dir / "blobs" / digest[:2] / digest[2:4] / digest
+
+
+def make_v1_database(data_dir: Path, png_bytes: Callable[[str], bytes]) -> tuple[str, str]:
+    """A version 1 data folder: one organization, its owner key (also in owner.key), an
+    idempotency record, and a dataset with two pending uploads (bytes PUT, not registered):
+    ``old.png`` from two hours ago and ``new.png`` from now. Returns (organization id, key)."""
     data_dir.mkdir(parents=True)
     conn = sqlite3.connect(data_dir / DB_FILE)
     conn.executescript(V1_SCHEMA)
@@ -117,6 +125,16 @@ def make_v1_database(data_dir: Path) -> tuple[str, str]:
     conn.execute("INSERT INTO idempotency (organization_id, key, route, status, body, created_at)"
                  " VALUES (?, ?, 'POST /api/v1/developer/datasets/', 201, ?, ?)",
                  (org_id, "k" * 32, b'{"data": "stale"}', now))
+    conn.execute("INSERT INTO datasets (id, organization_id, name, created_at, updated_at)"
+                 " VALUES (?, ?, 'old-data', ?, ?)", (str(uuid.uuid4()), org_id, now, now))
+    ds_id = conn.execute("SELECT id FROM datasets").fetchone()[0]
+    for filename, when in (("old.png", now - 7200), ("new.png", now)):
+        data = png_bytes(filename)
+        blob_path(data_dir, data).parent.mkdir(parents=True)
+        blob_path(data_dir, data).write_bytes(data)
+        conn.execute("INSERT INTO uploads (dataset_id, directory_path, filename, blob, size,"
+                     " content_type, created_at) VALUES (?, '/', ?, ?, ?, 'image/png', ?)",
+                     (ds_id, filename, hashlib.sha256(data).hexdigest(), len(data), when))
     conn.commit()
     conn.close()
     (data_dir / "owner.key").write_text(key + "\n")
@@ -132,9 +150,9 @@ def schema_version(data_dir: Path) -> int:
         conn.close()
 
 
-def test_a_version_1_database_is_migrated(tmp_path, spawn_server, api_for):
+def test_a_version_1_database_is_migrated(tmp_path, spawn_server, api_for, make_png):
     data = tmp_path / "data"
-    org_id, key = make_v1_database(data)
+    org_id, key = make_v1_database(data, make_png)
     server = spawn_server(data)
     api = api_for(server, key)
     assert api.get("/me").json()["data"]["organization_id"] == org_id
@@ -147,3 +165,15 @@ def test_a_version_1_database_is_migrated(tmp_path, spawn_server, api_for):
     # Version 3: keys can be revoked; the old key is listed, not revoked.
     [listed] = run.list_keys(data)
     assert (listed.role, listed.key_prefix, listed.revoked_at) == ("owner", key[:12], None)
+    # Version 4: pending uploads expire with their URL (for version 1 rows: 15 minutes after
+    # their PUT); the old one was swept at start, the new one can still be registered.
+    assert not blob_path(data, make_png("old.png")).exists()
+    assert blob_path(data, make_png("new.png")).exists()
+    registered = api.post("/images/register", json={
+        "dataset": "old-data", "filename": "new.png", "directory_path": "/",
+        "file_size": len(make_png("new.png")), "content_type": "image/png"})
+    assert registered.status_code == 201, registered.text
+    assert api.post("/images/register", json={
+        "dataset": "old-data", "filename": "old.png", "directory_path": "/",
+        "content_type": "image/png"}).json()["error"]["code"] == "upload_missing"
+
