@@ -181,7 +181,8 @@ def revoke_key(data_dir: Path, key_id: str) -> str:
 
 @contextlib.contextmanager
 def _server_lock(data_dir: Path) -> Iterator[IO[str]]:
-    handle = open(data_dir / LOCK_FILE, "a+", encoding="utf-8")
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    handle = open(fd, "a+", encoding="utf-8")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
