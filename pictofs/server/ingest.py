@@ -4,8 +4,8 @@ Step 1 (``prepare``) checks the name, extension, content type and collision befo
 Step 2 (the storage PUT, in ``routes_uploads``) streams the body into a ``BlobWriter``;
 ``keep_upload`` commits it and records it as the pending upload of that (dataset, folder,
 filename). Step 3 (``register``) checks the declared size against the stored bytes, decodes
-them with Pillow, converts HEIC to PNG, and inserts the image in one transaction with its
-folders, consuming the pending upload.
+them with Pillow (which also names their content type), converts HEIC to PNG, and inserts the
+image in one transaction with its folders, consuming the pending upload.
 
 An upload URL is spent by its register: the same transaction records its nonce (with the
 digest and size of the bytes it put) in ``spent_uploads``, and a later PUT on it is refused
@@ -187,8 +187,7 @@ class Ingest:
             self._drop_pending(dataset_id, directory, name, pending["blob"])
             raise bad_request(f"the upload of {rules.join(directory, name)!r} expired before "
                               "it was registered; upload it again", code="upload_expired")
-        # The stored type is the one the upload URL was signed for and the PUT carried.
-        stored, size, ctype = pending["blob"], int(pending["size"]), pending["content_type"]
+        stored, size = pending["blob"], int(pending["size"])
         if item.file_size is not None and item.file_size != size:
             raise bad_request(f"file_size {item.file_size} differs from the {size} bytes stored",
                               code="file_size_mismatch", stored=size, declared=item.file_size)
@@ -202,8 +201,10 @@ class Ingest:
             width, height = decoded.width, decoded.height
         if heic:
             return self._insert_converted(dataset_id, directory, name, final, stored)
-        return self._insert(dataset_id, directory, name, final, stored, size, ctype,
-                            width, height, stored)
+        # The stored type is the one the bytes have (PNG bytes in x.jpg are image/png), not
+        # the one the name, the upload URL or the PUT said.
+        return self._insert(dataset_id, directory, name, final, stored, size,
+                            decoded.content_type, width, height, stored)
 
     def _insert_converted(self, dataset_id: str, directory: str, name: str, final: str,
                           original: str) -> sqlite3.Row:

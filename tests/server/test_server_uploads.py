@@ -186,6 +186,40 @@ def test_bulk_upload_reports_failures_per_file(api, dataset, make_png, check_err
         {"filename": "a.png", "directory_path": "/x", "content_type": "image/png"}] * 501}), 422)
 
 
+def jpeg_bytes(seed: int = 0) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (3, 2), (seed, 20, 30)).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def test_the_stored_type_is_the_one_the_bytes_have(api, dataset, make_png):
+    """The probe's PNG bytes in ``x.jpg`` were stored (and served) as image/jpeg: the type of
+    the name and the URL, not of the bytes."""
+    name = dataset["name"]
+    png = make_png("typed")
+    single = put_and_register(api, name, "x.jpg", png, "image/jpeg")
+    assert single.status_code == 201, single.text
+    image = single.json()["data"]
+    assert (image["filename"], image["content_type"]) == ("x.jpg", "image/png")
+    assert api.get(f"/images/{image['id']}/metadata").json()["data"]["content_type"] == \
+        "image/png"
+    served = api.get(f"/images/{image['id']}")
+    assert served.headers["Content-Type"] == "image/png" and served.content == png
+
+    files = {"j.png": jpeg_bytes(1), "p.png": make_png("bulk-typed"), "w.gif": jpeg_bytes(2)}
+    types = {"j.png": "image/png", "p.png": "image/png", "w.gif": "image/gif"}
+    urls = api.post("/images/bulk-upload-url", json={"dataset": name, "images": [
+        {"filename": f, "directory_path": "/t", "content_type": types[f]} for f in files]})
+    for entry in urls.json()["data"]["upload_urls"]:
+        assert api.put(entry["upload_url"], files[entry["filename"]],
+                       types[entry["filename"]]).status_code == 200
+    result = api.post("/images/bulk-register", json={"dataset": name, "images": [
+        {"filename": f, "directory_path": "/t", "file_size": len(d), "content_type": types[f]}
+        for f, d in files.items()]}).json()["data"]
+    assert {i["filename"]: i["content_type"] for i in result["succeeded"]} == {
+        "j.png": "image/jpeg", "p.png": "image/png", "w.gif": "image/jpeg"}
+
+
 # ---- spent URLs and expired uploads -------------------------------------------------------
 
 def blob_path(data_dir: Path, data: bytes) -> Path:
