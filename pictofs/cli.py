@@ -111,8 +111,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.create_key:
         print(run.create_key(data_dir, args.create_key, args.org))
         return EXIT_OK
+    if args.list_keys:
+        print(run.format_keys(run.list_keys(data_dir, args.org)))
+        return EXIT_OK
+    if args.revoke_key:
+        print(run.revoke_key(data_dir, args.revoke_key))
+        return EXIT_OK
     if args.org:
-        raise ConfigError("--org goes with --create-key")
+        raise ConfigError("--org goes with --create-key or --list-keys")
     return run.serve(data_dir, host=args.host, port=args.port, storage_port=args.storage_port)
 
 

@@ -142,8 +142,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("create-org", "create an organization and exit", ("serve",), metavar="NAME"),
     Option("create-key", "print a new API key with this role and exit", ("serve",),
            metavar="ROLE"),
-    Option("org", "organization for --create-key (default: the first)", ("serve",),
-           metavar="NAME"),
+    Option("org", "organization for --create-key (default: the first) or --list-keys "
+           "(default: all)", ("serve",), metavar="NAME"),
+    Option("list-keys", "list the API keys (id, role, prefix, created, revoked) and exit",
+           ("serve",), default=False, flag=True, type=None),
+    Option("revoke-key", "revoke the API key with this id and exit", ("serve",), metavar="ID"),
     Option("stop", "stop the running embedded server and exit", ("serve",), default=False,
            flag=True, type=None),
 )

@@ -2,7 +2,8 @@
 
 The API key never reaches a log line: ``KeyRedactingFilter`` masks anything that looks like
 a Pictograph key (``pk_live_…``/``pk_test_…``) as a last line of defence; the code itself
-never logs keys.
+never logs keys. Log lines name datasets, folders and files, so a log file pictofs creates
+is 0600 (an existing one keeps its mode).
 """
 
 from __future__ import annotations
@@ -32,6 +33,16 @@ class KeyRedactingFilter(logging.Filter):
         return True
 
 
+class PrivateFileHandler(logging.handlers.WatchedFileHandler):
+    """A ``WatchedFileHandler`` (reopens a file logrotate moved) whose file, whenever it
+    creates one, is created 0600 whatever the umask."""
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
+
+
 def setup_logging(verbose: bool = False, log_file: str | None = None,
                   syslog: bool = False, quiet: bool = False) -> logging.Handler:
     """Configure the root logger once; returns the handler (a WatchedFileHandler reopens a
@@ -39,7 +50,7 @@ def setup_logging(verbose: bool = False, log_file: str | None = None,
     is their output); ``verbose``: everything."""
     handler: logging.Handler
     if log_file:
-        handler = logging.handlers.WatchedFileHandler(os.path.expanduser(log_file))
+        handler = PrivateFileHandler(os.path.expanduser(log_file))
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     elif syslog and os.path.exists("/dev/log"):
         handler = logging.handlers.SysLogHandler(address="/dev/log")

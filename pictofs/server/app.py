@@ -20,13 +20,14 @@ from pictofs.server import decode, handlers, routes_batch, routes_datasets, rout
 from pictofs.server import routes_uploads
 from pictofs.server.db import DB_FILE, Caller, Database
 from pictofs.server.deps import ServerState, caller
-from pictofs.server.middleware import RequestContext
-from pictofs.server.schemas import ERROR_RESPONSES, Envelope, HealthOut, MeOut
+from pictofs.server.middleware import RequestContext, RequestGate
+from pictofs.server.schemas import ERROR_RESPONSES, MAX_JSON_BODY_BYTES, Envelope, HealthOut, MeOut
 
 log = logging.getLogger(__name__)
 
+API = "/api/v1/developer"
 service = APIRouter(tags=["service"])
-me_router = APIRouter(prefix="/api/v1/developer", responses=ERROR_RESPONSES, tags=["service"])
+me_router = APIRouter(prefix=API, responses=ERROR_RESPONSES, tags=["service"])
 
 
 @service.get("/healthz", response_model=HealthOut)
@@ -53,6 +54,10 @@ def _application(state: ServerState, title: str) -> FastAPI:
     app = FastAPI(title=title, version=__version__)
     app.state.server = state
     handlers.install(app)
+    # The last one added runs first: request id and metrics wrap the gate's refusals too.
+    app.add_middleware(RequestGate, authenticate=state.db.caller_for_key, api_prefix=API + "/",
+                       streamed_prefix=routes_uploads.STORAGE_PATH + "/",
+                       limit=MAX_JSON_BODY_BYTES)
     app.add_middleware(RequestContext, metrics=state.metrics)
     return app
 

@@ -4,7 +4,8 @@
   prefix (``pk_live_AbCd``) to recognize them in listings. A key is never logged.
 - Roles are ordered ``viewer < member < admin < owner``.
 - Upload tokens are ``<payload>.<signature>``: the payload (base64url JSON) names the dataset
-  id, folder, filename, content type and expiry; the signature is HMAC-SHA256 under a
+  id, folder, filename, content type, expiry and a random nonce (which makes each URL one of
+  a kind, so that its register can spend it); the signature is HMAC-SHA256 under a
   per-server secret kept in ``DIR/upload.secret`` (0600). Tampered or expired tokens → 403.
 """
 
@@ -68,13 +69,15 @@ def _b64decode(text: str) -> bytes:
 
 @dataclass(frozen=True)
 class UploadGrant:
-    """What a signed upload URL allows: one PUT of one path with one content type."""
+    """What a signed upload URL allows: the PUT of one path with one content type, until
+    it expires or its upload is registered (``nonce`` names the URL)."""
 
     dataset_id: str
     directory_path: str
     filename: str
     content_type: str
     expires_at: int
+    nonce: str
 
 
 class UploadSigner:
@@ -109,11 +112,12 @@ class UploadSigner:
     def grant(self, dataset_id: str, directory_path: str, filename: str, content_type: str,
               ttl: int = UPLOAD_TTL_SECONDS, now: float | None = None) -> UploadGrant:
         expires = int((time.time() if now is None else now) + ttl)
-        return UploadGrant(dataset_id, directory_path, filename, content_type, expires)
+        return UploadGrant(dataset_id, directory_path, filename, content_type, expires,
+                           secrets.token_urlsafe(12))
 
     def sign(self, grant: UploadGrant) -> str:
         payload = json.dumps([grant.dataset_id, grant.directory_path, grant.filename,
-                              grant.content_type, grant.expires_at],
+                              grant.content_type, grant.expires_at, grant.nonce],
                              separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         mac = hmac.new(self._secret, payload, hashlib.sha256).digest()
         return _b64encode(payload) + "." + _b64encode(mac)
@@ -130,9 +134,9 @@ class UploadSigner:
         if not hmac.compare_digest(mac, expected):
             raise forbidden("upload token signature does not match", reason="bad_signature")
         try:
-            dataset_id, directory, filename, content_type, expires = json.loads(payload)
+            dataset_id, directory, filename, content_type, expires, nonce = json.loads(payload)
             grant = UploadGrant(str(dataset_id), str(directory), str(filename),
-                                str(content_type), int(expires))
+                                str(content_type), int(expires), str(nonce))
         except (ValueError, TypeError):
             raise forbidden("malformed upload token", reason="malformed") from None
         if grant.expires_at < (time.time() if now is None else now):

@@ -6,6 +6,10 @@ connection (uvicorn runs sync routes in a thread pool); ``write()`` opens a
 ``BEGIN IMMEDIATE`` transaction so check-then-insert sequences are atomic across threads and
 processes. Dataset, folder and image queries live with their domain verbs (``catalog``,
 ``folders``, ``ingest``, ``edits``), which use ``read()`` and ``write()`` from here.
+
+The schema is versioned (``meta.schema_version``): ``_SCHEMA`` is the current one, created as a
+whole in a new database; an older database is brought up to date by the steps of
+``_MIGRATIONS`` (version → statements), in one write transaction, before anything else.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pictofs.server import auth
 log = logging.getLogger(__name__)
 
 DB_FILE = "pictofs.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_S = 15.0
 IDEMPOTENCY_TTL_S = 24 * 3600
 
@@ -46,7 +50,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     key_hash TEXT NOT NULL UNIQUE,
     key_prefix TEXT NOT NULL,
     role TEXT NOT NULL CHECK (role IN ('viewer', 'member', 'admin', 'owner')),
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    revoked_at REAL
 );
 CREATE TABLE IF NOT EXISTS datasets (
     id TEXT PRIMARY KEY,
@@ -101,20 +106,61 @@ CREATE TABLE IF NOT EXISTS uploads (
     size INTEGER NOT NULL,
     content_type TEXT NOT NULL,
     created_at REAL NOT NULL,
+    nonce TEXT,
+    url_expires_at REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (dataset_id, directory_path, filename)
 );
 CREATE INDEX IF NOT EXISTS uploads_by_blob ON uploads (blob);
+CREATE INDEX IF NOT EXISTS uploads_by_expiry ON uploads (url_expires_at);
+CREATE TABLE IF NOT EXISTS spent_uploads (
+    nonce TEXT PRIMARY KEY,
+    blob TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    url_expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS spent_uploads_by_expiry ON spent_uploads (url_expires_at);
 CREATE TABLE IF NOT EXISTS idempotency (
-    organization_id TEXT NOT NULL,
+    api_key_id TEXT NOT NULL,
     key TEXT NOT NULL,
-    route TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
     status INTEGER NOT NULL,
     body BLOB NOT NULL,
     created_at REAL NOT NULL,
-    PRIMARY KEY (organization_id, key, route)
+    PRIMARY KEY (api_key_id, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_by_age ON idempotency (created_at);
 """
+
+# Version N: what turns a version N-1 database into a version N one.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # Idempotency records are scoped by API key and carry the request's fingerprint; the
+    # records of version 1 (scoped by organization and path) cannot be, and are dropped.
+    2: ("DROP TABLE idempotency",
+        """CREATE TABLE idempotency (
+            api_key_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            status INTEGER NOT NULL,
+            body BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (api_key_id, key))""",
+        "CREATE INDEX idempotency_by_age ON idempotency (created_at)"),
+    # Keys can be revoked (``pictofs serve --revoke-key``).
+    3: ("ALTER TABLE api_keys ADD COLUMN revoked_at REAL",),
+    # A pending upload remembers the URL that put it (its nonce and expiry), so that its
+    # register spends the URL and an unregistered one expires; the URLs spent are kept until
+    # they expire. Pending uploads of version 1 expire as if their URL was signed at the PUT.
+    4: ("ALTER TABLE uploads ADD COLUMN nonce TEXT",
+        "ALTER TABLE uploads ADD COLUMN url_expires_at REAL NOT NULL DEFAULT 0",
+        f"UPDATE uploads SET url_expires_at = created_at + {auth.UPLOAD_TTL_SECONDS}",
+        "CREATE INDEX uploads_by_expiry ON uploads (url_expires_at)",
+        """CREATE TABLE spent_uploads (
+            nonce TEXT PRIMARY KEY,
+            blob TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            url_expires_at REAL NOT NULL)""",
+        "CREATE INDEX spent_uploads_by_expiry ON spent_uploads (url_expires_at)"),
+}
 
 
 @dataclass(frozen=True)
@@ -124,13 +170,26 @@ class Organization:
 
 
 @dataclass(frozen=True)
+class KeyInfo:
+    """What may be shown of an API key: never the key, nor its hash."""
+
+    id: str
+    organization_name: str
+    role: str
+    key_prefix: str
+    created_at: float
+    revoked_at: float | None
+
+
+@dataclass(frozen=True)
 class Caller:
-    """Who is asking: the organization and role of the presented key."""
+    """Who is asking: the organization and role of the presented key, and the key's id."""
 
     organization_id: str
     organization_name: str
     role: str
     key_prefix: str
+    key_id: str
 
 
 def new_id() -> str:
@@ -216,7 +275,10 @@ class Database:
         return version is not None
 
     def initialize(self) -> None:
-        """Create the schema if missing; refuse a database from a newer version."""
+        """Create the schema if missing, migrate an older one; refuse a database from a
+        newer version."""
+        if self.exists():
+            self._migrate()
         conn = self.connection()
         conn.executescript(_SCHEMA)
         with self.write() as tx:
@@ -227,6 +289,21 @@ class Database:
             elif int(row["value"]) > SCHEMA_VERSION:
                 raise RuntimeError(f"database schema {row['value']} is newer than this server "
                                    f"({SCHEMA_VERSION}); upgrade pictofs")
+
+    def _migrate(self) -> None:
+        """Run the steps from the stored version to ``SCHEMA_VERSION`` in one transaction
+        (another process migrating at the same moment waits, then finds nothing to do)."""
+        with self.write() as tx:
+            version = int(tx.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()["value"])
+            if version >= SCHEMA_VERSION:
+                return
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[step]:
+                    tx.execute(statement)
+            tx.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                       (str(SCHEMA_VERSION),))
+        log.info("database migrated from schema %d to %d", version, SCHEMA_VERSION)
 
     # ---- organizations and keys --------------------------------------------------------
 
@@ -264,32 +341,58 @@ class Database:
         return key
 
     def caller_for_key(self, key: str) -> Caller | None:
+        """The caller of a key; None for an unknown or revoked one. Read on every request,
+        so a key revoked by another process is refused from its next request on."""
         row = self.connection().execute(
-            "SELECT k.organization_id, o.name, k.role, k.key_prefix FROM api_keys k"
-            " JOIN organizations o ON o.id = k.organization_id WHERE k.key_hash = ?",
+            "SELECT k.organization_id, o.name, k.role, k.key_prefix, k.id FROM api_keys k"
+            " JOIN organizations o ON o.id = k.organization_id"
+            " WHERE k.key_hash = ? AND k.revoked_at IS NULL",
             (auth.hash_key(key),)).fetchone()
         if row is None:
             return None
-        return Caller(row[0], row[1], row[2], row[3])
+        return Caller(row[0], row[1], row[2], row[3], row[4])
+
+    def keys(self, organization_id: str | None = None) -> list[KeyInfo]:
+        """The keys (of one organization, or all), oldest first."""
+        if organization_id is None:
+            return self._keys("", ())
+        return self._keys(" WHERE k.organization_id = ?", (organization_id,))
+
+    def revoke_key(self, key_id: str) -> KeyInfo | None:
+        """Revoke a key (once: a second revoke keeps the first time); returns it as it is
+        now, or None if there is no key with that id."""
+        with self.write() as tx:
+            tx.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                       (time.time(), key_id))
+        found = self._keys(" WHERE k.id = ?", (key_id,))
+        return found[0] if found else None
+
+    def _keys(self, where: str, params: tuple[str, ...]) -> list[KeyInfo]:
+        rows = self.connection().execute(
+            "SELECT k.id, o.name, k.role, k.key_prefix, k.created_at, k.revoked_at"
+            " FROM api_keys k JOIN organizations o ON o.id = k.organization_id"
+            + where + " ORDER BY k.created_at, k.id", params).fetchall()
+        return [KeyInfo(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
     # ---- idempotency records -----------------------------------------------------------
 
-    def idempotent_response(self, organization_id: str, key: str, route: str
-                            ) -> tuple[int, bytes] | None:
+    def idempotent_response(self, api_key_id: str, key: str
+                            ) -> tuple[str, int, bytes] | None:
+        """The (fingerprint, status, body) recorded under this API key and idempotency key
+        in the last 24 hours, if any."""
         row = self.connection().execute(
-            "SELECT status, body, created_at FROM idempotency"
-            " WHERE organization_id = ? AND key = ? AND route = ?",
-            (organization_id, key, route)).fetchone()
+            "SELECT fingerprint, status, body, created_at FROM idempotency"
+            " WHERE api_key_id = ? AND key = ?", (api_key_id, key)).fetchone()
         if row is None or row["created_at"] < time.time() - IDEMPOTENCY_TTL_S:
             return None
-        return int(row["status"]), bytes(row["body"])
+        return str(row["fingerprint"]), int(row["status"]), bytes(row["body"])
 
-    def remember_response(self, organization_id: str, key: str, route: str, status: int,
+    def remember_response(self, api_key_id: str, key: str, fingerprint: str, status: int,
                           body: bytes) -> None:
         now = time.time()
         with self.write() as tx:
             tx.execute("DELETE FROM idempotency WHERE created_at < ?", (now - IDEMPOTENCY_TTL_S,))
             tx.execute(
-                "INSERT OR REPLACE INTO idempotency (organization_id, key, route, status, body,"
+                "INSERT OR REPLACE INTO idempotency (api_key_id, key, fingerprint, status, body,"
                 " created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (organization_id, key, route, status, body, now))
+                (api_key_id, key, fingerprint, status, body, now))

@@ -1,4 +1,5 @@
-"""The server's only Pillow user: decode stored bytes, measure them, convert HEIC to PNG.
+"""The server's only Pillow user: decode stored bytes, measure them, name their type, convert
+HEIC to PNG.
 
 The decompression-bomb guard stays on: Pillow's default ``Image.MAX_IMAGE_PIXELS``, with
 ``DecompressionBombWarning`` promoted to an error process-wide by ``configure()`` (so a
@@ -40,6 +41,13 @@ def configure() -> None:
         _configured = True
 
 
+# The types of the formats the service takes, by Pillow's format name (MPO: a camera's JPEG
+# with extra frames, which any JPEG reader shows).
+_TYPES = {"JPEG": "image/jpeg", "MPO": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp",
+          "BMP": "image/bmp", "DIB": "image/bmp", "TIFF": "image/tiff", "GIF": "image/gif",
+          "HEIF": "image/heic"}
+
+
 @dataclass(frozen=True)
 class Decoded:
     """What decoding found: displayed (EXIF-oriented) size and Pillow's format name."""
@@ -47,6 +55,12 @@ class Decoded:
     width: int
     height: int
     format: str
+
+    @property
+    def content_type(self) -> str:
+        """The MIME type of the bytes, whatever their name or the client said."""
+        found = _TYPES.get(self.format) or Image.MIME.get(self.format, "")
+        return found if found.startswith("image/") else "application/octet-stream"
 
 
 def _refuse_bomb(width: int, height: int) -> None:

@@ -1,5 +1,6 @@
-"""What route handlers receive: the server state, the caller (from ``X-API-Key``), role checks,
-and small rendering helpers shared by the route modules.
+"""What route handlers receive: the server state, the caller (from ``X-API-Key``, resolved by
+``middleware.RequestGate`` before the body is read), role checks, and small rendering helpers
+shared by the route modules.
 """
 
 from __future__ import annotations
@@ -64,7 +65,11 @@ def state(request: Request) -> ServerState:
 
 
 def caller(request: Request, key: str | None = Depends(api_key_header)) -> Caller:
-    """The organization and role of the presented key; 401 if it is missing or unknown."""
+    """The organization and role of the presented key; 401 if it is missing or unknown.
+    ``middleware.RequestGate`` has looked it up already, before the body was read."""
+    found: Caller | None = request.scope.get("state", {}).get("caller")
+    if found is not None:
+        return found
     if not key:
         raise ApiFailure(401, "unauthorized", "missing X-API-Key header")
     found = state(request).db.caller_for_key(key)

@@ -4,7 +4,8 @@ annotations.
 Batch verbs take ids and report per-id failures instead of failing the call (an id that is not
 in the dataset, or of another organization, is "not found"). Permanent deletes remove the row,
 then the blob if no other image or pending upload shares those bytes. A move never touches
-bytes; a name clash in the target folder is resolved by renaming ``x.jpg`` → ``x-1.jpg``.
+bytes; a name clash in the target folder is resolved by renaming ``x.jpg`` → ``x-1.jpg``; the
+target folder is made only when the move takes at least one image.
 """
 
 from __future__ import annotations
@@ -165,7 +166,8 @@ class Edits:
                 conn.execute("UPDATE images SET directory_path = ?, filename = ? WHERE id = ?",
                              (target, name, row["id"]))
                 outcome.affected.update((row["directory_path"], target))
-            self.folders.ensure(conn, dataset_id, target)
+            if outcome.processed:  # a move of nothing makes no folder
+                self.folders.ensure(conn, dataset_id, target)
         return outcome
 
     # ---- split and tags ----------------------------------------------------------------

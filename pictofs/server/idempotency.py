@@ -1,14 +1,22 @@
-"""Idempotency keys (protocol §2): a POST or PATCH carrying ``Idempotency-Key`` is answered,
-for 24 hours, with the status and body of the first response to that key, per organization
-and route (the request path).
+"""Idempotency keys (protocol §2, §5): a POST or PATCH carrying ``Idempotency-Key`` is answered,
+for 24 hours, with the status and body of the first response to that key.
 
-Implemented as a FastAPI route class, so it wraps exactly the API routes: the key is resolved
-to an organization first (an unknown key just runs the handler, which answers 401), concurrent
-requests with one key wait for each other, and answers below 500 are stored, errors included.
+A record is scoped by the API key that sent it (the key's id) and carries a fingerprint of the
+request: method, path and query, and the sha256 of the body. The same idempotency key with
+another request is refused with 422 ``idempotency_key_reused``, never answered with another
+request's answer (as Stripe does). Only verdicts of the route itself are stored: 2xx answers
+and the domain refusals 400, 404, 409, 413 and 415. Never stored, so that a retry runs again:
+401 and 403 (the key or its role), 422 (validation: nothing ran), 429, 5xx, and the answer to a
+body that never arrived whole.
+
+Implemented as a FastAPI route class, so it wraps exactly the API routes: the caller is the one
+``middleware.RequestGate`` resolved before the body was read (no caller: the handler runs and
+answers 401), and concurrent requests with one key wait for each other.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any, Callable, Coroutine
 
@@ -19,6 +27,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from pictofs.server.db import Caller
 from pictofs.server.failures import ApiFailure
 from pictofs.server.handlers import failure_response, http_error_response, validation_response
 
@@ -28,6 +37,28 @@ HEADER = "Idempotency-Key"
 REPLAY_HEADER = "Idempotent-Replayed"
 _METHODS = ("POST", "PATCH")
 _MAX_KEY_LENGTH = 255
+_STORED_REFUSALS = (400, 404, 409, 413, 415)
+
+
+def _worth_storing(status: int) -> bool:
+    return 200 <= status < 300 or status in _STORED_REFUSALS
+
+
+async def fingerprint(request: Request) -> str:
+    """sha256 of the method, the path and query, and the body."""
+    digest = hashlib.sha256()
+    for part in (request.method, request.url.path, request.url.query):
+        digest.update(part.encode("utf-8", "surrogateescape") + b"\n")
+    digest.update(await request.body())
+    return digest.hexdigest()
+
+
+def _reused(key: str) -> Response:
+    failure = ApiFailure(422, "idempotency_key_reused",
+                         "this Idempotency-Key was sent with another request (method, path or "
+                         "body) in the last 24 hours; use a new key for a new request",
+                         {"idempotency_key": key})
+    return failure_response(failure)
 
 
 async def _body_was_lost(request: Request, response: Response) -> bool:
@@ -56,29 +87,28 @@ class IdempotentRoute(APIRoute):
 
         async def idempotent(request: Request) -> Response:
             key = request.headers.get(HEADER)
-            api_key = request.headers.get("X-API-Key")
-            if request.method not in _METHODS or not key or not api_key \
+            who: Caller | None = request.scope.get("state", {}).get("caller")
+            if request.method not in _METHODS or not key or who is None \
                     or len(key) > _MAX_KEY_LENGTH:
                 return await handler(request)
             server = request.app.state.server
-            caller = await run_in_threadpool(server.db.caller_for_key, api_key)
-            if caller is None:
-                return await handler(request)
-            org = caller.organization_id
-            route = f"{request.method} {request.url.path}"
-            async with server.idempotency_locks.hold((org, key, route)):
-                found = await run_in_threadpool(server.db.idempotent_response, org, key, route)
+            request_print = await fingerprint(request)
+            async with server.idempotency_locks.hold((who.key_id, key)):
+                found = await run_in_threadpool(server.db.idempotent_response, who.key_id, key)
                 if found is not None:
-                    status, body = found
-                    log.debug("replaying idempotent response for %s", route)
+                    stored_print, status, body = found
+                    if stored_print != request_print:
+                        return _reused(key)
+                    log.debug("replaying idempotent response for %s %s", request.method,
+                              request.url.path)
                     return Response(body, status_code=status, media_type="application/json",
                                     headers={REPLAY_HEADER: "true"})
                 response = await run(request)
                 body = getattr(response, "body", None)
-                if response.status_code < 500 and isinstance(body, bytes) \
+                if _worth_storing(response.status_code) and isinstance(body, bytes) \
                         and not await _body_was_lost(request, response):
-                    await run_in_threadpool(server.db.remember_response, org, key, route,
-                                            response.status_code, body)
+                    await run_in_threadpool(server.db.remember_response, who.key_id, key,
+                                            request_print, response.status_code, body)
                 return response
 
         return idempotent

@@ -4,8 +4,15 @@ Step 1 (``prepare``) checks the name, extension, content type and collision befo
 Step 2 (the storage PUT, in ``routes_uploads``) streams the body into a ``BlobWriter``;
 ``keep_upload`` commits it and records it as the pending upload of that (dataset, folder,
 filename). Step 3 (``register``) checks the declared size against the stored bytes, decodes
-them with Pillow, converts HEIC to PNG, and inserts the image in one transaction with its
-folders, consuming the pending upload.
+them with Pillow (which also names their content type), converts HEIC to PNG, and inserts the
+image in one transaction with its folders, consuming the pending upload.
+
+An upload URL is spent by its register: the same transaction records its nonce (with the
+digest and size of the bytes it put) in ``spent_uploads``, and a later PUT on it is refused
+(``spent``). A PUT retried before the register is taken (it replaces the pending upload).
+A pending upload expires ``REGISTER_GRACE_S`` after its URL: register refuses it, and
+``sweep`` (at start and periodically, a bounded batch at a time) drops it and its bytes when
+nothing else holds them, and forgets spent URLs once they have expired.
 """
 
 from __future__ import annotations
@@ -17,14 +24,32 @@ from dataclasses import dataclass
 from typing import Any
 
 from pictofs.server import decode, rules
-from pictofs.server.auth import UploadGrant, UploadSigner
+from pictofs.server.auth import UPLOAD_TTL_SECONDS, UploadGrant, UploadSigner
 from pictofs.server.blobs import BlobStore, BlobWriter
 from pictofs.server.catalog import Catalog
 from pictofs.server.db import Database, new_id
-from pictofs.server.failures import ApiFailure, bad_request, conflict, too_large
+from pictofs.server.failures import ApiFailure, bad_request, conflict, forbidden, too_large
 from pictofs.server.folders import Folders
 
 log = logging.getLogger(__name__)
+
+# How long after its URL expired a pending upload may still be registered (a batch registers
+# after all its PUTs, which can outlast the first URLs).
+REGISTER_GRACE_S = UPLOAD_TTL_SECONDS
+SWEEP_BATCH = 500  # rows of each kind one sweep looks at
+
+
+@dataclass(frozen=True)
+class Spent:
+    """A URL whose upload was registered: what it put."""
+
+    blob: str
+    size: int
+
+
+def spent_url() -> ApiFailure:
+    return forbidden("this upload URL was spent by its register; ask for a new one",
+                     reason="spent")
 
 
 @dataclass(frozen=True)
@@ -64,23 +89,61 @@ class Ingest:
 
     # ---- step 2 ------------------------------------------------------------------------
 
+    def spent(self, nonce: str) -> Spent | None:
+        """What the URL named by ``nonce`` put, if its upload was registered."""
+        row = self.db.connection().execute(
+            "SELECT blob, size FROM spent_uploads WHERE nonce = ?", (nonce,)).fetchone()
+        return Spent(row["blob"], int(row["size"])) if row else None
+
     def keep_upload(self, grant: UploadGrant, writer: BlobWriter) -> str:
-        """Commit the PUT body and record it as the pending upload of its path."""
+        """Commit the PUT body and record it as the pending upload of its path; 403 if the
+        URL was spent meanwhile (its bytes are dropped then)."""
         with self.blobs.lock:
             digest = writer.commit()
-            with self.db.write() as conn:
-                previous = conn.execute(
-                    "SELECT blob FROM uploads WHERE dataset_id = ? AND directory_path = ?"
-                    " AND filename = ?",
-                    (grant.dataset_id, grant.directory_path, grant.filename)).fetchone()
-                conn.execute(
-                    "INSERT OR REPLACE INTO uploads (dataset_id, directory_path, filename, blob,"
-                    " size, content_type, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (grant.dataset_id, grant.directory_path, grant.filename, digest, writer.size,
-                     grant.content_type, time.time()))
-                if previous and previous["blob"] != digest:
-                    self._release(conn, previous["blob"])
+            try:
+                with self.db.write() as conn:
+                    if conn.execute("SELECT 1 FROM spent_uploads WHERE nonce = ?",
+                                    (grant.nonce,)).fetchone():
+                        raise spent_url()
+                    previous = conn.execute(
+                        "SELECT blob FROM uploads WHERE dataset_id = ? AND directory_path = ?"
+                        " AND filename = ?",
+                        (grant.dataset_id, grant.directory_path, grant.filename)).fetchone()
+                    conn.execute(
+                        "INSERT OR REPLACE INTO uploads (dataset_id, directory_path, filename,"
+                        " blob, size, content_type, created_at, nonce, url_expires_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (grant.dataset_id, grant.directory_path, grant.filename, digest,
+                         writer.size, grant.content_type, time.time(), grant.nonce,
+                         grant.expires_at))
+                    if previous and previous["blob"] != digest:
+                        self._release(conn, previous["blob"])
+            except ApiFailure:
+                self._release(self.db.connection(), digest)
+                raise
         return digest
+
+    def sweep(self, now: float | None = None, limit: int = SWEEP_BATCH) -> int:
+        """Drop up to ``limit`` expired pending uploads (and their bytes, when nothing else
+        holds them) and forget up to ``limit`` expired spent URLs; returns how many rows
+        went (``limit`` or more: call again)."""
+        now = time.time() if now is None else now
+        with self.blobs.lock, self.db.write() as conn:
+            expired = conn.execute(
+                "SELECT dataset_id, directory_path, filename, blob FROM uploads"
+                " WHERE url_expires_at < ? LIMIT ?", (now - REGISTER_GRACE_S, limit)).fetchall()
+            for row in expired:
+                conn.execute("DELETE FROM uploads WHERE dataset_id = ? AND directory_path = ?"
+                             " AND filename = ?",
+                             (row["dataset_id"], row["directory_path"], row["filename"]))
+            for digest in {row["blob"] for row in expired}:
+                self._release(conn, digest)
+            forgotten = conn.execute(
+                "DELETE FROM spent_uploads WHERE nonce IN (SELECT nonce FROM spent_uploads"
+                " WHERE url_expires_at < ? LIMIT ?)", (now, limit)).rowcount
+        if expired:
+            log.info("dropped %d expired pending upload(s)", len(expired))
+        return max(len(expired), forgotten)
 
     def _release(self, conn: sqlite3.Connection, digest: str) -> None:
         """Remove a blob nothing references any more (caller holds ``blobs.lock``)."""
@@ -115,13 +178,16 @@ class Ingest:
             raise too_large(f"file_size {item.file_size} is over the limit of "
                             f"{rules.MAX_IMAGE_BYTES} bytes", limit=rules.MAX_IMAGE_BYTES)
         pending = conn.execute(
-            "SELECT blob, size, content_type FROM uploads WHERE dataset_id = ? AND"
-            " directory_path = ? AND filename = ?", (dataset_id, directory, name)).fetchone()
+            "SELECT blob, size, content_type, url_expires_at FROM uploads WHERE dataset_id = ?"
+            " AND directory_path = ? AND filename = ?", (dataset_id, directory, name)).fetchone()
         if pending is None:
             raise bad_request(f"no uploaded bytes for {rules.join(directory, name)!r}; PUT them "
                               "to the upload_url first", code="upload_missing")
-        # The stored type is the one the upload URL was signed for and the PUT carried.
-        stored, size, ctype = pending["blob"], int(pending["size"]), pending["content_type"]
+        if pending["url_expires_at"] + REGISTER_GRACE_S < time.time():
+            self._drop_pending(dataset_id, directory, name, pending["blob"])
+            raise bad_request(f"the upload of {rules.join(directory, name)!r} expired before "
+                              "it was registered; upload it again", code="upload_expired")
+        stored, size = pending["blob"], int(pending["size"])
         if item.file_size is not None and item.file_size != size:
             raise bad_request(f"file_size {item.file_size} differs from the {size} bytes stored",
                               code="file_size_mismatch", stored=size, declared=item.file_size)
@@ -135,8 +201,10 @@ class Ingest:
             width, height = decoded.width, decoded.height
         if heic:
             return self._insert_converted(dataset_id, directory, name, final, stored)
-        return self._insert(dataset_id, directory, name, final, stored, size, ctype,
-                            width, height, stored)
+        # The stored type is the one the bytes have (PNG bytes in x.jpg are image/png), not
+        # the one the name, the upload URL or the PUT said.
+        return self._insert(dataset_id, directory, name, final, stored, size,
+                            decoded.content_type, width, height, stored)
 
     def _insert_converted(self, dataset_id: str, directory: str, name: str, final: str,
                           original: str) -> sqlite3.Row:
@@ -174,8 +242,8 @@ class Ingest:
         """The insert transaction proper (caller holds ``blobs.lock``)."""
         with self.db.write() as conn:
             still = conn.execute(
-                "SELECT blob FROM uploads WHERE dataset_id = ? AND directory_path = ? AND"
-                " filename = ?", (dataset_id, directory, name)).fetchone()
+                "SELECT blob, size, nonce, url_expires_at FROM uploads WHERE dataset_id = ? AND"
+                " directory_path = ? AND filename = ?", (dataset_id, directory, name)).fetchone()
             if still is None or still["blob"] != pending_blob:
                 raise conflict("the upload changed while it was being registered; "
                                "register again", filename=name)
@@ -191,6 +259,11 @@ class Ingest:
             self.folders.ensure(conn, dataset_id, directory)
             conn.execute("DELETE FROM uploads WHERE dataset_id = ? AND directory_path = ?"
                          " AND filename = ?", (dataset_id, directory, name))
+            if still["nonce"] is not None:  # the URL is spent (rows of version 1 have none)
+                conn.execute(
+                    "INSERT OR REPLACE INTO spent_uploads (nonce, blob, size, url_expires_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (still["nonce"], pending_blob, still["size"], still["url_expires_at"]))
             if pending_blob != blob:
                 self._release(conn, pending_blob)
             return self.catalog.image_row(conn, image_id)

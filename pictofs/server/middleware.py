@@ -2,6 +2,13 @@
 a 404 for paths with an encoded slash (routing works on decoded paths, and no name may hold a
 ``/``), and a last-resort 500 in the error shape of protocol §2 (with the traceback logged).
 
+``RequestGate`` runs before any route: under the API prefix it resolves ``X-API-Key`` before a
+byte of the body is read (401 otherwise), and it bounds every request body but the storage
+PUT's (which limits its own while streaming): a ``Content-Length`` over the limit is refused
+with 413 before the body is read, and a body without one (chunked) is counted as it arrives
+and refused once it passes the limit. The bodies it lets through are held whole (they are at
+most the limit) and handed to the application as they came.
+
 Metrics text, one line per (method, route template, status)::
 
     pictofs_http_requests_total{method="GET",route="/api/v1/developer/images/",status="200"} 3
@@ -16,9 +23,10 @@ import logging
 import threading
 import uuid
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Hashable
+from typing import Any, AsyncIterator, Callable, Hashable
 
-from starlette.datastructures import MutableHeaders
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -121,3 +129,113 @@ class RequestContext:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.count(scope["method"], template, status[0] if status else 500)
+
+
+class RequestGate:
+    """ASGI middleware: the API key before the body, and a size limit on bodies.
+
+    ``authenticate(key)`` returns the caller of a key, or None for an unknown (or revoked)
+    one; it runs in the thread pool. The caller is left in ``scope["state"]["caller"]``
+    for the route dependencies, so a request looks its key up once.
+    """
+
+    def __init__(self, app: ASGIApp, authenticate: Callable[[str], Any], api_prefix: str,
+                 streamed_prefix: str, limit: int) -> None:
+        self.app = app
+        self.authenticate = authenticate
+        self.api_prefix = api_prefix
+        self.streamed_prefix = streamed_prefix
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        path: str = scope.get("path", "")
+        announced = headers.get("content-length")
+        has_body = (announced not in (None, "0")
+                    or "chunked" in headers.get("transfer-encoding", "").lower())
+        if path.startswith(self.api_prefix):
+            key = headers.get("x-api-key")
+            if not key:
+                await self._refuse(scope, send, has_body, 401, "unauthorized",
+                                   "missing X-API-Key header")
+                return
+            found = await run_in_threadpool(self.authenticate, key)
+            if found is None:
+                await self._refuse(scope, send, has_body, 401, "unauthorized",
+                                   "invalid API key")
+                return
+            scope.setdefault("state", {})["caller"] = found
+        if path.startswith(self.streamed_prefix) or not has_body:
+            await self.app(scope, receive, send)
+            return
+        if announced is not None:
+            if not announced.isdigit():
+                await self._refuse(scope, send, True, 400, "bad_request",
+                                   "Content-Length is not a number")
+                return
+            if int(announced) > self.limit:
+                await self._too_large(scope, send)
+                return
+        body = await self._read(receive)
+        if body is None:
+            await self._too_large(scope, send)
+            return
+        if isinstance(body, Exception):
+            await self._refuse(scope, send, True, 400, "incomplete_body",
+                               "the client disconnected before the whole body arrived")
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _read(self, receive: Receive) -> bytes | Exception | None:
+        """The whole body; None once it passes the limit (nothing more is read), or an
+        exception if the client went away first."""
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return ConnectionError("client disconnected")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return None
+            parts.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(parts)
+
+    async def _too_large(self, scope: Scope, send: Send) -> None:
+        await self._refuse(scope, send, True, 413, "payload_too_large",
+                           f"the request body is over the limit of {self.limit} bytes",
+                           limit=self.limit)
+
+    @staticmethod
+    async def _refuse(scope: Scope, send: Send, unread: bool, status: int, code: str,
+                      message: str, **details: Any) -> None:
+        """Answer without reading the body; the connection is closed after an answer that
+        leaves a body unread (so the unread bytes are never taken for the next request)."""
+        headers = {"Connection": "close"} if unread else None
+        response = JSONResponse(error_body(code, message, details), status_code=status,
+                                headers=headers)
+
+        async def nothing() -> Message:
+            return {"type": "http.disconnect"}
+
+        await response(scope, nothing, send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands out ``body`` once, then waits on the real one (for a
+    disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

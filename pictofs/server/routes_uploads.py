@@ -2,11 +2,15 @@
 
 The signed ``upload_url`` is built from the request's ``Host`` header, so a proxy in front of
 the server sees the PUTs; with a storage port, it points at that port on the same host. The
-storage PUT takes no API key: the token in its path is the permission.
+storage PUT takes no API key: the token in its path is the permission, until it expires or
+its upload is registered. A PUT on a spent URL is refused (403 ``spent``), except one that
+carries exactly the bytes its register took: the retry of an upload already done (a client
+repeating a whole idempotent upload), answered 200 without storing anything.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
@@ -21,7 +25,7 @@ from pictofs.server.db import Caller
 from pictofs.server.deps import ServerState, base_url, member, state
 from pictofs.server.failures import ApiFailure, bad_request, forbidden, too_large
 from pictofs.server.idempotency import IdempotentRoute
-from pictofs.server.ingest import Registration
+from pictofs.server.ingest import Registration, Spent, spent_url
 from pictofs.server.schemas import (
     ERROR_RESPONSES,
     BulkRegisterOut,
@@ -130,6 +134,22 @@ async def _drain(request: Request) -> None:
         return
 
 
+async def _same_bytes_again(request: Request, spent: Spent, length: int) -> None:
+    """Return if the body is exactly what the spent URL put (nothing is stored); 403
+    otherwise, before reading when the length already differs."""
+    if length != spent.size:
+        raise spent_url()
+    digest = hashlib.sha256()
+    try:
+        async for chunk in request.stream():
+            digest.update(chunk)
+    except ClientDisconnect:
+        raise bad_request("the client disconnected before the whole body arrived",
+                          code="incomplete_body") from None
+    if digest.hexdigest() != spent.blob:
+        raise spent_url()
+
+
 _PUT_BODY = {"required": True, "description": "The image bytes, with the signed Content-Type",
              "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}}
 
@@ -157,6 +177,10 @@ async def storage_put(token: str, request: Request) -> dict[str, Any]:
         await _drain(request)
         raise too_large(f"{length} bytes is over the limit of {rules.MAX_IMAGE_BYTES} bytes",
                         limit=rules.MAX_IMAGE_BYTES)
+    spent = await run_in_threadpool(st.ingest.spent, grant.nonce)
+    if spent is not None:
+        await _same_bytes_again(request, spent, length)
+        return {"data": {"file_size": length, "content_type": grant.content_type}}
     writer = await run_in_threadpool(st.blobs.writer)
     try:
         async for chunk in request.stream():

@@ -4,9 +4,12 @@
   organization and an ``owner`` key written alone to ``DIR/owner.key`` (0600) before any
   socket is opened. It binds the sockets itself (port 0 picks a free port), writes
   ``DIR/server.json`` once listening, and removes it on SIGTERM/SIGINT (exit 0). A lock
-  (``DIR/server.lock``) keeps a second server off the same folder.
-- ``create_org``, ``create_key``: write to the database directly; safe while a server runs
-  (SQLite WAL and a busy timeout).
+  (``DIR/server.lock``) keeps a second server off the same folder. Expired pending uploads
+  are swept at start and then every ``PICTOFS_SWEEP_INTERVAL`` seconds (default 60), a
+  bounded batch at a time, in the thread pool.
+- ``create_org``, ``create_key``, ``list_keys``, ``revoke_key``: read and write the database
+  directly; safe while a server runs (SQLite WAL and a busy timeout). A running server reads
+  a key's revocation on its next request.
 - ``stop``: SIGTERM the server named in ``server.json`` and wait until it has let go of its
   lock.
 """
@@ -26,6 +29,7 @@ import socket
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
@@ -33,11 +37,14 @@ import uvicorn
 
 from pictofs.errors import ConfigError
 from pictofs.model import ROLES
-from pictofs.server.db import DB_FILE, Database
+from pictofs.server.db import DB_FILE, Database, KeyInfo
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ORG = "default"
+SWEEP_INTERVAL_ENV = "PICTOFS_SWEEP_INTERVAL"
+SWEEP_INTERVAL_S = 60.0
+SWEEP_ROUNDS = 20  # batches one sweep runs at most (the next sweep takes the rest)
 OWNER_KEY_FILE = "owner.key"
 STATE_FILE = "server.json"
 LOCK_FILE = "server.lock"
@@ -116,11 +123,66 @@ def create_key(data_dir: Path, role: str, org: str | None = None) -> str:
         db.close()
 
 
+def _existing_database(data_dir: Path) -> Database:
+    """The database of a data folder that has one (migrated if older); ConfigError if not."""
+    db = Database(Path(data_dir) / DB_FILE)
+    if not db.exists():
+        db.close()
+        raise ConfigError(f"no server data in {data_dir}")
+    db.initialize()
+    return db
+
+
+def list_keys(data_dir: Path, org: str | None = None) -> list[KeyInfo]:
+    """The API keys (of organization ``org``, or all), oldest first; never the keys."""
+    db = _existing_database(data_dir)
+    try:
+        if org is None:
+            return db.keys()
+        found = db.organization_by_name(org)
+        if found is None:
+            raise ConfigError(f"no organization named {org!r}")
+        return db.keys(found.id)
+    finally:
+        db.close()
+
+
+def _when(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def format_keys(keys: list[KeyInfo]) -> str:
+    """``--list-keys`` output: one line per key under a header, columns aligned."""
+    rows = [("ID", "ORGANIZATION", "ROLE", "PREFIX", "CREATED", "REVOKED")]
+    rows += [(k.id, k.organization_name, k.role, k.key_prefix, _when(k.created_at),
+              _when(k.revoked_at) if k.revoked_at is not None else "-")
+             for k in keys]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip()
+                     for row in rows)
+
+
+def revoke_key(data_dir: Path, key_id: str) -> str:
+    """Revoke the key with id ``key_id``; returns what to print. A running server refuses
+    the key from its next request on. ConfigError if there is no such key."""
+    db = _existing_database(data_dir)
+    try:
+        key = db.revoke_key(key_id.strip())
+    finally:
+        db.close()
+    if key is None:
+        raise ConfigError(f"no API key with id {key_id!r} (see --list-keys)")
+    assert key.revoked_at is not None
+    return (f"revoked key {key.id} ({key.role}, {key.key_prefix}..., organization "
+            f"{key.organization_name!r}) at {_when(key.revoked_at)}")
+
+
 # ---- the lock and server.json --------------------------------------------------------------
 
 @contextlib.contextmanager
 def _server_lock(data_dir: Path) -> Iterator[IO[str]]:
-    handle = open(data_dir / LOCK_FILE, "a+", encoding="utf-8")
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    handle = open(fd, "a+", encoding="utf-8")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -216,23 +278,60 @@ class _Server(uvicorn.Server):
         yield
 
 
+def _sweep_interval() -> float:
+    text = os.environ.get(SWEEP_INTERVAL_ENV)
+    try:
+        value = float(text) if text else SWEEP_INTERVAL_S
+    except ValueError:
+        raise ConfigError(f"{SWEEP_INTERVAL_ENV}={text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise ConfigError(f"{SWEEP_INTERVAL_ENV} must be more than 0 seconds")
+    return value
+
+
+def _sweep(sweep_once: Callable[[], int]) -> None:
+    """Up to ``SWEEP_ROUNDS`` batches of expired uploads (bounded work)."""
+    from pictofs.server.ingest import SWEEP_BATCH
+
+    for _ in range(SWEEP_ROUNDS):
+        if sweep_once() < SWEEP_BATCH:
+            return
+
+
+async def _sweep_forever(sweep_once: Callable[[], int], interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(_sweep, sweep_once)
+        except Exception:  # a locked database, a full disk: try again next time
+            log.exception("sweeping expired uploads failed")
+
+
 async def _run(servers: list[tuple[_Server, socket.socket]],
-               on_started: Callable[[], None]) -> None:
-    """Serve every (server, socket) pair in one loop; call ``on_started`` once all listen."""
+               on_started: Callable[[], None], housekeeping: Callable[[], Any]) -> None:
+    """Serve every (server, socket) pair in one loop; call ``on_started`` once all listen;
+    run the ``housekeeping()`` coroutine meanwhile."""
     tasks = [asyncio.create_task(server.serve(sockets=[sock])) for server, sock in servers]
-    while not all(server.started for server, _ in servers):
-        if any(task.done() for task in tasks):
-            break
-        await asyncio.sleep(0.01)
-    else:
-        on_started()
-    await asyncio.gather(*tasks)
+    chores = asyncio.create_task(housekeeping())
+    try:
+        while not all(server.started for server, _ in servers):
+            if any(task.done() for task in tasks):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            on_started()
+        await asyncio.gather(*tasks)
+    finally:
+        chores.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await chores
 
 
 def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8790,
           storage_port: int | None = None) -> int:
     """Run the server until SIGTERM or SIGINT; returns the exit code (0 on a clean stop)."""
     data_dir = Path(data_dir).absolute()
+    interval = _sweep_interval()
     data_dir.mkdir(parents=True, exist_ok=True)
     servers: list[tuple[_Server, socket.socket]] = []
     stopping: list[int] = []
@@ -258,7 +357,7 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8790,
             if storage_port is not None:
                 sockets.append(_bind(host, storage_port))
             try:
-                _serve_on(data_dir, host, sockets, servers, stopping)
+                _serve_on(data_dir, host, sockets, servers, stopping, interval)
             finally:
                 for sock in sockets:
                     sock.close()
@@ -269,7 +368,8 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8790,
 
 
 def _serve_on(data_dir: Path, host: str, sockets: list[socket.socket],
-              servers: list[tuple[_Server, socket.socket]], stopping: list[int]) -> None:
+              servers: list[tuple[_Server, socket.socket]], stopping: list[int],
+              sweep_interval: float) -> None:
     """Build the apps over the bound sockets and serve until asked to stop."""
     from pictofs.server.app import create_app
 
@@ -277,6 +377,8 @@ def _serve_on(data_dir: Path, host: str, sockets: list[socket.socket],
     storage_port = sockets[1].getsockname()[1] if len(sockets) > 1 else None
     app = create_app(data_dir, storage_port=storage_port)
     app.state.server.blobs.clean_temporary()  # safe: this process holds the server lock
+    sweep_once = app.state.server.ingest.sweep
+    _sweep(sweep_once)
     apps = [app] + ([app.state.storage_app] if storage_port is not None else [])
     for application, sock in zip(apps, sockets):
         config = uvicorn.Config(application, log_level="warning", access_log=False,
@@ -292,7 +394,8 @@ def _serve_on(data_dir: Path, host: str, sockets: list[socket.socket],
 
     try:
         if not stopping:
-            asyncio.run(_run(servers, on_started))
+            asyncio.run(_run(servers, on_started,
+                             lambda: _sweep_forever(sweep_once, sweep_interval)))
     finally:
         info = _read_state(data_dir)
         if info and info.get("pid") == os.getpid():

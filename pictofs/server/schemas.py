@@ -3,16 +3,54 @@ complete OpenAPI schema). Field names follow protocol §3 and §4.
 
 Request models ignore unknown fields (the official SDK sends a few the reference server does not
 use, such as ``readme``). Responses are validated against these models by FastAPI.
+
+The size limits of request bodies and of their strings and lists are declared here, once
+(docs/server.md "Limits"): a field past its limit is a 422, a body past ``MAX_JSON_BODY_BYTES``
+a 413 (``middleware.RequestGate``).
 """
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 T = TypeVar("T")
+
+# ---- limits ------------------------------------------------------------------------------
+
+MAX_JSON_BODY_BYTES = 4 * 1024 * 1024  # every request body but the storage PUT's (413)
+# Names are at most 255 bytes of UTF-8 (rules.MAX_NAME_BYTES: 400 name_too_long, protocol
+# §3); more than 255 characters cannot be 255 bytes, and is refused at validation already.
+MAX_NAME_CHARS = 255
+MAX_PATH_CHARS = 4096  # rules.MAX_PATH_BYTES for a whole folder path
+MAX_REF_CHARS = 255  # a dataset named or identified in a body (a name, or a 36-char UUID)
+MAX_ID_CHARS = 64  # an image id (a 36-char UUID)
+MAX_CONTENT_TYPE_CHARS = 255  # RFC 6838: 127 for the type, 127 for the subtype
+MAX_DESCRIPTION_CHARS = 4096
+MAX_ANNOTATION_TYPES = 64
+MAX_LABEL_CHARS = 255  # an annotation type, a class given as a string
+MAX_CLASSES = 1000
+MAX_CLASS_KEYS = 32  # keys of one class object
+MAX_CLASSES_JSON_BYTES = 64 * 1024  # all of a dataset's classes, as stored and listed
+MAX_TAGS = 100  # tags in one bulk-tag call
+MAX_TAG_CHARS = 200
+MAX_ANNOTATIONS = 10_000  # annotations of one image (their size is bounded by the body's)
+MAX_ANNOTATION_KEYS = 64  # keys of one annotation object
+MAX_BATCH_IDS = 10_000
+MAX_BULK_FILES = 500
+
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+FolderPath = Annotated[str, Field(max_length=MAX_PATH_CHARS)]
+DatasetRef = Annotated[str, Field(max_length=MAX_REF_CHARS)]
+ImageId = Annotated[str, Field(max_length=MAX_ID_CHARS)]
+ContentType = Annotated[str, Field(max_length=MAX_CONTENT_TYPE_CHARS)]
+Label = Annotated[str, Field(max_length=MAX_LABEL_CHARS)]
+Tag = Annotated[str, Field(max_length=MAX_TAG_CHARS)]
+ClassObject = Annotated[dict[str, Any], Field(max_length=MAX_CLASS_KEYS)]
+Annotation = Annotated[dict[str, Any], Field(max_length=MAX_ANNOTATION_KEYS)]
 
 Status = Literal["new", "annotate", "review", "complete"]
 Split = Literal["train", "val", "test"]
@@ -146,21 +184,32 @@ class ErrorBody(BaseModel):
 # ---- datasets ----------------------------------------------------------------------------
 
 class DatasetCreate(_In):
-    name: str
-    description: str | None = None
-    annotation_types: list[str] | None = None
-    classes: list[dict[str, Any] | str] | None = None
+    name: Name
+    description: Annotated[str, Field(max_length=MAX_DESCRIPTION_CHARS)] | None = None
+    annotation_types: Annotated[list[Label], Field(max_length=MAX_ANNOTATION_TYPES)] | None = None
+    classes: Annotated[list[ClassObject | Label], Field(max_length=MAX_CLASSES)] | None = None
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_fit(cls, classes: list[Any] | None) -> list[Any] | None:
+        """Every dataset listing answers the classes: their total is bounded too."""
+        if classes is not None:
+            size = len(json.dumps(classes, ensure_ascii=False).encode("utf-8"))
+            if size > MAX_CLASSES_JSON_BYTES:
+                raise ValueError(f"classes take {size} bytes as JSON; at most "
+                                 f"{MAX_CLASSES_JSON_BYTES}")
+        return classes
 
 
 # ---- directories -------------------------------------------------------------------------
 
 class DirectoryCreate(_In):
-    dataset: str
-    directory_path: str
+    dataset: DatasetRef
+    directory_path: FolderPath
 
 
 class DirectoryRename(_In):
-    new_name: str
+    new_name: Name
 
 
 class DirectoryDeleted(BaseModel):
@@ -171,10 +220,10 @@ class DirectoryDeleted(BaseModel):
 # ---- uploads -----------------------------------------------------------------------------
 
 class UploadUrlRequest(_In):
-    dataset: str
-    filename: str
-    directory_path: str | None = "/"
-    content_type: str
+    dataset: DatasetRef
+    filename: Name
+    directory_path: FolderPath | None = "/"
+    content_type: ContentType
 
 
 class UploadUrlOut(BaseModel):
@@ -185,14 +234,14 @@ class UploadUrlOut(BaseModel):
 
 
 class BulkUploadItem(_In):
-    filename: str
-    directory_path: str | None = "/"
-    content_type: str
+    filename: Name
+    directory_path: FolderPath | None = "/"
+    content_type: ContentType
 
 
 class BulkUploadUrlRequest(_In):
-    dataset: str
-    images: list[BulkUploadItem] = Field(min_length=1, max_length=500)
+    dataset: DatasetRef
+    images: list[BulkUploadItem] = Field(min_length=1, max_length=MAX_BULK_FILES)
 
 
 class BulkUploadUrl(BaseModel):
@@ -207,21 +256,21 @@ class BulkUploadUrlOut(BaseModel):
 
 
 class RegisterItem(_In):
-    filename: str
-    directory_path: str | None = "/"
+    filename: Name
+    directory_path: FolderPath | None = "/"
     file_size: int | None = Field(default=None, ge=0)
-    content_type: str
+    content_type: ContentType
     width: int | None = Field(default=None, ge=0)
     height: int | None = Field(default=None, ge=0)
 
 
 class RegisterRequest(RegisterItem):
-    dataset: str
+    dataset: DatasetRef
 
 
 class BulkRegisterRequest(_In):
-    dataset: str
-    images: list[RegisterItem] = Field(min_length=1, max_length=500)
+    dataset: DatasetRef
+    images: list[RegisterItem] = Field(min_length=1, max_length=MAX_BULK_FILES)
 
 
 class BulkFailure(_Out):
@@ -253,9 +302,9 @@ class SplitRequest(_In):
 
 
 class BulkTagRequest(_In):
-    dataset: str
-    image_ids: list[str] = Field(max_length=10_000)
-    tags: list[str]
+    dataset: DatasetRef
+    image_ids: list[ImageId] = Field(max_length=MAX_BATCH_IDS)
+    tags: list[Tag] = Field(max_length=MAX_TAGS)
     add: bool = True
 
 
@@ -264,8 +313,8 @@ class ProcessedOut(BaseModel):
 
 
 class BatchDeleteRequest(_In):
-    dataset_name: str
-    image_ids: list[str] = Field(max_length=10_000)
+    dataset_name: DatasetRef
+    image_ids: list[ImageId] = Field(max_length=MAX_BATCH_IDS)
     permanent: bool = False
 
 
@@ -275,15 +324,15 @@ class BatchUpdates(_In):
 
 
 class BatchUpdateRequest(_In):
-    dataset_name: str
-    image_ids: list[str] = Field(max_length=10_000)
+    dataset_name: DatasetRef
+    image_ids: list[ImageId] = Field(max_length=MAX_BATCH_IDS)
     updates: BatchUpdates
 
 
 class BatchMoveRequest(_In):
-    dataset_name: str
-    image_ids: list[str] = Field(max_length=10_000)
-    target_directory_path: str
+    dataset_name: DatasetRef
+    image_ids: list[ImageId] = Field(max_length=MAX_BATCH_IDS)
+    target_directory_path: FolderPath
 
 
 class BatchFailure(BaseModel):
@@ -307,7 +356,7 @@ class AnnotationsOut(BaseModel):
 
 
 class AnnotationsSave(_In):
-    annotations: list[dict[str, Any]]
+    annotations: list[Annotation] = Field(max_length=MAX_ANNOTATIONS)
 
 
 class AnnotationsSaved(BaseModel):
@@ -338,7 +387,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (403, "Role too low"),
         (404, "No such thing, or it belongs to another organization"),
         (409, "Name collision"),
-        (413, "Over 50 MB"),
+        (413, "Over 50 MB (an image), or a request body over 4 MiB"),
         (415, "Unsupported extension or not an image"),
         (422, "Validation error"),
     )

@@ -130,7 +130,7 @@ def test_serve_keeps_keys_out_of_logs_and_argv_binds_loopback_and_keeps_files_pr
         # The data folder and every file in it that holds a key, a secret or the database.
         assert mode(data) == 0o700
         for name_ in ("owner.key", "server.json", "upload.secret", "pictofs.db",
-                      "pictofs.db-wal", "pictofs.db-shm"):
+                      "pictofs.db-wal", "pictofs.db-shm", "server.lock"):
             assert mode(data / name_) == 0o600, name_
         assert (data / "owner.key").read_text() == key + "\n"
     finally:
@@ -139,6 +139,29 @@ def test_serve_keeps_keys_out_of_logs_and_argv_binds_loopback_and_keeps_files_pr
     assert "DEBUG" in log  # -v reached the server's logging
     assert_no_key(log, server.key, "server log")
     assert_no_key(log, wrong, "server log")
+
+
+def test_log_files_are_created_private(tmp_path):
+    """A mount's (or mirror's) ``--log-file`` names datasets and files: it was created 0644.
+    Created 0600 whatever the umask, and again when logrotate has moved it away."""
+    log = tmp_path / "logs" / "pictofs.log"
+    log.parent.mkdir()
+    script = (
+        "import logging, os\n"
+        "os.umask(0o022)\n"
+        "from pictofs.logsetup import setup_logging\n"
+        f"setup_logging(log_file={str(log)!r})\n"
+        "logging.getLogger('pictofs').warning('wrote cats/a.jpg')\n"
+        f"os.rename({str(log)!r}, {str(log) + '.1'!r})\n"
+        "logging.getLogger('pictofs').warning('wrote cats/b.jpg')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "cats/a.jpg" in Path(str(log) + ".1").read_text()
+    assert "cats/b.jpg" in log.read_text()
+    assert mode(Path(str(log) + ".1")) == 0o600
+    assert mode(log) == 0o600
 
 
 # ---------------------------------------------------------------------- names

@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
+from pictofs.server import run
+
 METRIC_RE = re.compile(r'^pictofs_http_requests_total\{method="(?P<method>[^"]*)",'
                        r'route="(?P<route>[^"]*)",status="(?P<status>\d+)"\} (?P<count>\d+)$')
 
@@ -247,8 +249,10 @@ def test_idempotency_key_replays_the_first_response(api, dataset, make_png, make
     assert listing["pagination"]["total"] == 1
     fresh = api.post("/images/register", json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
     assert fresh.status_code == 409
-    # Dataset creation too: the replay answers 201 with the same dataset, not a 409.
+    # Dataset creation too: the replay answers 201 with the same dataset, not a 409. (A key
+    # names one request: another request needs another key.)
     create = {"name": f"idem-{uuid.uuid4().hex[:6]}"}
+    key = uuid.uuid4().hex
     one = api.post("/datasets/", json=create, headers={"Idempotency-Key": key})
     two = api.post("/datasets/", json=create, headers={"Idempotency-Key": key})
     assert one.status_code == two.status_code == 201 and one.json() == two.json()
@@ -370,6 +374,29 @@ def test_batch_move_renames_on_clash(api, dataset, make_png):
                      plain["id"]: "y.png"}
     moved = api.get(f"/images/{name}/dst/x-1.png")
     assert moved.content == make_png("m1")
+
+
+def test_batch_move_with_no_valid_id_creates_no_folder(api, dataset, make_png, make_api,
+                                                      ref_server):
+    """The probe's move of unknown ids (and of another organization's) created the target."""
+    name = dataset["name"]
+    org = f"mv-{uuid.uuid4().hex[:6]}"
+    run.create_org(ref_server.data_dir, org)
+    other = make_api(run.create_key(ref_server.data_dir, "owner", org))
+    theirs = other.create_dataset("mv")
+    foreign = other.upload(theirs["name"], "f.png", make_png("foreign"))
+    for ids in ([], [str(uuid.uuid4())], [foreign["id"], "not-an-id"]):
+        result = api.post("/batch/images/move", json={
+            "dataset_name": name, "image_ids": ids, "target_directory_path": "/ghost/town"})
+        assert result.status_code == 200 and result.json()["processed"] == 0
+    assert api.get(f"/directories/{name}").json() == []
+    # A move that moves something still makes its target (and parents).
+    mine = api.upload(name, "m.png", make_png("moved"))
+    assert api.post("/batch/images/move", json={
+        "dataset_name": name, "image_ids": [mine["id"]],
+        "target_directory_path": "/ghost/town"}).json()["processed"] == 1
+    assert [d["full_path"] for d in api.get(f"/directories/{name}").json()] == [
+        "/ghost", "/ghost/town"]
 
 
 def test_archive_then_restore_and_restore_when_name_taken(api, dataset, make_png,

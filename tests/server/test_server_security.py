@@ -150,6 +150,61 @@ def test_other_organization_sees_nothing(api, ref_server, make_api, make_png, ch
     assert theirs_too.json()["data"]["organization_id"] != dataset["organization_id"]
 
 
+# ---- idempotency records -------------------------------------------------------------------
+
+def test_a_refusal_is_never_replayed_to_another_key(api, ref_server, make_api, check_error):
+    """A viewer's 403 under an Idempotency-Key was replayed for 24 h to the owner's request
+    with that key: records were per organization and stored 403s."""
+    viewer = make_api(run.create_key(ref_server.data_dir, "viewer"))
+    key = uuid.uuid4().hex
+    body = {"name": f"idem-{key[:6]}"}
+    check_error(viewer.post("/datasets/", json=body, headers={"Idempotency-Key": key}), 403)
+    made = api.post("/datasets/", json=body, headers={"Idempotency-Key": key})
+    assert made.status_code == 201, made.text
+    assert made.headers.get("Idempotent-Replayed") is None
+
+
+def test_an_answer_is_never_replayed_to_another_key_or_request(api, ref_server, make_api,
+                                                              check_error):
+    """The owner's 201 under a key was replayed to another key of the organization sending
+    another body; now records are per API key, and a key reused for another request is a
+    422, never another request's answer."""
+    member = make_api(run.create_key(ref_server.data_dir, "member"))
+    key = uuid.uuid4().hex
+    first = api.post("/datasets/", json={"name": f"first-{key[:6]}"},
+                     headers={"Idempotency-Key": key})
+    assert first.status_code == 201
+    theirs = member.post("/datasets/", json={"name": f"theirs-{key[:6]}"},
+                         headers={"Idempotency-Key": key})
+    assert theirs.status_code == 201 and theirs.headers.get("Idempotent-Replayed") is None
+    assert theirs.json()["data"]["name"] == f"theirs-{key[:6]}"
+    for response in (
+        api.post("/datasets/", json={"name": f"other-{key[:6]}"},
+                 headers={"Idempotency-Key": key}),
+        api.post("/directories/", json={"dataset": f"first-{key[:6]}", "directory_path": "/x"},
+                 headers={"Idempotency-Key": key}),
+    ):
+        error = check_error(response, 422, "idempotency_key_reused")
+        assert error["details"] == {"idempotency_key": key}
+    names = [d["name"] for d in api.get("/datasets/", params={"limit": 1000}).json()["data"]]
+    assert f"other-{key[:6]}" not in names
+    assert api.get(f"/directories/{first.json()['data']['name']}").json() == []
+    again = api.post("/datasets/", json={"name": f"first-{key[:6]}"},
+                     headers={"Idempotency-Key": key})
+    assert again.status_code == 201 and again.headers.get("Idempotent-Replayed") == "true"
+    assert again.json() == first.json()
+
+
+def test_validation_errors_are_not_stored(api, check_error):
+    """A 422 ran nothing: the corrected request with the same key runs."""
+    key = uuid.uuid4().hex
+    check_error(api.post("/datasets/", json={"nom": "x"}, headers={"Idempotency-Key": key}),
+                422, "validation_error")
+    fixed = api.post("/datasets/", json={"name": f"fixed-{key[:6]}"},
+                     headers={"Idempotency-Key": key})
+    assert fixed.status_code == 201, fixed.text
+
+
 # ---- signed upload URLs --------------------------------------------------------------------
 
 def test_signed_url_tampered_expired_or_wrong_type_is_403(api, dataset, ref_server, make_png,

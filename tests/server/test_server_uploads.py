@@ -4,11 +4,15 @@ bulk forms, the storage port, and the life of the server process (restart, stop,
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import sqlite3
 import struct
+import time
 import zlib
+from pathlib import Path
 
 import pillow_heif
 import pytest
@@ -180,6 +184,138 @@ def test_bulk_upload_reports_failures_per_file(api, dataset, make_png, check_err
         {"filename": "b.png", "directory_path": "/y", "content_type": "image/png"}]}), 400)
     check_error(api.post("/images/bulk-upload-url", json={"dataset": name, "images": [
         {"filename": "a.png", "directory_path": "/x", "content_type": "image/png"}] * 501}), 422)
+
+
+def jpeg_bytes(seed: int = 0) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (3, 2), (seed, 20, 30)).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def test_the_stored_type_is_the_one_the_bytes_have(api, dataset, make_png):
+    """The probe's PNG bytes in ``x.jpg`` were stored (and served) as image/jpeg: the type of
+    the name and the URL, not of the bytes."""
+    name = dataset["name"]
+    png = make_png("typed")
+    single = put_and_register(api, name, "x.jpg", png, "image/jpeg")
+    assert single.status_code == 201, single.text
+    image = single.json()["data"]
+    assert (image["filename"], image["content_type"]) == ("x.jpg", "image/png")
+    assert api.get(f"/images/{image['id']}/metadata").json()["data"]["content_type"] == \
+        "image/png"
+    served = api.get(f"/images/{image['id']}")
+    assert served.headers["Content-Type"] == "image/png" and served.content == png
+
+    files = {"j.png": jpeg_bytes(1), "p.png": make_png("bulk-typed"), "w.gif": jpeg_bytes(2)}
+    types = {"j.png": "image/png", "p.png": "image/png", "w.gif": "image/gif"}
+    urls = api.post("/images/bulk-upload-url", json={"dataset": name, "images": [
+        {"filename": f, "directory_path": "/t", "content_type": types[f]} for f in files]})
+    for entry in urls.json()["data"]["upload_urls"]:
+        assert api.put(entry["upload_url"], files[entry["filename"]],
+                       types[entry["filename"]]).status_code == 200
+    result = api.post("/images/bulk-register", json={"dataset": name, "images": [
+        {"filename": f, "directory_path": "/t", "file_size": len(d), "content_type": types[f]}
+        for f, d in files.items()]}).json()["data"]
+    assert {i["filename"]: i["content_type"] for i in result["succeeded"]} == {
+        "j.png": "image/jpeg", "p.png": "image/png", "w.gif": "image/jpeg"}
+
+
+# ---- spent URLs and expired uploads -------------------------------------------------------
+
+def blob_path(data_dir: Path, data: bytes) -> Path:
+    digest = hashlib.sha256(data).hexdigest()
+    return data_dir / "blobs" / digest[:2] / digest[2:4] / digest
+
+
+def expire_pending(data_dir: Path, dataset_id: str, filename: str) -> None:
+    """Move the times of a pending upload a day back (as if the day had passed)."""
+    conn = sqlite3.connect(data_dir / "pictofs.db", timeout=15)
+    try:
+        times = [column for _, column, *_ in conn.execute("PRAGMA table_info(uploads)")
+                 if column in ("created_at", "url_expires_at")]
+        with conn:
+            changed = conn.execute(
+                "UPDATE uploads SET " + ", ".join(f"{c} = {c} - 86400" for c in times)
+                + " WHERE dataset_id = ? AND filename = ?", (dataset_id, filename)).rowcount
+        assert changed == 1
+    finally:
+        conn.close()
+
+
+def test_an_upload_url_is_spent_by_its_register(api, dataset, ref_server, make_png,
+                                                check_error):
+    """The probe PUT again after register, and after archiving the image registered the
+    same path again without a new URL: a URL was a reusable credential for 15 minutes."""
+    name = dataset["name"]
+    data = make_png("spent")
+    url = api.upload_url(name, "spent.png").json()["data"]["upload_url"]
+    assert api.put(url, data).status_code == 200
+    assert api.put(url, data).status_code == 200  # a PUT retried before the register: taken
+    image = api.register(name, "spent.png", file_size=len(data))
+    assert image.status_code == 201
+    before = ref_server.blob_files()
+    for other in (make_png("other"), make_png("longer other bytes")):  # same size, another
+        error = check_error(api.put(url, other), 403, "forbidden")
+        assert error["details"] == {"reason": "spent"}
+    assert ref_server.blob_files() == before
+    archived = api.post("/batch/images/delete", json={"dataset_name": name,
+                                                      "image_ids": [image.json()["data"]["id"]]})
+    assert archived.json()["processed"] == 1
+    check_error(api.put(url, make_png("sneak")), 403, "forbidden")
+    # Exactly the registered bytes (a client repeating a whole idempotent upload): answered,
+    # nothing stored, nothing to register.
+    assert api.put(url, data).status_code == 200
+    assert ref_server.blob_files() == before
+    check_error(api.register(name, "spent.png", file_size=len(data)), 400, "upload_missing")
+    everything = api.get("/images/", params={"dataset": name, "include_archived": "true"})
+    assert [i["is_archived"] for i in everything.json()["data"]] == [True]
+
+
+def test_a_pending_upload_expires_with_its_url(api, dataset, ref_server, make_png, check_error):
+    data = make_png("late")
+    url = api.upload_url(dataset["name"], "late.png").json()["data"]["upload_url"]
+    assert api.put(url, data).status_code == 200
+    assert blob_path(ref_server.data_dir, data).exists()
+    expire_pending(ref_server.data_dir, dataset["id"], "late.png")
+    check_error(api.register(dataset["name"], "late.png", file_size=len(data)), 400,
+                "upload_expired")
+    assert not blob_path(ref_server.data_dir, data).exists()
+    check_error(api.register(dataset["name"], "late.png", file_size=len(data)), 400,
+                "upload_missing")
+
+
+def test_expired_uploads_are_swept_at_start_and_while_running(tmp_path, spawn_server,
+                                                              stop_server, api_for, make_png,
+                                                              monkeypatch):
+    """The probe left 8 unregistered blobs that stayed for good."""
+    monkeypatch.setenv("PICTOFS_SWEEP_INTERVAL", "0.2")
+    data_dir = tmp_path / "data"
+    server = spawn_server(data_dir)
+    api = api_for(server)
+    dataset = api.create_dataset("sweep")
+    orphans = {f"o{i}.png": make_png(f"orphan{i}") for i in range(8)}
+    for filename, data in orphans.items():
+        url = api.upload_url(dataset["name"], filename).json()["data"]["upload_url"]
+        assert api.put(url, data).status_code == 200
+    assert all(blob_path(data_dir, data).exists() for data in orphans.values())
+    for filename in list(orphans)[:7]:
+        expire_pending(data_dir, dataset["id"], filename)
+    deadline = time.monotonic() + 20
+    while any(blob_path(data_dir, orphans[f]).exists() for f in list(orphans)[:7]):
+        assert time.monotonic() < deadline, "the expired uploads were not swept"
+        time.sleep(0.1)
+    kept = list(orphans)[7]
+    assert blob_path(data_dir, orphans[kept]).exists()  # not expired: still registrable
+    assert api.register(dataset["name"], kept, file_size=len(orphans[kept])).status_code == 201
+
+    late = make_png("expired while the server was down")
+    url = api.upload_url(dataset["name"], "down.png").json()["data"]["upload_url"]
+    assert api.put(url, late).status_code == 200
+    assert stop_server(server) == 0
+    expire_pending(data_dir, dataset["id"], "down.png")
+    monkeypatch.setenv("PICTOFS_SWEEP_INTERVAL", "3600")
+    spawn_server(data_dir)
+    assert not blob_path(data_dir, late).exists()  # swept before the server listened
 
 
 # ---- the server process --------------------------------------------------------------------
