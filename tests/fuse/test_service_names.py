@@ -1,25 +1,35 @@
-"""Names from the service that a mount cannot take as they are, through a real mount
-(filesystem "What you see", "Names the mount cannot show"): an image whose name is not one
-path segment made the kernel fail the whole ``ls`` with EIO, with no log line; it is skipped
-(one log line, ``skipped_names`` in ``pictofs status``) and the rest listed.
+"""Names and paths from the service that a mount cannot take as they are, through a real
+mount (filesystem "What you see", "Names the mount cannot show"):
 
-The reference server refuses such names, so they are written into its database
-(``servicedb``).
+- an image whose name is not one path segment made the kernel fail the whole ``ls`` with
+  EIO, with no log line: it is skipped (one log line, ``skipped_names`` in ``pictofs
+  status``) and the rest listed;
+- a folder 1,500 levels deep (deeper than Python's recursion limit) failed with EIO and a
+  RecursionError in the log: it is reached.
+
+The reference server refuses the bad names, so they are written into its database
+(``servicedb``); the deep folder is made through its folders route.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 
 import pytest
 
+from imagegen import png_bytes
+from mountkit import live, sync
 from seed import seed_images
 from servicedb import rename_images
 
+from pictofs.api import folders as folders_api
+
 pytestmark = pytest.mark.fuse
 
+WRITE_BACK = ("--write-back", "0.2s")
 BAD_NAMES = ["../../x.png", "sub/x.png", "/abs.png", ""]
 
 
@@ -40,3 +50,34 @@ def test_ls_of_a_folder_holding_names_that_are_not_one_segment_lists_the_rest(
     assert f"skipped:    {len(BAD_NAMES)} names" in text.stdout, text.stdout
     lines = [line for line in m.log().splitlines() if "skipped in" in line]
     assert len(lines) == len(BAD_NAMES), lines  # once per name, not once per listing
+
+
+def test_a_folder_1500_levels_deep_is_reached(client, dataset, mount
+                                              ):  # type: ignore[no-untyped-def]
+    deep = "a/" * 1499 + "a"
+    folders_api.create_folder(client.transport, dataset.id, "/" + deep)
+    m = mount(dataset.name, *WRITE_BACK)
+    folder = m.path / deep
+    assert len(os.fsencode(folder / "x.png")) < 4096  # PATH_MAX
+    # walked once by the kernel; then relative to the open folder, so each call below is
+    # not a walk of 1,500 lookups again
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert stat.S_ISDIR(os.fstat(fd).st_mode)
+        assert os.listdir(fd) == []
+        data = png_bytes(601)
+        out = os.open("x.png", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=fd)
+        try:
+            assert os.write(out, data) == len(data)
+        finally:
+            os.close(out)
+        sync(m)
+        assert os.stat("x.png", dir_fd=fd).st_size == len(data)
+        into = os.open("x.png", os.O_RDONLY, dir_fd=fd)
+        try:
+            assert os.read(into, len(data) + 1) == data
+        finally:
+            os.close(into)
+    finally:
+        os.close(fd)
+    assert f"/{deep}/x.png" in live(client, dataset)

@@ -176,20 +176,26 @@ class DatasetView:
 
     def resolve(self, path: str) -> ViewEntry:
         """What is at ``path``: a DirEntry or a FileEntry. Raises NotFound, NameTooLong,
-        Unavailable."""
-        if path == "/":
-            return DirEntry("/")
-        parent, name = split_path(path)
-        if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
-            raise NameTooLong(f"name longer than {MAX_NAME_BYTES} bytes")
-        if not _is_utf8(name):
-            # Bytes that are not UTF-8 (decoded with surrogateescape) name nothing on the
-            # service, and could not even be put in a request.
-            raise NotFound(f"{path!r} is not a UTF-8 name")
-        parent_entry = self.resolve(parent)
-        if not isinstance(parent_entry, DirEntry):
-            raise NotFound(f"{parent} is not a folder")
-        return self._child(parent, name, parent_entry.folder)
+        Unavailable. The names are checked from the last up, then the path is walked from
+        the root down, one level at a time (a loop: a path may be deeper than Python's
+        recursion limit)."""
+        steps: list[tuple[str, str]] = []  # (parent, name), the deepest first
+        while path != "/":
+            parent, name = split_path(path)
+            if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+                raise NameTooLong(f"name longer than {MAX_NAME_BYTES} bytes")
+            if not _is_utf8(name):
+                # Bytes that are not UTF-8 (decoded with surrogateescape) name nothing on
+                # the service, and could not even be put in a request.
+                raise NotFound(f"{path!r} is not a UTF-8 name")
+            steps.append((parent, name))
+            path = parent
+        entry: ViewEntry = DirEntry("/")
+        for parent, name in reversed(steps):
+            if not isinstance(entry, DirEntry):
+                raise NotFound(f"{parent} is not a folder")
+            entry = self._child(parent, name, entry.folder)
+        return entry
 
     def _child(self, parent: str, name: str, parent_folder: Folder | None = None) -> ViewEntry:
         path = join_path(parent, name)
