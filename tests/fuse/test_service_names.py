@@ -1,14 +1,17 @@
 """Names and paths from the service that a mount cannot take as they are, through a real
-mount (filesystem "What you see", "Names the mount cannot show"):
+mount (filesystem "What you see", "Names the mount cannot show"; "Renaming and the
+archive", "A service folder named .archive"):
 
 - an image whose name is not one path segment made the kernel fail the whole ``ls`` with
   EIO, with no log line: it is skipped (one log line, ``skipped_names`` in ``pictofs
   status``) and the rest listed;
 - a folder 1,500 levels deep (deeper than Python's recursion limit) failed with EIO and a
-  RecursionError in the log: it is reached.
+  RecursionError in the log: it is reached;
+- the service's own folder ``.archive`` at a dataset's root was hidden by the virtual
+  archive: it shows as ``.archive~service``, listed, read and written into.
 
 The reference server refuses the bad names, so they are written into its database
-(``servicedb``); the deep folder is made through its folders route.
+(``servicedb``); the ``.archive`` folder and the deep one are made through its folders route.
 """
 
 from __future__ import annotations
@@ -81,3 +84,25 @@ def test_a_folder_1500_levels_deep_is_reached(client, dataset, mount
     finally:
         os.close(fd)
     assert f"/{deep}/x.png" in live(client, dataset)
+
+
+def test_the_service_folder_named_archive_is_listed_read_and_written_as_archive_service(
+        client, dataset, mount):  # type: ignore[no-untyped-def]
+    inside = seed_images(client, dataset.id, "/.archive", ["in.png"])
+    gone = seed_images(client, dataset.id, "/", ["gone.png"])
+    client.images.delete(gone["gone.png"][0].id)
+    m = mount(dataset.name, *WRITE_BACK)
+    alias = m.path / ".archive~service"
+    assert os.listdir(m.path) == [".archive~service"]
+    assert os.listdir(m.path / ".archive") == ["gone.png"]  # the virtual archive
+    assert os.listdir(alias) == ["in.png"]
+    assert (alias / "in.png").read_bytes() == inside["in.png"][1]
+    data = png_bytes(602)
+    (alias / "new.png").write_bytes(data)
+    sync(m)
+    landed = live(client, dataset)
+    assert set(landed) == {"/.archive/in.png", "/.archive/new.png"}
+    assert landed["/.archive/new.png"].file_size == len(data)
+    m.refresh()
+    assert sorted(os.listdir(alias)) == ["in.png", "new.png"]
+    assert (alias / "new.png").read_bytes() == data

@@ -7,6 +7,9 @@ view is built from one listing of the dataset with archived images included, kep
 ``dir_cache_time`` like other listings; ``.archive`` is never returned by ``readdir`` of the
 root, so ``find``, ``du`` and ``rsync`` never walk into it. An archived image whose name or
 folder path the mount cannot show (``listing.unshowable``) is skipped like in a listing.
+A real folder the service has under the name ``.archive`` shows as ``.archive~service``, at
+the dataset's root and at the top of this view alike (``rootnames``; ``Vfs`` translates the
+paths, this view holds the service's).
 """
 
 from __future__ import annotations
