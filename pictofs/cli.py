@@ -287,6 +287,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     for item in uploads.get("stranded", []):
         print(f"stranded:   {item['pending']} pending upload(s) in {item['folder']} "
               "(another journal of this dataset; taken over at the next mount)")
+    if reply.get("skipped_names"):
+        print(f"skipped:    {reply['skipped_names']} names from the service the mount cannot "
+              "show (logged)")
     for cache in reply.get("cache", []):
         print(f"cache:      {format_size(cache['size_bytes'])} in {cache['entries']} images, "
               f"hit ratio {cache['hit_ratio']:.0%}")

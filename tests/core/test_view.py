@@ -88,3 +88,30 @@ def test_names_in_the_root_are_asked_one_by_one_until_the_rule_lists_it():
     for i in range(1, 5):
         view.resolve(f"/img{i}.png")
     assert service.calls == {"filename": LOOKUPS_BEFORE_LISTING - 1, "page": 1, "folders": 1}
+
+
+class DeepService(Service):
+    """One chain of folders ``/a/a/…/a``, ``depth`` levels deep, each holding nothing else."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__({})
+        self.depth = depth
+
+    def list_folders(self, dataset_id: str, parent: str | None) -> list[Folder]:
+        self.calls["folders"] += 1
+        level = 0 if parent in ("/", None) else parent.count("/")
+        if level >= self.depth:
+            return []
+        path = ("" if level == 0 else parent) + "/a"  # type: ignore[operator]
+        return [Folder(id=f"f{level + 1}", dataset_id="d", name="a", full_path=path)]
+
+
+def test_a_path_deeper_than_the_recursion_limit_is_walked_level_by_level():
+    depth = 1500
+    view = view_of(DeepService(depth))
+    deepest = "/a" * depth
+    found = view.resolve(deepest)
+    assert isinstance(found, DirEntry) and found.folder is not None
+    assert found.folder.full_path == deepest
+    with pytest.raises(NotFound):
+        view.resolve(deepest + "/a")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pictofs.core.tree.listing import list_images_consistent, visible_entries
+import pytest
+
+from pictofs.core.tree.listing import list_images_consistent, unshowable, visible_entries
 from pictofs.model import Folder, Image, Page
 
 
@@ -31,6 +33,22 @@ def test_names_over_255_bytes_are_hidden():
     shown, folders, hidden = visible_entries("/", {"1": img(long_name, "1")}, [fold("x" * 256)])
     assert shown == {} and folders == {}
     assert len(hidden) == 2
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../../x.png", "sub/x.png", "/abs.png",
+                                  "nul\0.png", "lone\ud800.png", "é" * 128 + ".jpg"])
+def test_names_the_mount_cannot_show_are_skipped_and_the_rest_shows(name):
+    images = {"1": img(name, "1"), "2": img("ok.png", "2")}
+    shown, folders, hidden = visible_entries("/", images, [fold(name), fold("cars")])
+    assert set(shown) == {"ok.png"} and set(folders) == {"cars"}
+    assert [(h.name, h.skipped) for h in hidden] == [(name, True), (name, True)]
+    assert unshowable(name) is not None
+
+
+@pytest.mark.parametrize("name", ["x.png", ".x.png", "...", "new\nline.png", "é.jpg",
+                                  "a" * 251 + ".png"])
+def test_names_linux_takes_show(name):
+    assert unshowable(name) is None
 
 
 def test_newest_of_two_same_names_wins():

@@ -5,7 +5,11 @@ are ``x.<first 8 characters of the id>.jpg``. Moving a file out of ``.archive/``
 image (same id, annotations kept); ``unlink`` inside it deletes the image permanently. The
 view is built from one listing of the dataset with archived images included, kept for
 ``dir_cache_time`` like other listings; ``.archive`` is never returned by ``readdir`` of the
-root, so ``find``, ``du`` and ``rsync`` never walk into it.
+root, so ``find``, ``du`` and ``rsync`` never walk into it. An archived image whose name or
+folder path the mount cannot show (``listing.unshowable``) is skipped like in a listing.
+A real folder the service has under the name ``.archive`` shows as ``.archive~service``, at
+the dataset's root and at the top of this view alike (``rootnames``; ``Vfs`` translates the
+paths, this view holds the service's).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pictofs.core.tree.listing import PAGE_SIZE
+from pictofs.core.tree.listing import PAGE_SIZE, Hidden, NameNotes, unshowable
 from pictofs.core.tree.view import DirEntry, FileEntry
 from pictofs.errors import NotADirectory, NotFound
 from pictofs.model import Image, split_path
@@ -36,6 +40,7 @@ class ArchiveTree:
     files: dict[str, dict[str, Image]] = field(default_factory=dict)
     folders: dict[str, set[str]] = field(default_factory=dict)
     at: float = 0.0
+    skipped: list[Hidden] = field(default_factory=list)
 
 
 def archive_names(images: list[Image]) -> dict[str, Image]:
@@ -54,13 +59,32 @@ def archive_names(images: list[Image]) -> dict[str, Image]:
     return shown
 
 
+def _unshowable_path(image: Image) -> str | None:
+    """Why an archived image cannot show at its path in ``.archive/``, or None."""
+    folder = image.directory_path
+    if folder != "/":
+        if not folder.startswith("/"):
+            return "folder path not absolute"
+        for part in folder[1:].split("/"):
+            reason = unshowable(part)
+            if reason is not None:
+                return f"folder {part!r}: {reason}"
+    return unshowable(image.filename)
+
+
 def build_tree(images: list[Image], clock: float) -> ArchiveTree:
     tree = ArchiveTree(at=clock)
     tree.folders["/"] = set()
     per_folder: dict[str, list[Image]] = {}
     for image in images:
-        if image.is_archived:
-            per_folder.setdefault(image.directory_path, []).append(image)
+        if not image.is_archived:
+            continue
+        reason = _unshowable_path(image)
+        if reason is not None:
+            shown_in = ARCHIVE + ("" if image.directory_path == "/" else image.directory_path)
+            tree.skipped.append(Hidden(shown_in, image.filename, reason, skipped=True))
+            continue
+        per_folder.setdefault(image.directory_path, []).append(image)
     for folder, group in per_folder.items():
         tree.files[folder] = archive_names(group)
         path = folder
@@ -81,6 +105,7 @@ class ArchiveView:
         self.clock = clock
         self._lock = threading.Lock()  # guards _tree
         self._tree: ArchiveTree | None = None
+        self.names = NameNotes()  # archived images skipped: logged once, counted
 
     def forget(self) -> None:
         with self._lock:
@@ -103,6 +128,7 @@ class ArchiveView:
             if not page.has_more or not page.items:
                 break
         tree = build_tree(list(images.values()), self.clock())
+        self.names.note(tree.skipped)
         with self._lock:
             self._tree = tree
         return tree

@@ -5,13 +5,16 @@ re-filtered by exact path, de-duplicated by id) plus the folders route. Offset p
 newest-first while the service changes, so the count received is compared with the first
 page's ``total``; if they differ or the total moved, the folder is listed again once, and a
 listing that still does not add up is marked incomplete: no negative answer may be drawn from
-it. §1: names over 255 bytes, and images named like a sibling folder (the folder wins), are
-hidden and logged once.
+it. §1: images named like a sibling folder (the folder wins) and older duplicates are hidden;
+names that cannot be a name in the mount at all (``unshowable``: over 255 bytes, not one path
+segment, not UTF-8) are skipped, and the rest of the folder shows. ``NameNotes`` logs each
+hidden or skipped name once and counts the skipped ones (``pictofs status``).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,11 +44,78 @@ class FolderListing:
 
 @dataclass
 class Hidden:
-    """A name the listing hides, and why (for the one log line)."""
+    """A name the listing hides, and why (for the one log line). ``skipped``: the name
+    cannot be a name in the mount at all (``unshowable``), not merely shadowed by another."""
 
     path: str
     name: str
     reason: str
+    skipped: bool = False
+
+
+def unshowable(name: str) -> str | None:
+    """Why a name the service sent cannot be an entry of a folder in the mount, or None.
+
+    The kernel takes 1 to 255 bytes without ``/`` or NUL, other than ``.`` and ``..``, and
+    fails the whole listing (EIO) on an entry that breaks this; a name that is not UTF-8 (a
+    lone surrogate in the JSON) could be neither listed nor looked up. Control characters
+    are valid names on Linux and show as stored."""
+    if name in ("", ".", ".."):
+        return "not a name"
+    if "/" in name or "\0" in name:
+        return "not one path segment"
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not UTF-8"
+    if len(encoded) > MAX_NAME_BYTES:
+        return f"longer than {MAX_NAME_BYTES} bytes"
+    return None
+
+
+class NameNotes:
+    """The names hidden or skipped so far: each logged once (not once per listing), and the
+    skipped ones counted. Thread-safe (``_lock`` guards ``_logged`` and ``_skipped``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._logged: set[tuple[str, str]] = set()
+        self._skipped: set[tuple[str, str]] = set()
+
+    def note(self, hidden: list[Hidden]) -> None:
+        for item in hidden:
+            key = (item.path, item.name)
+            with self._lock:
+                if key in self._logged:
+                    continue
+                self._logged.add(key)
+                if item.skipped:
+                    self._skipped.add(key)
+            if item.skipped:
+                log.warning("skipped in %s: %r (%s: not a name the mount can show)",
+                            item.path, item.name, item.reason)
+            else:
+                log.warning("hidden in %s: %r (%s)", item.path, item.name, item.reason)
+
+    def skipped(self) -> int:
+        """How many distinct names were skipped so far."""
+        with self._lock:
+            return len(self._skipped)
+
+
+def showable_folders(path: str, folders: list[Folder]
+                     ) -> tuple[dict[str, Folder], list[Hidden]]:
+    """The folders route's answer for ``path`` by name, without the names the mount cannot
+    show (returned as skipped). Pure."""
+    shown: dict[str, Folder] = {}
+    skipped: list[Hidden] = []
+    for folder in folders:
+        reason = unshowable(folder.name)
+        if reason is not None:
+            skipped.append(Hidden(path, folder.name, reason, skipped=True))
+        else:
+            shown[folder.name] = folder
+    return shown, skipped
 
 
 def list_images_consistent(remote: Remote, dataset_id: str, path: str
@@ -104,18 +174,13 @@ def _page_through(remote: Remote, dataset_id: str, path: str) -> tuple[dict[str,
 def visible_entries(path: str, images: dict[str, Image], folders: list[Folder]
                     ) -> tuple[dict[str, Image], dict[str, Folder], list[Hidden]]:
     """Which names a folder shows. Pure: the caller logs what is hidden."""
-    hidden: list[Hidden] = []
-    shown_folders: dict[str, Folder] = {}
-    for folder in folders:
-        if len(folder.name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
-            hidden.append(Hidden(path, folder.name, "name longer than 255 bytes"))
-        elif folder.name and "/" not in folder.name:
-            shown_folders[folder.name] = folder
+    shown_folders, hidden = showable_folders(path, folders)
     shown_images: dict[str, Image] = {}
     for image in sorted(images.values(), key=lambda i: (i.created_at or "", i.id)):
         name = image.filename
-        if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
-            hidden.append(Hidden(path, name, "name longer than 255 bytes"))
+        reason = unshowable(name)
+        if reason is not None:
+            hidden.append(Hidden(path, name, reason, skipped=True))
         elif name in shown_folders:
             hidden.append(Hidden(path, name, "a folder of the same name wins"))
         elif name in shown_images:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from pictofs import names
+from pictofs.core.tree import rootnames
 from pictofs.core.tree.pending import Pending
 from pictofs.core.tree.view import DatasetView
 from pictofs.errors import NotEmpty, PictofsError
@@ -74,8 +75,11 @@ class LocalNames:
 
     def in_local_folder(self, path: str) -> bool:
         """True for names that never reach the service: local-only names and anything inside
-        a local-only folder."""
+        a local-only folder. A root name the mount shows under another name (the service's
+        ``.archive``, reached as ``.archive~service``: ``rootnames``) is the service's."""
         parts = [p for p in path.split("/") if p]
+        if parts and rootnames.is_translated(parts[0]):
+            parts = parts[1:]
         return any(names.is_local_only(p) for p in parts)
 
     def is_local_dir(self, path: str) -> bool:

@@ -24,8 +24,8 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
-from pictofs.core.tree import attrs
-from pictofs.core.tree.archive import is_archive_path
+from pictofs.core.tree import attrs, rootnames
+from pictofs.core.tree.archive import ARCHIVE
 from pictofs.core.tree.pending import Pending
 from pictofs.core.tree.view import DirEntry, FileEntry
 from pictofs.errors import (AlreadyExists, InvalidArgument, IsADirectory, NoAttribute,
@@ -199,6 +199,8 @@ class DatasetFolder(Node):
             and view.changes_in(folder) == changes
         if not kept:  # the listing went, or changed, while the rows were worked out
             rows = {name: (found, 0.0) for name, (found, _valid) in rows.items()}
+        if folder == "/":  # the service's .archive is .archive~service here (rootnames)
+            rows = {rootnames.name_to_mount(name): row for name, row in rows.items()}
         return [(name, found, valid) for name, (found, valid) in sorted(rows.items())]
 
 
@@ -220,6 +222,8 @@ class ArchiveFolder(Node):
                                     ).attrs() for name in folders}
         rows.update({name: ArchivedImage.stat_of(self.tree, image)
                      for name, image in files.items()})
+        if self.inner == ARCHIVE:  # laid out as the dataset's root: the same names (rootnames)
+            rows = {rootnames.name_to_mount(name): found for name, found in rows.items()}
         return [(name, found, 0.0) for name, found in sorted(rows.items())]
 
 
@@ -332,9 +336,8 @@ class ArchivedImage(ImageFile):
 
     def restore(self, new: str, flags: int) -> None:
         """``mv .archive/cars/x.jpg cars/x.jpg`` restores the image (same id); to another
-        folder or name it restores, then renames. A taken name → EEXIST."""
-        if is_archive_path(new):
-            raise ReadOnly("the archive is read-only")
+        folder or name it restores, then renames. A taken name → EEXIST. ``new`` is a path
+        of the service (``Vfs.rename`` refused one in the virtual archive)."""
         side, image = self.side, self.image
         if side.renamer.what(new) is not None:
             raise AlreadyExists(new)

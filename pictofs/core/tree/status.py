@@ -31,6 +31,9 @@ def mount_status(datasets: Iterable[Any], counters: Counters, open_files: int
         "bytes_read": counters.bytes_read,
         "cache": [{**dataclasses.asdict(c), "hit_ratio": c.hit_ratio} for c in cache],
         "uploads": merge_upload_status([d.writes.status() for d in datasets]),
+        # names from the service the mount cannot show (filesystem §1), each counted once
+        "skipped_names": sum(d.view.names.skipped() + d.archive.names.skipped()
+                             for d in datasets),
     }
 
 

@@ -11,6 +11,10 @@ What caches the answers (the kernel) is not known here: ``stat_and_validity`` an
 ``readdir_with_validity`` say until when each answer may be kept, and a ``ChangeListener``
 is told of the changes this mount makes behind its back (``pictofs.fs.kernel_cache``).
 
+Paths inside a dataset are the service's: ``_route`` translates the root names that differ
+in the mount (``rootnames``: the service's own ``.archive`` folder is ``.archive~service``)
+and tells the virtual ``.archive/`` apart; what goes back to the listener is translated back.
+
 Locks: ``_lock`` guards ``_views``, ``_datasets_at``, ``_datasets``, ``_handles``,
 ``_last_open_id`` and ``counters``; it is never held while calling into a dataset.
 """
@@ -26,8 +30,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-from pictofs.core.tree import attrs
-from pictofs.core.tree.archive import is_archive_path
+from pictofs.core.tree import attrs, rootnames
+from pictofs.core.tree.archive import ARCHIVE, is_archive_path
 from pictofs.core.tree.attrs import AttrPolicy
 from pictofs.core.tree.nodes import (ArchivedImage, ArchiveFolder, DatasetFolder, ImageFile,
                                      Node, OrganizationRoot, PendingFile, Rows)
@@ -164,7 +168,7 @@ class Vfs:
         prefix = "" if view is self._single else "/" + view.dataset.name
 
         def outer(path: str) -> str:
-            return prefix + path if path != "/" else (prefix or "/")
+            return prefix + rootnames.to_mount(path) if path != "/" else (prefix or "/")
 
         view.on_change = lambda paths: self.listener.changed([outer(p) for p in paths])
         view.on_folder_gone = lambda path: self.listener.changed_under(outer(path))
@@ -195,24 +199,34 @@ class Vfs:
 
     # ------------------------------------------------------------------ resolving
 
-    def _route(self, path: str) -> tuple[DatasetTree | None, str]:
-        """(dataset, path inside it); (None, "/") is the organization root."""
+    def _route(self, path: str) -> tuple[DatasetTree | None, str, bool]:
+        """(dataset, path inside it, whether that is in the virtual ``.archive/``);
+        (None, "/", False) is the organization root. The path inside the dataset is the
+        service's (``rootnames.to_service``: ``/.archive~service/x.jpg`` → ``/.archive/x.jpg``);
+        in the virtual archive, which lays the dataset out again, it is ``/.archive``
+        followed by the service's path (``/.archive/.archive~service/x.jpg`` →
+        ``/.archive/.archive/x.jpg``)."""
         if self._single is not None:
-            return self.dataset_tree(self._single), path
-        if path == "/":
-            return None, "/"
-        name, _, rest = path[1:].partition("/")
-        views = self.dataset_names()
-        if name not in views:
-            raise NotFound(f"no dataset named {name!r}")
-        return self.dataset_tree(views[name]), "/" + rest
+            dataset, inner = self.dataset_tree(self._single), path
+        elif path == "/":
+            return None, "/", False
+        else:
+            name, _, rest = path[1:].partition("/")
+            views = self.dataset_names()
+            if name not in views:
+                raise NotFound(f"no dataset named {name!r}")
+            dataset, inner = self.dataset_tree(views[name]), "/" + rest
+        if is_archive_path(inner):
+            within = inner[len(ARCHIVE):]
+            return dataset, ARCHIVE + (rootnames.to_service(within) if within else ""), True
+        return dataset, rootnames.to_service(inner), False
 
     def resolve(self, path: str) -> Node:
         """The node at ``path`` (NotFound if nothing is there)."""
-        dataset, inner = self._route(path)
+        dataset, inner, archived = self._route(path)
         if dataset is None:
             return OrganizationRoot(self, None, path, "/")
-        if is_archive_path(inner):
+        if archived:
             entry = dataset.archive.resolve(inner)
             if isinstance(entry, DirEntry):
                 return ArchiveFolder(self, dataset, path, inner)
@@ -262,7 +276,7 @@ class Vfs:
         """(``getattr``, until when the answer may be kept, whether it is a folder). The
         freshness of the sources is read before the answer is worked out from them: a
         change noted meanwhile makes it valid for no time (it may predate the change)."""
-        dataset, inner = self._route(path)
+        dataset, inner, _archived = self._route(path)
         parent = split_path(inner)[0]
         expires = dataset.view.expires_at(inner) if dataset is not None else 0.0
         changes = dataset.view.changes_in(parent) if dataset is not None else 0
@@ -297,9 +311,9 @@ class Vfs:
         return self.resolve(path).open(flags)
 
     def create(self, path: str, flags: int) -> int:
-        dataset, inner = self._route(path)
+        dataset, inner, archived = self._route(path)
         writes = self._writes(dataset, "create")
-        if is_archive_path(inner):
+        if archived:
             raise ReadOnly("the archive is read-only")
         pending = writes.create(inner, exclusive=bool(flags & os.O_EXCL))
         assert dataset is not None
@@ -390,9 +404,9 @@ class Vfs:
     # ------------------------------------------------------------ changing the tree
 
     def unlink(self, path: str) -> None:
-        dataset, inner = self._route(path)
+        dataset, inner, archived = self._route(path)
         writes = self._writes(dataset, "unlink")
-        if is_archive_path(inner):
+        if archived:
             self.resolve(path).delete_for_good()
             return
         writes.unlink(inner)
@@ -408,34 +422,37 @@ class Vfs:
             with self._lock:
                 self._datasets_at = -1e18
             return
-        dataset, inner = self._route(path)
+        dataset, inner, archived = self._route(path)
         self._writes(dataset, "mkdir")
-        if is_archive_path(inner):
+        if archived:
             raise ReadOnly("the archive is read-only")
         dataset.renamer.mkdir(inner)  # type: ignore[union-attr]
 
     def rmdir(self, path: str) -> None:
         if self._single is None and path.count("/") == 1:
             raise NotPermitted("a dataset directory cannot be removed through the mount")
-        dataset, inner = self._route(path)
+        dataset, inner, archived = self._route(path)
         self._writes(dataset, "rmdir")
-        if is_archive_path(inner):
+        if archived:
             raise ReadOnly("the archive is read-only")
         dataset.renamer.rmdir(inner)  # type: ignore[union-attr]
 
     def rename(self, old: str, new: str, flags: int = 0) -> None:
         if self._single is None and (old.count("/") == 1 or new.count("/") == 1):
             raise NotPermitted("a dataset directory cannot be renamed through the mount")
-        old_dataset, old_inner = self._route(old)
-        new_dataset, new_inner = self._route(new)
+        old_dataset, old_inner, old_archived = self._route(old)
+        new_dataset, new_inner, new_archived = self._route(new)
         if old_dataset is not new_dataset:
             raise CrossDevice("rename across datasets")
         self._writes(old_dataset, "rename")
         assert old_dataset is not None
-        if is_archive_path(old_inner):
-            self.resolve(old).restore(new_inner, flags)
+        if old_archived:
+            node = self.resolve(old)
+            if new_archived and not node.is_dir:  # a folder of it: EPERM, said by restore
+                raise ReadOnly("the archive is read-only")
+            node.restore(new_inner, flags)
             return
-        if is_archive_path(new_inner):
+        if new_archived:
             raise ReadOnly("the archive is read-only")
         old_dataset.renamer.rename(old_inner, new_inner, flags)
 

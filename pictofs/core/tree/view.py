@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from pictofs.core.tree.listing import PAGE_SIZE, FolderListing, fetch_listing
+from pictofs.core.tree.listing import (PAGE_SIZE, FolderListing, NameNotes, fetch_listing,
+                                       showable_folders)
 from pictofs.errors import NameTooLong, NotFound, Unavailable
 from pictofs.model import Dataset, Folder, Image, join_path, split_path
 from pictofs.names import MAX_NAME_BYTES, is_supported
@@ -79,13 +80,13 @@ class DatasetView:
         self.dataset = dataset
         self.ttl = dir_cache_time
         self.clock = clock
-        # _lock guards _listings, _children, _lookups, _hidden_logged and _changes.
+        # _lock guards _listings, _children, _lookups, _asked and _changes.
         self._lock = threading.Lock()
         self._listings: dict[str, FolderListing] = {}
         self._children: dict[str, _Children] = {}
         self._lookups: dict[tuple[str, str], _Lookup] = {}
         self._asked: dict[str, int] = {}  # folder → image names asked one by one
-        self._hidden_logged: set[tuple[str, str]] = set()
+        self.names = NameNotes()  # names hidden or skipped: logged once, skipped counted
         # folder → how many changes this mount noted in it: an answer fetched while one was
         # noted may predate it, and is not kept (else it would hide the change for the TTL)
         self._changes: dict[str, int] = {}
@@ -155,7 +156,7 @@ class DatasetView:
                 if cached is not None:
                     return cached
                 raise
-            self._log_hidden(hidden)
+            self.names.note(hidden)
             with self._lock:
                 if self._changes.get(path, 0) == before:
                     self._listings[path] = listing
@@ -171,33 +172,30 @@ class DatasetView:
             cached = self._listings.get(path)
         return cached if cached is not None and self._fresh(cached.fetched_at) else None
 
-    def _log_hidden(self, hidden: list) -> None:  # type: ignore[type-arg]
-        for item in hidden:
-            key = (item.path, item.name)
-            with self._lock:
-                if key in self._hidden_logged:
-                    continue
-                self._hidden_logged.add(key)
-            log.warning("hidden in %s: %r (%s)", item.path, item.name, item.reason)
-
     # ------------------------------------------------------------------------ lookup
 
     def resolve(self, path: str) -> ViewEntry:
         """What is at ``path``: a DirEntry or a FileEntry. Raises NotFound, NameTooLong,
-        Unavailable."""
-        if path == "/":
-            return DirEntry("/")
-        parent, name = split_path(path)
-        if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
-            raise NameTooLong(f"name longer than {MAX_NAME_BYTES} bytes")
-        if not _is_utf8(name):
-            # Bytes that are not UTF-8 (decoded with surrogateescape) name nothing on the
-            # service, and could not even be put in a request.
-            raise NotFound(f"{path!r} is not a UTF-8 name")
-        parent_entry = self.resolve(parent)
-        if not isinstance(parent_entry, DirEntry):
-            raise NotFound(f"{parent} is not a folder")
-        return self._child(parent, name, parent_entry.folder)
+        Unavailable. The names are checked from the last up, then the path is walked from
+        the root down, one level at a time (a loop: a path may be deeper than Python's
+        recursion limit)."""
+        steps: list[tuple[str, str]] = []  # (parent, name), the deepest first
+        while path != "/":
+            parent, name = split_path(path)
+            if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+                raise NameTooLong(f"name longer than {MAX_NAME_BYTES} bytes")
+            if not _is_utf8(name):
+                # Bytes that are not UTF-8 (decoded with surrogateescape) name nothing on
+                # the service, and could not even be put in a request.
+                raise NotFound(f"{path!r} is not a UTF-8 name")
+            steps.append((parent, name))
+            path = parent
+        entry: ViewEntry = DirEntry("/")
+        for parent, name in reversed(steps):
+            if not isinstance(entry, DirEntry):
+                raise NotFound(f"{parent} is not a folder")
+            entry = self._child(parent, name, entry.folder)
+        return entry
 
     def _child(self, parent: str, name: str, parent_folder: Folder | None = None) -> ViewEntry:
         path = join_path(parent, name)
@@ -265,7 +263,8 @@ class DatasetView:
             if known is not None:
                 return known.folders
             raise
-        children = {f.name: f for f in folders if f.name and "/" not in f.name}
+        children, skipped = showable_folders(parent, folders)
+        self.names.note(skipped)
         with self._lock:
             if self._changes.get(parent, 0) == before:
                 self._children[parent] = _Children(children, self.clock())
