@@ -129,8 +129,15 @@ def request(mountpoint: str, cmd: str, socket_timeout: float | None = 30, **fiel
         sock.close()
         raise ConfigError(f"{mountpoint} is not a pictofs mount (no control socket)") from None
     with sock:
-        sock.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
-        reply = json.loads(_read_line(sock) or b"{}")
+        try:
+            sock.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
+            reply = json.loads(_read_line(sock) or b"{}")
+        except TimeoutError:
+            raise ConfigError(f"{mountpoint}: the mount did not answer {cmd!r} within "
+                              f"{socket_timeout:.0f} s (busy or hung: see its log)") from None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{mountpoint}: the mount's answer to {cmd!r} was cut short "
+                              f"({exc})") from None
     if not reply.get("ok"):
         raise ConfigError(f"{mountpoint}: {reply.get('error', 'no answer')}")
     return reply

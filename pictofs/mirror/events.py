@@ -110,7 +110,6 @@ class Watcher:
         self._inotify_factory = inotify_factory
         self._observer: Any = None
         self._short = 0  # consecutive checks that found watches missing
-        self._own_fds: set[int] = set()  # the inotify descriptors of the running observer
         self.mode = ""
 
     def start(self) -> str:
@@ -162,23 +161,23 @@ class Watcher:
     # ---------------------------------------------------------------- internals
 
     def _started(self, observer: Any) -> Any:
-        before = _inotify_fds()
         observer.schedule(self._handler, self.root, recursive=True)
         try:
             observer.start()
         except BaseException:
             observer.stop()
             raise
-        # The inotify descriptors this observer opened: only their watches are compared with
-        # the tree, so watches other observers of this process hold never hide a gap.
-        self._own_fds = _inotify_fds() - before
         return observer
 
     def _missing_watches(self) -> int:
-        held = inotify_watches_held(self._own_fds)
-        if held is None:  # no /proc: nothing to compare with
+        """Folders under the root that no inotify watch of this process covers. Watches
+        are matched to folders by (device, inode), so watches of other observers on other
+        folders never hide a gap, whether watchdog gives each observer its own inotify
+        descriptor (7.1.1) or shares one (7.0)."""
+        watched = watched_inodes()
+        if watched is None:  # no /proc: nothing to compare with
             return 0
-        return max(0, count_folders(self.root) - held)
+        return len(folder_inodes(self.root) - watched)
 
     def _fall_back(self, code: int, missing: int = 0) -> None:
         setting = INSTANCES_SYSCTL if code == errno.EMFILE else WATCHES_SYSCTL
@@ -210,19 +209,37 @@ def _inotify_fds() -> set[int]:
     return found
 
 
-def inotify_watches_held(fds: set[int] | None = None) -> int | None:
-    """How many inotify watches this process holds on ``fds`` (default: on every inotify
-    descriptor it has); None when /proc cannot tell."""
+def watched_inodes() -> set[tuple[int, int]] | None:
+    """(device, inode) of every folder or file an inotify watch of this process is on, in
+    the kernel's device numbering (``sdev``); None when /proc cannot tell."""
     if not os.path.isdir("/proc/self/fdinfo"):
         return None
-    total = 0
-    for fd in _inotify_fds() if fds is None else fds:
+    found = set()
+    for fd in _inotify_fds():
         try:
             with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as info:
-                total += sum(1 for line in info if line.startswith("inotify wd:"))
+                for line in info:
+                    if line.startswith("inotify wd:"):
+                        fields = dict(part.split(":", 1) for part in line.split()[1:]
+                                      if ":" in part)
+                        found.add((int(fields["sdev"], 16), int(fields["ino"], 16)))
+        except (OSError, KeyError, ValueError):
+            continue
+    return found
+
+
+def folder_inodes(root: str) -> set[tuple[int, int]]:
+    """(device, inode) of every folder a recursive watch of ``root`` needs, the device in
+    the kernel's numbering (major << 20 | minor), as /proc shows a watch's."""
+    found = set()
+    for current, dirnames, _files in os.walk(root):
+        try:
+            st = os.stat(current)
         except OSError:
             continue
-    return total
+        found.add(((os.major(st.st_dev) << 20) | os.minor(st.st_dev), st.st_ino))
+        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(current, d))]
+    return found
 
 
 def count_folders(root: str) -> int:

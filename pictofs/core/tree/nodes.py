@@ -22,12 +22,12 @@ import dataclasses
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pictofs.core.tree import attrs, rootnames
 from pictofs.core.tree.archive import ARCHIVE
 from pictofs.core.tree.pending import Pending
-from pictofs.core.tree.view import DirEntry, FileEntry
+from pictofs.core.tree.view import DatasetView, DirEntry, FileEntry
 from pictofs.errors import (AlreadyExists, InvalidArgument, IsADirectory, NoAttribute,
                             NotADirectory, NotPermitted, ReadOnly, Unavailable,
                             ValueTooLarge)
@@ -56,7 +56,6 @@ class Tree(Protocol):
     def is_online(self) -> bool: ...
     def resolve(self, path: str) -> Node: ...
     def dataset_names(self) -> dict[str, Any]: ...
-    def datasets(self) -> Iterator[tuple[str, DatasetTree]]: ...
     def image_attrs(self, dataset: DatasetTree, image: Image) -> dict[str, Any]: ...
     def read_only_policy(self) -> AttrPolicy: ...
     def add_handle(self, path: str, dataset: DatasetTree, image: Image | None = None,
@@ -128,8 +127,10 @@ class OrganizationRoot(Node):
                               self.tree.mounted_at)
 
     def readdir(self) -> Rows:
-        return [(name, DatasetFolder.root_of(self.tree, dataset).attrs(), 0.0)
-                for name, dataset in self.tree.datasets()]
+        """One folder per dataset, from the datasets' listing alone: listing the top of an
+        organization sets none of them up (no cache, journal or upload workers)."""
+        return [(name, DatasetFolder.attrs_of(self.tree, view, DirEntry("/")), 0.0)
+                for name, view in sorted(self.tree.dataset_names().items())]
 
 
 class DatasetFolder(Node):
@@ -145,19 +146,20 @@ class DatasetFolder(Node):
         self.local = local
         self.side: DatasetTree = dataset
 
-    @classmethod
-    def root_of(cls, tree: Tree, dataset: DatasetTree) -> DatasetFolder:
-        return cls(tree, dataset, "/", DirEntry("/"))
+    @staticmethod
+    def attrs_of(tree: Tree, view: DatasetView, entry: DirEntry) -> dict[str, Any]:
+        """A folder's attributes: its subfolders from the listing held (no request), its
+        time the folder's (the dataset's for its root)."""
+        listing = view.cached_listing(entry.path)
+        subfolders = len(listing.folders) if listing else 0
+        created = entry.folder.created_at if entry.folder else None
+        if entry.path == "/":
+            created = view.dataset.created_at
+        mtime = parse_timestamp(created) or tree.mounted_at
+        return attrs.dir_stat(tree.options.policy, subfolders, mtime)
 
     def attrs(self) -> dict[str, Any]:
-        view = self.side.view
-        listing = view.cached_listing(self.inner)
-        subfolders = len(listing.folders) if listing else 0
-        created = self.entry.folder.created_at if self.entry.folder else None
-        if self.inner == "/":
-            created = view.dataset.created_at
-        mtime = parse_timestamp(created) or self.tree.mounted_at
-        return attrs.dir_stat(self.tree.options.policy, subfolders, mtime)
+        return self.attrs_of(self.tree, self.side.view, self.entry)
 
     def valid_until(self, expires: float) -> float:
         local = self.entry.folder is None and self.inner != "/"
@@ -185,14 +187,14 @@ class DatasetFolder(Node):
             # in place by this mount's changes while we iterate
             for name, sub in list(listing.folders.items()):
                 child = join_path(folder, name)
-                found = DatasetFolder(tree, side, child, DirEntry(child, sub)).attrs()
+                found = DatasetFolder.attrs_of(tree, view, DirEntry(child, sub))
                 rows[name] = (found, min(fetched_until, view.expires_at(child)))
             for name, image in list(listing.images.items()):
                 if not writes.is_hidden(join_path(folder, name)):
                     rows[name] = (tree.image_attrs(side, image), fetched_until)
         for name in writes.local_dirs_in(folder):
             child = join_path(folder, name)
-            rows[name] = (DatasetFolder(tree, side, child, DirEntry(child)).attrs(), 0.0)
+            rows[name] = (DatasetFolder.attrs_of(tree, view, DirEntry(child)), 0.0)
         for name, pending in pendings.items():
             rows[name] = (PendingFile.stat_of(tree, pending), 0.0)
         kept = listing is not None and view.cached_listing(folder) is listing \

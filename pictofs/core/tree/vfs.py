@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 from pictofs.core.tree import attrs, rootnames
 from pictofs.core.tree.archive import ARCHIVE, is_archive_path
@@ -191,11 +191,6 @@ class Vfs:
             self._views = fresh
             self._datasets_at = self.clock()
             return self._views
-
-    def datasets(self) -> Iterator[tuple[str, DatasetTree]]:
-        """An organization mount's datasets by name, each set up."""
-        for name, view in sorted(self.dataset_names().items()):
-            yield name, self.dataset_tree(view)
 
     # ------------------------------------------------------------------ resolving
 
