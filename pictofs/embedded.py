@@ -4,14 +4,21 @@ One server per user runs detached with its data in ``$XDG_DATA_HOME/pictofs/serv
 ``server.json`` (written by the server once it listens) and a lock file in that folder stop two
 commands from starting two servers. Every command that uses it prints one line saying so
 (filesystem spec §8).
+
+The server recorded in ``server.json`` must prove it is the one over that folder before it
+gets the folder's owner key: ``/healthz`` is asked with a random challenge and must answer
+the HMAC of it under ``server.secret``, a 0600 file only this user can read. A process that
+merely holds the recorded pid or port (another user's, after a crash) never receives a key.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hmac
 import json
 import logging
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -25,6 +32,7 @@ from pictofs import dirs
 from pictofs.core.cache.pins import pid_alive
 from pictofs.config import ENV_BASE_URL, ENV_KEY, Connection, resolve_connection
 from pictofs.errors import ConfigError
+from pictofs.model import CHALLENGE_HEADER, PROOF_FILE, PROOF_HEADER, server_proof
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +47,27 @@ class LocalServer:
     pid: int
 
 
-def _healthy(base_url: str) -> bool:
+def _proves_itself(base_url: str, data_dir: Path) -> bool:
+    """The server at ``base_url`` answers ``/healthz`` with the proof only the server over
+    ``data_dir`` can give (no key is sent)."""
     try:
-        with urllib.request.urlopen(base_url + "/healthz", timeout=2) as answer:
-            return answer.status == 200
+        secret = (data_dir / PROOF_FILE).read_bytes().strip()
+    except OSError:
+        return False
+    challenge = secrets.token_hex(16)
+    request = urllib.request.Request(base_url + "/healthz",
+                                     headers={CHALLENGE_HEADER: challenge})
+    try:
+        with urllib.request.urlopen(request, timeout=2) as answer:
+            proof = answer.headers.get(PROOF_HEADER, "")
+            ok = answer.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
+    if ok and not hmac.compare_digest(proof, server_proof(secret, challenge)):
+        log.warning("%s answers but is not the local server of %s (no proof); not using it",
+                    base_url, data_dir)
+        return False
+    return ok
 
 
 def running_server(data_dir: Path) -> LocalServer | None:
@@ -54,7 +77,7 @@ def running_server(data_dir: Path) -> LocalServer | None:
         pid, base_url = int(info["pid"]), str(info["base_url"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not pid_alive(pid) or not _healthy(base_url):
+    if not pid_alive(pid) or not _proves_itself(base_url, data_dir):
         return None
     try:
         key = (data_dir / "owner.key").read_text().strip()

@@ -1,4 +1,5 @@
-"""The objects every layer shares: Image, Dataset, Folder, Page.
+"""The objects every layer shares: Image, Dataset, Folder, Page, and the local server's
+proof of identity (``server_proof``).
 
 These mirror the wire objects of the protocol (shared/spec/protocol.md §3). The API client
 builds them from JSON with ``from_json``; the reference server renders them with
@@ -167,3 +168,17 @@ def split_path(path: str) -> tuple[str, str]:
     """``/a/b/x.jpg`` → ``("/a/b", "x.jpg")``; ``/x.jpg`` → ``("/", "x.jpg")``."""
     head, _, tail = path.rstrip("/").rpartition("/")
     return (head or "/"), tail
+
+
+# The embedded default's proof of identity (pictofs.embedded asks, the reference server
+# answers): the HMAC-SHA256 of a challenge under the secret in the data folder's PROOF_FILE.
+PROOF_FILE = "server.secret"
+CHALLENGE_HEADER = "X-Pictofs-Challenge"
+PROOF_HEADER = "X-Pictofs-Proof"
+
+
+def server_proof(secret: bytes, challenge: str) -> str:
+    import hashlib
+    import hmac
+
+    return hmac.new(secret, challenge.encode("ascii"), hashlib.sha256).hexdigest()

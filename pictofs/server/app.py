@@ -9,13 +9,16 @@ is served on the main port too.
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from pictofs import __version__
+from pictofs.model import CHALLENGE_HEADER, PROOF_FILE, PROOF_HEADER, server_proof
 from pictofs.server import decode, handlers, routes_batch, routes_datasets, routes_images
 from pictofs.server import routes_uploads
 from pictofs.server.db import DB_FILE, Caller, Database
@@ -31,8 +34,31 @@ me_router = APIRouter(prefix=API, responses=ERROR_RESPONSES, tags=["service"])
 
 
 @service.get("/healthz", response_model=HealthOut)
-def healthz() -> dict[str, Any]:
+def healthz(request: Request, response: Response) -> dict[str, Any]:
+    """200 without a key. With a challenge (hex, at most 128 characters), the answer
+    carries HMAC-SHA256(the data folder's secret, challenge): a client that can read the
+    secret (the same user, 0600) knows the server is the one over that folder before it
+    sends that folder's owner key (the embedded default, ``pictofs.embedded``)."""
+    challenge = request.headers.get(CHALLENGE_HEADER, "")
+    if challenge and len(challenge) <= 128 and all(c in HEX for c in challenge.lower()):
+        secret: bytes = request.app.state.proof_secret
+        response.headers[PROOF_HEADER] = server_proof(secret, challenge)
     return {"status": "ok"}
+
+
+HEX = frozenset("0123456789abcdef")
+
+
+def proof_secret(data_dir: Path) -> bytes:
+    """The data folder's proof secret, created (0600, 32 random bytes) if missing."""
+    path = data_dir / PROOF_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "w") as out:
+        out.write(secrets.token_hex(32) + "\n")
+    return path.read_bytes().strip()
 
 
 @service.get("/metrics", response_class=PlainTextResponse, response_model=None,
@@ -53,6 +79,7 @@ def me(who: Caller = Depends(caller)) -> dict[str, Any]:
 def _application(state: ServerState, title: str) -> FastAPI:
     app = FastAPI(title=title, version=__version__)
     app.state.server = state
+    app.state.proof_secret = proof_secret(state.data_dir)
     handlers.install(app)
     # The last one added runs first: request id and metrics wrap the gate's refusals too.
     app.add_middleware(RequestGate, authenticate=state.db.caller_for_key, api_prefix=API + "/",

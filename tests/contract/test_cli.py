@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -185,3 +188,76 @@ def test_first_start_says_where_the_key_is(tmp_path):
     log = Path(handle.log_path).read_text()
     assert str(tmp_path / "data" / "owner.key") in log
     assert handle.key not in log
+
+
+IMPOSTOR = r"""
+import http.server, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        with open(sys.argv[2], "a") as seen:
+            seen.write(f"{self.path} key={self.headers.get('X-API-Key')}\n")
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"status": "ok"}')
+    do_POST = do_GET
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+def test_the_embedded_default_sends_no_key_to_a_server_that_cannot_prove_it_is_ours(tmp_path):
+    """After a crash, another local user takes the recorded port and answers /healthz: the
+    owner key must not reach it; a server of our own is started instead."""
+    from harness import free_port
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PICTOGRAPH_")}
+    env.update(HOME=str(home), XDG_DATA_HOME=str(tmp_path / "data"))
+    data_dir = tmp_path / "data" / "pictofs" / "server"
+    try:
+        assert run("datasets", "create", "mine", env=env).returncode == 0
+        ours = json.loads((data_dir / "server.json").read_text())
+        assert (data_dir / "server.secret").stat().st_mode & 0o777 == 0o600
+    finally:
+        assert run("serve", "--stop", env=env).returncode == 0
+    # the crash: server.json stays, and the port is someone else's now
+    port = free_port()
+    shared = Path(tempfile.mkdtemp(prefix="pictofs-impostor-"))  # readable by the other user
+    shared.chmod(0o755)
+    seen = shared / "saw.txt"
+    seen.write_text("")
+    seen.chmod(0o666)
+    script = shared / "impostor.py"
+    script.write_text(IMPOSTOR)
+    script.chmod(0o644)
+    # as another user where we can (root: runuser and the system's python, which that user
+    # may execute), else as ourselves: what counts is that it cannot read server.secret
+    other = os.geteuid() == 0 and os.access("/usr/bin/python3", os.X_OK)
+    command = ["runuser", "-u", "nobody", "--", "/usr/bin/python3"] if other \
+        else [sys.executable]
+    impostor = subprocess.Popen([*command, str(script), str(port), str(seen)])
+    try:
+        wait_until = time.monotonic() + 10
+        while time.monotonic() < wait_until:
+            try:
+                requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        stale = dict(ours, pid=impostor.pid, base_url=f"http://127.0.0.1:{port}", port=port)
+        (data_dir / "server.json").write_text(json.dumps(stale))
+        listed = run("datasets", "list", env=env)
+        assert listed.returncode == 0, listed.stderr
+        assert "mine" in listed.stdout  # our own server again, with our data
+        assert f"127.0.0.1:{port} answers but is not the local server" in listed.stderr
+        assert f"using the local server at http://127.0.0.1:{port}" not in listed.stderr
+        assert "key=None" in seen.read_text()  # it was asked, without a key
+        assert "key=pk_" not in seen.read_text()
+    finally:
+        impostor.kill()
+        impostor.wait()
+        run("serve", "--stop", env=env)
+        shutil.rmtree(shared)
