@@ -28,7 +28,7 @@ class Pending:
     opens: int = 0
     written: bool = False  # written since staged (a file closed unwritten uploads nothing)
     dirty: bool = False  # bytes written since the last flush
-    poison: PictofsError | None = None  # EFBIG/EINVAL: repeated, never uploaded, removed
+    poison: PictofsError | None = None  # EFBIG/EINVAL/ENOSPC: never uploaded, removed
     error: str | None = None  # why the upload failed for good
     holds: Image | None = None  # a local name that holds an uploaded image (§6)
     replaced_id: str | None = None

@@ -7,6 +7,9 @@ file of the upload journal (or, for local-only names, to the mount's local folde
 upload starts ``write_back`` seconds after the last release. The queue's callbacks swap a
 pending file for the image the service registered. Renames and folders are in ``renames.py``;
 local-only names, images held by them, and the janitor in ``local_names.py``.
+
+A file cut off by a full disk (``--min-free-space``, or the disk itself: ``NoSpace``,
+``ENOSPC``) or over 50 MB (``EFBIG``) is poisoned: never uploaded, gone when closed.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, Callable
 
 from pictofs import imaging, names
 from pictofs.core.upload.journal import Journal
+from pictofs.core.upload.journal_files import disk_full
 from pictofs.core.tree.local_names import LocalNames, Orphan
 from pictofs.core.tree.pending import Pending
 from pictofs.core.upload.queue import UploadQueue
@@ -216,6 +220,7 @@ class WriteLayer(LocalNames):
             raise pending.poison
         try:
             self._check_space(len(data))
+            written = self._pwrite(pending, data, offset)
         except NoSpace as exc:
             # the file is incomplete: like EFBIG, it is never uploaded (a cut-off image
             # must not reach the service) and disappears when closed; other files are kept
@@ -223,10 +228,19 @@ class WriteLayer(LocalNames):
                 pending.poison = exc
             log.warning("%s: %s", pending.path, exc)
             raise
-        written = pending.pwrite(data, offset)
         pending.written = pending.dirty = True
         self._written_now(pending)
         return written
+
+    def _pwrite(self, pending: Pending, data: bytes, offset: int) -> int:
+        """``pending.pwrite``; a full disk (ENOSPC, EDQUOT) is ``NoSpace``."""
+        try:
+            return pending.pwrite(data, offset)
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            raise NoSpace(f"the state disk is full ({self.local_dir.parent}): "
+                          f"{exc.strerror}") from None
 
     def _written_now(self, pending: Pending) -> None:
         """A write or truncate: the mtime is now, and one set before with utimensat is no
@@ -263,7 +277,8 @@ class WriteLayer(LocalNames):
 
     def flush(self, pending: Pending) -> None:
         """New bytes since the last flush: the cheap checks (size, Pillow identifies the
-        header), then the journal records them (resumable from now on)."""
+        header), then the journal records them (resumable from now on); a full disk poisons
+        the file (ENOSPC)."""
         if pending.poison is not None:
             raise pending.poison
         if not pending.dirty or pending.local or pending.removed:
@@ -278,7 +293,12 @@ class WriteLayer(LocalNames):
             log.warning("%s; it will not be uploaded", pending.poison)
             raise pending.poison from None
         assert pending.entry_id is not None
-        self.queue.flushed(pending.entry_id, pending.size)  # fsyncs the bytes, then commits
+        try:
+            self.queue.flushed(pending.entry_id, pending.size)  # fsyncs the bytes, commits
+        except NoSpace as exc:  # not recorded: a cut-off file, as in write
+            pending.poison = exc
+            log.warning("%s: %s", pending.path, exc)
+            raise
 
     def fsync(self, pending: Pending) -> None:
         """Durable in the local journal; never waits for the network."""
@@ -423,7 +443,10 @@ class WriteLayer(LocalNames):
             if mtime is not None:
                 self._mtimes[image.id] = mtime
         if written_over and pending is not None:
-            self.journal.set_mtime(image.id, pending.mtime)
+            try:
+                self.journal.set_mtime(image.id, pending.mtime)
+            except NoSpace as exc:  # stat shows it until the unmount all the same
+                log.warning("%s: mtime not recorded: %s", image.path, exc)
         if pending is not None and pending.opens == 0:
             pending.close_descriptor()
         if pending is not None and pending.after_register:
@@ -471,7 +494,7 @@ class WriteLayer(LocalNames):
         failed = [{"path": e.path, "error": e.error} for e in self.queue.failed()]
         return {"pending": stats.pending, "in_flight": stats.in_flight, "failed": failed,
                 "bytes_uploaded": stats.bytes_uploaded, "upload_rate": stats.rate,
-                "paused": stats.paused, **self.queue.report()}
+                "paused": stats.paused, "workers": stats.workers, **self.queue.report()}
 
     def wait_idle(self, timeout: float) -> bool:
         """``pictofs sync``/``umount``: uploads waiting for ``write_back`` start now; then

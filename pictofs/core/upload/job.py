@@ -38,7 +38,8 @@ from typing import Any, Callable, Protocol
 from pictofs import imaging, names
 from pictofs.core.upload.journal import Entry, Journal
 from pictofs.core.upload.states import JobState, Step
-from pictofs.errors import AlreadyExists, NotFound, PermissionDenied, PictofsError, Unavailable
+from pictofs.errors import (AlreadyExists, NoSpace, NotFound, PermissionDenied, PictofsError,
+                            Unavailable)
 from pictofs.faults import fault_point
 from pictofs.hashing import sha256_chunks, sha256_file
 from pictofs.model import Image, join_path
@@ -60,7 +61,7 @@ def classify(exc: BaseException) -> Disposition:
     status = getattr(exc, "status", None)
     if status == 401:
         return Disposition.AUTH
-    if isinstance(exc, Unavailable):
+    if isinstance(exc, (Unavailable, NoSpace)):  # NoSpace: the state disk is full, for now
         return Disposition.TRANSIENT
     if isinstance(status, int) and (status in (408, 429) or status >= 500):
         return Disposition.TRANSIENT

@@ -30,6 +30,12 @@ is called instead of ``on_registered``: once per batch with the ``(entry id, ima
 member that landed (once per single upload with one pair), so that a caller can record them
 in one transaction.
 
+A full state disk is ``NoSpace`` from the journal: a caller's call that could not record its
+change raises it and leaves the journal as it was, except ``hold`` (its state write is left
+out: a restart treats the states it writes alike) and ``cancel``/``discard`` (the entry is
+cancelled here and a worker removes it from the journal once the disk has room). The
+workers retry what they could not record (see ``workers``).
+
 ``stage_sources`` queues files that stay where they are (no staging file; the mirror's): the
 journal records each one's size, mtime and sha256, and the upload checks the bytes it sends
 against them. One that changed before it was registered ends as a cancel, and
@@ -78,6 +84,7 @@ from pictofs.core.upload.workers import (
     Callbacks, ChangedCallback, FailedCallback, RegisteredCallback, RegisteredManyCallback,
     Workers, continue_cancel, drop,
 )
+from pictofs.errors import NoSpace
 from pictofs.model import Image, join_path
 from pictofs.remote import Remote
 
@@ -142,11 +149,16 @@ class UploadQueue:
         Nothing here is fsync'd: an entry not flushed yet is dropped by a restart anyway,
         and its staging file removed; ``flushed`` makes the row and the file durable."""
         entry_ids = [uuid.uuid4().hex for _ in targets]
-        self._journal.add_many([(entry_id, *target) for entry_id, target
-                                in zip(entry_ids, targets)], durable=False)
-        self._journal.create_staging_files(
-            entry_ids, sync=False, paths=[join_path(folder, filename)
-                                          for folder, filename, _replaced in targets])
+        try:
+            self._journal.create_staging_files(
+                entry_ids, sync=False, paths=[join_path(folder, filename)
+                                              for folder, filename, _replaced in targets])
+            self._journal.add_many([(entry_id, *target) for entry_id, target
+                                    in zip(entry_ids, targets)], durable=False)
+        except BaseException:  # a full disk: no entry, and no staging file either
+            for entry_id in entry_ids:
+                self._journal.remove_staging_file(entry_id, sync=False)
+            raise
         with self._lock:
             for entry_id in entry_ids:
                 self._schedule.add(entry_id)
@@ -236,7 +248,10 @@ class UploadQueue:
             task.held, task.due = True, None
             task.generation += 1
             if not task.running:
-                self._journal.update(entry_id, state=JobState.STAGED)
+                try:
+                    self._journal.update(entry_id, state=JobState.STAGED)
+                except NoSpace:  # the row keeps its state: a restart treats both alike
+                    pass
             self._changed.notify_all()
             return None
 
@@ -274,18 +289,36 @@ class UploadQueue:
             task = self._schedule.add(entry_id)
             task.cancelled, task.held = True, False
             task.generation += 1  # first: a running upload writes no step after this
-            entry = self._journal.update(entry_id, cancelled=True)
-            if not task.running:
-                continue_cancel(self._schedule, self._journal, task, entry)
+            try:
+                entry = self._journal.update(entry_id, cancelled=True)
+                if not task.running:
+                    continue_cancel(self._schedule, self._journal, task, entry)
+            except NoSpace as exc:
+                self._finish_later(task, entry, exc)
             self._changed.notify_all()
 
     def discard(self, entry_id: str) -> None:
         """``rm`` of a failed file: forget it and its staging file (others: ``cancel``)."""
         entry = self._journal.get(entry_id)
         if entry is not None and entry.state == JobState.FAILED:
-            drop(self._journal, entry_id)
+            try:
+                drop(self._journal, entry_id)
+            except NoSpace as exc:
+                with self._changed:
+                    self._finish_later(self._schedule.add(entry_id), entry, exc)
+                    self._changed.notify_all()
         else:
             self.cancel(entry_id)
+
+    def _finish_later(self, task: Task, entry: Entry, exc: NoSpace) -> None:
+        """A cancel or discard the journal could not record (its disk is full): the task is
+        cancelled, and a worker ends it as it ends any cancel, retried with backoff until
+        the journal takes the write (lock held)."""
+        log.warning("%s: %s; it is removed from the journal once the disk has room",
+                    entry.path, exc)
+        task.cancelled, task.held = True, False
+        if not task.running:
+            self._schedule.due_in(task, 0.0)
 
     # ---------------------------------------------------------------- reading side
 
@@ -308,8 +341,9 @@ class UploadQueue:
 
     def stats(self) -> QueueStats:
         failed = len(self.failed())
+        workers = self._workers.alive()
         with self._lock:
-            return self._schedule.stats(failed)
+            return self._schedule.stats(failed, workers)
 
     def expedite(self) -> int:
         """Start now every upload that only waits for its ``write_back`` delay (``pictofs
