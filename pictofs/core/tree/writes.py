@@ -8,8 +8,12 @@ upload starts ``write_back`` seconds after the last release. The queue's callbac
 pending file for the image the service registered. Renames and folders are in ``renames.py``;
 local-only names, images held by them, and the janitor in ``local_names.py``.
 
-A file cut off by a full disk (``--min-free-space``, or the disk itself: ``NoSpace``,
-``ENOSPC``) or over 50 MB (``EFBIG``) is poisoned: never uploaded, gone when closed.
+Files that will not upload: bytes that are not an image fail at close (``EINVAL``) and a
+0-byte file fails at unmount; either stays listed as a failed upload (its reason in
+``user.pictofs.error``, its staging file and journal row kept) until ``rm``, and writing it
+again makes it an upload. A file cut off by a full disk (``--min-free-space``, or the disk
+itself: ``NoSpace``, ``ENOSPC``) or over 50 MB (``EFBIG``) is poisoned instead: never
+uploaded, gone when closed.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pictofs import imaging, names
+from pictofs.core.upload.job import EMPTY_FILE
 from pictofs.core.upload.journal import Journal
 from pictofs.core.upload.journal_files import disk_full
 from pictofs.core.tree.local_names import LocalNames, Orphan
@@ -38,6 +43,7 @@ from pictofs.remote import Remote
 
 log = logging.getLogger(__name__)
 
+NOT_AN_IMAGE = "not an image Pillow can read"  # why bytes failed at close
 
 
 @dataclass(frozen=True)
@@ -110,10 +116,37 @@ class WriteLayer(LocalNames):
     def stop(self, timeout: float = 30.0) -> bool:
         self._stop_janitor(timeout)
         done = self.queue.stop(timeout)
+        self._fail_empty_files()
         with self._lock:
             for pending in self._pending.values():
                 pending.close_descriptor()
         return done
+
+    def _fail_empty_files(self) -> None:
+        """At unmount: a 0-byte file (kept here until it had content) becomes a failed
+        upload, kept in the journal, so the next mount still shows it (a failed file cut
+        to 0 bytes too: the journal then says why it fails now, and its size)."""
+        with self._lock:
+            empty = [p for p in self._pending.values()
+                     if p.entry_id is not None and not p.removed and p.size == 0
+                     and p.poison is None and p.error != EMPTY_FILE]
+        if not empty:
+            return
+        try:
+            self.queue.fail_staged({p.entry_id: (0, EMPTY_FILE) for p in empty
+                                    if p.entry_id is not None})
+        except NoSpace as exc:
+            log.warning("0-byte files dropped at unmount (%s): %s", exc,
+                        ", ".join(p.path for p in empty))
+            return
+        except Exception:  # a bug: the unmount goes on
+            log.exception("0-byte files dropped at unmount: %s",
+                          ", ".join(p.path for p in empty))
+            return
+        for pending in empty:
+            pending.error = EMPTY_FILE
+            log.warning("%s: %s; kept as a failed upload until removed", pending.path,
+                        EMPTY_FILE)
 
     # ------------------------------------------------------------------ lookups
 
@@ -277,7 +310,8 @@ class WriteLayer(LocalNames):
 
     def flush(self, pending: Pending) -> None:
         """New bytes since the last flush: the cheap checks (size, Pillow identifies the
-        header), then the journal records them (resumable from now on); a full disk poisons
+        header), then the journal records them (resumable from now on). Bytes that are
+        not an image fail (EINVAL) and are kept as a failed upload; a full disk poisons
         the file (ENOSPC)."""
         if pending.poison is not None:
             raise pending.poison
@@ -285,20 +319,35 @@ class WriteLayer(LocalNames):
             return
         pending.dirty = False
         if pending.size == 0:
-            return  # 0-byte files stay local until they have content
+            return  # 0-byte files stay local until they have content (or the unmount)
+        assert pending.entry_id is not None
         try:
             imaging.identify(pending.file)
         except NotAnImage:
-            pending.poison = NotAnImage(f"{pending.path}: not an image Pillow can read")
-            log.warning("%s; it will not be uploaded", pending.poison)
-            raise pending.poison from None
-        assert pending.entry_id is not None
+            refused = NotAnImage(f"{pending.path}: {NOT_AN_IMAGE}")
+            self._keep_failed(pending, refused)
+            raise refused from None
         try:
             self.queue.flushed(pending.entry_id, pending.size)  # fsyncs the bytes, commits
         except NoSpace as exc:  # not recorded: a cut-off file, as in write
             pending.poison = exc
             log.warning("%s: %s", pending.path, exc)
             raise
+        pending.error = None  # an upload again (a failed file written anew)
+
+    def _keep_failed(self, pending: Pending, refused: NotAnImage) -> None:
+        """Bytes the service would refuse: the file stays, as a failed upload with the
+        reason, until ``rm`` or new bytes; if the journal cannot record that (a full
+        disk), it is poisoned (gone when closed)."""
+        assert pending.entry_id is not None
+        try:
+            self.queue.fail_staged({pending.entry_id: (pending.size, NOT_AN_IMAGE)})
+        except NoSpace as exc:
+            pending.poison = refused
+            log.warning("%s; it will not be uploaded, and is not kept (%s)", refused, exc)
+            return
+        pending.error = NOT_AN_IMAGE
+        log.warning("%s; kept as a failed upload until removed or written again", refused)
 
     def fsync(self, pending: Pending) -> None:
         """Durable in the local journal; never waits for the network."""

@@ -101,6 +101,9 @@ def new_key() -> str:
     return uuid.uuid4().hex
 
 
+EMPTY_FILE = "empty file: nothing to upload"  # why a 0-byte file fails
+
+
 class UploadFailed(PictofsError):
     """A permanent failure found by the job itself (local checks, an unadoptable conflict)."""
 
@@ -247,6 +250,8 @@ def inspect_staged(path: Path, filename: str, sha256: str | None = None) -> Stag
         raise UploadFailed(f"unsupported file type {names.extension(filename) or '(none)'}")
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            raise UploadFailed(EMPTY_FILE)
         if size > names.MAX_IMAGE_BYTES:
             raise UploadFailed(f"too large: {size:,} bytes, over the 50 MB limit "
                                f"({names.MAX_IMAGE_BYTES:,} bytes)")

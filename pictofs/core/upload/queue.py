@@ -22,13 +22,14 @@ time (a worker that took another one waits for its turn).
 
 Callers (FUSE threads, the mirror) use ``stage``/``flushed``/``set_mtime``/``schedule`` while
 writing, ``hold`` when a staged file is opened again, ``retarget`` on rename, ``cancel`` on
-unlink, ``discard`` on ``rm`` of a failed file. ``hold`` and ``retarget`` wait while a register
-is in flight and return the registered image when the entry already became one: from then on
-the change is the caller's (a replace or an image rename). Callbacks ``on_registered`` and
-``on_failed`` run in worker threads, outside every lock. ``on_registered_many``, when given,
-is called instead of ``on_registered``: once per batch with the ``(entry id, image)`` of every
-member that landed (once per single upload with one pair), so that a caller can record them
-in one transaction.
+unlink, ``discard`` on ``rm`` of a failed file, ``fail_staged`` for files the writer's side
+will not upload (kept as failed, with their reason, until discarded or written again).
+``hold`` and ``retarget`` wait while a register is in flight and return the registered image
+when the entry already became one: from then on the change is the caller's (a replace or an
+image rename). Callbacks ``on_registered`` and ``on_failed`` run in worker threads, outside
+every lock. ``on_registered_many``, when given, is called instead of ``on_registered``: once
+per batch with the ``(entry id, image)`` of every member that landed (once per single upload
+with one pair), so that a caller can record them in one transaction.
 
 A full state disk is ``NoSpace`` from the journal: a caller's call that could not record its
 change raises it and leaves the journal as it was, except ``hold`` (its state write is left
@@ -214,6 +215,26 @@ class UploadQueue:
         # no step after this (TaskControl.record asks under the journal's lock).
         self._journal.record_flushed({e: sizes[e] for e in flushes},
                                      still=lambda e: self._flushes(e) == flushes[e])
+
+    def fail_staged(self, failures: Mapping[str, tuple[int, str]]) -> None:
+        """Entries whose bytes the writer's side will not upload (entry id → (size,
+        reason)): a file not an image, a 0-byte file at unmount. Each is failed for good
+        now, its staging file and row kept (durable, as a flush makes them) with the
+        reason, listed until discarded, written again (a flush stages it again) or renamed.
+        An upload of older bytes in flight stops at its next step."""
+        self._journal.sync_staging_files(failures)
+        with self._changed:
+            for entry_id in failures:
+                task = self._schedule.task(entry_id)
+                if task is not None:  # first: a running upload writes no step after this
+                    task.generation += 1
+            self._journal.update_many({
+                entry_id: {"state": JobState.FAILED, "flushed": True, "size": size,
+                           "error": reason}
+                for entry_id, (size, reason) in failures.items()})
+            for entry_id in failures:
+                self._schedule.remove(entry_id)
+            self._changed.notify_all()
 
     def set_mtime(self, entry_id: str, mtime: float | None) -> None:
         """The mtime a writer set (utimensat); it follows the entry to its image. None: a

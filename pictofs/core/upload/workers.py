@@ -347,6 +347,8 @@ class Workers:
             entry = self._journal.get(task.entry_id)
             if entry is None:
                 self._schedule.remove(task.entry_id)
+            elif self._schedule.task(task.entry_id) is not task:
+                pass  # taken away meanwhile (failed by the writer's side): nothing to add
             elif task.cancelled:
                 continue_cancel(self._schedule, self._journal, task, entry)
             elif task.held:
