@@ -54,7 +54,8 @@ class ReadOnly(PictofsError):
 
 
 class NoSpace(PictofsError):
-    """The staging disk would go below ``--min-free-space``."""
+    """The staging disk would go below ``--min-free-space``, or the state disk is full (a
+    staging write, an fsync or a journal commit found no room)."""
 
 
 class Unavailable(PictofsError):

@@ -25,7 +25,6 @@ from typing import Any, Callable
 import pytest
 
 from imagegen import png_bytes
-from mountkit import wait_for
 
 from pictofs.model import Image
 
@@ -321,16 +320,31 @@ def scenario_unsupported_extension_is_enotsup(fs: Driver, service: Service) -> N
     assert fs.listdir("/") == {}
 
 
-def scenario_not_an_image_is_einval_at_close(fs: Driver, service: Service) -> None:
-    """Bytes Pillow cannot identify: EINVAL at close, and the file is removed."""
-    fd = fs.open("/bad.png", WRITE)
-    fs.write(fd, b"this is not an image at all", 0)
-    assert errno_of(lambda: fs.close(fd)) == errno.EINVAL
-    wait_for(lambda: not fs.exists("/bad.png"), "the refused file to go", timeout=10.0)
-    fs.write_file("/good.png", png_bytes(111))  # something that does upload, to sync on
+def scenario_not_an_image_is_einval_at_close_and_kept_as_failed(fs: Driver,
+                                                                service: Service) -> None:
+    """Bytes Pillow cannot identify: EINVAL at close; the file stays, as a failed upload
+    with its reason in ``user.pictofs.error``, until ``rm`` or until it is written again
+    with an image (which then uploads)."""
+    text = b"this is not an image at all"
+    for path in ("/bad.png", "/gone.png"):
+        fd = fs.open(path, WRITE)
+        fs.write(fd, text, 0)
+        assert errno_of(lambda: fs.close(fd)) == errno.EINVAL
+        assert fs.stat(path).size == len(text)
+        assert fs.read_file(path) == text
+        assert b"not an image" in fs.getxattr(path, "user.pictofs.error")
+        assert "user.pictofs.error" in fs.listxattr(path)
+    fs.unlink("/gone.png")
+    assert not fs.exists("/gone.png")
+    assert set(fs.listdir("/")) == {"bad.png"}
+    good = png_bytes(111)
+    fs.write_file("/bad.png", good)  # an image now: an upload again
+    assert errno_of(lambda: fs.getxattr("/bad.png", "user.pictofs.error")) == errno.ENODATA
     fs.sync()
-    assert set(service.live()) == {"/good.png"}
-    assert "/bad.png" not in service.archived()
+    assert set(service.live()) == {"/bad.png"}
+    assert service.live()["/bad.png"].file_size == len(good)
+    assert fs.read_file("/bad.png") == good
+    assert not service.archived()
 
 
 def scenario_empty_file_stays_local(fs: Driver, service: Service) -> None:
@@ -394,7 +408,7 @@ SCENARIOS: list[Callable[[Driver, Service], None]] = [
     scenario_missing_paths_are_enoent,
     scenario_mkdir_existing_is_eexist,
     scenario_unsupported_extension_is_enotsup,
-    scenario_not_an_image_is_einval_at_close,
+    scenario_not_an_image_is_einval_at_close_and_kept_as_failed,
     scenario_empty_file_stays_local,
     scenario_xattrs_of_an_image,
     scenario_truncate_pending_file,

@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -31,7 +34,7 @@ from pictofs.core.upload.journal import Journal
 from pictofs.core.upload.job import Disposition, classify, retry_delay, service_name
 from pictofs.core.upload.schedule import Schedule
 from pictofs.core.upload.queue import UploadQueue
-from pictofs.errors import ConfigError, NotAnImage, Unavailable
+from pictofs.errors import ConfigError, NoSpace, NotAnImage, Unavailable
 from pictofs.model import Dataset, Image
 from pictofs.names import MAX_IMAGE_BYTES
 
@@ -536,6 +539,79 @@ def test_transient_failures_are_retried_and_the_file_lands_once(
     assert harness.queue.get(entry_id).error is None  # type: ignore[union-attr]
 
 
+class FullDisk:
+    """The journal's connection, whose commits fail as SQLite's do on a full disk
+    (``SQLITE_FULL``, "database or disk is full", the transaction rolled back) while
+    ``full`` is set; ``refused`` counts them."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self.full = threading.Event()
+        self.refused = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+    def __enter__(self) -> Any:
+        return self._db.__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        if exc[0] is None and self.full.is_set():
+            self._db.rollback()
+            self.refused += 1
+            error = sqlite3.OperationalError("database or disk is full")
+            error.sqlite_errorcode = sqlite3.SQLITE_FULL  # type: ignore[attr-defined]
+            raise error
+        return self._db.__exit__(*exc)
+
+
+def upload_workers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if re.fullmatch(r"upload-\d+", t.name)]
+
+
+def test_a_full_journal_disk_kills_no_worker_and_the_uploads_resume(
+        make_harness, server, client, dataset, caplog) -> None:
+    """Every journal commit fails as on a full disk while the workers run: the runs that
+    cannot record a step are retried with backoff (the first one, ``url_key``, is recorded
+    before any request), a permanent failure that cannot be written is given back too; no
+    worker thread ends, nothing is left in flight, and once commits work again every file
+    lands exactly once and the bad one fails."""
+    caplog.set_level(logging.DEBUG, logger="pictofs")
+    harness = make_harness(start=False, transfers=2, retry_max_wait=0.05)
+    disk = FullDisk(harness.journal._db)
+    harness.journal._db = disk  # type: ignore[assignment]
+    good = {f"g{n}.png": png_bytes(900 + n) for n in range(3)}
+    ids = {name: harness.put("/full", name, data) for name, data in good.items()}
+    bad = harness.put("/full", "bad.png", b"not an image, and no room to say so\n" * 20)
+    before = counts(server)
+    disk.full.set()
+    harness.queue.start()
+    deadline = time.monotonic() + WAIT
+    while disk.refused < 40:  # every entry tried several times
+        assert time.monotonic() < deadline, disk.refused
+        time.sleep(0.01)
+
+    assert len(upload_workers()) == 2 and harness.queue.stats().workers == 2
+    assert delta(server, before) == {"url": 0, "put": 0, "register": 0, "archive": 0}
+    assert not harness.recorder.registered and not harness.recorder.failures
+    disk.full.clear()
+    harness.settle()
+
+    assert len(upload_workers()) == 2
+    assert set(harness.recorder.registered) == set(ids.values())
+    assert names_in(client, dataset, "/full") == sorted(good)
+    assert delta(server, before)["register"] == 3
+    assert harness.recorder.failures[bad].startswith("not an image")
+    stats = harness.queue.stats()
+    assert (stats.pending, stats.in_flight, stats.failed) == (0, 0, 1)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    # the write of the bad file's failure, given back: logged once (then only at DEBUG)
+    given_back = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+                  and "trying again" in r.getMessage()]
+    assert len(given_back) == 1 and "/full/bad.png" in given_back[0], given_back
+    assert "the state disk is full" in given_back[0]
+
+
 # ---------------------------------------------------------------------- crashes
 
 _DRIVER = textwrap.dedent("""
@@ -633,6 +709,7 @@ def test_a_second_queue_cannot_open_a_journal_in_use(make_harness, open_journal)
     (api_errors.ConflictError(409, None, "taken"), Disposition.PERMANENT),
     (api_errors.NotFoundError(404, None, "no dataset"), Disposition.PERMANENT),
     (NotAnImage("text"), Disposition.PERMANENT),
+    (NoSpace("the state disk is full"), Disposition.TRANSIENT),
     (OSError("staging file unreadable"), Disposition.PERMANENT),
 ])
 def test_classify(error: BaseException, disposition: Disposition) -> None:

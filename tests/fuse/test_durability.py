@@ -279,18 +279,36 @@ def test_umount_with_a_failed_upload_exits_non_zero_naming_it(client, dataset, m
 # ---------------------------------------------------------------------- --min-free-space
 
 
-@pytest.fixture()
-def small_state_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A 16 MiB tmpfs to hold the mount's state dir (journal and staging)."""
+def state_disk(tmp_path: Path, size: str):  # type: ignore[no-untyped-def]
+    """A tmpfs of ``size`` (``16m``) to hold the mount's state dir (journal and staging),
+    unmounted when the test ends."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     disk = tmp_path / "statedisk"
     disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(disk)],
-                   check=True, timeout=30)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                    str(disk)], check=True, timeout=30)
     yield disk
     if subprocess.run(["umount", str(disk)], capture_output=True, timeout=30).returncode:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
+
+
+@pytest.fixture()
+def small_state_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 16 MiB tmpfs to hold the mount's state dir (journal and staging)."""
+    yield from state_disk(tmp_path, "16m")
+
+
+@pytest.fixture()
+def full_state_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 20 MiB tmpfs for the state dir, that a test fills to the last byte and then grows
+    (``grow``)."""
+    yield from state_disk(tmp_path, "20m")
+
+
+def grow(disk: Path, size: str) -> None:
+    """Give a tmpfs more room (as an admin frees or adds space under a full disk)."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(disk)], check=True, timeout=30)
 
 
 def test_min_free_space_refuses_writes_with_enospc_and_keeps_earlier_files(
@@ -330,6 +348,65 @@ def test_min_free_space_refuses_writes_with_enospc_and_keeps_earlier_files(
     (m.path / "full" / "later.jpg").write_bytes(later)
     sync(m)
     assert_exactly_once(client, dataset, "/full", {**kept, "later.jpg": later}, tmp_path)
+    assert m.umount().returncode == 0
+
+
+def test_a_full_state_disk_is_enospc_and_uploads_resume_when_it_grows(
+        full_state_disk, client, dataset, mount, proxy, tmp_path):
+    """The state disk fills to the last byte (``--min-free-space 0``) while uploads cannot
+    leave (the service is away): the staging writes and the journal's commits meet a full
+    disk. Every refusal is ENOSPC (never EIO), no upload worker dies, nothing is left "in
+    flight"; once the disk has room again and the service is back, ``pictofs sync`` lands
+    every file whose writer saw it succeed, exactly once, and ``umount`` works."""
+    m = mount(dataset.name, "--write-back", "4s", "--retry-max-wait", "1s",
+              "--min-free-space", "0", "--dir-cache-time", "5m", base_url=proxy.url,
+              env={"XDG_STATE_HOME": str(full_state_disk)})
+    (m.path / "full").mkdir()
+    os.listdir(m.path / "full")
+    proxy.pause()
+    kept: dict[str, bytes] = {}
+    refused: dict[str, int | None] = {}
+
+    def write(name: str, data: bytes) -> None:
+        try:
+            with open(m.path / "full" / name, "wb") as handle:
+                handle.write(data)
+        except OSError as exc:
+            refused[name] = exc.errno
+        else:
+            kept[name] = data
+
+    for n in range(12):  # 12 × 2 MiB: more than the 20 MiB disk holds
+        write(f"f{n:02d}.jpg", sized_jpeg(2 * MB, seed=200 + n))
+    assert refused, "the disk never filled"
+    for n in range(60):  # then small files, until the journal has no room either
+        write(f"s{n:02d}.jpg", sized_jpeg(64 * 1024, seed=300 + n))
+        if len([name for name in refused if name.startswith("s")]) >= 5:
+            break
+    assert set(refused.values()) == {errno.ENOSPC}, refused
+    assert len(kept) >= 2
+    # the workers meet the full disk (and the missing service) with every kept file
+    wait_for(lambda: all(f"upload of /full/{name} failed" in m.log() for name in kept),
+             "every kept file to be tried")
+    status = uploads_status(m)
+    assert status["workers"] == 8, status  # --transfers' default: every one alive
+    for name in refused:  # a cut-off file is never uploaded and is gone once closed
+        wait_for(lambda: not (m.path / "full" / name).exists(), f"{name} to go")
+
+    grow(full_state_disk, "200m")
+    proxy.resume()
+    sync(m, timeout=120)
+    assert_exactly_once(client, dataset, "/full", kept, tmp_path)
+    assert staging_files(m, dataset) == []
+    status = uploads_status(m)
+    assert (status["pending"], status["in_flight"], status["failed"]) == (0, 0, [])
+    assert status["workers"] == 8, status
+    later = sized_jpeg(2 * MB, seed=399)
+    (m.path / "full" / "later.jpg").write_bytes(later)
+    sync(m)
+    assert_exactly_once(client, dataset, "/full", {**kept, "later.jpg": later}, tmp_path)
+    log = m.log()
+    assert "Traceback" not in log and "bug in" not in log, log[-3000:]
     assert m.umount().returncode == 0
 
 

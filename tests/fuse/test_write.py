@@ -26,6 +26,7 @@ from typing import Callable
 import pytest
 
 from imagegen import jpeg_bytes, png_bytes, sized_jpeg
+from mountkit import staging_files
 from pictofs.api import folders as folders_api
 from pictofs.model import Image
 from seed import seed_images
@@ -521,8 +522,21 @@ def test_write_past_50_mb_is_efbig_and_uploads_nothing(client, dataset, mount, s
     assert "/huge.jpg" not in live(client, dataset)
 
 
-def test_text_named_jpg_fails_at_close_and_uploads_nothing(client, dataset, mount, server,
-                                                           tmp_path):
+ERROR_XATTR = "user.pictofs.error"
+NOT_AN_IMAGE = b"not an image Pillow can read"
+EMPTY_FILE = b"empty file: nothing to upload"
+
+
+def failed_paths(m) -> list[str]:  # type: ignore[no-untyped-def]
+    return sorted(item["path"] for item in m.status()["uploads"]["failed"])
+
+
+def test_text_named_jpg_fails_at_close_and_stays_failed_until_rm(client, dataset, mount,
+                                                                 server, tmp_path):
+    """Bytes that are not an image: EINVAL at close (so ``cp`` reports it), and the file
+    stays, as a failed upload with its reason, through a remount, until ``rm``; written
+    again with an image, it uploads. ``echo x > a.jpg`` (bash ignores the close error)
+    leaves such a file too."""
     source = tmp_path / "fake.jpg"
     source.write_text("this is not an image\n" * 100)
     m = mount(dataset.name, *FAST)
@@ -532,11 +546,73 @@ def test_text_named_jpg_fails_at_close_and_uploads_nothing(client, dataset, moun
     fd = os.open(m.path / "fake2.jpg", os.O_CREAT | os.O_WRONLY, 0o644)
     os.write(fd, b"plain text")
     assert errno_of(lambda: os.close(fd)) == errno.EINVAL
-    sync(m)
-    assert counts.uploads() == 0, counts.since()
-    wait_for(lambda: not {"fake.jpg", "fake2.jpg"} & set(os.listdir(m.path)),
-             "the poisoned files to be removed")
-    assert live(client, dataset) == {}
+    run("bash", "-c", f"echo x > '{m.path / 'echo.jpg'}'", check=False)
+    kept = {"fake.jpg": source.read_bytes(), "fake2.jpg": b"plain text", "echo.jpg": b"x\n"}
+    for name, data in kept.items():
+        assert (m.path / name).read_bytes() == data
+        assert os.getxattr(m.path / name, ERROR_XATTR) == NOT_AN_IMAGE
+    assert failed_paths(m) == ["/echo.jpg", "/fake.jpg", "/fake2.jpg"]
+    text = run(sys.executable, "-m", "pictofs", "status", str(m.path), check=False)
+    assert f"/fake.jpg: {NOT_AN_IMAGE.decode()}" in text.stdout, text.stdout
+
+    os.unlink(m.path / "fake2.jpg")  # rm discards it
+    good = jpeg_bytes(14)
+    (m.path / "echo.jpg").write_bytes(good)  # an image now: an upload again
+    assert errno_of(lambda: os.getxattr(m.path / "echo.jpg", ERROR_XATTR)) == errno.ENODATA
+    wait_for(lambda: "/echo.jpg" in live(client, dataset), "echo.jpg to land")
+    result = m.umount()  # names the one still failed
+    m.mounted = False
+    assert result.returncode != 0 and "/fake.jpg" in result.stderr, result.stderr
+
+    again = mount(dataset.name, *FAST, mountpoint=m.path)
+    assert sorted(os.listdir(again.path)) == ["echo.jpg", "fake.jpg"]
+    assert (again.path / "fake.jpg").read_bytes() == kept["fake.jpg"]
+    assert os.getxattr(again.path / "fake.jpg", ERROR_XATTR) == NOT_AN_IMAGE
+    assert failed_paths(again) == ["/fake.jpg"]
+    os.unlink(again.path / "fake.jpg")
+    sync(again)
+    landed = live(client, dataset)
+    assert {p: service_bytes(client, i.id, tmp_path) for p, i in landed.items()} \
+        == {"/echo.jpg": good}
+    assert counts.files_sent() == 1, counts.since()
+    assert again.umount().returncode == 0
+    assert staging_files(again, dataset) == []
+
+
+def test_a_0_byte_file_at_unmount_stays_failed_and_uploads_once_written(client, dataset,
+                                                                         mount, server,
+                                                                         tmp_path):
+    """A 0-byte file stays local while mounted; at unmount it becomes a failed upload
+    ("empty file"), kept in the journal: the next mount shows it (size 0, the reason in
+    ``user.pictofs.error``, in ``pictofs status``) until ``rm``, and written with content
+    it uploads as any file."""
+    m = mount(dataset.name, *FAST)
+    counts = Counts(server)
+    run("touch", str(m.path / "empty.jpg"), str(m.path / "gone.jpg"))
+    sync(m)  # not a failure while mounted: it may get content yet
+    assert failed_paths(m) == []
+    assert m.umount().returncode == 0
+    assert "/empty.jpg: empty file: nothing to upload" in m.log()
+
+    again = mount(dataset.name, *FAST, mountpoint=m.path)
+    assert sorted(os.listdir(again.path)) == ["empty.jpg", "gone.jpg"]
+    for name in ("empty.jpg", "gone.jpg"):
+        assert os.stat(again.path / name).st_size == 0
+        assert os.getxattr(again.path / name, ERROR_XATTR) == EMPTY_FILE
+    assert failed_paths(again) == ["/empty.jpg", "/gone.jpg"]
+    os.unlink(again.path / "gone.jpg")
+    data = jpeg_bytes(15)
+    (again.path / "empty.jpg").write_bytes(data)
+    assert errno_of(lambda: os.getxattr(again.path / "empty.jpg", ERROR_XATTR)) \
+        == errno.ENODATA
+    sync(again)
+    assert failed_paths(again) == []
+    image = live(client, dataset)["/empty.jpg"]
+    assert service_bytes(client, image.id, tmp_path) == data
+    assert list(live(client, dataset)) == ["/empty.jpg"]
+    assert counts.files_sent() == 1, counts.since()
+    assert again.umount().returncode == 0
+    assert staging_files(again, dataset) == []
 
 
 def test_touch_then_write_uploads_once(client, dataset, mount, server, tmp_path):

@@ -28,8 +28,8 @@ class Pending:
     opens: int = 0
     written: bool = False  # written since staged (a file closed unwritten uploads nothing)
     dirty: bool = False  # bytes written since the last flush
-    poison: PictofsError | None = None  # EFBIG/EINVAL: repeated, never uploaded, removed
-    error: str | None = None  # why the upload failed for good
+    poison: PictofsError | None = None  # EFBIG/ENOSPC: repeated, never uploaded, removed
+    error: str | None = None  # why the upload failed for good (kept until rm or new bytes)
     holds: Image | None = None  # a local name that holds an uploaded image (§6)
     replaced_id: str | None = None
     mtime_set: bool = False  # the mtime came from utimensat (rsync -a, cp -p, touch -d)

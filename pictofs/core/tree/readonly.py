@@ -86,7 +86,8 @@ class ReadOnlyWrites:
 
     def status(self) -> dict[str, Any]:
         return {"pending": 0, "in_flight": 0, "failed": [], "bytes_uploaded": 0,
-                "upload_rate": 0.0, "paused": False, "kept_aside": [], "stranded": []}
+                "upload_rate": 0.0, "paused": False, "kept_aside": [], "stranded": [],
+                "workers": 0}
 
     def wait_idle(self, timeout: float) -> bool:
         return True

@@ -40,7 +40,7 @@ def mount_status(datasets: Iterable[Any], counters: Counters, open_files: int
 def merge_upload_status(items: list[dict[str, Any]]) -> dict[str, Any]:
     merged: dict[str, Any] = {"pending": 0, "in_flight": 0, "failed": [], "bytes_uploaded": 0,
                               "upload_rate": 0.0, "paused": False, "kept_aside": [],
-                              "stranded": []}
+                              "stranded": [], "workers": 0}
     for item in items:
         merged["kept_aside"] += item.get("kept_aside", [])
         merged["stranded"] += item.get("stranded", [])
@@ -50,4 +50,5 @@ def merge_upload_status(items: list[dict[str, Any]]) -> dict[str, Any]:
         merged["bytes_uploaded"] += item["bytes_uploaded"]
         merged["upload_rate"] += item["upload_rate"]
         merged["paused"] = merged["paused"] or item["paused"]
+        merged["workers"] += item["workers"]  # upload worker threads running
     return merged

@@ -7,6 +7,13 @@ file of the upload journal (or, for local-only names, to the mount's local folde
 upload starts ``write_back`` seconds after the last release. The queue's callbacks swap a
 pending file for the image the service registered. Renames and folders are in ``renames.py``;
 local-only names, images held by them, and the janitor in ``local_names.py``.
+
+Files that will not upload: bytes that are not an image fail at close (``EINVAL``) and a
+0-byte file fails at unmount; either stays listed as a failed upload (its reason in
+``user.pictofs.error``, its staging file and journal row kept) until ``rm``, and writing it
+again makes it an upload. A file cut off by a full disk (``--min-free-space``, or the disk
+itself: ``NoSpace``, ``ENOSPC``) or over 50 MB (``EFBIG``) is poisoned instead: never
+uploaded, gone when closed.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pictofs import imaging, names
+from pictofs.core.upload.job import EMPTY_FILE
 from pictofs.core.upload.journal import Journal
+from pictofs.core.upload.journal_files import disk_full
 from pictofs.core.tree.local_names import LocalNames, Orphan
 from pictofs.core.tree.pending import Pending
 from pictofs.core.upload.queue import UploadQueue
@@ -34,6 +43,7 @@ from pictofs.remote import Remote
 
 log = logging.getLogger(__name__)
 
+NOT_AN_IMAGE = "not an image Pillow can read"  # why bytes failed at close
 
 
 @dataclass(frozen=True)
@@ -106,10 +116,37 @@ class WriteLayer(LocalNames):
     def stop(self, timeout: float = 30.0) -> bool:
         self._stop_janitor(timeout)
         done = self.queue.stop(timeout)
+        self._fail_empty_files()
         with self._lock:
             for pending in self._pending.values():
                 pending.close_descriptor()
         return done
+
+    def _fail_empty_files(self) -> None:
+        """At unmount: a 0-byte file (kept here until it had content) becomes a failed
+        upload, kept in the journal, so the next mount still shows it (a failed file cut
+        to 0 bytes too: the journal then says why it fails now, and its size)."""
+        with self._lock:
+            empty = [p for p in self._pending.values()
+                     if p.entry_id is not None and not p.removed and p.size == 0
+                     and p.poison is None and p.error != EMPTY_FILE]
+        if not empty:
+            return
+        try:
+            self.queue.fail_staged({p.entry_id: (0, EMPTY_FILE) for p in empty
+                                    if p.entry_id is not None})
+        except NoSpace as exc:
+            log.warning("0-byte files dropped at unmount (%s): %s", exc,
+                        ", ".join(p.path for p in empty))
+            return
+        except Exception:  # a bug: the unmount goes on
+            log.exception("0-byte files dropped at unmount: %s",
+                          ", ".join(p.path for p in empty))
+            return
+        for pending in empty:
+            pending.error = EMPTY_FILE
+            log.warning("%s: %s; kept as a failed upload until removed", pending.path,
+                        EMPTY_FILE)
 
     # ------------------------------------------------------------------ lookups
 
@@ -216,6 +253,7 @@ class WriteLayer(LocalNames):
             raise pending.poison
         try:
             self._check_space(len(data))
+            written = self._pwrite(pending, data, offset)
         except NoSpace as exc:
             # the file is incomplete: like EFBIG, it is never uploaded (a cut-off image
             # must not reach the service) and disappears when closed; other files are kept
@@ -223,10 +261,19 @@ class WriteLayer(LocalNames):
                 pending.poison = exc
             log.warning("%s: %s", pending.path, exc)
             raise
-        written = pending.pwrite(data, offset)
         pending.written = pending.dirty = True
         self._written_now(pending)
         return written
+
+    def _pwrite(self, pending: Pending, data: bytes, offset: int) -> int:
+        """``pending.pwrite``; a full disk (ENOSPC, EDQUOT) is ``NoSpace``."""
+        try:
+            return pending.pwrite(data, offset)
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            raise NoSpace(f"the state disk is full ({self.local_dir.parent}): "
+                          f"{exc.strerror}") from None
 
     def _written_now(self, pending: Pending) -> None:
         """A write or truncate: the mtime is now, and one set before with utimensat is no
@@ -263,22 +310,44 @@ class WriteLayer(LocalNames):
 
     def flush(self, pending: Pending) -> None:
         """New bytes since the last flush: the cheap checks (size, Pillow identifies the
-        header), then the journal records them (resumable from now on)."""
+        header), then the journal records them (resumable from now on). Bytes that are
+        not an image fail (EINVAL) and are kept as a failed upload; a full disk poisons
+        the file (ENOSPC)."""
         if pending.poison is not None:
             raise pending.poison
         if not pending.dirty or pending.local or pending.removed:
             return
         pending.dirty = False
         if pending.size == 0:
-            return  # 0-byte files stay local until they have content
+            return  # 0-byte files stay local until they have content (or the unmount)
+        assert pending.entry_id is not None
         try:
             imaging.identify(pending.file)
         except NotAnImage:
-            pending.poison = NotAnImage(f"{pending.path}: not an image Pillow can read")
-            log.warning("%s; it will not be uploaded", pending.poison)
-            raise pending.poison from None
+            refused = NotAnImage(f"{pending.path}: {NOT_AN_IMAGE}")
+            self._keep_failed(pending, refused)
+            raise refused from None
+        try:
+            self.queue.flushed(pending.entry_id, pending.size)  # fsyncs the bytes, commits
+        except NoSpace as exc:  # not recorded: a cut-off file, as in write
+            pending.poison = exc
+            log.warning("%s: %s", pending.path, exc)
+            raise
+        pending.error = None  # an upload again (a failed file written anew)
+
+    def _keep_failed(self, pending: Pending, refused: NotAnImage) -> None:
+        """Bytes the service would refuse: the file stays, as a failed upload with the
+        reason, until ``rm`` or new bytes; if the journal cannot record that (a full
+        disk), it is poisoned (gone when closed)."""
         assert pending.entry_id is not None
-        self.queue.flushed(pending.entry_id, pending.size)  # fsyncs the bytes, then commits
+        try:
+            self.queue.fail_staged({pending.entry_id: (pending.size, NOT_AN_IMAGE)})
+        except NoSpace as exc:
+            pending.poison = refused
+            log.warning("%s; it will not be uploaded, and is not kept (%s)", refused, exc)
+            return
+        pending.error = NOT_AN_IMAGE
+        log.warning("%s; kept as a failed upload until removed or written again", refused)
 
     def fsync(self, pending: Pending) -> None:
         """Durable in the local journal; never waits for the network."""
@@ -423,7 +492,10 @@ class WriteLayer(LocalNames):
             if mtime is not None:
                 self._mtimes[image.id] = mtime
         if written_over and pending is not None:
-            self.journal.set_mtime(image.id, pending.mtime)
+            try:
+                self.journal.set_mtime(image.id, pending.mtime)
+            except NoSpace as exc:  # stat shows it until the unmount all the same
+                log.warning("%s: mtime not recorded: %s", image.path, exc)
         if pending is not None and pending.opens == 0:
             pending.close_descriptor()
         if pending is not None and pending.after_register:
@@ -471,7 +543,7 @@ class WriteLayer(LocalNames):
         failed = [{"path": e.path, "error": e.error} for e in self.queue.failed()]
         return {"pending": stats.pending, "in_flight": stats.in_flight, "failed": failed,
                 "bytes_uploaded": stats.bytes_uploaded, "upload_rate": stats.rate,
-                "paused": stats.paused, **self.queue.report()}
+                "paused": stats.paused, "workers": stats.workers, **self.queue.report()}
 
     def wait_idle(self, timeout: float) -> bool:
         """``pictofs sync``/``umount``: uploads waiting for ``write_back`` start now; then

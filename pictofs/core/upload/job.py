@@ -38,7 +38,8 @@ from typing import Any, Callable, Protocol
 from pictofs import imaging, names
 from pictofs.core.upload.journal import Entry, Journal
 from pictofs.core.upload.states import JobState, Step
-from pictofs.errors import AlreadyExists, NotFound, PermissionDenied, PictofsError, Unavailable
+from pictofs.errors import (AlreadyExists, NoSpace, NotFound, PermissionDenied, PictofsError,
+                            Unavailable)
 from pictofs.faults import fault_point
 from pictofs.hashing import sha256_chunks, sha256_file
 from pictofs.model import Image, join_path
@@ -60,7 +61,7 @@ def classify(exc: BaseException) -> Disposition:
     status = getattr(exc, "status", None)
     if status == 401:
         return Disposition.AUTH
-    if isinstance(exc, Unavailable):
+    if isinstance(exc, (Unavailable, NoSpace)):  # NoSpace: the state disk is full, for now
         return Disposition.TRANSIENT
     if isinstance(status, int) and (status in (408, 429) or status >= 500):
         return Disposition.TRANSIENT
@@ -98,6 +99,9 @@ def is_unexpected(exc: BaseException) -> bool:
 def new_key() -> str:
     """A fresh idempotency key (32 lowercase hex)."""
     return uuid.uuid4().hex
+
+
+EMPTY_FILE = "empty file: nothing to upload"  # why a 0-byte file fails
 
 
 class UploadFailed(PictofsError):
@@ -246,6 +250,8 @@ def inspect_staged(path: Path, filename: str, sha256: str | None = None) -> Stag
         raise UploadFailed(f"unsupported file type {names.extension(filename) or '(none)'}")
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
+        if size == 0:
+            raise UploadFailed(EMPTY_FILE)
         if size > names.MAX_IMAGE_BYTES:
             raise UploadFailed(f"too large: {size:,} bytes, over the 50 MB limit "
                                f"({names.MAX_IMAGE_BYTES:,} bytes)")

@@ -30,6 +30,11 @@ order). Likewise a new staging file's folder entry is made durable at the entry'
 flush, not at its creation (``sync_staging_files``), by one folder fsync that covers every
 staging file created before it.
 
+A full disk is ``NoSpace`` (the domain error, ENOSPC at a syscall), whatever found it: a
+commit SQLite could not write ("database or disk is full", rolled back: the row is as it
+was), a staging file that could not be created, an fsync. Nothing else changes then, and the
+same call works again once the disk has room.
+
 A journal of a version this code does not know refuses to open (``ConfigError``) and is left
 untouched (``journal_files``). Files are 0600, folders 0700. Reads go through a second
 connection, so they never wait for a commit's fsync. ``resume_action`` is the pure decision
@@ -56,10 +61,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from pictofs.core.upload.journal_files import fsync_dir, open_database, take_lock
+from pictofs.core.upload.journal_files import disk_full, fsync_dir, open_database, take_lock
 from pictofs.core.upload.states import INITIAL, JobState, Step, check_transition
 from pictofs.dirs import private_dir
-from pictofs.errors import ConfigError
+from pictofs.errors import ConfigError, NoSpace
 
 log = logging.getLogger(__name__)
 
@@ -534,28 +539,30 @@ class Journal:
         the folder; ``sync=False`` leaves that fsync to ``sync_staging_files`` (the entries'
         first flush). ``paths``: the path each is written as, recorded beside its bytes
         (``name_staging_file``)."""
-        for entry_id, path in zip(entry_ids, paths if paths is not None else _nones()):
-            fd = os.open(self.staging_path(entry_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                         0o600)
-            try:
-                if path is not None:
-                    _set_name(fd, path)
-            finally:
-                os.close(fd)
-            with self._folder_lock:
-                self._created += 1
+        with self._no_space("creating a staging file"):
+            for entry_id, path in zip(entry_ids, paths if paths is not None else _nones()):
+                fd = os.open(self.staging_path(entry_id),
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    if path is not None:
+                        _set_name(fd, path)
+                finally:
+                    os.close(fd)
+                with self._folder_lock:
+                    self._created += 1
         if sync:
             self.sync_staging_folder()
 
     def sync_staging_files(self, entry_ids: Iterable[str]) -> None:
         """Make the staged bytes of these entries durable, and their staging files' folder
         entries (a flush that returned can be resumed)."""
-        for entry_id in entry_ids:
-            fd = os.open(self.staging_path(entry_id), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        with self._no_space("writing the staged bytes"):
+            for entry_id in entry_ids:
+                fd = os.open(self.staging_path(entry_id), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
         self.sync_staging_folder()
 
     def sync_staging_folder(self) -> None:
@@ -565,7 +572,8 @@ class Journal:
             created = self._created
             if self._folder_synced >= created:
                 return
-        fsync_dir(self.staging_dir)
+        with self._no_space("writing the staging folder"):
+            fsync_dir(self.staging_dir)
         with self._folder_lock:  # every file counted in `created` existed before the fsync
             self._folder_synced = max(self._folder_synced, created)
 
@@ -615,9 +623,22 @@ class Journal:
     # ---------------------------------------------------------------- internals
 
     @contextlib.contextmanager
+    def _no_space(self, doing: str) -> Iterator[None]:
+        """A full disk met while ``doing`` something is ``NoSpace`` (any other error is
+        raised as it is)."""
+        try:
+            yield
+        except (OSError, sqlite3.Error) as exc:
+            if not disk_full(exc):
+                raise
+            raise NoSpace(f"the state disk is full ({self.directory}): {doing} failed: "
+                          f"{exc.strerror if isinstance(exc, OSError) else exc}") from None
+
+    @contextlib.contextmanager
     def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
-        """One committed transaction under the lock; fsync'd unless ``durable`` is False."""
-        with self._lock:
+        """One committed transaction under the lock; fsync'd unless ``durable`` is False. A
+        full disk rolls it back and raises ``NoSpace``."""
+        with self._lock, self._no_space("a journal commit"):
             if durable:
                 with self._db:
                     yield self._db

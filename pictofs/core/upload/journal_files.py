@@ -1,7 +1,9 @@
 """The files under a journal's folder, below what the journal records: the SQLite database
 (WAL, ``synchronous=FULL``; one of an unknown version is refused and left as it is), the
-``flock`` that keeps a second process out, and a folder's fsync. The mirror's state database
-(``pictofs.mirror.state``) is opened and locked by the same helpers."""
+``flock`` that keeps a second process out, a folder's fsync, and what a full disk looks like
+(``disk_full``: an ``OSError`` ENOSPC/EDQUOT, or SQLite's "database or disk is full"). The
+mirror's state database (``pictofs.mirror.state``) is opened and locked by the same
+helpers."""
 
 from __future__ import annotations
 
@@ -13,6 +15,22 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from pictofs.errors import ConfigError
+
+# the errnos of a disk with no room left: no free block, or the user's quota used up
+FULL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk is full: an ``OSError`` with ENOSPC or EDQUOT, or a
+    SQLite error whose primary code is ``SQLITE_FULL`` ("database or disk is full")."""
+    if isinstance(exc, OSError):
+        return exc.errno in FULL_DISK_ERRNOS
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            return code & 0xFF == sqlite3.SQLITE_FULL
+        return "database or disk is full" in str(exc)
+    return False
 
 
 def open_database(path: Path, version: int, upgrades: Mapping[int, str] | None = None, *,

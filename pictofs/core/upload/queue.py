@@ -22,13 +22,20 @@ time (a worker that took another one waits for its turn).
 
 Callers (FUSE threads, the mirror) use ``stage``/``flushed``/``set_mtime``/``schedule`` while
 writing, ``hold`` when a staged file is opened again, ``retarget`` on rename, ``cancel`` on
-unlink, ``discard`` on ``rm`` of a failed file. ``hold`` and ``retarget`` wait while a register
-is in flight and return the registered image when the entry already became one: from then on
-the change is the caller's (a replace or an image rename). Callbacks ``on_registered`` and
-``on_failed`` run in worker threads, outside every lock. ``on_registered_many``, when given,
-is called instead of ``on_registered``: once per batch with the ``(entry id, image)`` of every
-member that landed (once per single upload with one pair), so that a caller can record them
-in one transaction.
+unlink, ``discard`` on ``rm`` of a failed file, ``fail_staged`` for files the writer's side
+will not upload (kept as failed, with their reason, until discarded or written again).
+``hold`` and ``retarget`` wait while a register is in flight and return the registered image
+when the entry already became one: from then on the change is the caller's (a replace or an
+image rename). Callbacks ``on_registered`` and ``on_failed`` run in worker threads, outside
+every lock. ``on_registered_many``, when given, is called instead of ``on_registered``: once
+per batch with the ``(entry id, image)`` of every member that landed (once per single upload
+with one pair), so that a caller can record them in one transaction.
+
+A full state disk is ``NoSpace`` from the journal: a caller's call that could not record its
+change raises it and leaves the journal as it was, except ``hold`` (its state write is left
+out: a restart treats the states it writes alike) and ``cancel``/``discard`` (the entry is
+cancelled here and a worker removes it from the journal once the disk has room). The
+workers retry what they could not record (see ``workers``).
 
 ``stage_sources`` queues files that stay where they are (no staging file; the mirror's): the
 journal records each one's size, mtime and sha256, and the upload checks the bytes it sends
@@ -78,6 +85,7 @@ from pictofs.core.upload.workers import (
     Callbacks, ChangedCallback, FailedCallback, RegisteredCallback, RegisteredManyCallback,
     Workers, continue_cancel, drop,
 )
+from pictofs.errors import NoSpace
 from pictofs.model import Image, join_path
 from pictofs.remote import Remote
 
@@ -142,11 +150,16 @@ class UploadQueue:
         Nothing here is fsync'd: an entry not flushed yet is dropped by a restart anyway,
         and its staging file removed; ``flushed`` makes the row and the file durable."""
         entry_ids = [uuid.uuid4().hex for _ in targets]
-        self._journal.add_many([(entry_id, *target) for entry_id, target
-                                in zip(entry_ids, targets)], durable=False)
-        self._journal.create_staging_files(
-            entry_ids, sync=False, paths=[join_path(folder, filename)
-                                          for folder, filename, _replaced in targets])
+        try:
+            self._journal.create_staging_files(
+                entry_ids, sync=False, paths=[join_path(folder, filename)
+                                              for folder, filename, _replaced in targets])
+            self._journal.add_many([(entry_id, *target) for entry_id, target
+                                    in zip(entry_ids, targets)], durable=False)
+        except BaseException:  # a full disk: no entry, and no staging file either
+            for entry_id in entry_ids:
+                self._journal.remove_staging_file(entry_id, sync=False)
+            raise
         with self._lock:
             for entry_id in entry_ids:
                 self._schedule.add(entry_id)
@@ -203,6 +216,26 @@ class UploadQueue:
         self._journal.record_flushed({e: sizes[e] for e in flushes},
                                      still=lambda e: self._flushes(e) == flushes[e])
 
+    def fail_staged(self, failures: Mapping[str, tuple[int, str]]) -> None:
+        """Entries whose bytes the writer's side will not upload (entry id → (size,
+        reason)): a file not an image, a 0-byte file at unmount. Each is failed for good
+        now, its staging file and row kept (durable, as a flush makes them) with the
+        reason, listed until discarded, written again (a flush stages it again) or renamed.
+        An upload of older bytes in flight stops at its next step."""
+        self._journal.sync_staging_files(failures)
+        with self._changed:
+            for entry_id in failures:
+                task = self._schedule.task(entry_id)
+                if task is not None:  # first: a running upload writes no step after this
+                    task.generation += 1
+            self._journal.update_many({
+                entry_id: {"state": JobState.FAILED, "flushed": True, "size": size,
+                           "error": reason}
+                for entry_id, (size, reason) in failures.items()})
+            for entry_id in failures:
+                self._schedule.remove(entry_id)
+            self._changed.notify_all()
+
     def set_mtime(self, entry_id: str, mtime: float | None) -> None:
         """The mtime a writer set (utimensat); it follows the entry to its image. None: a
         write came after it (the image then gets none from the entry)."""
@@ -236,7 +269,10 @@ class UploadQueue:
             task.held, task.due = True, None
             task.generation += 1
             if not task.running:
-                self._journal.update(entry_id, state=JobState.STAGED)
+                try:
+                    self._journal.update(entry_id, state=JobState.STAGED)
+                except NoSpace:  # the row keeps its state: a restart treats both alike
+                    pass
             self._changed.notify_all()
             return None
 
@@ -274,18 +310,36 @@ class UploadQueue:
             task = self._schedule.add(entry_id)
             task.cancelled, task.held = True, False
             task.generation += 1  # first: a running upload writes no step after this
-            entry = self._journal.update(entry_id, cancelled=True)
-            if not task.running:
-                continue_cancel(self._schedule, self._journal, task, entry)
+            try:
+                entry = self._journal.update(entry_id, cancelled=True)
+                if not task.running:
+                    continue_cancel(self._schedule, self._journal, task, entry)
+            except NoSpace as exc:
+                self._finish_later(task, entry, exc)
             self._changed.notify_all()
 
     def discard(self, entry_id: str) -> None:
         """``rm`` of a failed file: forget it and its staging file (others: ``cancel``)."""
         entry = self._journal.get(entry_id)
         if entry is not None and entry.state == JobState.FAILED:
-            drop(self._journal, entry_id)
+            try:
+                drop(self._journal, entry_id)
+            except NoSpace as exc:
+                with self._changed:
+                    self._finish_later(self._schedule.add(entry_id), entry, exc)
+                    self._changed.notify_all()
         else:
             self.cancel(entry_id)
+
+    def _finish_later(self, task: Task, entry: Entry, exc: NoSpace) -> None:
+        """A cancel or discard the journal could not record (its disk is full): the task is
+        cancelled, and a worker ends it as it ends any cancel, retried with backoff until
+        the journal takes the write (lock held)."""
+        log.warning("%s: %s; it is removed from the journal once the disk has room",
+                    entry.path, exc)
+        task.cancelled, task.held = True, False
+        if not task.running:
+            self._schedule.due_in(task, 0.0)
 
     # ---------------------------------------------------------------- reading side
 
@@ -308,8 +362,9 @@ class UploadQueue:
 
     def stats(self) -> QueueStats:
         failed = len(self.failed())
+        workers = self._workers.alive()
         with self._lock:
-            return self._schedule.stats(failed)
+            return self._schedule.stats(failed, workers)
 
     def expedite(self) -> int:
         """Start now every upload that only waits for its ``write_back`` delay (``pictofs

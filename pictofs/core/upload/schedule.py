@@ -41,6 +41,8 @@ class Task:
     source_changed: bool = False  # cancelled because its source file changed
     image: Image | None = None  # the register answer, as soon as it arrived
     put_generation: int | None = None  # the generation whose PUT finished in this process
+    taken: int = 0  # times a worker took it (tells one run of it from the next)
+    trouble: str | None = None  # the last unrecorded failure logged for it (logged once)
 
     @property
     def busy(self) -> bool:
@@ -55,6 +57,7 @@ class QueueStats:
     bytes_uploaded: int
     rate: float  # bytes per second over the last RATE_WINDOW seconds
     paused: bool  # the API key was rejected
+    workers: int = 0  # worker threads running
 
 
 class Schedule:
@@ -116,6 +119,7 @@ class Schedule:
                 return None, due - now
             heapq.heappop(self._heap)
             task.running, task.due = True, None
+            task.taken += 1
             self._probing = self._paused_until is not None
             return task, None
         return None, None
@@ -144,6 +148,7 @@ class Schedule:
                 break
             if fits(task):
                 task.running, task.due = True, None
+                task.taken += 1
                 taken.append(task)
             else:
                 passed.append((due, seq, entry_id))
@@ -209,14 +214,14 @@ class Schedule:
         self._recent.append((now, size))
         self._trim(now)
 
-    def stats(self, failed: int) -> QueueStats:
+    def stats(self, failed: int, workers: int = 0) -> QueueStats:
         self._trim(self._clock())
         tasks = self.tasks.values()
         return QueueStats(pending=sum(1 for t in tasks if t.due is not None),
                           in_flight=sum(1 for t in tasks if t.running),
                           failed=failed, bytes_uploaded=self._bytes,
                           rate=sum(n for _, n in self._recent) / RATE_WINDOW,
-                          paused=self.paused)
+                          paused=self.paused, workers=workers)
 
     def _trim(self, now: float) -> None:
         while self._recent and self._recent[0][0] < now - RATE_WINDOW:

@@ -6,6 +6,13 @@ file goes, the ``on_registered`` callback runs), interrupted (queued again, or h
 cancel goes on), or failed (retried after a backoff, paused while the API key is rejected, or
 failed for good).
 
+Nothing ends a worker thread: an exception a run could not record (the journal's commit on a
+full state disk, ``NoSpace``, which is also a transient failure of the upload itself; a bug)
+is caught in the worker's loop, logged once per task and reason, and every task the run left
+neither scheduled, held nor ended is given back, due again after its backoff: never left "in
+flight". What the journal could not record is written by a later run (a restart queues every
+flushed entry whatever its state), so the uploads go on once the disk has room.
+
 ``Workers`` gets what it uses in its constructor: the remote and the journal, the queue's
 ``Schedule`` and the condition (on the queue's lock) that guards it, and the ``Callbacks``.
 
@@ -32,6 +39,7 @@ from pictofs.core.upload.journal import Entry, Journal
 from pictofs.core.upload.job import Disposition, Interrupted, Landed, UploadJob
 from pictofs.core.upload.schedule import Schedule, Task, TaskControl
 from pictofs.core.upload.states import JobState
+from pictofs.errors import NoSpace
 from pictofs.model import Image
 from pictofs.remote import Remote
 
@@ -73,10 +81,10 @@ def drop(journal: Journal, entry_id: str) -> None:
 
 def continue_cancel(schedule: Schedule, journal: Journal, task: Task, entry: Entry) -> None:
     """A cancelled entry not running: drop it now, or let a worker archive its image (the
-    queue's lock held)."""
+    queue's lock held). A full disk (``NoSpace``) leaves the task as it was."""
     if entry.image_id is None and task.image is None and not entry.maybe_registered:
-        schedule.remove(task.entry_id)
         drop(journal, task.entry_id)
+        schedule.remove(task.entry_id)
     else:
         schedule.due_in(task, 0.0)
 
@@ -137,14 +145,62 @@ class Workers:
             self._senders.shutdown(wait=False)
         return ended
 
+    def alive(self) -> int:
+        """How many worker threads are running (``transfers`` from ``start`` to ``stop``)."""
+        with self._changed:
+            threads = list(self._threads)
+        return sum(1 for thread in threads if thread.is_alive())
+
     # ---------------------------------------------------------------- a worker
 
     def _work(self) -> None:
         while (tasks := self._take()) is not None:
-            if len(tasks) == 1:
-                self._run(tasks[0])
+            taken = [task.taken for task in tasks]
+            try:
+                if len(tasks) == 1:
+                    self._run(tasks[0])
+                else:
+                    self._run_batch(tasks)
+            except Exception as exc:  # nothing ends a worker (see the module doc)
+                self._give_back(list(zip(tasks, taken)), exc)
+
+    def _give_back(self, runs: list[tuple[Task, int]], exc: Exception) -> None:
+        """After a run that raised: each of its tasks (``(task, task.taken)`` when it was
+        taken) that the run left neither due, held, ended nor taken again is due again
+        after its backoff. Logged once per task and reason: a full disk in one line, a bug
+        with its traceback; the same again only at DEBUG."""
+        reason = upload_job.describe(exc)
+        given: list[tuple[Task, float]] = []
+        with self._changed:
+            self._schedule.run_ended()
+            for task, taken in runs:
+                if task.taken != taken or self._schedule.task(task.entry_id) is not task:
+                    continue  # taken by another run since, or ended
+                task.running = task.registering = False
+                if task.due is not None:  # made due while it ran: (again) in the heap now
+                    self._schedule.requeue(task)  # (a second entry there is skipped as stale)
+                    continue
+                if (task.held and not task.cancelled) or self._stopping:
+                    continue  # waiting for its writer, or left to the next mount
+                task.attempts += 1
+                delay = upload_job.retry_delay(task.attempts, self._retry_max_wait,
+                                               upload_job.draw_jitter(self._rng))
+                self._schedule.due_in(task, delay)
+                repeated = task.trouble == reason
+                task.trouble = reason
+                if not repeated:
+                    given.append((task, delay))
+            self._changed.notify_all()
+        for task, delay in given:
+            entry = self._journal.get(task.entry_id)
+            path = entry.path if entry is not None else task.entry_id
+            if isinstance(exc, NoSpace):
+                log.warning("upload of %s: %s; trying again in %.1fs", path, reason, delay)
             else:
-                self._run_batch(tasks)
+                log.error("upload of %s: unexpected error; trying again in %.1fs", path,
+                          delay, exc_info=exc)
+        if not given:
+            log.debug("upload run failed again (%s)", reason)
 
     def _take(self) -> list[Task] | None:
         """The next due task (and its batch companions), marked running; None when
@@ -195,17 +251,19 @@ class Workers:
         bulk: Any = self._remote  # batch > 1 is only given with a BulkRemote
         job = upload_batch.BatchJob(bulk, self._journal, self._dataset_id, self._senders)
         outcomes = job.run([(entry, control) for _, entry, control in members])
-        landed = []
-        for task, entry, control in members:
-            outcome = outcomes.get(entry.id, Interrupted(entry.id))
-            if isinstance(outcome, Landed):
-                if self._after_landed(task, entry, outcome):
-                    landed.append((task.entry_id, outcome.image))
-            elif isinstance(outcome, Interrupted) or not control.current:
-                self._after_interrupt(task)
-            else:
-                self._after_error(task, entry, outcome)  # type: ignore[arg-type]
-        self._report_landed(landed)
+        landed: list[tuple[str, Image]] = []
+        try:
+            for task, entry, control in members:
+                outcome = outcomes.get(entry.id, Interrupted(entry.id))
+                if isinstance(outcome, Landed):
+                    if self._after_landed(task, entry, outcome):
+                        landed.append((task.entry_id, outcome.image))
+                elif isinstance(outcome, Interrupted) or not control.current:
+                    self._after_interrupt(task)
+                else:
+                    self._after_error(task, entry, outcome)  # type: ignore[arg-type]
+        finally:  # the members that landed are reported even when a later one raised
+            self._report_landed(landed)
 
     def _run(self, task: Task) -> None:
         entry = self._journal.get(task.entry_id)
@@ -254,7 +312,10 @@ class Workers:
             self._changed.notify_all()
             cancelled = task.cancelled
         if prune:
-            self._journal.delete_done(before=time.time() - DONE_KEEP)
+            try:
+                self._journal.delete_done(before=time.time() - DONE_KEEP)
+            except NoSpace as exc:  # housekeeping: a later landing prunes them
+                log.debug("done entries not pruned: %s", exc)
         if cancelled:
             return False
         if (image.filename, image.directory_path) != (entry.filename, entry.folder):
@@ -286,6 +347,8 @@ class Workers:
             entry = self._journal.get(task.entry_id)
             if entry is None:
                 self._schedule.remove(task.entry_id)
+            elif self._schedule.task(task.entry_id) is not task:
+                pass  # taken away meanwhile (failed by the writer's side): nothing to add
             elif task.cancelled:
                 continue_cancel(self._schedule, self._journal, task, entry)
             elif task.held:
@@ -339,7 +402,10 @@ class Workers:
             else:
                 self._schedule.run_ended()
                 task.attempts += 1
-            self._journal.update(task.entry_id, state=JobState.QUEUED, error=reason)
+            try:
+                self._journal.update(task.entry_id, state=JobState.QUEUED, error=reason)
+            except NoSpace:  # the row keeps its state: a restart queues it all the same
+                pass
             if not self._stopping and not task.held:
                 self._schedule.due_in(task, delay)
             self._changed.notify_all()
