@@ -123,12 +123,17 @@ def test_serve_admin_verbs(server):
     assert_user_error(bad_org)
 
 
-def test_embedded_default_starts_once_and_stops(tmp_path):
+def embedded_env(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """An environment with no account anywhere (the embedded default), and its data folder."""
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PICTOGRAPH_")}
     env.update(HOME=str(home), XDG_DATA_HOME=str(tmp_path / "data"))
-    data_dir = tmp_path / "data" / "pictofs" / "server"
+    return env, tmp_path / "data" / "pictofs" / "server"
+
+
+def test_embedded_default_starts_once_and_stops(tmp_path):
+    env, data_dir = embedded_env(tmp_path)
     try:
         first = run("datasets", "create", "embedded-one", env=env)
         assert first.returncode == 0, first.stderr
@@ -212,11 +217,7 @@ def test_the_embedded_default_sends_no_key_to_a_server_that_cannot_prove_it_is_o
     owner key must not reach it; a server of our own is started instead."""
     from harness import free_port
 
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PICTOGRAPH_")}
-    env.update(HOME=str(home), XDG_DATA_HOME=str(tmp_path / "data"))
-    data_dir = tmp_path / "data" / "pictofs" / "server"
+    env, data_dir = embedded_env(tmp_path)
     try:
         assert run("datasets", "create", "mine", env=env).returncode == 0
         ours = json.loads((data_dir / "server.json").read_text())
