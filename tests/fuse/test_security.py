@@ -13,8 +13,8 @@
   reach a FUSE daemon: the kernel splits paths at ``/`` and ends them at NUL; ``.`` and
   ``..`` are resolved by the kernel.)
 - Decompression bombs: a header over twice Pillow's pixel limit fails at close with
-  ``EINVAL`` and is never sent; one between the limit and twice it ends ``failed`` with the
-  server's 415 reason.
+  ``EINVAL``, is never sent, and stays as a failed upload until removed; one between the
+  limit and twice it ends ``failed`` with the server's 415 reason.
 - ``--allow-other`` (with ``default_permissions``): another user reads, and cannot create,
   overwrite, remove or make folders (``EACCES``); without it, the other user cannot even look.
 """
@@ -227,20 +227,22 @@ def test_decompression_bombs_through_the_mount(mount, server, client, dataset):
     m = mount(dataset.name, *FAST)
     counts = Counts(server)
     # Over twice the pixel limit: Pillow refuses the header; close fails, nothing is sent,
-    # and the poisoned file is gone after release.
+    # and the file stays as a failed upload (its error in an xattr) until it is removed.
     assert _errno_of(lambda: _write(m.path / "huge.png", png_bomb(20_000, 20_000))) \
         == errno.EINVAL
-    wait_for(lambda: not (m.path / "huge.png").exists(), "the refused file to go")
+    wait_for(lambda: b"not an image" in os.getxattr(m.path / "huge.png", "user.pictofs.error"),
+             "the refused file to show its error")
     # Between the limit and twice it: an image to the header check; the service's 415 makes
     # the entry fail for good.
     (m.path / "big.png").write_bytes(png_bomb(10_000, 10_000))
     result = pictofs_cmd(m, "sync", str(m.path))
     assert result.returncode == 1
     assert "/big.png" in result.stderr and "decompression" in result.stderr, result.stderr
-    assert "huge.png" not in result.stderr
+    assert "/huge.png" in result.stderr and "not an image" in result.stderr, result.stderr
     assert not list(client.images.list(dataset.id))
     assert counts.since()["upload_url"] + counts.since()["bulk_upload_url"] == 1
     (m.path / "big.png").unlink()
+    (m.path / "huge.png").unlink()
 
 
 # ---------------------------------------------------------------------- --allow-other
