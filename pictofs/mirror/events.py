@@ -244,11 +244,7 @@ def folder_inodes(root: str) -> set[tuple[int, int]]:
 
 def count_folders(root: str) -> int:
     """The folders a recursive inotify watch of ``root`` needs (symlinks not followed)."""
-    count = 0
-    for _current, dirnames, _files in os.walk(root):
-        count += 1
-        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(_current, d))]
-    return count
+    return len(folder_inodes(root))
 
 
 def _read_int(path: Path) -> int | None:

@@ -139,11 +139,9 @@ class DatasetFolder(Node):
 
     is_dir = True
 
-    def __init__(self, tree: Tree, dataset: DatasetTree, path: str, entry: DirEntry,
-                 local: bool = False) -> None:
+    def __init__(self, tree: Tree, dataset: DatasetTree, path: str, entry: DirEntry) -> None:
         super().__init__(tree, dataset, path, entry.path)
         self.entry = entry
-        self.local = local
         self.side: DatasetTree = dataset
 
     @staticmethod

@@ -231,7 +231,7 @@ class Vfs:
         if pending is not None:
             return PendingFile(self, dataset, path, inner, pending)
         if writes.is_local_dir(inner):
-            return DatasetFolder(self, dataset, path, DirEntry(inner), local=True)
+            return DatasetFolder(self, dataset, path, DirEntry(inner))
         if writes.is_hidden(inner):
             raise NotFound(path)
         entry = dataset.view.resolve(inner)

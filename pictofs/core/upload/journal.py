@@ -309,9 +309,10 @@ class Journal:
     def absorb(self, other: Path) -> int:
         """Take over the live entries of another journal of this dataset (one an older
         pictofs kept under another name): their rows, staging files and recorded mtimes
-        move here, then the other folder is removed. OSError if another process holds it.
+        move here, then the other folder is removed. ConfigError if another process holds
+        it.
         Returns how many entries moved."""
-        with take_lock_or_none(other / "journal.lock"):
+        with contextlib.closing(take_lock(other / "journal.lock")):
             with self._lock:
                 self._db.execute("ATTACH DATABASE ? AS other", (str(other / "journal.db"),))
                 try:
@@ -540,7 +541,9 @@ class Journal:
         first flush). ``paths``: the path each is written as, recorded beside its bytes
         (``name_staging_file``)."""
         with self._no_space("creating a staging file"):
-            for entry_id, path in zip(entry_ids, paths if paths is not None else _nones()):
+            entry_ids = list(entry_ids)
+        named = list(paths) if paths is not None else [None] * len(entry_ids)
+        for entry_id, path in zip(entry_ids, named):
                 fd = os.open(self.staging_path(entry_id),
                              os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 try:
@@ -679,11 +682,6 @@ class Journal:
                            (key, value))
 
 
-def _nones() -> Iterator[None]:
-    while True:
-        yield None
-
-
 def _set_name(fd: int, path: str) -> None:
     """Best effort: a filesystem without user xattrs keeps the bytes unnamed."""
     try:
@@ -706,9 +704,9 @@ def _adopt_legacy(state_dir: Path, dataset_id: str, folder: Path) -> None:
         if info.dataset_id != dataset_id or info.folder.name == folder.name:
             continue
         try:
-            with take_lock_or_none(info.folder / "journal.lock"):
+            with contextlib.closing(take_lock(info.folder / "journal.lock")):
                 os.rename(info.folder, folder)
-        except OSError as exc:
+        except (OSError, ConfigError) as exc:
             log.warning("cannot adopt the upload journal %s of dataset %s: %s",
                         info.folder, dataset_id, exc)
             continue
@@ -716,19 +714,6 @@ def _adopt_legacy(state_dir: Path, dataset_id: str, folder: Path) -> None:
         log.info("adopted the upload journal %s of dataset %s (%d pending)", info.folder.name,
                  dataset_id, info.live)
         return
-
-
-@contextlib.contextmanager
-def take_lock_or_none(path: Path) -> Iterator[None]:
-    """Hold the journal's flock while it is renamed (OSError if another process has it)."""
-    import fcntl
-
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _check_columns(changes: Mapping[str, Any]) -> None:

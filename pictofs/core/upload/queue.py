@@ -85,7 +85,7 @@ from pictofs.core.upload.workers import (
     Callbacks, ChangedCallback, FailedCallback, RegisteredCallback, RegisteredManyCallback,
     Workers, continue_cancel, drop,
 )
-from pictofs.errors import NoSpace
+from pictofs.errors import ConfigError, NoSpace
 from pictofs.model import Image, join_path
 from pictofs.remote import Remote
 
@@ -128,6 +128,8 @@ class UploadQueue:
         parallel_puts: bool = False,
     ) -> None:
         self._journal = journal
+        # journals of this dataset that resume could not take over: {"folder", "pending"}
+        self._stranded: list[dict[str, Any]] = []
         self._write_back = write_back
         self._clock = clock
         self._lock = threading.Lock()  # guards _schedule (see the module doc)
@@ -432,11 +434,14 @@ class UploadQueue:
     def _take_over_stranded(self) -> None:
         """Other journals of this dataset (kept by an older pictofs under a name of base
         URL and key): their pending uploads move into this one; one that cannot (another
-        process holds it) is reported, and again by ``status``."""
+        process holds it) is reported, and again by ``status`` (found once, here: a status
+        reads no other journal)."""
+        self._stranded = []
         for info in self._journal.stranded():
             try:
                 self._journal.absorb(info.folder)
-            except (OSError, sqlite3.Error) as exc:
+            except (OSError, sqlite3.Error, ConfigError) as exc:
+                self._stranded.append({"folder": str(info.folder), "pending": info.live})
                 log.warning("%d pending upload(s) of this dataset wait in another journal, "
                             "%s, which cannot be taken over now (%s); they are not lost",
                             info.live, info.folder, exc)
@@ -445,8 +450,7 @@ class UploadQueue:
         """What ``pictofs status`` says of the journal beyond the queue: files kept aside
         and journals of this dataset that could not be taken over."""
         return {"kept_aside": [str(p) for p in kept_aside(self._journal.directory)],
-                "stranded": [{"folder": str(i.folder), "pending": i.live}
-                             for i in self._journal.stranded()]}
+                "stranded": self._stranded}
 
     def _put_orphans_aside(self, entries: Sequence[Entry]) -> None:
         """Staging files no live row owns: a done entry's file is removed (its image
