@@ -97,6 +97,10 @@ OPTIONS: tuple[Option, ...] = (
     # writing
     Option("write-back", "delay after the last close before a new file is uploaded", MOUNT,
            default="2s", type=parse_duration, metavar="DURATION"),
+    Option("commit-interval", "longest time a closed file waits before it is made durable "
+           "against a crash of the machine (0: at every close; fsync, pictofs sync and "
+           "unmount do it at once)", MOUNT, default="5s", type=parse_duration,
+           metavar="DURATION"),
     Option("transfers", "uploads in parallel", MOUNT_MIRROR, default="8", type=int,
            metavar="N"),
     Option("min-free-space", "writes fail with ENOSPC below this much free space on the "

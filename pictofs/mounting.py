@@ -344,7 +344,8 @@ class DatasetTreeBuilder:
                                retry_max_wait=self.args.retry_max_wait,
                                min_free_space=self.args.min_free_space,
                                permanent_delete=self.args.permanent_delete,
-                               batch=images_api.BULK_LIMIT)
+                               batch=images_api.BULK_LIMIT,
+                               commit_interval=self.args.commit_interval)
         writes = WriteLayer(view, self.remote, journal, downloader, journal.directory / "local",
                             options, upload_remote=self.upload_remote)
         writes.start()

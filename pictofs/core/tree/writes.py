@@ -56,6 +56,9 @@ class WriteOptions:
     # > 1: new files of a folder due together go up together with the bulk routes (the
     # remote must then have the verbs of batch.BulkRemote); 1: one file at a time
     batch: int = 1
+    # the group commit's period (commits.py): how long a closed file may wait before it
+    # survives a crash of the machine; 0: at every close
+    commit_interval: float = 5.0
 
 
 class WriteLayer(LocalNames):
@@ -81,7 +84,7 @@ class WriteLayer(LocalNames):
                                  transfers=options.transfers, write_back=options.write_back,
                                  retry_max_wait=options.retry_max_wait,
                                  on_registered=self._registered, on_failed=self._failed,
-                                 batch=options.batch)
+                                 batch=options.batch, commit_interval=options.commit_interval)
         local_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # _lock guards _pending, _by_entry, _local_dirs, _orphans and _mtimes.
         self._lock = threading.RLock()
@@ -328,7 +331,7 @@ class WriteLayer(LocalNames):
             self._keep_failed(pending, refused)
             raise refused from None
         try:
-            self.queue.flushed(pending.entry_id, pending.size)  # fsyncs the bytes, commits
+            self.queue.flushed(pending.entry_id, pending.size, pending.sha256())
         except NoSpace as exc:  # not recorded: a cut-off file, as in write
             pending.poison = exc
             log.warning("%s: %s", pending.path, exc)
@@ -350,11 +353,13 @@ class WriteLayer(LocalNames):
         log.warning("%s; kept as a failed upload until removed or written again", refused)
 
     def fsync(self, pending: Pending) -> None:
-        """Durable in the local journal; never waits for the network."""
+        """Durable in the local journal (the group commit, now): survives a crash of the
+        machine; never waits for the network."""
         if pending.local:
             pending.fsync()
             return
         self.flush(pending)
+        self.queue.make_durable()  # NoSpace, or the disk's OSError (EIO), to the caller
 
     def release(self, pending: Pending) -> None:
         pending.opens = max(0, pending.opens - 1)
@@ -543,12 +548,18 @@ class WriteLayer(LocalNames):
         failed = [{"path": e.path, "error": e.error} for e in self.queue.failed()]
         return {"pending": stats.pending, "in_flight": stats.in_flight, "failed": failed,
                 "bytes_uploaded": stats.bytes_uploaded, "upload_rate": stats.rate,
-                "paused": stats.paused, "workers": stats.workers, **self.queue.report()}
+                "paused": stats.paused, "workers": stats.workers,
+                "not_durable": self.queue.not_durable(), **self.queue.report()}
 
     def wait_idle(self, timeout: float) -> bool:
         """``pictofs sync``/``umount``: uploads waiting for ``write_back`` start now; then
-        wait until nothing is scheduled or in flight (failed and open files do not count)."""
+        wait until nothing is scheduled or in flight (failed and open files do not count).
+        What stays local (failed, held) is made durable first (the group commit)."""
         self.queue.expedite()
+        try:
+            self.queue.make_durable()
+        except (NoSpace, OSError) as exc:
+            log.warning("pictofs sync: the staged files are not durable yet: %s", exc)
         return self.queue.wait_idle(timeout)
 
     def move_pending(self, pending: Pending, new_path: str) -> None:

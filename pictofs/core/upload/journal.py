@@ -61,7 +61,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from pictofs.core.upload.journal_files import disk_full, fsync_dir, open_database, take_lock
+from pictofs.core.upload.journal_files import (disk_full, fsync_dir, open_database,
+                                               sync_filesystem, take_lock)
 from pictofs.core.upload.states import INITIAL, JobState, Step, check_transition
 from pictofs.dirs import private_dir
 from pictofs.errors import ConfigError, NoSpace
@@ -446,15 +447,22 @@ class Journal:
                 raise KeyError(entry_id)
 
     def record_flushed(self, sizes: Mapping[str, int],
-                       still: Callable[[str], bool] = lambda entry_id: True) -> None:
+                       still: Callable[[str], bool] = lambda entry_id: True,
+                       digests: Mapping[str, str] | None = None,
+                       durable: bool = True) -> None:
         """New bytes of these entries (entry id → size) were flushed: each becomes resumable
         and its upload starts over (hash, keys and error forgotten; a replace whose old image
         is already archived, its step past ``none``, goes back to ``archived``, everything
         else to ``none``; a failed entry is staged again). The step and state are worked out from the row as it is at the write,
         so the write commutes with a retarget, hold or cancel made between the caller's
         decision and the write. Rows for which ``still(entry_id)`` is false (a newer flush
-        will write them) or that are gone are skipped. One transaction."""
-        with self._write() as db:
+        will write them) or that are gone are skipped. ``digests``: the sha256 of the bytes
+        flushed (entry id → hex), which the upload then finds in the staging file or fails
+        the entry (bytes a crash of the machine cut short are never sent); without one the
+        upload hashes what it finds. One transaction; ``durable=False``: not fsync'd (the
+        writer's close: ``make_durable`` does it later for many flushes at once)."""
+        digests = digests or {}
+        with self._write(durable) as db:
             now = time.time()
             for entry_id, size in sizes.items():
                 if not still(entry_id):
@@ -462,13 +470,13 @@ class Journal:
                 # the step goes back to none, or stays archived for a replace past that step;
                 # the state: failed → staged (an allowed transition,
                 # the only one this write makes)
-                db.execute("UPDATE entries SET flushed = 1, size = ?, sha256 = NULL, "
+                db.execute("UPDATE entries SET flushed = 1, size = ?, sha256 = ?, "
                            "url_key = NULL, register_key = NULL, error = NULL, "
                            "step = CASE WHEN replaced_id IS NOT NULL AND step != ? "
                            "THEN ? ELSE ? END, "
                            "state = CASE WHEN state = ? THEN ? ELSE state END, "
                            "updated = ? WHERE id = ?",
-                           (size, Step.NONE, Step.ARCHIVED, Step.NONE,
+                           (size, digests.get(entry_id), Step.NONE, Step.ARCHIVED, Step.NONE,
                             JobState.FAILED, JobState.STAGED, now, entry_id))
 
     def delete(self, entry_id: str) -> None:
@@ -567,6 +575,30 @@ class Journal:
                 finally:
                     os.close(fd)
         self.sync_staging_folder()
+
+    def make_durable(self, entry_ids: Iterable[str]) -> None:
+        """The group commit: the staged bytes of these entries, the staging folder and every
+        commit made so far reach the disk, so they survive a crash of the machine. One
+        ``syncfs`` of the journal's filesystem does it all (the staging files are in the
+        journal's folder); where there is none, each staging file still there, the folder
+        and the WAL are fsync'd (one WAL fsync covers every earlier commit: the WAL is
+        written in order)."""
+        with self._no_space("making the staged bytes durable"):
+            if sync_filesystem(self.directory):
+                return
+            for entry_id in entry_ids:
+                try:
+                    fd = os.open(self.staging_path(entry_id), os.O_RDONLY)
+                except FileNotFoundError:
+                    continue  # uploaded and removed, or dropped, meanwhile
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        self.sync_staging_folder()
+        with self._write() as db:  # a durable commit: the WAL is fsync'd up to here
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('committed', ?)",
+                       (repr(time.time()),))
 
     def sync_staging_folder(self) -> None:
         """fsync the staging folder, unless a folder fsync already covers every staging file
