@@ -392,7 +392,7 @@ class WriteBench(Bench):
                        "`cp -r` through the minimal passthrough", 1.2)
         first_rsync = TimeRow("1g", f"First `rsync -a` of {n:,} files into a fresh dataset",
                               "first `rsync -a` through the minimal passthrough", 1.3)
-        cpu = ValueRow("1h", f"Daemon CPU per image, `cp -r` + upload (1a)", "ms", 1.5)
+        cpu = ValueRow("1h", "Daemon CPU per image, `cp -r` + upload (1a)", "ms", 1.5)
         self.proxy = FaultProxy(self.server.base_url).start()
         self.proxy.delay_next(ADDED_LATENCY, count=10**9)  # every request, for the whole run
         passthrough = self.mount_passthrough(self.fresh_dir("passthrough-data"), "--writable")

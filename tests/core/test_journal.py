@@ -402,11 +402,12 @@ def test_update_if_writes_only_the_rows_still_wanted(journal: Journal) -> None:
     assert [e.step for e in journal.entries()] == ["put", "none"]
 
 
-def test_a_new_entry_is_committed_without_fsync_and_the_journal_stays_full(
-        journal: Journal) -> None:
-    journal.add_many([("e1", "/", "a.jpg", None)], durable=False)
+def test_commits_are_not_fsynced_except_the_group_commits(journal: Journal) -> None:
+    journal.add_many([("e1", "/", "a.jpg", None)])
     assert journal.get("e1") is not None
-    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    journal.make_durable(["e1"])
+    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL again
 
 
 def test_one_folder_fsync_covers_every_staging_file_created_before_it(
@@ -434,12 +435,12 @@ def test_writing_a_file_costs_no_fsync_until_the_group_commit(
     makes them durable with one syncfs of the journal's filesystem, and a restart resumes
     the entry."""
     queue = UploadQueue(remote=None, journal=journal, dataset_id=DATASET)  # type: ignore[arg-type]
-    durable: list[bool] = []
+    commits: list[bool] = []  # durable or not, each
     real_write = Journal._write
 
-    def counting_write(self: Journal, durable_commit: bool = True) -> Any:
-        durable.append(durable_commit)
-        return real_write(self, durable_commit)
+    def counting_write(self: Journal, durable: bool = False) -> Any:
+        commits.append(durable)
+        return real_write(self, durable)
 
     fsyncs: list[int] = []
     syncfs: list[Path] = []
@@ -452,7 +453,7 @@ def test_writing_a_file_costs_no_fsync_until_the_group_commit(
     journal.staging_path(entry_id).write_bytes(b"x" * 100)
     queue.flushed(entry_id, 100, "ab" * 32)  # flush
     queue.schedule(entry_id)  # release
-    assert durable == [False, False]
+    assert commits == [False, False]
     assert fsyncs == [] and syncfs == []
     assert queue.not_durable() == 1
     queue.make_durable()  # the group commit (a writer's fsync asks for it now)
@@ -476,12 +477,12 @@ def test_the_group_commit_without_syncfs_fsyncs_each_file_the_folder_and_the_wal
         journal.staging_path(entry_id).write_bytes(b"x" * 10)
         queue.flushed(entry_id, 10)
     journal.remove_staging_file(second, sync=False)  # uploaded meanwhile
-    durable: list[bool] = []
+    commits: list[bool] = []  # durable or not, each
     real_write = Journal._write
 
-    def counting_write(self: Journal, durable_commit: bool = True) -> Any:
-        durable.append(durable_commit)
-        return real_write(self, durable_commit)
+    def counting_write(self: Journal, durable: bool = False) -> Any:
+        commits.append(durable)
+        return real_write(self, durable)
 
     fsynced: list[str] = []
     real_fsync = os.fsync
@@ -491,4 +492,4 @@ def test_the_group_commit_without_syncfs_fsyncs_each_file_the_folder_and_the_wal
         f"/proc/self/fd/{fd}")), real_fsync(fd)))
     queue.make_durable()
     assert fsynced == [str(journal.staging_path(first)), str(journal.staging_dir)]
-    assert durable == [True]
+    assert commits == [True]

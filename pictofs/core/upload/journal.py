@@ -5,7 +5,7 @@ Filesystem spec §5 "Durability" and §8. One folder per dataset id under
 port changes at every start, a key can be rotated: pending work must still be found;
 ``for_dataset`` adopts a folder an older pictofs named by base URL and key), holds:
 
-- ``journal.db``: SQLite (WAL, ``synchronous=FULL``) with a ``meta`` table (schema
+- ``journal.db``: SQLite (WAL, ``synchronous=NORMAL``) with a ``meta`` table (schema
   ``version``, base URL, dataset id, key fingerprint), the ``entries`` table (one row per
   staged file: target, state, size, sha256, mtime, replaced id, idempotency keys, the step
   reached, the error, the registered image id) and the ``mtimes`` table (image id → the mtime a
@@ -22,13 +22,16 @@ port changes at every start, a key can be rotated: pending work must still be fo
   deleted: ``pictofs status`` counts them, and copying one back into the mount uploads it.
 
 Every method that changes a row commits before it returns, so a caller that records a step
-and then sends it never sends a step the journal does not know about. A commit is durable
-(the WAL is fsync'd) unless the method says ``durable=False``: that is only for a row a crash
-may lose, a new entry not flushed yet (a restart drops such an entry anyway), and a durable
-commit made later also makes every earlier one durable (the WAL is one file, written in
-order). Likewise a new staging file's folder entry is made durable at the entry's first
-flush, not at its creation (``sync_staging_files``), by one folder fsync that covers every
-staging file created before it.
+and then sends it never sends a step the journal does not know about. A commit is written to
+the WAL and survives a crash of the process at once; none is fsync'd on its own. Against a
+crash of the machine, ``make_durable`` (the group commit, ``commits.GroupCommit``, at most
+``--commit-interval`` after a change and at once on fsync, ``pictofs sync`` and unmount)
+syncs the journal's filesystem: every commit before it, the staging files and their folder.
+What such a crash can lose is the last interval's rows and bytes; a row that survived with
+bytes that did not is found by the sha256 the flush recorded (``job.inspect_entry``), and a
+resumed step whose key was lost gets a fresh one and adopts what the service already has
+(a 409 on the name, size and sha256 matching). The rare paths below that move or keep bytes
+aside (``fail_staged``, ``keep_aside``, ``absorb``) still fsync what they move.
 
 A full disk is ``NoSpace`` (the domain error, ENOSPC at a syscall), whatever found it: a
 commit SQLite could not write ("database or disk is full", rolled back: the row is as it
@@ -37,7 +40,7 @@ same call works again once the disk has room.
 
 A journal of a version this code does not know refuses to open (``ConfigError``) and is left
 untouched (``journal_files``). Files are 0600, folders 0700. Reads go through a second
-connection, so they never wait for a commit's fsync. ``resume_action`` is the pure decision
+connection, so they never wait for a commit in progress. ``resume_action`` is the pure decision
 of what a restart does with each entry.
 
 States and steps are the enums of ``states``; every write that changes a row's state is
@@ -287,7 +290,8 @@ class Journal:
         self._folder_synced = 0
         self.dataset_id = dataset_id
         try:
-            self._db = open_database(self.directory / "journal.db", VERSION, UPGRADES)
+            self._db = open_database(self.directory / "journal.db", VERSION, UPGRADES,
+                                     synchronous="NORMAL")
             self._init_meta(base_url=base_url, dataset_id=dataset_id, fingerprint=fingerprint)
             self._reader = sqlite3.connect(self.directory / "journal.db",
                                            check_same_thread=False, isolation_level=None)
@@ -370,13 +374,11 @@ class Journal:
 
     # ---------------------------------------------------------------- entries
 
-    def add_many(self, rows: Sequence[tuple[str, str, str, str | None]],
-                 durable: bool = True) -> None:
+    def add_many(self, rows: Sequence[tuple[str, str, str, str | None]]) -> None:
         """New ``staged`` entries, ``(entry_id, folder, filename, replaced_id)`` each, in one
-        transaction. ``durable=False``: the commit is not fsync'd (see the module doc); new rows are not
-        flushed, so a crash that loses them loses nothing a restart would keep."""
+        transaction."""
         now = time.time()
-        with self._write(durable) as db:
+        with self._write() as db:
             db.executemany("INSERT INTO entries (id, folder, filename, state, replaced_id, "
                            "created, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
                            [(*row[:3], INITIAL, row[3], now, now) for row in rows])
@@ -448,8 +450,7 @@ class Journal:
 
     def record_flushed(self, sizes: Mapping[str, int],
                        still: Callable[[str], bool] = lambda entry_id: True,
-                       digests: Mapping[str, str] | None = None,
-                       durable: bool = True) -> None:
+                       digests: Mapping[str, str] | None = None) -> None:
         """New bytes of these entries (entry id → size) were flushed: each becomes resumable
         and its upload starts over (hash, keys and error forgotten; a replace whose old image
         is already archived, its step past ``none``, goes back to ``archived``, everything
@@ -459,10 +460,9 @@ class Journal:
         will write them) or that are gone are skipped. ``digests``: the sha256 of the bytes
         flushed (entry id → hex), which the upload then finds in the staging file or fails
         the entry (bytes a crash of the machine cut short are never sent); without one the
-        upload hashes what it finds. One transaction; ``durable=False``: not fsync'd (the
-        writer's close: ``make_durable`` does it later for many flushes at once)."""
+        upload hashes what it finds. One transaction."""
         digests = digests or {}
-        with self._write(durable) as db:
+        with self._write() as db:
             now = time.time()
             for entry_id, size in sizes.items():
                 if not still(entry_id):
@@ -596,7 +596,7 @@ class Journal:
                 finally:
                     os.close(fd)
         self.sync_staging_folder()
-        with self._write() as db:  # a durable commit: the WAL is fsync'd up to here
+        with self._write(durable=True) as db:  # the WAL is fsync'd up to here
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('committed', ?)",
                        (repr(time.time()),))
 
@@ -670,20 +670,21 @@ class Journal:
                           f"{exc.strerror if isinstance(exc, OSError) else exc}") from None
 
     @contextlib.contextmanager
-    def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
-        """One committed transaction under the lock; fsync'd unless ``durable`` is False. A
-        full disk rolls it back and raises ``NoSpace``."""
+    def _write(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One committed transaction under the lock: written to the WAL, not fsync'd (the
+        group commit does that, ``make_durable``) unless ``durable``. A full disk rolls it
+        back and raises ``NoSpace``."""
         with self._lock, self._no_space("a journal commit"):
-            if durable:
+            if not durable:
                 with self._db:
                     yield self._db
                 return
-            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync at this commit
+            self._db.execute("PRAGMA synchronous=FULL")  # WAL: this commit fsyncs it
             try:
                 with self._db:
                     yield self._db
             finally:
-                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
 
     def _require(self, entry_id: str) -> Entry:
         entry = self.get(entry_id)

@@ -1,6 +1,6 @@
 """The files under a journal's folder, below what the journal records: the SQLite database
-(WAL, ``synchronous=FULL``; one of an unknown version is refused and left as it is), the
-``flock`` that keeps a second process out, a folder's fsync, and what a full disk looks like
+(WAL; one of an unknown version is refused and left as it is), the ``flock`` that keeps a
+second process out, a folder's fsync, a filesystem's ``syncfs``, and what a full disk looks like
 (``disk_full``: an ``OSError`` ENOSPC/EDQUOT, or SQLite's "database or disk is full"). The
 mirror's state database (``pictofs.mirror.state``) is opened and locked by the same
 helpers."""

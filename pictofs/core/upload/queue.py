@@ -150,19 +150,23 @@ class UploadQueue:
         """A new entry (state ``staged``) and its empty staging file (see ``stage_many``)."""
         return self.stage_many([(folder, filename, replaced_id)])[0]
 
-    def stage_many(self, targets: Sequence[tuple[str, str, str | None]]) -> list[str]:
+    def stage_many(self, targets: Sequence[tuple[str, str, str | None]],
+                   create_files: bool = True) -> list[str]:
         """``stage`` for many ``(folder, filename, replaced_id)`` at once (one transaction).
         Nothing here is fsync'd: an entry not flushed yet is dropped by a restart anyway,
-        and its staging file removed; ``flushed`` makes the row and the file durable."""
+        and its staging file removed; the group commit makes what was flushed durable.
+        ``create_files=False``: the caller moves each entry's bytes to its ``staging_path``
+        (and names them, ``Journal.name_staging_file``) before its first flush."""
         entry_ids = [uuid.uuid4().hex for _ in targets]
         try:
-            self._journal.create_staging_files(
-                entry_ids, sync=False, paths=[join_path(folder, filename)
-                                              for folder, filename, _replaced in targets])
+            if create_files:
+                self._journal.create_staging_files(
+                    entry_ids, sync=False, paths=[join_path(folder, filename)
+                                                  for folder, filename, _replaced in targets])
             self._journal.add_many([(entry_id, *target) for entry_id, target
-                                    in zip(entry_ids, targets)], durable=False)
+                                    in zip(entry_ids, targets)])
         except BaseException:  # a full disk: no entry, and no staging file either
-            for entry_id in entry_ids:
+            for entry_id in entry_ids if create_files else ():
                 self._journal.remove_staging_file(entry_id, sync=False)
             raise
         with self._lock:
@@ -217,7 +221,7 @@ class UploadQueue:
         # no step after this (TaskControl.record asks under the journal's lock).
         self._journal.record_flushed({e: sizes[e] for e in flushes},
                                      still=lambda e: self._flushes(e) == flushes[e],
-                                     digests=digests, durable=False)
+                                     digests=digests)
         self._commits.note(flushes)
 
     def make_durable(self) -> None:
