@@ -47,8 +47,7 @@ STOP_TIMEOUT = 60.0  # seconds the steps in flight get to finish after a signal
 def parse_target(text: str) -> tuple[str, str]:
     """``DATASET[:/folder]`` → (dataset, folder); split at the first ``:/``. Without a
     ``:/``, the first ``:`` splits (``ds:cams`` is ``ds:/cams``, as scp and rsync write
-    it); ``run_mirror`` falls back to the whole text as the name of a dataset when no
-    dataset is named before the colon."""
+    it), unless a dataset has the whole text as its name (``_find_dataset``)."""
     name, sep, rest = text.partition(":/")
     if not sep and ":" in text:
         name, _, rest = text.partition(":")
@@ -61,15 +60,17 @@ def parse_target(text: str) -> tuple[str, str]:
         raise ConfigError(f"{text!r}: bad folder: {exc}") from None
 
 
-def _find_dataset(remote: BulkApiRemote, target: str, name: str) -> Dataset:
-    """The dataset ``name`` (from ``parse_target``); when there is none and the target was
-    split at a bare colon, a dataset named by the whole target."""
-    try:
-        return remote.get_dataset(name)
-    except NotFound:
-        if name == target or ":/" in target:
-            raise
-        return remote.get_dataset(target)  # NotFound for both: the message names ``name``
+def _find_dataset(remote: BulkApiRemote, target: str, name: str, folder: str
+                  ) -> tuple[Dataset, str]:
+    """(dataset, folder) of a target ``parse_target`` split into ``name`` and ``folder``.
+    A target split at a bare colon names a dataset whole when one has that very name
+    (a colon is allowed in dataset names); otherwise the part before the colon does."""
+    if name != target and ":/" not in target:
+        try:
+            return remote.get_dataset(target), "/"
+        except NotFound:
+            pass
+    return remote.get_dataset(name), folder
 
 
 def run_mirror(args: argparse.Namespace) -> int:
@@ -86,12 +87,10 @@ def run_mirror(args: argparse.Namespace) -> int:
                            retry_max_wait=args.retry_max_wait,
                            pool_size=max(16, 2 * args.transfers))
     try:
-        dataset = _find_dataset(remote, args.target, name)
+        dataset, folder = _find_dataset(remote, args.target, name, folder)
     except NotFound:
         raise ConfigError(f"no dataset {name!r} at {connection.base_url} (create it with: "
                           f"pictofs datasets create {name})") from None
-    if dataset.name == args.target and name != args.target:
-        folder = "/"  # a dataset whose name holds a colon, named whole
     identity = Identity(str(root), connection.base_url, dataset.id, folder,
                         bool(args.organize_by_class))
     state = MirrorState.open(dirs.state_dir(), identity)
