@@ -407,6 +407,7 @@ class UploadQueue:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     busy = [t for t in self._schedule.tasks.values() if t.busy]
+                    # a diagnosis, not news: `pictofs umount` and `sync` ask every second
                     log.debug("still busy after %gs: %s", timeout, "; ".join(
                         f"{t.entry_id} due={t.due} running={t.running} held={t.held} "
                         f"cancelled={t.cancelled} landed={t.image is not None}"
