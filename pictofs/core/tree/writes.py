@@ -44,6 +44,7 @@ from pictofs.remote import Remote
 log = logging.getLogger(__name__)
 
 NOT_AN_IMAGE = "not an image Pillow can read"  # why bytes failed at close
+SPACE_RECHECK = 0.5  # seconds: how long an answer of statvfs is used (see _check_space)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,9 @@ class WriteLayer(LocalNames):
         self._orphans: dict[str, Orphan] = {}
         self._mtimes: dict[str, float] = journal.mtimes()
         self._stop = threading.Event()  # the janitor's
+        # the staging disk's free space at the last statvfs, and bytes written since
+        self._space_lock = threading.Lock()
+        self._free_space, self._written_since, self._space_checked_at = 0, 0, -1e9
         self._janitor: threading.Thread | None = None
         # called after this layer archives an image (unlink, a replace registered, an orphan
         # archived), so a view of the archive shows it at once; the VFS sets it
@@ -396,11 +400,23 @@ class WriteLayer(LocalNames):
         pending.size = image.file_size
 
     def _check_space(self, adding: int) -> None:
-        disk = os.statvfs(self.local_dir)
-        free = disk.f_bavail * disk.f_frsize
-        if free - adding < self.options.min_free_space:
-            raise NoSpace(f"the staging disk has {free} bytes free; pictofs keeps "
-                          f"{self.options.min_free_space} free (--min-free-space)")
+        """ENOSPC (``NoSpace``) when ``adding`` more bytes would leave less than
+        ``--min-free-space`` free on the staging disk. The disk is asked (``statvfs``) at
+        most every ``SPACE_RECHECK`` seconds, and at once when what was written since
+        could have crossed the line; in between, the bytes written since the last answer
+        are counted as gone from it."""
+        now = self.clock()
+        with self._space_lock:
+            estimate = self._free_space - self._written_since
+            if now - self._space_checked_at > SPACE_RECHECK \
+                    or estimate - adding < self.options.min_free_space:
+                disk = os.statvfs(self.local_dir)
+                self._free_space = estimate = disk.f_bavail * disk.f_frsize
+                self._written_since, self._space_checked_at = 0, now
+            if estimate - adding < self.options.min_free_space:
+                raise NoSpace(f"the staging disk has {estimate} bytes free; pictofs keeps "
+                              f"{self.options.min_free_space} free (--min-free-space)")
+            self._written_since += adding
 
     # ------------------------------------------------------------------ metadata
 

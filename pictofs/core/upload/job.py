@@ -269,10 +269,9 @@ def inspect_staged(path: Path, filename: str, sha256: str | None = None) -> Stag
             raise UploadFailed(f"too large: {size:,} bytes, over the 50 MB limit "
                                f"({names.MAX_IMAGE_BYTES:,} bytes)")
         try:
-            imaging.identify(handle)
+            _format, dimensions = imaging.describe(handle)
         except PictofsError as exc:
             raise UploadFailed(f"not an image: {exc}") from None
-        dimensions = imaging.probe(handle)
         if sha256 is None:
             sha256 = sha256_file(handle)
     width, height = dimensions if dimensions else (None, None)

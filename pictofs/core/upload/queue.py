@@ -46,8 +46,10 @@ Locks, in the only order in which they may be held together:
 
 1. a batch slot (``Workers._batch_slots``, with parallel PUTs): a worker waits for one
    holding no other lock;
-2. the queue's lock (``_lock``, with the condition ``_changed`` signalled on every change):
-   guards the ``Schedule`` (the task table and every ``Task``'s fields, due times, key
+2. the queue's lock (``_lock``, with the condition ``_changed`` signalled on every change;
+   idle workers wait on a condition of their own on the same lock, and a change wakes one
+   of them only when it may have work sooner than they would wake by themselves, see
+   ``workers.Changed``): guards the ``Schedule`` (the task table and every ``Task``'s fields, due times, key
    pause, counters) and the workers' ``_stopping``, ``_threads`` and ``_last_prune``. The
    queue, the workers and each run's ``schedule.TaskControl`` (also called from the PUT
    pool's threads) share it. Three reads are made without it, each explained where it is
@@ -83,8 +85,8 @@ from pictofs.core.upload.journal import resume_action
 from pictofs.core.upload.schedule import QueueStats, Schedule, Task
 from pictofs.core.upload.states import JobState, Step
 from pictofs.core.upload.workers import (
-    Callbacks, ChangedCallback, FailedCallback, RegisteredCallback, RegisteredManyCallback,
-    Workers, continue_cancel, drop,
+    Callbacks, Changed, ChangedCallback, FailedCallback, RegisteredCallback,
+    RegisteredManyCallback, Workers, continue_cancel, drop,
 )
 from pictofs.errors import ConfigError, NoSpace
 from pictofs.model import Image, join_path
@@ -136,7 +138,7 @@ class UploadQueue:
         self._write_back = write_back
         self._clock = clock
         self._lock = threading.Lock()  # guards _schedule (see the module doc)
-        self._changed = threading.Condition(self._lock)
+        self._changed = Changed(self._lock)
         self._schedule = Schedule(clock, pause=retry_max_wait)
         self._workers = Workers(
             remote, journal, dataset_id, self._schedule, self._changed,
