@@ -421,3 +421,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pictofs: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pictofs status --json | head`: the reader left; not a bug
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR

@@ -33,6 +33,9 @@ from pictofs.model import Dataset
 
 log = logging.getLogger(__name__)
 
+# what libfuse prints on a mount that works, and means nothing to a user
+HARMLESS_LIBFUSE_LINES = ("Ignoring invalid max threads value",)
+
 READY_FD_ENV = "PICTOFS_READY_FD"
 READY_TIMEOUT = 120.0
 
@@ -273,9 +276,14 @@ def _serve(target: MountTarget, args: argparse.Namespace) -> int:
     messages = MountMessages()
 
     def on_init() -> None:
-        said = messages.release()
-        if said:
-            log.warning("libfuse said while mounting: %s", " / ".join(said.splitlines()))
+        said = [line for line in messages.release().splitlines() if line.strip()]
+        # libfuse 3 complains of the thread limit mfusepy leaves unset on every mount: noise
+        noise = [line for line in said if line.startswith(HARMLESS_LIBFUSE_LINES)]
+        if noise:
+            log.debug("libfuse said while mounting: %s", " / ".join(noise))
+        if len(said) > len(noise):
+            log.info("libfuse said while mounting: %s",
+                     " / ".join(line for line in said if line not in noise))
         ctl.start()
         start_sighup_thread(vfs.refresh)
         if target.dataset is None:
