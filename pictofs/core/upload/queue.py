@@ -270,12 +270,15 @@ class UploadQueue:
         send them in one batch)."""
         # Nothing is written to the journal: a restart queues every flushed entry whatever
         # its state (journal.resume_action), so 'queued' would add a commit and no safety.
+        closed = 0
         with self._changed:
             for entry_id in entry_ids:
                 task = self._schedule.task(entry_id)
                 if task is None or task.cancelled:
                     continue
                 self._schedule.due_in(task, self._write_back if delay is None else delay)
+                closed += 1
+            self._schedule.note_closes(closed)
             self._changed.notify_all()
 
     def hold(self, entry_id: str) -> Image | None:
@@ -390,6 +393,7 @@ class UploadQueue:
         sync`` and ``umount`` ask for the service now); a retry keeps its backoff and a file
         open for writing stays held. Returns how many were moved up."""
         with self._changed:
+            self._schedule.hurry = True  # and no gathering of a batch (schedule.gather_wait)
             now = self._clock()
             moved = [t for t in self._schedule.tasks.values()
                      if t.due is not None and t.due > now and not t.running and not t.held
