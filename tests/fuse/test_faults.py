@@ -39,6 +39,7 @@ from harness import free_port, restart_server, start_server, stop_server
 from imagegen import png_bytes, sized_jpeg
 from mountkit import crash_mount, kill_daemon, staging_files, sync, wait_for
 from pictofs.api import Client
+from pictofs.core.upload.schedule import GATHER_QUIET
 from pictofs.api import images as images_api
 from seed import seed_images
 
@@ -314,13 +315,19 @@ def test_server_restart_mid_run_lands_every_file_once(own_server, mount, tmp_pat
     dataset = client.projects.create("restart")
     count = 300 if LONG else 120
     files = pngs(count, seed=9000)
-    write_files(tmp_path / "src", files)
     m = mount(dataset.name, "--write-back", "0.2s", "--transfers", "1", "--retry-max-wait", "1s",
               "--dir-cache-time", "5m",
               env={"PICTOGRAPH_API_KEY": server.key, "PICTOGRAPH_BASE_URL": server.base_url})
     (m.path / "run").mkdir()
     os.listdir(m.path / "run")
-    cp_tree(tmp_path / "src", m.path / "run")
+    # in groups of 10 with pauses longer than the uploads' gathering (a copy without pauses
+    # goes up in one or two batches, which may all land before the restart)
+    names = list(files)
+    for start in range(0, count, 10):
+        group = tmp_path / f"src{start}"
+        write_files(group, {name: files[name] for name in names[start:start + 10]})
+        cp_tree(group, m.path / "run")
+        time.sleep(GATHER_QUIET + 0.2)
     wait_for(lambda: len(list(client.images.list(dataset.id))) >= 10,
              "the first registers", timeout=120)
     landed_before = len(list(client.images.list(dataset.id)))
