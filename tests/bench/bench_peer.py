@@ -22,8 +22,10 @@ measured one after the other within each repetition:
    ``pictofs sync MOUNT`` returns; rclone until its remote control (``--rc``) reports no
    upload queued or in progress (``vfs/stats``; it counts a file waiting for its write-back
    delay as queued) and every file is in the served folder with its full size, polled every
-   50 ms (the folder is only scanned once the uploads are done). Both include the 2 s
-   write-back delay;
+   50 ms (the folder is only scanned once the uploads are done). Not the same work:
+   ``pictofs sync`` starts at once every upload that only waits for its write-back delay,
+   while rclone 1.60 has no command that does (nor one that waits for the uploads), so
+   rclone's time includes its 2 s ``--vfs-write-back`` after the last close;
    (c) the first ``rsync -a photos MOUNT/`` into a fresh target, until ``rsync`` returns
    (the uploads are then waited for as in (b), untimed);
    the floor of (a) and (c) is the same command to a fresh folder on local disk (the
@@ -582,6 +584,9 @@ def main(argv: list[str] | None = None) -> int:
         bench.copies()
         bench.reads()
         bench.listings()
+        bench.notes.append(f"1b: `pictofs sync` starts the uploads still waiting for their "
+                           f"write-back at once; rclone's time includes its {WRITE_BACK} "
+                           "`--vfs-write-back` after the last close (no rclone command cuts it).")
         bench.notes.append(f"Machine: {machine()}; load average (1 min) at start / end: "
                            f"{load_before} / {load_average()}. Revision: {measured}. "
                            f"Peer: {version} (`rclone serve sftp` on 127.0.0.1, "
