@@ -28,8 +28,9 @@ measured one after the other within each repetition:
    rclone's time includes its 2 s ``--vfs-write-back`` after the last close;
    (c) the first ``rsync -a photos MOUNT/`` into a fresh target, until ``rsync`` returns
    (the uploads are then waited for as in (b), untimed);
-   the floor of (a) and (c) is the same command to a fresh folder on local disk (the
-   passthrough is read-only, so it cannot be the floor of a write);
+   the floor of (a) and (c) is the same command into a fresh folder of the minimal writable
+   mfusepy passthrough (``passthrough.py --writable``, as the write benchmark's baseline);
+   the same command to local disk is reported under the table;
 2. read of N × 2 MB files: (a) cold, ``cat big/*`` (the folder listed, every file read in
    128 KiB reads) on a fresh mount with an empty cache; (b) repeat, the same on the same
    mount, read twice before (pictofs keeps the kernel page cache from the second open of a
@@ -383,10 +384,13 @@ class PeerBench(WriteBench):
     def copies(self) -> None:
         n = self.files
         alone = PeerRow("1a", f"`cp -r` of {n:,} × 100 KB JPEGs, until `cp` returns",
-                        "`cp -r` to local disk")
+                        "passthrough `--writable`")
         landed = PeerRow("1b", f"`cp -r` of {n:,} × 100 KB, until the data is on the server")
         first = PeerRow("1c", f"first `rsync -a` of {n:,} × 100 KB into a fresh target",
-                        "`rsync -a` to local disk")
+                        "passthrough `--writable`")
+        local_cp: list[float] = []
+        local_rsync: list[float] = []
+        passthrough = self.mount_passthrough(self.fresh_dir("passthrough-data"), "--writable")
         for rep in range(self.reps):
             log(f"copy {rep + 1}/{self.reps}: pictofs cp -r + sync")
             dataset = self.new_dataset("cp")
@@ -408,12 +412,14 @@ class PeerBench(WriteBench):
             landed.peer.append(time.perf_counter() - start)
             self.umount_rclone(mount)
 
-            log(f"copy {rep + 1}/{self.reps}: local cp -r")
+            log(f"copy {rep + 1}/{self.reps}: cp -r through the passthrough, to local disk")
+            alone.floor.append(self.passthrough_copy(passthrough, "cp"))
             local = self.fresh_dir("local-copy")
-            alone.floor.append(timed(lambda: run("cp", "-r", self.source, f"{local}/")))
+            local_cp.append(timed(lambda: run("cp", "-r", self.source, f"{local}/")))
             shutil.rmtree(local)
 
-            log(f"copy {rep + 1}/{self.reps}: first rsync -a, pictofs, rclone, local")
+            log(f"copy {rep + 1}/{self.reps}: first rsync -a, pictofs, rclone, passthrough, "
+                "local")
             dataset = self.new_dataset("rsync")
             mountpoint = self.mount_dataset(dataset, WRITE_BACK)
             first.ours.append(timed(lambda: self.rsync_all(mountpoint)))
@@ -426,10 +432,15 @@ class PeerBench(WriteBench):
             self.wait_uploaded(mount, self.served / f"rsync{rep}" / FOLDER)
             self.umount_rclone(mount)
 
+            first.floor.append(self.passthrough_copy(passthrough, "rsync"))
             local = self.fresh_dir("local-rsync")
-            first.floor.append(timed(lambda: self.rsync_all(local)))
+            local_rsync.append(timed(lambda: self.rsync_all(local)))
             shutil.rmtree(local)
+        self.stop_passthrough()
         self.peer_rows += [alone, landed, first]
+        self.notes.append("Local disk, no FUSE (medians): `cp -r` "
+                          f"{duration(statistics.median(local_cp))}, first `rsync -a` "
+                          f"{duration(statistics.median(local_rsync))}.")
 
     def rsync_all(self, target: Path) -> None:
         transferred = rsync(self.source, target)
