@@ -72,11 +72,11 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 # bench_write and bench_read (beside this script) put tests/ on sys.path
 from bench_read import KERNEL_ATTR_TIMEOUT, cat, force_unmount, grid, isolate_environment, \
-    log, ls_l, wait_for_mount
+    log, ls_l, timed, wait_for_mount
 from bench_write import FOLDER, WriteBench, duration, load_average, machine, revision, run, \
     rsync, show_mount_logs
 
@@ -234,7 +234,6 @@ class PeerBench(WriteBench):
         self.rclone_mounts: list[RcloneMount] = []
         self.peer_env: dict[str, str] = {}
         self.peer_rows: list[PeerRow] = []
-        self.repetitions: list[str] = []
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -538,12 +537,6 @@ class PeerBench(WriteBench):
             cold_and_warm((cold.floor, warm.floor), passthrough)
             self.stop_passthrough()
         self.peer_rows += [cold, warm]
-
-
-def timed(action: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    action()
-    return time.perf_counter() - start
 
 
 # --------------------------------------------------------------------------- the report
