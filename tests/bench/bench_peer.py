@@ -254,14 +254,15 @@ class PeerBench(WriteBench):
         log_file = self.root / "rclone-serve.log"
         config = self.root / "rclone.conf"  # never written: only the variables below count
         base = dict(os.environ, RCLONE_CONFIG=str(config))
-        self.serve = subprocess.Popen(
+        self.serve = subprocess.Popen(  # the password as --pass, from the environment
             ["rclone", "serve", "sftp", str(self.served), "--addr", "127.0.0.1:0", "--user",
-             USER, "--pass", password, "--log-file", str(log_file)],
-            env=base, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT)
+             USER, "--log-file", str(log_file)],
+            env=dict(base, RCLONE_PASS=password), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         address = wait_for_line(log_file, "SFTP server listening on", self.serve)
         port = address.rsplit(":", 1)[1]
-        obscured = run("rclone", "obscure", password).strip()
+        obscured = subprocess.run(["rclone", "obscure", "-"], input=password, text=True,
+                                  capture_output=True, check=True, timeout=60).stdout.strip()
         prefix = f"RCLONE_CONFIG_{REMOTE.upper()}_"
         self.peer_env = dict(base, **{prefix + "TYPE": "sftp", prefix + "HOST": "127.0.0.1",
                                       prefix + "PORT": port, prefix + "USER": USER,
