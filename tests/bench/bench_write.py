@@ -75,6 +75,7 @@ from bench_read import (
     Bench,
     counts_text,
     force_unmount,
+    grid,
     isolate_environment,
     log,
     route_counts,
@@ -216,14 +217,7 @@ def table(rows: list[Row], markdown: bool) -> str:
     head = ["#", "Measurement", "pictofs", "Baseline", "Baseline time", "Ratio", "Target",
             "Result"]
     lines = [row.cells() for row in rows]
-    if markdown:
-        out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-        out += ["| " + " | ".join(cells) + " |" for cells in lines]
-        return "\n".join(out)
-    widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(head)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))]
-                     + [fmt.format(*cells).rstrip() for cells in lines])
+    return grid(head, lines, markdown)
 
 
 # --------------------------------------------------------------------------- helpers
