@@ -46,10 +46,10 @@ def test_kept_across_a_reopen_and_gone_with_their_entry(tmp_path: Path) -> None:
     with Journal(tmp_path / "j") as journal:
         add_entry(journal, "e1", "/", "x.png")
         add_entry(journal, "e2", "/", "y.png")
-        journal.set_attr("e1", "split", "train", durable=False)
+        journal.set_attrs("e1", {"split": "train"}, durable=False)
         journal.set_attrs("e1", {"tags": ["a", "b"], "split": None})
-        journal.set_attr("e2", "tags", ["c"])
-        journal.set_attr("nobody", "tags", ["d"])  # no such entry: nothing kept
+        journal.set_attrs("e2", {"tags": ["c"]})
+        journal.set_attrs("nobody", {"tags": ["d"]})  # no such entry: nothing kept
     with Journal(tmp_path / "j") as journal:
         assert journal.attrs() == {"e1": {"split": None, "tags": ["a", "b"]},
                                    "e2": {"tags": ["c"]}}
@@ -62,7 +62,7 @@ def test_nothing_is_kept_for_an_entry_that_landed(tmp_path: Path) -> None:
     with Journal(tmp_path / "j") as journal:
         add_entry(journal, "e1", "/", "x.png")
         land(journal, "e1", "img-1")
-        journal.set_attr("e1", "split", "val")
+        journal.set_attrs("e1", {"split": "val"})
         assert journal.attrs() == {}
 
 
@@ -74,7 +74,7 @@ def test_a_version_2_journal_opens_upgraded_and_keeps_its_entries(tmp_path: Path
     with Journal(folder) as journal:
         assert journal_meta(journal)["version"] == str(VERSION) == "3"
         assert journal.get("old") is not None
-        journal.set_attr("old", "tags", ["t"])
+        journal.set_attrs("old", {"tags": ["t"]})
     with Journal(folder) as journal:
         assert journal.attrs() == {"old": {"tags": ["t"]}}
 
@@ -83,7 +83,7 @@ def test_a_takeover_brings_the_attributes_along(tmp_path: Path) -> None:
     with Journal(tmp_path / "other") as other:
         add_entry(other, "e1", "/", "x.png")
         other.update("e1", flushed=True)
-        other.set_attr("e1", "split", "test")
+        other.set_attrs("e1", {"split": "test"})
     with Journal(tmp_path / "mine") as journal:
         assert journal.absorb(tmp_path / "other") == 1
         assert journal.attrs() == {"e1": {"split": "test"}}

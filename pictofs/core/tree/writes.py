@@ -530,7 +530,7 @@ class WriteLayer(LocalNames):
             # a file with bytes not flushed yet: its flush's durable commit covers this one
             durable = pending.written and not pending.dirty
         if entry_id is not None:  # a local-only file keeps them until it becomes an upload
-            self.journal.set_attr(entry_id, field_name, value, durable=durable)
+            self.journal.set_attrs(entry_id, {field_name: value}, durable=durable)
         return True
 
     def _apply_attrs(self, image: Image, values: dict[str, Any]) -> Image:

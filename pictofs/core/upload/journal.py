@@ -8,11 +8,10 @@ port changes at every start, a key can be rotated: pending work must still be fo
 - ``journal.db``: SQLite (WAL, ``synchronous=FULL``) with a ``meta`` table (schema
   ``version``, base URL, dataset id, key fingerprint), the ``entries`` table (one row per
   staged file: target, state, size, sha256, mtime, replaced id, idempotency keys, the step
-  reached, the error, the registered image id), the ``mtimes`` table (image id → the mtime a
-  writer set, reported by ``stat`` so a second ``rsync -a`` transfers nothing) and the
-  ``entry_attrs`` table (entry id, name → the JSON value of a writable extended attribute,
-  ``split`` or ``tags``, set on the file before it landed; applied to the image after
-  register, then cleared; its rows go with their entry's);
+  reached, the error, the registered image id, and ``attrs``: the writable extended
+  attributes, ``split`` and ``tags``, set on the file before it landed, as one JSON object,
+  set on the image after its register and then cleared) and the ``mtimes`` table (image id → the mtime a
+  writer set, reported by ``stat`` so a second ``rsync -a`` transfers nothing);
 - ``staging/``: one file per entry, named by the entry id, except for an entry uploaded
   from its *source* (``add_sources``): a file of the caller's that nobody is writing to (the
   mirror's), whose size, mtime and sha256 the row records; the upload checks the bytes it
@@ -73,14 +72,12 @@ from pictofs.errors import ConfigError, NoSpace
 log = logging.getLogger(__name__)
 
 VERSION = 3
-# the table of version 3: the writable attributes set on a staged file (split, tags)
-_ENTRY_ATTRS = ("CREATE TABLE IF NOT EXISTS entry_attrs (entry_id TEXT NOT NULL, "
-                "name TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (entry_id, name));")
 # what turns a journal of an older version into this one (version 1 had no sources,
-# version 2 no entry_attrs)
+# version 2 no attrs)
+_ADD_ATTRS = "ALTER TABLE entries ADD COLUMN attrs TEXT;"
 UPGRADES = {1: "ALTER TABLE entries ADD COLUMN source TEXT;"
-               "ALTER TABLE entries ADD COLUMN source_mtime_ns INTEGER;" + _ENTRY_ATTRS,
-            2: _ENTRY_ATTRS}
+               "ALTER TABLE entries ADD COLUMN source_mtime_ns INTEGER;" + _ADD_ATTRS,
+            2: _ADD_ATTRS}
 
 # The on-disk format of VERSION: its CHECK constraints spell the values of JobState and Step
 # (tests/unit/test_upload_states.py checks that they agree).
@@ -106,12 +103,10 @@ CREATE TABLE IF NOT EXISTS entries (
     created REAL NOT NULL,
     updated REAL NOT NULL,
     source TEXT,
-    source_mtime_ns INTEGER
+    source_mtime_ns INTEGER,
+    attrs TEXT
 );
 CREATE TABLE IF NOT EXISTS mtimes (image_id TEXT PRIMARY KEY, mtime REAL NOT NULL);
-""" + _ENTRY_ATTRS + """
-CREATE TRIGGER IF NOT EXISTS entry_attrs_go_with_their_entry AFTER DELETE ON entries
-BEGIN DELETE FROM entry_attrs WHERE entry_id = OLD.id; END;
 """
 
 
@@ -341,12 +336,6 @@ class Journal:
                             "(SELECT id FROM main.entries)", (JobState.DONE,))
                         self._db.execute("INSERT OR IGNORE INTO main.mtimes SELECT image_id, "
                                          "mtime FROM other.mtimes")
-                        if self._db.execute("SELECT 1 FROM other.sqlite_master WHERE "
-                                            "name = 'entry_attrs'").fetchone():
-                            self._db.execute(
-                                "INSERT OR IGNORE INTO main.entry_attrs SELECT entry_id, "
-                                "name, value FROM other.entry_attrs WHERE entry_id IN "
-                                f"({', '.join('?' * len(moving))})", moving)
                 finally:
                     self._db.execute("DETACH DATABASE other")
             for entry_id in moving:
@@ -549,38 +538,31 @@ class Journal:
 
     # ---------------------------------------------------------------- attributes
 
-    def set_attr(self, entry_id: str, name: str, value: Any, durable: bool = True) -> None:
-        """Keep a writable attribute (``split``, ``tags``: a JSON value) set on an entry not
-        landed yet; nothing is kept for an entry that is done or gone. ``durable=False`` for
-        an entry not flushed yet (see the module doc)."""
-        with self._write(durable) as db:
-            db.execute("INSERT OR REPLACE INTO entry_attrs (entry_id, name, value) "
-                       "SELECT id, ?, ? FROM entries WHERE id = ? AND state != ?",
-                       (name, json.dumps(value), entry_id, JobState.DONE))
-
     def set_attrs(self, entry_id: str, values: Mapping[str, Any], durable: bool = True
                   ) -> None:
-        """``set_attr`` of several, in one transaction."""
+        """Keep writable attributes (``split``, ``tags``: JSON values) set on an entry not
+        landed yet, with those kept before; nothing is kept for an entry that is done or
+        gone. ``durable=False`` for an entry not flushed yet (see the module doc)."""
         with self._write(durable) as db:
-            db.executemany("INSERT OR REPLACE INTO entry_attrs (entry_id, name, value) "
-                           "SELECT id, ?, ? FROM entries WHERE id = ? AND state != ?",
-                           [(name, json.dumps(value), entry_id, JobState.DONE)
-                            for name, value in values.items()])
+            row = db.execute("SELECT attrs FROM entries WHERE id = ? AND state != ?",
+                             (entry_id, JobState.DONE)).fetchone()
+            if row is None:
+                return
+            kept = {**json.loads(row[0] or "{}"), **values}
+            db.execute("UPDATE entries SET attrs = ? WHERE id = ?",
+                       (json.dumps(kept, ensure_ascii=False), entry_id))
 
     def clear_attrs(self, entry_id: str, durable: bool = True) -> None:
-        """They were applied to the image the entry became."""
+        """They were set on the image the entry became."""
         with self._write(durable) as db:
-            db.execute("DELETE FROM entry_attrs WHERE entry_id = ?", (entry_id,))
+            db.execute("UPDATE entries SET attrs = NULL WHERE id = ?", (entry_id,))
 
     def attrs(self) -> dict[str, dict[str, Any]]:
         """Entry id → the attributes kept for it."""
         with self._read_lock:
-            rows = self._reader.execute("SELECT entry_id, name, value FROM entry_attrs "
-                                        "ORDER BY entry_id, name").fetchall()
-        kept: dict[str, dict[str, Any]] = {}
-        for entry_id, name, value in rows:
-            kept.setdefault(entry_id, {})[name] = json.loads(value)
-        return kept
+            rows = self._reader.execute("SELECT id, attrs FROM entries "
+                                        "WHERE attrs IS NOT NULL").fetchall()
+        return {entry_id: json.loads(value) for entry_id, value in rows}
 
     # ---------------------------------------------------------------- staging files
 
