@@ -484,7 +484,9 @@ class WriteLayer(LocalNames):
         with self._lock:
             pending = self._by_entry.pop(entry_id, None)
             if pending is not None:  # else rm or mv took it over and showed what they did
-                self.view.note_image(image)  # before the pending goes: a lookup finds one
+                # before the pending goes, so a lookup finds one; with the split/tags set on
+                # the file, so getfattr shows them while they are being set on the image
+                self.view.note_image(_with_kept(image, pending.after_register))
                 pending.removed = True
             if pending is not None and self._pending.get(pending.path) is pending:
                 del self._pending[pending.path]
@@ -510,8 +512,8 @@ class WriteLayer(LocalNames):
             except PictofsError as exc:  # kept: the next mount tries again
                 log.warning("%s: split/tags not set after upload: %s", image.path, exc)
             else:
-                self.view.note_image(image)
                 self._clear_attrs(entry_id)
+            self.view.note_image(image)  # as the service has it
         elif pending is None:  # rm or mv took it over: what was kept for it goes
             self._clear_attrs(entry_id)
         entry = self.queue.get(entry_id)
@@ -627,3 +629,9 @@ class WriteLayer(LocalNames):
         with self._lock:
             return [p for path, p in self._pending.items() if path.startswith(prefix)]
 
+
+def _with_kept(image: Image, kept: dict[str, Any]) -> Image:
+    """The image as it will be once the split/tags kept for it are set."""
+    values = dict(kept)
+    return dataclasses.replace(image, split=values.get("split", image.split),
+                               tags=tuple(values.get("tags", image.tags)))

@@ -10,8 +10,9 @@ port changes at every start, a key can be rotated: pending work must still be fo
   staged file: target, state, size, sha256, mtime, replaced id, idempotency keys, the step
   reached, the error, the registered image id, and ``attrs``: the writable extended
   attributes, ``split`` and ``tags``, set on the file before it landed, as one JSON object,
-  set on the image after its register and then cleared) and the ``mtimes`` table (image id → the mtime a
-  writer set, reported by ``stat`` so a second ``rsync -a`` transfers nothing);
+  set on the image after its register and then cleared) and the ``mtimes`` table (image id
+  → the mtime a writer set, reported by ``stat`` so a second ``rsync -a`` transfers
+  nothing);
 - ``staging/``: one file per entry, named by the entry id, except for an entry uploaded
   from its *source* (``add_sources``): a file of the caller's that nobody is writing to (the
   mirror's), whose size, mtime and sha256 the row records; the upload checks the bytes it
@@ -558,11 +559,23 @@ class Journal:
             db.execute("UPDATE entries SET attrs = NULL WHERE id = ?", (entry_id,))
 
     def attrs(self) -> dict[str, dict[str, Any]]:
-        """Entry id → the attributes kept for it."""
+        """Entry id → the attributes kept for it (a value that is not a JSON object, which
+        only damage makes, is left out with a warning)."""
         with self._read_lock:
-            rows = self._reader.execute("SELECT id, attrs FROM entries "
+            rows = self._reader.execute("SELECT id, attrs, folder, filename FROM entries "
                                         "WHERE attrs IS NOT NULL").fetchall()
-        return {entry_id: json.loads(value) for entry_id, value in rows}
+        kept = {}
+        for entry_id, value, folder, filename in rows:
+            try:
+                values = json.loads(value)
+            except ValueError:
+                values = None
+            if isinstance(values, dict):
+                kept[entry_id] = values
+            else:
+                log.warning("%s/%s: the split/tags kept in the upload journal cannot be read; "
+                            "the file uploads without them", folder.rstrip("/"), filename)
+        return kept
 
     # ---------------------------------------------------------------- staging files
 
