@@ -151,7 +151,7 @@ def test_split_and_tags_of_a_staged_file_survive_kill_9_and_land(client, dataset
 
 
 def test_derived_attributes_are_accepted_and_ignored_and_removing_one_changes_nothing(
-        client, dataset, mount):
+        client, dataset, mount, tmp_path):
     m, originals = seed_labelled(client, dataset, mount)
     path = m.path / "src" / "a.png"
     image = originals["/src/a.png"]
@@ -165,10 +165,16 @@ def test_derived_attributes_are_accepted_and_ignored_and_removing_one_changes_no
     stored = client.images.get(image.id)
     assert (stored.split, sorted(stored.tags), stored.status) == \
         ("train", ["cat", "indoor"], image.status)
-    # names pictofs does not show: setting one is refused, removing one finds nothing
+    # names pictofs does not show: setting one is not supported (which cp -a and mv pass
+    # over in silence), removing one finds nothing
+    download = tmp_path / "download.png"
+    download.write_bytes(png_bytes(7300))
+    os.setxattr(download, "user.xdg.origin.url", b"https://example.com/download.png")
+    run("cp", "-a", str(download), str(m.path / "src" / "copied.png"))
+    run("mv", str(download), str(m.path / "src" / "moved.png"))
     with pytest.raises(OSError) as info:
         os.setxattr(path, "user.pictograph.colour", b"red")
-    assert info.value.errno == errno.EPERM
+    assert info.value.errno == errno.ENOTSUP
     with pytest.raises(OSError) as info:
         os.removexattr(path, "user.colour")
     assert info.value.errno == errno.ENODATA

@@ -29,7 +29,7 @@ from pictofs.core.tree.archive import ARCHIVE
 from pictofs.core.tree.pending import Pending
 from pictofs.core.tree.view import DatasetView, DirEntry, FileEntry
 from pictofs.errors import (AlreadyExists, InvalidArgument, IsADirectory, NoAttribute,
-                            NotADirectory, NotPermitted, ReadOnly, Unavailable,
+                            NotADirectory, NotPermitted, ReadOnly, Unavailable, Unsupported,
                             ValueTooLarge)
 from pictofs.model import Image, join_path, parse_timestamp
 
@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 
 Rows = list[tuple[str, dict[str, Any], float]]  # (name, attributes, valid until)
+
+
+def not_kept(name: str) -> Unsupported:
+    """Setting an attribute the service has no place for (``user.xdg.origin.url`` of a
+    download, ...): ENOTSUP, which ``cp -a`` and ``mv`` pass over in silence."""
+    return Unsupported(f"{name}: only user.pictograph.split and .tags can be set here")
 
 
 class Tree(Protocol):
@@ -104,7 +110,7 @@ class Node:
         raise NoAttribute(name)
 
     def setxattr(self, name: str, value: bytes) -> None:
-        raise NotPermitted(f"{name} cannot be set here")
+        raise not_kept(name)
 
     def removexattr(self, name: str) -> None:
         raise NoAttribute(name)
@@ -290,7 +296,7 @@ class ImageFile(Node):
             return
         field_name = attrs.writable_field(name)
         if field_name is None:
-            raise NotPermitted(f"{name} cannot be set here")
+            raise not_kept(name)
         if attrs.xattr_value(self.image, name) == value:
             return
         self.side.writes.check_writable("setxattr")
@@ -417,7 +423,7 @@ class PendingFile(Node):
             return
         field_name = attrs.writable_field(name)
         if field_name is None:
-            raise NotPermitted(f"{name} cannot be set on a file not uploaded yet")
+            raise not_kept(name)
         writes = self.side.writes
         writes.check_writable("setxattr")
         try:
