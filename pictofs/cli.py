@@ -69,7 +69,6 @@ def _parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="show a mount's state")
     status.add_argument("mountpoint", metavar="MOUNTPOINT")
-    status.add_argument("--json", action="store_true", help="print JSON")
     add_options(status, "status")
     status.set_defaults(handler=cmd_status)
 
@@ -177,13 +176,20 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def cmd_umount(args: argparse.Namespace) -> int:
     from pictofs import control
-    from pictofs.fs.fuse_session import abort_connection, unmount
+    from pictofs.fs.fuse_session import abort_connection, mount_entry, unmount
 
     mountpoint = os.path.abspath(args.mountpoint)
     try:
         pid = int(control.request(mountpoint, "status", socket_timeout=10)["pid"])
     except ConfigError:
         pid = None
+        entry = mount_entry(mountpoint)
+        # a daemon that died leaves its mount (unmounted below); anything else is said
+        # plainly instead of fusermount3's "Invalid argument"
+        if entry is None or not entry.is_pictofs or (
+                os.getuid() != 0 and entry.owner not in (None, os.getuid())):
+            raise ConfigError(control.no_socket_reason(mountpoint)
+                              + ("; nothing to unmount" if entry is None else "")) from None
     failed: list[dict[str, str]] = []
     if pid is not None and not args.force:
         idle, failed = _wait_for_uploads(mountpoint, args.timeout)
@@ -291,8 +297,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"skipped:    {reply['skipped_names']} names from the service the mount cannot "
               "show (logged)")
     for cache in reply.get("cache", []):
-        print(f"cache:      {format_size(cache['size_bytes'])} in {cache['entries']} images, "
-              f"hit ratio {cache['hit_ratio']:.0%}")
+        print(f"cache:      {cache['dataset']}: {format_size(cache['size_bytes'])} in "
+              f"{cache['entries']} images, hit ratio {cache['hit_ratio']:.0%}")
     return EXIT_OK
 
 
@@ -346,12 +352,50 @@ def mount_helper_main() -> int:
                pictofs_main=main)
 
 
+def mount_options_anywhere(argv: list[str]) -> list[str]:
+    """``pictofs mount`` takes mount(8)'s ``-o OPTION[,OPTION...]`` (also ``-oOPTIONS``,
+    ``--options``, repeated) anywhere on its line, as mount(8) does: they are taken out and
+    translated by the fstab helper's table (``ro`` → ``--read-only``, ``cache_size=5G`` →
+    ``--cache-size 5G``), their flags put at the end. Other commands are left alone."""
+    from pictofs.fstab import split_options, translate_options
+
+    if not argv or argv[0] != "mount":
+        return argv
+    kept: list[str] = []
+    items: list[str] = []
+    words = iter(argv[1:])
+    for word in words:
+        if word == "--":
+            kept += [word, *words]
+            break
+        if word in ("-o", "--options"):
+            value = next(words, None)
+            if value is None:
+                raise UsageError(f"{word} needs OPTION[,OPTION...]")
+            items += split_options(value)
+        elif word.startswith("--options="):
+            items += split_options(word.partition("=")[2])
+        elif word.startswith("-o") and len(word) > 2:
+            items += split_options(word[2:])
+        else:
+            kept.append(word)
+    if not items:
+        return argv
+    flags, _warnings = translate_options(items)
+    return ["mount", *kept, *flags]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if _is_mount_helper_form(argv):
         from pictofs.fstab import run
 
         return run(argv, prog="pictofs", pictofs_main=main)
+    try:
+        argv = mount_options_anywhere(argv)
+    except (UsageError, ConfigError) as exc:
+        print(f"pictofs: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     parser = _parser()
     args = parser.parse_args(argv)
     args.argv = argv

@@ -97,12 +97,21 @@ OPTIONS: tuple[Option, ...] = (
     # writing
     Option("write-back", "delay after the last close before a new file is uploaded", MOUNT,
            default="2s", type=parse_duration, metavar="DURATION"),
+    Option("commit-interval", "longest time a closed file waits before it is made durable "
+           "against a crash of the machine (0: at every close; fsync, pictofs sync and "
+           "unmount do it at once)", MOUNT, default="5s", type=parse_duration,
+           metavar="DURATION"),
     Option("transfers", "uploads in parallel", MOUNT_MIRROR, default="8", type=int,
            metavar="N"),
     Option("min-free-space", "writes fail with ENOSPC below this much free space on the "
            "staging disk", MOUNT, default="1G", type=parse_size, metavar="SIZE"),
     Option("permanent-delete", "rm deletes images permanently instead of archiving them",
            MOUNT, default=False, flag=True, type=None),
+    # mount(8)'s form of the options above (translated by ``pictofs.fstab``, anywhere on
+    # the line, before argparse sees it: ``pictofs.cli.mount_options_anywhere``)
+    Option("options", "mount options as mount(8) takes them, anywhere on the line: each is "
+           "the option of that name with _ for - (ro is --read-only), e.g. -o "
+           "ro,cache_size=5G", MOUNT, short="o", metavar="OPTION[,OPTION...]"),
     # process
     Option("foreground", "stay attached and log to stderr", MOUNT, default=False, flag=True,
            type=None, short="f"),
@@ -115,6 +124,8 @@ OPTIONS: tuple[Option, ...] = (
            ("umount",), default="5m", type=parse_duration, metavar="DURATION"),
     Option("timeout", "how long to wait for pending uploads (default: as long as it takes)",
            ("sync",), type=parse_duration, metavar="DURATION"),
+    Option("json", "print every field of the status as one JSON object (for scripts)",
+           ("status",), default=False, flag=True, type=None),
     # mirror
     Option("once", "reconcile once, print the report and exit", ("mirror",), default=False,
            flag=True, type=None),

@@ -116,6 +116,19 @@ def _read_line(conn: socket.socket) -> bytes:
     return data
 
 
+def no_socket_reason(mountpoint: str) -> str:
+    """Why no mount answers for ``mountpoint``: not a mount, not a pictofs mount, another
+    user's pictofs mount, or this user's without a control socket here."""
+    from pictofs.fs.fuse_session import whose_mount
+
+    reason = whose_mount(mountpoint)
+    if reason is not None:
+        return reason
+    return (f"{mountpoint} is a pictofs mount, but no control socket answers for it "
+            f"in {dirs.runtime_dir()} (its daemon has exited, or it runs with another "
+            "XDG_RUNTIME_DIR)")
+
+
 def request(mountpoint: str, cmd: str, socket_timeout: float | None = 30, **fields: Any
             ) -> dict[str, Any]:
     """Send one command (with ``fields``) to the mount at ``mountpoint`` and wait up to
@@ -125,9 +138,9 @@ def request(mountpoint: str, cmd: str, socket_timeout: float | None = 30, **fiel
     sock.settimeout(socket_timeout)
     try:
         sock.connect(str(path))
-    except (FileNotFoundError, ConnectionRefusedError):
+    except (FileNotFoundError, ConnectionRefusedError, PermissionError):
         sock.close()
-        raise ConfigError(f"{mountpoint} is not a pictofs mount (no control socket)") from None
+        raise ConfigError(no_socket_reason(mountpoint)) from None
     with sock:
         try:
             sock.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")

@@ -101,7 +101,8 @@ def split_options(text: str) -> list[str]:
 
 
 def _mount_options() -> dict[str, Option]:
-    return {opt.name: opt for opt in options_for("mount")}
+    # ``options`` is ``-o`` itself: not an option inside ``-o``
+    return {opt.name: opt for opt in options_for("mount") if opt.name != "options"}
 
 
 def _numeric_id(kind: str, value: str) -> str:

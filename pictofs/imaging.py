@@ -3,7 +3,7 @@
 ``probe`` reads only an image's header (``Image.open`` is lazy; pixels are never decoded)
 and returns the EXIF-oriented ``(width, height)`` — swapped for orientations 5 to 8 — or None
 when it cannot tell. ``identify`` says which format some bytes are, or raises
-``pictofs.errors.NotAnImage``. pillow-heif's opener is registered when it is installed, so
+``pictofs.errors.NotAnImage``; ``describe`` does both from one read. pillow-heif's opener is registered when it is installed, so
 HEIC headers are probed too.
 """
 
@@ -66,6 +66,30 @@ def identify(source: Source) -> str:
     try:
         with _reading(source) as fp, Image.open(fp) as img:
             return str(img.format or "unknown")
+    except UnidentifiedImageError:
+        raise NotAnImage("not an image: Pillow cannot identify these bytes") from None
+    except Image.DecompressionBombError as exc:
+        raise NotAnImage(f"refused as a decompression bomb: {exc}") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise NotAnImage(f"not a readable image: {exc}") from None
+
+
+def describe(source: Source) -> tuple[str, tuple[int, int] | None]:
+    """``identify`` and ``probe`` from one read of the header: the format name, and the
+    oriented ``(width, height)`` or None; ``NotAnImage`` as ``identify``."""
+    _register_plugins()
+    try:
+        with _reading(source) as fp, Image.open(fp) as img:
+            image_format = str(img.format or "unknown")
+            try:
+                width, height = _stored_size(img)
+                if _orientation(img) in _TRANSPOSED_ORIENTATIONS:
+                    width, height = height, width
+                dimensions: tuple[int, int] | None = (width, height)
+            except (OSError, ValueError, SyntaxError) as exc:
+                log.debug("cannot probe image dimensions: %s", exc)
+                dimensions = None
+            return image_format, dimensions
     except UnidentifiedImageError:
         raise NotAnImage("not an image: Pillow cannot identify these bytes") from None
     except Image.DecompressionBombError as exc:

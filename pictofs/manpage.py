@@ -121,7 +121,7 @@ def _command_section(command: Command) -> list[str]:
 def _mount_option_lines() -> list[str]:
     lines = [".TP", "\\fBro\\fR", "Same as \\fBread_only\\fR."]
     for opt in options_for("mount"):
-        if opt.name == "foreground":
+        if opt.name in ("foreground", "options"):
             continue
         metavar = _metavar(opt)
         value = f"=\\fI{roff(metavar)}\\fR" if metavar else ""

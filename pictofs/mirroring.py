@@ -1,7 +1,8 @@
 """``pictofs mirror LOCAL_DIR DATASET[:/folder]``: build the objects of one mirror, wire them,
 and run it (the composition root of mirror mode, as ``pictofs.mounting`` is of a mount).
 
-Options → objects → run: parses the target (split at the first ``:/``), connects (the
+Options → objects → run: parses the target (split at the first ``:/``, or else at the
+first ``:``), connects (the
 embedded local server when no key is configured), opens the state database and the upload
 journal of this mirror, builds the engine and the session of ``pictofs.mirror``, installs the
 SIGINT/SIGTERM handlers (finish the step in flight, then stop) and runs ``--once`` or the
@@ -34,6 +35,7 @@ from pictofs.mirror.plan import Policy, Destination
 from pictofs.mirror.progress import Progress, Report
 from pictofs.mirror.session import Session
 from pictofs.mirror.state import Identity, MirrorState
+from pictofs.model import Dataset
 from pictofs.names import normalize_folder
 
 log = logging.getLogger(__name__)
@@ -43,14 +45,32 @@ STOP_TIMEOUT = 60.0  # seconds the steps in flight get to finish after a signal
 
 
 def parse_target(text: str) -> tuple[str, str]:
-    """``DATASET[:/folder]`` → (dataset, folder); split at the first ``:/``."""
+    """``DATASET[:/folder]`` → (dataset, folder); split at the first ``:/``. Without a
+    ``:/``, the first ``:`` splits (``ds:cams`` is ``ds:/cams``, as scp and rsync write
+    it), unless a dataset has the whole text as its name (``_find_dataset``)."""
     name, sep, rest = text.partition(":/")
+    if not sep and ":" in text:
+        name, _, rest = text.partition(":")
+        sep = ":"
     if not name:
         raise ConfigError(f"{text!r}: expected DATASET or DATASET:/folder")
     try:
         return name, normalize_folder("/" + rest if sep else "/")
     except InvalidName as exc:
         raise ConfigError(f"{text!r}: bad folder: {exc}") from None
+
+
+def _find_dataset(remote: BulkApiRemote, target: str, name: str, folder: str
+                  ) -> tuple[Dataset, str]:
+    """(dataset, folder) of a target ``parse_target`` split into ``name`` and ``folder``.
+    A target split at a bare colon names a dataset whole when one has that very name
+    (a colon is allowed in dataset names); otherwise the part before the colon does."""
+    if name != target and ":/" not in target:
+        try:
+            return remote.get_dataset(target), "/"
+        except NotFound:
+            pass
+    return remote.get_dataset(name), folder
 
 
 def run_mirror(args: argparse.Namespace) -> int:
@@ -67,7 +87,7 @@ def run_mirror(args: argparse.Namespace) -> int:
                            retry_max_wait=args.retry_max_wait,
                            pool_size=max(16, 2 * args.transfers))
     try:
-        dataset = remote.get_dataset(name)
+        dataset, folder = _find_dataset(remote, args.target, name, folder)
     except NotFound:
         raise ConfigError(f"no dataset {name!r} at {connection.base_url} (create it with: "
                           f"pictofs datasets create {name})") from None
@@ -81,7 +101,7 @@ def run_mirror(args: argparse.Namespace) -> int:
                           fingerprint=key_fingerprint(connection.api_key))
         return _run(args, root, remote, dataset.id, state, journal,
                     Policy(Destination(folder, bool(args.organize_by_class)), bool(args.delete),
-                           args.max_delete, bool(args.force)))
+                           args.max_delete, bool(args.force)), dataset.name)
     finally:
         if journal is not None:
             journal.close()
@@ -90,7 +110,7 @@ def run_mirror(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, root: Path, remote: BulkApiRemote, dataset_id: str,
-         state: MirrorState, journal: Journal, policy: Policy) -> int:
+         state: MirrorState, journal: Journal, policy: Policy, dataset_name: str) -> int:
     tty = sys.stderr.isatty() and not args.log_file
     progress = Progress(sys.stderr, tty)
     session: Session | None = None
@@ -104,8 +124,8 @@ def _run(args: argparse.Namespace, root: Path, remote: BulkApiRemote, dataset_id
                     report=Report(), landed=landed, upload_remote=remote.without_retries())
     session = Session(root, engine, remote, dataset_id, policy, settle=args.settle,
                       poll=bool(args.poll), workers=args.transfers)
-    log.info("mirroring %s into %s:%s%s", root, args.target.partition(":/")[0],
-             policy.target.folder, " (once)" if args.once else "")
+    log.info("mirroring %s into %s:%s%s", root, dataset_name, policy.target.folder,
+             " (once)" if args.once else "")
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("%s: finishing the step in flight, then stopping",

@@ -177,10 +177,13 @@ def _tell_parent(message: str) -> None:
 
 def run_foreground(args: argparse.Namespace) -> int:
     """Build and serve the mount in this process until it is unmounted."""
+    daemon = READY_FD_ENV in os.environ
     try:
-        target = resolve_target(args, announce=READY_FD_ENV not in os.environ)
+        target = resolve_target(args, announce=not daemon)
         return _serve(target, args)
     except PictofsError as exc:
+        if daemon:  # the parent prints it; the log keeps it too
+            log.error("%s", exc)
         _tell_parent(str(exc))
         raise
 
@@ -254,7 +257,8 @@ def build_tree(target: MountTarget, args: argparse.Namespace,
 
 
 def _serve(target: MountTarget, args: argparse.Namespace) -> int:
-    from pictofs.fs.fuse_session import MountSettings, serve, start_sighup_thread
+    from pictofs.fs.fuse_session import (MountMessages, MountSettings, serve,
+                                         start_sighup_thread)
     from pictofs.fs.operations import PictoOperations
 
     tree = build_tree(target, args)
@@ -266,7 +270,12 @@ def _serve(target: MountTarget, args: argparse.Namespace) -> int:
         "sync": lambda req: _sync(vfs, req.get("timeout")),
     })
 
+    messages = MountMessages()
+
     def on_init() -> None:
+        said = messages.release()
+        if said:
+            log.warning("libfuse said while mounting: %s", " / ".join(said.splitlines()))
         ctl.start()
         start_sighup_thread(vfs.refresh)
         if target.dataset is None:
@@ -288,16 +297,30 @@ def _serve(target: MountTarget, args: argparse.Namespace) -> int:
         tree.stop_uploads(timeout=60)
         ctl.stop()
         breaker.close()
-        log.info("unmounted %s", target.mountpoint)
+        _log_unmounted(vfs, target.mountpoint)
 
     operations = PictoOperations(vfs, on_init=on_init, on_destroy=on_destroy)
     settings = MountSettings(target.mountpoint, f"pictofs:{name}", args.dir_cache_time,
                              read_only=args.read_only, allow_other=args.allow_other)
     try:
-        serve(operations, settings)
+        serve(operations, settings, messages)
     finally:
         tree.api_remote.close()
     return 0
+
+
+def _log_unmounted(vfs: Any, mountpoint: str) -> None:
+    """The last line of a mount's log: unmounted, and how many uploads wait in the journal
+    (an unmount by ``fusermount3 -u`` or ``umount`` does not wait for them)."""
+    from pictofs.core.tree.status import merge_upload_status
+
+    uploads = merge_upload_status([d.writes.status() for d in vfs.dataset_trees()])
+    waiting = uploads["pending"] + uploads["in_flight"]
+    if waiting:
+        log.warning("unmounted %s with %d upload(s) pending; they stay in the journal and "
+                    "resume at the next mount", mountpoint, waiting)
+    else:
+        log.info("unmounted %s", mountpoint)
 
 
 class DatasetTreeBuilder:
@@ -344,7 +367,8 @@ class DatasetTreeBuilder:
                                retry_max_wait=self.args.retry_max_wait,
                                min_free_space=self.args.min_free_space,
                                permanent_delete=self.args.permanent_delete,
-                               batch=images_api.BULK_LIMIT)
+                               batch=images_api.BULK_LIMIT,
+                               commit_interval=self.args.commit_interval)
         writes = WriteLayer(view, self.remote, journal, downloader, journal.directory / "local",
                             options, upload_remote=self.upload_remote)
         writes.start()

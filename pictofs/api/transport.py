@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from typing import IO, Any, Callable, Iterator, Mapping, TypeVar, Union
 from urllib.parse import urlsplit
@@ -69,7 +70,50 @@ class _CutShort(Exception):
 
 
 class _Session(requests.Session):
-    """Drops the API key on a redirect to another host, as requests does for Authorization."""
+    """Drops the API key on a redirect to another host, as requests does for Authorization.
+
+    What requests reads from the environment for every request (the proxy variables and
+    ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``, ``~/.netrc``) is read once per
+    scheme and host here instead: the same settings, without walking the environment and
+    looking for ``~/.netrc`` at each of the thousands of requests an upload makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trust_env = False  # the environment is read by _environment, once per host
+        self._environments: dict[tuple[str, str], tuple[dict[str, str], Any, Any]] = {}
+        self._environments_lock = threading.Lock()
+
+    def _environment(self, url: str) -> tuple[dict[str, str], Any, Any]:
+        """(proxies, verify, netrc auth) from the environment for ``url``'s scheme and host."""
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        with self._environments_lock:
+            found = self._environments.get(key)
+        if found is None:
+            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            found = (requests.utils.get_environ_proxies(url), verify,
+                     requests.utils.get_netrc_auth(url))
+            with self._environments_lock:
+                self._environments[key] = found
+        return found
+
+    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
+        if request.auth is None and self.auth is None:
+            request.auth = self._environment(request.url)[2]
+        return super().prepare_request(request)
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any,
+                                   cert: Any) -> dict[str, Any]:
+        env_proxies, env_verify, _auth = self._environment(url)
+        proxies = {**env_proxies, **(proxies or {})}
+        if verify is True or verify is None:
+            verify = env_verify or verify
+        return super().merge_environment_settings(url, proxies, stream, verify, cert)
+
+    def rebuild_proxies(self, prepared_request: Any, proxies: Any) -> dict[str, str]:
+        """A redirect: the new host's proxies from the environment, as requests finds them."""
+        proxies = {**self._environment(prepared_request.url)[0], **(proxies or {})}
+        return super().rebuild_proxies(prepared_request, proxies)
 
     def rebuild_auth(self, prepared_request: Any, response: Any) -> None:
         super().rebuild_auth(prepared_request, response)

@@ -4,7 +4,10 @@ and ``_unmount``). ``pictofs.mounting`` builds the operations it serves.
 
 - ``prepare_mountpoint`` refuses a missing or busy mountpoint and lazily unmounts a stale one
   left by a killed daemon (``ENOTCONN``), with a log line.
-- ``serve`` runs libfuse in the calling thread until unmount. SIGHUP is blocked first and
+- ``serve`` runs libfuse in the calling thread until unmount. What libfuse and fusermount3
+  write on stderr while mounting is captured (``MountMessages``): a refused mount then
+  fails with fusermount3's own reason and, for the refusals a user can fix, the fix
+  (``explain_refusal``), and what they said on a mount that worked goes to the log. SIGHUP is blocked first and
   served by a ``sigwait`` thread (``start_sighup_thread``, started from ``init``): libfuse
   would otherwise end its loop on SIGHUP, and Python handlers never run while the main thread
   is inside ``FUSE()``. SIGINT/SIGTERM end the loop and unmount (libfuse's own handlers).
@@ -24,6 +27,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -96,16 +100,88 @@ def fuse_options(settings: MountSettings) -> dict[str, Any]:
     return options
 
 
-def serve(operations: Any, settings: MountSettings) -> None:
-    """Mount and serve until unmounted (blocks). Raises ConfigError if libfuse refuses."""
+class MountMessages:
+    """What libfuse and fusermount3 write on stderr (file descriptor 2) while mounting.
+
+    libfuse reports a refused mount only there (fusermount3's "user has no write access to
+    mountpoint", "option allow_other only allowed if 'user_allow_other' is set in
+    /etc/fuse.conf"), and the daemon's stderr is /dev/null. ``start`` points descriptor 2
+    at a temporary file; ``release`` (from ``init``, once mounted, or when libfuse gives
+    up) points it back, writes what was captured to the original stderr too, and returns
+    it. Only libfuse's own thread runs between the two: the mount's threads start in
+    ``init``."""
+
+    def __init__(self) -> None:
+        self._saved: int | None = None
+        self._file: Any = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self._file = tempfile.TemporaryFile()
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+
+    def release(self) -> str:
+        """Restore stderr and return what was captured ("" once released)."""
+        with self._lock:
+            if self._saved is None:
+                return ""
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+            self._saved = None
+            self._file.seek(0)
+            data = self._file.read()
+            self._file.close()
+        if data:
+            try:
+                os.write(2, data)
+            except OSError:
+                pass
+        return data.decode("utf-8", "replace").strip()
+
+
+# fusermount3's refusals a user can fix, and the fix
+_FIXES = (
+    ("user_allow_other", "as root, add the line user_allow_other to /etc/fuse.conf, or "
+                         "mount without --allow-other"),
+    ("no write access to mountpoint", "mount on a folder you own (mkdir ~/mnt), or make "
+                                      "this one yours (chown)"),
+    ("mountpoint is not a directory", "mount on a folder"),
+    ("too many FUSE filesystems mounted", "as root, raise mount_max in /etc/fuse.conf"),
+    ("failed to open /dev/fuse", "make /dev/fuse readable and writable by you (its udev "
+                                 "rule, or chmod 0666 /dev/fuse)"),
+)
+
+
+def explain_refusal(mountpoint: str, code: object, messages: str) -> str:
+    """One line for a mount libfuse refused: fusermount3's (or libfuse's) own last line,
+    and the fix when it is one a user can make; the libfuse code when nothing was said."""
+    lines = [line.strip() for line in messages.splitlines() if line.strip()]
+    reason = next((line for line in reversed(lines) if line.startswith("fusermount3:")),
+                  lines[-1] if lines else "")
+    if not reason:
+        return f"mounting {mountpoint} failed (libfuse error {code}, with no message)"
+    fix = next((fix for needle, fix in _FIXES if needle in reason), None)
+    return f"mounting {mountpoint} failed: {reason}" + (f" ({fix})" if fix else "")
+
+
+def serve(operations: Any, settings: MountSettings,
+          messages: MountMessages | None = None) -> None:
+    """Mount and serve until unmounted (blocks). Raises ConfigError if libfuse refuses,
+    with fusermount3's reason. ``messages`` is released by the caller's ``init`` once
+    mounted (what libfuse said then is logged)."""
     from pictofs.fs.operations import PictoFUSE
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    messages = messages or MountMessages()
+    messages.start()
     try:
         PictoFUSE(operations, settings.mountpoint, raw_fi=True, **fuse_options(settings))
     except RuntimeError as exc:
-        raise ConfigError(f"mounting {settings.mountpoint} failed (libfuse error {exc}); "
-                          f"see the log for libfuse's message") from None
+        raise ConfigError(explain_refusal(settings.mountpoint, exc, messages.release())
+                          ) from None
+    finally:
+        messages.release()
 
 
 def start_sighup_thread(on_hup: Callable[[], None]) -> threading.Thread:
@@ -146,9 +222,33 @@ def unmount(mountpoint: str, lazy: bool = False) -> None:
     raise ConfigError(f"unmounting {mountpoint} failed: {message}")
 
 
-def mount_device(mountpoint: str) -> tuple[int, int] | None:
-    """(major, minor) of the filesystem mounted at ``mountpoint``, read from
-    /proc/self/mountinfo (never stats the mountpoint, which may hang)."""
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/self/mountinfo: the filesystem mounted at a mountpoint."""
+
+    device: tuple[int, int]  # (major, minor)
+    fstype: str  # "fuse.pictofs" for every pictofs mount (its FUSE subtype)
+    source: str
+    options: dict[str, str]  # the superblock's options: FUSE's user_id, group_id, ...
+
+    @property
+    def is_pictofs(self) -> bool:
+        return self.fstype == "fuse.pictofs"
+
+    @property
+    def owner(self) -> int | None:
+        """The uid that mounted it (FUSE's ``user_id``), if said."""
+        value = self.options.get("user_id", "")
+        return int(value) if value.isdigit() else None
+
+
+def _unescape(field: str) -> str:
+    return field.encode().decode("unicode_escape") if "\\" in field else field
+
+
+def mount_entry(mountpoint: str) -> MountEntry | None:
+    """What is mounted at ``mountpoint`` (the last mount there), read from
+    /proc/self/mountinfo (never stats the mountpoint, which may hang); None if nothing."""
     target = os.path.abspath(mountpoint)
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info:
@@ -158,11 +258,46 @@ def mount_device(mountpoint: str) -> tuple[int, int] | None:
     found = None
     for line in lines:
         fields = line.split()
-        point = fields[4].encode().decode("unicode_escape") if "\\" in fields[4] else fields[4]
-        if point == target:
-            major, minor = fields[2].split(":")
-            found = (int(major), int(minor))
+        if len(fields) < 5 or _unescape(fields[4]) != target:
+            continue
+        major, minor = fields[2].split(":")
+        tail = line.split(" - ", 1)[1].split() if " - " in line else []
+        options = dict(option.partition("=")[::2] for option in
+                       (tail[2].split(",") if len(tail) > 2 else []))
+        found = MountEntry((int(major), int(minor)), tail[0] if tail else "",
+                           _unescape(tail[1]) if len(tail) > 1 else "", options)
     return found
+
+
+def mount_device(mountpoint: str) -> tuple[int, int] | None:
+    """(major, minor) of the filesystem mounted at ``mountpoint`` (None: nothing there)."""
+    entry = mount_entry(mountpoint)
+    return entry.device if entry is not None else None
+
+
+def whose_mount(mountpoint: str) -> str | None:
+    """Why ``mountpoint`` has no pictofs control socket for this user, in words: it is not a
+    mount, not a pictofs mount, or another user's; None when it is this user's own pictofs
+    mount (its socket is elsewhere, or its daemon died)."""
+    path = os.path.abspath(mountpoint)
+    entry = mount_entry(path)
+    if entry is None:
+        return f"{path} is not a mountpoint"
+    if not entry.is_pictofs:
+        return f"{path} is not a pictofs mount (it is a {entry.fstype or 'different'} mount)"
+    if entry.owner is not None and entry.owner != os.getuid():
+        return (f"{path} is a pictofs mount of another user ({_user_name(entry.owner)}), "
+                "not yours: only that user (or root, for unmounting) can manage it")
+    return None
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name}, uid {uid}"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def abort_connection(mountpoint: str) -> bool:

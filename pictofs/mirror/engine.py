@@ -18,8 +18,8 @@ failure, reported once and not retried until the file changes.
 saw land is recorded, a dropped one is forgotten (its file is looked at again), a rename
 whose upload landed gets its old image archived.
 
-Staging files are not fsync'd (``UploadQueue.flushed_many(sync=False)``): the mirrored file
-itself is the durable copy. After a crash of the machine a staging file may have lost bytes,
+Staging files are made durable by the queue's group commit only (``core.upload.commits``):
+the mirrored file itself is the durable copy. After a crash of the machine a staging file may have lost bytes,
 so ``recover`` checks every waiting entry's staging file against the sha256 taken when it was
 staged (and an entry read from its file, that file's size and mtime); an entry that does not
 match, or that the state database does not know, is cancelled (an image it may have
@@ -364,7 +364,8 @@ class Engine:
         pending = [p for p in staged if p is not None]
         self._add_pending(pending)
         # no fsync: the source file is still there to stage again (see recover)
-        self.queue.flushed_many({p.entry_id: p.size for p in pending}, sync=False)
+        self.queue.flushed_many({p.entry_id: p.size for p in pending},
+                                {p.entry_id: p.sha256 for p in pending if p.sha256})
         return pending
 
     def _add_pending(self, pending: list[QueuedUpload]) -> None:

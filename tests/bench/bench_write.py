@@ -7,14 +7,26 @@ not a test.
 It starts its own reference server in a temporary folder, writes N distinct 100 KB JPEGs into
 a local folder ``photos/`` and measures, each as the median of several repetitions:
 
-1. ``cp -r photos MOUNT/`` then ``pictofs sync MOUNT`` (total wall time, both commands) vs
-   ``upload_dataset_from_folder(max_workers=8)`` of the same folder (which also lands the files
-   in ``/photos``), each repetition into a fresh dataset; target ≤ 1.0×, once with
-   ``--write-back`` at its default (2s) and once short (200ms). The ``cp -r`` alone is
-   reported too, against ``cp -r`` to local disk. It must not wait on the network, which is
-   checked directly: ``cp -r`` through a mount whose uploads are held back (``--write-back
-   1h``, so the uploads' own competition for CPU, locks and disk is out of the picture), with
-   and without a proxy that delays every request by 50 ms; target ≤ 1.2×;
+1. the copy, against the floor every FUSE filesystem in Python pays: the same copy through
+   the minimal writable mfusepy passthrough (``passthrough.py --writable``, one system call
+   per callback, nothing fsync'd), and against the bulk workflow:
+   - 1a/1b ``cp -r photos MOUNT/`` then ``pictofs sync MOUNT`` (total wall time, both
+     commands) vs ``upload_dataset_from_folder(max_workers=8)`` of the same folder (which
+     also lands the files in ``/photos``), each repetition into a fresh dataset, with
+     ``--write-back`` at its default (2s) and short (200ms); target ≤ 1.3×;
+   - 1c/1d the ``cp -r`` alone of 1a/1b (uploads start while it runs) vs ``cp -r`` through
+     the passthrough; target ≤ 1.3×;
+   - 1e ``cp -r`` through a mount whose uploads are held back (``--write-back 1h``) with a
+     proxy that delays every request by 50 ms vs without: the copy must not wait on the
+     network; target ≤ 1.2×;
+   - 1f that ``cp -r`` with uploads held back, without the proxy, vs the passthrough's
+     ``cp -r``; target ≤ 1.2×;
+   - 1g the first ``rsync -a photos MOUNT/`` into a fresh dataset vs the first ``rsync -a``
+     into the passthrough; target ≤ 1.3×;
+   - 1h the daemon's CPU time (user + system, ``/proc/PID/stat``) for 1a's ``cp -r`` and
+     ``pictofs sync`` together, per image; target ≤ 1.5 ms.
+   Where ``strace`` is installed, one more (untimed) ``cp -r`` + ``pictofs sync`` counts the
+   daemon's fsync-family system calls (under the table);
 2. the second ``rsync -a photos MOUNT/`` (after a first ``rsync -a`` into a fresh dataset and
    ``pictofs sync``) vs the second ``rsync -a`` from the local folder to another local folder:
    target ≤ 3× and no upload at all (upload-url, register and storage PUT requests counted
@@ -153,7 +165,32 @@ class CountRow:
         return f"per run: {', '.join(str(n) for n in self.counts)}"
 
 
-Row = TimeRow | CountRow
+@dataclass
+class ValueRow:
+    """A figure measured per repetition (the daemon's CPU per file) against a fixed target."""
+
+    key: str
+    name: str
+    unit: str
+    target: float
+    values: list[float] = field(default_factory=list)
+
+    def cells(self) -> list[str]:
+        if not self.values:
+            return [self.key, self.name, "—", "—", "—", "—", self.target_text(),
+                    "not measured"]
+        median = statistics.median(self.values)
+        return [self.key, self.name, f"{median:.2f} {self.unit}", "—", "—", "—",
+                self.target_text(), "PASS" if median <= self.target else "MISS"]
+
+    def target_text(self) -> str:
+        return f"≤ {self.target:g} {self.unit}"
+
+    def spread(self) -> str:
+        return f"per run: {', '.join(f'{v:.2f} {self.unit}' for v in self.values)}"
+
+
+Row = TimeRow | CountRow | ValueRow
 
 
 @dataclass
@@ -212,6 +249,12 @@ def rsync(source: Path, target: Path) -> int:
     return int(match[1].replace(",", ""))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def uploads_in(counts: Counter[str]) -> int:
     return sum(counts[route] for route in UPLOAD_ROUTES)
 
@@ -239,6 +282,7 @@ class WriteBench(Bench):
         self.source_parent = root  # set by make_source
         self.source = root / FOLDER
         self.expected: dict[str, int] = {}  # file name → size, of the source folder
+        self.local_copies: list[float] = []  # cp -r to local disk, per repetition
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -335,38 +379,123 @@ class WriteBench(Bench):
         keys = dict(zip(WRITE_BACKS, "ab"))
         totals = {wb: TimeRow(f"1{key}", f"`cp -r` {n:,} × 100 KB + `pictofs sync`, "
                                          f"`--write-back {wb}`",
-                              "`upload_dataset_from_folder`, 8 workers", 1.0)
+                              "`upload_dataset_from_folder`, 8 workers", 1.3)
                   for wb, key in keys.items()}
-        alone = {wb: TimeRow(f"1{'cd'[i]}", f"`cp -r` alone (the first part of 1{key})",
-                             "`cp -r` to local disk", None)
+        alone = {wb: TimeRow(f"1{'cd'[i]}", f"`cp -r` alone (the first part of 1{key}), "
+                                            "uploads running",
+                             "`cp -r` through the minimal passthrough", 1.3)
                  for i, (wb, key) in enumerate(keys.items())}
         latency = TimeRow("1e", f"`cp -r` alone, uploads held back (`--write-back {HELD_BACK}`), "
                                 f"+{ADDED_LATENCY * 1000:.0f} ms on every request",
                           "the same without the added delay", 1.2)
+        held = TimeRow("1f", f"`cp -r` alone, uploads held back (`--write-back {HELD_BACK}`)",
+                       "`cp -r` through the minimal passthrough", 1.2)
+        first_rsync = TimeRow("1g", f"First `rsync -a` of {n:,} files into a fresh dataset",
+                              "first `rsync -a` through the minimal passthrough", 1.3)
+        cpu = ValueRow("1h", "Daemon CPU per image, `cp -r` + upload (1a)", "ms", 1.5)
         self.proxy = FaultProxy(self.server.base_url).start()
         self.proxy.delay_next(ADDED_LATENCY, count=10**9)  # every request, for the whole run
+        passthrough = self.mount_passthrough(self.fresh_dir("passthrough-data"), "--writable")
 
         for rep in range(self.reps):
             first = rep == 0
-            log(f"copy {rep + 1}/{self.reps}: upload_dataset_from_folder, cp -r to local disk")
+            log(f"copy {rep + 1}/{self.reps}: upload_dataset_from_folder; cp -r and rsync -a "
+                "through the passthrough; cp -r to local disk")
             upload = self.upload_with_workflow(first)
+            cp_passthrough = self.passthrough_copy(passthrough, "cp")
+            rsync_passthrough = self.passthrough_copy(passthrough, "rsync")
             local = self.fresh_dir("local-copy")
             cp_local = timed_run(lambda: run("cp", "-r", self.source, f"{local}/"))
             shutil.rmtree(local)
+            self.local_copies.append(cp_local)
             for wb, key in keys.items():
                 log(f"copy {rep + 1}/{self.reps}: cp -r + sync, --write-back {wb}")
-                copied, synced = self.copy_and_sync(wb, key, first)
+                copied, synced, cpu_used = self.copy_and_sync(wb, key, first)
                 totals[wb].ours.append(synced)
                 totals[wb].base.append(upload)
                 alone[wb].ours.append(copied)
-                alone[wb].base.append(cp_local)
+                alone[wb].base.append(cp_passthrough)
+                if wb == WRITE_BACKS[0]:
+                    cpu.values.append(cpu_used * 1000 / n)
 
             log(f"copy {rep + 1}/{self.reps}: cp -r with the uploads held back, without "
                 f"and with +{ADDED_LATENCY * 1000:.0f} ms on every request")
-            latency.base.append(self.copy_without_uploads(record=first))
+            without_delay = self.copy_without_uploads(record=first)
+            latency.base.append(without_delay)
             latency.ours.append(self.copy_without_uploads(base_url=self.proxy.url))
+            held.ours.append(without_delay)
+            held.base.append(cp_passthrough)
 
-        self.write_rows += [*totals.values(), *alone.values(), latency]
+            log(f"copy {rep + 1}/{self.reps}: the first rsync -a into a fresh dataset")
+            first_rsync.ours.append(self.first_rsync())
+            first_rsync.base.append(rsync_passthrough)
+        self.stop_passthrough()
+        self.references.append(("`cp -r` to local disk", self.local_copies))
+        if shutil.which("strace"):
+            self.count_fsyncs()
+
+        self.write_rows += [*totals.values(), *alone.values(), latency, held, first_rsync, cpu]
+
+    def passthrough_copy(self, passthrough: Path, tool: str) -> float:
+        """``cp -r`` or ``rsync -a`` of the source into a new folder of the writable
+        passthrough (the floor of a copy through FUSE); its time."""
+        target = passthrough / f"{tool}-{self.counter}"
+        self.counter += 1
+        target.mkdir()  # untimed, as the dataset is for pictofs
+        if tool == "cp":
+            elapsed = timed_run(lambda: run("cp", "-r", self.source, f"{target}/"))
+        else:
+            elapsed = timed_run(lambda: rsync(self.source, target))
+        shutil.rmtree(target)
+        return elapsed
+
+    def first_rsync(self) -> float:
+        """The first ``rsync -a`` into a fresh dataset (default ``--write-back``); its time.
+        Then, untimed, ``pictofs sync``, the unmount and the check that everything landed."""
+        dataset = self.new_dataset("rsync-first")
+        mountpoint = self.mount_dataset(dataset)
+        start = time.perf_counter()
+        transferred = rsync(self.source, mountpoint)
+        elapsed = time.perf_counter() - start
+        if transferred != self.files:
+            raise RuntimeError(f"the first rsync transferred {transferred} files, expected "
+                               f"{self.files}")
+        self.sync(mountpoint)
+        self.umount(mountpoint)
+        self.check_landed(dataset)
+        return elapsed
+
+    def count_fsyncs(self) -> None:
+        """Untimed: the fsync-family calls the daemon makes for one ``cp -r`` + ``pictofs
+        sync`` (strace attached to every thread of the daemon)."""
+        mountpoint = self.mount_dataset(self.new_dataset("cp-strace"))
+        pid = self.daemon_pid(mountpoint)
+        out = self.root / "strace.txt"
+        tracer = subprocess.Popen(["strace", "-f", "-c", "-o", str(out), "-e",
+                                   "trace=fsync,fdatasync,syncfs,sync_file_range,sync",
+                                   "-p", str(pid)], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(1.0)  # attached to every thread
+            run("cp", "-r", self.source, f"{mountpoint}/")
+            self.sync(mountpoint)
+        finally:
+            tracer.send_signal(signal.SIGINT)
+            tracer.wait(30)
+        self.umount(mountpoint)
+        calls = {m[2]: int(m[1]) for m in re.finditer(
+            r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$",
+            out.read_text(), re.M)} if out.exists() else {}
+        summary = ", ".join(f"{calls.get(name, 0)} {name}" for name in
+                            ("fsync", "fdatasync", "syncfs", "sync_file_range"))
+        self.notes.append(f"fsync-family calls of the daemon (strace -f -c) for one `cp -r` of "
+                          f"{self.files:,} files + `pictofs sync`: {summary}.")
+
+    def daemon_pid(self, mountpoint: Path) -> int:
+        result = self.pictofs("status", "--json", str(mountpoint))
+        if result.returncode != 0:
+            raise RuntimeError(f"pictofs status failed: {(result.stderr or result.stdout)[:500]}")
+        return int(json.loads(result.stdout)["pid"])
 
     def upload_with_workflow(self, first: bool) -> float:
         """The baseline: ``upload_dataset_from_folder`` into a fresh dataset; its time."""
@@ -385,19 +514,22 @@ class WriteBench(Bench):
         self.check_landed(dataset)
         return elapsed
 
-    def copy_and_sync(self, write_back: str, key: str, first: bool) -> tuple[float, float]:
+    def copy_and_sync(self, write_back: str, key: str, first: bool) -> tuple[float, float, float]:
         """``cp -r`` into a fresh mount, then ``pictofs sync``; the time of the ``cp -r`` and
-        of both."""
+        of both, and the CPU time the daemon used for both."""
         n = self.files
         dataset = self.new_dataset(f"cp-{write_back}")
         mountpoint = self.mount_dataset(dataset, write_back)
+        pid = self.daemon_pid(mountpoint)
         before = self.counts()
+        cpu_before = cpu_seconds(pid)
         start = time.perf_counter()
         run("cp", "-r", self.source, f"{mountpoint}/")
         copied = time.perf_counter()
         during_cp = self.counts()
         self.sync(mountpoint)
         synced = time.perf_counter()
+        cpu_used = cpu_seconds(pid) - cpu_before
         if first:
             self.seen.append(Seen(f"1{key} during `cp -r` (before `pictofs sync`)",
                                   diff(during_cp, before)))
@@ -412,7 +544,7 @@ class WriteBench(Bench):
         self.check_landed(dataset)
         if first and write_back == WRITE_BACKS[0]:
             self.idle_sync_reference(dataset)
-        return copied - start, synced - start
+        return copied - start, synced - start, cpu_used
 
     def copy_without_uploads(self, base_url: str | None = None, record: bool = False
                              ) -> float:

@@ -9,8 +9,15 @@ With ``--keep-cache`` every open keeps the kernel page cache (``keep_cache``), a
 does when a path still maps to the image it mapped to at the last open: the floor of a
 repeat read whose bytes come from the page cache of a FUSE mount.
 
-Run: ``python tests/bench/passthrough.py [--keep-cache] ROOT MOUNTPOINT`` (stays in the
-foreground until unmounted with ``fusermount3 -u MOUNTPOINT``).
+With ``--writable`` it also does what ``cp -r`` and ``rsync -a`` ask of a filesystem, each
+call the one system call it names (``create`` is ``os.open(O_CREAT)``, ``write`` is
+``os.pwrite``, ``rename``, ``utimens``, ``chmod``, ``chown``, ``truncate``, ``mkdir``,
+``unlink``, ``rmdir``; ``fsync`` is ``os.fsync``, ``flush`` does nothing): the floor of a copy
+into a FUSE mount, the baseline of the write benchmark. Nothing is fsync'd unless the writer
+asks.
+
+Run: ``python tests/bench/passthrough.py [--keep-cache|--writable] ROOT MOUNTPOINT`` (stays in
+the foreground until unmounted with ``fusermount3 -u MOUNTPOINT``).
 """
 
 from __future__ import annotations
@@ -79,14 +86,81 @@ class KeepCachePassthrough(Passthrough):
         return 0
 
 
+class WritablePassthrough(Passthrough):
+    """The read-only passthrough plus the calls a copy into the mount makes."""
+
+    def _call(self, function: Any, *args: Any) -> int:
+        try:
+            function(*args)
+        except OSError as exc:
+            raise mfusepy.FuseOSError(exc.errno) from None
+        return 0
+
+    def create(self, path: str, mode: int, fi: Any = None) -> int:
+        try:
+            return os.open(self._real(path), os.O_RDWR | os.O_CREAT | os.O_TRUNC, mode)
+        except OSError as exc:
+            raise mfusepy.FuseOSError(exc.errno) from None
+
+    def open(self, path: str, flags: int) -> int:
+        try:
+            return os.open(self._real(path), flags & ~(os.O_CREAT | os.O_EXCL))
+        except OSError as exc:
+            raise mfusepy.FuseOSError(exc.errno) from None
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        return os.pwrite(fh, data, offset)
+
+    def truncate(self, path: str, length: int, fh: Any = None) -> int:
+        if fh is not None:
+            return self._call(os.ftruncate, fh, length)
+        return self._call(os.truncate, self._real(path), length)
+
+    def flush(self, path: str, fh: int) -> int:
+        return 0
+
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
+        return self._call(os.fdatasync if datasync else os.fsync, fh)
+
+    def mkdir(self, path: str, mode: int) -> int:
+        return self._call(os.mkdir, self._real(path), mode)
+
+    def rmdir(self, path: str) -> int:
+        return self._call(os.rmdir, self._real(path))
+
+    def unlink(self, path: str) -> int:
+        return self._call(os.unlink, self._real(path))
+
+    def rename(self, old: str, new: str) -> int:
+        return self._call(os.rename, self._real(old), self._real(new))
+
+    def chmod(self, path: str, mode: int) -> int:
+        return self._call(os.chmod, self._real(path), mode)
+
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        return self._call(os.lchown, self._real(path), uid, gid)
+
+    def utimens(self, path: str, times: Any = None) -> int:
+        real = self._real(path)
+        if times is None:
+            return self._call(os.utime, real)
+        return self._call(lambda: os.utime(real, ns=tuple(times), follow_symlinks=False))
+
+
 def main(argv: list[str]) -> int:
-    keep_cache = argv[:1] == ["--keep-cache"]
-    if keep_cache:
+    mode = argv[0] if argv[:1] in (["--keep-cache"], ["--writable"]) else ""
+    if mode:
         argv = argv[1:]
     if len(argv) != 2:
-        print("usage: passthrough.py [--keep-cache] ROOT MOUNTPOINT", file=sys.stderr)
+        print("usage: passthrough.py [--keep-cache|--writable] ROOT MOUNTPOINT",
+              file=sys.stderr)
         return 2
     root, mountpoint = argv
+    if mode == "--writable":
+        mfusepy.FUSE(WritablePassthrough(root), mountpoint, foreground=True,
+                     fsname="passthrough", subtype="passthrough")
+        return 0
+    keep_cache = mode == "--keep-cache"
     operations = KeepCachePassthrough(root) if keep_cache else Passthrough(root)
     mfusepy.FUSE(operations, mountpoint, raw_fi=keep_cache, foreground=True, ro=True,
                  fsname="passthrough", subtype="passthrough")

@@ -30,6 +30,7 @@ from pictofs.core.upload.journal import (
     resume_action,
 )
 from pictofs.core.upload.queue import UploadQueue
+import pictofs.core.upload.journal as journal_module
 from pictofs.core.upload.states import IllegalTransition, JobState
 from pictofs.errors import ConfigError
 
@@ -401,16 +402,16 @@ def test_update_if_writes_only_the_rows_still_wanted(journal: Journal) -> None:
     assert [e.step for e in journal.entries()] == ["put", "none"]
 
 
-def test_a_new_entry_is_committed_without_fsync_and_the_journal_stays_full(
-        journal: Journal) -> None:
-    journal.add_many([("e1", "/", "a.jpg", None)], durable=False)
+def test_commits_are_not_fsynced_except_the_group_commits(journal: Journal) -> None:
+    journal.add_many([("e1", "/", "a.jpg", None)])
     assert journal.get("e1") is not None
-    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    journal.make_durable(["e1"])
+    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL again
 
 
 def test_one_folder_fsync_covers_every_staging_file_created_before_it(
         journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pictofs.core.upload.journal as journal_module
     synced: list[Path] = []
     real = journal_module.fsync_dir
     monkeypatch.setattr(journal_module, "fsync_dir", lambda path: (synced.append(path),
@@ -426,29 +427,69 @@ def test_one_folder_fsync_covers_every_staging_file_created_before_it(
     assert synced == [journal.staging_dir] * 2
 
 
-def test_writing_a_file_costs_one_durable_commit_and_two_fsyncs_at_most(
+def test_writing_a_file_costs_no_fsync_until_the_group_commit(
         journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the mount's create, flush and release do to the journal: the row is committed
-    without an fsync at create, then the flush fsyncs the staging file and its folder and
-    commits once, and the release (schedule) writes nothing. A restart still resumes it."""
+    """What the mount's create, flush and release do to the journal: rows committed without
+    an fsync, no fsync of the staging file or its folder (a crash of the daemon loses
+    nothing: the bytes are in the page cache, the rows in the WAL). The group commit then
+    makes them durable with one syncfs of the journal's filesystem, and a restart resumes
+    the entry."""
     queue = UploadQueue(remote=None, journal=journal, dataset_id=DATASET)  # type: ignore[arg-type]
-    durable: list[bool] = []
+    commits: list[bool] = []  # durable or not, each
     real_write = Journal._write
 
-    def counting_write(self: Journal, durable_commit: bool = True) -> Any:
-        durable.append(durable_commit)
-        return real_write(self, durable_commit)
+    def counting_write(self: Journal, durable: bool = False) -> Any:
+        commits.append(durable)
+        return real_write(self, durable)
 
     fsyncs: list[int] = []
-    real_fsync = os.fsync
+    syncfs: list[Path] = []
+    real_fsync, real_syncfs = os.fsync, journal_module.sync_filesystem
     monkeypatch.setattr(Journal, "_write", counting_write)
     monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd)))
+    monkeypatch.setattr(journal_module, "sync_filesystem",
+                        lambda path: (syncfs.append(path), real_syncfs(path))[1])
     entry_id = queue.stage("/", "a.png")  # create
     journal.staging_path(entry_id).write_bytes(b"x" * 100)
-    queue.flushed(entry_id, 100)  # flush
+    queue.flushed(entry_id, 100, "ab" * 32)  # flush
     queue.schedule(entry_id)  # release
-    assert durable == [False, True]
-    assert len(fsyncs) == 2  # the staging file and its folder
+    assert commits == [False, False]
+    assert fsyncs == [] and syncfs == []
+    assert queue.not_durable() == 1
+    queue.make_durable()  # the group commit (a writer's fsync asks for it now)
+    assert syncfs == [journal.directory]
+    assert queue.not_durable() == 0
+    queue.make_durable()  # nothing flushed since: nothing to do
+    assert syncfs == [journal.directory]
     monkeypatch.undo()
     entry = journal.get(entry_id)
     assert entry is not None and resume_action(entry) is ResumeAction.QUEUE
+    assert entry.sha256 == "ab" * 32
+
+
+def test_the_group_commit_without_syncfs_fsyncs_each_file_the_folder_and_the_wal(
+        journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the C library has no syncfs: the staging files flushed since the last group
+    commit (those still there), their folder, and one durable commit (the WAL's fsync)."""
+    queue = UploadQueue(remote=None, journal=journal, dataset_id=DATASET)  # type: ignore[arg-type]
+    first, second = queue.stage("/", "a.png"), queue.stage("/", "b.png")
+    for entry_id in (first, second):
+        journal.staging_path(entry_id).write_bytes(b"x" * 10)
+        queue.flushed(entry_id, 10)
+    journal.remove_staging_file(second, sync=False)  # uploaded meanwhile
+    commits: list[bool] = []  # durable or not, each
+    real_write = Journal._write
+
+    def counting_write(self: Journal, durable: bool = False) -> Any:
+        commits.append(durable)
+        return real_write(self, durable)
+
+    fsynced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(journal_module, "sync_filesystem", lambda path: False)
+    monkeypatch.setattr(Journal, "_write", counting_write)
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsynced.append(os.readlink(
+        f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    queue.make_durable()
+    assert fsynced == [str(journal.staging_path(first)), str(journal.staging_dir)]
+    assert commits == [True]

@@ -46,7 +46,7 @@ def test_kept_across_a_reopen_and_gone_with_their_entry(tmp_path: Path) -> None:
     with Journal(tmp_path / "j") as journal:
         add_entry(journal, "e1", "/", "x.png")
         add_entry(journal, "e2", "/", "y.png")
-        journal.set_attrs("e1", {"split": "train"}, durable=False)
+        journal.set_attrs("e1", {"split": "train"})
         journal.set_attrs("e1", {"tags": ["a", "b"], "split": None})
         journal.set_attrs("e2", {"tags": ["c"]})
         journal.set_attrs("nobody", {"tags": ["d"]})  # no such entry: nothing kept

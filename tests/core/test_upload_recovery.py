@@ -172,3 +172,40 @@ def test_staged_files_a_damaged_journal_lost_are_kept_aside_never_deleted(
         assert not reopened.staging_path(empty_id).exists()
     finally:
         reopened.close()
+
+
+def test_a_staging_file_torn_by_a_crash_of_the_machine_fails_and_is_never_sent(
+        remote, journal, dataset, client) -> None:
+    """A flush recorded the size and sha256 of its bytes; after a crash of the machine
+    before the group commit, the staging file may hold fewer bytes. The resumed upload finds that out before any request: the entry fails for
+    good with the reason, its bytes kept, and nothing reaches the service. An entry whose
+    bytes match lands."""
+    import hashlib
+
+    whole = png_bytes(7201)
+    entries = {}
+    for name, data in (("torn.png", whole), ("whole.png", whole)):
+        entry_id = uuid.uuid4().hex
+        add_entry(journal, entry_id, "/cams", name)
+        create_staging_file(journal, entry_id)
+        journal.staging_path(entry_id).write_bytes(data)
+        journal.record_flushed({entry_id: len(data)},
+                               digests={entry_id: hashlib.sha256(data).hexdigest()})
+        entries[name] = entry_id
+    # what the disk held after the crash: the first half of the bytes
+    journal.staging_path(entries["torn.png"]).write_bytes(whole[:len(whole) // 2])
+    failed: dict[str, str] = {}
+    queue = UploadQueue(remote, journal, dataset.id, write_back=0.0, retry_max_wait=0.05,
+                        on_failed=lambda e, reason: failed.update({e: reason}))
+    assert sorted(queue.resume()) == sorted(entries.values())
+    queue.start()
+    try:
+        assert queue.wait_idle(WAIT)
+    finally:
+        assert queue.stop(WAIT)
+    assert "not the ones written" in failed[entries["torn.png"]]
+    torn_entry = journal.get(entries["torn.png"])
+    assert torn_entry is not None and torn_entry.state == "failed"
+    assert journal.staging_path(entries["torn.png"]).read_bytes() == whole[:len(whole) // 2]
+    assert [i.filename for i in client.images.list(dataset.id, include_archived=True)] == \
+        ["whole.png"]

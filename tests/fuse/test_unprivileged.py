@@ -97,15 +97,20 @@ def user_home() -> Iterator[tuple[User, Path]]:
             shutil.rmtree(base, ignore_errors=True)
 
 
+def user_env(base: Path, server) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """The whole environment of the user's commands: its folders, PATH and the key."""
+    return {"HOME": str(base / "home"), "XDG_CACHE_HOME": str(base / "cache"),
+            "XDG_STATE_HOME": str(base / "state"), "XDG_DATA_HOME": str(base / "data"),
+            "XDG_CONFIG_HOME": str(base / "config"), "XDG_RUNTIME_DIR": str(base / "run"),
+            "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+            "PICTOGRAPH_API_KEY": server.key, "PICTOGRAPH_BASE_URL": server.base_url}
+
+
 def test_a_normal_user_mounts_copies_lists_syncs_and_unmounts(
         fuse_for_everyone, reachable_interpreter, user_home, server, client, dataset):
     user, base = user_home
     assert user.uid != 0
-    env = {"HOME": str(base / "home"), "XDG_CACHE_HOME": str(base / "cache"),
-           "XDG_STATE_HOME": str(base / "state"), "XDG_DATA_HOME": str(base / "data"),
-           "XDG_CONFIG_HOME": str(base / "config"), "XDG_RUNTIME_DIR": str(base / "run"),
-           "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
-           "PICTOGRAPH_API_KEY": server.key, "PICTOGRAPH_BASE_URL": server.base_url}
+    env = user_env(base, server)
     mountpoint = base / "mnt"
     source = base / "home" / "photo.png"
     source.write_bytes(png_bytes(42))
@@ -152,3 +157,58 @@ def test_a_normal_user_mounts_copies_lists_syncs_and_unmounts(
     # The user's state stayed the user's: everything it made is owned by it.
     for path in (base / "state").rglob("*"):
         assert path.lstat().st_uid == user.uid, path
+
+
+def test_a_refused_mount_says_fusermount3s_reason_and_the_fix_in_one_line(
+        fuse_for_everyone, reachable_interpreter, user_home, server, dataset):
+    """libfuse reports a refusal on stderr only (the daemon's is /dev/null): the one line
+    ``pictofs mount`` prints carries fusermount3's reason and the fix, and the log has it."""
+    user, base = user_home
+    env = user_env(base, server)
+    roots = base / "roots"  # a folder of root's, 0755: the user may enter it, not write
+    roots.mkdir(mode=0o755)
+    log = base / "home" / "refused.log"
+
+    def mount_as_user(mountpoint: Path, *options: str) -> subprocess.CompletedProcess[bytes]:
+        return as_user(user, sys.executable, "-m", "pictofs", "mount", dataset.name,
+                       str(mountpoint), "--log-file", str(log), *options, env=env)
+
+    refused = mount_as_user(roots)
+    assert refused.returncode == 1
+    assert refused.stderr.decode() == (
+        f"pictofs: mounting {roots} failed: fusermount3: user has no write access to "
+        f"mountpoint {roots} (mount on a folder you own (mkdir ~/mnt), or make this one "
+        "yours (chown))\n")
+    assert f"fusermount3: user has no write access to mountpoint {roots}" in \
+        as_user(user, "cat", str(log)).stdout.decode()
+
+    fuse_conf = Path("/etc/fuse.conf")
+    conf = fuse_conf.read_text() if fuse_conf.exists() else ""
+    assert "user_allow_other" not in [line.strip() for line in conf.splitlines()], \
+        "this test needs /etc/fuse.conf without user_allow_other (the default)"
+    other = mount_as_user(base / "mnt", "--allow-other")
+    assert other.returncode == 1
+    line = other.stderr.decode()
+    assert line.count("\n") == 1 and line.startswith(
+        f"pictofs: mounting {base / 'mnt'} failed: fusermount3: option allow_other only "
+        "allowed if 'user_allow_other' is set in /etc/fuse.conf"), line
+    assert line.endswith("(as root, add the line user_allow_other to /etc/fuse.conf, or "
+                         "mount without --allow-other)\n"), line
+    assert not any(entry.split()[1] in (str(roots), str(base / "mnt"))
+                   for entry in Path("/proc/mounts").read_text().splitlines())
+    assert "Traceback" not in as_user(user, "cat", str(log)).stdout.decode()
+
+
+def test_another_users_mount_is_named_so_by_status_and_umount(
+        fuse_for_everyone, reachable_interpreter, user_home, server, dataset, mount):
+    """A user asking about root's mount is told whose it is, not "not a pictofs mount"."""
+    user, base = user_home
+    env = user_env(base, server)
+    m = mount(dataset.name)
+    for command in ("status", "umount"):
+        result = as_user(user, sys.executable, "-m", "pictofs", command, str(m.path), env=env)
+        assert result.returncode == 1, result
+        assert result.stderr.decode() == (
+            f"pictofs: {m.path} is a pictofs mount of another user (root, uid 0), not "
+            "yours: only that user (or root, for unmounting) can manage it\n")
+    assert m.status()["dataset"] == dataset.name  # still mounted, still root's

@@ -255,3 +255,24 @@ def test_user_errors_are_one_line_and_exit_1(mirror, dataset, tmp_path: Path) ->
     log = (tmp_path / "mirror1.log").read_text()
     assert log.strip().splitlines()[-1].startswith("pictofs: no dataset 'no-such-dataset-x'")
     assert "Traceback" not in log
+
+
+def test_a_target_with_a_bare_colon_names_a_folder_of_the_dataset(
+        mirror, client, dataset, tmp_path: Path) -> None:
+    """``DS:cams`` is ``DS:/cams`` (as scp and rsync write it), not a dataset named
+    ``DS:cams``; a dataset whose name holds a colon is still found by its whole name."""
+    root = tmp_path / "cams"
+    write_image(root / "front.png", 1)
+
+    result = mirror(root, f"{dataset.name}:cams", "--once").run()
+
+    assert result.returncode == 0, result.stdout
+    assert set(service_images(client, dataset.id)) == {"/cams/front.png"}
+    colon = client.projects.create(f"{dataset.name}:b")
+    whole = mirror(root, colon.name, "--once").run()
+    assert whole.returncode == 0, whole.stdout
+    assert set(service_images(client, colon.id)) == {"/front.png"}
+    missing = mirror(root, "no-such-dataset-y:cams", "--once").run()
+    assert missing.returncode == 1
+    log = (tmp_path / "mirror2.log").read_text()
+    assert log.strip().splitlines()[-1].startswith("pictofs: no dataset 'no-such-dataset-y'")

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import hypothesis
-import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings

@@ -5,16 +5,25 @@ A ``Pending`` is one such file: its path in the dataset, the file holding its by
 file of the upload journal, or a file in the mount's local folder), and what the writer did to
 it. Every handle of one path shares one ``Pending`` and one descriptor, so ``O_APPEND`` and
 writes at any offset work across handles, and a handle keeps working after ``rm`` or ``mv``.
+
+A ``Pending`` hashes its bytes as they are written in order (``cp``, ``rsync`` and editors
+write a file from its start to its end), so the sha256 that a flush records (and that the
+upload checks the staging file against after a crash of the machine) costs no second read;
+a write over bytes already hashed (or a truncate into them, other than to 0 bytes) leaves
+``sha256`` to read the file once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pictofs.errors import PictofsError
+from pictofs.hashing import sha256_file
 from pictofs.model import Image
 
 
@@ -39,6 +48,10 @@ class Pending:
     fd: int | None = None
     # io_lock guards fd (opening and closing it); pread/pwrite on it need no lock.
     io_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # the sha256 of bytes [0, _hashed) while writes came in order; None: ask the file
+    _digest: Any = field(default_factory=hashlib.sha256, repr=False)
+    _hashed: int = 0
+    _hash_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def local(self) -> bool:
@@ -62,11 +75,30 @@ class Pending:
     def pwrite(self, data: bytes, offset: int) -> int:
         written = os.pwrite(self.descriptor(), data, offset)
         self.size = max(self.size, offset + written)
+        with self._hash_lock:
+            if self._digest is not None and offset == self._hashed:
+                self._digest.update(data[:written] if written < len(data) else data)
+                self._hashed += written
+            elif offset < self._hashed:
+                self._digest = None  # bytes hashed already were written over
         return written
 
     def truncate(self, length: int) -> None:
         os.ftruncate(self.descriptor(), length)
         self.size = length
+        with self._hash_lock:
+            if length == 0:
+                self._digest, self._hashed = hashlib.sha256(), 0
+            elif length < self._hashed:
+                self._digest = None
+
+    def sha256(self) -> str:
+        """The sha256 of the bytes as they are now (the writer's flush: no write is running
+        on this file's other handles, or the digest is of some moment during it)."""
+        with self._hash_lock:
+            if self._digest is not None and self._hashed == self.size:
+                return self._digest.copy().hexdigest()
+        return sha256_file(self.file)
 
     def fsync(self) -> None:
         os.fsync(self.descriptor())

@@ -122,7 +122,7 @@ class Renamer:
         self.writes.move_pending(pending, new)
         if pending.entry_id is not None and pending.opens == 0 and pending.written \
                 and pending.size > 0:
-            self.writes.queue.schedule(pending.entry_id, 0.0)  # closed and renamed: at once
+            self.writes.queue.schedule(pending.entry_id)  # closed and renamed: as a close
 
     def _make_local(self, pending: Pending) -> None:
         """A staged upload renamed to a local-only name stays here and uploads nothing."""
@@ -134,11 +134,15 @@ class Renamer:
 
     def _upload_local(self, pending: Pending, folder: str, name: str,
                       replaced_id: str | None) -> None:
-        """A local-only file renamed to a supported name becomes an upload, at once if it is
-        closed (an editor's save: write a temp name, rename over the real one)."""
+        """A local-only file renamed to a supported name becomes an upload, due
+        ``--write-back`` after the rename if it is closed, as after a close (an editor's
+        save writes a temp name and renames it over the real one; ``rsync`` does that for
+        every file, whose uploads then go up together)."""
         self.writes.materialize(pending)
-        entry_id = self.writes.queue.stage(folder, name, replaced_id=replaced_id)
+        [entry_id] = self.writes.queue.stage_many([(folder, name, replaced_id)],
+                                                  create_files=False)
         pending.move_file(self.writes.queue.staging_path(entry_id))
+        self.writes.journal.name_staging_file(entry_id, join_path(folder, name))
         pending.replaced_id = replaced_id
         pending.written = True
         self.writes.attach_entry(pending, entry_id)
@@ -146,7 +150,7 @@ class Renamer:
             pending.dirty = True
             self.writes.flush(pending)
             if pending.opens == 0:
-                self.writes.queue.schedule(entry_id, 0.0)
+                self.writes.queue.schedule(entry_id)
 
     def _restore_held(self, pending: Pending) -> None:
         """A local name renamed back to the path of the image it holds: the image returns

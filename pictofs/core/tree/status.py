@@ -23,13 +23,14 @@ def mount_status(datasets: Iterable[Any], counters: Counters, open_files: int
                  ) -> dict[str, Any]:
     """The tree's part of ``pictofs status`` (``DatasetTree`` items in ``datasets``)."""
     datasets = list(datasets)
-    cache = [d.downloader.cache.stats() for d in datasets]
+    cache = [(d.view.dataset.name, d.downloader.cache.stats()) for d in datasets]
     return {
         "open_files": open_files,
         "opens": counters.opens,
         "reads": counters.reads,
         "bytes_read": counters.bytes_read,
-        "cache": [{**dataclasses.asdict(c), "hit_ratio": c.hit_ratio} for c in cache],
+        "cache": [{**dataclasses.asdict(c), "hit_ratio": c.hit_ratio, "dataset": name}
+                  for name, c in cache],
         "uploads": merge_upload_status([d.writes.status() for d in datasets]),
         # names from the service the mount cannot show (filesystem §1), each counted once
         "skipped_names": sum(d.view.names.skipped() + d.archive.names.skipped()

@@ -306,6 +306,13 @@ class Vfs:
         return self.resolve(path).open(flags)
 
     def create(self, path: str, flags: int) -> int:
+        if self._single is None and path.count("/") == 1:
+            # the top of an organization mount holds only dataset folders: a file there is
+            # "not allowed here" (EPERM, as a link or an rmdir of a dataset), not "missing"
+            log.warning("%s: not created: the top of an organization mount holds one folder "
+                        "per dataset (mkdir makes a dataset); put files inside one", path)
+            raise NotPermitted(f"{path}: files cannot be created at the top of an "
+                               "organization mount")
         dataset, inner, archived = self._route(path)
         writes = self._writes(dataset, "create")
         if archived:

@@ -44,6 +44,7 @@ from pictofs.remote import Remote
 log = logging.getLogger(__name__)
 
 NOT_AN_IMAGE = "not an image Pillow can read"  # why bytes failed at close
+SPACE_RECHECK = 0.5  # seconds: how long an answer of statvfs is used (see _check_space)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class WriteOptions:
     # > 1: new files of a folder due together go up together with the bulk routes (the
     # remote must then have the verbs of batch.BulkRemote); 1: one file at a time
     batch: int = 1
+    # the group commit's period (commits.py): how long a closed file may wait before it
+    # survives a crash of the machine; 0: at every close
+    commit_interval: float = 5.0
 
 
 class WriteLayer(LocalNames):
@@ -81,7 +85,7 @@ class WriteLayer(LocalNames):
                                  transfers=options.transfers, write_back=options.write_back,
                                  retry_max_wait=options.retry_max_wait,
                                  on_registered=self._registered, on_failed=self._failed,
-                                 batch=options.batch)
+                                 batch=options.batch, commit_interval=options.commit_interval)
         local_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # _lock guards _pending, _by_entry, _local_dirs, _orphans and _mtimes.
         self._lock = threading.RLock()
@@ -91,6 +95,9 @@ class WriteLayer(LocalNames):
         self._orphans: dict[str, Orphan] = {}
         self._mtimes: dict[str, float] = journal.mtimes()
         self._stop = threading.Event()  # the janitor's
+        # the staging disk's free space at the last statvfs, and bytes written since
+        self._space_lock = threading.Lock()
+        self._free_space, self._written_since, self._space_checked_at = 0, 0, -1e9
         self._janitor: threading.Thread | None = None
         # called after this layer archives an image (unlink, a replace registered, an orphan
         # archived), so a view of the archive shows it at once; the VFS sets it
@@ -334,7 +341,7 @@ class WriteLayer(LocalNames):
             self._keep_failed(pending, refused)
             raise refused from None
         try:
-            self.queue.flushed(pending.entry_id, pending.size)  # fsyncs the bytes, commits
+            self.queue.flushed(pending.entry_id, pending.size, pending.sha256())
         except NoSpace as exc:  # not recorded: a cut-off file, as in write
             pending.poison = exc
             log.warning("%s: %s", pending.path, exc)
@@ -356,11 +363,13 @@ class WriteLayer(LocalNames):
         log.warning("%s; kept as a failed upload until removed or written again", refused)
 
     def fsync(self, pending: Pending) -> None:
-        """Durable in the local journal; never waits for the network."""
+        """Durable in the local journal (the group commit, now): survives a crash of the
+        machine; never waits for the network."""
         if pending.local:
             pending.fsync()
             return
         self.flush(pending)
+        self.queue.make_durable()  # NoSpace, or the disk's OSError (EIO), to the caller
 
     def release(self, pending: Pending) -> None:
         pending.opens = max(0, pending.opens - 1)
@@ -397,11 +406,23 @@ class WriteLayer(LocalNames):
         pending.size = image.file_size
 
     def _check_space(self, adding: int) -> None:
-        disk = os.statvfs(self.local_dir)
-        free = disk.f_bavail * disk.f_frsize
-        if free - adding < self.options.min_free_space:
-            raise NoSpace(f"the staging disk has {free} bytes free; pictofs keeps "
-                          f"{self.options.min_free_space} free (--min-free-space)")
+        """ENOSPC (``NoSpace``) when ``adding`` more bytes would leave less than
+        ``--min-free-space`` free on the staging disk. The disk is asked (``statvfs``) at
+        most every ``SPACE_RECHECK`` seconds, and at once when what was written since
+        could have crossed the line; in between, the bytes written since the last answer
+        are counted as gone from it."""
+        now = self.clock()
+        with self._space_lock:
+            estimate = self._free_space - self._written_since
+            if now - self._space_checked_at > SPACE_RECHECK \
+                    or estimate - adding < self.options.min_free_space:
+                disk = os.statvfs(self.local_dir)
+                self._free_space = estimate = disk.f_bavail * disk.f_frsize
+                self._written_since, self._space_checked_at = 0, now
+            if estimate - adding < self.options.min_free_space:
+                raise NoSpace(f"the staging disk has {estimate} bytes free; pictofs keeps "
+                              f"{self.options.min_free_space} free (--min-free-space)")
+            self._written_since += adding
 
     # ------------------------------------------------------------------ metadata
 
@@ -529,10 +550,8 @@ class WriteLayer(LocalNames):
                 return False
             pending.after_register[field_name] = value
             entry_id = pending.entry_id
-            # a file with bytes not flushed yet: its flush's durable commit covers this one
-            durable = pending.written and not pending.dirty
         if entry_id is not None:  # a local-only file keeps them until it becomes an upload
-            self.journal.set_attrs(entry_id, {field_name: value}, durable=durable)
+            self.journal.set_attrs(entry_id, {field_name: value})
         return True
 
     def _apply_attrs(self, image: Image, values: dict[str, Any]) -> Image:
@@ -550,10 +569,10 @@ class WriteLayer(LocalNames):
         return image
 
     def _clear_attrs(self, entry_id: str) -> None:
-        """Forget what was kept for a landed entry. Not fsync'd: a crash that undoes it
-        makes the next mount set the same values again."""
+        """Forget what was kept for a landed entry (a crash of the machine that undoes it
+        makes the next mount set the same values again)."""
         try:
-            self.journal.clear_attrs(entry_id, durable=False)
+            self.journal.clear_attrs(entry_id)
         except NoSpace as exc:
             log.warning("split/tags of a landed upload not cleared from the journal: %s", exc)
 
@@ -593,12 +612,18 @@ class WriteLayer(LocalNames):
         failed = [{"path": e.path, "error": e.error} for e in self.queue.failed()]
         return {"pending": stats.pending, "in_flight": stats.in_flight, "failed": failed,
                 "bytes_uploaded": stats.bytes_uploaded, "upload_rate": stats.rate,
-                "paused": stats.paused, "workers": stats.workers, **self.queue.report()}
+                "paused": stats.paused, "workers": stats.workers,
+                "not_durable": self.queue.not_durable(), **self.queue.report()}
 
     def wait_idle(self, timeout: float) -> bool:
         """``pictofs sync``/``umount``: uploads waiting for ``write_back`` start now; then
-        wait until nothing is scheduled or in flight (failed and open files do not count)."""
+        wait until nothing is scheduled or in flight (failed and open files do not count).
+        What stays local (failed, held) is made durable first (the group commit)."""
         self.queue.expedite()
+        try:
+            self.queue.make_durable()
+        except (NoSpace, OSError) as exc:
+            log.warning("pictofs sync: the staged files are not durable yet: %s", exc)
         return self.queue.wait_idle(timeout)
 
     def move_pending(self, pending: Pending, new_path: str) -> None:
@@ -621,8 +646,8 @@ class WriteLayer(LocalNames):
             kept = dict(pending.after_register)
         if pending.mtime_set:
             self.queue.set_mtime(entry_id, pending.mtime)
-        if kept:  # split/tags set on the local name follow it (durable at its flush)
-            self.journal.set_attrs(entry_id, kept, durable=False)
+        if kept:  # split/tags set on the local name follow it
+            self.journal.set_attrs(entry_id, kept)
 
     def pending_under(self, folder: str) -> list[Pending]:
         prefix = folder + "/"

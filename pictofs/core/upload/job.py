@@ -104,6 +104,12 @@ def new_key() -> str:
 EMPTY_FILE = "empty file: nothing to upload"  # why a 0-byte file fails
 
 
+# why an entry whose staging file lost bytes fails (the machine stopped before the group
+# commit made the file durable)
+TORN = ("its staged bytes are not the ones written (the machine stopped before they reached "
+        "the disk); copy the file again")
+
+
 class UploadFailed(PictofsError):
     """A permanent failure found by the job itself (local checks, an unadoptable conflict)."""
 
@@ -226,9 +232,16 @@ class StagedFile:
 def inspect_entry(journal: Journal, entry: Entry) -> StagedFile:
     """``inspect_staged`` of the entry's bytes: its staging file, or its source (which must
     still be what the journal recorded, else SourceChanged; its sha256 is the recorded one,
-    checked against the bytes sent by ``SourceBody``)."""
+    checked against the bytes sent by ``SourceBody``). A staging file whose flush recorded
+    a size and sha256 must still have them, else the entry fails for good (``TORN``): its
+    bytes did not all reach the disk before a crash of the machine, and a torn image is
+    never sent."""
     if entry.source is None:
-        return inspect_staged(journal.staging_path(entry.id), entry.filename)
+        staged = inspect_staged(journal.staging_path(entry.id), entry.filename)
+        if entry.sha256 is not None and (staged.size, staged.sha256) != (entry.size,
+                                                                          entry.sha256):
+            raise UploadFailed(TORN)
+        return staged
     assert entry.size is not None and entry.sha256 is not None
     path = Path(entry.source)
     try:
@@ -256,10 +269,9 @@ def inspect_staged(path: Path, filename: str, sha256: str | None = None) -> Stag
             raise UploadFailed(f"too large: {size:,} bytes, over the 50 MB limit "
                                f"({names.MAX_IMAGE_BYTES:,} bytes)")
         try:
-            imaging.identify(handle)
+            _format, dimensions = imaging.describe(handle)
         except PictofsError as exc:
             raise UploadFailed(f"not an image: {exc}") from None
-        dimensions = imaging.probe(handle)
         if sha256 is None:
             sha256 = sha256_file(handle)
     width, height = dimensions if dimensions else (None, None)

@@ -5,7 +5,7 @@ Filesystem spec §5 "Durability" and §8. One folder per dataset id under
 port changes at every start, a key can be rotated: pending work must still be found;
 ``for_dataset`` adopts a folder an older pictofs named by base URL and key), holds:
 
-- ``journal.db``: SQLite (WAL, ``synchronous=FULL``) with a ``meta`` table (schema
+- ``journal.db``: SQLite (WAL, ``synchronous=NORMAL``) with a ``meta`` table (schema
   ``version``, base URL, dataset id, key fingerprint), the ``entries`` table (one row per
   staged file: target, state, size, sha256, mtime, replaced id, idempotency keys, the step
   reached, the error, the registered image id, and ``attrs``: the writable extended
@@ -25,13 +25,16 @@ port changes at every start, a key can be rotated: pending work must still be fo
   deleted: ``pictofs status`` counts them, and copying one back into the mount uploads it.
 
 Every method that changes a row commits before it returns, so a caller that records a step
-and then sends it never sends a step the journal does not know about. A commit is durable
-(the WAL is fsync'd) unless the method says ``durable=False``: that is only for a row a crash
-may lose, a new entry not flushed yet (a restart drops such an entry anyway), and a durable
-commit made later also makes every earlier one durable (the WAL is one file, written in
-order). Likewise a new staging file's folder entry is made durable at the entry's first
-flush, not at its creation (``sync_staging_files``), by one folder fsync that covers every
-staging file created before it.
+and then sends it never sends a step the journal does not know about. A commit is written to
+the WAL and survives a crash of the process at once; none is fsync'd on its own. Against a
+crash of the machine, ``make_durable`` (the group commit, ``commits.GroupCommit``, at most
+``--commit-interval`` after a change and at once on fsync, ``pictofs sync`` and unmount)
+syncs the journal's filesystem: every commit before it, the staging files and their folder.
+What such a crash can lose is the last interval's rows and bytes; a row that survived with
+bytes that did not is found by the sha256 the flush recorded (``job.inspect_entry``), and a
+resumed step whose key was lost gets a fresh one and adopts what the service already has
+(a 409 on the name, size and sha256 matching). The rare paths below that move or keep bytes
+aside (``fail_staged``, ``keep_aside``, ``absorb``) still fsync what they move.
 
 A full disk is ``NoSpace`` (the domain error, ENOSPC at a syscall), whatever found it: a
 commit SQLite could not write ("database or disk is full", rolled back: the row is as it
@@ -40,7 +43,7 @@ same call works again once the disk has room.
 
 A journal of a version this code does not know refuses to open (``ConfigError``) and is left
 untouched (``journal_files``). Files are 0600, folders 0700. Reads go through a second
-connection, so they never wait for a commit's fsync. ``resume_action`` is the pure decision
+connection, so they never wait for a commit in progress. ``resume_action`` is the pure decision
 of what a restart does with each entry.
 
 States and steps are the enums of ``states``; every write that changes a row's state is
@@ -65,7 +68,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
-from pictofs.core.upload.journal_files import disk_full, fsync_dir, open_database, take_lock
+from pictofs.core.upload.journal_files import (disk_full, fsync_dir, open_database,
+                                               sync_filesystem, take_lock)
 from pictofs.core.upload.states import INITIAL, JobState, Step, check_transition
 from pictofs.dirs import private_dir
 from pictofs.errors import ConfigError, NoSpace
@@ -294,7 +298,8 @@ class Journal:
         self._folder_synced = 0
         self.dataset_id = dataset_id
         try:
-            self._db = open_database(self.directory / "journal.db", VERSION, UPGRADES)
+            self._db = open_database(self.directory / "journal.db", VERSION, UPGRADES,
+                                     synchronous="NORMAL")
             self._init_meta(base_url=base_url, dataset_id=dataset_id, fingerprint=fingerprint)
             self._reader = sqlite3.connect(self.directory / "journal.db",
                                            check_same_thread=False, isolation_level=None)
@@ -377,13 +382,11 @@ class Journal:
 
     # ---------------------------------------------------------------- entries
 
-    def add_many(self, rows: Sequence[tuple[str, str, str, str | None]],
-                 durable: bool = True) -> None:
+    def add_many(self, rows: Sequence[tuple[str, str, str, str | None]]) -> None:
         """New ``staged`` entries, ``(entry_id, folder, filename, replaced_id)`` each, in one
-        transaction. ``durable=False``: the commit is not fsync'd (see the module doc); new rows are not
-        flushed, so a crash that loses them loses nothing a restart would keep."""
+        transaction."""
         now = time.time()
-        with self._write(durable) as db:
+        with self._write() as db:
             db.executemany("INSERT INTO entries (id, folder, filename, state, replaced_id, "
                            "created, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
                            [(*row[:3], INITIAL, row[3], now, now) for row in rows])
@@ -454,14 +457,19 @@ class Journal:
                 raise KeyError(entry_id)
 
     def record_flushed(self, sizes: Mapping[str, int],
-                       still: Callable[[str], bool] = lambda entry_id: True) -> None:
+                       still: Callable[[str], bool] = lambda entry_id: True,
+                       digests: Mapping[str, str] | None = None) -> None:
         """New bytes of these entries (entry id → size) were flushed: each becomes resumable
         and its upload starts over (hash, keys and error forgotten; a replace whose old image
         is already archived, its step past ``none``, goes back to ``archived``, everything
         else to ``none``; a failed entry is staged again). The step and state are worked out from the row as it is at the write,
         so the write commutes with a retarget, hold or cancel made between the caller's
         decision and the write. Rows for which ``still(entry_id)`` is false (a newer flush
-        will write them) or that are gone are skipped. One transaction."""
+        will write them) or that are gone are skipped. ``digests``: the sha256 of the bytes
+        flushed (entry id → hex), which the upload then finds in the staging file or fails
+        the entry (bytes a crash of the machine cut short are never sent); without one the
+        upload hashes what it finds. One transaction."""
+        digests = digests or {}
         with self._write() as db:
             now = time.time()
             for entry_id, size in sizes.items():
@@ -470,13 +478,13 @@ class Journal:
                 # the step goes back to none, or stays archived for a replace past that step;
                 # the state: failed → staged (an allowed transition,
                 # the only one this write makes)
-                db.execute("UPDATE entries SET flushed = 1, size = ?, sha256 = NULL, "
+                db.execute("UPDATE entries SET flushed = 1, size = ?, sha256 = ?, "
                            "url_key = NULL, register_key = NULL, error = NULL, "
                            "step = CASE WHEN replaced_id IS NOT NULL AND step != ? "
                            "THEN ? ELSE ? END, "
                            "state = CASE WHEN state = ? THEN ? ELSE state END, "
                            "updated = ? WHERE id = ?",
-                           (size, Step.NONE, Step.ARCHIVED, Step.NONE,
+                           (size, digests.get(entry_id), Step.NONE, Step.ARCHIVED, Step.NONE,
                             JobState.FAILED, JobState.STAGED, now, entry_id))
 
     def delete(self, entry_id: str) -> None:
@@ -539,12 +547,11 @@ class Journal:
 
     # ---------------------------------------------------------------- attributes
 
-    def set_attrs(self, entry_id: str, values: Mapping[str, Any], durable: bool = True
-                  ) -> None:
+    def set_attrs(self, entry_id: str, values: Mapping[str, Any]) -> None:
         """Keep writable attributes (``split``, ``tags``: JSON values) set on an entry not
         landed yet, with those kept before; nothing is kept for an entry that is done or
-        gone. ``durable=False`` for an entry not flushed yet (see the module doc)."""
-        with self._write(durable) as db:
+        gone. A commit as any other (the group commit makes it durable)."""
+        with self._write() as db:
             row = db.execute("SELECT attrs FROM entries WHERE id = ? AND state != ?",
                              (entry_id, JobState.DONE)).fetchone()
             if row is None:
@@ -553,9 +560,9 @@ class Journal:
             db.execute("UPDATE entries SET attrs = ? WHERE id = ?",
                        (json.dumps(kept, ensure_ascii=False), entry_id))
 
-    def clear_attrs(self, entry_id: str, durable: bool = True) -> None:
+    def clear_attrs(self, entry_id: str) -> None:
         """They were set on the image the entry became."""
-        with self._write(durable) as db:
+        with self._write() as db:
             db.execute("UPDATE entries SET attrs = NULL WHERE id = ?", (entry_id,))
 
     def attrs(self) -> dict[str, dict[str, Any]]:
@@ -615,6 +622,30 @@ class Journal:
                 finally:
                     os.close(fd)
         self.sync_staging_folder()
+
+    def make_durable(self, entry_ids: Iterable[str]) -> None:
+        """The group commit: the staged bytes of these entries, the staging folder and every
+        commit made so far reach the disk, so they survive a crash of the machine. One
+        ``syncfs`` of the journal's filesystem does it all (the staging files are in the
+        journal's folder); where there is none, each staging file still there, the folder
+        and the WAL are fsync'd (one WAL fsync covers every earlier commit: the WAL is
+        written in order)."""
+        with self._no_space("making the staged bytes durable"):
+            if sync_filesystem(self.directory):
+                return
+            for entry_id in entry_ids:
+                try:
+                    fd = os.open(self.staging_path(entry_id), os.O_RDONLY)
+                except FileNotFoundError:
+                    continue  # uploaded and removed, or dropped, meanwhile
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        self.sync_staging_folder()
+        with self._write(durable=True) as db:  # the WAL is fsync'd up to here
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('committed', ?)",
+                       (repr(time.time()),))
 
     def sync_staging_folder(self) -> None:
         """fsync the staging folder, unless a folder fsync already covers every staging file
@@ -686,20 +717,21 @@ class Journal:
                           f"{exc.strerror if isinstance(exc, OSError) else exc}") from None
 
     @contextlib.contextmanager
-    def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
-        """One committed transaction under the lock; fsync'd unless ``durable`` is False. A
-        full disk rolls it back and raises ``NoSpace``."""
+    def _write(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One committed transaction under the lock: written to the WAL, not fsync'd (the
+        group commit does that, ``make_durable``) unless ``durable``. A full disk rolls it
+        back and raises ``NoSpace``."""
         with self._lock, self._no_space("a journal commit"):
-            if durable:
+            if not durable:
                 with self._db:
                     yield self._db
                 return
-            self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync at this commit
+            self._db.execute("PRAGMA synchronous=FULL")  # WAL: this commit fsyncs it
             try:
                 with self._db:
                     yield self._db
             finally:
-                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
 
     def _require(self, entry_id: str) -> Entry:
         entry = self.get(entry_id)

@@ -1,12 +1,13 @@
 """The files under a journal's folder, below what the journal records: the SQLite database
-(WAL, ``synchronous=FULL``; one of an unknown version is refused and left as it is), the
-``flock`` that keeps a second process out, a folder's fsync, and what a full disk looks like
+(WAL; one of an unknown version is refused and left as it is), the ``flock`` that keeps a
+second process out, a folder's fsync, a filesystem's ``syncfs``, and what a full disk looks like
 (``disk_full``: an ``OSError`` ENOSPC/EDQUOT, or SQLite's "database or disk is full"). The
 mirror's state database (``pictofs.mirror.state``) is opened and locked by the same
 helpers."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import os
@@ -121,3 +122,34 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+_SYNCFS = _load_syncfs()
+
+
+def sync_filesystem(path: Path) -> bool:
+    """``syncfs(2)`` of the filesystem holding ``path``: every file written there so far
+    reaches the disk in one call (ext4's ``commit=``, on demand). False where the C library
+    has no ``syncfs`` (the caller then fsyncs file by file); an error is an ``OSError``
+    (ENOSPC, EDQUOT, EIO: Linux 5.8 and later report a failed writeback)."""
+    if _SYNCFS is None:
+        return False
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _SYNCFS(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), str(path))
+    finally:
+        os.close(fd)
+    return True

@@ -46,8 +46,10 @@ Locks, in the only order in which they may be held together:
 
 1. a batch slot (``Workers._batch_slots``, with parallel PUTs): a worker waits for one
    holding no other lock;
-2. the queue's lock (``_lock``, with the condition ``_changed`` signalled on every change):
-   guards the ``Schedule`` (the task table and every ``Task``'s fields, due times, key
+2. the queue's lock (``_lock``, with the condition ``_changed`` signalled on every change;
+   idle workers wait on a condition of their own on the same lock, and a change wakes one
+   of them only when it may have work sooner than they would wake by themselves, see
+   ``workers.Changed``): guards the ``Schedule`` (the task table and every ``Task``'s fields, due times, key
    pause, counters) and the workers' ``_stopping``, ``_threads`` and ``_last_prune``. The
    queue, the workers and each run's ``schedule.TaskControl`` (also called from the PUT
    pool's threads) share it. Three reads are made without it, each explained where it is
@@ -75,6 +77,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from pictofs.core.upload.commits import DEFAULT_INTERVAL, GroupCommit
 from pictofs.core.upload.journal import (
     QUARANTINE, Entry, Journal, ResumeAction, SourceRow, kept_aside, orphan_staging_files,
 )
@@ -82,8 +85,8 @@ from pictofs.core.upload.journal import resume_action
 from pictofs.core.upload.schedule import QueueStats, Schedule, Task
 from pictofs.core.upload.states import JobState, Step
 from pictofs.core.upload.workers import (
-    Callbacks, ChangedCallback, FailedCallback, RegisteredCallback, RegisteredManyCallback,
-    Workers, continue_cancel, drop,
+    Callbacks, Changed, ChangedCallback, FailedCallback, RegisteredCallback,
+    RegisteredManyCallback, Workers, continue_cancel, drop,
 )
 from pictofs.errors import ConfigError, NoSpace
 from pictofs.model import Image, join_path
@@ -126,14 +129,16 @@ class UploadQueue:
         rng: random.Random | None = None,
         batch: int = 1,
         parallel_puts: bool = False,
+        commit_interval: float = DEFAULT_INTERVAL,
     ) -> None:
         self._journal = journal
+        self._commits = GroupCommit(journal, commit_interval, clock)
         # journals of this dataset that resume could not take over: {"folder", "pending"}
         self._stranded: list[dict[str, Any]] = []
         self._write_back = write_back
         self._clock = clock
         self._lock = threading.Lock()  # guards _schedule (see the module doc)
-        self._changed = threading.Condition(self._lock)
+        self._changed = Changed(self._lock)
         self._schedule = Schedule(clock, pause=retry_max_wait)
         self._workers = Workers(
             remote, journal, dataset_id, self._schedule, self._changed,
@@ -147,19 +152,23 @@ class UploadQueue:
         """A new entry (state ``staged``) and its empty staging file (see ``stage_many``)."""
         return self.stage_many([(folder, filename, replaced_id)])[0]
 
-    def stage_many(self, targets: Sequence[tuple[str, str, str | None]]) -> list[str]:
+    def stage_many(self, targets: Sequence[tuple[str, str, str | None]],
+                   create_files: bool = True) -> list[str]:
         """``stage`` for many ``(folder, filename, replaced_id)`` at once (one transaction).
         Nothing here is fsync'd: an entry not flushed yet is dropped by a restart anyway,
-        and its staging file removed; ``flushed`` makes the row and the file durable."""
+        and its staging file removed; the group commit makes what was flushed durable.
+        ``create_files=False``: the caller moves each entry's bytes to its ``staging_path``
+        (and names them, ``Journal.name_staging_file``) before its first flush."""
         entry_ids = [uuid.uuid4().hex for _ in targets]
         try:
-            self._journal.create_staging_files(
-                entry_ids, sync=False, paths=[join_path(folder, filename)
-                                              for folder, filename, _replaced in targets])
+            if create_files:
+                self._journal.create_staging_files(
+                    entry_ids, sync=False, paths=[join_path(folder, filename)
+                                                  for folder, filename, _replaced in targets])
             self._journal.add_many([(entry_id, *target) for entry_id, target
-                                    in zip(entry_ids, targets)], durable=False)
+                                    in zip(entry_ids, targets)])
         except BaseException:  # a full disk: no entry, and no staging file either
-            for entry_id in entry_ids:
+            for entry_id in entry_ids if create_files else ():
                 self._journal.remove_staging_file(entry_id, sync=False)
             raise
         with self._lock:
@@ -186,20 +195,17 @@ class UploadQueue:
     def staging_path(self, entry_id: str) -> Path:
         return self._journal.staging_path(entry_id)
 
-    def flushed(self, entry_id: str, size: int) -> None:
-        """The writer's flush returned with new bytes: they are made durable and the entry is
-        resumable from now on. An upload of older bytes starts over."""
-        self.flushed_many({entry_id: size})
+    def flushed(self, entry_id: str, size: int, sha256: str | None = None) -> None:
+        """The writer's flush returned with new bytes (``sha256``: theirs, when the writer
+        knows it): the entry is resumable from now on, and an upload of older bytes starts
+        over. Durable against a crash of the daemon at once, against one of the machine at
+        the next group commit (``make_durable``, at most ``commit_interval`` later)."""
+        self.flushed_many({entry_id: size}, None if sha256 is None else {entry_id: sha256})
 
-    def flushed_many(self, sizes: Mapping[str, int], sync: bool = True) -> None:
-        """``flushed`` for many entries (entry id → size) at once: one fsync per staging
-        file (and at most one of their folder), then one durable transaction.
-
-        ``sync=False`` skips the fsyncs of the staging files and their folder: only for a
-        caller that can tell a staging file a crash damaged and stage it again from a source
-        it still has (the mirror checks each file's sha256 at its restart)."""
-        if sync:
-            self._journal.sync_staging_files(sizes)
+    def flushed_many(self, sizes: Mapping[str, int],
+                     digests: Mapping[str, str] | None = None) -> None:
+        """``flushed`` for many entries (entry id → size, and → sha256 in ``digests`` where
+        known) at once: one transaction, not fsync'd (``commits``)."""
         flushes: dict[str, int] = {}
         with self._changed:
             for entry_id in sizes:
@@ -216,7 +222,18 @@ class UploadQueue:
         # Outside the queue's lock: the generation moved first, so a running upload writes
         # no step after this (TaskControl.record asks under the journal's lock).
         self._journal.record_flushed({e: sizes[e] for e in flushes},
-                                     still=lambda e: self._flushes(e) == flushes[e])
+                                     still=lambda e: self._flushes(e) == flushes[e],
+                                     digests=digests)
+        self._commits.note(flushes)
+
+    def make_durable(self) -> None:
+        """Every flush so far survives a crash of the machine when this returns (a writer's
+        fsync, ``pictofs sync``): the group commit, now. NoSpace or OSError from the disk."""
+        self._commits.commit()
+
+    def not_durable(self) -> int:
+        """Flushes waiting for the next group commit."""
+        return self._commits.waiting()
 
     def fail_staged(self, failures: Mapping[str, tuple[int, str]]) -> None:
         """Entries whose bytes the writer's side will not upload (entry id → (size,
@@ -392,7 +409,8 @@ class UploadQueue:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     busy = [t for t in self._schedule.tasks.values() if t.busy]
-                    log.info("still busy after %gs: %s", timeout, "; ".join(
+                    # a diagnosis, not news: `pictofs umount` and `sync` ask every second
+                    log.debug("still busy after %gs: %s", timeout, "; ".join(
                         f"{t.entry_id} due={t.due} running={t.running} held={t.held} "
                         f"cancelled={t.cancelled} landed={t.image is not None}"
                         for t in busy[:10]))
@@ -476,13 +494,17 @@ class UploadQueue:
                         self._journal.directory / QUARANTINE)
 
     def start(self) -> None:
-        """Start the workers (once; the mount's init calls it)."""
+        """Start the workers and the group commit (once; the mount's init calls it)."""
         self._workers.start()
+        self._commits.start()
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Let the steps in flight finish and leave the rest queued in the journal for the
-        next mount; True if every worker ended within ``timeout``. Not restartable."""
-        return self._workers.stop(timeout)
+        next mount; True if every worker ended within ``timeout``. The last group commit
+        makes every flush durable. Not restartable."""
+        done = self._workers.stop(timeout)
+        self._commits.stop()
+        return done
 
     # ---------------------------------------------------------------- helpers
 

@@ -124,6 +124,16 @@ class Schedule:
             return task, None
         return None, None
 
+    def next_wake(self) -> float | None:
+        """The earliest clock time ``take`` may find a task (a stale heap item may make it
+        early: the worker woken then finds nothing and sleeps again); None: nothing is due
+        at any time."""
+        now = self._clock()
+        wait = self._pause_wait(now)
+        if wait is not None:
+            return now + wait
+        return self._heap[0][0] if self._heap else None
+
     def due_count(self, slack: float = 0.0) -> int:
         """How many tasks a worker could take now (or within ``slack`` seconds)."""
         now = self._clock() + slack

@@ -26,6 +26,7 @@ callbacks run outside every lock.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -89,11 +90,27 @@ def continue_cancel(schedule: Schedule, journal: Journal, task: Task, entry: Ent
         schedule.due_in(task, 0.0)
 
 
+class Changed(threading.Condition):
+    """The queue's condition, signalled on every change: ``notify_all`` wakes whoever waits
+    on it (``wait_idle``, a ``hold`` waiting for a register) and then calls ``on_notify``
+    (``Workers._nudge``), which wakes an idle worker only when it may have work sooner, so
+    that a close does not wake every worker."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        super().__init__(lock)
+        self.lock = lock
+        self.on_notify: Callable[[], None] = lambda: None
+
+    def notify_all(self) -> None:
+        super().notify_all()
+        self.on_notify()
+
+
 class Workers:
     """The ``transfers`` worker threads of one queue and what they do with a task."""
 
     def __init__(self, remote: Remote, journal: Journal, dataset_id: str, schedule: Schedule,
-                 changed: threading.Condition, callbacks: Callbacks, *, transfers: int,
+                 changed: Changed, callbacks: Callbacks, *, transfers: int,
                  retry_max_wait: float, clock: Callable[[], float], rng: random.Random,
                  batch: int, parallel_puts: bool) -> None:
         self._remote = remote
@@ -116,6 +133,11 @@ class Workers:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._last_prune = clock()
+        # idle workers wait here (changed's lock), each until the clock time it noted in
+        # _sleepers (inf: until told); changed.notify_all() calls _nudge
+        self._idle = threading.Condition(changed.lock)
+        self._sleepers: dict[int, float] = {}
+        changed.on_notify = self._nudge
 
     # ---------------------------------------------------------------- life cycle
 
@@ -204,14 +226,37 @@ class Workers:
 
     def _take(self) -> list[Task] | None:
         """The next due task (and its batch companions), marked running; None when
-        stopping."""
+        stopping. An idle worker sleeps until the next task is due (or it is nudged); one
+        that takes a task wakes another when more are due."""
         with self._changed:
             while not self._stopping:
                 task, wait = self._schedule.take()
                 if task is not None:
-                    return [task, *self._companions(task)]
-                self._changed.wait(wait)
+                    tasks = [task, *self._companions(task)]
+                    upcoming = self._schedule.next_wake()
+                    if upcoming is not None and upcoming <= self._clock():
+                        self._idle.notify()
+                    return tasks
+                me = threading.get_ident()
+                self._sleepers[me] = math.inf if wait is None else self._clock() + wait
+                try:
+                    self._idle.wait(wait)
+                finally:
+                    del self._sleepers[me]
             return None
+
+    def _nudge(self) -> None:
+        """Something changed (``changed`` was notified; its lock is held): wake one idle
+        worker if a task may be due before any idle worker wakes by itself, all of them
+        when stopping. A flush or a ``schedule`` due seconds later wakes nobody."""
+        if not self._sleepers:
+            return
+        if self._stopping:
+            self._idle.notify_all()
+            return
+        upcoming = self._schedule.next_wake()
+        if upcoming is not None and upcoming < min(self._sleepers.values()):
+            self._idle.notify()
 
     def _companions(self, task: Task) -> list[Task]:
         """Due fresh entries to send in one batch with ``task`` (lock held)."""

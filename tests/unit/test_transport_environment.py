@@ -1,0 +1,66 @@
+"""The transport reads the proxy variables, ``NO_PROXY`` and ``~/.netrc`` once per host (not at
+every request), with the meaning requests gives them: a request to a host goes through the
+proxy the environment names, a host in ``NO_PROXY`` is reached directly."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from typing import Iterator
+
+import pytest
+
+from pictofs.api.errors import NetworkError
+from pictofs.api.retry import RetryPolicy
+from pictofs.api.transport import Transport
+
+
+class _Proxy(http.server.BaseHTTPRequestHandler):
+    seen: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server name
+        type(self).seen.append(self.requestline)
+        body = json.dumps({"ok": True}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def proxy() -> Iterator[str]:
+    _Proxy.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_requests_go_through_the_proxy_the_environment_names(proxy, monkeypatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with Transport("http://pictograph.invalid/api", "pk_test",
+                   retry=RetryPolicy(max_retries=0)) as transport:
+        for _ in range(3):
+            body, _headers = transport.request_json("GET", "/images/")
+            assert body == {"ok": True}
+    assert _Proxy.seen == \
+        ["GET http://pictograph.invalid/api/api/v1/developer/images/ HTTP/1.1"] * 3
+
+
+def test_a_host_in_no_proxy_is_reached_directly(proxy, monkeypatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.setenv("NO_PROXY", "pictograph.invalid")
+    with Transport("http://pictograph.invalid/api", "pk_test",
+                   retry=RetryPolicy(max_retries=0)) as transport:
+        with pytest.raises(NetworkError):  # no such host: it was not sent to the proxy
+            transport.request_json("GET", "/images/")
+    assert _Proxy.seen == []
