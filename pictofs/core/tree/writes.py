@@ -647,7 +647,10 @@ class WriteLayer(LocalNames):
         if pending.mtime_set:
             self.queue.set_mtime(entry_id, pending.mtime)
         if kept:  # split/tags set on the local name follow it
-            self.journal.set_attrs(entry_id, kept)
+            try:
+                self.journal.set_attrs(entry_id, kept)
+            except NoSpace as exc:  # they still apply when it lands, unless a restart comes
+                log.warning("%s: split/tags not kept in the journal: %s", pending.path, exc)
 
     def pending_under(self, folder: str) -> list[Pending]:
         prefix = folder + "/"
