@@ -821,15 +821,3 @@ def test_split_and_tags_set_on_a_staged_file_apply_after_register(client, datase
     assert stored.split == "val" and list(stored.tags) == ["fresh"]
     assert errno_of(lambda: os.setxattr(m.path / "final.png", "user.pictograph.split",
                                         b"sometimes")) == errno.EINVAL
-
-
-def test_read_only_xattrs_accept_their_value_and_refuse_another(client, dataset, mount):
-    image = seed_images(client, dataset.id, "/", ["x.png"])["x.png"][0]
-    m = mount(dataset.name, *FAST)
-    path = m.path / "x.png"
-    os.setxattr(path, "user.pictograph.id", image.id.encode())
-    assert errno_of(lambda: os.setxattr(path, "user.pictograph.id", b"0" * len(image.id))) \
-        == errno.EPERM
-    result = run("setfattr", "-n", "user.pictograph.id", "-v", "other", str(path), check=False)
-    assert result.returncode != 0 and "not permitted" in result.stderr.lower()
-    assert client.images.get(image.id).id == image.id

@@ -489,7 +489,7 @@ class Vfs:
     def removexattr(self, path: str, name: str) -> None:
         if name.startswith(("security.", "system.")):
             raise NoAttribute(name)
-        raise NotPermitted(f"{name} cannot be removed")
+        self.resolve(path).removexattr(name)
 
     # ------------------------------------------------------------------ the mount
 

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from pictofs import imaging, names
 from pictofs.core.upload.job import EMPTY_FILE
-from pictofs.core.upload.journal import Journal
+from pictofs.core.upload.journal import Entry, Journal
 from pictofs.core.upload.journal_files import disk_full
 from pictofs.core.tree.local_names import LocalNames, Orphan
 from pictofs.core.tree.pending import Pending
@@ -108,17 +108,23 @@ class WriteLayer(LocalNames):
     def start(self) -> None:
         """Resume the journal and start the workers (from the mount's init)."""
         self._remove_stale_local_files()
+        kept = self.journal.attrs()
+        unapplied = self._landed_with_attrs(kept)
         self.queue.resume()
         for entry in self.queue.entries():
             pending = Pending(entry.path, self.queue.staging_path(entry.id), entry.id,
                               mtime=entry.mtime or self.wall(), size=entry.size or 0,
                               written=True, error=entry.error if entry.state == JobState.FAILED
-                              else None, replaced_id=entry.replaced_id)
+                              else None, replaced_id=entry.replaced_id,
+                              after_register=dict(kept.get(entry.id, {})))
             with self._lock:
                 self._pending[entry.path] = pending
                 self._by_entry[entry.id] = pending
         self.queue.start()
         self._start_janitor()
+        if unapplied:
+            threading.Thread(target=self._apply_unapplied, args=(unapplied,), daemon=True,
+                             name="pictofs-attrs").start()
 
     def stop(self, timeout: float = 30.0) -> bool:
         self._stop_janitor(timeout)
@@ -499,7 +505,9 @@ class WriteLayer(LocalNames):
         with self._lock:
             pending = self._by_entry.pop(entry_id, None)
             if pending is not None:  # else rm or mv took it over and showed what they did
-                self.view.note_image(image)  # before the pending goes: a lookup finds one
+                # before the pending goes, so a lookup finds one; with the split/tags set on
+                # the file, so getfattr shows them while they are being set on the image
+                self.view.note_image(_with_kept(image, pending.after_register))
                 pending.removed = True
             if pending is not None and self._pending.get(pending.path) is pending:
                 del self._pending[pending.path]
@@ -520,35 +528,75 @@ class WriteLayer(LocalNames):
         if pending is not None and pending.opens == 0:
             pending.close_descriptor()
         if pending is not None and pending.after_register:
-            image = self._apply_attrs(image, pending.after_register)
-            self.view.note_image(image)
+            try:
+                image = self._apply_attrs(image, dict(pending.after_register))
+            except PictofsError as exc:  # kept: the next mount tries again
+                log.warning("%s: split/tags not set after upload: %s", image.path, exc)
+            else:
+                self._clear_attrs(entry_id)
+            self.view.note_image(image)  # as the service has it
+        elif pending is None:  # rm or mv took it over: what was kept for it goes
+            self._clear_attrs(entry_id)
         entry = self.queue.get(entry_id)
         if entry is None or entry.replaced_id is not None:
             self.on_archived()  # a replace archived the image it replaced
 
     def set_attr_after_register(self, pending: Pending, field_name: str, value: Any) -> bool:
-        """``split``/``tags`` set on a staged file: kept and applied right after register.
+        """``split``/``tags`` set on a staged file: kept (in the journal too, so a restart
+        keeps them: they are part of what the writer wrote) and applied right after register.
         False when the file has landed meanwhile (the caller then sets it on the image)."""
         with self._lock:
             if pending.removed:
                 return False
             pending.after_register[field_name] = value
-            return True
+            entry_id = pending.entry_id
+        if entry_id is not None:  # a local-only file keeps them until it becomes an upload
+            self.journal.set_attrs(entry_id, {field_name: value})
+        return True
 
     def _apply_attrs(self, image: Image, values: dict[str, Any]) -> Image:
-        try:
-            if "split" in values and values["split"] != image.split:
-                image = self.remote.set_split(image, values["split"])
-            if "tags" in values:
-                tags = list(values["tags"])
-                add = [t for t in tags if t not in image.tags]
-                remove = [t for t in image.tags if t not in tags]
-                if add or remove:
-                    self.remote.set_tags(image.dataset_id, image.id, add, remove)
-                image = dataclasses.replace(image, tags=tuple(tags))
-        except PictofsError as exc:
-            log.warning("%s: split/tags not set after upload: %s", image.path, exc)
+        """Set ``split``/``tags`` on the image (the requests setxattr sends); PictofsError
+        when the service refuses."""
+        if "split" in values and values["split"] != image.split:
+            image = self.remote.set_split(image, values["split"])
+        if "tags" in values:
+            tags = list(values["tags"])
+            add = [t for t in tags if t not in image.tags]
+            remove = [t for t in image.tags if t not in tags]
+            if add or remove:
+                self.remote.set_tags(image.dataset_id, image.id, add, remove)
+            image = dataclasses.replace(image, tags=tuple(tags))
         return image
+
+    def _clear_attrs(self, entry_id: str) -> None:
+        """Forget what was kept for a landed entry (a crash of the machine that undoes it
+        makes the next mount set the same values again)."""
+        try:
+            self.journal.clear_attrs(entry_id)
+        except NoSpace as exc:
+            log.warning("split/tags of a landed upload not cleared from the journal: %s", exc)
+
+    def _landed_with_attrs(self, kept: dict[str, dict[str, Any]]
+                           ) -> list[tuple[str, Entry, dict[str, Any]]]:
+        """Entries that landed with attributes still kept: the mount stopped between the
+        register and setting them (the resume about to run forgets these entries)."""
+        if not kept:
+            return []
+        return [(entry.image_id, entry, kept[entry.id])
+                for entry in self.journal.entries(JobState.DONE)
+                if entry.id in kept and entry.image_id is not None and not entry.cancelled]
+
+    def _apply_unapplied(self, landed: list[tuple[str, Entry, dict[str, Any]]]) -> None:
+        """Set them now (best effort: one try, a warning if it fails)."""
+        for image_id, entry, values in landed:
+            try:
+                image = self._apply_attrs(self.remote.get_image(image_id), values)
+            except PictofsError as exc:
+                log.warning("%s: split/tags not set after upload: %s", entry.path, exc)
+                continue
+            self.view.note_image(image)
+            log.info("%s: split/tags set after the upload that landed before the restart",
+                     image.path)
 
     def _failed(self, entry_id: str, reason: str) -> None:
         with self._lock:
@@ -595,11 +643,23 @@ class WriteLayer(LocalNames):
         with self._lock:
             pending.entry_id = entry_id
             self._by_entry[entry_id] = pending
+            kept = dict(pending.after_register)
         if pending.mtime_set:
             self.queue.set_mtime(entry_id, pending.mtime)
+        if kept:  # split/tags set on the local name follow it
+            try:
+                self.journal.set_attrs(entry_id, kept)
+            except NoSpace as exc:  # they still apply when it lands, unless a restart comes
+                log.warning("%s: split/tags not kept in the journal: %s", pending.path, exc)
 
     def pending_under(self, folder: str) -> list[Pending]:
         prefix = folder + "/"
         with self._lock:
             return [p for path, p in self._pending.items() if path.startswith(prefix)]
 
+
+def _with_kept(image: Image, kept: dict[str, Any]) -> Image:
+    """The image as it will be once the split/tags kept for it are set."""
+    values = dict(kept)
+    return dataclasses.replace(image, split=values.get("split", image.split),
+                               tags=tuple(values.get("tags", image.tags)))
