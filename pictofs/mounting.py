@@ -148,7 +148,11 @@ def _wait_ready(read_fd: int, process: subprocess.Popen[bytes]) -> str:
             readable, _, _ = select.select([pipe], [], [], 0.5)
             if readable:
                 chunk = pipe.read(4096)
-                if not chunk:
+                if not chunk:  # the daemon closed it: it is exiting (its exit may lag)
+                    try:
+                        process.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        pass
                     break
                 data += chunk
                 if data.endswith(b"\n"):

@@ -39,7 +39,6 @@ from harness import free_port, restart_server, start_server, stop_server
 from imagegen import png_bytes, sized_jpeg
 from mountkit import crash_mount, kill_daemon, staging_files, sync, wait_for
 from pictofs.api import Client
-from pictofs.core.upload.schedule import GATHER_QUIET
 from pictofs.api import images as images_api
 from seed import seed_images
 
@@ -320,16 +319,19 @@ def test_server_restart_mid_run_lands_every_file_once(own_server, mount, tmp_pat
               env={"PICTOGRAPH_API_KEY": server.key, "PICTOGRAPH_BASE_URL": server.base_url})
     (m.path / "run").mkdir()
     os.listdir(m.path / "run")
-    # in groups of 10 with pauses longer than the uploads' gathering (a copy without pauses
-    # goes up in one or two batches, which may all land before the restart)
+    # Two copies: the first 20 files land, then the rest go up as one batch (a copy is
+    # gathered into few batches), and the server stops once some of its PUTs are in.
     names = list(files)
-    for start in range(0, count, 10):
-        group = tmp_path / f"src{start}"
-        write_files(group, {name: files[name] for name in names[start:start + 10]})
-        cp_tree(group, m.path / "run")
-        time.sleep(GATHER_QUIET + 0.2)
+    first, rest = names[:20], names[20:]
+    write_files(tmp_path / "src1", {name: files[name] for name in first})
+    write_files(tmp_path / "src2", {name: files[name] for name in rest})
+    cp_tree(tmp_path / "src1", m.path / "run")
     wait_for(lambda: len(list(client.images.list(dataset.id))) >= 10,
              "the first registers", timeout=120)
+    puts = server.calls("PUT", "storage/upload")
+    cp_tree(tmp_path / "src2", m.path / "run")
+    wait_for(lambda: server.calls("PUT", "storage/upload") >= puts + 5, "PUTs of the second copy",
+             timeout=120)
     landed_before = len(list(client.images.list(dataset.id)))
     restarted = restart()  # SIGTERM with uploads in flight, then the same data and port
     assert restarted.base_url == server.base_url
