@@ -23,6 +23,9 @@ ANNOTATIONS_XATTR = XATTR_PREFIX + "annotations"
 WRITABLE_XATTRS = ("split", "tags")
 MAX_XATTR_SIZE = 64 * 1024
 ERROR_XATTR = "user.pictofs.error"
+# on a file kept on this machine only (filesystem §5 "Names that stay local"); its value
+LOCAL_ONLY_XATTR = "user.pictofs.local_only"
+LOCAL_ONLY_VALUE = b"not on the service"
 
 
 @dataclass(frozen=True)

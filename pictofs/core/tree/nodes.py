@@ -383,11 +383,15 @@ class PendingFile(Node):
         self.side.writes.set_mtime(self.pending, when)
 
     def listxattr(self) -> list[str]:
+        if self.pending.local:
+            return [attrs.LOCAL_ONLY_XATTR]
         return [attrs.ERROR_XATTR] if self.pending.error else []
 
     def getxattr(self, name: str) -> bytes:
         if name == attrs.ERROR_XATTR and self.pending.error:
             return self.pending.error.encode()
+        if name == attrs.LOCAL_ONLY_XATTR and self.pending.local:
+            return attrs.LOCAL_ONLY_VALUE
         raise NoAttribute(name)
 
     def setxattr(self, name: str, value: bytes) -> None:
