@@ -33,6 +33,7 @@ _LOCAL_SUFFIXES = (".part", ".crdownload", ".tmp", ".swp", ".swx", ".kate-swp")
 _LOCAL_NAMES = frozenset({"Thumbs.db", "desktop.ini"})
 # rsync's temporary name of NAME: ".NAME." and six random letters or digits (mkstemp's)
 _RSYNC_TEMP = re.compile(r"^\.(.+)\.[A-Za-z0-9]{6}$", re.DOTALL)
+_TRASH = re.compile(r"^\.Trash(-\d+)?$")  # a desktop's trash folder (freedesktop.org)
 
 
 def check_name(name: str) -> None:
@@ -91,6 +92,13 @@ def is_transient(name: str) -> bool:
     mount removes one an hour after its last close, and does not keep one across a remount;
     every other local-only file stays until ``rm`` (filesystem §5 "Names that stay local")."""
     return name.endswith(_LOCAL_SUFFIXES) or _RSYNC_TEMP.match(name) is not None
+
+
+def is_transient_path(path: str) -> bool:
+    """A transient name (``is_transient``), or anything in a desktop's trash folder
+    (``.Trash``, ``.Trash-1000``), which lives as long as the mount that made it."""
+    parts = [p for p in path.split("/") if p]
+    return bool(parts) and (is_transient(parts[-1]) or any(_TRASH.match(p) for p in parts))
 
 
 def is_image_on_its_way(name: str) -> bool:

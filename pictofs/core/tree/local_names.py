@@ -10,7 +10,8 @@ local folder (``<journal folder>/local``), and the file itself records where it 
 and its mtime (the xattr ``LOCAL_RECORD``), so the next mount shows it again: a local-only
 file stays until ``rm``, across remounts, except transient names (``names.is_transient``:
 rsync's temporary names, swap files, partial downloads), which the janitor removes an hour
-after their last close and a remount does not bring back. Local-only folders are kept in
+after their last close and a remount does not bring back; so is a desktop's trash folder
+(``.Trash-1000``) with all in it, which lives as long as the mount. Local-only folders are kept in
 ``FOLDERS_FILE``. Together they may hold at most ``local_only_max`` bytes (``ENOSPC`` past
 it; rsync's temporary names of images, on their way to an upload, do not count).
 
@@ -164,8 +165,12 @@ class LocalNames:
         """Write the local-only folders (under ``_lock``), replacing the file at once."""
         target = self.local_dir / FOLDERS_FILE
         temp = target.with_name(FOLDERS_FILE + ".new")
+        kept = sorted(d for d in self._local_dirs if not names.is_transient_path(d))
         try:
-            temp.write_text(json.dumps(sorted(self._local_dirs)))
+            if not kept:
+                target.unlink(missing_ok=True)
+                return
+            temp.write_text(json.dumps(kept))
             os.replace(temp, target)
         except OSError as exc:
             log.warning("local-only folders kept for this mount only: %s", exc.strerror)
@@ -189,7 +194,7 @@ class LocalNames:
                     continue
                 path, mtime = _read_record(file)
                 if path is None or path in self._pending \
-                        or names.is_transient(split_path(path)[1]):
+                        or names.is_transient_path(path):
                     file.unlink(missing_ok=True)
                     removed += 1
                     continue
@@ -306,7 +311,7 @@ class LocalNames:
             old = [p for p in self._pending.values()
                    if p.local and p.opens == 0 and p.last_close
                    and now - p.last_close > LEFTOVER_AGE
-                   and names.is_transient(split_path(p.path)[1])]
+                   and names.is_transient_path(p.path)]
         for pending in old:
             log.info("removing left-over local file %s", pending.path)
             self.forget(pending, cancel=False)
