@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from imagegen import jpeg_bytes, sized_jpeg
-from mountkit import Counts, live, pictofs_cmd, service_bytes, sync
+from mountkit import (Counts, journal_folder, kill_daemon, live, pictofs_cmd, service_bytes,
+                      sync)
 
 pytestmark = pytest.mark.fuse
 
@@ -143,6 +144,27 @@ def test_tar_unzip_and_copytree_of_a_camera_folder_exit_0(client, dataset, mount
     for folder in ("tar", "zip", "py"):
         assert_images_only_on_service(client, dataset, f"/{folder}", tmp_path)
         assert_copied(m.path / folder)
+    run("rm", "-r", str(m.path / "tar"))  # kept files go with rm, their folder too
+    assert not (m.path / "tar").exists()
+    assert m.status()["local_only"]["files"] == 2 * (len(SIDECARS) + 1)
+
+
+def test_kept_files_survive_a_killed_daemon_and_transient_left_overs_do_not(dataset, mount):
+    """What a killed ``rsync`` or editor leaves (a temporary name, a swap file) is gone at
+    the next mount; a file a user copied in is there, with its bytes and mtime."""
+    m = mount(dataset.name, *FAST)
+    (m.path / "notes.txt").write_bytes(b"kept")
+    os.utime(m.path / "notes.txt", (1_500_000_000, 1_500_000_000))
+    (m.path / ".IMG_0009.jpg.AbC123").write_bytes(b"cut off")
+    (m.path / "x.txt.swp").write_bytes(b"swap")
+    kill_daemon(m)
+
+    again = mount(dataset.name, *FAST, mountpoint=m.path)
+    assert os.listdir(again.path) == ["notes.txt"]
+    assert (again.path / "notes.txt").read_bytes() == b"kept"
+    assert os.stat(again.path / "notes.txt").st_mtime == 1_500_000_000
+    assert len(list((journal_folder(again, dataset) / "local").iterdir())) == 1
+    assert "removed 2 left-over local file(s)" in again.log()
 
 
 def test_local_only_max_gives_enospc_with_one_log_line(client, dataset, mount, tmp_path):

@@ -86,6 +86,7 @@ class LocalNames:
     _orphans: dict[str, Orphan]
     _stop: threading.Event
     _janitor: threading.Thread | None
+    _unrecorded = False  # a local file could not be recorded for the next mount (logged)
 
     def forget(self, pending: Pending, cancel: bool) -> None:
         raise NotImplementedError
@@ -159,7 +160,11 @@ class LocalNames:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            log.warning("%s: kept for this mount only: %s", pending.path, exc.strerror)
+            if not self._unrecorded:  # one line per mount: the next ones would say the same
+                log.warning("%s (and the local-only files after it): kept for this mount "
+                            "only: the state disk stores no user xattrs: %s", pending.path,
+                            exc.strerror)
+            self._unrecorded = True
 
     def _save_local_dirs(self) -> None:
         """Write the local-only folders (under ``_lock``), replacing the file at once."""
