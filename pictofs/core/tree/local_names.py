@@ -8,12 +8,13 @@ junk), anything in a local-only folder, or (unless ``--refuse-non-images``) a na
 service does not take (``notes.txt``, ``IMG_0001.xmp``). Its bytes are a file of the mount's
 local folder (``<journal folder>/local``), and the file itself records where it is shown
 and its mtime (the xattr ``LOCAL_RECORD``), so the next mount shows it again: a local-only
-file stays until ``rm``, across remounts, except transient names (``names.is_transient``:
-rsync's temporary names, swap files, partial downloads), which the janitor removes an hour
-after their last close and a remount does not bring back; so is a desktop's trash folder
-(``.Trash-1000``) with all in it, which lives as long as the mount. Local-only folders are kept in
-``FOLDERS_FILE``. Together they may hold at most ``local_only_max`` bytes (``ENOSPC`` past
-it; rsync's temporary names of images, on their way to an upload, do not count).
+file stays until ``rm``, across remounts, except transient ones
+(``names.is_transient_path``: rsync's temporary names, swap files, partial downloads, and
+anything in a desktop's trash folder, which lives as long as the mount): the janitor removes
+those an hour after their last close, and a remount does not bring them back. Local-only
+folders are kept in ``FOLDERS_FILE``. Together the files may hold at most
+``local_only_max`` bytes (``ENOSPC`` past it; rsync's temporary names of images, on their
+way to an upload, do not count).
 
 ``LocalNames`` is the part of ``writes.WriteLayer`` that does this; the layer's tables and
 their lock are described there. Of the layer's ``WriteOptions`` it reads only what
