@@ -293,6 +293,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     for item in uploads.get("stranded", []):
         print(f"stranded:   {item['pending']} pending upload(s) in {item['folder']} "
               "(another journal of this dataset; taken over at the next mount)")
+    local = reply.get("local_only", {})
+    if local.get("files"):
+        print(f"local only: {local['files']} local-only files, not on the service "
+              f"({format_size(local['bytes'])})")
     if reply.get("skipped_names"):
         print(f"skipped:    {reply['skipped_names']} names from the service the mount cannot "
               "show (logged)")

@@ -379,6 +379,8 @@ class DatasetTreeBuilder:
                                retry_max_wait=self.args.retry_max_wait,
                                min_free_space=self.args.min_free_space,
                                permanent_delete=self.args.permanent_delete,
+                               local_only_max=self.args.local_only_max,
+                               refuse_non_images=self.args.refuse_non_images,
                                batch=images_api.BULK_LIMIT,
                                commit_interval=self.args.commit_interval)
         writes = WriteLayer(view, self.remote, journal, downloader, journal.directory / "local",

@@ -4,9 +4,9 @@ to a local-only name).
 - The classic safe save: write a dot-named temp file, ``fsync`` it, rename it over the image.
   It is one replace upload; the same bytes upload nothing and keep the id.
 - ``vim -b`` writing an image back unchanged. Its default ``backupcopy=auto`` first probes
-  the folder with a file named ``4913``, which the mount refuses (``ENOTSUP``: not an image
-  name), so vim falls back to the ``backupcopy=yes`` way: copy ``x.jpg`` to ``x.jpg~``,
-  truncate and rewrite ``x.jpg``, delete the backup. With ``backupcopy=no`` vim renames
+  the folder with a file named ``4913`` (not an image name: kept on this machine only, and
+  deleted by vim at once), then saves the ``backupcopy=yes`` way: copy ``x.jpg`` to
+  ``x.jpg~``, truncate and rewrite ``x.jpg``, delete the backup. With ``backupcopy=no`` vim renames
   ``x.jpg`` to ``x.jpg~`` and writes a new ``x.jpg``. Either way the image keeps its id and
   annotations and nothing is uploaded.
 - GIO, the library behind GNOME Files (``GIO_USE_VFS=local``, no gvfs daemons): ``gio copy``

@@ -482,19 +482,6 @@ def test_mkdir_p_rmdir_and_rm_r(client, dataset, mount):
 # ---------------------------------------------------------------------- bad input
 
 
-def test_unsupported_name_is_refused_at_create_with_a_log_line(client, dataset, mount, server):
-    m = mount(dataset.name, *FAST)
-    counts = Counts(server)
-    assert errno_of(lambda: (m.path / "notes.txt").write_text("hello")) == errno.ENOTSUP
-    result = run("cp", "/etc/hostname", str(m.path / "report.pdf"), check=False)
-    assert result.returncode != 0
-    assert not (m.path / "notes.txt").exists()
-    lines = [line for line in m.log().splitlines()
-             if "notes.txt" in line and "unsupported" in line]
-    assert lines and all(ext in lines[0] for ext in (".jpg", ".png", ".webp", ".heic")), lines
-    assert counts.uploads() == 0
-
-
 def test_write_past_50_mb_is_efbig_and_uploads_nothing(client, dataset, mount, server):
     m = mount(dataset.name, *FAST)
     counts = Counts(server)

@@ -28,6 +28,9 @@ ERROR_XATTR = "user.pictofs.error"
 # (cp -a, rsync -aX, mv across datasets) goes back in without an error per attribute
 DERIVED_XATTRS = frozenset([XATTR_PREFIX + name for name in LISTED_XATTRS
                             if name not in WRITABLE_XATTRS] + [ANNOTATIONS_XATTR, ERROR_XATTR])
+# on a file kept on this machine only (filesystem §5 "Names that stay local"); its value
+LOCAL_ONLY_XATTR = "user.pictofs.local_only"
+LOCAL_ONLY_VALUE = b"not on the service"
 
 
 @dataclass(frozen=True)

@@ -403,11 +403,15 @@ class PendingFile(Node):
 
     def listxattr(self) -> list[str]:
         kept = [attrs.XATTR_PREFIX + field for field in dict(self.pending.after_register)]
+        if self.pending.local:
+            return [attrs.LOCAL_ONLY_XATTR] + kept
         return ([attrs.ERROR_XATTR] if self.pending.error else []) + kept
 
     def getxattr(self, name: str) -> bytes:
         if name == attrs.ERROR_XATTR and self.pending.error:
             return self.pending.error.encode()
+        if name == attrs.LOCAL_ONLY_XATTR and self.pending.local:
+            return attrs.LOCAL_ONLY_VALUE
         field_name = attrs.writable_field(name)
         kept = dict(self.pending.after_register)
         if field_name is not None and field_name in kept:

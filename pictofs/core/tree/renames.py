@@ -102,7 +102,7 @@ class Renamer:
         if pending.holds is not None and new == pending.holds.path:
             self._restore_held(pending)
             return
-        if self.writes.in_local_folder(new):
+        if self.writes.is_local_file(new):
             self._make_local(pending)
             pending.replaced_id = None
         elif not names.is_supported(name):
@@ -165,7 +165,7 @@ class Renamer:
 
     def _rename_image(self, old: str, image: Image, new: str, target: Thing | None) -> None:
         folder, name = split_path(new)
-        if self.writes.in_local_folder(new):
+        if self.writes.is_local_file(new):
             if isinstance(target, Pending):
                 self.writes.unlink(new)
             self.writes.hold_image(old, image, new)

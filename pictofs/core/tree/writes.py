@@ -60,10 +60,13 @@ class WriteOptions:
     # the group commit's period (commits.py): how long a closed file may wait before it
     # survives a crash of the machine; 0: at every close
     commit_interval: float = 5.0
+    # local-only files (local_names.py): at most this many bytes; refuse non-image names
+    local_only_max: int = 1 << 30
+    refuse_non_images: bool = False
 
 
 class WriteLayer(LocalNames):
-    options: WriteOptions  # all of them; LocalNames reads only write_back (OrphanOptions)
+    options: WriteOptions  # all of them; LocalNames reads only LocalOptions
 
     def __init__(self, view: DatasetView, remote: Remote, journal: Journal, downloader: Any,
                  local_dir: Path, options: WriteOptions,
@@ -107,7 +110,7 @@ class WriteLayer(LocalNames):
 
     def start(self) -> None:
         """Resume the journal and start the workers (from the mount's init)."""
-        self._remove_stale_local_files()
+        self._load_local()
         kept = self.journal.attrs()
         unapplied = self._landed_with_attrs(kept)
         self.queue.resume()
@@ -192,7 +195,7 @@ class WriteLayer(LocalNames):
                 raise AlreadyExists(path)
             return self.open_for_write(path, existing, truncate=True)
         self._check_space(0)
-        if self.in_local_folder(path):
+        if self.is_local_file(path):  # kept on this machine (local_names.py)
             return self._new_local(path)
         if not names.is_supported(name):
             log.warning("%s: not created: unsupported file type (supported: %s)", path,
@@ -265,6 +268,8 @@ class WriteLayer(LocalNames):
             log.warning("%s", pending.poison)
             raise pending.poison
         try:
+            if pending.local:
+                self.check_local_cap(pending, offset + len(data))
             self._check_space(len(data))
             written = self._pwrite(pending, data, offset)
         except NoSpace as exc:
@@ -309,6 +314,12 @@ class WriteLayer(LocalNames):
             self.materialize(pending)
         if length > names.MAX_IMAGE_BYTES and not pending.local:
             raise TooLarge(f"{pending.path}: over the 50 MB limit of the service")
+        if pending.local:
+            try:
+                self.check_local_cap(pending, length)
+            except NoSpace as exc:
+                log.warning("%s: %s", pending.path, exc)
+                raise
         pending.truncate(length)
         pending.written = pending.dirty = True
         self._written_now(pending)
@@ -383,6 +394,7 @@ class WriteLayer(LocalNames):
             self.forget(pending, cancel=True)
             return
         if pending.local or pending.entry_id is None:
+            self.record_local(pending)  # its mtime now, for the next mount
             return
         if not pending.written:
             if pending.replaced_id is not None:  # opened for writing, closed unwritten
@@ -430,6 +442,7 @@ class WriteLayer(LocalNames):
         if isinstance(target, Pending):
             target.mtime = mtime
             target.mtime_set = True
+            self.record_local(target)
             if target.entry_id is not None:
                 self.queue.set_mtime(target.entry_id, mtime)
                 entry = self.queue.get(target.entry_id)
@@ -636,6 +649,7 @@ class WriteLayer(LocalNames):
             self._pending[new_path] = pending
         if old is not None and old is not pending:
             self.forget(old, cancel=True)
+        self.record_local(pending)
 
     def attach_entry(self, pending: Pending, entry_id: str) -> None:
         """A local file that became an upload: the queue's callbacks find it by entry id,
