@@ -1,0 +1,169 @@
+"""The desktop trash through a real mount, driven by GLib's own tools (filesystem "The
+desktop trash"): ``gio trash`` of a file and of a folder, the trash as ``gio trash
+--list`` (gvfs) and ``ls`` see it, after a remount too, ``gio trash --restore`` bringing
+back the same image ids at their old paths, and ``gio trash --empty`` leaving the images
+archived on the service. Before, a folder renamed into ``.Trash-0/files/`` failed with
+``EINVAL`` and the trash lived only as long as the mount.
+
+``gio trash --list``, ``--restore`` and ``--empty`` go through gvfs's trash backend, which
+needs a session bus: each runs in its own ``dbus-run-session``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from urllib.parse import unquote
+
+import pytest
+
+from imagegen import png_bytes
+from mountkit import Counts, everything, live, sync
+from seed import seed_images
+
+pytestmark = pytest.mark.fuse
+
+WRITE_BACK = ("--write-back", "0.2s")
+
+
+def gio(*args: str) -> subprocess.CompletedProcess[str]:
+    """``gio ARGS``; ``trash`` with an option (``--list``, ``--restore``, ``--empty``) in a
+    session bus of its own, as gvfs's trash backend needs one (``gio trash FILE`` is GLib
+    alone, as in a file manager's process)."""
+    bus = ["dbus-run-session", "--"] if args[0] == "trash" and args[1].startswith("--") \
+        else []
+    return subprocess.run([*bus, "gio", *args], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL, env=dict(os.environ, LC_ALL="C.UTF-8"))
+
+
+def trash_list(m) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """``gio trash --list`` of this mount: name in the trash → original path."""
+    result = gio("trash", "--list")
+    assert result.returncode == 0, result.stderr
+    listed = {}
+    for line in result.stdout.splitlines():
+        uri, _, original = line.partition("\t")
+        location = unquote(uri[len("trash:///"):]).replace("\\", "/")
+        if location.startswith(f"{m.path}/.Trash-0/files/"):
+            listed[location.rsplit("/", 1)[1]] = original
+    return listed
+
+
+def archived_ids(client, dataset) -> set[str]:  # type: ignore[no-untyped-def]
+    return {image.id for image in everything(client, dataset) if image.is_archived}
+
+
+def remount(mount, m):  # type: ignore[no-untyped-def]
+    result = m.umount()
+    assert result.returncode == 0, result.stderr
+    return mount(m.dataset, *WRITE_BACK, mountpoint=m.path)
+
+
+def seed(client, dataset) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """/c.png, /cars/a.png, /cars/red/b.png on the service; path → image id."""
+    made = {"/c.png": seed_images(client, dataset.id, "/", ["c.png"])["c.png"][0]}
+    made["/cars/a.png"] = seed_images(client, dataset.id, "/cars", ["a.png"])["a.png"][0]
+    made["/cars/red/b.png"] = seed_images(client, dataset.id, "/cars/red",
+                                          ["b.png"])["b.png"][0]
+    return {path: image.id for path, image in made.items()}
+
+
+def test_gio_trash_of_a_file_and_a_folder_survives_a_remount_and_restores_the_same_ids(
+        client, dataset, mount, server):  # type: ignore[no-untyped-def]
+    ids = seed(client, dataset)
+    m = mount(dataset.name, *WRITE_BACK)
+    counts = Counts(server)
+    for name in ("c.png", "cars"):
+        result = gio("trash", str(m.path / name))
+        assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(m.path)) == []
+    trash = m.path / ".Trash-0"
+    assert sorted(os.listdir(trash / "files")) == ["c.png", "cars"]
+    assert sorted(os.listdir(trash / "info")) == ["c.png.trashinfo", "cars.trashinfo"]
+    assert "Path=cars\n" in (trash / "info" / "cars.trashinfo").read_text()
+    assert live(client, dataset) == {}
+    assert archived_ids(client, dataset) == set(ids.values())
+    assert counts.uploads() == 0, counts.since()
+
+    m = remount(mount, m)
+    trash = m.path / ".Trash-0"
+    assert sorted(os.listdir(trash / "files" / "cars")) == ["a.png", "red"]
+    assert os.listdir(trash / "files" / "cars" / "red") == ["b.png"]
+    assert (trash / "files" / "c.png").stat().st_size > 0
+    assert (trash / "files" / "cars" / "red" / "b.png").read_bytes()[:4] == b"\x89PNG"
+    assert trash_list(m) == {"c.png": str(m.path / "c.png"), "cars": str(m.path / "cars")}
+
+    for name in ("c.png", "cars"):
+        listed = gio("trash", "--list").stdout
+        uri = next(line.split("\t")[0] for line in listed.splitlines()
+                   if line.endswith("\t" + str(m.path / name)))
+        result = gio("trash", "--restore", uri)
+        assert result.returncode == 0, result.stderr
+    assert {path: image.id for path, image in live(client, dataset).items()} == ids
+    assert sorted(os.listdir(m.path)) == ["c.png", "cars"]
+    assert sorted(os.listdir(m.path / "cars")) == ["a.png", "red"]
+    assert os.listdir(trash / "files") == [] and os.listdir(trash / "info") == []
+    assert counts.uploads() == 0, counts.since()
+
+    assert sorted(os.listdir(m.path / "cars" / "red")) == ["b.png"]
+
+
+def test_emptying_the_trash_leaves_the_images_archived_and_a_file_never_uploaded_restores(
+        client, dataset, mount, server):  # type: ignore[no-untyped-def]
+    ids = seed(client, dataset)
+    m = mount(dataset.name, "--write-back", "60s")  # new.png stays staged
+    new_bytes = png_bytes(4242)
+    (m.path / "new.png").write_bytes(new_bytes)
+    (m.path / "kept.png").write_bytes(png_bytes(4243))
+    counts = Counts(server)
+    for name in ("c.png", "cars", "new.png", "kept.png"):
+        result = gio("trash", str(m.path / name))
+        assert result.returncode == 0, result.stderr
+    assert (m.path / ".Trash-0" / "files" / "new.png").read_bytes() == new_bytes
+    sync(m)
+    assert counts.uploads() == 0, counts.since()  # trashed before it went up: not uploaded
+
+    m = remount(mount, m)
+    trash = m.path / ".Trash-0"
+    assert (trash / "files" / "new.png").read_bytes() == new_bytes
+    # a file manager's "Restore" is a rename back (and the trashinfo removed)
+    os.rename(trash / "files" / "new.png", m.path / "new.png")
+    os.unlink(trash / "info" / "new.png.trashinfo")
+    sync(m)
+    landed = live(client, dataset)
+    assert list(landed) == ["/new.png"]
+    assert (m.path / "new.png").read_bytes() == new_bytes
+
+    result = gio("trash", "--empty")
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(trash / "files") == [] and os.listdir(trash / "info") == []
+    assert archived_ids(client, dataset) == set(ids.values())  # archived, not deleted
+    assert sorted(os.listdir(m.path / ".archive" / "cars")) == ["a.png", "red"]
+    assert list(live(client, dataset)) == ["/new.png"]
+    assert sorted(os.listdir(m.path)) == ["new.png"]
+
+
+def test_trash_refusals_name_the_rule(client, dataset, mount):  # type: ignore[no-untyped-def]
+    """What the trash does not take fails with the right errno and changes nothing."""
+    ids = seed(client, dataset)
+    m = mount(dataset.name, *WRITE_BACK)
+    trash = m.path / ".Trash-0"
+    assert not trash.exists()
+    os.mkdir(trash)
+    assert sorted(os.listdir(trash)) == ["files", "info"]
+    with pytest.raises(PermissionError):  # EPERM: only a rename puts things in files/
+        (trash / "files" / "x.png").write_bytes(png_bytes(1))
+    with pytest.raises(PermissionError):  # not as files/NAME
+        os.rename(m.path / "c.png", trash / "c.png")
+    os.rename(m.path / "c.png", trash / "files" / "c.png")
+    with pytest.raises(FileExistsError):  # the name is taken in the trash
+        os.rename(m.path / "cars" / "a.png", trash / "files" / "c.png")
+    (m.path / "c.png").write_bytes(png_bytes(77))
+    sync(m)
+    with pytest.raises(FileExistsError):  # restoring onto a taken path
+        os.rename(trash / "files" / "c.png", m.path / "c.png")
+    with pytest.raises(OSError):  # a trashed file is read-only
+        open(trash / "files" / "c.png", "r+b")
+    assert {i.id for i in live(client, dataset).values()} >= {ids["/cars/a.png"]}
+    assert ids["/c.png"] in archived_ids(client, dataset)
+    assert os.listdir(trash / "files") == ["c.png"]
