@@ -167,3 +167,16 @@ def test_trash_refusals_name_the_rule(client, dataset, mount):  # type: ignore[n
     assert {i.id for i in live(client, dataset).values()} >= {ids["/cars/a.png"]}
     assert ids["/c.png"] in archived_ids(client, dataset)
     assert os.listdir(trash / "files") == ["c.png"]
+
+
+def test_an_organization_mount_makes_no_dataset_for_a_trash(client, mount
+                                                             ):  # type: ignore[no-untyped-def]
+    """GLib puts the trash at the top of the mount; at the top of an organization mount a
+    ``mkdir .Trash-0`` created a dataset of that name. It is refused (EPERM, one log line):
+    the trash is a dataset mount's."""
+    m = mount(None, *WRITE_BACK)
+    before = {d.name for d in client.projects.list()}
+    with pytest.raises(PermissionError):
+        os.mkdir(m.path / ".Trash-0")
+    assert {d.name for d in client.projects.list()} == before
+    assert "a desktop trash is kept per dataset, in a dataset mount" in m.log()

@@ -14,6 +14,8 @@ is told of the changes this mount makes behind its back (``pictofs.fs.kernel_cac
 Paths inside a dataset are the service's: ``_route`` translates the root names that differ
 in the mount (``rootnames``: the service's own ``.archive`` folder is ``.archive~service``)
 and tells the virtual ``.archive/`` apart; what goes back to the listener is translated back.
+A path in ``.Trash-UID/`` at a dataset's root (a writable mount) goes to the dataset's
+``trash`` (``pictofs.core.tree.trash``): its nodes, and every verb that changes it.
 
 Locks: ``_lock`` guards ``_views``, ``_datasets_at``, ``_datasets``, ``_handles``,
 ``_last_open_id`` and ``counters``; it is never held while calling into a dataset.
@@ -437,6 +439,10 @@ class Vfs:
         if self._single is None and path.count("/") == 1:
             name = path[1:]
             check_name(name)
+            if trash_parts(path) is not None or name == ".Trash":
+                log.warning("mkdir %s: a desktop trash is kept per dataset, in a dataset "
+                            "mount; not made at the top of an organization mount", path)
+                raise NotPermitted(f"{name}: the desktop trash needs a dataset mount")
             if name in self.dataset_names():
                 raise AlreadyExists(name)
             self.remote.create_dataset(name)
