@@ -108,39 +108,46 @@ def test_gio_trash_of_a_file_and_a_folder_survives_a_remount_and_restores_the_sa
     assert sorted(os.listdir(m.path / "cars" / "red")) == ["b.png"]
 
 
-def test_emptying_the_trash_leaves_the_images_archived_and_a_file_never_uploaded_restores(
+def test_emptying_the_trash_leaves_the_images_archived_and_files_never_uploaded_restore(
         client, dataset, mount, server):  # type: ignore[no-untyped-def]
     ids = seed(client, dataset)
-    m = mount(dataset.name, "--write-back", "60s")  # new.png stays staged
-    new_bytes = png_bytes(4242)
+    m = mount(dataset.name, "--write-back", "60s")  # the new files stay staged
+    new_bytes, staged_bytes = png_bytes(4242), png_bytes(4244)
     (m.path / "new.png").write_bytes(new_bytes)
     (m.path / "kept.png").write_bytes(png_bytes(4243))
+    (m.path / "cars" / "staged.png").write_bytes(staged_bytes)
     counts = Counts(server)
     for name in ("c.png", "cars", "new.png", "kept.png"):
         result = gio("trash", str(m.path / name))
         assert result.returncode == 0, result.stderr
     assert (m.path / ".Trash-0" / "files" / "new.png").read_bytes() == new_bytes
     sync(m)
-    assert counts.uploads() == 0, counts.since()  # trashed before it went up: not uploaded
+    assert counts.uploads() == 0, counts.since()  # trashed before they went up: not sent
 
     m = remount(mount, m)
     trash = m.path / ".Trash-0"
     assert (trash / "files" / "new.png").read_bytes() == new_bytes
+    assert (trash / "files" / "cars" / "staged.png").read_bytes() == staged_bytes
     # a file manager's "Restore" is a rename back (and the trashinfo removed)
-    os.rename(trash / "files" / "new.png", m.path / "new.png")
-    os.unlink(trash / "info" / "new.png.trashinfo")
+    for name in ("new.png", "cars"):
+        os.rename(trash / "files" / name, m.path / name)
+        os.unlink(trash / "info" / f"{name}.trashinfo")
     sync(m)
-    landed = live(client, dataset)
-    assert list(landed) == ["/new.png"]
+    landed = {path: image.id for path, image in live(client, dataset).items()}
+    assert sorted(landed) == ["/cars/a.png", "/cars/red/b.png", "/cars/staged.png", "/new.png"]
+    assert {p: landed[p] for p in ("/cars/a.png", "/cars/red/b.png")} == \
+        {p: ids[p] for p in ("/cars/a.png", "/cars/red/b.png")}  # the same images
     assert (m.path / "new.png").read_bytes() == new_bytes
+    assert (m.path / "cars" / "staged.png").read_bytes() == staged_bytes
 
     result = gio("trash", "--empty")
     assert result.returncode == 0, result.stderr
     assert os.listdir(trash / "files") == [] and os.listdir(trash / "info") == []
-    assert archived_ids(client, dataset) == set(ids.values())  # archived, not deleted
-    assert sorted(os.listdir(m.path / ".archive" / "cars")) == ["a.png", "red"]
-    assert list(live(client, dataset)) == ["/new.png"]
-    assert sorted(os.listdir(m.path)) == ["new.png"]
+    assert archived_ids(client, dataset) == {ids["/c.png"]}  # archived, not deleted
+    assert os.listdir(m.path / ".archive") == ["c.png"]
+    assert sorted(os.listdir(m.path)) == ["cars", "new.png"]
+    sync(m)
+    assert counts.uploads() == 2, counts.since()  # new.png and staged.png; kept.png never
 
 
 def test_trash_refusals_name_the_rule(client, dataset, mount):  # type: ignore[no-untyped-def]

@@ -481,9 +481,10 @@ class Trash:
         if not is_dir:
             self.view.note_gone(old)
             return
+        on_service = not self.writes.is_local_dir(old)
         for path in reversed(contents.local_dirs):
             self.writes.remove_local_dir(path)
-        if not self.writes.is_local_dir(old):
+        if on_service:
             service = [join_path(old, rel) for rel in contents.folders] + [old]
             for path in sorted(set(service) - set(contents.local_dirs),
                                key=lambda p: -p.count("/")):
@@ -522,16 +523,37 @@ class Trash:
             self.view.note_folder_gone(entry.path)  # listed afresh, as the service has it
             self.view.note_folder(entry.path)
         self.on_archived()
-        for rel, stored in entry.local.items():
-            self._upload_again(join_path(entry.path, rel) if rel else entry.path, stored)
+        restored = len(entry.images)
+        left, error = self._upload_all_again(entry)
+        written_back = [stored for rel, stored in entry.local.items() if rel not in left]
         with self._lock:
-            self._state.get(top, {}).get(FILES, {}).pop(name, None)
+            if left:  # only those stay in the trash: their bytes are there alone
+                entry.images, entry.local = {}, left
+            else:
+                self._state.get(top, {}).get(FILES, {}).pop(name, None)
             self._save()
-        for stored in entry.local.values():
+        for stored in written_back:
             self.local_file(stored).unlink(missing_ok=True)
-        log.info("restored %s from the trash (%d image(s))", entry.path, len(entry.images))
+        log.info("restored %s from the trash (%d image(s))", entry.path, restored)
+        if error is not None:  # said for each file in the log; this one is the errno
+            raise error
         if new != entry.path:
             self.renamer.rename(entry.path, new)
+
+    def _upload_all_again(self, entry: Entry) -> tuple[dict[str, str], PictofsError | None]:
+        """Write the files of ``entry`` that were never uploaded back at their paths;
+        returns those that could not be (inside path → stored file) and the first error."""
+        left: dict[str, str] = {}
+        first: PictofsError | None = None
+        for rel, stored in entry.local.items():
+            path = join_path(entry.path, rel) if rel else entry.path
+            try:
+                self._upload_again(path, stored)
+            except PictofsError as exc:
+                log.warning("%s: not restored from the trash, kept there: %s", path, exc)
+                left[rel] = stored
+                first = first or exc
+        return left, first
 
     def _upload_again(self, path: str, stored: str) -> None:
         """A trashed file that was never uploaded: written at ``path`` as a new file."""
@@ -543,6 +565,8 @@ class Trash:
                     self.writes.write(pending, chunk, offset)
                     offset += len(chunk)
             self.writes.flush(pending)
+        except PictofsError as exc:  # e.g. bytes that are not an image: kept as they were
+            log.warning("%s restored from the trash, but it will not upload: %s", path, exc)
         finally:
             self.writes.release(pending)
 

@@ -125,6 +125,12 @@ class TrashInfo(PendingFile):
         pending.opens += 1
         return self.tree.add_handle(self.path, self.side, pending=pending), False
 
+    def truncate(self, length: int) -> None:
+        os.truncate(self.pending.file, length)
+
+    def set_mtime(self, when: float) -> None:
+        os.utime(self.pending.file, (when, when))
+
 
 class TrashedImage(ImageFile):
     """An image in ``files/`` (archived on the service): readable, not writable."""

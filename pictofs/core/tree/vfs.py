@@ -480,6 +480,8 @@ class Vfs:
         self._writes(old_dataset, "rename")
         assert old_dataset is not None
         if old_archived:
+            if self._in_trash(old_dataset, new_inner):
+                raise NotPermitted("an archived image is restored out of .archive/ first")
             node = self.resolve(old)
             if new_archived and not node.is_dir:  # a folder of it: EPERM, said by restore
                 raise ReadOnly("the archive is read-only")
