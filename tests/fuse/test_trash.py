@@ -11,6 +11,7 @@ needs a session bus: each runs in its own ``dbus-run-session``.
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from urllib.parse import unquote
@@ -150,8 +151,9 @@ def test_emptying_the_trash_leaves_the_images_archived_and_files_never_uploaded_
     assert counts.uploads() == 2, counts.since()  # new.png and staged.png; kept.png never
 
 
-def test_trash_refusals_name_the_rule(client, dataset, mount):  # type: ignore[no-untyped-def]
-    """What the trash does not take fails with the right errno and changes nothing."""
+def test_trash_refusals_and_rm_r_of_the_trash(client, dataset, mount):  # type: ignore[no-untyped-def]
+    """What the trash does not take fails with the right errno and changes nothing; ``rm
+    -r`` in it forgets entries and leaves their images archived."""
     ids = seed(client, dataset)
     m = mount(dataset.name, *WRITE_BACK)
     trash = m.path / ".Trash-0"
@@ -174,6 +176,18 @@ def test_trash_refusals_name_the_rule(client, dataset, mount):  # type: ignore[n
     assert {i.id for i in live(client, dataset).values()} >= {ids["/cars/a.png"]}
     assert ids["/c.png"] in archived_ids(client, dataset)
     assert os.listdir(trash / "files") == ["c.png"]
+
+    # rm -r of the trash (a folder in it, then all of it) forgets; the images stay archived
+    os.rename(m.path / "cars", trash / "files" / "cars")
+    with pytest.raises(OSError) as refused:
+        os.rmdir(trash / "files" / "cars")
+    assert refused.value.errno == errno.ENOTEMPTY
+    subprocess.run(["rm", "-r", str(trash / "files" / "cars")], check=True, timeout=60)
+    assert os.listdir(trash / "files") == ["c.png"]
+    subprocess.run(["rm", "-r", str(trash)], check=True, timeout=60)
+    assert not trash.exists()
+    assert archived_ids(client, dataset) == {ids["/c.png"], ids["/cars/a.png"],
+                                             ids["/cars/red/b.png"]}
 
 
 def test_an_organization_mount_makes_no_dataset_for_a_trash(client, mount

@@ -20,8 +20,9 @@ emptying removes both. Here:
 - A rename of ``files/NAME`` out of the trash restores: the same image ids are restored at
   their old paths (folders made again), files never uploaded are uploaded, then the whole
   is moved to the destination if it is not the original path.
-- ``unlink``/``rmdir`` inside ``files/`` forget (part of) an entry: the images stay
-  archived on the service (reachable in ``.archive/``); bytes never uploaded are removed.
+- ``unlink``/``rmdir`` inside ``files/``, and a move into ``expunged/`` (how gvfs empties
+  the trash), forget (part of) an entry: the images stay archived on the service
+  (reachable in ``.archive/``); bytes never uploaded are removed.
 
 The state is one JSON file (written whole, atomically, at each change) next to the folders
 ``local/`` (bytes of trashed files never uploaded) and ``<trash name>/info/``. ``_lock``
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 
 TRASH_NAME = re.compile(r"^\.Trash-[0-9]+$")
 FILES, INFO = "files", "info"
-EXPUNGED = "expunged"  # where GLib's trash backend moves entries to delete them
+EXPUNGED = "expunged"  # where GLib's trash backend moves entries to delete them (forgotten)
 AREAS = (FILES, EXPUNGED)  # the folders of a trash that hold entries
 STATE_FILE = "trash.json"
 
@@ -341,7 +342,11 @@ class Trash:
                 removed = entry.local.pop(rel, None)
                 if not entry.is_dir:
                     del entries[name]
-            self._save()
+            if not rel or removed is not None:
+                self._save()
+            # else an image or subfolder inside a trashed folder (emptying goes one by one):
+            # written with the next change, not each time (the whole file, fsynced); lost
+            # in a crash, it shows in the trash again, and its image is archived all the same
         if removed is not None:
             self.local_file(removed).unlink(missing_ok=True)
         if rel:  # a part of a trashed folder (emptying goes file by file): no line each
@@ -387,10 +392,24 @@ class Trash:
                     raise NotFound(old if name not in entries else new)
                 if target[2] in into:
                     raise AlreadyExists(new)
-                into[target[2]] = entries.pop(name)
+                entry = entries.pop(name)
+                if target[1] != EXPUNGED:
+                    into[target[2]] = entry
                 self._save()
+            if target[1] == EXPUNGED:
+                self._expunged(old, entry)
             return
         raise NotPermitted(f"{old} → {new}: not a move the trash makes")
+
+    def _expunged(self, old: str, entry: Entry) -> None:
+        """GLib empties the trash by moving each entry into ``expunged/``, then deleting
+        what is there in a thread of its daemon (which may not live to finish): the entry
+        is forgotten at the move, so ``expunged/`` stays empty and nothing is left
+        half-deleted. Its images stay archived; bytes never uploaded go."""
+        for stored in entry.local.values():
+            self.local_file(stored).unlink(missing_ok=True)
+        log.info("removed %s (%s) from the trash%s", old, entry.path,
+                 "; its images stay archived" if entry.images or entry.is_dir else "")
 
     # ------------------------------------------------------------------ trashing
 
