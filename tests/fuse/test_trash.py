@@ -6,20 +6,28 @@ archived on the service. Before, a folder renamed into ``.Trash-0/files/`` faile
 ``EINVAL`` and the trash lived only as long as the mount.
 
 ``gio trash --list``, ``--restore`` and ``--empty`` go through gvfs's trash backend, which
-needs a session bus: each runs in its own ``dbus-run-session``.
+needs a session bus: each runs in its own ``dbus-run-session``. One test drives pcmanfm
+under Xvfb with xdotool: its own Delete on a folder, its confirmation answered, its trash
+view shown and kept as a screenshot (``build/test-artifacts/pcmanfm-trash.png``).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
+import signal
 import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
 from urllib.parse import unquote
 
 import pytest
+from PIL import ImageGrab
 
 from imagegen import png_bytes
-from mountkit import Counts, everything, live, sync
+from mountkit import Counts, everything, live, sync, wait_for
 from seed import seed_images
 
 pytestmark = pytest.mark.fuse
@@ -201,3 +209,81 @@ def test_an_organization_mount_makes_no_dataset_for_a_trash(client, mount
         os.mkdir(m.path / ".Trash-0")
     assert {d.name for d in client.projects.list()} == before
     assert "a desktop trash is kept per dataset, in a dataset mount" in m.log()
+
+
+# ------------------------------------------------------------- a real file manager
+
+DESKTOP_TOOLS = ("Xvfb", "pcmanfm", "xdotool", "dbus-run-session")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts"
+
+
+def xdotool(display: str, *args: str) -> str:
+    result = subprocess.run(["xdotool", *args], capture_output=True, text=True, timeout=30,
+                            env=dict(os.environ, DISPLAY=display))
+    return result.stdout
+
+
+def wait_window(display: str, name: str, timeout: float = 30.0) -> str:
+    """The id of the first window whose title is ``name``."""
+    found = wait_for(lambda: xdotool(display, "search", "--name", f"^{name}$").split(),
+                     f"a window named {name!r}", timeout)
+    return found[0]
+
+
+@pytest.fixture()
+def display(tmp_path: Path) -> Iterator[str]:
+    """An X display of its own (Xvfb), stopped at teardown."""
+    missing = [tool for tool in DESKTOP_TOOLS if shutil.which(tool) is None]
+    if missing:  # .ci/run installs them; a machine without them cannot run a display
+        pytest.skip(f"no display server here: {', '.join(missing)} not installed "
+                    "(apt-get install xvfb pcmanfm xdotool dbus)")
+    read_fd, write_fd = os.pipe()
+    server = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0",
+                               "1024x768x24", "-nolisten", "tcp"], pass_fds=(write_fd,),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_fd)
+    try:
+        with os.fdopen(read_fd) as answer:
+            number = answer.readline().strip()
+        assert number, "Xvfb did not start"
+        yield f":{number}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_folder_deleted_in_pcmanfm_goes_to_the_trash_and_is_archived(
+        client, dataset, mount, display, tmp_path):  # type: ignore[no-untyped-def]
+    """pcmanfm's own Delete action on a folder (its confirmation answered Yes): the folder
+    is in the trash, its images archived on the service; the screenshot of the trash view
+    is kept in build/test-artifacts/."""
+    made = seed_images(client, dataset.id, "/cats", ["x.png", "y.png"])
+    m = mount(dataset.name, *WRITE_BACK)
+    env = dict(os.environ, DISPLAY=display, GVFS_DISABLE_FUSE="1", NO_AT_BRIDGE="1")
+    manager = subprocess.Popen(["dbus-run-session", "--", "pcmanfm", "--no-desktop",
+                                str(m.path)], env=env, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "pcmanfm-trash.png"
+    try:
+        window = wait_window(display, m.path.name)
+        xdotool(display, "mousemove", "--window", window, "300", "200", "click", "1")
+        xdotool(display, "key", "--window", window, "ctrl+a")
+        xdotool(display, "key", "--window", window, "Delete")
+        wait_window(display, "Confirm")
+        xdotool(display, "key", "Return")  # "Do you want to move the file 'cats' to trash can?"
+        trashed = m.path / ".Trash-0" / "files" / "cats"
+        wait_for(trashed.exists, "the folder in the trash")
+        assert sorted(os.listdir(trashed)) == ["x.png", "y.png"]
+        assert os.listdir(m.path) == []
+        assert archived_ids(client, dataset) == {image.id for image, _ in made.values()}
+        # the trash view: "Trash Can" under Places (gvfs's trash:///)
+        xdotool(display, "mousemove", "--window", window, "64", "133", "click", "1")
+        time.sleep(1.5)  # drawn
+        ImageGrab.grab(xdisplay=display).save(shot)
+        assert trash_list(m) == {"cats": str(m.path / "cats")}
+    finally:
+        os.killpg(manager.pid, signal.SIGTERM)
+        manager.wait(timeout=30)
+    assert shot.stat().st_size > 0
