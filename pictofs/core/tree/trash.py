@@ -438,7 +438,12 @@ class Trash:
                 self.local_file(stored).unlink(missing_ok=True)
             raise
         with self._lock:
-            self._state.setdefault(top, {}).setdefault(FILES, {})[name] = entry
+            entries = self._state.setdefault(top, {}).setdefault(FILES, {})
+            kept_as, n = name, 1
+            while kept_as in entries:  # trashed under this name meanwhile: keep both
+                n += 1
+                kept_as = f"{name}.{n}"
+            entries[kept_as] = entry
             self._save()
         self._take_away(old, is_dir, contents)
         self.on_archived()
