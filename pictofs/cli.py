@@ -293,6 +293,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     for item in uploads.get("stranded", []):
         print(f"stranded:   {item['pending']} pending upload(s) in {item['folder']} "
               "(another journal of this dataset; taken over at the next mount)")
+    if reply.get("trashed"):
+        print(f"trash:      {reply['trashed']} item(s) in .Trash-UID/files (their images "
+              "archived on the service)")
     if reply.get("skipped_names"):
         print(f"skipped:    {reply['skipped_names']} names from the service the mount cannot "
               "show (logged)")

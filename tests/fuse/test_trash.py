@@ -101,6 +101,7 @@ def test_gio_trash_of_a_file_and_a_folder_survives_a_remount_and_restores_the_sa
     assert (trash / "files" / "c.png").stat().st_size > 0
     assert (trash / "files" / "cars" / "red" / "b.png").read_bytes()[:4] == b"\x89PNG"
     assert trash_list(m) == {"c.png": str(m.path / "c.png"), "cars": str(m.path / "cars")}
+    assert m.status()["trashed"] == 2
 
     for name in ("c.png", "cars"):
         listed = gio("trash", "--list").stdout

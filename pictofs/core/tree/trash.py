@@ -141,6 +141,8 @@ class Trash:
         self._lock = threading.Lock()  # guards _state
         # trash name → area (files, expunged) → entry name → entry
         self._state: dict[str, dict[str, dict[str, Entry]]] = self._load()
+        for top in self._state:
+            self.info_dir(top).mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # ------------------------------------------------------------------ the state file
 
@@ -153,7 +155,7 @@ class Trash:
             return {top: {area: {name: Entry.from_json(e) for name, e in entries.items()}
                           for area, entries in areas.items()}
                     for top, areas in raw["trash"].items()}
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             kept = path.with_name(f"{STATE_FILE}.damaged-{int(self.wall())}")
             os.replace(path, kept)
             log.warning("the trash's state could not be read (%s); kept as %s, the trash "
