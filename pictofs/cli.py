@@ -297,6 +297,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if local.get("files"):
         print(f"local only: {local['files']} local-only files, not on the service "
               f"({format_size(local['bytes'])})")
+    if reply.get("trashed"):
+        print(f"trash:      {reply['trashed']} item(s) in .Trash-UID/files (their images "
+              "archived on the service)")
     if reply.get("skipped_names"):
         print(f"skipped:    {reply['skipped_names']} names from the service the mount cannot "
               "show (logged)")

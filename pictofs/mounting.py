@@ -357,6 +357,7 @@ class DatasetTreeBuilder:
         from pictofs.core.upload.journal import Journal
         from pictofs.core.cache.readahead import ReadAhead
         from pictofs.core.tree.renames import Renamer
+        from pictofs.core.tree.trash import Trash
         from pictofs.core.tree.dataset import DatasetTree
         from pictofs.core.tree.writes import WriteLayer, WriteOptions
 
@@ -386,7 +387,9 @@ class DatasetTreeBuilder:
         writes = WriteLayer(view, self.remote, journal, downloader, journal.directory / "local",
                             options, upload_remote=self.upload_remote)
         writes.start()
-        return DatasetTree(view, downloader, archive, writes, Renamer(view, self.remote, writes))
+        renamer = Renamer(view, self.remote, writes)
+        trash = Trash(view, self.remote, writes, renamer, journal.directory / "trash")
+        return DatasetTree(view, downloader, archive, writes, renamer, trash)
 
 
 def _resume_organization(vfs: Any) -> None:

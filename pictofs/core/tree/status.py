@@ -38,6 +38,8 @@ def mount_status(datasets: Iterable[Any], counters: Counters, open_files: int
         # names from the service the mount cannot show (filesystem §1), each counted once
         "skipped_names": sum(d.view.names.skipped() + d.archive.names.skipped()
                              for d in datasets),
+        # entries of the desktop trash (.Trash-UID/files), their images archived
+        "trashed": sum(d.trash.count() for d in datasets if d.trash is not None),
     }
 
 
