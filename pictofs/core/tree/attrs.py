@@ -23,14 +23,16 @@ ANNOTATIONS_XATTR = XATTR_PREFIX + "annotations"
 WRITABLE_XATTRS = ("split", "tags")
 MAX_XATTR_SIZE = 64 * 1024
 ERROR_XATTR = "user.pictofs.error"
-# what pictofs works out itself (the service's record, the upload's state): setting one is
-# accepted and ignored, whatever the value, so a copy of a file that came out of a mount
-# (cp -a, rsync -aX, mv across datasets) goes back in without an error per attribute
-DERIVED_XATTRS = frozenset([XATTR_PREFIX + name for name in LISTED_XATTRS
-                            if name not in WRITABLE_XATTRS] + [ANNOTATIONS_XATTR, ERROR_XATTR])
 # on a file kept on this machine only (filesystem §5 "Names that stay local"); its value
 LOCAL_ONLY_XATTR = "user.pictofs.local_only"
 LOCAL_ONLY_VALUE = b"not on the service"
+# what pictofs works out itself (the service's record, the upload's state, where a file is
+# kept): setting or removing one is accepted and ignored, whatever the value, so a copy of a
+# file that came out of a mount (cp -a, rsync -aX, mv across datasets) goes back in without
+# an error per attribute, and rsync -aX can clear what its source does not have
+DERIVED_XATTRS = frozenset([XATTR_PREFIX + name for name in LISTED_XATTRS
+                            if name not in WRITABLE_XATTRS]
+                           + [ANNOTATIONS_XATTR, ERROR_XATTR, LOCAL_ONLY_XATTR])
 
 
 @dataclass(frozen=True)
