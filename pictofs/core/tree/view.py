@@ -23,7 +23,7 @@ from pictofs.core.tree.listing import (PAGE_SIZE, FolderListing, NameNotes, fetc
                                        showable_folders)
 from pictofs.errors import NameTooLong, NotFound, Unavailable
 from pictofs.model import Dataset, Folder, Image, join_path, split_path
-from pictofs.names import MAX_NAME_BYTES, is_supported
+from pictofs.names import MAX_NAME_BYTES, is_supported, stored_as
 from pictofs.remote import Remote
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,44 @@ class FileEntry:
 
 
 ViewEntry = DirEntry | FileEntry
+
+
+class WrittenNames:
+    """Names written in this mount that the service stored under another name (HEIC
+    ``x.heic`` as ``x.png``; the upload journal's ``sources``): (folder, written name) →
+    image id. While that image is live under the name the written one became, the folder
+    lists it under the written name, and both names resolve to it (filesystem §5 "Names
+    the service changes"). Thread-safe: ``_lock`` guards ``_by_name`` and ``_by_image``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_name: dict[tuple[str, str], str] = {}
+        self._by_image: dict[str, tuple[str, str]] = {}
+
+    def remember(self, folder: str, name: str, image_id: str) -> None:
+        with self._lock:
+            old = self._by_name.get((folder, name))
+            if old is not None and self._by_image.get(old) == (folder, name):
+                del self._by_image[old]
+            self._by_name[(folder, name)] = image_id
+            self._by_image[image_id] = (folder, name)
+
+    def image_at(self, folder: str, name: str) -> str | None:
+        """The id of the image ``name`` written in ``folder`` became, if remembered."""
+        with self._lock:
+            return self._by_name.get((folder, name)) if self._by_name else None
+
+    def shown_name(self, image: Image) -> str:
+        """The name ``image`` is listed under: the name it was written as, when it is
+        still where that name was stored; else its own."""
+        with self._lock:
+            written = self._by_image.get(image.id) if self._by_image else None
+        if written is None:
+            return image.filename
+        folder, name = written
+        if folder == image.directory_path and stored_as(name) == image.filename:
+            return name
+        return image.filename
 
 
 @dataclass
@@ -94,6 +132,9 @@ class DatasetView:
         # cached attributes of them are taken back (``KernelCache.forget_soon``)
         self.on_change: Callable[[list[str]], None] = lambda paths: None
         self.on_folder_gone: Callable[[str], None] = lambda path: None
+        # names written here that the service stored under another name (the write side
+        # fills it from its journal)
+        self.written = WrittenNames()
 
     @property
     def dataset_id(self) -> str:
@@ -199,6 +240,9 @@ class DatasetView:
 
     def _child(self, parent: str, name: str, parent_folder: Folder | None = None) -> ViewEntry:
         path = join_path(parent, name)
+        written_as = self._written_alias(parent, name, parent_folder)
+        if written_as is not None:
+            return written_as
         listing = self.cached_listing(parent)
         if listing is None and self._list_instead(parent, name, parent_folder):
             listing = self.listing(parent)
@@ -222,6 +266,22 @@ class DatasetView:
         if name in folders:
             return DirEntry(path, folders[name])
         raise NotFound(path)
+
+    def _written_alias(self, parent: str, name: str, parent_folder: Folder | None
+                       ) -> FileEntry | None:
+        """``name`` written here became an image under another name (``WrittenNames``):
+        that image at ``name`` while it is still live where it was stored."""
+        image_id = self.written.image_at(parent, name)
+        stored = stored_as(name)
+        if image_id is None or stored == name:
+            return None
+        try:
+            entry = self._child(parent, stored, parent_folder)
+        except NotFound:
+            return None
+        if isinstance(entry, FileEntry) and entry.image.id == image_id:
+            return FileEntry(join_path(parent, name), entry.image)
+        return None
 
     def _list_instead(self, parent: str, name: str, folder: Folder | None) -> bool:
         """Whether to answer an image name in a folder not listed yet from its listing

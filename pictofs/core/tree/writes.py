@@ -94,6 +94,8 @@ class WriteLayer(LocalNames):
         self._local_dirs: set[str] = set()
         self._orphans: dict[str, Orphan] = {}
         self._mtimes: dict[str, float] = journal.mtimes()
+        for source in journal.sources():  # x.heic written here, stored as x.png
+            view.written.remember(source.folder, source.name, source.image_id)
         self._stop = threading.Event()  # the janitor's
         # the staging disk's free space at the last statvfs, and bytes written since
         self._space_lock = threading.Lock()
@@ -458,6 +460,8 @@ class WriteLayer(LocalNames):
         self.remote.archive(self.view.dataset_id, [entry.image.id],
                             permanent=self.options.permanent_delete)
         self.view.note_gone(path)
+        if entry.image.path != path:  # x.heic, listed for the x.png it became
+            self.view.note_gone(entry.image.path)
         self.on_archived()
         log.info("%s %s", "deleted" if self.options.permanent_delete else "archived", path)
 
@@ -504,7 +508,7 @@ class WriteLayer(LocalNames):
             if pending is not None and self._pending.get(pending.path) is pending:
                 del self._pending[pending.path]
                 if pending.path != image.path:
-                    log.info("%s was stored by the service as %s", pending.path, image.path)
+                    self._remember_written(pending.path, image)
             mtime = self.journal.mtime(image.id)
             written_over = pending is not None and image.id == pending.replaced_id \
                 and not pending.mtime_set
@@ -525,6 +529,14 @@ class WriteLayer(LocalNames):
         entry = self.queue.get(entry_id)
         if entry is None or entry.replaced_id is not None:
             self.on_archived()  # a replace archived the image it replaced
+
+    def _remember_written(self, path: str, image: Image) -> None:
+        """The service stored the file written at ``path`` under another name: the folder
+        lists it under ``path`` from now on (the journal remembers it: ``job.remember_source``)."""
+        folder, name = split_path(path)
+        if self.view.written.image_at(folder, name) != image.id:
+            log.info("%s was stored by the service as %s", path, image.path)
+        self.view.written.remember(folder, name, image.id)
 
     def set_attr_after_register(self, pending: Pending, field_name: str, value: Any) -> bool:
         """``split``/``tags`` set on a staged file: kept and applied right after register.

@@ -8,8 +8,11 @@ port changes at every start, a key can be rotated: pending work must still be fo
 - ``journal.db``: SQLite (WAL, ``synchronous=NORMAL``) with a ``meta`` table (schema
   ``version``, base URL, dataset id, key fingerprint), the ``entries`` table (one row per
   staged file: target, state, size, sha256, mtime, replaced id, idempotency keys, the step
-  reached, the error, the registered image id) and the ``mtimes`` table (image id → the mtime a
-  writer set, reported by ``stat`` so a second ``rsync -a`` transfers nothing);
+  reached, the error, the registered image id), the ``mtimes`` table (image id → the mtime a
+  writer set, reported by ``stat`` so a second ``rsync -a`` transfers nothing) and the
+  ``sources`` table (a name written that the service stored under another name, HEIC
+  ``x.heic`` as ``x.png``: folder and written name → image id, size and sha256 of the bytes
+  written; see ``Source``);
 - ``staging/``: one file per entry, named by the entry id, except for an entry uploaded
   from its *source* (``add_sources``): a file of the caller's that nobody is writing to (the
   mirror's), whose size, mtime and sha256 the row records; the upload checks the bytes it
@@ -72,10 +75,20 @@ from pictofs.errors import ConfigError, NoSpace
 
 log = logging.getLogger(__name__)
 
-VERSION = 2
-# what turns a journal of an older version into this one (version 1 had no sources)
+VERSION = 3
+# what turns a journal of an older version into this one (version 1 had no source columns,
+# versions 1 and 2 no sources table: the schema below creates it)
+_SOURCES_TABLE = """CREATE TABLE IF NOT EXISTS sources (
+    folder TEXT NOT NULL,
+    name TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (folder, name)
+);"""
 UPGRADES = {1: "ALTER TABLE entries ADD COLUMN source TEXT;"
-               "ALTER TABLE entries ADD COLUMN source_mtime_ns INTEGER;"}
+               "ALTER TABLE entries ADD COLUMN source_mtime_ns INTEGER;" + _SOURCES_TABLE,
+            2: _SOURCES_TABLE}
 
 # The on-disk format of VERSION: its CHECK constraints spell the values of JobState and Step
 # (tests/unit/test_upload_states.py checks that they agree).
@@ -104,7 +117,20 @@ CREATE TABLE IF NOT EXISTS entries (
     source_mtime_ns INTEGER
 );
 CREATE TABLE IF NOT EXISTS mtimes (image_id TEXT PRIMARY KEY, mtime REAL NOT NULL);
-"""
+""" + _SOURCES_TABLE
+
+
+@dataclass(frozen=True)
+class Source:
+    """A file written as ``folder``/``name`` that the service stored as image ``image_id``
+    under another name (HEIC ``x.heic`` as ``x.png``): the size and sha256 of the bytes
+    written. Bytes written again under that name with this sha256 are that image."""
+
+    folder: str
+    name: str
+    image_id: str
+    size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -536,6 +562,30 @@ class Journal:
     def mtimes(self) -> dict[str, float]:
         with self._read_lock:
             return dict(self._reader.execute("SELECT image_id, mtime FROM mtimes").fetchall())
+
+    # ---------------------------------------------------------------- sources
+
+    def remember_source(self, source: Source) -> None:
+        """``source.name`` written in ``source.folder`` became image ``source.image_id``
+        under another name (the service converted it)."""
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO sources (folder, name, image_id, size, sha256)"
+                       " VALUES (?, ?, ?, ?, ?)", (source.folder, source.name, source.image_id,
+                                                   source.size, source.sha256))
+
+    def sources(self) -> list[Source]:
+        """Every name remembered by ``remember_source``."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT folder, name, image_id, size, sha256 FROM sources").fetchall()
+        return [Source(*row) for row in rows]
+
+    def source(self, folder: str, name: str) -> Source | None:
+        with self._read_lock:
+            row = self._reader.execute(
+                "SELECT folder, name, image_id, size, sha256 FROM sources WHERE folder = ? "
+                "AND name = ?", (folder, name)).fetchone()
+        return Source(*row) if row else None
 
     # ---------------------------------------------------------------- staging files
 
