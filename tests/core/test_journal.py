@@ -19,6 +19,7 @@ import pytest
 from journalkit import add_entry, create_staging_file, journal_meta
 from pictofs.core.upload.journal import (
     VERSION,
+    Converted,
     Entry,
     Journal,
     ResumeAction,
@@ -493,3 +494,25 @@ def test_the_group_commit_without_syncfs_fsyncs_each_file_the_folder_and_the_wal
     queue.make_durable()
     assert fsynced == [str(journal.staging_path(first)), str(journal.staging_dir)]
     assert commits == [True]
+
+
+def test_a_version_2_journal_opens_upgraded_and_remembers_converted_names(
+        state_dir: Path) -> None:
+    with Journal.for_dataset(state_dir, BASE_URL, DATASET, KEY) as journal:
+        add_entry(journal, "e1", "/", "keep-me.jpg")
+        database = journal.directory / "journal.db"
+    with sqlite3.connect(database) as db:  # as version 2 left it: no converted table
+        db.execute("DROP TABLE converted")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'version'")
+    db.close()
+    with Journal.for_dataset(state_dir, BASE_URL, DATASET, KEY) as journal:
+        assert journal_meta(journal)["version"] == str(VERSION) == "3"
+        assert journal.get("e1") is not None and journal.converted() == []
+        journal.remember_converted(Converted("/cam", "IMG_1.heic", "img-1", 466, "ab" * 32))
+    with Journal.for_dataset(state_dir, BASE_URL, DATASET, KEY) as journal:
+        assert journal.converted_at("/cam", "IMG_1.heic") == \
+            Converted("/cam", "IMG_1.heic", "img-1", 466, "ab" * 32)
+        # one name per image: a rename of the written name forgets the old one
+        journal.remember_converted(Converted("/new", "IMG_1.heic", "img-1", 466, "ab" * 32))
+        assert [c.folder for c in journal.converted()] == ["/new"]
+        assert journal.converted_at("/cam", "IMG_1.heic") is None

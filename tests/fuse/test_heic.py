@@ -140,3 +140,30 @@ def test_a_heic_whose_png_name_holds_another_image_fails_naming_the_png(
     assert archived(client, dataset) == []
     os.unlink(m.path / "cam" / "IMG_1.heic")  # a failed upload is discarded by rm
     assert pictofs_cmd(m, "sync", str(m.path)).returncode == 0
+
+
+def test_renaming_the_name_written_renames_its_image(client, dataset, mount, server, tmp_path):
+    source = phone_folder(tmp_path / "src")
+    m = mount(dataset.name, *FAST)
+    assert run("cp", "-r", str(source), str(m.path)).returncode == 0
+    assert sync(m).returncode == 0
+    ids = live(client, dataset)
+    phone = m.path / "iphone"
+    (phone / "sub").mkdir()
+    counts = Counts(server)
+    os.rename(phone / "IMG_2001.heic", phone / "sub" / "IMG_2001.heic")  # a server-side move
+    assert os.listdir(phone / "sub") == ["IMG_2001.heic"]
+    assert counts.puts() == 0 and counts.since()["move"] == 1, counts.since()
+    # two names of one image: as rename(2) of two links to one file, nothing happens
+    os.rename(phone / "sub" / "IMG_2001.heic", phone / "sub" / "IMG_2001.png")
+    os.rename(phone / "IMG_2002.HEIC", phone / "renamed.heic")  # a new name: a new image
+    assert sync(m).returncode == 0
+    now = live(client, dataset)
+    assert now["/iphone/sub/IMG_2001.png"] == ids["/iphone/IMG_2001.png"]
+    assert set(now) == {"/iphone/sub/IMG_2001.png", "/iphone/renamed.png",
+                        "/iphone/IMG_3000.jpg"}
+    assert archived(client, dataset) == ["/iphone/IMG_2002.png"]
+    assert m.umount().returncode == 0
+    again = mount(dataset.name, *FAST, mountpoint=m.path)
+    assert sorted(os.listdir(again.path / "iphone")) == ["IMG_3000.jpg", "renamed.heic", "sub"]
+    assert os.listdir(again.path / "iphone" / "sub") == ["IMG_2001.heic"]

@@ -59,7 +59,7 @@ ViewEntry = DirEntry | FileEntry
 
 class WrittenNames:
     """Names written in this mount that the service stored under another name (HEIC
-    ``x.heic`` as ``x.png``; the upload journal's ``sources``): (folder, written name) →
+    ``x.heic`` as ``x.png``; the upload journal's ``converted``): (folder, written name) →
     image id. While that image is live under the name the written one became, the folder
     lists it under the written name, and both names resolve to it (filesystem §5 "Names
     the service changes"). Thread-safe: ``_lock`` guards ``_by_name`` and ``_by_image``."""
@@ -70,10 +70,14 @@ class WrittenNames:
         self._by_image: dict[str, tuple[str, str]] = {}
 
     def remember(self, folder: str, name: str, image_id: str) -> None:
+        """One name per image: one it had before (a rename) is forgotten."""
         with self._lock:
             old = self._by_name.get((folder, name))
             if old is not None and self._by_image.get(old) == (folder, name):
                 del self._by_image[old]
+            before = self._by_image.get(image_id)
+            if before is not None and self._by_name.get(before) == image_id:
+                del self._by_name[before]
             self._by_name[(folder, name)] = image_id
             self._by_image[image_id] = (folder, name)
 

@@ -94,7 +94,7 @@ class WriteLayer(LocalNames):
         self._local_dirs: set[str] = set()
         self._orphans: dict[str, Orphan] = {}
         self._mtimes: dict[str, float] = journal.mtimes()
-        for source in journal.sources():  # x.heic written here, stored as x.png
+        for source in journal.converted():  # x.heic written here, stored as x.png
             view.written.remember(source.folder, source.name, source.image_id)
         self._stop = threading.Event()  # the janitor's
         # the staging disk's free space at the last statvfs, and bytes written since
@@ -532,10 +532,23 @@ class WriteLayer(LocalNames):
 
     def _remember_written(self, path: str, image: Image) -> None:
         """The service stored the file written at ``path`` under another name: the folder
-        lists it under ``path`` from now on (the journal remembers it: ``job.remember_source``)."""
+        lists it under ``path`` from now on (the journal remembers it: ``job.remember_converted``)."""
         folder, name = split_path(path)
         if self.view.written.image_at(folder, name) != image.id:
             log.info("%s was stored by the service as %s", path, image.path)
+        self.view.written.remember(folder, name, image.id)
+
+    def remember_renamed(self, old: str, new: str, image: Image) -> None:
+        """A name written here for an image stored under another name was renamed to
+        ``new``, also stored under another name as ``image``: ``new`` is listed for it."""
+        source = self.journal.converted_at(*split_path(old))
+        folder, name = split_path(new)
+        if source is not None:
+            try:
+                self.journal.remember_converted(dataclasses.replace(
+                    source, folder=folder, name=name, image_id=image.id))
+            except NoSpace as exc:  # listed under it until the unmount all the same
+                log.warning("%s: not remembered as %s: %s", image.path, new, exc)
         self.view.written.remember(folder, name, image.id)
 
     def set_attr_after_register(self, pending: Pending, field_name: str, value: Any) -> bool:

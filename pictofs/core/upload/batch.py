@@ -38,7 +38,7 @@ from pictofs.core.upload.job import (
     classify,
     inspect_entry,
     new_key,
-    remember_source,
+    remember_converted,
     send_bytes,
 )
 from pictofs.core.upload.schedule import Schedule, Task, TaskControl, record_together
@@ -280,8 +280,8 @@ class BatchJob:
                     {entry_id: landing.image.id for entry_id, landing in landed.items()})
                 for member in registering:  # HEIC stored as .png: which image it became
                     if member.entry.id in landed:
-                        remember_source(self._journal, member.entry,
-                                        landed[member.entry.id].image, member.staged)
+                        remember_converted(self._journal, member.entry,
+                                           landed[member.entry.id].image, member.staged)
                 outcomes.update(landed)
         except Exception as exc:  # the call failed as a whole
             landed.clear()

@@ -16,7 +16,7 @@ A run of ``UploadJob.run``:
    register returns the first answer);
 4. a 409 at any step reads the image at the name and adopts it when size and sha256 match;
    bytes stored under another name (HEIC as ``<stem>.png``) are not the bytes sent, so the
-   journal's ``sources`` (what was written under which name became which image) answer
+   journal's ``converted`` names (what was written under which name became which image) answer
    instead: the same bytes written again under the same name are the remembered image, for
    the replace check of 2. too, and an entry that lands under another name is remembered;
 5. a replace whose upload fails for good restores the archived image.
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from pictofs import imaging, names
-from pictofs.core.upload.journal import Entry, Journal, Source
+from pictofs.core.upload.journal import Converted, Entry, Journal
 from pictofs.core.upload.states import JobState, Step
 from pictofs.errors import (AlreadyExists, NoSpace, NotFound, PermissionDenied, PictofsError,
                             Unavailable)
@@ -283,12 +283,12 @@ def inspect_staged(path: Path, filename: str, sha256: str | None = None) -> Stag
                       content_type=names.content_type_for(filename), width=width, height=height)
 
 
-def remember_source(journal: Journal, entry: Entry, image: Image, staged: StagedFile) -> None:
+def remember_converted(journal: Journal, entry: Entry, image: Image, staged: StagedFile) -> None:
     """An entry that landed under another name than it was written as (the service
-    converted it): remember which image the bytes written became (``Journal.sources``)."""
+    converted it): remember which image the bytes written became (``Journal.converted``)."""
     if (image.directory_path, image.filename) != (entry.folder, entry.filename):
-        journal.remember_source(Source(entry.folder, entry.filename, image.id, staged.size,
-                                       staged.sha256))
+        journal.remember_converted(Converted(entry.folder, entry.filename, image.id,
+                                             staged.size, staged.sha256))
 
 
 # ---------------------------------------------------------------------- the job
@@ -373,13 +373,13 @@ class UploadJob:
     def _done(self, entry: Entry, landed: Landed, staged: StagedFile) -> Landed:
         fault_point("after_register")
         self._journal.record_registered(entry.id, landed.image.id)
-        remember_source(self._journal, entry, landed.image, staged)
+        remember_converted(self._journal, entry, landed.image, staged)
         return landed
 
     def _remembered(self, entry: Entry, current: Image, staged: StagedFile) -> bool:
         """``current`` is the image these bytes, written under this name, became before
         (the service stored them under another name, so they cannot be compared)."""
-        source = self._journal.source(entry.folder, entry.filename)
+        source = self._journal.converted_at(entry.folder, entry.filename)
         return source is not None and source.image_id == current.id \
             and (source.size, source.sha256) == (staged.size, staged.sha256)
 

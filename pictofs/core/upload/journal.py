@@ -10,9 +10,9 @@ port changes at every start, a key can be rotated: pending work must still be fo
   staged file: target, state, size, sha256, mtime, replaced id, idempotency keys, the step
   reached, the error, the registered image id), the ``mtimes`` table (image id → the mtime a
   writer set, reported by ``stat`` so a second ``rsync -a`` transfers nothing) and the
-  ``sources`` table (a name written that the service stored under another name, HEIC
+  ``converted`` table (a name written that the service stored under another name, HEIC
   ``x.heic`` as ``x.png``: folder and written name → image id, size and sha256 of the bytes
-  written; see ``Source``);
+  written; see ``Converted``);
 - ``staging/``: one file per entry, named by the entry id, except for an entry uploaded
   from its *source* (``add_sources``): a file of the caller's that nobody is writing to (the
   mirror's), whose size, mtime and sha256 the row records; the upload checks the bytes it
@@ -77,8 +77,8 @@ log = logging.getLogger(__name__)
 
 VERSION = 3
 # what turns a journal of an older version into this one (version 1 had no source columns,
-# versions 1 and 2 no sources table: the schema below creates it)
-_SOURCES_TABLE = """CREATE TABLE IF NOT EXISTS sources (
+# versions 1 and 2 no converted table: the schema below creates it)
+_CONVERTED_TABLE = """CREATE TABLE IF NOT EXISTS converted (
     folder TEXT NOT NULL,
     name TEXT NOT NULL,
     image_id TEXT NOT NULL,
@@ -87,8 +87,8 @@ _SOURCES_TABLE = """CREATE TABLE IF NOT EXISTS sources (
     PRIMARY KEY (folder, name)
 );"""
 UPGRADES = {1: "ALTER TABLE entries ADD COLUMN source TEXT;"
-               "ALTER TABLE entries ADD COLUMN source_mtime_ns INTEGER;" + _SOURCES_TABLE,
-            2: _SOURCES_TABLE}
+               "ALTER TABLE entries ADD COLUMN source_mtime_ns INTEGER;" + _CONVERTED_TABLE,
+            2: _CONVERTED_TABLE}
 
 # The on-disk format of VERSION: its CHECK constraints spell the values of JobState and Step
 # (tests/unit/test_upload_states.py checks that they agree).
@@ -117,11 +117,11 @@ CREATE TABLE IF NOT EXISTS entries (
     source_mtime_ns INTEGER
 );
 CREATE TABLE IF NOT EXISTS mtimes (image_id TEXT PRIMARY KEY, mtime REAL NOT NULL);
-""" + _SOURCES_TABLE
+""" + _CONVERTED_TABLE
 
 
 @dataclass(frozen=True)
-class Source:
+class Converted:
     """A file written as ``folder``/``name`` that the service stored as image ``image_id``
     under another name (HEIC ``x.heic`` as ``x.png``): the size and sha256 of the bytes
     written. Bytes written again under that name with this sha256 are that image."""
@@ -563,29 +563,31 @@ class Journal:
         with self._read_lock:
             return dict(self._reader.execute("SELECT image_id, mtime FROM mtimes").fetchall())
 
-    # ---------------------------------------------------------------- sources
+    # ---------------------------------------------------------------- converted names
 
-    def remember_source(self, source: Source) -> None:
+    def remember_converted(self, source: Converted) -> None:
         """``source.name`` written in ``source.folder`` became image ``source.image_id``
-        under another name (the service converted it)."""
+        under another name (the service converted it). An image has one such name: one
+        remembered before for it (a rename) is forgotten."""
         with self._write() as db:
-            db.execute("INSERT OR REPLACE INTO sources (folder, name, image_id, size, sha256)"
+            db.execute("DELETE FROM converted WHERE image_id = ?", (source.image_id,))
+            db.execute("INSERT OR REPLACE INTO converted (folder, name, image_id, size, sha256)"
                        " VALUES (?, ?, ?, ?, ?)", (source.folder, source.name, source.image_id,
                                                    source.size, source.sha256))
 
-    def sources(self) -> list[Source]:
-        """Every name remembered by ``remember_source``."""
+    def converted(self) -> list[Converted]:
+        """Every name remembered by ``remember_converted``."""
         with self._read_lock:
             rows = self._reader.execute(
-                "SELECT folder, name, image_id, size, sha256 FROM sources").fetchall()
-        return [Source(*row) for row in rows]
+                "SELECT folder, name, image_id, size, sha256 FROM converted").fetchall()
+        return [Converted(*row) for row in rows]
 
-    def source(self, folder: str, name: str) -> Source | None:
+    def converted_at(self, folder: str, name: str) -> Converted | None:
         with self._read_lock:
             row = self._reader.execute(
-                "SELECT folder, name, image_id, size, sha256 FROM sources WHERE folder = ? "
+                "SELECT folder, name, image_id, size, sha256 FROM converted WHERE folder = ? "
                 "AND name = ?", (folder, name)).fetchone()
-        return Source(*row) if row else None
+        return Converted(*row) if row else None
 
     # ---------------------------------------------------------------- staging files
 
