@@ -496,20 +496,19 @@ def test_the_group_commit_without_syncfs_fsyncs_each_file_the_folder_and_the_wal
     assert commits == [True]
 
 
-def test_a_version_2_journal_opens_upgraded_and_remembers_converted_names(
+def test_converted_names_are_remembered_in_a_table_made_when_first_needed(
         state_dir: Path) -> None:
     with Journal.for_dataset(state_dir, BASE_URL, DATASET, KEY) as journal:
-        add_entry(journal, "e1", "/", "keep-me.jpg")
+        assert journal.converted() == [] and journal.converted_at("/", "x.heic") is None
         database = journal.directory / "journal.db"
-    with sqlite3.connect(database) as db:  # as version 2 left it: no converted table
-        db.execute("DROP TABLE converted")
-        db.execute("UPDATE meta SET value = '2' WHERE key = 'version'")
+    with sqlite3.connect(database) as db:  # a journal that never needed it: as before
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'converted'"
+                          ).fetchall() == []
     db.close()
     with Journal.for_dataset(state_dir, BASE_URL, DATASET, KEY) as journal:
-        assert journal_meta(journal)["version"] == str(VERSION) == "3"
-        assert journal.get("e1") is not None and journal.converted() == []
         journal.remember_converted(Converted("/cam", "IMG_1.heic", "img-1", 466, "ab" * 32))
     with Journal.for_dataset(state_dir, BASE_URL, DATASET, KEY) as journal:
+        assert journal_meta(journal)["version"] == str(VERSION) == "2"
         assert journal.converted_at("/cam", "IMG_1.heic") == \
             Converted("/cam", "IMG_1.heic", "img-1", 466, "ab" * 32)
         # one name per image: a rename of the written name forgets the old one

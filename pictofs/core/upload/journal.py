@@ -10,9 +10,9 @@ port changes at every start, a key can be rotated: pending work must still be fo
   staged file: target, state, size, sha256, mtime, replaced id, idempotency keys, the step
   reached, the error, the registered image id), the ``mtimes`` table (image id → the mtime a
   writer set, reported by ``stat`` so a second ``rsync -a`` transfers nothing) and the
-  ``converted`` table (a name written that the service stored under another name, HEIC
-  ``x.heic`` as ``x.png``: folder and written name → image id, size and sha256 of the bytes
-  written; see ``Converted``);
+  ``converted`` table, made when first needed (a name written that the service stored under
+  another name, HEIC ``x.heic`` as ``x.png``: folder and written name → image id, size and
+  sha256 of the bytes written; see ``Converted``);
 - ``staging/``: one file per entry, named by the entry id, except for an entry uploaded
   from its *source* (``add_sources``): a file of the caller's that nobody is writing to (the
   mirror's), whose size, mtime and sha256 the row records; the upload checks the bytes it
@@ -75,9 +75,12 @@ from pictofs.errors import ConfigError, NoSpace
 
 log = logging.getLogger(__name__)
 
-VERSION = 3
-# what turns a journal of an older version into this one (version 1 had no source columns,
-# versions 1 and 2 no converted table: the schema below creates it)
+VERSION = 2
+# what turns a journal of an older version into this one (version 1 had no sources)
+UPGRADES = {1: "ALTER TABLE entries ADD COLUMN source TEXT;"
+               "ALTER TABLE entries ADD COLUMN source_mtime_ns INTEGER;"}
+# Created when a first name is remembered (``remember_converted``): a journal that never
+# needed it is as before, and a pictofs without it still opens one that has it.
 _CONVERTED_TABLE = """CREATE TABLE IF NOT EXISTS converted (
     folder TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -85,10 +88,7 @@ _CONVERTED_TABLE = """CREATE TABLE IF NOT EXISTS converted (
     size INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
     PRIMARY KEY (folder, name)
-);"""
-UPGRADES = {1: "ALTER TABLE entries ADD COLUMN source TEXT;"
-               "ALTER TABLE entries ADD COLUMN source_mtime_ns INTEGER;" + _CONVERTED_TABLE,
-            2: _CONVERTED_TABLE}
+)"""
 
 # The on-disk format of VERSION: its CHECK constraints spell the values of JobState and Step
 # (tests/unit/test_upload_states.py checks that they agree).
@@ -117,7 +117,7 @@ CREATE TABLE IF NOT EXISTS entries (
     source_mtime_ns INTEGER
 );
 CREATE TABLE IF NOT EXISTS mtimes (image_id TEXT PRIMARY KEY, mtime REAL NOT NULL);
-""" + _CONVERTED_TABLE
+"""
 
 
 @dataclass(frozen=True)
@@ -570,6 +570,7 @@ class Journal:
         under another name (the service converted it). An image has one such name: one
         remembered before for it (a rename) is forgotten."""
         with self._write() as db:
+            db.execute(_CONVERTED_TABLE)
             db.execute("DELETE FROM converted WHERE image_id = ?", (source.image_id,))
             db.execute("INSERT OR REPLACE INTO converted (folder, name, image_id, size, sha256)"
                        " VALUES (?, ?, ?, ?, ?)", (source.folder, source.name, source.image_id,
@@ -577,17 +578,23 @@ class Journal:
 
     def converted(self) -> list[Converted]:
         """Every name remembered by ``remember_converted``."""
-        with self._read_lock:
-            rows = self._reader.execute(
-                "SELECT folder, name, image_id, size, sha256 FROM converted").fetchall()
-        return [Converted(*row) for row in rows]
+        return [Converted(*row) for row in self._converted_rows("")]
 
     def converted_at(self, folder: str, name: str) -> Converted | None:
+        rows = self._converted_rows(" WHERE folder = ? AND name = ?", folder, name)
+        return Converted(*rows[0]) if rows else None
+
+    def _converted_rows(self, where: str, *args: str) -> list[tuple[Any, ...]]:
+        """Rows of the ``converted`` table (none before it is created)."""
         with self._read_lock:
-            row = self._reader.execute(
-                "SELECT folder, name, image_id, size, sha256 FROM converted WHERE folder = ? "
-                "AND name = ?", (folder, name)).fetchone()
-        return Converted(*row) if row else None
+            try:
+                return self._reader.execute(
+                    "SELECT folder, name, image_id, size, sha256 FROM converted" + where,
+                    args).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return []
+                raise
 
     # ---------------------------------------------------------------- staging files
 
