@@ -202,6 +202,9 @@ class Renamer:
         stored = join_path(folder, names.stored_as(name))
         if self.writes.in_local_folder(new):
             stored = new
+        if isinstance(target, Pending):  # at the name given, not at the one stored
+            self.writes.unlink(new)
+            target = None
         self._rename_image(image.path, image, stored, target)
         if stored != new:
             entry = self.view.resolve(stored)

@@ -276,11 +276,10 @@ class DatasetView:
         """``name`` written here became an image under another name (``WrittenNames``):
         that image at ``name`` while it is still live where it was stored."""
         image_id = self.written.image_at(parent, name)
-        stored = stored_as(name)
-        if image_id is None or stored == name:
+        if image_id is None or stored_as(name) == name:
             return None
         try:
-            entry = self._child(parent, stored, parent_folder)
+            entry = self._child(parent, stored_as(name), parent_folder)
         except NotFound:
             return None
         if isinstance(entry, FileEntry) and entry.image.id == image_id:

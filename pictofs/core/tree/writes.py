@@ -532,7 +532,8 @@ class WriteLayer(LocalNames):
 
     def _remember_written(self, path: str, image: Image) -> None:
         """The service stored the file written at ``path`` under another name: the folder
-        lists it under ``path`` from now on (the journal remembers it: ``job.remember_converted``)."""
+        lists it under ``path`` from now on (the journal remembers it too:
+        ``job.remember_converted``)."""
         folder, name = split_path(path)
         if self.view.written.image_at(folder, name) != image.id:
             log.info("%s was stored by the service as %s", path, image.path)
