@@ -89,6 +89,8 @@ def test_a_phone_folder_copied_again_uploads_nothing_across_a_remount(
     assert os.stat(heic).st_mtime == 1_700_000_000 or tool == "cp"
 
     copy_again_changes_nothing(copy, m, server)
+    assert m.log().count("/iphone/IMG_2001.heic was stored by the service as "
+                         "/iphone/IMG_2001.png") == 1  # when it was, not at every copy
     assert m.umount().returncode == 0
     again = mount(dataset.name, *FAST, mountpoint=m.path)
     assert sorted(os.listdir(again.path / "iphone")) == sorted(PHONE)
@@ -123,10 +125,11 @@ def test_an_edited_heic_replaces_its_image_and_rm_archives_it(client, dataset, m
     assert "/iphone/IMG_2002.png" not in live(client, dataset)
 
 
-def test_a_heic_whose_png_name_holds_another_image_fails_naming_the_png(
+def test_a_heic_and_a_real_png_of_one_stem_share_one_name_and_nothing_is_lost(
         client, dataset, mount, tmp_path):
-    """No memory links the two (a real x.png, or one this machine did not write): the
-    written file fails as a conflict that names the stored name; nothing is archived."""
+    """A .heic whose .png name holds an image no memory links it to (a real x.png, or one
+    this machine did not write) fails as a conflict that names the stored name, and nothing
+    is archived; a .png written over the image a .heic became replaces it."""
     m = mount(dataset.name, *FAST)
     (m.path / "cam").mkdir()
     (m.path / "cam" / "IMG_1.png").write_bytes(png_bytes(1))
@@ -139,7 +142,18 @@ def test_a_heic_whose_png_name_holds_another_image_fails_naming_the_png(
     assert set(live(client, dataset)) == {"/cam/IMG_1.png"}
     assert archived(client, dataset) == []
     os.unlink(m.path / "cam" / "IMG_1.heic")  # a failed upload is discarded by rm
-    assert pictofs_cmd(m, "sync", str(m.path)).returncode == 0
+    assert sync(m).returncode == 0
+
+    # the other order: a .png written over the image a .heic became replaces it
+    (m.path / "cam" / "IMG_2.heic").write_bytes(heic_bytes(2))
+    assert sync(m).returncode == 0
+    converted = live(client, dataset)["/cam/IMG_2.png"]
+    (m.path / "cam" / "IMG_2.png").write_bytes(png_bytes(2))
+    assert sync(m).returncode == 0
+    assert sorted(os.listdir(m.path / "cam")) == ["IMG_1.png", "IMG_2.png"]
+    assert (m.path / "cam" / "IMG_2.png").read_bytes() == png_bytes(2)
+    assert live(client, dataset)["/cam/IMG_2.png"] != converted
+    assert archived(client, dataset) == ["/cam/IMG_2.png"]
 
 
 def test_renaming_the_name_written_renames_its_image(client, dataset, mount, server, tmp_path):

@@ -83,14 +83,18 @@ class WrittenNames:
 
     def image_at(self, folder: str, name: str) -> str | None:
         """The id of the image ``name`` written in ``folder`` became, if remembered."""
+        if not self._by_name:
+            return None
         with self._lock:
-            return self._by_name.get((folder, name)) if self._by_name else None
+            return self._by_name.get((folder, name))
 
     def shown_name(self, image: Image) -> str:
         """The name ``image`` is listed under: the name it was written as, when it is
         still where that name was stored; else its own."""
+        if not self._by_image:  # nothing remembered (most mounts): no lock per image
+            return image.filename
         with self._lock:
-            written = self._by_image.get(image.id) if self._by_image else None
+            written = self._by_image.get(image.id)
         if written is None:
             return image.filename
         folder, name = written

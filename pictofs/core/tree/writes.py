@@ -531,12 +531,10 @@ class WriteLayer(LocalNames):
             self.on_archived()  # a replace archived the image it replaced
 
     def _remember_written(self, path: str, image: Image) -> None:
-        """The service stored the file written at ``path`` under another name: the folder
-        lists it under ``path`` from now on (the journal remembers it too:
-        ``job.remember_converted``)."""
+        """The service stored the file written at ``path`` under another name (the upload
+        logged it): the folder lists it under ``path`` from now on (the journal remembers
+        it too: ``job.remember_converted``)."""
         folder, name = split_path(path)
-        if self.view.written.image_at(folder, name) != image.id:
-            log.info("%s was stored by the service as %s", path, image.path)
         self.view.written.remember(folder, name, image.id)
 
     def remember_renamed(self, old: str, new: str, image: Image) -> None:
