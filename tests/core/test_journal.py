@@ -515,3 +515,9 @@ def test_converted_names_are_remembered_in_a_table_made_when_first_needed(
         journal.remember_converted(Converted("/new", "IMG_1.heic", "img-1", 466, "ab" * 32))
         assert [c.folder for c in journal.converted()] == ["/new"]
         assert journal.converted_at("/cam", "IMG_1.heic") is None
+        # a folder renamed or moved takes the names in it and below along, no other
+        journal.remember_converted(Converted("/new/sub", "b.heic", "img-2", 1, "cd" * 32))
+        journal.remember_converted(Converted("/newer", "c.heic", "img-3", 1, "ef" * 32))
+        journal.move_converted("/new", "/moved/here")
+        assert sorted((c.folder, c.name) for c in journal.converted()) == [
+            ("/moved/here", "IMG_1.heic"), ("/moved/here/sub", "b.heic"), ("/newer", "c.heic")]

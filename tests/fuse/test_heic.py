@@ -177,7 +177,10 @@ def test_renaming_the_name_written_renames_its_image(client, dataset, mount, ser
     assert set(now) == {"/iphone/sub/IMG_2001.png", "/iphone/renamed.png",
                         "/iphone/IMG_3000.jpg"}
     assert archived(client, dataset) == ["/iphone/IMG_2002.png"]
+    os.rename(phone, m.path / "phone2")  # a folder rename takes the names along
+    assert sorted(os.listdir(m.path / "phone2")) == ["IMG_3000.jpg", "renamed.heic", "sub"]
     assert m.umount().returncode == 0
     again = mount(dataset.name, *FAST, mountpoint=m.path)
-    assert sorted(os.listdir(again.path / "iphone")) == ["IMG_3000.jpg", "renamed.heic", "sub"]
-    assert os.listdir(again.path / "iphone" / "sub") == ["IMG_2001.heic"]
+    assert sorted(os.listdir(again.path / "phone2")) == ["IMG_3000.jpg", "renamed.heic", "sub"]
+    assert os.listdir(again.path / "phone2" / "sub") == ["IMG_2001.heic"]
+    assert live(client, dataset)["/phone2/sub/IMG_2001.png"] == ids["/iphone/IMG_2001.png"]

@@ -271,6 +271,7 @@ class Renamer:
         for pending in self.writes.pending_under(old):
             self._rename_pending(pending, new + pending.path[len(old):], None,
                                  moved_along=True)
+        self.writes.move_written(old, new)
         self.view.note_folder_gone(old)
         self.view.note_folder(new)
 

@@ -81,6 +81,17 @@ class WrittenNames:
             self._by_name[(folder, name)] = image_id
             self._by_image[image_id] = (folder, name)
 
+    def move_folder(self, old: str, new: str) -> None:
+        """Folder ``old`` is ``new`` now: so are the names remembered in it and below."""
+        with self._lock:
+            moved = {key: image_id for key, image_id in self._by_name.items()
+                     if key[0] == old or key[0].startswith(old + "/")}
+            for (folder, name), image_id in moved.items():
+                del self._by_name[(folder, name)]
+                key = (new + folder[len(old):], name)
+                self._by_name[key] = image_id
+                self._by_image[image_id] = key
+
     def image_at(self, folder: str, name: str) -> str | None:
         """The id of the image ``name`` written in ``folder`` became, if remembered."""
         if not self._by_name:

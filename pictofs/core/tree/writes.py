@@ -503,12 +503,12 @@ class WriteLayer(LocalNames):
         with self._lock:
             pending = self._by_entry.pop(entry_id, None)
             if pending is not None:  # else rm or mv took it over and showed what they did
+                if pending.path != image.path:  # first: never listed under the stored name
+                    self._remember_written(pending.path, image)
                 self.view.note_image(image)  # before the pending goes: a lookup finds one
                 pending.removed = True
             if pending is not None and self._pending.get(pending.path) is pending:
                 del self._pending[pending.path]
-                if pending.path != image.path:
-                    self._remember_written(pending.path, image)
             mtime = self.journal.mtime(image.id)
             written_over = pending is not None and image.id == pending.replaced_id \
                 and not pending.mtime_set
@@ -536,6 +536,15 @@ class WriteLayer(LocalNames):
         it too: ``job.remember_converted``)."""
         folder, name = split_path(path)
         self.view.written.remember(folder, name, image.id)
+
+    def move_written(self, old: str, new: str) -> None:
+        """Folder ``old`` was renamed or moved to ``new``: the names written in it (and
+        below) that the service stored under others go with their images."""
+        try:
+            self.journal.move_converted(old, new)
+        except NoSpace as exc:  # listed under them until the unmount all the same
+            log.warning("%s: the HEIC names in it are not remembered at %s: %s", old, new, exc)
+        self.view.written.move_folder(old, new)
 
     def remember_renamed(self, old: str, new: str, image: Image) -> None:
         """A name written here for an image stored under another name was renamed to

@@ -576,6 +576,16 @@ class Journal:
                        " VALUES (?, ?, ?, ?, ?)", (source.folder, source.name, source.image_id,
                                                    source.size, source.sha256))
 
+    def move_converted(self, old: str, new: str) -> None:
+        """Folder ``old`` was renamed or moved to ``new``: so were the names remembered in
+        it and below."""
+        if not self._converted_rows(" LIMIT 1"):
+            return
+        with self._write() as db:
+            db.execute("UPDATE converted SET folder = ? || substr(folder, ?) WHERE folder = ? "
+                       "OR substr(folder, 1, ?) = ?",
+                       (new, len(old) + 1, old, len(old) + 1, old + "/"))
+
     def converted(self) -> list[Converted]:
         """Every name remembered by ``remember_converted``."""
         return [Converted(*row) for row in self._converted_rows("")]
