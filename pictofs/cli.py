@@ -293,6 +293,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     for item in uploads.get("stranded", []):
         print(f"stranded:   {item['pending']} pending upload(s) in {item['folder']} "
               "(another journal of this dataset; taken over at the next mount)")
+    local = reply.get("local_only", {})
+    if local.get("files"):
+        print(f"local only: {local['files']} local-only files, not on the service "
+              f"({format_size(local['bytes'])})")
+    if reply.get("trashed"):
+        print(f"trash:      {reply['trashed']} item(s) in .Trash-UID/files (their images "
+              "archived on the service)")
     if reply.get("skipped_names"):
         print(f"skipped:    {reply['skipped_names']} names from the service the mount cannot "
               "show (logged)")
@@ -421,3 +428,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pictofs: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pictofs status --json | head`: the reader left; not a bug
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR

@@ -105,6 +105,12 @@ OPTIONS: tuple[Option, ...] = (
            metavar="N"),
     Option("min-free-space", "writes fail with ENOSPC below this much free space on the "
            "staging disk", MOUNT, default="1G", type=parse_size, metavar="SIZE"),
+    Option("local-only-max", "files kept on this machine only (non-images, hidden files) "
+           "may take this much; writes past it fail with ENOSPC", MOUNT, default="1G",
+           type=parse_size, metavar="SIZE"),
+    Option("refuse-non-images", "refuse names the service does not take (ENOTSUP) instead "
+           "of keeping them on this machine only", MOUNT, default=False, flag=True,
+           type=None),
     Option("permanent-delete", "rm deletes images permanently instead of archiving them",
            MOUNT, default=False, flag=True, type=None),
     # mount(8)'s form of the options above (translated by ``pictofs.fstab``, anywhere on

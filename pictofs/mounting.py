@@ -33,6 +33,9 @@ from pictofs.model import Dataset
 
 log = logging.getLogger(__name__)
 
+# what libfuse prints on a mount that works, and means nothing to a user
+HARMLESS_LIBFUSE_LINES = ("Ignoring invalid max threads value",)
+
 READY_FD_ENV = "PICTOFS_READY_FD"
 READY_TIMEOUT = 120.0
 
@@ -145,7 +148,11 @@ def _wait_ready(read_fd: int, process: subprocess.Popen[bytes]) -> str:
             readable, _, _ = select.select([pipe], [], [], 0.5)
             if readable:
                 chunk = pipe.read(4096)
-                if not chunk:
+                if not chunk:  # the daemon closed it: it is exiting (its exit may lag)
+                    try:
+                        process.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        pass
                     break
                 data += chunk
                 if data.endswith(b"\n"):
@@ -273,9 +280,14 @@ def _serve(target: MountTarget, args: argparse.Namespace) -> int:
     messages = MountMessages()
 
     def on_init() -> None:
-        said = messages.release()
-        if said:
-            log.warning("libfuse said while mounting: %s", " / ".join(said.splitlines()))
+        said = [line for line in messages.release().splitlines() if line.strip()]
+        # libfuse 3 complains of the thread limit mfusepy leaves unset on every mount: noise
+        noise = [line for line in said if line.startswith(HARMLESS_LIBFUSE_LINES)]
+        if noise:
+            log.debug("libfuse said while mounting: %s", " / ".join(noise))
+        if len(said) > len(noise):
+            log.info("libfuse said while mounting: %s",
+                     " / ".join(line for line in said if line not in noise))
         ctl.start()
         start_sighup_thread(vfs.refresh)
         if target.dataset is None:
@@ -345,6 +357,7 @@ class DatasetTreeBuilder:
         from pictofs.core.upload.journal import Journal
         from pictofs.core.cache.readahead import ReadAhead
         from pictofs.core.tree.renames import Renamer
+        from pictofs.core.tree.trash import Trash
         from pictofs.core.tree.dataset import DatasetTree
         from pictofs.core.tree.writes import WriteLayer, WriteOptions
 
@@ -367,12 +380,16 @@ class DatasetTreeBuilder:
                                retry_max_wait=self.args.retry_max_wait,
                                min_free_space=self.args.min_free_space,
                                permanent_delete=self.args.permanent_delete,
+                               local_only_max=self.args.local_only_max,
+                               refuse_non_images=self.args.refuse_non_images,
                                batch=images_api.BULK_LIMIT,
                                commit_interval=self.args.commit_interval)
         writes = WriteLayer(view, self.remote, journal, downloader, journal.directory / "local",
                             options, upload_remote=self.upload_remote)
         writes.start()
-        return DatasetTree(view, downloader, archive, writes, Renamer(view, self.remote, writes))
+        renamer = Renamer(view, self.remote, writes)
+        trash = Trash(view, self.remote, writes, renamer, journal.directory / "trash")
+        return DatasetTree(view, downloader, archive, writes, renamer, trash)
 
 
 def _resume_organization(vfs: Any) -> None:

@@ -9,6 +9,7 @@ same protocol rules with its own code, so a bug here cannot hide a bug there.
 from __future__ import annotations
 
 import posixpath
+import re
 
 from pictofs.errors import InvalidName, NameTooLong, Unsupported
 
@@ -30,6 +31,9 @@ CONTENT_TYPES = {
 
 _LOCAL_SUFFIXES = (".part", ".crdownload", ".tmp", ".swp", ".swx", ".kate-swp")
 _LOCAL_NAMES = frozenset({"Thumbs.db", "desktop.ini"})
+# rsync's temporary name of NAME: ".NAME." and six random letters or digits (mkstemp's)
+_RSYNC_TEMP = re.compile(r"^\.(.+)\.[A-Za-z0-9]{6}$", re.DOTALL)
+_TRASH = re.compile(r"^\.Trash(-\d+)?$")  # a desktop's trash folder (freedesktop.org)
 
 
 def check_name(name: str) -> None:
@@ -87,6 +91,29 @@ def is_local_only(name: str) -> bool:
         or name.endswith(_LOCAL_SUFFIXES)
         or name in _LOCAL_NAMES
     )
+
+
+def is_transient(name: str) -> bool:
+    """Local-only names that are a step on a file's way, not a file a user keeps: rsync's
+    temporary names (``.x.jpg.AbC123``), editor swap files and partial downloads (the
+    suffixes ``.part``, ``.crdownload``, ``.tmp``, ``.swp``, ``.swx``, ``.kate-swp``). A
+    mount removes one an hour after its last close, and does not keep one across a remount;
+    every other local-only file stays until ``rm`` (filesystem §5 "Names that stay local")."""
+    return name.endswith(_LOCAL_SUFFIXES) or _RSYNC_TEMP.match(name) is not None
+
+
+def is_transient_path(path: str) -> bool:
+    """A transient name (``is_transient``), or anything in a desktop's trash folder
+    (``.Trash``, ``.Trash-1000``), which lives as long as the mount that made it."""
+    parts = [p for p in path.split("/") if p]
+    return bool(parts) and (is_transient(parts[-1]) or any(_TRASH.match(p) for p in parts))
+
+
+def is_image_on_its_way(name: str) -> bool:
+    """rsync's temporary name of an image (``.x.jpg.AbC123``): its bytes become an upload
+    when rsync renames it, so they do not count against ``--local-only-max``."""
+    match = _RSYNC_TEMP.match(name)
+    return match is not None and is_supported(match.group(1))
 
 
 def normalize_folder(path: str) -> str:

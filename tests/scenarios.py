@@ -314,10 +314,19 @@ def scenario_mkdir_existing_is_eexist(fs: Driver, service: Service) -> None:
     assert fs.stat("/f.png").is_file and fs.stat("/d").is_dir
 
 
-def scenario_unsupported_extension_is_enotsup(fs: Driver, service: Service) -> None:
-    assert errno_of(lambda: fs.open("/notes.txt", WRITE)) == errno.ENOTSUP
+def scenario_a_non_image_name_stays_local(fs: Driver, service: Service) -> None:
+    """A name the service does not take is kept on this machine: listed, read back,
+    marked ``user.pictofs.local_only``, never uploaded; ``rm`` removes it."""
+    fs.write_file("/notes.txt", b"hello")
+    fs.write_file("/a.png", png_bytes(113))
+    assert fs.listdir("/")["notes.txt"].size == 5
+    assert fs.read_file("/notes.txt") == b"hello"
+    assert "user.pictofs.local_only" in fs.listxattr("/notes.txt")
+    assert fs.getxattr("/notes.txt", "user.pictofs.local_only") == b"not on the service"
+    fs.sync()
+    assert set(service.live()) == {"/a.png"}
+    fs.unlink("/notes.txt")
     assert errno_of(lambda: fs.stat("/notes.txt")) == errno.ENOENT
-    assert fs.listdir("/") == {}
 
 
 def scenario_not_an_image_is_einval_at_close_and_kept_as_failed(fs: Driver,
@@ -407,7 +416,7 @@ SCENARIOS: list[Callable[[Driver, Service], None]] = [
     scenario_rmdir,
     scenario_missing_paths_are_enoent,
     scenario_mkdir_existing_is_eexist,
-    scenario_unsupported_extension_is_enotsup,
+    scenario_a_non_image_name_stays_local,
     scenario_not_an_image_is_einval_at_close_and_kept_as_failed,
     scenario_empty_file_stays_local,
     scenario_xattrs_of_an_image,

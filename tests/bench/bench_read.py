@@ -201,15 +201,17 @@ def force_unmount(path: Path) -> None:
     subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True)
 
 
-def wait_for_mount(path: Path, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def wait_for_mount(path: Path, process: subprocess.Popen[bytes], timeout: float = 30,
+                   what: str = "passthrough") -> None:
+    """Wait until ``process`` (a foreground FUSE daemon, ``what``) has mounted ``path``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if mount_device(str(path)) is not None:
             return
         if process.poll() is not None:
-            raise RuntimeError(f"passthrough exited {process.returncode} before mounting")
+            raise RuntimeError(f"{what} exited {process.returncode} before mounting")
         time.sleep(0.02)
-    raise RuntimeError(f"passthrough did not mount {path} in {timeout}s")
+    raise RuntimeError(f"{what} did not mount {path} in {timeout}s")
 
 
 # --------------------------------------------------------------------------- the run
@@ -589,6 +591,11 @@ def table(rows: list[Row], markdown: bool) -> str:
         else:
             lines.append([row.key, row.name, "—", row.baseline, "—", "—", target,
                           f"not measured ({row.note})"])
+    return grid(head, lines, markdown)
+
+
+def grid(head: list[str], lines: list[list[str]], markdown: bool) -> str:
+    """A table of strings: Markdown, or plain text in aligned columns."""
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         out += ["| " + " | ".join(cells) + " |" for cells in lines]

@@ -75,6 +75,7 @@ from bench_read import (
     Bench,
     counts_text,
     force_unmount,
+    grid,
     isolate_environment,
     log,
     route_counts,
@@ -216,14 +217,7 @@ def table(rows: list[Row], markdown: bool) -> str:
     head = ["#", "Measurement", "pictofs", "Baseline", "Baseline time", "Ratio", "Target",
             "Result"]
     lines = [row.cells() for row in rows]
-    if markdown:
-        out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-        out += ["| " + " | ".join(cells) + " |" for cells in lines]
-        return "\n".join(out)
-    widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(head)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*head), fmt.format(*("-" * w for w in widths))]
-                     + [fmt.format(*cells).rstrip() for cells in lines])
+    return grid(head, lines, markdown)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -283,6 +277,9 @@ class WriteBench(Bench):
         self.source = root / FOLDER
         self.expected: dict[str, int] = {}  # file name → size, of the source folder
         self.local_copies: list[float] = []  # cp -r to local disk, per repetition
+        # CPU per file (ms): the bulk workflow's process, the passthrough's daemon for cp -r
+        self.workflow_cpu: list[float] = []
+        self.passthrough_cpu: list[float] = []
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -431,6 +428,12 @@ class WriteBench(Bench):
             first_rsync.base.append(rsync_passthrough)
         self.stop_passthrough()
         self.references.append(("`cp -r` to local disk", self.local_copies))
+        floor = statistics.median(self.passthrough_cpu) + statistics.median(self.workflow_cpu)
+        self.notes.append(
+            "CPU per image, for row 1h: the passthrough's daemon for `cp -r` "
+            f"{statistics.median(self.passthrough_cpu):.2f} ms, the bulk workflow's process "
+            f"(client side) for the upload {statistics.median(self.workflow_cpu):.2f} ms: "
+            f"{floor:.2f} ms together, the floor of a FUSE copy plus an upload in Python.")
         if shutil.which("strace"):
             self.count_fsyncs()
 
@@ -443,7 +446,11 @@ class WriteBench(Bench):
         self.counter += 1
         target.mkdir()  # untimed, as the dataset is for pictofs
         if tool == "cp":
+            assert self.passthrough is not None
+            pid = self.passthrough[1].pid
+            cpu_before = cpu_seconds(pid)
             elapsed = timed_run(lambda: run("cp", "-r", self.source, f"{target}/"))
+            self.passthrough_cpu.append((cpu_seconds(pid) - cpu_before) * 1000 / self.files)
         else:
             elapsed = timed_run(lambda: rsync(self.source, target))
         shutil.rmtree(target)
@@ -502,11 +509,12 @@ class WriteBench(Bench):
         assert self.client is not None
         dataset = self.new_dataset("upload")
         before = self.counts()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         result = workflows.upload_dataset_from_folder(
             self.client, dataset, folder=self.source_parent, organize_by_class=True,
             parallel=True, max_workers=8)
         elapsed = time.perf_counter() - start
+        self.workflow_cpu.append((time.process_time() - cpu_start) * 1000 / self.files)
         if result.images_uploaded != self.files or result.failures:
             raise RuntimeError(f"upload_dataset_from_folder: {result}")
         if first:

@@ -209,3 +209,30 @@ def test_a_staging_file_torn_by_a_crash_of_the_machine_fails_and_is_never_sent(
     assert journal.staging_path(entries["torn.png"]).read_bytes() == whole[:len(whole) // 2]
     assert [i.filename for i in client.images.list(dataset.id, include_archived=True)] == \
         ["whole.png"]
+
+
+def test_bytes_whose_flush_was_never_recorded_are_kept_aside_not_deleted(
+        remote, journal, dataset) -> None:
+    """At resume, an entry the journal never saw flushed: its bytes were being written when
+    the daemon died, or a crash of the machine lost the commit of its close. They are not
+    uploaded (they may be cut short) but kept aside under the name they were written as;
+    an entry that holds no byte, or that was removed (cancelled), is forgotten."""
+    queue = UploadQueue(remote, journal, dataset.id, write_back=0.0)
+    written = queue.stage("/cams", "half.png")
+    journal.staging_path(written).write_bytes(png_bytes(7301)[:500])
+    queue.stage("/cams", "empty.png")  # created, never written
+    removed = queue.stage("/cams", "removed.png")
+    journal.staging_path(removed).write_bytes(png_bytes(7302))
+    journal.update(removed, cancelled=True)
+    journal.close()  # the daemon is gone; a new one resumes
+    reopened = Journal(journal.directory, dataset_id=dataset.id)
+    try:
+        assert UploadQueue(remote, reopened, dataset.id).resume() == []
+        assert reopened.entries() == []
+        assert reopened.staging_names() == []
+        kept = kept_aside(reopened.directory)
+        assert [p.relative_to(reopened.directory / "quarantine").as_posix() for p in kept] \
+            == ["cams/half.png"]
+        assert kept[0].read_bytes() == png_bytes(7301)[:500]
+    finally:
+        reopened.close()

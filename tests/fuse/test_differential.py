@@ -167,7 +167,8 @@ class MountMachine(RuleBasedStateMachine):
                 self.folders.update({folder, parent_of(folder)} - {""})
             if join(folder, filename) not in self.files:
                 self.files[join(folder, filename)] = self.api_put(folder, filename, number)
-        self.m = self.mount(name, "--write-back", write_back,
+        # --refuse-non-images: the model has no local-only files (test_local_only.py has)
+        self.m = self.mount(name, "--write-back", write_back, "--refuse-non-images",
                             "--dir-cache-time", "30s" if cached else "0")
         FIGURES["examples"] += 1
         FIGURES["mount_seconds"] += time.monotonic() - started
@@ -286,7 +287,7 @@ class MountMachine(RuleBasedStateMachine):
     @step
     def create(self, data: st.DataObject, number: int, pieces: int) -> None:
         """A new file (``O_CREAT|O_EXCL``, 1-3 writes, close); an existing name: EEXIST; an
-        unsupported name: ENOTSUP."""
+        unsupported name: ENOTSUP (``--refuse-non-images``)."""
         folder = data.draw(st.sampled_from(self.all_folders()), "folder")
         name = data.draw(st.sampled_from([*FILE_NAMES, "notes.txt"]), "name")
         path = join(folder, name)

@@ -4,18 +4,18 @@ to a local-only name).
 - The classic safe save: write a dot-named temp file, ``fsync`` it, rename it over the image.
   It is one replace upload; the same bytes upload nothing and keep the id.
 - ``vim -b`` writing an image back unchanged. Its default ``backupcopy=auto`` first probes
-  the folder with a file named ``4913``, which the mount refuses (``ENOTSUP``: not an image
-  name), so vim falls back to the ``backupcopy=yes`` way: copy ``x.jpg`` to ``x.jpg~``,
-  truncate and rewrite ``x.jpg``, delete the backup. With ``backupcopy=no`` vim renames
+  the folder with a file named ``4913`` (not an image name: kept on this machine only, and
+  deleted by vim at once), then saves the ``backupcopy=yes`` way: copy ``x.jpg`` to
+  ``x.jpg~``, truncate and rewrite ``x.jpg``, delete the backup. With ``backupcopy=no`` vim renames
   ``x.jpg`` to ``x.jpg~`` and writes a new ``x.jpg``. Either way the image keeps its id and
   annotations and nothing is uploaded.
 - GIO, the library behind GNOME Files (``GIO_USE_VFS=local``, no gvfs daemons): ``gio copy``
   in, ``gio move`` within, ``gio remove``, ``gio save`` over an image (GIO's replace: a
   ``.goutputstream-XXXXXX`` temp renamed over it), and ``gio trash``. Trash goes to the
-  mount's own ``.Trash-0`` folder, a local-only name: the trashed image is held there and
-  archived on the service after ``--write-back`` (or at unmount, whichever comes first);
-  moving it back out of the trash restores the same image. The trash itself lives as long
-  as the mount.
+  mount's own ``.Trash-0`` folder (filesystem "The desktop trash"): the trashed image is
+  archived on the service at once and shown there, also after a remount; moving it back
+  out of the trash restores the same image (``tests/fuse/test_trash.py`` drives the rest:
+  folders, ``gio trash --list``, ``--restore``, ``--empty``).
 """
 
 from __future__ import annotations
@@ -200,8 +200,8 @@ def test_gio_copy_move_remove_and_trash(client, dataset, mount, server, tmp_path
     b_id = landed["/in/b.png"].id
     assert {i.id: i.is_archived for i in everything(client, dataset)}[b_id] is True
 
-    # trash: into the mount's own .Trash-0 (local-only); the image is archived after
-    # --write-back while the trash copy keeps reading its bytes
+    # trash: into the mount's own .Trash-0; the image is archived at once and the trash
+    # copy keeps reading its bytes
     result = gio("trash", str(m.path / "out" / "a.png"))
     assert result.returncode == 0, result.stderr
     assert not (m.path / "out" / "a.png").exists()
@@ -264,22 +264,23 @@ def test_gio_save_over_an_image_replaces_it_once(client, dataset, mount, server,
 
 
 @pytest.mark.skipif(shutil.which("gio") is None, reason="gio (libglib2.0-bin) is not installed")
-def test_trash_left_in_the_mount_at_unmount_is_archived_and_then_forgotten(client, dataset,
-                                                                         mount, server):
+def test_trash_is_archived_at_once_and_kept_across_an_unmount(client, dataset, mount, server):
     image, data = seed_images(client, dataset.id, "/", ["t.png"], data_for=png_bytes)["t.png"]
-    # a long --write-back: only the unmount can decide what becomes of the trashed image
+    # a long --write-back: trashing does not wait for it (the trash is the archive)
     m = mount(dataset.name, "--write-back", "1h")
     assert (m.path / "t.png").read_bytes() == data
+    counts = Counts(server)
     result = gio("trash", str(m.path / "t.png"))
     assert result.returncode == 0, result.stderr
-    assert (m.path / ".Trash-0" / "files" / "t.png").read_bytes() == data
-    counts = Counts(server)
-    assert m.umount().returncode == 0
     assert counts.since()["archive"] == 1 and counts.uploads() == 0, counts.since()
     assert {i.id: i.is_archived for i in everything(client, dataset)} == {image.id: True}
+    assert (m.path / ".Trash-0" / "files" / "t.png").read_bytes() == data
+    assert m.umount().returncode == 0
 
     again = mount(dataset.name, "--write-back", "1h", mountpoint=m.path)
-    assert os.listdir(again.path) == []  # the trash lived as long as the mount
+    assert os.listdir(again.path) == []  # the trash is reached by name, like .archive
+    assert (again.path / ".Trash-0" / "files" / "t.png").read_bytes() == data
+    assert os.listdir(again.path / ".Trash-0" / "info") == ["t.png.trashinfo"]
     assert (again.path / ".archive" / "t.png").read_bytes() == data
     local = journal_folder(again, dataset) / "local"
     assert list(local.iterdir()) == []

@@ -314,15 +314,24 @@ def test_server_restart_mid_run_lands_every_file_once(own_server, mount, tmp_pat
     dataset = client.projects.create("restart")
     count = 300 if LONG else 120
     files = pngs(count, seed=9000)
-    write_files(tmp_path / "src", files)
     m = mount(dataset.name, "--write-back", "0.2s", "--transfers", "1", "--retry-max-wait", "1s",
               "--dir-cache-time", "5m",
               env={"PICTOGRAPH_API_KEY": server.key, "PICTOGRAPH_BASE_URL": server.base_url})
     (m.path / "run").mkdir()
     os.listdir(m.path / "run")
-    cp_tree(tmp_path / "src", m.path / "run")
+    # Two copies: the first 20 files land, then the rest go up as one batch (a copy is
+    # gathered into few batches), and the server stops once some of its PUTs are in.
+    names = list(files)
+    first, rest = names[:20], names[20:]
+    write_files(tmp_path / "src1", {name: files[name] for name in first})
+    write_files(tmp_path / "src2", {name: files[name] for name in rest})
+    cp_tree(tmp_path / "src1", m.path / "run")
     wait_for(lambda: len(list(client.images.list(dataset.id))) >= 10,
              "the first registers", timeout=120)
+    puts = server.calls("PUT", "storage/upload")
+    cp_tree(tmp_path / "src2", m.path / "run")
+    wait_for(lambda: server.calls("PUT", "storage/upload") >= puts + 5, "PUTs of the second copy",
+             timeout=120)
     landed_before = len(list(client.images.list(dataset.id)))
     restarted = restart()  # SIGTERM with uploads in flight, then the same data and port
     assert restarted.base_url == server.base_url

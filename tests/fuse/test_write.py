@@ -482,19 +482,6 @@ def test_mkdir_p_rmdir_and_rm_r(client, dataset, mount):
 # ---------------------------------------------------------------------- bad input
 
 
-def test_unsupported_name_is_refused_at_create_with_a_log_line(client, dataset, mount, server):
-    m = mount(dataset.name, *FAST)
-    counts = Counts(server)
-    assert errno_of(lambda: (m.path / "notes.txt").write_text("hello")) == errno.ENOTSUP
-    result = run("cp", "/etc/hostname", str(m.path / "report.pdf"), check=False)
-    assert result.returncode != 0
-    assert not (m.path / "notes.txt").exists()
-    lines = [line for line in m.log().splitlines()
-             if "notes.txt" in line and "unsupported" in line]
-    assert lines and all(ext in lines[0] for ext in (".jpg", ".png", ".webp", ".heic")), lines
-    assert counts.uploads() == 0
-
-
 def test_write_past_50_mb_is_efbig_and_uploads_nothing(client, dataset, mount, server):
     m = mount(dataset.name, *FAST)
     counts = Counts(server)
@@ -821,15 +808,3 @@ def test_split_and_tags_set_on_a_staged_file_apply_after_register(client, datase
     assert stored.split == "val" and list(stored.tags) == ["fresh"]
     assert errno_of(lambda: os.setxattr(m.path / "final.png", "user.pictograph.split",
                                         b"sometimes")) == errno.EINVAL
-
-
-def test_read_only_xattrs_accept_their_value_and_refuse_another(client, dataset, mount):
-    image = seed_images(client, dataset.id, "/", ["x.png"])["x.png"][0]
-    m = mount(dataset.name, *FAST)
-    path = m.path / "x.png"
-    os.setxattr(path, "user.pictograph.id", image.id.encode())
-    assert errno_of(lambda: os.setxattr(path, "user.pictograph.id", b"0" * len(image.id))) \
-        == errno.EPERM
-    result = run("setfattr", "-n", "user.pictograph.id", "-v", "other", str(path), check=False)
-    assert result.returncode != 0 and "not permitted" in result.stderr.lower()
-    assert client.images.get(image.id).id == image.id

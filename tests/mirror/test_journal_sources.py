@@ -36,7 +36,7 @@ def test_a_version_1_journal_opens_upgraded_with_its_entries(tmp_path: Path) -> 
         db.executescript(VERSION_1_ENTRIES)
 
     with Journal(folder) as journal:
-        assert journal_meta(journal)["version"] == str(journal_module.VERSION) == "2"
+        assert journal_meta(journal)["version"] == str(journal_module.VERSION) == "3"
         entry = journal.get("old")
         assert entry is not None and (entry.folder, entry.size) == ("/a", 10)
         assert entry.source is None and resume_action(entry) is ResumeAction.QUEUE

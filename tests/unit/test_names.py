@@ -3,8 +3,9 @@
 import pytest
 
 from pictofs.errors import InvalidName, NameTooLong, Unsupported
-from pictofs.names import (check_name, check_supported, content_type_for, is_local_only,
-                           is_supported, normalize_folder, stored_as)
+from pictofs.names import (check_name, check_supported, content_type_for,
+                           is_image_on_its_way, is_local_only, is_supported, is_transient,
+                           is_transient_path, normalize_folder, stored_as)
 
 
 @pytest.mark.parametrize("name", ["x.jpg", "ümlaut.png", "a b.JPG", "." * 3 + ".gif",
@@ -50,6 +51,29 @@ def test_check_supported_names_the_extensions():
 ])
 def test_local_only(name, local):
     assert is_local_only(name) is local
+
+
+@pytest.mark.parametrize("name, transient, image_on_its_way", [
+    (".x.jpg.AbC123", True, True), (".IMG_0001.xmp.z9Y8x7", True, False),
+    (".notes.txt.000000", True, False), ("x.jpg.part", True, False), ("a.swp", True, False),
+    ("y.crdownload", True, False), ("a.tmp", True, False), ("a.kate-swp", True, False),
+    (".DS_Store", False, False), ("Thumbs.db", False, False), ("IMG_0001.xmp", False, False),
+    ("notes.txt", False, False), ("x.jpg~", False, False), (".x.jpg.AbC12", False, False),
+    ("x.jpg.AbC123", False, False),
+])
+def test_transient_names(name, transient, image_on_its_way):
+    """Transient local names are removed when left over; kept ones stay until rm."""
+    assert is_transient(name) is transient
+    assert is_image_on_its_way(name) is image_on_its_way
+
+
+@pytest.mark.parametrize("path, transient", [
+    ("/cars/.x.jpg.AbC123", True), ("/.Trash-0", True), ("/.Trash-1000/info/x.trashinfo", True),
+    ("/a/.Trash/files/x.txt", True), ("/cars/IMG_0001.xmp", False), ("/.thumbnails/a.jpg", False),
+    ("/.Trash-me/x.txt", False), ("/", False),
+])
+def test_transient_paths(path, transient):
+    assert is_transient_path(path) is transient
 
 
 @pytest.mark.parametrize("name, ctype", [("a.jpg", "image/jpeg"), ("a.JPEG", "image/jpeg"),

@@ -23,6 +23,14 @@ ANNOTATIONS_XATTR = XATTR_PREFIX + "annotations"
 WRITABLE_XATTRS = ("split", "tags")
 MAX_XATTR_SIZE = 64 * 1024
 ERROR_XATTR = "user.pictofs.error"
+# what pictofs works out itself (the service's record, the upload's state): setting one is
+# accepted and ignored, whatever the value, so a copy of a file that came out of a mount
+# (cp -a, rsync -aX, mv across datasets) goes back in without an error per attribute
+DERIVED_XATTRS = frozenset([XATTR_PREFIX + name for name in LISTED_XATTRS
+                            if name not in WRITABLE_XATTRS] + [ANNOTATIONS_XATTR, ERROR_XATTR])
+# on a file kept on this machine only (filesystem §5 "Names that stay local"); its value
+LOCAL_ONLY_XATTR = "user.pictofs.local_only"
+LOCAL_ONLY_VALUE = b"not on the service"
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,30 @@ def xattr_value(image: Image, name: str) -> bytes | None:
     if value is None:
         return b""
     return str(value).encode()
+
+
+def writable_field(name: str) -> str | None:
+    """``split`` or ``tags`` for their attribute names, else None."""
+    field = name[len(XATTR_PREFIX):] if name.startswith(XATTR_PREFIX) else ""
+    return field if field in WRITABLE_XATTRS else None
+
+
+def is_shown(name: str) -> bool:
+    """An attribute pictofs shows on a file (derived or writable): removing one is accepted
+    and ignored (filesystem §2)."""
+    return name in DERIVED_XATTRS or writable_field(name) is not None
+
+
+def parse_writable(field: str, raw: bytes) -> Any:
+    """The value of ``split`` or ``tags`` (ValueError if it is not one)."""
+    return parse_split(raw) if field == "split" else parse_tags(raw)
+
+
+def writable_value(field: str, value: Any) -> bytes:
+    """How a kept ``split``/``tags`` value reads back (as ``xattr_value`` shows it)."""
+    if field == "tags":
+        return json.dumps(list(value), ensure_ascii=False).encode()
+    return b"" if value is None else str(value).encode()
 
 
 def parse_tags(raw: bytes) -> list[str]:

@@ -18,11 +18,13 @@ from pictofs.core.tree.view import DatasetView
 class DatasetTree:
     """Everything of one dataset in the mount: its listings (``view``), reads through the
     cache (``downloader``), ``.archive/`` (``archive``) and, on a writable mount, the files
-    being written and uploaded (``writes``) and the folder and rename verbs (``renamer``).
-    A read-only mount has ``ReadOnlyWrites``, which refuses every change."""
+    being written and uploaded (``writes``), the folder and rename verbs (``renamer``) and
+    the desktop trash (``trash``). A read-only mount has ``ReadOnlyWrites``, which refuses
+    every change."""
 
     view: DatasetView
     downloader: Any  # pictofs.core.cache.downloads.Downloader
     archive: ArchiveView
     writes: Any = dataclasses.field(default_factory=ReadOnlyWrites)  # WriteLayer
     renamer: Any = None  # pictofs.core.tree.renames.Renamer (None: read-only)
+    trash: Any = None  # pictofs.core.tree.trash.Trash: .Trash-UID/ (None: read-only)

@@ -1,16 +1,31 @@
 """Local-only names of a dataset in a mount (filesystem §5 "Names", §6): files and folders
 that never reach the service, images held by a local name after a rename to one (an
 "orphan": archived after ``write_back`` unless a new file at the old path replaces it), and
-the janitor thread that archives due orphans and removes left-over local files.
+the janitor thread that archives due orphans and removes left-over transient files.
+
+A local-only file is a local-only name (``names.is_local_only``: dot-names, ``~``, OS
+junk), anything in a local-only folder, or (unless ``--refuse-non-images``) a name the
+service does not take (``notes.txt``, ``IMG_0001.xmp``). Its bytes are a file of the mount's
+local folder (``<journal folder>/local``), and the file itself records where it is shown
+and its mtime (the xattr ``LOCAL_RECORD``), so the next mount shows it again: a local-only
+file stays until ``rm``, across remounts, except transient ones
+(``names.is_transient_path``: rsync's temporary names, swap files, partial downloads, and
+anything in a desktop's trash folder, which lives as long as the mount): the janitor removes
+those an hour after their last close, and a remount does not bring them back. Local-only
+folders are kept in ``FOLDERS_FILE``. Together the files may hold at most
+``local_only_max`` bytes (``ENOSPC`` past it; rsync's temporary names of images, on their
+way to an upload, do not count).
 
 ``LocalNames`` is the part of ``writes.WriteLayer`` that does this; the layer's tables and
-their lock are described there. Of the layer's ``WriteOptions`` it reads only ``write_back``
-(the ``OrphanOptions`` protocol), so this module imports nothing from ``writes``.
+their lock are described there. Of the layer's ``WriteOptions`` it reads only what
+``LocalOptions`` names, so this module imports nothing from ``writes``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import uuid
 from dataclasses import dataclass
@@ -21,14 +36,16 @@ from pictofs import names
 from pictofs.core.tree import rootnames
 from pictofs.core.tree.pending import Pending
 from pictofs.core.tree.view import DatasetView
-from pictofs.errors import NotEmpty, PictofsError
+from pictofs.errors import NoSpace, NotEmpty, PictofsError
 from pictofs.model import Image, split_path
 from pictofs.remote import Remote
 
 log = logging.getLogger(__name__)
 
-LEFTOVER_AGE = 3600.0  # local-only files are removed this long after their last close
+LEFTOVER_AGE = 3600.0  # transient local files are removed this long after their last close
 JANITOR_EVERY = 0.5
+LOCAL_RECORD = "user.pictofs.local"  # on a local file: {"path": ..., "mtime": ...} as JSON
+FOLDERS_FILE = "folders.json"  # in the local folder: the local-only folders, a JSON list
 
 
 @dataclass
@@ -40,11 +57,17 @@ class Orphan:
     deadline: float
 
 
-class OrphanOptions(Protocol):
+class LocalOptions(Protocol):
     """What ``LocalNames`` reads of the layer's options (``writes.WriteOptions``)."""
 
     @property
     def write_back(self) -> float: ...
+
+    @property
+    def local_only_max(self) -> int: ...
+
+    @property
+    def refuse_non_images(self) -> bool: ...
 
 
 class LocalNames:
@@ -54,7 +77,7 @@ class LocalNames:
     view: DatasetView
     remote: Remote
     local_dir: Path
-    options: OrphanOptions
+    options: LocalOptions
     clock: Callable[[], float]
     wall: Callable[[], float]
     on_archived: Callable[[], None]
@@ -64,6 +87,7 @@ class LocalNames:
     _orphans: dict[str, Orphan]
     _stop: threading.Event
     _janitor: threading.Thread | None
+    _unrecorded = False  # a local file could not be recorded for the next mount (logged)
 
     def forget(self, pending: Pending, cancel: bool) -> None:
         raise NotImplementedError
@@ -82,6 +106,15 @@ class LocalNames:
             parts = parts[1:]
         return any(names.is_local_only(p) for p in parts)
 
+    def is_local_file(self, path: str) -> bool:
+        """A file at ``path`` stays on this machine: in a local-only folder or named so, or
+        a name the service does not take (unless ``--refuse-non-images``: then such a name
+        is refused, ``ENOTSUP``, as the callers do for a name that is not local)."""
+        if self.in_local_folder(path):
+            return True
+        return not self.options.refuse_non_images \
+            and not names.is_supported(split_path(path)[1])
+
     def is_local_dir(self, path: str) -> bool:
         with self._lock:
             return path in self._local_dirs
@@ -93,6 +126,7 @@ class LocalNames:
     def add_local_dir(self, path: str) -> None:
         with self._lock:
             self._local_dirs.add(path)
+            self._save_local_dirs()
 
     def remove_local_dir(self, path: str) -> None:
         with self._lock:
@@ -100,6 +134,7 @@ class LocalNames:
                     any(d.startswith(path + "/") for d in self._local_dirs):
                 raise NotEmpty(path)
             self._local_dirs.discard(path)
+            self._save_local_dirs()
 
     def _new_local(self, path: str, holds: Image | None = None) -> Pending:
         pending = Pending(path, self.local_dir / uuid.uuid4().hex, None, mtime=self.wall(),
@@ -109,7 +144,96 @@ class LocalNames:
             pending.descriptor()
         with self._lock:
             self._pending[path] = pending
+        self.record_local(pending)
         return pending
+
+    # ------------------------------------------------------------------ kept across remounts
+
+    def record_local(self, pending: Pending) -> None:
+        """Record on a local file's bytes where it is shown and its mtime, for the next
+        mount (at create, last close, utimens, rename). A state disk without user xattrs
+        keeps it for this mount only (one log line)."""
+        if not pending.local or pending.removed or pending.holds is not None:
+            return
+        record = json.dumps({"path": pending.path, "mtime": pending.mtime}).encode()
+        try:
+            os.setxattr(pending.file, LOCAL_RECORD, record)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if not self._unrecorded:  # one line per mount: the next ones would say the same
+                log.warning("%s (and the local-only files after it): kept for this mount "
+                            "only: the state disk stores no user xattrs: %s", pending.path,
+                            exc.strerror)
+            self._unrecorded = True
+
+    def _save_local_dirs(self) -> None:
+        """Write the local-only folders (under ``_lock``), replacing the file at once."""
+        target = self.local_dir / FOLDERS_FILE
+        temp = target.with_name(FOLDERS_FILE + ".new")
+        kept = sorted(d for d in self._local_dirs if not names.is_transient_path(d))
+        try:
+            if not kept:
+                target.unlink(missing_ok=True)
+                return
+            temp.write_text(json.dumps(kept))
+            os.replace(temp, target)
+        except OSError as exc:
+            log.warning("local-only folders kept for this mount only: %s", exc.strerror)
+
+    def _load_local(self) -> None:
+        """At start: the local-only folders and files an earlier mount kept come back.
+        Transient files, and files with no record (cut off before their create returned),
+        are removed."""
+        try:
+            folders = json.loads((self.local_dir / FOLDERS_FILE).read_text())
+        except FileNotFoundError:
+            folders = []
+        except (OSError, ValueError) as exc:
+            log.warning("local-only folders of an earlier mount not read: %s", exc)
+            folders = []
+        removed = 0
+        with self._lock:
+            self._local_dirs.update(f for f in folders if isinstance(f, str))
+            for file in sorted(self.local_dir.iterdir()):
+                if not file.is_file() or file.name.startswith(FOLDERS_FILE):
+                    continue
+                path, mtime = _read_record(file)
+                if path is None or path in self._pending \
+                        or names.is_transient_path(path):
+                    file.unlink(missing_ok=True)
+                    removed += 1
+                    continue
+                self._pending[path] = Pending(path, file, None, mtime=mtime,
+                                              size=file.stat().st_size, written=True)
+            kept = sum(1 for p in self._pending.values() if p.local)
+        if removed:
+            log.info("removed %d left-over local file(s) of an earlier mount", removed)
+        if kept:
+            log.info("%d local-only file(s) kept from an earlier mount", kept)
+
+    # ------------------------------------------------------------------ the cap
+
+    def check_local_cap(self, pending: Pending, end: int) -> None:
+        """``NoSpace`` (ENOSPC) when growing ``pending`` to ``end`` bytes would take the
+        local-only files past ``--local-only-max``."""
+        growth = end - pending.size
+        if growth <= 0 or names.is_image_on_its_way(split_path(pending.path)[1]):
+            return
+        with self._lock:
+            used = sum(p.size for p in self._pending.values()
+                       if p.local and p.holds is None
+                       and not names.is_image_on_its_way(split_path(p.path)[1]))
+        if used + growth > self.options.local_only_max:
+            raise NoSpace(f"local-only files (not on the service) would take more than "
+                          f"{self.options.local_only_max} bytes (--local-only-max); "
+                          f"{used} are in use")
+
+    def local_status(self) -> dict[str, int]:
+        """``pictofs status``: the local-only files, and their bytes."""
+        with self._lock:
+            files = [p for p in self._pending.values() if p.local]
+        return {"files": len(files), "bytes": sum(p.size for p in files)}
 
     # ------------------------------------------------------------------ orphans
 
@@ -120,6 +244,7 @@ class LocalNames:
             return
         self._copy_image_into(image, pending)
         pending.holds = None
+        self.record_local(pending)
 
     def hold_image(self, path: str, image: Image, local_path: str) -> Pending:
         """An image renamed to a local-only name: the local name holds it; the image is
@@ -186,21 +311,22 @@ class LocalNames:
             self.on_archived()
             log.info("archived %s (renamed to a local name and not written back)", path)
 
-    def _remove_stale_local_files(self) -> None:
-        """Local-only files live as long as the mount that made them: the ones an earlier
-        mount left (unmounted or killed) are unreachable now."""
-        stale = [p for p in self.local_dir.iterdir() if p.is_file()]
-        for path in stale:
-            path.unlink(missing_ok=True)
-        if stale:
-            log.info("removed %d local-only file(s) left by an earlier mount", len(stale))
-
     def _remove_leftovers(self) -> None:
         now = self.clock()
         with self._lock:
             old = [p for p in self._pending.values()
                    if p.local and p.opens == 0 and p.last_close
-                   and now - p.last_close > LEFTOVER_AGE]
+                   and now - p.last_close > LEFTOVER_AGE
+                   and names.is_transient_path(p.path)]
         for pending in old:
             log.info("removing left-over local file %s", pending.path)
             self.forget(pending, cancel=False)
+
+
+def _read_record(file: Path) -> tuple[str | None, float]:
+    """The path and mtime a local file's record names, or ``(None, 0.0)``."""
+    try:
+        record = json.loads(os.getxattr(file, LOCAL_RECORD))
+        return str(record["path"]), float(record["mtime"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, 0.0

@@ -29,7 +29,7 @@ from pictofs.core.tree.archive import ARCHIVE
 from pictofs.core.tree.pending import Pending
 from pictofs.core.tree.view import DatasetView, DirEntry, FileEntry
 from pictofs.errors import (AlreadyExists, InvalidArgument, IsADirectory, NoAttribute,
-                            NotADirectory, NotPermitted, ReadOnly, Unavailable,
+                            NotADirectory, NotPermitted, ReadOnly, Unavailable, Unsupported,
                             ValueTooLarge)
 from pictofs.model import Image, join_path, parse_timestamp
 
@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 
 Rows = list[tuple[str, dict[str, Any], float]]  # (name, attributes, valid until)
+
+
+def not_kept(name: str) -> Unsupported:
+    """Setting an attribute the service has no place for (``user.xdg.origin.url`` of a
+    download, ...): ENOTSUP, which ``cp -a`` and ``mv`` pass over in silence."""
+    return Unsupported(f"{name}: only user.pictograph.split and .tags can be set here")
 
 
 class Tree(Protocol):
@@ -104,7 +110,10 @@ class Node:
         raise NoAttribute(name)
 
     def setxattr(self, name: str, value: bytes) -> None:
-        raise NotPermitted(f"{name} cannot be set here")
+        raise not_kept(name)
+
+    def removexattr(self, name: str) -> None:
+        raise NoAttribute(name)
 
     # in .archive/ only: the folders there answer these; an archived image overrides them
     def delete_for_good(self) -> None:
@@ -282,14 +291,16 @@ class ImageFile(Node):
         return value
 
     def setxattr(self, name: str, value: bytes) -> None:
-        if not name.startswith(attrs.XATTR_PREFIX):
-            raise NotPermitted(f"{name} cannot be set here")
-        current = attrs.xattr_value(self.image, name)
-        if current is not None and current == value:
+        """``split``/``tags`` change the image on the service; an attribute pictofs derives
+        is accepted and ignored, whatever the value (a copy brings the old image's)."""
+        if name in attrs.DERIVED_XATTRS:
+            log.debug("%s: %s is derived; setting it changes nothing", self.path, name)
             return
-        field_name = name[len(attrs.XATTR_PREFIX):]
-        if field_name not in attrs.WRITABLE_XATTRS:
-            raise NotPermitted(f"{name} is read-only")
+        field_name = attrs.writable_field(name)
+        if field_name is None:
+            raise not_kept(name)
+        if attrs.xattr_value(self.image, name) == value:
+            return
         self.side.writes.check_writable("setxattr")
         image, remote = self.image, self.tree.remote
         try:
@@ -304,6 +315,14 @@ class ImageFile(Node):
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
         self.side.view.note_image(updated)
+
+    def removexattr(self, name: str) -> None:
+        """An attribute the image shows is always there: removing one is accepted and
+        ignored (``split``/``tags`` are cleared by setting them empty), so ``rsync -aX`` from
+        files without them changes nothing on the service."""
+        if not attrs.is_shown(name):
+            raise NoAttribute(name)
+        log.debug("%s: removing %s changes nothing", self.path, name)
 
 
 class ArchivedImage(ImageFile):
@@ -385,25 +404,36 @@ class PendingFile(Node):
         self.side.writes.set_mtime(self.pending, when)
 
     def listxattr(self) -> list[str]:
-        return [attrs.ERROR_XATTR] if self.pending.error else []
+        kept = [attrs.XATTR_PREFIX + field for field in dict(self.pending.after_register)]
+        if self.pending.local:
+            return [attrs.LOCAL_ONLY_XATTR] + kept
+        return ([attrs.ERROR_XATTR] if self.pending.error else []) + kept
 
     def getxattr(self, name: str) -> bytes:
         if name == attrs.ERROR_XATTR and self.pending.error:
             return self.pending.error.encode()
+        if name == attrs.LOCAL_ONLY_XATTR and self.pending.local:
+            return attrs.LOCAL_ONLY_VALUE
+        field_name = attrs.writable_field(name)
+        kept = dict(self.pending.after_register)
+        if field_name is not None and field_name in kept:
+            return attrs.writable_value(field_name, kept[field_name])
         raise NoAttribute(name)
 
     def setxattr(self, name: str, value: bytes) -> None:
-        """``split``/``tags`` on a staged file apply right after register (§2); if it
-        landed before the value was kept, they are set on the image it became."""
-        field_name = name[len(attrs.XATTR_PREFIX):] if name.startswith(attrs.XATTR_PREFIX) \
-            else ""
-        if field_name not in attrs.WRITABLE_XATTRS:
-            raise NotPermitted(f"{name} cannot be set on a file not uploaded yet")
+        """``split``/``tags`` on a staged file are kept (in the journal too) and apply right
+        after register (§2); if it landed before the value was kept, they are set on the
+        image it became. An attribute pictofs derives is accepted and ignored."""
+        if name in attrs.DERIVED_XATTRS:
+            log.debug("%s: %s is derived; setting it changes nothing", self.path, name)
+            return
+        field_name = attrs.writable_field(name)
+        if field_name is None:
+            raise not_kept(name)
         writes = self.side.writes
         writes.check_writable("setxattr")
         try:
-            parsed: Any = attrs.parse_split(value) if field_name == "split" \
-                else attrs.parse_tags(value)
+            parsed = attrs.parse_writable(field_name, value)
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
         if writes.set_attr_after_register(self.pending, field_name, parsed):
@@ -412,3 +442,10 @@ class PendingFile(Node):
         if isinstance(landed, PendingFile):
             raise NotPermitted(f"{name} cannot be set here")
         landed.setxattr(name, value)
+
+    def removexattr(self, name: str) -> None:
+        """As on an image: accepted and ignored (a value set here is cleared by setting it
+        empty)."""
+        if not attrs.is_shown(name):
+            raise NoAttribute(name)
+        log.debug("%s: removing %s changes nothing", self.path, name)

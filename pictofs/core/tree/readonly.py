@@ -89,6 +89,9 @@ class ReadOnlyWrites:
                 "upload_rate": 0.0, "paused": False, "kept_aside": [], "stranded": [],
                 "workers": 0}
 
+    def local_status(self) -> dict[str, int]:
+        return {"files": 0, "bytes": 0}
+
     def wait_idle(self, timeout: float) -> bool:
         return True
 

@@ -105,7 +105,7 @@ class Renamer:
         if pending.holds is not None and new == pending.holds.path:
             self._restore_held(pending)
             return
-        if self.writes.in_local_folder(new):
+        if self.writes.is_local_file(new):
             self._make_local(pending)
             pending.replaced_id = None
         elif not names.is_supported(name):
@@ -171,7 +171,7 @@ class Renamer:
             self._rename_written(old, image, new, target)
             return
         folder, name = split_path(new)
-        if self.writes.in_local_folder(new):
+        if self.writes.is_local_file(new):
             if isinstance(target, Pending):
                 self.writes.unlink(new)
             self.writes.hold_image(old, image, new)

@@ -24,6 +24,7 @@ def mount_status(datasets: Iterable[Any], counters: Counters, open_files: int
     """The tree's part of ``pictofs status`` (``DatasetTree`` items in ``datasets``)."""
     datasets = list(datasets)
     cache = [(d.view.dataset.name, d.downloader.cache.stats()) for d in datasets]
+    local = [d.writes.local_status() for d in datasets]
     return {
         "open_files": open_files,
         "opens": counters.opens,
@@ -32,9 +33,13 @@ def mount_status(datasets: Iterable[Any], counters: Counters, open_files: int
         "cache": [{**dataclasses.asdict(c), "hit_ratio": c.hit_ratio, "dataset": name}
                   for name, c in cache],
         "uploads": merge_upload_status([d.writes.status() for d in datasets]),
+        # files kept on this machine only (filesystem §5 "Names that stay local")
+        "local_only": {key: sum(s[key] for s in local) for key in ("files", "bytes")},
         # names from the service the mount cannot show (filesystem §1), each counted once
         "skipped_names": sum(d.view.names.skipped() + d.archive.names.skipped()
                              for d in datasets),
+        # entries of the desktop trash (.Trash-UID/files), their images archived
+        "trashed": sum(d.trash.count() for d in datasets if d.trash is not None),
     }
 
 

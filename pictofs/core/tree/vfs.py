@@ -14,6 +14,8 @@ is told of the changes this mount makes behind its back (``pictofs.fs.kernel_cac
 Paths inside a dataset are the service's: ``_route`` translates the root names that differ
 in the mount (``rootnames``: the service's own ``.archive`` folder is ``.archive~service``)
 and tells the virtual ``.archive/`` apart; what goes back to the listener is translated back.
+A path in ``.Trash-UID/`` at a dataset's root (a writable mount) goes to the dataset's
+``trash`` (``pictofs.core.tree.trash``): its nodes, and every verb that changes it.
 
 Locks: ``_lock`` guards ``_views``, ``_datasets_at``, ``_datasets``, ``_handles``,
 ``_last_open_id`` and ``counters``; it is never held while calling into a dataset.
@@ -30,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from pictofs.core.tree import attrs, rootnames
+from pictofs.core.tree import attrs, rootnames, trash_nodes
 from pictofs.core.tree.archive import ARCHIVE, is_archive_path
 from pictofs.core.tree.attrs import AttrPolicy
 from pictofs.core.tree.nodes import (ArchivedImage, ArchiveFolder, DatasetFolder, ImageFile,
@@ -38,6 +40,7 @@ from pictofs.core.tree.nodes import (ArchivedImage, ArchiveFolder, DatasetFolder
 from pictofs.core.tree.pending import Pending
 from pictofs.core.tree.dataset import DatasetTree
 from pictofs.core.tree.status import Counters, mount_status
+from pictofs.core.tree.trash import InfoFile, trash_parts
 from pictofs.core.tree.view import DatasetView, DirEntry
 from pictofs.errors import (AlreadyExists, BadHandle, CrossDevice, NoAttribute, NotFound,
                             NotPermitted, ReadOnly)
@@ -148,6 +151,8 @@ class Vfs:
                 found = self._datasets[view.dataset_id] = self._dataset_tree(view)
                 self._tell_listener_of_changes(view)
                 found.writes.on_archived = found.archive.forget  # show new archives
+                if found.trash is not None:
+                    found.trash.on_archived = found.archive.forget
             return found
 
     def dataset_trees(self) -> list[DatasetTree]:
@@ -226,6 +231,8 @@ class Vfs:
             if isinstance(entry, DirEntry):
                 return ArchiveFolder(self, dataset, path, inner)
             return ArchivedImage(self, dataset, path, entry)
+        if self._in_trash(dataset, inner):
+            return trash_nodes.resolve(self, dataset, path, inner)
         writes = dataset.writes
         pending = writes.pending_at(inner)
         if pending is not None:
@@ -238,6 +245,12 @@ class Vfs:
         if isinstance(entry, DirEntry):
             return DatasetFolder(self, dataset, path, entry)
         return ImageFile(self, dataset, path, entry)
+
+    @staticmethod
+    def _in_trash(dataset: DatasetTree | None, inner: str) -> bool:
+        """A path in the dataset's desktop trash (``.Trash-UID/``; a writable mount)."""
+        return dataset is not None and dataset.trash is not None \
+            and trash_parts(inner) is not None
 
     def _writes(self, dataset: DatasetTree | None, what: str) -> Any:
         """The dataset's write side, if ``what`` may change it."""
@@ -317,8 +330,11 @@ class Vfs:
         writes = self._writes(dataset, "create")
         if archived:
             raise ReadOnly("the archive is read-only")
-        pending = writes.create(inner, exclusive=bool(flags & os.O_EXCL))
         assert dataset is not None
+        if self._in_trash(dataset, inner):
+            info = dataset.trash.create(inner, exclusive=bool(flags & os.O_EXCL))
+            return self.add_handle(path, dataset, pending=info)
+        pending = writes.create(inner, exclusive=bool(flags & os.O_EXCL))
         return self.add_handle(path, dataset, pending=pending)
 
     def add_handle(self, path: str, dataset: DatasetTree, image: Image | None = None,
@@ -390,6 +406,8 @@ class Vfs:
             handle.reader.close()
         if handle.pending is not None:
             handle.dataset.writes.release(handle.pending)
+            if isinstance(handle.pending, InfoFile) and handle.pending.opens == 0:
+                handle.pending.close_descriptor()  # a file of the trash, kept in no table
 
     def truncate(self, path: str | None, length: int, fh: int | None) -> None:
         if fh is not None:
@@ -411,6 +429,9 @@ class Vfs:
         if archived:
             self.resolve(path).delete_for_good()
             return
+        if self._in_trash(dataset, inner):
+            dataset.trash.unlink(inner)  # type: ignore[union-attr]
+            return
         writes.unlink(inner)
 
     def mkdir(self, path: str) -> None:
@@ -418,6 +439,10 @@ class Vfs:
         if self._single is None and path.count("/") == 1:
             name = path[1:]
             check_name(name)
+            if trash_parts(path) is not None or name == ".Trash":
+                log.warning("mkdir %s: a desktop trash is kept per dataset, in a dataset "
+                            "mount; not made at the top of an organization mount", path)
+                raise NotPermitted(f"{name}: the desktop trash needs a dataset mount")
             if name in self.dataset_names():
                 raise AlreadyExists(name)
             self.remote.create_dataset(name)
@@ -428,6 +453,9 @@ class Vfs:
         self._writes(dataset, "mkdir")
         if archived:
             raise ReadOnly("the archive is read-only")
+        if self._in_trash(dataset, inner):
+            dataset.trash.mkdir(inner)  # type: ignore[union-attr]
+            return
         dataset.renamer.mkdir(inner)  # type: ignore[union-attr]
 
     def rmdir(self, path: str) -> None:
@@ -437,6 +465,9 @@ class Vfs:
         self._writes(dataset, "rmdir")
         if archived:
             raise ReadOnly("the archive is read-only")
+        if self._in_trash(dataset, inner):
+            dataset.trash.rmdir(inner)  # type: ignore[union-attr]
+            return
         dataset.renamer.rmdir(inner)  # type: ignore[union-attr]
 
     def rename(self, old: str, new: str, flags: int = 0) -> None:
@@ -449,6 +480,8 @@ class Vfs:
         self._writes(old_dataset, "rename")
         assert old_dataset is not None
         if old_archived:
+            if self._in_trash(old_dataset, new_inner):
+                raise NotPermitted("an archived image is restored out of .archive/ first")
             node = self.resolve(old)
             if new_archived and not node.is_dir:  # a folder of it: EPERM, said by restore
                 raise ReadOnly("the archive is read-only")
@@ -456,6 +489,9 @@ class Vfs:
             return
         if new_archived:
             raise ReadOnly("the archive is read-only")
+        if self._in_trash(old_dataset, old_inner) or self._in_trash(old_dataset, new_inner):
+            old_dataset.trash.rename(old_inner, new_inner, flags)
+            return
         old_dataset.renamer.rename(old_inner, new_inner, flags)
 
     def utimens(self, path: str | None, mtime: float | None, fh: int | None = None) -> None:
@@ -489,7 +525,7 @@ class Vfs:
     def removexattr(self, path: str, name: str) -> None:
         if name.startswith(("security.", "system.")):
             raise NoAttribute(name)
-        raise NotPermitted(f"{name} cannot be removed")
+        self.resolve(path).removexattr(name)
 
     # ------------------------------------------------------------------ the mount
 

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from pictofs import imaging, names
 from pictofs.core.upload.job import EMPTY_FILE
-from pictofs.core.upload.journal import Journal
+from pictofs.core.upload.journal import Entry, Journal
 from pictofs.core.upload.journal_files import disk_full
 from pictofs.core.tree.local_names import LocalNames, Orphan
 from pictofs.core.tree.pending import Pending
@@ -60,10 +60,13 @@ class WriteOptions:
     # the group commit's period (commits.py): how long a closed file may wait before it
     # survives a crash of the machine; 0: at every close
     commit_interval: float = 5.0
+    # local-only files (local_names.py): at most this many bytes; refuse non-image names
+    local_only_max: int = 1 << 30
+    refuse_non_images: bool = False
 
 
 class WriteLayer(LocalNames):
-    options: WriteOptions  # all of them; LocalNames reads only write_back (OrphanOptions)
+    options: WriteOptions  # all of them; LocalNames reads only LocalOptions
 
     def __init__(self, view: DatasetView, remote: Remote, journal: Journal, downloader: Any,
                  local_dir: Path, options: WriteOptions,
@@ -109,18 +112,24 @@ class WriteLayer(LocalNames):
 
     def start(self) -> None:
         """Resume the journal and start the workers (from the mount's init)."""
-        self._remove_stale_local_files()
+        self._load_local()
+        kept = self.journal.attrs()
+        unapplied = self._landed_with_attrs(kept)
         self.queue.resume()
         for entry in self.queue.entries():
             pending = Pending(entry.path, self.queue.staging_path(entry.id), entry.id,
                               mtime=entry.mtime or self.wall(), size=entry.size or 0,
                               written=True, error=entry.error if entry.state == JobState.FAILED
-                              else None, replaced_id=entry.replaced_id)
+                              else None, replaced_id=entry.replaced_id,
+                              after_register=dict(kept.get(entry.id, {})))
             with self._lock:
                 self._pending[entry.path] = pending
                 self._by_entry[entry.id] = pending
         self.queue.start()
         self._start_janitor()
+        if unapplied:
+            threading.Thread(target=self._apply_unapplied, args=(unapplied,), daemon=True,
+                             name="pictofs-attrs").start()
 
     def stop(self, timeout: float = 30.0) -> bool:
         self._stop_janitor(timeout)
@@ -188,7 +197,7 @@ class WriteLayer(LocalNames):
                 raise AlreadyExists(path)
             return self.open_for_write(path, existing, truncate=True)
         self._check_space(0)
-        if self.in_local_folder(path):
+        if self.is_local_file(path):  # kept on this machine (local_names.py)
             return self._new_local(path)
         if not names.is_supported(name):
             log.warning("%s: not created: unsupported file type (supported: %s)", path,
@@ -261,6 +270,8 @@ class WriteLayer(LocalNames):
             log.warning("%s", pending.poison)
             raise pending.poison
         try:
+            if pending.local:
+                self.check_local_cap(pending, offset + len(data))
             self._check_space(len(data))
             written = self._pwrite(pending, data, offset)
         except NoSpace as exc:
@@ -305,6 +316,12 @@ class WriteLayer(LocalNames):
             self.materialize(pending)
         if length > names.MAX_IMAGE_BYTES and not pending.local:
             raise TooLarge(f"{pending.path}: over the 50 MB limit of the service")
+        if pending.local:
+            try:
+                self.check_local_cap(pending, length)
+            except NoSpace as exc:
+                log.warning("%s: %s", pending.path, exc)
+                raise
         pending.truncate(length)
         pending.written = pending.dirty = True
         self._written_now(pending)
@@ -379,6 +396,7 @@ class WriteLayer(LocalNames):
             self.forget(pending, cancel=True)
             return
         if pending.local or pending.entry_id is None:
+            self.record_local(pending)  # its mtime now, for the next mount
             return
         if not pending.written:
             if pending.replaced_id is not None:  # opened for writing, closed unwritten
@@ -426,6 +444,7 @@ class WriteLayer(LocalNames):
         if isinstance(target, Pending):
             target.mtime = mtime
             target.mtime_set = True
+            self.record_local(target)
             if target.entry_id is not None:
                 self.queue.set_mtime(target.entry_id, mtime)
                 entry = self.queue.get(target.entry_id)
@@ -505,7 +524,9 @@ class WriteLayer(LocalNames):
             if pending is not None:  # else rm or mv took it over and showed what they did
                 if pending.path != image.path:  # first: never listed under the stored name
                     self._remember_written(pending.path, image)
-                self.view.note_image(image)  # before the pending goes: a lookup finds one
+                # before the pending goes, so a lookup finds one; with the split/tags set on
+                # the file, so getfattr shows them while they are being set on the image
+                self.view.note_image(_with_kept(image, pending.after_register))
                 pending.removed = True
             if pending is not None and self._pending.get(pending.path) is pending:
                 del self._pending[pending.path]
@@ -524,8 +545,15 @@ class WriteLayer(LocalNames):
         if pending is not None and pending.opens == 0:
             pending.close_descriptor()
         if pending is not None and pending.after_register:
-            image = self._apply_attrs(image, pending.after_register)
-            self.view.note_image(image)
+            try:
+                image = self._apply_attrs(image, dict(pending.after_register))
+            except PictofsError as exc:  # kept: the next mount tries again
+                log.warning("%s: split/tags not set after upload: %s", image.path, exc)
+            else:
+                self._clear_attrs(entry_id)
+            self.view.note_image(image)  # as the service has it
+        elif pending is None:  # rm or mv took it over: what was kept for it goes
+            self._clear_attrs(entry_id)
         entry = self.queue.get(entry_id)
         if entry is None or entry.replaced_id is not None:
             self.on_archived()  # a replace archived the image it replaced
@@ -560,28 +588,61 @@ class WriteLayer(LocalNames):
         self.view.written.remember(folder, name, image.id)
 
     def set_attr_after_register(self, pending: Pending, field_name: str, value: Any) -> bool:
-        """``split``/``tags`` set on a staged file: kept and applied right after register.
+        """``split``/``tags`` set on a staged file: kept (in the journal too, so a restart
+        keeps them: they are part of what the writer wrote) and applied right after register.
         False when the file has landed meanwhile (the caller then sets it on the image)."""
         with self._lock:
             if pending.removed:
                 return False
             pending.after_register[field_name] = value
-            return True
+            entry_id = pending.entry_id
+        if entry_id is not None:  # a local-only file keeps them until it becomes an upload
+            self.journal.set_attrs(entry_id, {field_name: value})
+        return True
 
     def _apply_attrs(self, image: Image, values: dict[str, Any]) -> Image:
-        try:
-            if "split" in values and values["split"] != image.split:
-                image = self.remote.set_split(image, values["split"])
-            if "tags" in values:
-                tags = list(values["tags"])
-                add = [t for t in tags if t not in image.tags]
-                remove = [t for t in image.tags if t not in tags]
-                if add or remove:
-                    self.remote.set_tags(image.dataset_id, image.id, add, remove)
-                image = dataclasses.replace(image, tags=tuple(tags))
-        except PictofsError as exc:
-            log.warning("%s: split/tags not set after upload: %s", image.path, exc)
+        """Set ``split``/``tags`` on the image (the requests setxattr sends); PictofsError
+        when the service refuses."""
+        if "split" in values and values["split"] != image.split:
+            image = self.remote.set_split(image, values["split"])
+        if "tags" in values:
+            tags = list(values["tags"])
+            add = [t for t in tags if t not in image.tags]
+            remove = [t for t in image.tags if t not in tags]
+            if add or remove:
+                self.remote.set_tags(image.dataset_id, image.id, add, remove)
+            image = dataclasses.replace(image, tags=tuple(tags))
         return image
+
+    def _clear_attrs(self, entry_id: str) -> None:
+        """Forget what was kept for a landed entry (a crash of the machine that undoes it
+        makes the next mount set the same values again)."""
+        try:
+            self.journal.clear_attrs(entry_id)
+        except NoSpace as exc:
+            log.warning("split/tags of a landed upload not cleared from the journal: %s", exc)
+
+    def _landed_with_attrs(self, kept: dict[str, dict[str, Any]]
+                           ) -> list[tuple[str, Entry, dict[str, Any]]]:
+        """Entries that landed with attributes still kept: the mount stopped between the
+        register and setting them (the resume about to run forgets these entries)."""
+        if not kept:
+            return []
+        return [(entry.image_id, entry, kept[entry.id])
+                for entry in self.journal.entries(JobState.DONE)
+                if entry.id in kept and entry.image_id is not None and not entry.cancelled]
+
+    def _apply_unapplied(self, landed: list[tuple[str, Entry, dict[str, Any]]]) -> None:
+        """Set them now (best effort: one try, a warning if it fails)."""
+        for image_id, entry, values in landed:
+            try:
+                image = self._apply_attrs(self.remote.get_image(image_id), values)
+            except PictofsError as exc:
+                log.warning("%s: split/tags not set after upload: %s", entry.path, exc)
+                continue
+            self.view.note_image(image)
+            log.info("%s: split/tags set after the upload that landed before the restart",
+                     image.path)
 
     def _failed(self, entry_id: str, reason: str) -> None:
         with self._lock:
@@ -621,6 +682,7 @@ class WriteLayer(LocalNames):
             self._pending[new_path] = pending
         if old is not None and old is not pending:
             self.forget(old, cancel=True)
+        self.record_local(pending)
 
     def attach_entry(self, pending: Pending, entry_id: str) -> None:
         """A local file that became an upload: the queue's callbacks find it by entry id,
@@ -628,11 +690,23 @@ class WriteLayer(LocalNames):
         with self._lock:
             pending.entry_id = entry_id
             self._by_entry[entry_id] = pending
+            kept = dict(pending.after_register)
         if pending.mtime_set:
             self.queue.set_mtime(entry_id, pending.mtime)
+        if kept:  # split/tags set on the local name follow it
+            try:
+                self.journal.set_attrs(entry_id, kept)
+            except NoSpace as exc:  # they still apply when it lands, unless a restart comes
+                log.warning("%s: split/tags not kept in the journal: %s", pending.path, exc)
 
     def pending_under(self, folder: str) -> list[Pending]:
         prefix = folder + "/"
         with self._lock:
             return [p for path, p in self._pending.items() if path.startswith(prefix)]
 
+
+def _with_kept(image: Image, kept: dict[str, Any]) -> Image:
+    """The image as it will be once the split/tags kept for it are set."""
+    values = dict(kept)
+    return dataclasses.replace(image, split=values.get("split", image.split),
+                               tags=tuple(values.get("tags", image.tags)))

@@ -8,11 +8,13 @@ port changes at every start, a key can be rotated: pending work must still be fo
 - ``journal.db``: SQLite (WAL, ``synchronous=NORMAL``) with a ``meta`` table (schema
   ``version``, base URL, dataset id, key fingerprint), the ``entries`` table (one row per
   staged file: target, state, size, sha256, mtime, replaced id, idempotency keys, the step
-  reached, the error, the registered image id), the ``mtimes`` table (image id → the mtime a
-  writer set, reported by ``stat`` so a second ``rsync -a`` transfers nothing) and the
-  ``converted`` table, made when first needed (a name written that the service stored under
-  another name, HEIC ``x.heic`` as ``x.png``: folder and written name → image id, size and
-  sha256 of the bytes written; see ``Converted``);
+  reached, the error, the registered image id, and ``attrs``: the writable extended
+  attributes, ``split`` and ``tags``, set on the file before it landed, as one JSON object,
+  set on the image after its register and then cleared), the ``mtimes`` table (image id →
+  the mtime a writer set, reported by ``stat`` so a second ``rsync -a`` transfers nothing)
+  and the ``converted`` table, made when first needed (a name written that the service
+  stored under another name, HEIC ``x.heic`` as ``x.png``: folder and written name → image
+  id, size and sha256 of the bytes written; see ``Converted``);
 - ``staging/``: one file per entry, named by the entry id, except for an entry uploaded
   from its *source* (``add_sources``): a file of the caller's that nobody is writing to (the
   mirror's), whose size, mtime and sha256 the row records; the upload checks the bytes it
@@ -56,6 +58,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import hashlib
+import json
 import logging
 import os
 import re
@@ -75,10 +78,13 @@ from pictofs.errors import ConfigError, NoSpace
 
 log = logging.getLogger(__name__)
 
-VERSION = 2
-# what turns a journal of an older version into this one (version 1 had no sources)
+VERSION = 3
+# what turns a journal of an older version into this one (version 1 had no sources,
+# version 2 no attrs)
+_ADD_ATTRS = "ALTER TABLE entries ADD COLUMN attrs TEXT;"
 UPGRADES = {1: "ALTER TABLE entries ADD COLUMN source TEXT;"
-               "ALTER TABLE entries ADD COLUMN source_mtime_ns INTEGER;"}
+               "ALTER TABLE entries ADD COLUMN source_mtime_ns INTEGER;" + _ADD_ATTRS,
+            2: _ADD_ATTRS}
 # Created when a first name is remembered (``remember_converted``): a journal that never
 # needed it is as before, and a pictofs without it still opens one that has it.
 _CONVERTED_TABLE = """CREATE TABLE IF NOT EXISTS converted (
@@ -114,7 +120,8 @@ CREATE TABLE IF NOT EXISTS entries (
     created REAL NOT NULL,
     updated REAL NOT NULL,
     source TEXT,
-    source_mtime_ns INTEGER
+    source_mtime_ns INTEGER,
+    attrs TEXT
 );
 CREATE TABLE IF NOT EXISTS mtimes (image_id TEXT PRIMARY KEY, mtime REAL NOT NULL);
 """
@@ -605,6 +612,45 @@ class Journal:
                 if "no such table" in str(exc):
                     return []
                 raise
+
+    # ---------------------------------------------------------------- attributes
+
+    def set_attrs(self, entry_id: str, values: Mapping[str, Any]) -> None:
+        """Keep writable attributes (``split``, ``tags``: JSON values) set on an entry not
+        landed yet, with those kept before; nothing is kept for an entry that is done or
+        gone. A commit as any other (the group commit makes it durable)."""
+        with self._write() as db:
+            row = db.execute("SELECT attrs FROM entries WHERE id = ? AND state != ?",
+                             (entry_id, JobState.DONE)).fetchone()
+            if row is None:
+                return
+            kept = {**json.loads(row[0] or "{}"), **values}
+            db.execute("UPDATE entries SET attrs = ? WHERE id = ?",
+                       (json.dumps(kept, ensure_ascii=False), entry_id))
+
+    def clear_attrs(self, entry_id: str) -> None:
+        """They were set on the image the entry became."""
+        with self._write() as db:
+            db.execute("UPDATE entries SET attrs = NULL WHERE id = ?", (entry_id,))
+
+    def attrs(self) -> dict[str, dict[str, Any]]:
+        """Entry id → the attributes kept for it (a value that is not a JSON object, which
+        only damage makes, is left out with a warning)."""
+        with self._read_lock:
+            rows = self._reader.execute("SELECT id, attrs, folder, filename FROM entries "
+                                        "WHERE attrs IS NOT NULL").fetchall()
+        kept = {}
+        for entry_id, value, folder, filename in rows:
+            try:
+                values = json.loads(value)
+            except ValueError:
+                values = None
+            if isinstance(values, dict):
+                kept[entry_id] = values
+            else:
+                log.warning("%s/%s: the split/tags kept in the upload journal cannot be read; "
+                            "the file uploads without them", folder.rstrip("/"), filename)
+        return kept
 
     # ---------------------------------------------------------------- staging files
 

@@ -270,12 +270,15 @@ class UploadQueue:
         send them in one batch)."""
         # Nothing is written to the journal: a restart queues every flushed entry whatever
         # its state (journal.resume_action), so 'queued' would add a commit and no safety.
+        closed = 0
         with self._changed:
             for entry_id in entry_ids:
                 task = self._schedule.task(entry_id)
                 if task is None or task.cancelled:
                     continue
                 self._schedule.due_in(task, self._write_back if delay is None else delay)
+                closed += 1
+            self._schedule.note_closes(closed)
             self._changed.notify_all()
 
     def hold(self, entry_id: str) -> Image | None:
@@ -390,6 +393,7 @@ class UploadQueue:
         sync`` and ``umount`` ask for the service now); a retry keeps its backoff and a file
         open for writing stays held. Returns how many were moved up."""
         with self._changed:
+            self._schedule.hurry = True  # and no gathering of a batch (schedule.gather_wait)
             now = self._clock()
             moved = [t for t in self._schedule.tasks.values()
                      if t.due is not None and t.due > now and not t.running and not t.held
@@ -434,8 +438,7 @@ class UploadQueue:
                 self._journal.remove_staging_file(entry.id)
                 self._journal.delete(entry.id)
             elif action is ResumeAction.DROP:
-                log.info("dropping %s: its writer never flushed it", entry.path)
-                drop(self._journal, entry.id)
+                self._drop_unflushed(entry)
             elif action in (ResumeAction.QUEUE, ResumeAction.FINISH_CANCEL):
                 queued.append(entry)
         self._journal.update_many({entry.id: {"state": JobState.QUEUED} for entry in queued})
@@ -448,6 +451,26 @@ class UploadQueue:
         if queued:
             log.info("resuming %d upload(s) from the journal", len(queued))
         return [entry.id for entry in queued]
+
+    def _drop_unflushed(self, entry: Entry) -> None:
+        """At resume: an entry whose flush the journal never recorded. A cancelled one
+        (``rm``) or one with no bytes is forgotten with its staging file; bytes that were
+        being written (the daemon died before the close), or whose recorded flush a crash
+        of the machine lost, are kept aside in the quarantine, never deleted."""
+        path = self._journal.staging_path(entry.id)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if entry.cancelled or size == 0:
+            log.info("dropping %s: its writer never flushed it", entry.path)
+            drop(self._journal, entry.id)
+            return
+        kept = self._journal.keep_aside(entry.id)
+        self._journal.delete(entry.id)
+        log.warning("%s (%d bytes) was being written when pictofs stopped, or its close was "
+                    "lost in a crash of the machine: not uploaded, kept aside as %s",
+                    entry.path, size, kept)
 
     def _take_over_stranded(self) -> None:
         """Other journals of this dataset (kept by an older pictofs under a name of base

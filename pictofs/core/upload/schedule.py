@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import heapq
+import math
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -60,10 +61,23 @@ class QueueStats:
     workers: int = 0  # worker threads running
 
 
+# Gathering (``gather_wait``): while a writer keeps closing files, a due file waits for the
+# next ones to go up with it in one batch, until the closes pause for GATHER_QUIET seconds,
+# a batch's worth has closed, or it has waited GATHER_MAX seconds.
+GATHER_QUIET = 0.3
+GATHER_MAX = 2.0
+
+
 class Schedule:
     def __init__(self, clock: Callable[[], float], pause: float) -> None:
         self._clock = clock
         self._pause = pause
+        # gathering: the batch size (0: off, set by the workers), the last close, the closes
+        # since a worker last took a task, and whether pictofs sync asked to hurry
+        self.gather_batch = 0
+        self._last_close = -math.inf
+        self._closes = 0
+        self.hurry = False
         self.tasks: dict[str, Task] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._seq = 0
@@ -94,6 +108,25 @@ class Schedule:
         if not task.running:
             self._push(task)
 
+    def note_closes(self, count: int) -> None:
+        """A writer closed ``count`` files just now (their uploads are scheduled)."""
+        self._last_close = self._clock()
+        self._closes += count
+        self.hurry = False
+
+    def gather_wait(self) -> float | None:
+        """How long a worker should wait before taking what is due, so that files still
+        being closed go up in the same batch (see GATHER_QUIET); None: take it now."""
+        if self.hurry or self.gather_batch < 2 or self._closes >= self.gather_batch \
+                or not self._heap or self._paused_until is not None:
+            return None
+        now = self._clock()
+        oldest = self._heap[0][0]  # a stale item is earlier: then it gathers less
+        if oldest > now:
+            return None  # nothing due yet: take() says how long to wait
+        wait = min(self._last_close + GATHER_QUIET, oldest + GATHER_MAX) - now
+        return wait if wait > 0 else None
+
     def requeue(self, task: Task) -> None:
         """A task whose run ended: due again at its due time, or now."""
         if task.due is None:
@@ -121,6 +154,7 @@ class Schedule:
             task.running, task.due = True, None
             task.taken += 1
             self._probing = self._paused_until is not None
+            self._closes = 0
             return task, None
         return None, None
 

@@ -138,6 +138,7 @@ class Workers:
         self._idle = threading.Condition(changed.lock)
         self._sleepers: dict[int, float] = {}
         changed.on_notify = self._nudge
+        schedule.gather_batch = batch
 
     # ---------------------------------------------------------------- life cycle
 
@@ -230,7 +231,10 @@ class Workers:
         that takes a task wakes another when more are due."""
         with self._changed:
             while not self._stopping:
-                task, wait = self._schedule.take()
+                wait = self._schedule.gather_wait()
+                task = None
+                if wait is None:
+                    task, wait = self._schedule.take()
                 if task is not None:
                     tasks = [task, *self._companions(task)]
                     upcoming = self._schedule.next_wake()
@@ -247,12 +251,18 @@ class Workers:
 
     def _nudge(self) -> None:
         """Something changed (``changed`` was notified; its lock is held): wake one idle
-        worker if a task may be due before any idle worker wakes by itself, all of them
+        worker if a task may be due before any idle worker wakes by itself (while a batch
+        gathers, see ``Schedule.gather_wait``: before it is done gathering), all of them
         when stopping. A flush or a ``schedule`` due seconds later wakes nobody."""
         if not self._sleepers:
             return
         if self._stopping:
             self._idle.notify_all()
+            return
+        gather = self._schedule.gather_wait()
+        if gather is not None:  # a batch is gathering: one worker must wake when it ends
+            if min(self._sleepers.values()) > self._clock() + gather:
+                self._idle.notify()
             return
         upcoming = self._schedule.next_wake()
         if upcoming is not None and upcoming < min(self._sleepers.values()):
