@@ -124,6 +124,16 @@ def test_an_edited_heic_replaces_its_image_and_rm_archives_it(client, dataset, m
     assert not (m.path / "iphone" / "IMG_2002.png").exists()
     assert "/iphone/IMG_2002.png" not in live(client, dataset)
 
+    edited = live(client, dataset)["/iphone/IMG_2001.png"]  # the desktop trash, and back
+    trashed = run("gio", "trash", str(m.path / "iphone" / "IMG_2001.heic"))
+    assert trashed.returncode == 0, trashed.stderr
+    assert sorted(os.listdir(m.path / "iphone")) == ["IMG_3000.jpg"]
+    assert "/iphone/IMG_2001.png" not in live(client, dataset)
+    os.rename(m.path / ".Trash-0" / "files" / "IMG_2001.heic",
+              m.path / "iphone" / "IMG_2001.heic")
+    assert sorted(os.listdir(m.path / "iphone")) == ["IMG_2001.heic", "IMG_3000.jpg"]
+    assert live(client, dataset)["/iphone/IMG_2001.png"] == edited
+
 
 def test_a_heic_and_a_real_png_of_one_stem_share_one_name_and_nothing_is_lost(
         client, dataset, mount, tmp_path):
