@@ -57,6 +57,14 @@ def extension(name: str) -> str:
     return posixpath.splitext(name)[1].lower()
 
 
+def stored_as(name: str) -> str:
+    """The name the service stores a file written as ``name`` under: HEIC is converted and
+    stored as ``<stem>.png``; every other name as it is."""
+    if extension(name) == ".heic":
+        return name[: -len(".heic")] + ".png"
+    return name
+
+
 def is_supported(name: str) -> bool:
     return extension(name) in SUPPORTED_EXTENSIONS
 

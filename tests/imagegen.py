@@ -35,3 +35,16 @@ def sized_jpeg(total_bytes: int, seed: int = 0) -> bytes:
         raise ValueError("too small for a JPEG")
     rng = random.Random(seed)
     return head + rng.randbytes(total_bytes - len(head))
+
+
+def heic_bytes(seed: int = 0, size: tuple[int, int] = (16, 12)) -> bytes:
+    """A HEIC file (as phones write them; the service stores it as a PNG), one colour per
+    ``seed``."""
+    import pillow_heif  # slow to import: only the tests that make HEIC pay for it
+
+    pillow_heif.register_heif_opener()
+    rng = random.Random(seed)
+    image = Image.new("RGB", size, (rng.randrange(256), rng.randrange(256), rng.randrange(256)))
+    out = io.BytesIO()
+    image.save(out, format="HEIF")
+    return out.getvalue()

@@ -19,6 +19,7 @@ import pytest
 from journalkit import add_entry, create_staging_file, journal_meta
 from pictofs.core.upload.journal import (
     VERSION,
+    Converted,
     Entry,
     Journal,
     ResumeAction,
@@ -493,3 +494,30 @@ def test_the_group_commit_without_syncfs_fsyncs_each_file_the_folder_and_the_wal
     queue.make_durable()
     assert fsynced == [str(journal.staging_path(first)), str(journal.staging_dir)]
     assert commits == [True]
+
+
+def test_converted_names_are_remembered_in_a_table_made_when_first_needed(
+        state_dir: Path) -> None:
+    with Journal.for_dataset(state_dir, BASE_URL, DATASET, KEY) as journal:
+        assert journal.converted() == [] and journal.converted_at("/", "x.heic") is None
+        database = journal.directory / "journal.db"
+    with sqlite3.connect(database) as db:  # a journal that never needed it: as before
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'converted'"
+                          ).fetchall() == []
+    db.close()
+    with Journal.for_dataset(state_dir, BASE_URL, DATASET, KEY) as journal:
+        journal.remember_converted(Converted("/cam", "IMG_1.heic", "img-1", 466, "ab" * 32))
+    with Journal.for_dataset(state_dir, BASE_URL, DATASET, KEY) as journal:
+        assert journal_meta(journal)["version"] == str(VERSION)
+        assert journal.converted_at("/cam", "IMG_1.heic") == \
+            Converted("/cam", "IMG_1.heic", "img-1", 466, "ab" * 32)
+        # one name per image: a rename of the written name forgets the old one
+        journal.remember_converted(Converted("/new", "IMG_1.heic", "img-1", 466, "ab" * 32))
+        assert [c.folder for c in journal.converted()] == ["/new"]
+        assert journal.converted_at("/cam", "IMG_1.heic") is None
+        # a folder renamed or moved takes the names in it and below along, no other
+        journal.remember_converted(Converted("/new/sub", "b.heic", "img-2", 1, "cd" * 32))
+        journal.remember_converted(Converted("/newer", "c.heic", "img-3", 1, "ef" * 32))
+        journal.move_converted("/new", "/moved/here")
+        assert sorted((c.folder, c.name) for c in journal.converted()) == [
+            ("/moved/here", "IMG_1.heic"), ("/moved/here/sub", "b.heic"), ("/newer", "c.heic")]

@@ -5,7 +5,7 @@ import pytest
 from pictofs.errors import InvalidName, NameTooLong, Unsupported
 from pictofs.names import (check_name, check_supported, content_type_for,
                            is_image_on_its_way, is_local_only, is_supported, is_transient,
-                           is_transient_path, normalize_folder)
+                           is_transient_path, normalize_folder, stored_as)
 
 
 @pytest.mark.parametrize("name", ["x.jpg", "ümlaut.png", "a b.JPG", "." * 3 + ".gif",
@@ -92,3 +92,10 @@ def test_normalize_folder(path, expected):
 def test_normalize_folder_rejects(path):
     with pytest.raises(InvalidName):
         normalize_folder(path)
+
+
+@pytest.mark.parametrize("name, stored", [("x.jpg", "x.jpg"), ("IMG_1.heic", "IMG_1.png"),
+                                          ("a.HEIC", "a.png"), ("h.heic.jpg", "h.heic.jpg"),
+                                          ("heic", "heic")])
+def test_stored_as(name, stored):
+    assert stored_as(name) == stored

@@ -198,7 +198,9 @@ class DatasetFolder(Node):
                 rows[name] = (found, min(fetched_until, view.expires_at(child)))
             for name, image in list(listing.images.items()):
                 if not writes.is_hidden(join_path(folder, name)):
-                    rows[name] = (tree.image_attrs(side, image), fetched_until)
+                    shown = view.written.shown_name(image)  # x.heic for its x.png
+                    rows[name if shown == image.filename else shown] = (
+                        tree.image_attrs(side, image), fetched_until)
         for name in writes.local_dirs_in(folder):
             child = join_path(folder, name)
             rows[name] = (DatasetFolder.attrs_of(tree, view, DirEntry(child)), 0.0)

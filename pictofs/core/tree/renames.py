@@ -78,6 +78,9 @@ class Renamer:
         target = self.what(new)
         if target is not None and flags & RENAME_NOREPLACE:
             raise AlreadyExists(new)
+        if isinstance(source, Image) and isinstance(target, Image) and source.id == target.id:
+            return  # two names of one image (x.heic and the x.png it became): as rename(2)
+            # of two links to one file, nothing to do
         self._require_dir(split_path(new)[0])
         if isinstance(source, DirEntry) or self.writes.is_local_dir(old):
             self._rename_folder(old, new, target)
@@ -164,6 +167,9 @@ class Renamer:
         self.writes.forget(pending, cancel=False)
 
     def _rename_image(self, old: str, image: Image, new: str, target: Thing | None) -> None:
+        if old != image.path and names.stored_as(split_path(old)[1]) == image.filename:
+            self._rename_written(old, image, new, target)
+            return
         folder, name = split_path(new)
         if self.writes.is_local_file(new):
             if isinstance(target, Pending):
@@ -187,6 +193,24 @@ class Renamer:
             self.view.note_image(moved)
             return
         self._copy_under_new_name(old, image, folder, name)
+
+    def _rename_written(self, old: str, image: Image, new: str, target: Thing | None) -> None:
+        """``old`` is a name written here that the service stored as ``image.path`` (HEIC
+        ``x.heic`` as ``x.png``): the stored image is renamed, to the name the service
+        stores ``new`` under, and ``new`` is remembered for it as ``old`` was."""
+        folder, name = split_path(new)
+        stored = join_path(folder, names.stored_as(name))
+        if self.writes.in_local_folder(new):
+            stored = new
+        if isinstance(target, Pending):  # at the name given, not at the one stored
+            self.writes.unlink(new)
+            target = None
+        self._rename_image(image.path, image, stored, target)
+        if stored != new:
+            entry = self.view.resolve(stored)
+            if isinstance(entry, FileEntry):
+                self.writes.remember_renamed(old, new, entry.image)
+        self.view.note_gone(old)
 
     def _copy_under_new_name(self, old: str, image: Image, folder: str, name: str) -> None:
         """Upload the bytes under the new name, carry the metadata over, archive the old."""
@@ -247,6 +271,7 @@ class Renamer:
         for pending in self.writes.pending_under(old):
             self._rename_pending(pending, new + pending.path[len(old):], None,
                                  moved_along=True)
+        self.writes.move_written(old, new)
         self.view.note_folder_gone(old)
         self.view.note_folder(new)
 

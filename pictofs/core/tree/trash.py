@@ -506,6 +506,9 @@ class Trash:
                 pass
         if not is_dir:
             self.view.note_gone(old)
+            image = contents.images.get("")
+            if image is not None and image.path != old:  # x.heic, listed for its x.png
+                self.view.note_gone(image.path)
             return
         on_service = not self.writes.is_local_dir(old)
         for path in reversed(contents.local_dirs):

@@ -23,7 +23,7 @@ from pictofs.core.tree.listing import (PAGE_SIZE, FolderListing, NameNotes, fetc
                                        showable_folders)
 from pictofs.errors import NameTooLong, NotFound, Unavailable
 from pictofs.model import Dataset, Folder, Image, join_path, split_path
-from pictofs.names import MAX_NAME_BYTES, is_supported
+from pictofs.names import MAX_NAME_BYTES, is_supported, stored_as
 from pictofs.remote import Remote
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,63 @@ class FileEntry:
 
 
 ViewEntry = DirEntry | FileEntry
+
+
+class WrittenNames:
+    """Names written in this mount that the service stored under another name (HEIC
+    ``x.heic`` as ``x.png``; the upload journal's ``converted``): (folder, written name) →
+    image id. While that image is live under the name the written one became, the folder
+    lists it under the written name, and both names resolve to it (filesystem §5 "Names
+    the service changes"). Thread-safe: ``_lock`` guards ``_by_name`` and ``_by_image``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_name: dict[tuple[str, str], str] = {}
+        self._by_image: dict[str, tuple[str, str]] = {}
+
+    def remember(self, folder: str, name: str, image_id: str) -> None:
+        """One name per image: one it had before (a rename) is forgotten."""
+        with self._lock:
+            old = self._by_name.get((folder, name))
+            if old is not None and self._by_image.get(old) == (folder, name):
+                del self._by_image[old]
+            before = self._by_image.get(image_id)
+            if before is not None and self._by_name.get(before) == image_id:
+                del self._by_name[before]
+            self._by_name[(folder, name)] = image_id
+            self._by_image[image_id] = (folder, name)
+
+    def move_folder(self, old: str, new: str) -> None:
+        """Folder ``old`` is ``new`` now: so are the names remembered in it and below."""
+        with self._lock:
+            moved = {key: image_id for key, image_id in self._by_name.items()
+                     if key[0] == old or key[0].startswith(old + "/")}
+            for (folder, name), image_id in moved.items():
+                del self._by_name[(folder, name)]
+                key = (new + folder[len(old):], name)
+                self._by_name[key] = image_id
+                self._by_image[image_id] = key
+
+    def image_at(self, folder: str, name: str) -> str | None:
+        """The id of the image ``name`` written in ``folder`` became, if remembered."""
+        if not self._by_name:
+            return None
+        with self._lock:
+            return self._by_name.get((folder, name))
+
+    def shown_name(self, image: Image) -> str:
+        """The name ``image`` is listed under: the name it was written as, when it is
+        still where that name was stored; else its own."""
+        if not self._by_image:  # nothing remembered (most mounts): no lock per image
+            return image.filename
+        with self._lock:
+            written = self._by_image.get(image.id)
+        if written is None:
+            return image.filename
+        folder, name = written
+        if folder == image.directory_path and stored_as(name) == image.filename:
+            return name
+        return image.filename
 
 
 @dataclass
@@ -94,6 +151,9 @@ class DatasetView:
         # cached attributes of them are taken back (``KernelCache.forget_soon``)
         self.on_change: Callable[[list[str]], None] = lambda paths: None
         self.on_folder_gone: Callable[[str], None] = lambda path: None
+        # names written here that the service stored under another name (the write side
+        # fills it from its journal)
+        self.written = WrittenNames()
 
     @property
     def dataset_id(self) -> str:
@@ -199,6 +259,9 @@ class DatasetView:
 
     def _child(self, parent: str, name: str, parent_folder: Folder | None = None) -> ViewEntry:
         path = join_path(parent, name)
+        written_as = self._written_alias(parent, name, parent_folder)
+        if written_as is not None:
+            return written_as
         listing = self.cached_listing(parent)
         if listing is None and self._list_instead(parent, name, parent_folder):
             listing = self.listing(parent)
@@ -222,6 +285,21 @@ class DatasetView:
         if name in folders:
             return DirEntry(path, folders[name])
         raise NotFound(path)
+
+    def _written_alias(self, parent: str, name: str, parent_folder: Folder | None
+                       ) -> FileEntry | None:
+        """``name`` written here became an image under another name (``WrittenNames``):
+        that image at ``name`` while it is still live where it was stored."""
+        image_id = self.written.image_at(parent, name)
+        if image_id is None or stored_as(name) == name:
+            return None
+        try:
+            entry = self._child(parent, stored_as(name), parent_folder)
+        except NotFound:
+            return None
+        if isinstance(entry, FileEntry) and entry.image.id == image_id:
+            return FileEntry(join_path(parent, name), entry.image)
+        return None
 
     def _list_instead(self, parent: str, name: str, folder: Folder | None) -> bool:
         """Whether to answer an image name in a folder not listed yet from its listing

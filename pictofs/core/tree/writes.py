@@ -97,6 +97,8 @@ class WriteLayer(LocalNames):
         self._local_dirs: set[str] = set()
         self._orphans: dict[str, Orphan] = {}
         self._mtimes: dict[str, float] = journal.mtimes()
+        for source in journal.converted():  # x.heic written here, stored as x.png
+            view.written.remember(source.folder, source.name, source.image_id)
         self._stop = threading.Event()  # the janitor's
         # the staging disk's free space at the last statvfs, and bytes written since
         self._space_lock = threading.Lock()
@@ -477,6 +479,8 @@ class WriteLayer(LocalNames):
         self.remote.archive(self.view.dataset_id, [entry.image.id],
                             permanent=self.options.permanent_delete)
         self.view.note_gone(path)
+        if entry.image.path != path:  # x.heic, listed for the x.png it became
+            self.view.note_gone(entry.image.path)
         self.on_archived()
         log.info("%s %s", "deleted" if self.options.permanent_delete else "archived", path)
 
@@ -518,14 +522,14 @@ class WriteLayer(LocalNames):
         with self._lock:
             pending = self._by_entry.pop(entry_id, None)
             if pending is not None:  # else rm or mv took it over and showed what they did
+                if pending.path != image.path:  # first: never listed under the stored name
+                    self._remember_written(pending.path, image)
                 # before the pending goes, so a lookup finds one; with the split/tags set on
                 # the file, so getfattr shows them while they are being set on the image
                 self.view.note_image(_with_kept(image, pending.after_register))
                 pending.removed = True
             if pending is not None and self._pending.get(pending.path) is pending:
                 del self._pending[pending.path]
-                if pending.path != image.path:
-                    log.info("%s was stored by the service as %s", pending.path, image.path)
             mtime = self.journal.mtime(image.id)
             written_over = pending is not None and image.id == pending.replaced_id \
                 and not pending.mtime_set
@@ -553,6 +557,35 @@ class WriteLayer(LocalNames):
         entry = self.queue.get(entry_id)
         if entry is None or entry.replaced_id is not None:
             self.on_archived()  # a replace archived the image it replaced
+
+    def _remember_written(self, path: str, image: Image) -> None:
+        """The service stored the file written at ``path`` under another name (the upload
+        logged it): the folder lists it under ``path`` from now on (the journal remembers
+        it too: ``job.remember_converted``)."""
+        folder, name = split_path(path)
+        self.view.written.remember(folder, name, image.id)
+
+    def move_written(self, old: str, new: str) -> None:
+        """Folder ``old`` was renamed or moved to ``new``: the names written in it (and
+        below) that the service stored under others go with their images."""
+        try:
+            self.journal.move_converted(old, new)
+        except NoSpace as exc:  # listed under them until the unmount all the same
+            log.warning("%s: the HEIC names in it are not remembered at %s: %s", old, new, exc)
+        self.view.written.move_folder(old, new)
+
+    def remember_renamed(self, old: str, new: str, image: Image) -> None:
+        """A name written here for an image stored under another name was renamed to
+        ``new``, also stored under another name as ``image``: ``new`` is listed for it."""
+        source = self.journal.converted_at(*split_path(old))
+        folder, name = split_path(new)
+        if source is not None:
+            try:
+                self.journal.remember_converted(dataclasses.replace(
+                    source, folder=folder, name=name, image_id=image.id))
+            except NoSpace as exc:  # listed under it until the unmount all the same
+                log.warning("%s: not remembered as %s: %s", image.path, new, exc)
+        self.view.written.remember(folder, name, image.id)
 
     def set_attr_after_register(self, pending: Pending, field_name: str, value: Any) -> bool:
         """``split``/``tags`` set on a staged file: kept (in the journal too, so a restart

@@ -38,6 +38,7 @@ from pictofs.core.upload.job import (
     classify,
     inspect_entry,
     new_key,
+    remember_converted,
     send_bytes,
 )
 from pictofs.core.upload.schedule import Schedule, Task, TaskControl, record_together
@@ -277,6 +278,10 @@ class BatchJob:
                 fault_point("after_register")
                 self._journal.record_registered_many(
                     {entry_id: landing.image.id for entry_id, landing in landed.items()})
+                for member in registering:  # HEIC stored as .png: which image it became
+                    if member.entry.id in landed:
+                        remember_converted(self._journal, member.entry,
+                                           landed[member.entry.id].image, member.staged)
                 outcomes.update(landed)
         except Exception as exc:  # the call failed as a whole
             landed.clear()

@@ -15,6 +15,10 @@ A run of ``UploadJob.run``:
    register (its key recorded before it is sent and reused by a resumed entry, so a replayed
    register returns the first answer);
 4. a 409 at any step reads the image at the name and adopts it when size and sha256 match;
+   bytes stored under another name (HEIC as ``<stem>.png``) are not the bytes sent, so the
+   journal's ``converted`` names (what was written under which name became which image) answer
+   instead: the same bytes written again under the same name are the remembered image, for
+   the replace check of 2. too, and an entry that lands under another name is remembered;
 5. a replace whose upload fails for good restores the archived image.
 
 The job talks to the queue through a ``Control``: every journal write goes through it (so a
@@ -36,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from pictofs import imaging, names
-from pictofs.core.upload.journal import Entry, Journal
+from pictofs.core.upload.journal import Converted, Entry, Journal
 from pictofs.core.upload.states import JobState, Step
 from pictofs.errors import (AlreadyExists, NoSpace, NotFound, PermissionDenied, PictofsError,
                             Unavailable)
@@ -279,6 +283,14 @@ def inspect_staged(path: Path, filename: str, sha256: str | None = None) -> Stag
                       content_type=names.content_type_for(filename), width=width, height=height)
 
 
+def remember_converted(journal: Journal, entry: Entry, image: Image, staged: StagedFile) -> None:
+    """An entry that landed under another name than it was written as (the service
+    converted it): remember which image the bytes written became (``Journal.converted``)."""
+    if (image.directory_path, image.filename) != (entry.folder, entry.filename):
+        journal.remember_converted(Converted(entry.folder, entry.filename, image.id,
+                                             staged.size, staged.sha256))
+
+
 # ---------------------------------------------------------------------- the job
 
 
@@ -344,7 +356,7 @@ class UploadJob:
         if entry.replaced_id is not None and entry.step == Step.NONE:
             landed = self._prepare_replace(entry, staged)
             if landed is not None:
-                return self._done(entry, landed)
+                return self._done(entry, landed, staged)
             entry = self._journal.get(entry.id) or entry
         if entry.replaced_id is not None and entry.step == Step.ARCHIVED:
             self._archive_replaced(entry)
@@ -356,12 +368,20 @@ class UploadJob:
             if self._archived(entry) and classify(exc) is Disposition.PERMANENT:
                 self._restore_replaced(entry)
             raise
-        return self._done(entry, landed)
+        return self._done(entry, landed, staged)
 
-    def _done(self, entry: Entry, landed: Landed) -> Landed:
+    def _done(self, entry: Entry, landed: Landed, staged: StagedFile) -> Landed:
         fault_point("after_register")
         self._journal.record_registered(entry.id, landed.image.id)
+        remember_converted(self._journal, entry, landed.image, staged)
         return landed
+
+    def _remembered(self, entry: Entry, current: Image, staged: StagedFile) -> bool:
+        """``current`` is the image these bytes, written under this name, became before
+        (the service stored them under another name, so they cannot be compared)."""
+        source = self._journal.converted_at(entry.folder, entry.filename)
+        return source is not None and source.image_id == current.id \
+            and (source.size, source.sha256) == (staged.size, staged.sha256)
 
     def _prepare_replace(self, entry: Entry, staged: StagedFile) -> Landed | None:
         """The replace checks; a Landed when the bytes are already there."""
@@ -374,7 +394,7 @@ class UploadJob:
         if current.id != entry.replaced_id:
             raise UploadFailed("conflict: replaced by another client "
                                f"({entry.path} is now image {current.id})")
-        if self._same_bytes(current, staged):
+        if self._remembered(entry, current, staged) or self._same_bytes(current, staged):
             log.debug("%s: same bytes as image %s; nothing to upload", entry.path, current.id)
             return self._control.register(lambda: Landed(current, "identical"))
         self._record(step=Step.ARCHIVED)
@@ -467,10 +487,15 @@ class UploadJob:
         """After a 409: the image at the name is ours when its size and sha256 match."""
         current = self._remote.find_image(self._dataset_id, entry.folder,
                                           service_name(entry.filename))
-        if current is not None and self._same_bytes(current, staged):
+        if current is not None and (self._remembered(entry, current, staged)
+                                    or self._same_bytes(current, staged)):
             log.info("%s: already on the service as image %s (same bytes): adopted",
                      entry.path, current.id)
             return Landed(current, "adopted")
+        stored = join_path(entry.folder, service_name(entry.filename))
+        if stored != entry.path:
+            raise UploadFailed(f"conflict: the service stores {entry.path} as {stored}, "
+                               "and that image exists with other bytes")
         raise UploadFailed(f"conflict: {entry.path} already exists on the service "
                            "with other bytes")
 

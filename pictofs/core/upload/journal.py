@@ -10,9 +10,11 @@ port changes at every start, a key can be rotated: pending work must still be fo
   staged file: target, state, size, sha256, mtime, replaced id, idempotency keys, the step
   reached, the error, the registered image id, and ``attrs``: the writable extended
   attributes, ``split`` and ``tags``, set on the file before it landed, as one JSON object,
-  set on the image after its register and then cleared) and the ``mtimes`` table (image id
-  → the mtime a writer set, reported by ``stat`` so a second ``rsync -a`` transfers
-  nothing);
+  set on the image after its register and then cleared), the ``mtimes`` table (image id →
+  the mtime a writer set, reported by ``stat`` so a second ``rsync -a`` transfers nothing)
+  and the ``converted`` table, made when first needed (a name written that the service
+  stored under another name, HEIC ``x.heic`` as ``x.png``: folder and written name → image
+  id, size and sha256 of the bytes written; see ``Converted``);
 - ``staging/``: one file per entry, named by the entry id, except for an entry uploaded
   from its *source* (``add_sources``): a file of the caller's that nobody is writing to (the
   mirror's), whose size, mtime and sha256 the row records; the upload checks the bytes it
@@ -83,6 +85,16 @@ _ADD_ATTRS = "ALTER TABLE entries ADD COLUMN attrs TEXT;"
 UPGRADES = {1: "ALTER TABLE entries ADD COLUMN source TEXT;"
                "ALTER TABLE entries ADD COLUMN source_mtime_ns INTEGER;" + _ADD_ATTRS,
             2: _ADD_ATTRS}
+# Created when a first name is remembered (``remember_converted``): a journal that never
+# needed it is as before, and a pictofs without it still opens one that has it.
+_CONVERTED_TABLE = """CREATE TABLE IF NOT EXISTS converted (
+    folder TEXT NOT NULL,
+    name TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (folder, name)
+)"""
 
 # The on-disk format of VERSION: its CHECK constraints spell the values of JobState and Step
 # (tests/unit/test_upload_states.py checks that they agree).
@@ -113,6 +125,19 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE TABLE IF NOT EXISTS mtimes (image_id TEXT PRIMARY KEY, mtime REAL NOT NULL);
 """
+
+
+@dataclass(frozen=True)
+class Converted:
+    """A file written as ``folder``/``name`` that the service stored as image ``image_id``
+    under another name (HEIC ``x.heic`` as ``x.png``): the size and sha256 of the bytes
+    written. Bytes written again under that name with this sha256 are that image."""
+
+    folder: str
+    name: str
+    image_id: str
+    size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -544,6 +569,49 @@ class Journal:
     def mtimes(self) -> dict[str, float]:
         with self._read_lock:
             return dict(self._reader.execute("SELECT image_id, mtime FROM mtimes").fetchall())
+
+    # ---------------------------------------------------------------- converted names
+
+    def remember_converted(self, source: Converted) -> None:
+        """``source.name`` written in ``source.folder`` became image ``source.image_id``
+        under another name (the service converted it). An image has one such name: one
+        remembered before for it (a rename) is forgotten."""
+        with self._write() as db:
+            db.execute(_CONVERTED_TABLE)
+            db.execute("DELETE FROM converted WHERE image_id = ?", (source.image_id,))
+            db.execute("INSERT OR REPLACE INTO converted (folder, name, image_id, size, sha256)"
+                       " VALUES (?, ?, ?, ?, ?)", (source.folder, source.name, source.image_id,
+                                                   source.size, source.sha256))
+
+    def move_converted(self, old: str, new: str) -> None:
+        """Folder ``old`` was renamed or moved to ``new``: so were the names remembered in
+        it and below."""
+        if not self._converted_rows(" LIMIT 1"):
+            return
+        with self._write() as db:
+            db.execute("UPDATE converted SET folder = ? || substr(folder, ?) WHERE folder = ? "
+                       "OR substr(folder, 1, ?) = ?",
+                       (new, len(old) + 1, old, len(old) + 1, old + "/"))
+
+    def converted(self) -> list[Converted]:
+        """Every name remembered by ``remember_converted``."""
+        return [Converted(*row) for row in self._converted_rows("")]
+
+    def converted_at(self, folder: str, name: str) -> Converted | None:
+        rows = self._converted_rows(" WHERE folder = ? AND name = ?", folder, name)
+        return Converted(*rows[0]) if rows else None
+
+    def _converted_rows(self, where: str, *args: str) -> list[tuple[Any, ...]]:
+        """Rows of the ``converted`` table (none before it is created)."""
+        with self._read_lock:
+            try:
+                return self._reader.execute(
+                    "SELECT folder, name, image_id, size, sha256 FROM converted" + where,
+                    args).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return []
+                raise
 
     # ---------------------------------------------------------------- attributes
 

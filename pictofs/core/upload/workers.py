@@ -373,7 +373,8 @@ class Workers:
                 log.debug("done entries not pruned: %s", exc)
         if cancelled:
             return False
-        if (image.filename, image.directory_path) != (entry.filename, entry.folder):
+        if landed.uploaded and (image.filename, image.directory_path) != (entry.filename,
+                                                                          entry.folder):
             log.info("%s was stored by the service as %s", entry.path, image.path)
         else:
             log.debug("%s: %s as image %s", entry.path, landed.how, image.id)
