@@ -59,43 +59,42 @@ def probe(source: Source) -> tuple[int, int] | None:
         return None
 
 
-def identify(source: Source) -> str:
-    """The Pillow format name (``"JPEG"``, ``"PNG"``, ``"HEIF"``, ...) of the bytes, read from
-    the header; raises ``NotAnImage`` for bytes Pillow cannot identify."""
+@contextlib.contextmanager
+def _identified(source: Source) -> Iterator[Image.Image]:
+    """The image Pillow opens (its header only) from ``source``; ``NotAnImage`` when it
+    cannot."""
     _register_plugins()
     try:
         with _reading(source) as fp, Image.open(fp) as img:
-            return str(img.format or "unknown")
+            yield img
     except UnidentifiedImageError:
         raise NotAnImage("not an image: Pillow cannot identify these bytes") from None
     except Image.DecompressionBombError as exc:
         raise NotAnImage(f"refused as a decompression bomb: {exc}") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise NotAnImage(f"not a readable image: {exc}") from None
+
+
+def identify(source: Source) -> str:
+    """The Pillow format name (``"JPEG"``, ``"PNG"``, ``"HEIF"``, ...) of the bytes, read from
+    the header; raises ``NotAnImage`` for bytes Pillow cannot identify."""
+    with _identified(source) as img:
+        return str(img.format or "unknown")
 
 
 def describe(source: Source) -> tuple[str, tuple[int, int] | None]:
     """``identify`` and ``probe`` from one read of the header: the format name, and the
     oriented ``(width, height)`` or None; ``NotAnImage`` as ``identify``."""
-    _register_plugins()
-    try:
-        with _reading(source) as fp, Image.open(fp) as img:
-            image_format = str(img.format or "unknown")
-            try:
-                width, height = _stored_size(img)
-                if _orientation(img) in _TRANSPOSED_ORIENTATIONS:
-                    width, height = height, width
-                dimensions: tuple[int, int] | None = (width, height)
-            except (OSError, ValueError, SyntaxError) as exc:
-                log.debug("cannot probe image dimensions: %s", exc)
-                dimensions = None
-            return image_format, dimensions
-    except UnidentifiedImageError:
-        raise NotAnImage("not an image: Pillow cannot identify these bytes") from None
-    except Image.DecompressionBombError as exc:
-        raise NotAnImage(f"refused as a decompression bomb: {exc}") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise NotAnImage(f"not a readable image: {exc}") from None
+    with _identified(source) as img:
+        image_format = str(img.format or "unknown")
+        try:
+            width, height = _stored_size(img)
+            if _orientation(img) in _TRANSPOSED_ORIENTATIONS:
+                width, height = height, width
+            return image_format, (width, height)
+        except (OSError, ValueError, SyntaxError) as exc:
+            log.debug("cannot probe image dimensions: %s", exc)
+            return image_format, None
 
 
 def is_image(source: Source) -> bool:

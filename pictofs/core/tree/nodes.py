@@ -45,6 +45,19 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 Rows = list[tuple[str, dict[str, Any], float]]  # (name, attributes, valid until)
 
 
+def field_to_set(path: str, name: str) -> str | None:
+    """The writable field (``split``, ``tags``) an attribute being set names; None for one
+    pictofs derives (accepted and ignored, whatever the value: a copy brings the old
+    image's); ``not_kept`` for any other."""
+    if name in attrs.DERIVED_XATTRS:
+        log.debug("%s: %s is derived; setting it changes nothing", path, name)
+        return None
+    field_name = attrs.writable_field(name)
+    if field_name is None:
+        raise not_kept(name)
+    return field_name
+
+
 def not_kept(name: str) -> Unsupported:
     """Setting an attribute the service has no place for (``user.xdg.origin.url`` of a
     download, ...): ENOTSUP, which ``cp -a`` and ``mv`` pass over in silence."""
@@ -293,12 +306,9 @@ class ImageFile(Node):
     def setxattr(self, name: str, value: bytes) -> None:
         """``split``/``tags`` change the image on the service; an attribute pictofs derives
         is accepted and ignored, whatever the value (a copy brings the old image's)."""
-        if name in attrs.DERIVED_XATTRS:
-            log.debug("%s: %s is derived; setting it changes nothing", self.path, name)
-            return
-        field_name = attrs.writable_field(name)
+        field_name = field_to_set(self.path, name)
         if field_name is None:
-            raise not_kept(name)
+            return
         if attrs.xattr_value(self.image, name) == value:
             return
         self.side.writes.check_writable("setxattr")
@@ -424,12 +434,9 @@ class PendingFile(Node):
         """``split``/``tags`` on a staged file are kept (in the journal too) and apply right
         after register (§2); if it landed before the value was kept, they are set on the
         image it became. An attribute pictofs derives is accepted and ignored."""
-        if name in attrs.DERIVED_XATTRS:
-            log.debug("%s: %s is derived; setting it changes nothing", self.path, name)
-            return
-        field_name = attrs.writable_field(name)
+        field_name = field_to_set(self.path, name)
         if field_name is None:
-            raise not_kept(name)
+            return
         writes = self.side.writes
         writes.check_writable("setxattr")
         try:
