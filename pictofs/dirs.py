@@ -42,6 +42,16 @@ def runtime_dir() -> Path:
     return state_dir() / "run"
 
 
+def private_dirs(base: Path, path: Path) -> Path:
+    """Create every missing folder from ``base`` (which exists) down to ``path`` (below it),
+    each 0700 as it is made; returns ``path``."""
+    folder = base
+    for part in path.relative_to(base).parts:
+        folder = folder / part
+        folder.mkdir(exist_ok=True, mode=0o700)
+    return path
+
+
 def private_dir(path: Path) -> Path:
     """Create ``path`` (and parents, with the default mode) and make it 0700; returns it.
     A new folder is created 0700, so it is never readable by others, even briefly."""

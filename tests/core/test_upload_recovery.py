@@ -234,5 +234,7 @@ def test_bytes_whose_flush_was_never_recorded_are_kept_aside_not_deleted(
         assert [p.relative_to(reopened.directory / "quarantine").as_posix() for p in kept] \
             == ["cams/half.png"]
         assert kept[0].read_bytes() == png_bytes(7301)[:500]
+        for path in (reopened.directory / "quarantine").rglob("*"):  # private, folders too
+            assert path.stat().st_mode & 0o077 == 0, path
     finally:
         reopened.close()

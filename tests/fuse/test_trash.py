@@ -93,6 +93,11 @@ def test_gio_trash_of_a_file_and_a_folder_survives_a_remount_and_restores_the_sa
     assert live(client, dataset) == {}
     assert archived_ids(client, dataset) == set(ids.values())
     assert counts.uploads() == 0, counts.since()
+    # the trash's state (trash.json, info/, kept bytes) is private, as all the state folder
+    state = Path(m.env["XDG_STATE_HOME"]) / "pictofs"
+    assert any(p.name == "trash.json" for p in state.rglob("*"))
+    for path in state.rglob("*"):
+        assert path.stat().st_mode & 0o077 == 0, path
 
     m = remount(mount, m)
     trash = m.path / ".Trash-0"

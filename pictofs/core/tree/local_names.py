@@ -176,7 +176,9 @@ class LocalNames:
             if not kept:
                 target.unlink(missing_ok=True)
                 return
-            temp.write_text(json.dumps(kept))
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as handle:  # private, as everything in the state folder
+                handle.write(json.dumps(kept))
             os.replace(temp, target)
         except OSError as exc:
             log.warning("local-only folders kept for this mount only: %s", exc.strerror)

@@ -142,7 +142,7 @@ class Trash:
         # trash name → area (files, expunged) → entry name → entry
         self._state: dict[str, dict[str, dict[str, Entry]]] = self._load()
         for top in self._state:
-            self.info_dir(top).mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._make_info_dir(top)
 
     # ------------------------------------------------------------------ the state file
 
@@ -171,7 +171,8 @@ class Trash:
             for top, areas in self._state.items()}}
         path = self.folder / STATE_FILE
         temp = path.with_name(STATE_FILE + ".new")
-        with open(temp, "w") as out:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as out:  # private, as everything in the state folder
             json.dump(data, out)
             out.flush()
             os.fsync(out.fileno())
@@ -179,6 +180,12 @@ class Trash:
 
     def info_dir(self, top: str) -> Path:
         return self.folder / top / INFO
+
+    def _make_info_dir(self, top: str) -> None:
+        """``info/`` of a trash and the folder holding it, both 0700 (private, as all the
+        state folder)."""
+        for folder in (self.folder / top, self.info_dir(top)):
+            folder.mkdir(exist_ok=True, mode=0o700)
 
     # ------------------------------------------------------------------ what is there
 
@@ -233,7 +240,7 @@ class Trash:
             else:
                 self._state[top] = {FILES: {}}
             self._save()
-        self.info_dir(top).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._make_info_dir(top)
 
     def rmdir(self, path: str) -> None:
         top, part, rest = self._parts(path)

@@ -73,7 +73,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 from pictofs.core.upload.journal_files import (disk_full, fsync_dir, open_database,
                                                sync_filesystem, take_lock)
 from pictofs.core.upload.states import INITIAL, JobState, Step, check_transition
-from pictofs.dirs import private_dir
+from pictofs.dirs import private_dir, private_dirs
 from pictofs.errors import ConfigError, NoSpace
 
 log = logging.getLogger(__name__)
@@ -375,7 +375,7 @@ class Journal:
                     os.rename(staged, self.staging_path(entry_id))
             for name in kept_aside(other):  # its quarantine comes along too
                 target = self.directory / QUARANTINE / name.relative_to(other / QUARANTINE)
-                target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                private_dirs(self.directory, target.parent)
                 os.rename(name, target)
             fsync_dir(self.staging_dir)
         shutil.rmtree(other)
@@ -762,7 +762,7 @@ class Journal:
         target = self.directory / QUARANTINE / Path(*parts) if parts \
             else self.directory / QUARANTINE / name
         private_dir(self.directory / QUARANTINE)
-        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dirs(self.directory / QUARANTINE, target.parent)
         if target.exists():
             target = target.with_name(f"{target.stem}.{name[:8]}{target.suffix}")
         os.rename(source, target)
