@@ -11,6 +11,7 @@ Folders that may hold keys are created 0700.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from pictofs.config import home_dir
@@ -58,3 +59,20 @@ def private_dir(path: Path) -> Path:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path, 0o700)
     return path
+
+
+def replace_private(path: Path, text: str, durable: bool = False) -> None:
+    """Replace ``path`` with ``text`` at once: written to a new 0600 file beside it (fsync'd
+    when ``durable``), then renamed over it, so a reader finds the old text or the new one,
+    never part of it. OSError as the filesystem says."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

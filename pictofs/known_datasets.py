@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +44,8 @@ def get(base_url: str, name: str) -> Dataset | None:
 def put(base_url: str, dataset: Dataset) -> None:
     data = _load()
     data.setdefault(base_url.rstrip("/"), {})[dataset.name] = dataset.to_json()
-    folder = dirs.private_dir(dirs.state_dir())
+    dirs.private_dir(dirs.state_dir())
     try:
-        fd, temp = tempfile.mkstemp(dir=folder, prefix=".known-datasets.")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle)
-        os.replace(temp, _path())
+        dirs.replace_private(_path(), json.dumps(data))
     except OSError as exc:
         log.warning("could not remember dataset %s: %s", dataset.name, exc.strerror)

@@ -36,6 +36,7 @@ from pictofs import names
 from pictofs.core.tree import rootnames
 from pictofs.core.tree.pending import Pending
 from pictofs.core.tree.view import DatasetView
+from pictofs.dirs import replace_private
 from pictofs.errors import NoSpace, NotEmpty, PictofsError
 from pictofs.model import Image, split_path
 from pictofs.remote import Remote
@@ -170,16 +171,12 @@ class LocalNames:
     def _save_local_dirs(self) -> None:
         """Write the local-only folders (under ``_lock``), replacing the file at once."""
         target = self.local_dir / FOLDERS_FILE
-        temp = target.with_name(FOLDERS_FILE + ".new")
         kept = sorted(d for d in self._local_dirs if not names.is_transient_path(d))
         try:
             if not kept:
                 target.unlink(missing_ok=True)
                 return
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as handle:  # private, as everything in the state folder
-                handle.write(json.dumps(kept))
-            os.replace(temp, target)
+            replace_private(target, json.dumps(kept))
         except OSError as exc:
             log.warning("local-only folders kept for this mount only: %s", exc.strerror)
 

@@ -45,6 +45,7 @@ from typing import Any, Callable
 
 from pictofs.core.tree.pending import Pending
 from pictofs.core.tree.view import DirEntry
+from pictofs.dirs import replace_private
 from pictofs.errors import (AlreadyExists, InvalidArgument, IsADirectory, NotADirectory,
                             NotEmpty, NotFound, NotPermitted, PictofsError)
 from pictofs.model import Image, join_path, split_path
@@ -169,14 +170,7 @@ class Trash:
             top: {area: {name: e.to_json() for name, e in entries.items()}
                   for area, entries in areas.items()}
             for top, areas in self._state.items()}}
-        path = self.folder / STATE_FILE
-        temp = path.with_name(STATE_FILE + ".new")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as out:  # private, as everything in the state folder
-            json.dump(data, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
+        replace_private(self.folder / STATE_FILE, json.dumps(data), durable=True)
 
     def info_dir(self, top: str) -> Path:
         return self.folder / top / INFO

@@ -679,12 +679,18 @@ class Journal:
         if sync:
             self.sync_staging_folder()
 
-    def sync_staging_files(self, entry_ids: Iterable[str]) -> None:
+    def sync_staging_files(self, entry_ids: Iterable[str], missing_ok: bool = False) -> None:
         """Make the staged bytes of these entries durable, and their staging files' folder
-        entries (a flush that returned can be resumed)."""
+        entries (a flush that returned can be resumed). ``missing_ok``: a staging file gone
+        meanwhile (uploaded and removed, or dropped) is passed over."""
         with self._no_space("writing the staged bytes"):
             for entry_id in entry_ids:
-                fd = os.open(self.staging_path(entry_id), os.O_RDONLY)
+                try:
+                    fd = os.open(self.staging_path(entry_id), os.O_RDONLY)
+                except FileNotFoundError:
+                    if not missing_ok:
+                        raise
+                    continue
                 try:
                     os.fsync(fd)
                 finally:
@@ -701,16 +707,7 @@ class Journal:
         with self._no_space("making the staged bytes durable"):
             if sync_filesystem(self.directory):
                 return
-            for entry_id in entry_ids:
-                try:
-                    fd = os.open(self.staging_path(entry_id), os.O_RDONLY)
-                except FileNotFoundError:
-                    continue  # uploaded and removed, or dropped, meanwhile
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-        self.sync_staging_folder()
+        self.sync_staging_files(entry_ids, missing_ok=True)
         with self._write(durable=True) as db:  # the WAL is fsync'd up to here
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('committed', ?)",
                        (repr(time.time()),))
