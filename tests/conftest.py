@@ -6,6 +6,8 @@
 - ``server``: one reference server per test session (``pictofs serve`` in a subprocess on a
   free port, its own data folder), with per-route request counts read from ``/metrics``.
 - ``client``: a ``pictofs.api.Client`` bound to that server with its owner key.
+- ``hosted_server``: a second server with ``--profile hosted`` (answers as the hosted service
+  is known to); ``profile_server`` / ``profile_client`` run a test once against each.
 """
 
 from __future__ import annotations
@@ -55,6 +57,35 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     yield handle
     code = stop_server(handle)
     assert code == 0, f"server exited {code}: {handle.log_path.read_text()}"
+
+
+@pytest.fixture(scope="session")
+def hosted_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    """One server with ``--profile hosted`` for the whole session (started on first use):
+    where the hosted service is known to differ, it answers as the hosted service does."""
+    root = tmp_path_factory.mktemp("hosted-server")
+    handle = start_server(root / "data", root / "server.log", "--profile", "hosted")
+    yield handle
+    code = stop_server(handle)
+    assert code == 0, f"hosted server exited {code}: {handle.log_path.read_text()}"
+
+
+PROFILES = ("reference", "hosted")
+
+
+@pytest.fixture(params=PROFILES)
+def profile_server(request: pytest.FixtureRequest) -> ServerHandle:
+    """The session's server of each profile in turn: a test that takes it runs twice."""
+    name = "server" if request.param == "reference" else "hosted_server"
+    return request.getfixturevalue(name)  # type: ignore[no-any-return]
+
+
+@pytest.fixture()
+def profile_client(profile_server: ServerHandle):  # type: ignore[no-untyped-def]
+    """A ``pictofs.api.Client`` with the owner key of ``profile_server``."""
+    from pictofs.api import Client
+
+    return Client(api_key=profile_server.key, base_url=profile_server.base_url)
 
 
 @pytest.fixture()
