@@ -50,10 +50,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
-    """One reference server for the whole test session."""
-    root = tmp_path_factory.mktemp("server")
-    handle = start_server(root / "data", root / "server.log")
+def server(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
+    """One reference server for the whole test session; for the tests that run against
+    both profiles (``pytest_generate_tests``), one ``--profile hosted`` server as well."""
+    profile = getattr(request, "param", "reference")
+    root = tmp_path_factory.mktemp(f"server-{profile}")
+    extra = ("--profile", profile) if profile != "reference" else ()
+    handle = start_server(root / "data", root / "server.log", *extra)
     yield handle
     code = stop_server(handle)
     assert code == 0, f"server exited {code}: {handle.log_path.read_text()}"
@@ -71,21 +75,26 @@ def hosted_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHa
 
 
 PROFILES = ("reference", "hosted")
+# Suites that run whole against both profiles; elsewhere a test opts in with
+# ``@pytest.mark.profiles("reference", "hosted")``, and a test of a reference-only
+# behaviour in these suites opts out with ``@pytest.mark.profiles("reference")``.
+BOTH_PROFILE_SUITES = ("contract", "mirror")
 
 
-@pytest.fixture(params=PROFILES)
-def profile_server(request: pytest.FixtureRequest) -> ServerHandle:
-    """The session's server of each profile in turn: a test that takes it runs twice."""
-    name = "server" if request.param == "reference" else "hosted_server"
-    return request.getfixturevalue(name)  # type: ignore[no-any-return]
-
-
-@pytest.fixture()
-def profile_client(profile_server: ServerHandle):  # type: ignore[no-untyped-def]
-    """A ``pictofs.api.Client`` with the owner key of ``profile_server``."""
-    from pictofs.api import Client
-
-    return Client(api_key=profile_server.key, base_url=profile_server.base_url)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that uses the ``server`` fixture gets it as a session-scoped parameter
+    (``[reference]``, ``[hosted]``), so that pytest keeps one server per profile for the
+    whole session and groups the tests by it."""
+    if "server" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("profiles")
+    if marker is not None:
+        profiles = tuple(marker.args)
+    elif Path(str(metafunc.definition.path)).parent.name in BOTH_PROFILE_SUITES:
+        profiles = PROFILES
+    else:
+        profiles = ("reference",)
+    metafunc.parametrize("server", profiles, indirect=True, scope="session")
 
 
 @pytest.fixture()
