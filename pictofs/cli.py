@@ -118,7 +118,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.org:
         raise ConfigError("--org goes with --create-key or --list-keys")
-    return run.serve(data_dir, host=args.host, port=args.port, storage_port=args.storage_port)
+    return run.serve(data_dir, host=args.host, port=args.port, storage_port=args.storage_port,
+                     profile=args.profile, storage_host=args.storage_host)
 
 
 # --------------------------------------------------------------------------- datasets

@@ -156,6 +156,10 @@ OPTIONS: tuple[Option, ...] = (
            type=int, metavar="PORT"),
     Option("storage-port", "serve signed storage uploads on a second port", ("serve",),
            type=int, metavar="PORT"),
+    Option("profile", "answer as the reference server (reference) or as the hosted service "
+           "is known to (hosted)", ("serve",), default="reference", metavar="NAME"),
+    Option("storage-host", "with --profile hosted: the storage listener's address (default "
+           "127.0.0.2 beside IPv4 loopback)", ("serve",), metavar="ADDR"),
     Option("create-org", "create an organization and exit", ("serve",), metavar="NAME"),
     Option("create-key", "print a new API key with this role and exit", ("serve",),
            metavar="ROLE"),

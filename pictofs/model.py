@@ -136,6 +136,13 @@ class Folder:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Folder:
+        """Either wire shape: folder reads on the hosted service say ``project_id`` (and
+        ``full_path``), its create and rename answers ``dataset_id`` and ``directory_path``
+        (the official SDK's ``Directory`` takes both)."""
+        data = dict(data)
+        for canonical, legacy in (("dataset_id", "project_id"), ("full_path", "directory_path")):
+            if canonical not in data and legacy in data:
+                data[canonical] = data[legacy]
         values = _known(cls, data)
         values["image_count"] = values.get("image_count") or 0
         values["nested_image_count"] = values.get("nested_image_count") or 0
@@ -155,7 +162,7 @@ class Page(Generic[T]):
     items: list[T] = field(default_factory=list)
     limit: int = 0
     offset: int = 0
-    total: int = 0
+    total: int | None = None  # None when the service does not say
     has_more: bool = False
 
 

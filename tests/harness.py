@@ -33,6 +33,8 @@ class ServerHandle:
     process: subprocess.Popen[bytes]
     log_path: Path
     extra: dict[str, str] = field(default_factory=dict)
+    profile: str = "reference"  # ``pictofs serve --profile``
+    storage_url: str | None = None  # the storage listener's own URL (hosted profile)
 
     def metrics(self) -> Counter[tuple[str, str, int]]:
         """Request counts by (method, route template, status) since the server started."""
@@ -107,7 +109,9 @@ def start_server(data_dir: Path, log_path: Path, *extra_args: str,
             base_url = info["base_url"]
             if requests.get(base_url + "/healthz", timeout=2).ok:
                 key = (data_dir / "owner.key").read_text().strip()
-                return ServerHandle(base_url, key, data_dir, process, log_path)
+                return ServerHandle(base_url, key, data_dir, process, log_path,
+                                    profile=info.get("profile", "reference"),
+                                    storage_url=info.get("storage_url"))
         except (OSError, ValueError, KeyError, requests.RequestException):
             pass
         time.sleep(0.05)

@@ -109,16 +109,19 @@ def unwrap(body: Any) -> Any:
 
 
 def page_of(body: Any, from_json: Callable[[dict[str, Any]], T]) -> Page[T]:
-    """A ``Page`` from a paged envelope."""
+    """A ``Page`` from a paged envelope. Only ``has_more`` is sure to be there (the
+    official SDK reads nothing else): a missing ``total`` is None, a missing ``limit`` or
+    ``offset`` 0."""
     items = unwrap(body)
     if not isinstance(items, list):
         raise NetworkError(f"expected a list in 'data': {_preview(body)}")
     pagination = body.get("pagination") or {}
+    total = pagination.get("total")
     return Page(
         items=[from_json(item) for item in items],
         limit=int(pagination.get("limit") or 0),
         offset=int(pagination.get("offset") or 0),
-        total=int(pagination.get("total") or 0),
+        total=int(total) if total is not None else None,
         has_more=bool(pagination.get("has_more")),
     )
 

@@ -23,6 +23,7 @@ from pictofs.server import decode, handlers, routes_batch, routes_datasets, rout
 from pictofs.server import routes_uploads
 from pictofs.server.db import DB_FILE, Caller, Database
 from pictofs.server.deps import ServerState, caller
+from pictofs.server.profiles import REFERENCE, Profile
 from pictofs.server.middleware import RequestContext, RequestGate
 from pictofs.server.schemas import ERROR_RESPONSES, MAX_JSON_BODY_BYTES, Envelope, HealthOut, MeOut
 
@@ -76,7 +77,7 @@ def me(who: Caller = Depends(caller)) -> dict[str, Any]:
                      "key_prefix": who.key_prefix}}
 
 
-def _application(state: ServerState, title: str) -> FastAPI:
+def _application(state: ServerState, title: str, refuse_key: bool = False) -> FastAPI:
     app = FastAPI(title=title, version=__version__)
     app.state.server = state
     app.state.proof_secret = proof_secret(state.data_dir)
@@ -84,33 +85,44 @@ def _application(state: ServerState, title: str) -> FastAPI:
     # The last one added runs first: request id and metrics wrap the gate's refusals too.
     app.add_middleware(RequestGate, authenticate=state.db.caller_for_key, api_prefix=API + "/",
                        streamed_prefix=routes_uploads.STORAGE_PATH + "/",
-                       limit=MAX_JSON_BODY_BYTES)
+                       limit=MAX_JSON_BODY_BYTES, refuse_key=refuse_key)
     app.add_middleware(RequestContext, metrics=state.metrics)
     return app
 
 
-def create_app(data_dir: Path, storage_port: int | None = None) -> FastAPI:
-    """The API application over ``data_dir`` (its database is created if missing)."""
+def create_app(data_dir: Path, storage_port: int | None = None,
+               profile: Profile = REFERENCE, storage_base: str | None = None) -> FastAPI:
+    """The API application over ``data_dir`` (its database is created if missing).
+
+    ``profile`` (``profiles.py``) says where the answers follow the hosted service instead
+    of the reference server. With ``storage_base`` (the storage listener's own URL, the
+    hosted profile), storage is served on the storage listener only, and it refuses API
+    keys."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(data_dir / DB_FILE)
     db.initialize()
     decode.configure()
-    state = ServerState.open(data_dir, db, storage_port)
+    state = ServerState.open(data_dir, db, storage_port, profile, storage_base)
 
     app = _application(state, "pictofs reference server")
     app.include_router(service)
-    app.include_router(me_router)
+    if profile.me_route:
+        app.include_router(me_router)
     app.include_router(routes_datasets.router)
     app.include_router(routes_images.router)
     app.include_router(routes_uploads.router)
     app.include_router(routes_batch.router)
-    app.include_router(routes_uploads.storage_router)
+    if storage_base is None:
+        app.include_router(routes_uploads.storage_router)
 
     storage_app = None
     if storage_port is not None:
-        storage_app = _application(state, "pictofs reference storage")
+        storage_app = _application(state, "pictofs reference storage",
+                                   refuse_key=storage_base is not None)
         storage_app.include_router(service)
         storage_app.include_router(routes_uploads.storage_router)
+        if storage_base is not None:
+            storage_app.include_router(routes_images.storage_reads)
     app.state.storage_app = storage_app
     return app

@@ -27,6 +27,7 @@ from pictofs.server.failures import ApiFailure, forbidden
 
 KEY_PREFIX = "pk_live_"
 UPLOAD_TTL_SECONDS = 15 * 60
+READ_TTL_SECONDS = 5 * 60  # a signed storage URL for an image's bytes (hosted profile)
 SECRET_FILE = "upload.secret"
 
 
@@ -115,6 +116,9 @@ class UploadSigner:
         return UploadGrant(dataset_id, directory_path, filename, content_type, expires,
                            secrets.token_urlsafe(12))
 
+    def mac(self, payload: bytes) -> bytes:
+        return hmac.new(self._secret, payload, hashlib.sha256).digest()
+
     def sign(self, grant: UploadGrant) -> str:
         payload = json.dumps([grant.dataset_id, grant.directory_path, grant.filename,
                               grant.content_type, grant.expires_at, grant.nonce],
@@ -142,3 +146,46 @@ class UploadSigner:
         if grant.expires_at < (time.time() if now is None else now):
             raise ApiFailure(403, "forbidden", "upload URL expired", {"reason": "expired"})
         return grant
+
+
+@dataclass(frozen=True)
+class ReadGrant:
+    """What a signed storage URL for reading lets its holder fetch: one blob, until then."""
+
+    blob: str
+    content_type: str
+    expires_at: int
+
+
+def sign_read(signer: UploadSigner, blob: str, content_type: str,
+              ttl: int = READ_TTL_SECONDS, now: float | None = None) -> str:
+    """A token for reading one blob (the hosted profile's redirect for image bytes). Its
+    payload starts with ``"read"``, so it is never taken for an upload token (which has six
+    fields) nor the other way round."""
+    expires = int((time.time() if now is None else now) + ttl)
+    payload = json.dumps(["read", blob, content_type, expires],
+                         separators=(",", ":")).encode("utf-8")
+    return _b64encode(payload) + "." + _b64encode(signer.mac(payload))
+
+
+def verify_read(signer: UploadSigner, token: str, now: float | None = None) -> ReadGrant:
+    """The grant of a read token; 403 if it is malformed, tampered with or expired."""
+    try:
+        payload_text, mac_text = token.split(".")
+        payload = _b64decode(payload_text)
+        mac = _b64decode(mac_text)
+    except (ValueError, binascii.Error):
+        raise forbidden("malformed storage token", reason="malformed") from None
+    if not hmac.compare_digest(mac, signer.mac(payload)):
+        raise forbidden("storage token signature does not match", reason="bad_signature")
+    try:
+        purpose, blob, content_type, expires = json.loads(payload)
+        if purpose != "read":
+            raise ValueError(purpose)
+        grant = ReadGrant(str(blob), str(content_type), int(expires))
+    except (ValueError, TypeError):
+        raise forbidden("malformed storage token", reason="malformed") from None
+    if grant.expires_at < (time.time() if now is None else now):
+        raise ApiFailure(403, "forbidden", "storage URL expired", {"reason": "expired"})
+    return grant
+

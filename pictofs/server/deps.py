@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 
 from pictofs.server.auth import UploadSigner, require_role
@@ -21,6 +23,7 @@ from pictofs.server.failures import ApiFailure
 from pictofs.server.folders import Folders
 from pictofs.server.ingest import Ingest
 from pictofs.server.middleware import KeyedLocks, Metrics
+from pictofs.server.profiles import REFERENCE, Profile
 
 # The largest ``offset`` a listing takes: SQLite integers are 64-bit, and a larger offset
 # would fail in the query (a 500) instead of answering an empty page.
@@ -41,10 +44,13 @@ class ServerState:
     edits: Edits
     metrics: Metrics
     storage_port: int | None = None
+    profile: Profile = REFERENCE
+    storage_base: str | None = None  # the storage listener's own URL (hosted profile)
     idempotency_locks: KeyedLocks = field(default_factory=KeyedLocks)
 
     @classmethod
-    def open(cls, data_dir: Path, db: Database, storage_port: int | None) -> ServerState:
+    def open(cls, data_dir: Path, db: Database, storage_port: int | None,
+             profile: Profile = REFERENCE, storage_base: str | None = None) -> ServerState:
         blobs = BlobStore(data_dir / "blobs")
         signer = UploadSigner.for_data_dir(data_dir)
         catalog = Catalog(db)
@@ -53,7 +59,7 @@ class ServerState:
             data_dir=data_dir, db=db, blobs=blobs, signer=signer, catalog=catalog,
             folders=folders, ingest=Ingest(db, catalog, folders, blobs, signer),
             edits=Edits(db, catalog, folders, blobs), metrics=Metrics(),
-            storage_port=storage_port)
+            storage_port=storage_port, profile=profile, storage_base=storage_base)
 
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
@@ -89,6 +95,17 @@ def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-def page(items: list[Any], limit: int, offset: int, total: int) -> dict[str, Any]:
-    return {"data": items, "pagination": {"limit": limit, "offset": offset, "total": total,
-                                          "has_more": offset + len(items) < total}}
+def page(st: ServerState, items: list[Any], limit: int, offset: int, total: int) -> Any:
+    """A list answer: the items and the pagination block, as the profile words it."""
+    block = {"limit": limit, "offset": offset, "total": total,
+             "has_more": offset + len(items) < total}
+    return shaped(st, {"data": items, "pagination": st.profile.pagination(block)})
+
+
+def shaped(st: ServerState, body: Any, status_code: int = 200) -> Any:
+    """``body`` for the route's response model to check, or, where the profile reshapes
+    answers (the hosted profile drops or renames keys the response model declares), the
+    JSON answer as it is, with ``status_code``."""
+    if st.profile.sdk_fields_only:
+        return JSONResponse(jsonable_encoder(body), status_code=status_code)
+    return body

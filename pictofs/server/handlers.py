@@ -22,7 +22,12 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
                413: "payload_too_large", 415: "unsupported_media_type", 422: "validation_error"}
 
 
-def failure_response(failure: ApiFailure) -> JSONResponse:
+def failure_response(failure: ApiFailure, request: Request | None = None) -> JSONResponse:
+    """The error answer; a request's server profile may word it its own way (a name
+    collision is 400 on the hosted profile)."""
+    state = getattr(request.app.state, "server", None) if request is not None else None
+    if state is not None:
+        failure = state.profile.failure(failure)
     if failure.status >= 500:
         log.error("server failure: %s", failure.message)
     return JSONResponse(failure.body(), status_code=failure.status)
@@ -56,9 +61,9 @@ def http_error_response(exc: HTTPException) -> Response:
 
 
 def install(app: FastAPI) -> None:
-    async def on_failure(_request: Request, exc: Exception) -> Response:
+    async def on_failure(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiFailure)
-        return failure_response(exc)
+        return failure_response(exc, request)
 
     async def on_validation(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

@@ -79,7 +79,7 @@ class IdempotentRoute(APIRoute):
             try:
                 return await handler(request)
             except ApiFailure as failure:
-                return failure_response(failure)
+                return failure_response(failure, request)
             except RequestValidationError as exc:
                 return validation_response(exc)
             except HTTPException as exc:

@@ -132,7 +132,9 @@ class RequestContext:
 
 
 class RequestGate:
-    """ASGI middleware: the API key before the body, and a size limit on bodies.
+    """ASGI middleware: the API key before the body, and a size limit on bodies. With
+    ``refuse_key`` (the storage listener of the hosted profile), a request that carries an
+    API key at all is refused: a client must never send its key to the storage host.
 
     ``authenticate(key)`` returns the caller of a key, or None for an unknown (or revoked)
     one; it runs in the thread pool. The caller is left in ``scope["state"]["caller"]``
@@ -140,8 +142,9 @@ class RequestGate:
     """
 
     def __init__(self, app: ASGIApp, authenticate: Callable[[str], Any], api_prefix: str,
-                 streamed_prefix: str, limit: int) -> None:
+                 streamed_prefix: str, limit: int, refuse_key: bool = False) -> None:
         self.app = app
+        self.refuse_key = refuse_key  # a storage listener apart: no request may carry a key
         self.authenticate = authenticate
         self.api_prefix = api_prefix
         self.streamed_prefix = streamed_prefix
@@ -156,6 +159,10 @@ class RequestGate:
         announced = headers.get("content-length")
         has_body = (announced not in (None, "0")
                     or "chunked" in headers.get("transfer-encoding", "").lower())
+        if self.refuse_key and "x-api-key" in headers:
+            await self._refuse(scope, send, has_body, 400, "key_not_allowed",
+                               "storage takes no API key: the signed URL is the permission")
+            return
         if path.startswith(self.api_prefix):
             key = headers.get("x-api-key")
             if not key:

@@ -9,7 +9,16 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from pictofs.server.catalog import ImageFilter, image_json
 from pictofs.server.db import Caller
-from pictofs.server.deps import MAX_OFFSET, ServerState, base_url, caller, member, page, state
+from pictofs.server.deps import (
+    MAX_OFFSET,
+    ServerState,
+    base_url,
+    caller,
+    member,
+    page,
+    shaped,
+    state,
+)
 from pictofs.server.idempotency import IdempotentRoute
 from pictofs.server.schemas import (
     ERROR_RESPONSES,
@@ -35,9 +44,9 @@ def list_datasets(limit: int = Query(100, ge=1, le=1000),
                   archived: bool = False, who: Caller = Depends(caller),
                   st: ServerState = Depends(state)) -> dict[str, Any]:
     if archived:  # datasets are never archived here
-        return page([], limit, offset, 0)
+        return page(st, [], limit, offset, 0)
     rows, total = st.catalog.list_datasets(who.organization_id, limit, offset)
-    return page(st.catalog.dataset_json(rows), limit, offset, total)
+    return page(st, st.catalog.dataset_json(rows), limit, offset, total)
 
 
 @router.get("/datasets/{dataset}", response_model=Envelope[DatasetOut],
@@ -72,9 +81,9 @@ def create_dataset(body: DatasetCreate, who: Caller = Depends(member),
 @router.get("/directories/{dataset}", response_model=list[DirectoryOut], tags=["directories"])
 def list_directories(dataset: str, parent_path: str | None = None,
                      who: Caller = Depends(caller),
-                     st: ServerState = Depends(state)) -> list[dict[str, Any]]:
+                     st: ServerState = Depends(state)) -> Any:
     ds = st.catalog.find_dataset(who.organization_id, dataset)
-    return st.folders.list(ds["id"], parent_path)
+    return shaped(st, [st.profile.folder_read(f) for f in st.folders.list(ds["id"], parent_path)])
 
 
 @router.post("/directories/", response_model=Envelope[DirectoryOut], status_code=201,
@@ -82,21 +91,22 @@ def list_directories(dataset: str, parent_path: str | None = None,
                               "description": "The folder already existed"}},
              tags=["directories"])
 def create_directory(body: DirectoryCreate, response: Response, who: Caller = Depends(member),
-                     st: ServerState = Depends(state)) -> dict[str, Any]:
+                     st: ServerState = Depends(state)) -> Any:
     ds = st.catalog.find_dataset(who.organization_id, body.dataset)
     folder, created = st.folders.create(ds["id"], body.directory_path)
     if not created:
         response.status_code = 200
-    return {"data": folder}
+    return shaped(st, {"data": st.profile.folder_written(folder)}, 201 if created else 200)
 
 
 @router.patch("/directories/{dataset}/{dir_path:path}/rename",
               response_model=Envelope[DirectoryOut], tags=["directories"])
 def rename_directory(dataset: str, dir_path: str, body: DirectoryRename,
                      who: Caller = Depends(member),
-                     st: ServerState = Depends(state)) -> dict[str, Any]:
+                     st: ServerState = Depends(state)) -> Any:
     ds = st.catalog.find_dataset(who.organization_id, dataset)
-    return {"data": st.folders.rename(ds["id"], dir_path, body.new_name)}
+    folder = st.folders.rename(ds["id"], dir_path, body.new_name)
+    return shaped(st, {"data": st.profile.folder_written(folder)})
 
 
 @router.delete("/directories/{dataset}/{dir_path:path}", response_model=Envelope[DirectoryDeleted],

@@ -13,8 +13,9 @@ import sqlite3
 from typing import Any, Iterator
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
+from pictofs.server.auth import sign_read, verify_read
 from pictofs.server.catalog import ImageFilter, image_json
 from pictofs.server.db import Caller
 from pictofs.server.deps import MAX_OFFSET, ServerState, base_url, caller, member, page, state
@@ -36,29 +37,51 @@ from pictofs.server.schemas import (
 API = "/api/v1/developer"
 router = APIRouter(prefix=API, route_class=IdempotentRoute, responses=ERROR_RESPONSES,
                    tags=["images"])
+storage_reads = APIRouter(responses=ERROR_RESPONSES, tags=["storage"])
+STORAGE_READ_PATH = "/storage/object"
 _BYTES: dict[int | str, dict[str, Any]] = {200: {"description": "The image bytes", "content": {
     "image/*": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 def _stream(request: Request, st: ServerState, row: sqlite3.Row) -> Response:
     """The image bytes with Content-Type and Content-Length (no Range support); HEAD gets
-    the headers only."""
+    the headers only. The hosted profile answers 307 to a signed storage URL instead."""
+    if st.profile.bytes_by_redirect and st.storage_base is not None:
+        token = sign_read(st.signer, row["blob"], row["content_type"])
+        return RedirectResponse(f"{st.storage_base}{STORAGE_READ_PATH}/{token}",
+                                status_code=307)
+    return _blob(request, st, row["blob"], row["content_type"], {"image_id": row["id"]})
+
+
+def _blob(request: Request, st: ServerState, blob: str, content_type: str,
+          about: dict[str, Any]) -> Response:
     try:
-        handle = st.blobs.open(row["blob"])
+        handle = st.blobs.open(blob)
     except FileNotFoundError:
         raise ApiFailure(500, "blob_missing", "the stored bytes of this image are missing",
-                         {"image_id": row["id"]}) from None
+                         about) from None
     headers = {"Content-Length": str(os.fstat(handle.fileno()).st_size)}
     if request.method == "HEAD":
         handle.close()
-        return Response(media_type=row["content_type"], headers=headers)
+        return Response(media_type=content_type, headers=headers)
 
     def chunks() -> Iterator[bytes]:
         with handle:
             while data := handle.read(256 * 1024):
                 yield data
 
-    return StreamingResponse(chunks(), media_type=row["content_type"], headers=headers)
+    return StreamingResponse(chunks(), media_type=content_type, headers=headers)
+
+
+@storage_reads.api_route(STORAGE_READ_PATH + "/{token}", methods=["GET", "HEAD"],
+                         response_class=StreamingResponse, response_model=None,
+                         responses=_BYTES)
+def storage_read(token: str, request: Request) -> Response:
+    """An image's bytes at a signed storage URL (the hosted profile's redirect target). No
+    API key: the token is the permission, until it expires."""
+    st: ServerState = request.app.state.server
+    grant = verify_read(st.signer, token)
+    return _blob(request, st, grant.blob, grant.content_type, {})
 
 
 @router.get("/images/", response_model=Page[ImageOut])
@@ -75,7 +98,7 @@ def list_images(request: Request, dataset: str,
                         min_confidence_lt=min_confidence_lt)
     rows, total = st.catalog.list_images(ds["id"], where, limit, offset)
     base = base_url(request)
-    return page([image_json(r, base) for r in rows], limit, offset, total)
+    return page(st, [image_json(r, base) for r in rows], limit, offset, total)
 
 
 @router.get("/images/{image_id}/metadata", response_model=Envelope[ImageOut])

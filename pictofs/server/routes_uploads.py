@@ -22,7 +22,7 @@ from pictofs.server import rules
 from pictofs.server.auth import UPLOAD_TTL_SECONDS
 from pictofs.server.catalog import image_json
 from pictofs.server.db import Caller
-from pictofs.server.deps import ServerState, base_url, member, state
+from pictofs.server.deps import ServerState, base_url, member, shaped, state
 from pictofs.server.failures import ApiFailure, bad_request, forbidden, too_large
 from pictofs.server.idempotency import IdempotentRoute
 from pictofs.server.ingest import Registration, Spent, spent_url
@@ -61,6 +61,8 @@ def _with_port(host: str, port: int) -> str:
 
 
 def upload_url(request: Request, st: ServerState, token: str) -> str:
+    if st.storage_base is not None:  # storage on its own host (the hosted profile)
+        return f"{st.storage_base}{STORAGE_PATH}/{token}"
     host = request.headers.get("host") or base_url(request).split("://", 1)[1]
     if st.storage_port is not None:
         host = _with_port(host, st.storage_port)
@@ -69,18 +71,19 @@ def upload_url(request: Request, st: ServerState, token: str) -> str:
 
 @router.post("/images/upload-url", response_model=Envelope[UploadUrlOut])
 def create_upload_url(request: Request, body: UploadUrlRequest, who: Caller = Depends(member),
-                      st: ServerState = Depends(state)) -> dict[str, Any]:
+                      st: ServerState = Depends(state)) -> Any:
     ds = st.catalog.find_dataset(who.organization_id, body.dataset)
     grant = st.ingest.prepare(ds["id"], body.filename, body.directory_path, body.content_type)
-    return {"data": {"filename": grant.filename, "directory_path": grant.directory_path,
-                     "upload_url": upload_url(request, st, st.signer.sign(grant)),
-                     "expires_in_minutes": UPLOAD_TTL_SECONDS // 60}}
+    return shaped(st, {"data": st.profile.upload_ticket({
+        "filename": grant.filename, "directory_path": grant.directory_path,
+        "upload_url": upload_url(request, st, st.signer.sign(grant)),
+        "expires_in_minutes": UPLOAD_TTL_SECONDS // 60})})
 
 
 @router.post("/images/bulk-upload-url", response_model=Envelope[BulkUploadUrlOut])
 def create_bulk_upload_urls(request: Request, body: BulkUploadUrlRequest,
                             who: Caller = Depends(member),
-                            st: ServerState = Depends(state)) -> dict[str, Any]:
+                            st: ServerState = Depends(state)) -> Any:
     """Signed URLs for up to 500 files of one folder, in request order. Names and extensions
     are checked here; collisions are reported per file by bulk-register."""
     ds = st.catalog.find_dataset(who.organization_id, body.dataset)
@@ -95,9 +98,13 @@ def create_bulk_upload_urls(request: Request, body: BulkUploadUrlRequest,
     for item in body.images:
         grant = st.ingest.prepare(ds["id"], item.filename, item.directory_path,
                                   item.content_type, check_collision=False)
-        urls.append({"filename": grant.filename, "directory_path": grant.directory_path,
-                     "upload_url": upload_url(request, st, st.signer.sign(grant))})
-    return {"data": {"upload_urls": urls, "expires_in_minutes": UPLOAD_TTL_SECONDS // 60}}
+        urls.append(st.profile.upload_ticket({
+            "filename": grant.filename, "directory_path": grant.directory_path,
+            "upload_url": upload_url(request, st, st.signer.sign(grant))}))
+    answer: dict[str, Any] = {"upload_urls": urls}
+    if not st.profile.sdk_fields_only:
+        answer["expires_in_minutes"] = UPLOAD_TTL_SECONDS // 60
+    return shaped(st, {"data": answer})
 
 
 @router.post("/images/register", response_model=Envelope[ImageOut], status_code=201)

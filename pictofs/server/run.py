@@ -38,6 +38,7 @@ import uvicorn
 from pictofs.errors import ConfigError
 from pictofs.model import ROLES
 from pictofs.server.db import DB_FILE, Database, KeyInfo
+from pictofs.server.profiles import REFERENCE, Profile, profile_named
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +267,18 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _apart_from(host: str) -> str:
+    """A storage host other than the API's: 127.0.0.2 beside IPv4 loopback (the whole
+    127.0.0.0/8 is loopback on Linux), else the same host (another port only)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.version == 4 and address.is_loopback:
+        return "127.0.0.2" if host != "127.0.0.2" else "127.0.0.3"
+    return host
+
+
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -328,9 +341,24 @@ async def _run(servers: list[tuple[_Server, socket.socket]],
 
 
 def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8790,
-          storage_port: int | None = None) -> int:
-    """Run the server until SIGTERM or SIGINT; returns the exit code (0 on a clean stop)."""
+          storage_port: int | None = None, profile: str = "reference",
+          storage_host: str | None = None) -> int:
+    """Run the server until SIGTERM or SIGINT; returns the exit code (0 on a clean stop).
+
+    With the ``hosted`` profile, storage always has its own listener (``storage_port`` 0
+    picks a free port) on its own host: ``storage_host``, by default ``127.0.0.2`` when the
+    API listens on IPv4 loopback (another host to a client, as the hosted service's
+    storage is), else the API's host."""
     data_dir = Path(data_dir).absolute()
+    try:
+        chosen = profile_named(profile)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if chosen.storage_apart:
+        storage_port = 0 if storage_port is None else storage_port
+        storage_host = storage_host or _apart_from(host)
+    elif storage_host is not None:
+        raise ConfigError("--storage-host goes with --profile hosted")
     interval = _sweep_interval()
     data_dir.mkdir(parents=True, exist_ok=True)
     servers: list[tuple[_Server, socket.socket]] = []
@@ -355,9 +383,10 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8790,
                 log.warning("listening on %s: the API is reachable from other machines", host)
             sockets = [_bind(host, port)]
             if storage_port is not None:
-                sockets.append(_bind(host, storage_port))
+                sockets.append(_bind(storage_host or host, storage_port))
             try:
-                _serve_on(data_dir, host, sockets, servers, stopping, interval)
+                _serve_on(data_dir, host, sockets, servers, stopping, interval, chosen,
+                          storage_host)
             finally:
                 for sock in sockets:
                     sock.close()
@@ -369,13 +398,17 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 8790,
 
 def _serve_on(data_dir: Path, host: str, sockets: list[socket.socket],
               servers: list[tuple[_Server, socket.socket]], stopping: list[int],
-              sweep_interval: float) -> None:
+              sweep_interval: float, profile: Profile = REFERENCE,
+              storage_host: str | None = None) -> None:
     """Build the apps over the bound sockets and serve until asked to stop."""
     from pictofs.server.app import create_app
 
     port = sockets[0].getsockname()[1]
     storage_port = sockets[1].getsockname()[1] if len(sockets) > 1 else None
-    app = create_app(data_dir, storage_port=storage_port)
+    storage_base = (f"http://{_url_host(storage_host)}:{storage_port}"
+                    if storage_host is not None and storage_port is not None else None)
+    app = create_app(data_dir, storage_port=storage_port, profile=profile,
+                     storage_base=storage_base)
     app.state.server.blobs.clean_temporary()  # safe: this process holds the server lock
     sweep_once = app.state.server.ingest.sweep
     _sweep(sweep_once)
@@ -389,7 +422,8 @@ def _serve_on(data_dir: Path, host: str, sockets: list[socket.socket],
     def on_started() -> None:
         _write_private(data_dir / STATE_FILE, json.dumps({
             "pid": os.getpid(), "host": host, "port": port, "storage_port": storage_port,
-            "base_url": base_url}) + "\n")
+            "base_url": base_url, "profile": profile.name, "storage_url": storage_base})
+            + "\n")
         print(f"pictofs server listening on {base_url} (data: {data_dir})", flush=True)
 
     try:

@@ -109,6 +109,8 @@ def test_base_url_without_key_is_refused(tmp_path):
     assert_user_error(run("datasets", "list", env=env), "no API key")
 
 
+# Reference only: checks the new key with GET /me.
+@pytest.mark.profiles("reference")
 def test_serve_admin_verbs(server):
     org_id = server.create_org("cli-other-org")
     assert org_id

@@ -38,6 +38,9 @@ def put_and_register(t: Transport, dataset: str, folder: str, name: str, seed: i
 # ---------------------------------------------------------------------- datasets and /me
 
 
+# Reference only: the pagination block in full (the hosted profile's is checked in
+# tests/server/test_profiles.py).
+@pytest.mark.profiles("reference")
 def test_dataset_routes(t) -> None:
     name = f"routes-{uuid.uuid4().hex[:8]}"
     made = datasets_api.create(t, name, "desc")
@@ -51,6 +54,8 @@ def test_dataset_routes(t) -> None:
         datasets_api.create(t, name)
 
 
+# Reference only: GET /me is the reference server's own.
+@pytest.mark.profiles("reference")
 def test_me(t) -> None:
     me = datasets_api.me(t)
     assert set(me) >= {"organization_id", "organization_name", "role", "key_prefix"}
@@ -121,6 +126,9 @@ def test_image_urls_are_rebased_on_the_configured_base(t, dataset) -> None:
         assert b"".join(stream) == png_bytes(4)
 
 
+# Reference only: the pagination block in full (the hosted profile's is checked in
+# tests/server/test_profiles.py).
+@pytest.mark.profiles("reference")
 def test_list_page_filters(t, dataset) -> None:
     a = put_and_register(t, dataset.id, "/f", "a.png", 5)
     b = put_and_register(t, dataset.id, "/f", "b.png", 6)

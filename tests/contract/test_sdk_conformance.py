@@ -19,6 +19,12 @@ import pytest
 from imagegen import jpeg_bytes, png_bytes
 
 pictograph = pytest.importorskip("pictograph")
+
+# The official SDK against the reference server only. Against the hosted profile the SDK
+# 1.69.146 itself fails where the hosted service is known to differ (docs/server.md): it does
+# not follow the 307 of an image's bytes (httpx follows no redirect unless asked), and it
+# takes a name collision's 400 for a validation error. pictofs handles both.
+pytestmark = pytest.mark.profiles("reference")
 from pictograph import Client as SdkClient  # noqa: E402
 from pictograph.exceptions import AuthError, ConflictError, NotFoundError  # noqa: E402
 from pictograph.models.dataset import Dataset as SdkDataset  # noqa: E402

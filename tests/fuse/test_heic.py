@@ -135,6 +135,7 @@ def test_an_edited_heic_replaces_its_image_and_rm_archives_it(client, dataset, m
     assert live(client, dataset)["/iphone/IMG_2001.png"] == edited
 
 
+@pytest.mark.profiles("reference", "hosted")
 def test_a_heic_and_a_real_png_of_one_stem_share_one_name_and_nothing_is_lost(
         client, dataset, mount, tmp_path):
     """A .heic whose .png name holds an image no memory links it to (a real x.png, or one

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.fuse
 
 LIST_IMAGES = "/api/v1/developer/images/"
 FOLDERS = "/api/v1/developer/directories/{dataset}"
+STORAGE_READ = "/storage/object/{token}"  # where the hosted profile redirects image bytes
 
 
 def image_routes(server) -> dict[str, int]:  # type: ignore[no-untyped-def]
@@ -47,6 +48,13 @@ def bytes_route_calls(changes: dict[str, int]) -> int:
                and not k.endswith("metadata"))
 
 
+def storage_reads(server) -> int:  # type: ignore[no-untyped-def]
+    """Image bytes served by the storage host at a signed URL (the hosted profile answers
+    the bytes route with a 307 there; the reference server streams them itself)."""
+    return sum(n for (method, route, status), n in server.metrics().items()
+               if method == "GET" and route == STORAGE_READ and status == 200)
+
+
 def ls_lr(root: Path) -> dict[str, int]:
     """Relative path → size of every file below ``root`` (via find, a real tool)."""
     out = subprocess.run(["find", str(root), "-type", "f", "-printf", "%P\t%s\n"],
@@ -54,6 +62,7 @@ def ls_lr(root: Path) -> dict[str, int]:
     return {p: int(s) for p, s in (line.split("\t") for line in out.splitlines())}
 
 
+@pytest.mark.profiles("reference", "hosted")
 def test_nested_folders_match_the_service(client, dataset, mount):
     made = {}
     for folder in ("/", "/cars", "/cars/red", "/cars/blue", "/trucks"):
@@ -73,6 +82,7 @@ def test_nested_folders_match_the_service(client, dataset, mount):
     assert result.returncode == 0 and ".archive" not in result.stdout
 
 
+@pytest.mark.profiles("reference", "hosted")
 def test_ls_l_of_2500_images_costs_three_pages_and_one_folder_call(client, dataset, mount, server):
     names = [f"img{i:05d}.png" for i in range(2500)]
     seed_images(client, dataset.id, "/big", names, data_for=lambda n: png_bytes(int(n[3:8])))
@@ -94,6 +104,7 @@ def test_ls_l_of_2500_images_costs_three_pages_and_one_folder_call(client, datas
     assert delta(before, image_routes(server)) == {}
 
 
+@pytest.mark.profiles("reference", "hosted")
 def test_lookup_in_an_unlisted_small_folder_lists_it_once(client, dataset, mount, server):
     """A folder of at most one page of images (its image count from the folders route) is
     listed on the first name asked in it: one page and one folders call answer every name,
@@ -131,12 +142,13 @@ def test_second_read_of_a_cached_image_makes_no_request(client, dataset, mount, 
     assert bytes_route_calls(delta(before, image_routes(server))) == 0
 
 
+@pytest.mark.profiles("reference", "hosted")
 def test_two_concurrent_readers_share_one_download(client, dataset, mount, server):
     data = sized_jpeg(6 * 1024 * 1024, seed=3)
     seed_images(client, dataset.id, "/", ["big.jpg"], data_for=lambda n: data)
     m = mount(dataset.name)
     os.listdir(m.path)
-    before = image_routes(server)
+    before, stored_before = image_routes(server), storage_reads(server)
     results: list[bytes] = []
     readers = [threading.Thread(target=lambda: results.append((m.path / "big.jpg").read_bytes()))
                for _ in range(2)]
@@ -146,8 +158,12 @@ def test_two_concurrent_readers_share_one_download(client, dataset, mount, serve
         t.join(60)
     assert results == [data, data]
     assert bytes_route_calls(delta(before, image_routes(server))) == 1
+    # hosted: that one bytes request was a redirect, followed once to the storage host
+    redirected = 1 if server.profile == "hosted" else 0
+    assert storage_reads(server) - stored_before == redirected
 
 
+@pytest.mark.profiles("reference", "hosted")
 def test_cmp_every_image_with_its_source(client, dataset, mount, tmp_path):
     made = seed_images(client, dataset.id, "/c", [f"i{i}.jpg" for i in range(25)],
                        data_for=lambda n: sized_jpeg(50_000 + int(n[1:-4]) * 1000,
@@ -251,6 +267,7 @@ def test_second_writable_mount_of_a_dataset_is_refused(client, dataset, mount):
     assert mount(dataset.name, "--read-only").path.is_dir()
 
 
+@pytest.mark.profiles("reference", "hosted")
 def test_organization_mount_lists_datasets(client, mount):
     first = client.projects.create("org-view-a")
     client.projects.create("org-view-b")
@@ -266,6 +283,7 @@ def test_organization_mount_lists_datasets(client, mount):
     assert info.value.errno == errno.EPERM
 
 
+@pytest.mark.profiles("reference", "hosted")
 def test_mount_start_up_errors_are_one_line(dataset, mount, tmp_path, server):
     missing = mount("no-such-dataset-xyz", expect_fail=True)
     assert "no-such-dataset-xyz" in missing.args[-1]

@@ -77,6 +77,7 @@ def seed(client, dataset) -> dict[str, str]:  # type: ignore[no-untyped-def]
     return {path: image.id for path, image in made.items()}
 
 
+@pytest.mark.profiles("reference", "hosted")
 def test_gio_trash_of_a_file_and_a_folder_survives_a_remount_and_restores_the_same_ids(
         client, dataset, mount, server):  # type: ignore[no-untyped-def]
     ids = seed(client, dataset)

@@ -198,6 +198,7 @@ def test_cp_r_of_300_images_uploads_each_once(client, dataset, mount, server, tm
     assert m.status()["uploads"]["pending"] == 0
 
 
+@pytest.mark.profiles("reference", "hosted")
 def test_files_due_together_go_up_with_the_bulk_routes(client, dataset, mount, server,
                                                       tmp_path):
     """Uploads held back until ``pictofs sync`` are all due at once: the workers send them in
@@ -220,6 +221,7 @@ def test_files_due_together_go_up_with_the_bulk_routes(client, dataset, mount, s
     assert counts.uploads() <= 40 // 8 + 1, changes  # batches of 8 files or more, bar one
 
 
+@pytest.mark.profiles("reference", "hosted")
 def test_rsync_twice_transfers_nothing_and_a_changed_file_replaces_its_image(
         client, dataset, mount, server, tmp_path):
     names = [f"r{i}.png" for i in range(6)]
@@ -283,6 +285,7 @@ def test_cp_p_keeps_the_mtime(client, dataset, mount, tmp_path):
     assert live(client, dataset)["/old.jpg"].id == image.id
 
 
+@pytest.mark.profiles("reference", "hosted")
 def test_cp_over_an_image_replaces_it_unless_the_bytes_are_the_same(client, dataset, mount,
                                                                     server, tmp_path):
     made = seed_images(client, dataset.id, "/", ["same.png", "diff.png"])
@@ -305,6 +308,7 @@ def test_cp_over_an_image_replaces_it_unless_the_bytes_are_the_same(client, data
 # ---------------------------------------------------------------------- moving
 
 
+@pytest.mark.profiles("reference", "hosted")
 def test_mv_between_folders_is_one_server_side_move(client, dataset, mount, server):
     made = seed_images(client, dataset.id, "/a", ["x.png"])
     seed_images(client, dataset.id, "/b", ["other.png"])
@@ -325,6 +329,7 @@ def test_mv_between_folders_is_one_server_side_move(client, dataset, mount, serv
     assert everything(client, dataset)[taken.id].is_archived
 
 
+@pytest.mark.profiles("reference", "hosted")
 def test_mv_to_a_new_name_keeps_annotations(client, dataset, mount, server, tmp_path):
     made = seed_images(client, dataset.id, "/", ["x.png"])
     old = made["x.png"][0]
@@ -345,6 +350,7 @@ def test_mv_to_a_new_name_keeps_annotations(client, dataset, mount, server, tmp_
     assert sorted(os.listdir(m.path)) == ["y.png"]
 
 
+@pytest.mark.profiles("reference", "hosted")
 def test_folder_rename_and_move_keep_ids(client, dataset, mount, server):
     ids = {f"/f/{n}": img.id for n, (img, _d) in
            seed_images(client, dataset.id, "/f", ["a.png", "b.png"]).items()}
@@ -369,6 +375,7 @@ def test_folder_rename_and_move_keep_ids(client, dataset, mount, server):
 # ---------------------------------------------------------------------- rm and the archive
 
 
+@pytest.mark.profiles("reference", "hosted")
 def test_rm_archives_and_the_archive_restores_and_deletes(client, dataset, mount, server,
                                                          tmp_path):
     first = seed_images(client, dataset.id, "/", ["x.png"])["x.png"][0]
@@ -450,6 +457,7 @@ def test_archive_is_hidden_from_listings_but_reachable(client, dataset, mount):
 # ---------------------------------------------------------------------- folders
 
 
+@pytest.mark.profiles("reference", "hosted")
 def test_mkdir_p_rmdir_and_rm_r(client, dataset, mount):
     seed_images(client, dataset.id, "/full", ["k.png"])
     seed_images(client, dataset.id, "/tree", ["t1.png"])
@@ -518,6 +526,7 @@ def failed_paths(m) -> list[str]:  # type: ignore[no-untyped-def]
     return sorted(item["path"] for item in m.status()["uploads"]["failed"])
 
 
+@pytest.mark.profiles("reference", "hosted")
 def test_text_named_jpg_fails_at_close_and_stays_failed_until_rm(client, dataset, mount,
                                                                  server, tmp_path):
     """Bytes that are not an image: EINVAL at close (so ``cp`` reports it), and the file
@@ -722,6 +731,7 @@ def test_rm_of_a_file_being_written_uploads_nothing(client, dataset, mount, serv
     assert os.listdir(m.path) == []
 
 
+@pytest.mark.profiles("reference", "hosted")
 def test_closed_staged_files_renamed_upload_at_once_and_removed_upload_nothing(
         client, dataset, mount, server, tmp_path):
     """With a write-back far away, the only way these uploads happen within the sync's

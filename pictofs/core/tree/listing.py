@@ -146,11 +146,12 @@ def _page_through(remote: Remote, dataset_id: str, path: str) -> tuple[dict[str,
     offset = 0
     while True:
         page = remote.list_images_page(dataset_id, path, offset=offset, limit=PAGE_SIZE)
-        if first_total is None:
+        if offset == 0:
             first_total = page.total
         elif page.total != first_total:
             moved = True
-        if last_total is not None and page.total < last_total and offset > 0:
+        if last_total is not None and page.total is not None and page.total < last_total \
+                and offset > 0:
             # Rows removed since the last page shifted the rest left by at most the drop in
             # total (new images go to the front): read that many rows before the boundary
             # again, so none is skipped. Costs a request only when the folder changed.
@@ -163,11 +164,17 @@ def _page_through(remote: Remote, dataset_id: str, path: str) -> tuple[dict[str,
         last_total = page.total
         for image in page.items:
             received[image.id] = image
-        offset += len(page.items)
         if not page.has_more or not page.items:
             break
+        offset += len(page.items)
+        if page.total is None and len(page.items) > GAP_SLACK:
+            # No total to notice removals by: the next page starts GAP_SLACK rows early, so
+            # up to that many rows removed meanwhile shift no row past the boundary.
+            offset -= GAP_SLACK
     exact = {i: img for i, img in received.items()
              if img.directory_path == path and not img.is_archived}
+    if first_total is None:  # the service gives no total: nothing to check the pages against
+        return exact, True
     return exact, (not moved and len(received) == first_total)
 
 
