@@ -8,6 +8,8 @@ builds them from JSON with ``from_json``; the reference server renders them with
 
 from __future__ import annotations
 
+import functools
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, Generic, TypeVar
@@ -36,13 +38,23 @@ def format_timestamp(seconds: float) -> str:
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
+
+
 def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
     """Keep only the keys the dataclass declares (the service may add fields)."""
-    names = {f.name for f in fields(cls)}
+    names = _field_names(cls)
     return {k: v for k, v in data.items() if k in names}
 
 
-@dataclass(frozen=True)
+# Values many images share (one dataset, a few folders, statuses, content types): one copy
+# each instead of one per image. A listing of 100,000 images kept about 1 KB per image.
+_SHARED = ("dataset_id", "directory_path", "status", "split", "content_type")
+
+
+@dataclass(frozen=True, slots=True)
 class Image:
     id: str
     dataset_id: str
@@ -70,6 +82,10 @@ class Image:
         values["directory_path"] = values.get("directory_path") or "/"
         values["annotation_count"] = values.get("annotation_count") or 0
         values["file_size"] = values.get("file_size") or 0
+        for key in _SHARED:
+            value = values.get(key)
+            if type(value) is str:
+                values[key] = sys.intern(value)
         return cls(**values)
 
     def to_json(self) -> dict[str, Any]:

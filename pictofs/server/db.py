@@ -96,6 +96,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS images_live_name
     ON images (dataset_id, directory_path, filename) WHERE is_archived = 0;
 CREATE INDEX IF NOT EXISTS images_by_dataset ON images (dataset_id, is_archived, seq);
 CREATE INDEX IF NOT EXISTS images_by_folder ON images (dataset_id, directory_path);
+CREATE INDEX IF NOT EXISTS images_live_by_folder ON images (dataset_id, directory_path,
+                                                            is_archived);
 CREATE INDEX IF NOT EXISTS images_by_name ON images (dataset_id, filename);
 CREATE INDEX IF NOT EXISTS images_by_blob ON images (blob);
 CREATE TABLE IF NOT EXISTS uploads (

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 
@@ -107,5 +106,5 @@ def shaped(st: ServerState, body: Any, status_code: int = 200) -> Any:
     answers (the hosted profile drops or renames keys the response model declares), the
     JSON answer as it is, with ``status_code``."""
     if st.profile.sdk_fields_only:
-        return JSONResponse(jsonable_encoder(body), status_code=status_code)
+        return JSONResponse(body, status_code=status_code)  # plain JSON values already
     return body

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
-from pictofs.core.tree.listing import list_images_consistent, unshowable, visible_entries
+from pictofs.core.tree.listing import (
+    GAP_SLACK,
+    PARALLEL_PAGES,
+    list_images_consistent,
+    unshowable,
+    visible_entries,
+)
 from pictofs.model import Folder, Image, Page
 
 
@@ -65,7 +74,10 @@ def test_unicode_spellings_are_two_names():
 
 
 class ScriptedPages:
-    """A page source that answers from a script of (items, total, has_more) per call."""
+    """A page source that answers from a script of (items, total, has_more) per page of each
+    listing attempt. A call at offset 0 starts the next attempt; a call at another offset gets
+    the page of the current attempt that starts there (pages may be asked in any order and
+    from several threads), or an empty last page past the script's end."""
 
     def __init__(self, script: list[list[tuple[list[Image], int, bool]]],
                  gaps: dict[tuple[int, int], list[Image]] | None = None) -> None:
@@ -74,22 +86,27 @@ class ScriptedPages:
         self.gap_calls: list[tuple[int, int]] = []
         self.calls = 0
         self.attempt = -1
-        self.page = 0
+        self.lock = threading.Lock()
 
     def list_images_page(self, dataset_id, folder, *, offset=0, limit=1000,  # type: ignore[no-untyped-def]
                          include_archived=False):
-        if limit < 1000:  # a gap re-read
-            self.gap_calls.append((offset, limit))
+        with self.lock:
             self.calls += 1
-            return Page(items=self.gaps.get((self.attempt, offset), []), limit=limit,
-                        offset=offset, total=0, has_more=True)
-        if offset == 0:
-            self.attempt += 1
-            self.page = 0
-        items, total, more = self.script[self.attempt][self.page]
-        self.page += 1
-        self.calls += 1
-        return Page(items=items, limit=limit, offset=offset, total=total, has_more=more)
+            if limit < 1000:  # a gap re-read
+                self.gap_calls.append((offset, limit))
+                return Page(items=self.gaps.get((self.attempt, offset), []), limit=limit,
+                            offset=offset, total=0, has_more=True)
+            if offset == 0:
+                self.attempt += 1
+            start = 0
+            pages = self.script[self.attempt]
+            for items, total, more in pages:
+                if start == offset:
+                    return Page(items=items, limit=limit, offset=offset, total=total,
+                                has_more=more)
+                start += len(items)
+            return Page(items=[], limit=limit, offset=offset, total=pages[-1][1],
+                        has_more=False)
 
 
 def test_consistent_listing_is_read_once():
@@ -130,3 +147,48 @@ def test_a_row_skipped_by_a_removal_is_read_again_from_the_gap():
     rows, complete = list_images_consistent(pages, "d", "/")  # type: ignore[arg-type]
     assert (0, 33) in pages.gap_calls  # the dropped row and GAP_SLACK rows on each side
     assert {"1", "2", "3", "4"} <= set(rows) and not complete
+
+
+class FolderPages:
+    """A folder of ``count`` images answered in pages of ``size``, with or without a total;
+    it records the offsets asked and how many calls were in flight at once."""
+
+    def __init__(self, count: int, size: int, with_total: bool, delay: float = 0.0) -> None:
+        self.images = [img(f"{i:04d}.jpg", str(i)) for i in range(count)]
+        self.size = size
+        self.with_total = with_total
+        self.delay = delay
+        self.offsets: list[int] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.lock = threading.Lock()
+
+    def list_images_page(self, dataset_id, folder, *, offset=0, limit=1000,  # type: ignore[no-untyped-def]
+                         include_archived=False):
+        with self.lock:
+            self.offsets.append(offset)
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        time.sleep(self.delay)
+        with self.lock:
+            self.in_flight -= 1
+        items = self.images[offset:offset + self.size]
+        return Page(items=items, limit=limit, offset=offset,
+                    total=len(self.images) if self.with_total else None,
+                    has_more=offset + len(items) < len(self.images))
+
+
+def test_once_the_total_is_known_the_other_pages_are_asked_at_once():
+    pages = FolderPages(count=1000, size=100, with_total=True, delay=0.05)
+    rows, complete = list_images_consistent(pages, "d", "/")  # type: ignore[arg-type]
+    assert complete and len(rows) == 1000
+    assert sorted(pages.offsets) == list(range(0, 1000, 100))  # each page once
+    assert pages.most_in_flight == PARALLEL_PAGES
+
+
+def test_pages_without_a_total_overlap_and_add_up():
+    pages = FolderPages(count=250, size=100, with_total=False)
+    rows, complete = list_images_consistent(pages, "d", "/")  # type: ignore[arg-type]
+    assert complete and len(rows) == 250
+    assert pages.offsets == [0, 100 - GAP_SLACK, 200 - 2 * GAP_SLACK]
+    assert pages.most_in_flight == 1  # no total: paged in turn

@@ -5,7 +5,8 @@ re-filtered by exact path, de-duplicated by id) plus the folders route. Offset p
 newest-first while the service changes, so the count received is compared with the first
 page's ``total``; if they differ or the total moved, the folder is listed again once, and a
 listing that still does not add up is marked incomplete: no negative answer may be drawn from
-it. §1: images named like a sibling folder (the folder wins) and older duplicates are hidden;
+it. Once the first page gives the total, the other pages are asked ``PARALLEL_PAGES`` at a
+time; a folder that moves meanwhile is paged again in turn, which repairs shifted rows. §1: images named like a sibling folder (the folder wins) and older duplicates are hidden;
 names that cannot be a name in the mount at all (``unshowable``: over 255 bytes, not one path
 segment, not UTF-8) are skipped, and the rest of the folder shows. ``NameNotes`` logs each
 hidden or skipped name once and counts the skipped ones (``pictofs status``).
@@ -20,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pictofs.model import Folder, Image
+from pictofs.model import Folder, Image, Page
 from pictofs.names import MAX_NAME_BYTES
 from pictofs.remote import Remote
 
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 1000
 ATTEMPTS = 3
 GAP_SLACK = 16  # rows re-read on each side of a gap: the folder may move again meanwhile
+PARALLEL_PAGES = 4  # pages of one folder asked at once, once the first page gives the total
 
 
 @dataclass
@@ -139,17 +141,56 @@ def list_images_consistent(remote: Remote, dataset_id: str, path: str
 
 
 def _page_through(remote: Remote, dataset_id: str, path: str) -> tuple[dict[str, Image], bool]:
+    first = remote.list_images_page(dataset_id, path, offset=0, limit=PAGE_SIZE)
+    if first.has_more and first.items and first.total is not None:
+        received, consistent = _pages_at_once(remote, dataset_id, path, first)
+        if consistent:
+            return _exactly_in(path, received), True
+        log.debug("listing of %s moved while its pages were read at once; paging in turn",
+                  path)
+    return _pages_in_turn(remote, dataset_id, path, first)
+
+
+def _pages_at_once(remote: Remote, dataset_id: str, path: str, first: Page[Image]
+                   ) -> tuple[dict[str, Image], bool]:
+    """Every page after the first, ``PARALLEL_PAGES`` at a time, once the first page's total
+    says how many there are. Consistent only if every page gives the same total, none says
+    more follow the last, and the rows add up to it (a folder that changes meanwhile is
+    paged in turn instead, which repairs shifts)."""
+    assert first.total is not None
+    step = len(first.items)
+    offsets = range(step, first.total, step)
+
+    def fetch(offset: int) -> Page[Image]:
+        return remote.list_images_page(dataset_id, path, offset=offset, limit=PAGE_SIZE)
+
+    with ThreadPoolExecutor(max_workers=PARALLEL_PAGES,
+                            thread_name_prefix="pictofs-pages") as pool:
+        pages = list(pool.map(fetch, offsets))
+    received = {image.id: image for image in first.items}
+    moved = False
+    for page in pages:
+        moved = moved or page.total != first.total
+        for image in page.items:
+            received[image.id] = image
+    if pages and pages[-1].has_more:
+        moved = True
+    return received, (not moved and len(received) == first.total)
+
+
+def _pages_in_turn(remote: Remote, dataset_id: str, path: str, first: Page[Image]
+                   ) -> tuple[dict[str, Image], bool]:
     received: dict[str, Image] = {}
-    first_total: int | None = None
+    first_total = first.total
     last_total: int | None = None
     moved = False
     offset = 0
+    page = first
     while True:
-        page = remote.list_images_page(dataset_id, path, offset=offset, limit=PAGE_SIZE)
-        if offset == 0:
-            first_total = page.total
-        elif page.total != first_total:
-            moved = True
+        if offset:
+            page = remote.list_images_page(dataset_id, path, offset=offset, limit=PAGE_SIZE)
+            if page.total != first_total:
+                moved = True
         if last_total is not None and page.total is not None and page.total < last_total \
                 and offset > 0:
             # Rows removed since the last page shifted the rest left by at most the drop in
@@ -171,11 +212,15 @@ def _page_through(remote: Remote, dataset_id: str, path: str) -> tuple[dict[str,
             # No total to notice removals by: the next page starts GAP_SLACK rows early, so
             # up to that many rows removed meanwhile shift no row past the boundary.
             offset -= GAP_SLACK
-    exact = {i: img for i, img in received.items()
-             if img.directory_path == path and not img.is_archived}
+    exact = _exactly_in(path, received)
     if first_total is None:  # the service gives no total: nothing to check the pages against
         return exact, True
     return exact, (not moved and len(received) == first_total)
+
+
+def _exactly_in(path: str, received: dict[str, Image]) -> dict[str, Image]:
+    return {i: img for i, img in received.items()
+            if img.directory_path == path and not img.is_archived}
 
 
 def visible_entries(path: str, images: dict[str, Image], folders: list[Folder]

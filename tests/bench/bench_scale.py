@@ -1,0 +1,358 @@
+"""Scale benchmark: a folder of 100,000 images (and, opt-in, an organization of a million).
+
+Run: ``python tests/bench/bench_scale.py [--quick] [--images N] [--org FOLDERS PER_FOLDER]``
+(needs /dev/fuse and fusermount3; the official SDK ``pictograph`` for the baseline). The name
+keeps it out of pytest's collection: it is a script, not a test.
+
+It starts its own reference server in a temporary folder, uploads one real JPEG into the
+folder ``/big`` of a dataset and clones its row in the server's database until the folder
+holds ``--images`` images (default 100,000; the clones share the bytes, as blobs are named
+by hash). Then, each the median of ``--repeat`` runs:
+
+1. the first ``ls -l`` of the folder on a fresh mount (fresh cache and state) against the
+   official SDK paging the same folder (``images.iter(page_size=1000)``, every item parsed);
+   target <= 1.0x;
+2. a warm ``ls -l`` on the same mount (after the kernel's 1 s attribute timeout, within
+   ``--dir-cache-time``); target <= 0.4 s;
+3. the daemon's peak resident memory (``VmHWM``) after those listings; target <= 150 MB;
+4. the server's answer time for a page of 1,000 of that folder, over ``--pages`` pages at
+   random offsets (p50 and p99); target p99 <= 50 ms.
+
+With ``--org FOLDERS PER_FOLDER`` (opt-in: a million images takes minutes to seed and to
+walk), a second dataset of FOLDERS folders of PER_FOLDER images each is cloned, and an
+organization mount's ``find MOUNT -type f | wc -l`` is timed with the daemon's peak memory
+(targets: <= 120 s and <= 400 MB for 1,000 x 1,000).
+
+Every row is printed with its target and PASS or MISS, as plain text and as Markdown.
+Everything (mounts, the server, temporary folders) is cleaned up, also on failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent.parent))
+
+import requests  # noqa: E402
+from harness import ServerHandle, start_server, stop_server  # noqa: E402
+from imagegen import sized_jpeg  # noqa: E402
+
+from pictofs.api import Client  # noqa: E402
+from pictofs.fs.fuse_session import abort_connection  # noqa: E402
+
+API = "/api/v1/developer"
+DIR_CACHE_TIME = "10m"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def timed(action: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def load_average() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "unknown"
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The peak resident set of a process so far (``VmHWM``), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def count_files(command: list[str], expected: int) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=3600,
+                            env=dict(os.environ, LC_ALL="C"))
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)}: {result.stderr.strip()[:500]}")
+    if command[0] == "ls":
+        rows = sum(1 for line in result.stdout.splitlines() if line.startswith("-"))
+    else:
+        rows = sum(1 for line in result.stdout.splitlines() if line)
+    if rows != expected:
+        raise RuntimeError(f"{' '.join(command)} listed {rows} files, expected {expected}")
+
+
+@dataclass
+class Row:
+    name: str
+    value: str
+    baseline: str
+    ratio: str
+    target: str
+    result: str
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+class Bench:
+    def __init__(self, root: Path, repeat: int) -> None:
+        self.root = root
+        self.repeat = repeat
+        self.server: ServerHandle | None = None
+        self.client: Client | None = None
+        self.env: dict[str, str] = {}
+        self.mounts: list[Path] = []
+        self.counter = 0
+        self.rows: list[Row] = []
+        self.notes: list[str] = []
+
+    def fresh_dir(self, name: str) -> Path:
+        self.counter += 1
+        path = self.root / f"{name}{self.counter}"
+        path.mkdir()
+        return path
+
+    def start(self) -> None:
+        log("starting the reference server")
+        self.server = start_server(self.root / "server", self.root / "server.log")
+        self.client = Client(api_key=self.server.key, base_url=self.server.base_url)
+        self.env = dict(os.environ, PICTOGRAPH_API_KEY=self.server.key,
+                        PICTOGRAPH_BASE_URL=self.server.base_url)
+
+    # -- seeding ------------------------------------------------------------------------------
+
+    def seed(self, dataset: str, folders: list[str], per_folder: int) -> str:
+        """A dataset whose ``folders`` hold ``per_folder`` images each: one real upload,
+        cloned in the server's database (new id, name and time for each)."""
+        assert self.client is not None and self.server is not None
+        dataset_id = self.client.projects.create(dataset).id
+        source = self.root / "seed.jpg"
+        source.write_bytes(sized_jpeg(20_000, seed=1))
+        first = self.client.images.upload(dataset_id, source, folder_path=folders[0])
+        db = sqlite3.connect(self.server.data_dir / "pictofs.db", timeout=60)
+        db.row_factory = sqlite3.Row
+        try:
+            row = dict(db.execute("SELECT * FROM images WHERE id = ?", (first.id,)).fetchone())
+            now = time.time()
+            started = time.perf_counter()
+            with db:
+                for folder in folders:
+                    db.execute("INSERT OR IGNORE INTO directories (id, dataset_id, full_path,"
+                               " created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                               (str(uuid.uuid4()), dataset_id, folder, now, now))
+                    start = 1 if folder == folders[0] else 0
+                    db.executemany(
+                        "INSERT INTO images (id, dataset_id, directory_path, filename,"
+                        " file_size, width, height, content_type, blob, created_at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        ((str(uuid.uuid4()), dataset_id, folder, f"img_{i:07d}.jpg",
+                          row["file_size"], row["width"], row["height"], row["content_type"],
+                          row["blob"], now + i * 1e-6) for i in range(start, per_folder)))
+            log(f"seeded {len(folders) * per_folder:,} images in {len(folders)} folder(s) "
+                f"in {time.perf_counter() - started:.1f} s")
+        finally:
+            db.close()
+        return dataset_id
+
+    # -- mounts -------------------------------------------------------------------------------
+
+    def pictofs(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pictofs", *args], capture_output=True,
+                              text=True, env=self.env, timeout=600)
+
+    def mount(self, dataset: str | None) -> Path:
+        mountpoint = self.fresh_dir("mnt")
+        places = [dataset, str(mountpoint)] if dataset else [str(mountpoint)]
+        result = self.pictofs("mount", *places, "--cache-dir", str(self.fresh_dir("cache")),
+                              "--dir-cache-time", DIR_CACHE_TIME,
+                              "--log-file", str(self.root / f"mount{self.counter}.log"))
+        if result.returncode != 0:
+            raise RuntimeError(f"pictofs mount failed: {result.stderr.strip()}")
+        self.mounts.append(mountpoint)
+        return mountpoint
+
+    def daemon_pid(self, mountpoint: Path) -> int:
+        result = self.pictofs("status", "--json", str(mountpoint))
+        if result.returncode != 0:
+            raise RuntimeError(f"pictofs status failed: {result.stderr.strip()}")
+        return int(json.loads(result.stdout)["pid"])
+
+    def umount(self, mountpoint: Path) -> None:
+        self.mounts.remove(mountpoint)
+        if self.pictofs("umount", str(mountpoint)).returncode != 0:
+            abort_connection(str(mountpoint))
+            subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True)
+
+    def close(self) -> None:
+        for mountpoint in list(self.mounts):
+            try:
+                self.umount(mountpoint)
+            except Exception as exc:  # keep cleaning up
+                log(f"unmounting {mountpoint}: {exc}")
+        if self.client is not None:
+            self.client.close()
+        if self.server is not None:
+            stop_server(self.server)
+
+    # -- measurements -------------------------------------------------------------------------
+
+    def sdk_paging(self, dataset: str, folder: str, expected: int) -> float:
+        import pictograph
+
+        assert self.server is not None
+        os.environ["PICTOGRAPH_API_KEY"] = self.server.key
+        os.environ["PICTOGRAPH_BASE_URL"] = self.server.base_url
+        with pictograph.Client() as sdk:
+            def page_all() -> None:
+                seen = sum(1 for _ in sdk.images.iter(dataset, directory_path=folder,
+                                                      page_size=1000))
+                if seen != expected:
+                    raise RuntimeError(f"the SDK paged {seen} images, expected {expected}")
+            return timed(page_all)
+
+    def folder(self, images: int) -> None:
+        dataset = "big"
+        self.seed(dataset, ["/big"], images)
+        sdk_times = [self.sdk_paging(dataset, "/big", images) for _ in range(self.repeat)]
+        cold, warm, rss = [], [], []
+        for _ in range(self.repeat):
+            mountpoint = self.mount(dataset)
+            folder = mountpoint / "big"
+            cold.append(timed(lambda: count_files(["ls", "-l", str(folder)], images)))
+            time.sleep(1.1)  # past the kernel's attribute timeout: the daemon answers again
+            warm.append(timed(lambda: count_files(["ls", "-l", str(folder)], images)))
+            rss.append(peak_rss_mb(self.daemon_pid(mountpoint)))
+            self.umount(mountpoint)
+        sdk, c, w = (statistics.median(x) for x in (sdk_times, cold, warm))
+        self.rows.append(Row(f"cold `ls -l` of a {images:,}-image folder, fresh mount",
+                             f"{c:.2f} s", f"SDK paging it: {sdk:.2f} s", f"{c / sdk:.2f}x",
+                             "<= 1.0x", verdict(c <= sdk)))
+        self.rows.append(Row("warm `ls -l` of that folder (same mount)", f"{w:.2f} s", "-",
+                             "-", "<= 0.4 s", verdict(w <= 0.4)))
+        peak = max(rss)
+        self.rows.append(Row("daemon peak RSS after both listings", f"{peak:.0f} MB", "-",
+                             "-", "<= 150 MB", verdict(peak <= 150)))
+        self.notes.append("Repetitions: cold " + ", ".join(f"{t:.2f}" for t in cold)
+                          + " s; warm " + ", ".join(f"{t:.2f}" for t in warm)
+                          + " s; SDK " + ", ".join(f"{t:.2f}" for t in sdk_times) + " s.")
+        self.page_latency(dataset, "/big", images)
+
+    def page_latency(self, dataset: str, folder: str, images: int, pages: int = 100) -> None:
+        assert self.server is not None
+        session = requests.Session()
+        session.headers["X-API-Key"] = self.server.key
+        url = self.server.base_url + API + "/images/"
+        times = []
+        rng = random.Random(7)
+        for _ in range(pages):
+            offset = rng.randrange(0, max(1, images - 1000))
+            started = time.perf_counter()
+            answer = session.get(url, params={"dataset": dataset, "directory_path": folder,
+                                              "limit": 1000, "offset": offset}, timeout=60)
+            answer.raise_for_status()
+            answer.json()
+            times.append(time.perf_counter() - started)
+        times.sort()
+        p50 = statistics.median(times)
+        p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+        self.rows.append(Row(f"server: a page of 1,000 of that folder ({pages} random offsets)",
+                             f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms", "-", "-",
+                             "p99 <= 50 ms", verdict(p99 <= 0.050)))
+
+    def organization(self, folders: int, per_folder: int, elsewhere: int) -> None:
+        """``elsewhere``: the images of the other datasets, which the find sees too."""
+        total = folders * per_folder
+        self.seed("org", [f"/f{i:04d}" for i in range(folders)], per_folder)
+        mountpoint = self.mount(None)
+        expected = total + elsewhere
+        elapsed = timed(lambda: count_files(["find", str(mountpoint), "-type", "f"], expected))
+        peak = peak_rss_mb(self.daemon_pid(mountpoint))
+        self.umount(mountpoint)
+        self.rows.append(Row(f"organization mount: `find -type f` of {total:,} images in "
+                             f"{folders:,} folders", f"{elapsed:.1f} s", "-", "-", "<= 120 s",
+                             verdict(elapsed <= 120)))
+        self.rows.append(Row("daemon peak RSS for that find", f"{peak:.0f} MB", "-", "-",
+                             "<= 400 MB", verdict(peak <= 400)))
+
+    images_elsewhere = 0
+
+
+def report(bench: Bench, markdown: bool) -> str:
+    head = ["Measurement", "pictofs", "Baseline", "Ratio", "Target", "Result"]
+    lines = [[r.name, r.value, r.baseline, r.ratio, r.target, r.result] for r in bench.rows]
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(line) + " |" for line in lines]
+    else:
+        widths = [max(len(x) for x in column) for column in zip(head, *lines)]
+        out = ["  ".join(x.ljust(w) for x, w in zip(line, widths)) for line in [head, *lines]]
+    return "\n".join(out + [""] + [f"- {note}" for note in bench.notes])
+
+
+def isolate_environment(root: Path) -> None:
+    for name, sub in (("HOME", "home"), ("XDG_CACHE_HOME", "xdg-cache"),
+                      ("XDG_STATE_HOME", "xdg-state"), ("XDG_DATA_HOME", "xdg-data"),
+                      ("XDG_CONFIG_HOME", "xdg-config"), ("XDG_RUNTIME_DIR", "xdg-run")):
+        path = root / sub
+        path.mkdir(mode=0o700)
+        os.environ[name] = str(path)
+    for name in list(os.environ):
+        if name.startswith(("PICTOGRAPH_", "PICTOFS_")):
+            del os.environ[name]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="20,000 images, 1 repetition")
+    parser.add_argument("--images", type=int, default=100_000, help="images in the folder")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (median)")
+    parser.add_argument("--org", type=int, nargs=2, metavar=("FOLDERS", "PER_FOLDER"),
+                        help="also an organization mount's find over FOLDERS x PER_FOLDER")
+    args = parser.parse_args(argv)
+    images, repeat = (20_000, 1) if args.quick else (args.images, args.repeat)
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    root = Path(tempfile.mkdtemp(prefix="pictofs-bench-"))
+    bench = Bench(root, repeat)
+    load_before = load_average()
+    try:
+        isolate_environment(root)
+        bench.start()
+        bench.folder(images)
+        if args.org:
+            bench.organization(*args.org, elsewhere=images)
+        bench.notes.append(f"Load average (1 min) at start / end: {load_before} / "
+                           f"{load_average()} on {os.cpu_count()} CPUs.")
+    finally:
+        bench.close()
+        shutil.rmtree(root, ignore_errors=True)
+    print(report(bench, markdown=False))
+    print("\n--- Markdown ---\n")
+    print(report(bench, markdown=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
