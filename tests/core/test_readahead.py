@@ -151,3 +151,46 @@ def test_a_read_ahead_nobody_reads_completes_and_pins_nothing(make_downloader, s
     assert source.calls["id-p2.jpg"] == 1
     assert downloader.cache.contains("id-p2.jpg")
     assert not any((downloader.cache.folder / "pins").glob("id-p2.jpg.*"))
+
+
+def test_a_reader_catching_up_with_the_read_ahead_deepens_it(make_downloader,
+                                                             source) -> None:
+    downloader = make_downloader(depth=1)
+    gate = source.hold("id-p2.jpg", before_chunk=0)  # a round trip that has not ended
+    read_through(downloader, "p0.jpg")
+    read_through(downloader, "p1.jpg")  # fetches p2 ahead
+    assert gate.reached.wait(SAFETY)
+    size = 5 * CHUNK
+    with downloader.open("id-p2.jpg", size, "/seq/p2.jpg") as reader:
+        gate.release()  # the reader waited for p2's first byte: the depth doubles
+        assert reader.read(0, size) == DATA["id-p2.jpg"]
+    assert downloader.wait(SAFETY)
+    assert source.calls["id-p3.jpg"] == 1 and source.calls["id-p4.jpg"] == 1
+
+
+def test_images_that_arrived_in_time_keep_the_depth(make_downloader, source) -> None:
+    downloader = make_downloader(depth=1)
+    for name in ("p0.jpg", "p1.jpg", "p2.jpg"):
+        read_through(downloader, name)
+        assert downloader.wait(SAFETY)  # each read-ahead done before the next open
+    assert source.calls["id-p3.jpg"] == 1
+    assert source.calls["id-p4.jpg"] == 0
+
+
+def test_the_depth_doubles_up_to_the_deepest_and_resets_when_the_pass_breaks() -> None:
+    names = [f"q{i:02d}.jpg" for i in range(40)]
+    images = {name: Image(id=f"id-{name}", dataset_id="ds", filename=name,
+                          directory_path="/q", file_size=1000) for name in names}
+    listing = FolderListing("/q", images, {}, True, 0.0)
+    read_ahead = ReadAhead(1, lambda path: listing if path == "/q" else None)
+    assert read_ahead.deepest == 8
+
+    def open_next(i: int, caught_up: bool) -> int:
+        read_ahead.note_read_through(f"/q/{names[i - 1]}")
+        return len(read_ahead.images_after(f"/q/{names[i]}", caught_up))
+
+    assert [open_next(i, True) for i in range(1, 7)] == [2, 4, 8, 8, 8, 8]
+    assert open_next(7, False) == 8  # arrived in time: the depth stays
+    assert read_ahead.images_after("/q/q03.jpg") == []  # out of order: the pass ends
+    assert open_next(20, False) == 1
+    assert ReadAhead(12, lambda path: listing).deepest == 12  # asked for more: no deepening
