@@ -78,6 +78,7 @@ from pictofs.api import images as images_api
 from pictofs.fs.fuse_session import mount_device
 from pictofs.units import parse_duration, parse_size
 
+API = "/api/v1/developer"
 READ_SIZE = 500_000
 UPLOAD_SIZE = 100_000
 PER_FOLDER = 50
@@ -107,12 +108,14 @@ class Traffic:
     connections: int
     down: int  # response body bytes
     up: int  # request body bytes
+    routes: list[str]  # "METHOD path" of each request, in order
 
     @classmethod
     def of(cls, what: str, stats: ProxyStats) -> Traffic:
         return cls(what, len(stats.responses), stats.connections,
                    sum(r.bytes_sent for r in stats.responses),
-                   sum(r.bytes_received for r in stats.responses))
+                   sum(r.bytes_received for r in stats.responses),
+                   [f"{r.method} {r.path.removeprefix(API)}" for r in stats.responses])
 
 
 def mb(n: int) -> str:
@@ -476,7 +479,8 @@ def report(bench: NetBench, quick: bool, markdown: bool) -> str:
                   f"{t.connections} connections (target ≤ 3 requests: {verdict}); "
                   f"{statistics.median(on) * 1000:.0f} ms on the profile, "
                   f"{statistics.median(off) * 1000:.0f} ms without it: the network added "
-                  f"{added:.1f} round trips (connection set-ups included).", ""]
+                  f"{added:.1f} round trips (connection set-ups included). The requests: "
+                  + ", ".join(f"`{r}`" if markdown else r for r in t.routes) + ".", ""]
     lines.append("Reference timings (no target):")
     lines += [f"{bullet}{what}: {seconds * 1000:.0f} ms" for what, seconds in bench.references]
     lines += ["", "What crossed the proxy (bytes over one connection's bandwidth, and over "
