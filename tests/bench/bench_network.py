@@ -479,7 +479,8 @@ def report(bench: NetBench, quick: bool, markdown: bool) -> str:
                   f"{t.connections} connections (target ≤ 3 requests: {verdict}); "
                   f"{statistics.median(on) * 1000:.0f} ms on the profile, "
                   f"{statistics.median(off) * 1000:.0f} ms without it: the network added "
-                  f"{added:.1f} round trips (connection set-ups included). The requests: "
+                  f"{added:.1f} round trips (connection set-ups included; indicative only: "
+                  "the mount's own start-up time varies by more under load). The requests: "
                   + ", ".join(f"`{r}`" if markdown else r for r in t.routes) + ".", ""]
     lines.append("Reference timings (no target):")
     lines += [f"{bullet}{what}: {seconds * 1000:.0f} ms" for what, seconds in bench.references]
