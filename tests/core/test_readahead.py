@@ -4,6 +4,7 @@ The FUSE tests in ``tests/fuse/test_read.py`` check the same through a real moun
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -194,3 +195,30 @@ def test_the_depth_doubles_up_to_the_deepest_and_resets_when_the_pass_breaks() -
     assert read_ahead.images_after("/q/q03.jpg") == []  # out of order: the pass ends
     assert open_next(20, False) == 1
     assert ReadAhead(12, lambda path: listing).deepest == 12  # asked for more: no deepening
+
+
+def test_read_ahead_without_readers_holds_half_the_download_threads_at_most(source,
+                                                                           tmp_path: Path
+                                                                           ) -> None:
+    names = [f"r{i:02d}.jpg" for i in range(20)]
+    source.images.update({f"id-{name}": image(5 * CHUNK, 100 + i)
+                          for i, name in enumerate(names)})
+    listing = FolderListing("/r", {name: Image(id=f"id-{name}", dataset_id="ds",
+                                               filename=name, directory_path="/r",
+                                               file_size=5 * CHUNK) for name in names},
+                            {}, True, 0.0)
+    gates = [source.hold(f"id-{name}", before_chunk=0) for name in names[2:]]
+    cache = ImageCache(tmp_path / "cache", "http://127.0.0.1:9", "ds", 1 << 24)
+    downloader = Downloader(cache, source, max_workers=16,
+                            read_ahead=ReadAhead(12, lambda path: listing))
+    try:
+        for name in names[:2]:  # the second starts a pass asking for 12 ahead
+            with downloader.open(f"id-{name}", 5 * CHUNK, f"/r/{name}") as reader:
+                reader.read(0, 5 * CHUNK)
+        assert all(gate.reached.wait(SAFETY) for gate in gates[:8])
+        time.sleep(0.2)  # room for a ninth to start, if anything let it
+        assert sum(source.calls[f"id-{name}"] for name in names[2:]) == 8
+    finally:
+        source.release_all()
+        downloader.close(timeout=SAFETY)
+        cache.close()

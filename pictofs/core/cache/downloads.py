@@ -414,6 +414,9 @@ class Downloader:
         self._remote = remote
         self._read_ahead = read_ahead if read_ahead is not None and read_ahead.depth else None
         self._is_online = is_online
+        # read-ahead without a reader may hold half the workers at most: the rest stay free
+        # for the images readers open
+        self._ahead_cap = max(1, max_workers // 2)
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix="pictofs-download")
@@ -481,11 +484,12 @@ class Downloader:
 
     def _fetch_ahead(self, images: list[Image]) -> None:
         """Start downloads of ``images`` with no reader (read-ahead), skipping those too big,
-        cached or already downloading, up to twice the pass's depth unread at a time. Runs in the
+        cached or already downloading, up to twice the pass's depth unread at a time and
+        never more than half the workers. Runs in the
         open that triggered it, so it must stay cheap: a file check per image; what needs
         the index or the disk waits for the worker (``_why_not_ahead``)."""
         assert self._read_ahead is not None
-        limit = 2 * max(self._read_ahead.depth, len(images))
+        limit = min(2 * max(self._read_ahead.depth, len(images)), self._ahead_cap)
         for image in images:
             if not 0 < image.file_size <= MAX_IMAGE_BYTES or self._cache.has_file(image.id):
                 continue

@@ -28,7 +28,8 @@ locale; a program using another collation (mixed-case names under a UTF-8 locale
 match our order, and then read-ahead simply does not start.
 
 Bounds: images above ``MAX_IMAGE_BYTES`` are never fetched ahead; the ``Downloader`` keeps
-at most twice the current depth of read-ahead downloads without a reader in flight, and just before each
+at most twice the current depth of read-ahead downloads without a reader in flight, and never
+more than half its download threads (8 of 16), and just before each
 request checks the breaker, ``memory_low`` and the cache's room (``no_room_ahead``).
 """
 
