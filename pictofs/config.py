@@ -73,7 +73,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("dir-cache-time", "how long listings are kept before asking the service again",
            MOUNT, default="30s", type=parse_duration, metavar="DURATION"),
     Option("prefetch", "images downloaded ahead of a program reading a folder's images in "
-           "name order (0: none)", MOUNT, default="1", type=_count, metavar="N"),
+           "name order, deepened up to 8 while it waits on the network (0: none)", MOUNT, default="1", type=_count, metavar="N"),
     # permissions
     Option("read-only", "mount read-only", MOUNT, default=False, flag=True, type=None),
     Option("allow-other", "let other users use the mount (implies default_permissions)",

@@ -14,6 +14,7 @@ forked.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import select
@@ -37,6 +38,9 @@ log = logging.getLogger(__name__)
 HARMLESS_LIBFUSE_LINES = ("Ignoring invalid max threads value",)
 
 READY_FD_ENV = "PICTOFS_READY_FD"
+# the dataset the parent found, handed to its daemon so that it does not ask again (a round
+# trip saved on every mount: the parent checked the key and the dataset a moment before)
+DATASET_ENV = "PICTOFS_MOUNT_DATASET"
 READY_TIMEOUT = 120.0
 
 
@@ -68,6 +72,12 @@ def resolve_target(args: argparse.Namespace, announce: bool) -> MountTarget:
     mountpoint = prepare_mountpoint(args.mountpoint)
     conn = connect(base_url=args.base_url, key_file=args.key_file,
                    announce=sys.stderr if announce else None)
+    handed = _handed_dataset(args)
+    if handed is not None:
+        target = MountTarget(conn, handed, mountpoint)
+        if not args.read_only:
+            check_journal_free(target)
+        return target
     deadline = time.monotonic() + args.timeout
     while True:
         try:
@@ -99,6 +109,20 @@ def resolve_target(args: argparse.Namespace, announce: bool) -> MountTarget:
     return target
 
 
+def _handed_dataset(args: argparse.Namespace) -> Dataset | None:
+    """The dataset the parent found, if it handed one to this daemon (``DATASET_ENV``, taken
+    out of the environment so that nothing started later sees it)."""
+    text = os.environ.pop(DATASET_ENV, None)
+    if text is None or READY_FD_ENV not in os.environ:
+        return None
+    try:
+        dataset = Dataset.from_json(json.loads(text))
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning("ignoring the dataset handed over by pictofs mount: %s", exc)
+        return None
+    return dataset if dataset.name == args.dataset or dataset.id == args.dataset else None
+
+
 def _find_dataset(conn: Connection, args: argparse.Namespace, announce: bool
                   ) -> Dataset | None:
     client = _client(conn, args)
@@ -124,9 +148,11 @@ def _find_dataset(conn: Connection, args: argparse.Namespace, announce: bool
 
 def mount_in_background(args: argparse.Namespace, argv: list[str]) -> int:
     """Check, start the daemon, and return once the mount is ready (or print why not)."""
-    resolve_target(args, announce=True)
+    target = resolve_target(args, announce=True)
     read_fd, write_fd = os.pipe()
     env = dict(os.environ, **{READY_FD_ENV: str(write_fd)})
+    if target.dataset is not None and not target.offline:
+        env[DATASET_ENV] = json.dumps(target.dataset.to_json())
     process = subprocess.Popen(
         [sys.executable, "-m", "pictofs", *argv, "--foreground"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

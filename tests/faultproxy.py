@@ -32,6 +32,7 @@ in the order they were added and a request gets at most one fault::
         # forward, send the headers and the first body bytes (half the body, at most
         # 64 KiB), pause, then finish normally
     proxy.throttle(bytes_per_second)      # cap the body rate of every response; None: no cap
+    proxy.network(rtt=0.040, bandwidth=25e6, connect=0.040)   # a distant service; None: off
     proxy.pause(); proxy.resume()         # pause: reset open connections and refuse new ones
                                           # (accepted, then reset at once); resume: normal
     proxy.set_random_faults(rate=0.1, kinds=("503", "429", "reset", "stall", "truncate"),
@@ -45,6 +46,27 @@ in the order they were added and a request gets at most one fault::
         # get the same pattern by order of arrival)
     proxy.clear_faults()                  # drop pending rules and random faults
                                           # (throttle and pause are left as they are)
+
+A network profile makes loopback look like a service far away, for benchmarks. Every
+request then pays what it would on a real path, with asyncio sleeps only (no busy loop, so it
+costs no CPU):
+
+- ``rtt``: half of it is added each way: the request head is held ``rtt / 2`` before it is
+  forwarded, the response head ``rtt / 2`` before it is sent (an error the proxy answers itself
+  pays both halves too), so every request costs at least one round trip;
+- ``bandwidth`` (bytes per second, None: no cap): each body, the request's as it is forwarded
+  and the response's as it is sent, is paced on its own connection so that its n-th byte
+  leaves no earlier than ``n / bandwidth`` after its first; the cap is per connection, as a
+  TCP connection's window limits it, so parallel connections add up (pacing is absolute from
+  the body's start, so sleep overshoots do not accumulate);
+- ``connect``: a set-up cost paid once per new client connection, before its first request is
+  read (the TCP and TLS handshakes of a real connection): keep-alive saves it.
+
+The profile is read when a request (or, for ``connect``, a connection) arrives, so a change
+applies to the next ones. It composes with the faults (a ``delay_next`` adds to the latency)
+and with ``throttle`` (both caps apply). The signed ``upload_url`` points back at the proxy
+(see ``Host`` above), so the storage PUTs pay the network as the API calls do.
+``ResponseRecord.bytes_received`` counts each request's body bytes, for the traffic of a run.
 
 Observation::
 
@@ -116,6 +138,7 @@ class ResponseRecord:
     query: str
     status: int | None = None  # status the client received; None if it got no answer
     bytes_sent: int = 0  # response body bytes written to the client
+    bytes_received: int = 0  # request body bytes read from the client
     complete: bool = False  # the whole response reached the client
     in_progress: bool = True
     fault: str | None = None
@@ -198,6 +221,39 @@ class _RandomFaults:
         if kind == "truncate":
             return _Fault("truncate")
         raise ValueError(f"unknown fault kind {kind!r}")
+
+
+# ───────────── network profile ─────────────
+
+@dataclass(frozen=True)
+class NetworkProfile:
+    """The path to a distant service (see the module docstring)."""
+
+    rtt: float = 0.0  # seconds, half added each way
+    bandwidth: float | None = None  # bytes per second per connection and direction
+    connect: float = 0.0  # seconds, once per new client connection
+
+    @property
+    def one_way(self) -> float:
+        return self.rtt / 2
+
+
+class _Pace:
+    """Paces one body at ``rate`` bytes per second from the moment it is made: a piece is
+    released when the whole stream up to its last byte could have crossed the link."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self.start = asyncio.get_running_loop().time()
+        self.sent = 0
+
+    async def wait(self, nbytes: int) -> None:
+        if self.rate is None:
+            return
+        self.sent += nbytes
+        delay = self.start + self.sent / self.rate - asyncio.get_running_loop().time()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
 
 # ───────────── HTTP framing ─────────────
@@ -340,6 +396,7 @@ class FaultProxy:
         self._random: _RandomFaults | None = None
         self._random_seen = 0  # requests the random rule applied to since it was set
         self._rate: float | None = None
+        self._network = NetworkProfile()
         self._paused = False
         self._stats = ProxyStats()
         # Loop-thread only: the serving tasks and their client writers.
@@ -465,6 +522,24 @@ class FaultProxy:
             self._rate = bytes_per_second
             self._bump()
 
+    def network(self, rtt: float | None, bandwidth: float | None = None,
+                connect: float = 0.0) -> None:
+        """Set the network profile (see the module docstring); ``rtt=None`` clears it."""
+        if rtt is None:
+            profile = NetworkProfile()
+        else:
+            if rtt < 0 or connect < 0 or (bandwidth is not None and bandwidth <= 0):
+                raise ValueError(f"bad network profile: rtt={rtt}, bandwidth={bandwidth}, "
+                                 f"connect={connect}")
+            profile = NetworkProfile(rtt, bandwidth, connect)
+        with self._changed:
+            self._network = profile
+            self._bump()
+
+    def _profile(self) -> NetworkProfile:
+        with self._lock:
+            return self._network
+
     def pause(self) -> None:
         """Reset every open connection; refuse new ones until :meth:`resume`."""
         with self._changed:
@@ -576,6 +651,9 @@ class FaultProxy:
         assert task is not None
         self._conns[task] = writer
         try:
+            connect = self._profile().connect
+            if connect:
+                await asyncio.sleep(connect)
             while await self._serve_one(reader, writer):
                 pass
         except (_ClientGone, _UpstreamGone) as exc:
@@ -619,7 +697,10 @@ class FaultProxy:
         keep_alive = ("close" not in connection if version == "HTTP/1.1"
                       else "keep-alive" in connection)
         record, fault = self._begin(method, target)
+        profile = self._profile()
         try:
+            if profile.one_way:
+                await asyncio.sleep(profile.one_way)  # the request crossing the network
             if fault is not None and fault.kind == "reset" and not fault.forward:
                 _reset(writer)
                 return False
@@ -628,21 +709,21 @@ class FaultProxy:
             if fault is not None and fault.kind == "status":
                 async for _ in _body(reader, framing, length, _ClientGone):
                     pass
-                await self._answer_error(writer, record, fault.status,
+                await self._answer_error(writer, record, profile, fault.status,
                                          "fault injected by the test", keep_alive,
                                          fault.retry_after)
                 return keep_alive
             if fault is not None and fault.kind == "delay":
                 await asyncio.sleep(fault.seconds)
-            return await self._forward(reader, writer, record, fault, method, target, head,
-                                       framing, length, keep_alive)
+            return await self._forward(reader, writer, record, profile, fault, method, target,
+                                       head, framing, length, keep_alive)
         finally:
             if record.in_progress:  # reset, or the exchange broke off
                 self._update(record, in_progress=False)
 
     async def _answer_error(self, writer: asyncio.StreamWriter, record: ResponseRecord,
-                            status: int, message: str, keep_alive: bool,
-                            retry_after: float | None = None) -> None:
+                            profile: NetworkProfile, status: int, message: str,
+                            keep_alive: bool, retry_after: float | None = None) -> None:
         code = "fault_injected" if status != 502 else "bad_gateway"
         body = json.dumps({"error": {"code": code, "message": message, "details": {}}}).encode()
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
@@ -651,25 +732,29 @@ class FaultProxy:
         if retry_after is not None:
             headers.append(("Retry-After", f"{retry_after:g}"))
         first = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"
+        if profile.one_way:
+            await asyncio.sleep(profile.one_way)  # the answer crossing the network
         await _write(writer, _render_head(first, headers) + body, _ClientGone)
         self._update(record, status=status, bytes_sent=len(body), complete=True,
                      in_progress=False)
 
     async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       record: ResponseRecord, fault: _Fault | None, method: str, target: str,
-                       head: _Head, framing: str, length: int, keep_alive: bool) -> bool:
+                       record: ResponseRecord, profile: NetworkProfile, fault: _Fault | None,
+                       method: str, target: str, head: _Head, framing: str, length: int,
+                       keep_alive: bool) -> bool:
         try:
             up_reader, up_writer = await asyncio.open_connection(self._up_host, self._up_port)
         except OSError as exc:
             async for _ in _body(reader, framing, length, _ClientGone):
                 pass
-            await self._answer_error(writer, record, 502, f"upstream unreachable: {exc}",
-                                     keep_alive)
+            await self._answer_error(writer, record, profile, 502,
+                                     f"upstream unreachable: {exc}", keep_alive)
             return keep_alive
         headers = [(k, v) for k, v in head.headers if k.lower() not in _HOP_BY_HOP]
         up_writer.write(_render_head(f"{method} {target} HTTP/1.1",
                                      [*headers, ("Connection", "close")]))
-        pump = asyncio.create_task(self._pump_request(reader, up_writer, framing, length))
+        pump = asyncio.create_task(self._pump_request(reader, up_writer, record, profile,
+                                                      framing, length))
         answer = asyncio.create_task(self._read_response_head(up_reader))
         try:
             await asyncio.wait({pump, answer}, return_when=asyncio.FIRST_COMPLETED)
@@ -679,11 +764,12 @@ class FaultProxy:
             try:
                 response = await answer
             except _UpstreamGone as exc:
-                await self._answer_error(writer, record, 502, f"upstream failed: {exc}", False)
+                await self._answer_error(writer, record, profile, 502,
+                                         f"upstream failed: {exc}", False)
                 return False
             body_done = pump.done() and pump.exception() is None
-            return await self._relay(writer, up_reader, record, fault, method, response,
-                                     keep_alive and body_done)
+            return await self._relay(writer, up_reader, record, profile, fault, method,
+                                     response, keep_alive and body_done)
         finally:
             # Synchronous steps first: pause() or stop() may cancel this task at any await.
             up_writer.transport.abort()
@@ -694,10 +780,15 @@ class FaultProxy:
             await _closed(up_writer)
 
     async def _pump_request(self, reader: asyncio.StreamReader, up_writer: asyncio.StreamWriter,
-                            framing: str, length: int) -> None:
-        """Stream the request body upstream, in the framing the client used."""
+                            record: ResponseRecord, profile: NetworkProfile, framing: str,
+                            length: int) -> None:
+        """Stream the request body upstream, in the framing the client used, at the
+        network's bandwidth if one is set."""
         chunked = framing == "chunked"
+        pace = _Pace(profile.bandwidth)
         async for data in _body(reader, framing, length, _ClientGone):
+            await pace.wait(len(data))
+            self._update(record, bytes_received=record.bytes_received + len(data))
             out = b"%x\r\n%s\r\n" % (len(data), data) if chunked else data
             await _write(up_writer, out, _UpstreamGone)
         if chunked:
@@ -718,8 +809,8 @@ class FaultProxy:
                 return response
 
     async def _relay(self, writer: asyncio.StreamWriter, up_reader: asyncio.StreamReader,
-                     record: ResponseRecord, fault: _Fault | None, method: str,
-                     response: _Head, keep_alive: bool) -> bool:
+                     record: ResponseRecord, profile: NetworkProfile, fault: _Fault | None,
+                     method: str, response: _Head, keep_alive: bool) -> bool:
         """Send the upstream response to the client, applying ``fault``."""
         status = int(response.first_line.split(" ", 2)[1])
         if fault is not None and fault.kind == "reset":
@@ -732,6 +823,8 @@ class FaultProxy:
         keep_alive = keep_alive and framing != "close" and not truncate
         headers = [(k, v) for k, v in response.headers if k.lower() not in _HOP_BY_HOP]
         headers.append(("Connection", "keep-alive" if keep_alive else "close"))
+        if profile.one_way:
+            await asyncio.sleep(profile.one_way)  # the answer crossing the network
         await _write(writer, _render_head(response.first_line, headers), _ClientGone)
         self._update(record, status=status)
 
@@ -746,15 +839,16 @@ class FaultProxy:
             stall_at = max(1, min(length // 2, CHUNK)) if framing == "length" else CHUNK
             stall_seconds = fault.seconds
         chunked = framing == "chunked"
+        pace = _Pace(profile.bandwidth)
         async for data in _body(up_reader, framing, length, _UpstreamGone):
             if limit is not None:
                 data = data[:max(0, limit - record.bytes_sent)]
             if stall_at is not None and record.bytes_sent + len(data) >= stall_at:
                 cut = stall_at - record.bytes_sent
-                await self._send(writer, record, data[:cut], chunked)
+                await self._send(writer, record, data[:cut], chunked, pace)
                 await asyncio.sleep(stall_seconds)
                 stall_at, data = None, data[cut:]
-            await self._send(writer, record, data, chunked)
+            await self._send(writer, record, data, chunked, pace)
             if limit is not None and record.bytes_sent >= limit:
                 break
         if stall_at is not None:  # the body was shorter than the stall point
@@ -770,14 +864,16 @@ class FaultProxy:
         return keep_alive
 
     async def _send(self, writer: asyncio.StreamWriter, record: ResponseRecord, data: bytes,
-                    chunked: bool) -> None:
-        """Write body bytes to the client, at the throttled rate if one is set."""
+                    chunked: bool, pace: _Pace) -> None:
+        """Write body bytes to the client, paced by the network's bandwidth and at the
+        throttled rate if those are set."""
         while data:
             with self._lock:
                 rate = self._rate
             step = len(data) if rate is None else max(1, min(len(data), int(rate / 20)))
             piece, data = data[:step], data[step:]
             out = b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece
+            await pace.wait(len(piece))
             await _write(writer, out, _ClientGone)
             self._update(record, bytes_sent=record.bytes_sent + len(piece))
             if rate is not None:

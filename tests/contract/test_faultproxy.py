@@ -2,8 +2,9 @@
 
 The upstream is a ``ThreadingHTTPServer`` defined here, so these tests do not depend on the
 reference server: they check forwarding (both body framings, large streamed bodies, keep-alive,
-concurrency, ``Host``), each fault kind, throttling, pause/resume and that seeded random faults
-are reproducible.
+concurrency, ``Host``), each fault kind, throttling, pause/resume, that seeded random faults
+are reproducible, and the network profile (latency each way, bandwidth per connection, the
+set-up cost of a new connection) with timing bounds loose enough for a loaded machine.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import http.client
 import json
 import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -411,6 +413,69 @@ def test_pause_interrupts_a_response_in_progress(proxy: FaultProxy, upstream: Up
     conn.close()
     assert not last(proxy, "^/gated/").complete
     proxy.resume()
+
+
+# ───────────── network profile ─────────────
+
+def timed_request(conn: http.client.HTTPConnection, method: str, path: str,
+                  body: bytes | None = None) -> tuple[float, bytes]:
+    start = time.perf_counter()
+    conn.request(method, path, body=body)
+    data = conn.getresponse().read()
+    return time.perf_counter() - start, data
+
+
+def test_network_latency_and_connection_set_up(proxy: FaultProxy) -> None:
+    rtt, set_up = 0.1, 0.4
+    proxy.network(rtt=rtt, connect=set_up)
+    conn = connect(proxy)
+    first, data = timed_request(conn, "GET", "/data/100")
+    second, again = timed_request(conn, "GET", "/data/100")
+    conn.close()
+    assert data == again == payload(100)
+    assert set_up + rtt <= first < set_up + rtt + 0.5  # a fresh connection pays its set-up
+    assert rtt <= second < set_up + rtt  # keep-alive: the set-up is paid once
+    assert proxy.stats.connections == 1
+
+    proxy.fail_next(status=503)  # an answer from the proxy itself crosses the network too
+    conn = connect(proxy)
+    proxy.network(rtt=rtt)
+    took, _ = timed_request(conn, "GET", "/data/100")
+    conn.close()
+    assert rtt <= took < set_up
+
+    proxy.network(None)
+    took, _ = timed_request(connect(proxy), "GET", "/data/100")
+    assert took < rtt / 2
+
+
+def test_network_bandwidth_caps_each_body_per_connection(proxy: FaultProxy) -> None:
+    size, rate = 1_000_000, 10e6  # 0.1 s a body
+    proxy.network(rtt=0, bandwidth=rate)
+    took, data = timed_request(connect(proxy), "GET", f"/data/{size}")
+    assert data == payload(size)
+    assert size / rate <= took < size / rate + 0.5
+    took, answer = timed_request(connect(proxy), "PUT", "/storage/x", payload(size))
+    assert json.loads(answer)["length"] == size
+    assert size / rate <= took < size / rate + 0.5
+    proxy.wait_idle()
+    assert [(r.bytes_sent, r.bytes_received) for r in proxy.stats.responses][:1] == [(size, 0)]
+    assert proxy.stats.responses[1].bytes_received == size
+
+    # The cap is per connection: four bodies in parallel take about as long as one.
+    big = 2_000_000
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        start = time.perf_counter()
+        bodies = list(pool.map(lambda _: fetch(proxy, "GET", f"/data/{big}")[2], range(4)))
+        took = time.perf_counter() - start
+    assert bodies == [payload(big)] * 4
+    assert big / rate <= took < 4 * big / rate * 0.75
+
+
+def test_network_profile_rejects_nonsense(proxy: FaultProxy) -> None:
+    for bad in ({"rtt": -1}, {"rtt": 0.1, "bandwidth": 0}, {"rtt": 0.1, "connect": -0.5}):
+        with pytest.raises(ValueError):
+            proxy.network(**bad)  # type: ignore[arg-type]
 
 
 # ───────────── random faults ─────────────

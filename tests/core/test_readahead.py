@@ -4,6 +4,7 @@ The FUSE tests in ``tests/fuse/test_read.py`` check the same through a real moun
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -151,3 +152,73 @@ def test_a_read_ahead_nobody_reads_completes_and_pins_nothing(make_downloader, s
     assert source.calls["id-p2.jpg"] == 1
     assert downloader.cache.contains("id-p2.jpg")
     assert not any((downloader.cache.folder / "pins").glob("id-p2.jpg.*"))
+
+
+def test_a_reader_catching_up_with_the_read_ahead_deepens_it(make_downloader,
+                                                             source) -> None:
+    downloader = make_downloader(depth=1)
+    gate = source.hold("id-p2.jpg", before_chunk=0)  # a round trip that has not ended
+    read_through(downloader, "p0.jpg")
+    read_through(downloader, "p1.jpg")  # fetches p2 ahead
+    assert gate.reached.wait(SAFETY)
+    size = 5 * CHUNK
+    with downloader.open("id-p2.jpg", size, "/seq/p2.jpg") as reader:
+        gate.release()  # the reader waited for p2's first byte: the depth doubles
+        assert reader.read(0, size) == DATA["id-p2.jpg"]
+    assert downloader.wait(SAFETY)
+    assert source.calls["id-p3.jpg"] == 1 and source.calls["id-p4.jpg"] == 1
+
+
+def test_images_that_arrived_in_time_keep_the_depth(make_downloader, source) -> None:
+    downloader = make_downloader(depth=1)
+    for name in ("p0.jpg", "p1.jpg", "p2.jpg"):
+        read_through(downloader, name)
+        assert downloader.wait(SAFETY)  # each read-ahead done before the next open
+    assert source.calls["id-p3.jpg"] == 1
+    assert source.calls["id-p4.jpg"] == 0
+
+
+def test_the_depth_doubles_up_to_the_deepest_and_resets_when_the_pass_breaks() -> None:
+    names = [f"q{i:02d}.jpg" for i in range(40)]
+    images = {name: Image(id=f"id-{name}", dataset_id="ds", filename=name,
+                          directory_path="/q", file_size=1000) for name in names}
+    listing = FolderListing("/q", images, {}, True, 0.0)
+    read_ahead = ReadAhead(1, lambda path: listing if path == "/q" else None)
+    assert read_ahead.deepest == 8
+
+    def open_next(i: int, caught_up: bool) -> int:
+        read_ahead.note_read_through(f"/q/{names[i - 1]}")
+        return len(read_ahead.images_after(f"/q/{names[i]}", caught_up))
+
+    assert [open_next(i, True) for i in range(1, 7)] == [2, 4, 8, 8, 8, 8]
+    assert open_next(7, False) == 8  # arrived in time: the depth stays
+    assert read_ahead.images_after("/q/q03.jpg") == []  # out of order: the pass ends
+    assert open_next(20, False) == 1
+    assert ReadAhead(12, lambda path: listing).deepest == 12  # asked for more: no deepening
+
+
+def test_read_ahead_without_readers_holds_half_the_download_threads_at_most(source,
+                                                                           tmp_path: Path
+                                                                           ) -> None:
+    names = [f"r{i:02d}.jpg" for i in range(20)]
+    source.images.update({f"id-{name}": image(5 * CHUNK, 100 + i)
+                          for i, name in enumerate(names)})
+    listing = FolderListing("/r", {name: Image(id=f"id-{name}", dataset_id="ds",
+                                               filename=name, directory_path="/r",
+                                               file_size=5 * CHUNK) for name in names},
+                            {}, True, 0.0)
+    gates = [source.hold(f"id-{name}", before_chunk=0) for name in names[2:]]
+    cache = ImageCache(tmp_path / "cache", "http://127.0.0.1:9", "ds", 1 << 24)
+    downloader = Downloader(cache, source, max_workers=16,
+                            read_ahead=ReadAhead(12, lambda path: listing))
+    try:
+        for name in names[:2]:  # the second starts a pass asking for 12 ahead
+            with downloader.open(f"id-{name}", 5 * CHUNK, f"/r/{name}") as reader:
+                reader.read(0, 5 * CHUNK)
+        assert all(gate.reached.wait(SAFETY) for gate in gates[:8])
+        time.sleep(0.2)  # room for a ninth to start, if anything let it
+        assert sum(source.calls[f"id-{name}"] for name in names[2:]) == 8
+    finally:
+        source.release_all()
+        downloader.close(timeout=SAFETY)
+        cache.close()

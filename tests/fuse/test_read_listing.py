@@ -306,3 +306,44 @@ def test_a_daemon_killed_while_it_takes_names_back_always_exits(client, dataset,
                   mountpoint=m.path)
         listed = set(os.listdir(m.path / "busy"))
         assert {f"b{i:02d}.png" for i in range(40)} <= listed
+
+
+def all_routes(server) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Request counts by "METHOD route", without the test's own /metrics reads."""
+    counts: dict[str, int] = {}
+    for (method, route, _status), n in server.metrics().items():
+        if route not in ("/metrics", "/healthz"):
+            key = f"{method} {route.removeprefix('/api/v1/developer')}"
+            counts[key] = counts.get(key, 0) + n
+    return counts
+
+
+def test_mount_and_ls_of_the_root_ask_three_questions(server, client, dataset, mount):
+    seed_images(client, dataset.id, "/", ["a.png"])
+    seed_images(client, dataset.id, "/sub", ["b.png"])
+    before = all_routes(server)
+    m = mount(dataset.name, "--read-only")
+    assert sorted(os.listdir(m.path)) == ["a.png", "sub"]
+    after = all_routes(server)
+    changed = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    # the parent checks the key and finds the dataset; its daemon is handed the dataset and
+    # asks only for the root's listing (one page and the folders call, sent together)
+    assert changed == {"GET /datasets/{dataset}": 1, "GET /images/": 1,
+                       "GET /directories/{dataset}": 1}
+
+
+def test_ls_r_lists_each_folder_once_with_the_siblings_listed_ahead(server, client, dataset,
+                                                                     mount):
+    folders = [f"/d{i}" for i in range(8)]
+    for folder in folders:
+        seed_images(client, dataset.id, folder, [f"{folder[1:]}-{n}.png" for n in range(3)])
+    m = mount(dataset.name, "--read-only")
+    os.listdir(m.path)
+    before = all_routes(server)
+    out = subprocess.run(["ls", "-R", str(m.path)], capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    assert all(f"{folder[1:]}-2.png" in out for folder in folders)
+    after = all_routes(server)
+    changed = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    # one page and one folders call per folder, whether ls or the listing ahead asked
+    assert changed == {"GET /images/": 8, "GET /directories/{dataset}": 8}

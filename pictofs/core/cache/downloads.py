@@ -195,6 +195,11 @@ class _Download:
         with self._cond:
             return self._readers > 0
 
+    def nothing_arrived(self) -> bool:
+        """Whether the stream is still waiting for its first byte."""
+        with self._cond:
+            return self._arrived == 0 and not self._finished
+
     def drop_if_unread(self) -> bool:
         """Cancel the download if no reader is attached (a read-ahead that is not wanted any
         more); True when it was cancelled. A reader attaching afterwards starts a new one."""
@@ -383,6 +388,11 @@ class _StreamReader(Reader):
         self._note_served(offset, len(data))
         return data
 
+    def waits_on_read_ahead(self) -> bool:
+        """Whether this reader caught up with a read-ahead download that has not received
+        its first byte yet (the read-ahead was not deep enough for the latency)."""
+        return self._download.ahead and self._download.nothing_arrived()
+
     def close(self) -> None:
         if self._closed:
             return
@@ -404,6 +414,9 @@ class Downloader:
         self._remote = remote
         self._read_ahead = read_ahead if read_ahead is not None and read_ahead.depth else None
         self._is_online = is_online
+        # read-ahead without a reader may hold half the workers at most: the rest stay free
+        # for the images readers open
+        self._ahead_cap = max(1, max_workers // 2)
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix="pictofs-download")
@@ -429,9 +442,10 @@ class Downloader:
             raise
         read_ahead = self._read_ahead
         if read_ahead is not None and path is not None:
+            caught_up = isinstance(reader, _StreamReader) and reader.waits_on_read_ahead()
             reader.watch_read_through(expected_size,
                                       lambda: read_ahead.note_read_through(path))
-            self._fetch_ahead(read_ahead.images_after(path))
+            self._fetch_ahead(read_ahead.images_after(path, caught_up))
         return reader
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -470,11 +484,12 @@ class Downloader:
 
     def _fetch_ahead(self, images: list[Image]) -> None:
         """Start downloads of ``images`` with no reader (read-ahead), skipping those too big,
-        cached or already downloading, up to ``2 × depth`` unread at a time. Runs in the
+        cached or already downloading, up to twice the pass's depth unread at a time and
+        never more than half the workers. Runs in the
         open that triggered it, so it must stay cheap: a file check per image; what needs
         the index or the disk waits for the worker (``_why_not_ahead``)."""
         assert self._read_ahead is not None
-        limit = 2 * self._read_ahead.depth
+        limit = min(2 * max(self._read_ahead.depth, len(images)), self._ahead_cap)
         for image in images:
             if not 0 < image.file_size <= MAX_IMAGE_BYTES or self._cache.has_file(image.id):
                 continue

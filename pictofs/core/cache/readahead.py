@@ -15,12 +15,21 @@ second and every later image of a sequential pass triggers; random access, a pro
 reading only headers (``file *``), and opens of folders not listed recently (no listing
 held: the read-ahead never asks the service for one) trigger nothing.
 
+The depth deepens with latency: when the image opened in a pass was fetched ahead but has not
+received its first byte yet, the reader has caught up with the read-ahead and waits a round
+trip (the service is far away, or slow to answer), so that folder's depth doubles, up to
+``max(depth, DEEPEST)``. A reader that finds its images arrived keeps the depth; an open that
+breaks the pass resets it. On a fast service the first byte comes long before the reader gets
+there and the depth stays as configured; at 40 ms a round trip it reaches 8 within a few
+images, as many streams as the official SDK's download threads.
+
 Names are ordered by code point (``sorted``), as ``ls`` and shell globs order them in the C
 locale; a program using another collation (mixed-case names under a UTF-8 locale) may not
 match our order, and then read-ahead simply does not start.
 
 Bounds: images above ``MAX_IMAGE_BYTES`` are never fetched ahead; the ``Downloader`` keeps
-at most ``2 × depth`` read-ahead downloads without a reader in flight, and just before each
+at most twice the current depth of read-ahead downloads without a reader in flight, and never
+more than half its download threads (8 of 16), and just before each
 request checks the breaker, ``memory_low`` and the cache's room (``no_room_ahead``).
 """
 
@@ -40,6 +49,7 @@ log = logging.getLogger(__name__)
 MAX_IMAGE_BYTES = 16 * 1024 * 1024  # larger images are read on demand only
 MIN_FREE_MEMORY = 256 * 1024 * 1024  # below this much available memory, no read-ahead
 FOLDERS_REMEMBERED = 64  # folders whose last read-through image is remembered
+DEEPEST = 8  # the depth latency may deepen a pass to (when --prefetch asks for less)
 
 Listings = Callable[[str], "FolderListing | None"]
 
@@ -50,12 +60,15 @@ class ReadAhead:
 
     def __init__(self, depth: int, listing: Listings) -> None:
         self.depth = max(0, depth)
+        self.deepest = max(self.depth, DEEPEST)
         self._listing = listing
         # guards _read_through (folder → name of the image read through last, oldest folder
-        # first) and _orders (folder → (the listing, its size then, its names sorted))
+        # first), _orders (folder → (the listing, its size then, its names sorted)) and
+        # _depths (folder → the depth of its pass, where latency deepened it)
         self._lock = threading.Lock()
         self._read_through: OrderedDict[str, str] = OrderedDict()
         self._orders: dict[str, tuple[FolderListing, int, list[str]]] = {}
+        self._depths: dict[str, int] = {}
 
     def note_read_through(self, path: str) -> None:
         """The image at ``path`` (inside the dataset) was read from start to end."""
@@ -68,27 +81,47 @@ class ReadAhead:
             while len(self._read_through) > FOLDERS_REMEMBERED:
                 forgotten, _name = self._read_through.popitem(last=False)
                 self._orders.pop(forgotten, None)
+                self._depths.pop(forgotten, None)
 
-    def images_after(self, path: str) -> list[Image]:
-        """The images to fetch ahead of an open of ``path``: the next ``depth`` in the
-        folder's name order when the image read through last in this folder is the one
-        just before ``path``; else none. Cached or running ones are the caller's to skip."""
+    def images_after(self, path: str, caught_up: bool = False) -> list[Image]:
+        """The images to fetch ahead of an open of ``path``: the next ones in the folder's
+        name order (as many as the pass's depth) when the image read through last in this
+        folder is the one just before ``path``; else none. ``caught_up``: the open found
+        the image fetched ahead and still waiting for its first byte, which deepens the
+        pass. Cached or running ones are the caller's to skip."""
         if not self.depth:
             return []
         folder, name = split_path(path)
         with self._lock:
             previous = self._read_through.get(folder)
-        if previous is None or previous >= name:
-            return []
-        listing = self._listing(folder)
+        listing = None if previous is None or previous >= name else self._listing(folder)
         if listing is None:
+            self._end_pass(folder)
             return []
         names = self._sorted_names(folder, listing)
         at = bisect_left(names, name)
         if at == 0 or at == len(names) or names[at] != name or names[at - 1] != previous:
+            self._end_pass(folder)
             return []
-        ahead = names[at + 1:at + 1 + self.depth]
+        depth = self._pass_depth(folder, caught_up)
+        ahead = names[at + 1:at + 1 + depth]
         return [listing.images[n] for n in ahead if n in listing.images]
+
+    def _pass_depth(self, folder: str, caught_up: bool) -> int:
+        """The depth of the pass in ``folder``, doubled (up to ``deepest``) if the reader
+        caught up with it."""
+        with self._lock:
+            depth = self._depths.get(folder, self.depth)
+            if caught_up and depth < self.deepest:
+                depth = min(self.deepest, 2 * depth)
+                log.debug("read-ahead: %s deepened to %d", folder, depth)
+            if depth != self.depth:
+                self._depths[folder] = depth
+            return depth
+
+    def _end_pass(self, folder: str) -> None:
+        with self._lock:
+            self._depths.pop(folder, None)
 
     def _sorted_names(self, folder: str, listing: FolderListing) -> list[str]:
         """The listing's image names in order, sorted once per listing (a listing gains a

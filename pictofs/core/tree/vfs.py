@@ -538,9 +538,11 @@ class Vfs:
         }
 
     def close(self) -> None:
-        """At unmount, after the writes stopped: end the downloads and close the caches
-        (their batched LRU times and lingering pins are written and removed)."""
+        """At unmount, after the writes stopped: end the listings ahead and the downloads,
+        close the caches (their batched LRU times and lingering pins are written and
+        removed)."""
         for dataset in self.dataset_trees():
+            dataset.view.close()
             try:
                 dataset.downloader.close(timeout=5)
                 dataset.downloader.cache.close()

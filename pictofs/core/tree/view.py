@@ -9,6 +9,14 @@ it (``rsync`` or ``cp -r`` into a folder asks every name). Listings are
 kept for ``dir_cache_time``; past it they are refreshed on the next ``readdir``, and while the
 service is unreachable a stale listing keeps answering. Negative answers are cached for
 ``dir_cache_time`` too, and never drawn from a listing that did not add up.
+
+Listing ahead (filesystem §3, "Walking a tree"): a program that lists a folder right after its
+previous sibling in name order is walking the tree (``ls -R``, ``find``, ``du``, ``rsync``),
+and each listing would cost it a round trip to the service. So the next siblings (those the
+parent's listing counts at most one page of images in) are listed in the background, at
+most ``LIST_AHEAD`` at a time per dataset; a ``readdir`` of one of them waits for that
+listing instead of asking again. Nothing is listed ahead of a folder listed on its own, or
+of a parent whose listing is not held (no request is made to find siblings).
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from bisect import bisect_left
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,6 +39,7 @@ from pictofs.remote import Remote
 log = logging.getLogger(__name__)
 
 LOOKUPS_BEFORE_LISTING = 4  # image names asked one by one in a folder before listing it
+LIST_AHEAD = 4  # sibling folders listed in the background ahead of a walk, at most, at once
 
 
 def _is_utf8(name: str) -> bool:
@@ -137,8 +148,13 @@ class DatasetView:
         self.dataset = dataset
         self.ttl = dir_cache_time
         self.clock = clock
-        # _lock guards _listings, _children, _lookups, _asked and _changes.
+        # _lock guards _listings, _children, _lookups, _asked, _changes, _ahead, _sorted and
+        # _pool.
         self._lock = threading.Lock()
+        self._sorted: dict[str, tuple[FolderListing, int, list[str]]] = {}  # parent → names
+        self._ahead: dict[str, Future[FolderListing]] = {}  # folders being listed ahead
+        self._pool: ThreadPoolExecutor | None = None  # made at the first listing ahead
+        self._closed = False
         self._listings: dict[str, FolderListing] = {}
         self._children: dict[str, _Children] = {}
         self._lookups: dict[tuple[str, str], _Lookup] = {}
@@ -168,6 +184,7 @@ class DatasetView:
             self._children.clear()
             self._lookups.clear()
             self._asked.clear()
+            self._sorted.clear()
 
     def _fresh(self, at: float) -> bool:
         return self.clock() - at < self.ttl
@@ -202,13 +219,33 @@ class DatasetView:
     # ---------------------------------------------------------------------- listings
 
     def listing(self, path: str) -> FolderListing:
-        """The folder's full listing: cached if fresh, else from the service; a stale one
-        while the service is unreachable."""
+        """The folder's full listing: cached if fresh, else from the service (or from the
+        listing ahead of a walk, when one is on its way); a stale one while the service is
+        unreachable."""
         with self._lock:
             cached = self._listings.get(path)
-            before = self._changes.get(path, 0)
+            running = self._ahead.get(path)
         if cached is not None and self._fresh(cached.fetched_at):
+            self._list_ahead(path)
             return cached
+        if running is not None:
+            try:
+                running.result()
+            except Exception as exc:  # asked again below, and answered or raised as usual
+                log.debug("listing %s ahead failed: %s", path, exc)
+            fetched = self.cached_listing(path)
+            if fetched is not None:
+                self._list_ahead(path)
+                return fetched
+        listing = self._fetch(path, cached)
+        self._list_ahead(path)
+        return listing
+
+    def _fetch(self, path: str, cached: FolderListing | None) -> FolderListing:
+        """Ask the service for the folder's listing and keep it, unless this mount changed
+        the folder meanwhile; ``cached`` (a stale listing) answers while it is unreachable."""
+        with self._lock:
+            before = self._changes.get(path, 0)
         for _attempt in range(3):
             try:
                 listing, hidden = fetch_listing(self.remote, self.dataset_id, path, self.clock)
@@ -225,6 +262,76 @@ class DatasetView:
                     return listing
                 before = self._changes.get(path, 0)  # noted meanwhile: ask again
         return listing  # changing all along: this answer, kept for no one
+
+    def _list_ahead(self, path: str) -> None:
+        """If the previous sibling of ``path`` has a fresh listing (a walk), list the next
+        siblings of one page at most in the background, up to ``LIST_AHEAD`` at once."""
+        if path == "/":
+            return
+        parent, name = split_path(path)
+        siblings = self.cached_listing(parent)
+        if siblings is None or len(siblings.folders) < 3:
+            return
+        names = self._folder_names(parent, siblings)
+        at = bisect_left(names, name)
+        if at == 0 or at == len(names) or names[at] != name:
+            return
+        previous = self.cached_listing(join_path(parent, names[at - 1]))
+        if previous is None:
+            return
+        for sibling in names[at + 1:at + 1 + LIST_AHEAD]:
+            folder = siblings.folders.get(sibling)
+            if folder is None or not folder.id or folder.image_count > PAGE_SIZE:
+                continue
+            if not self._start_ahead(join_path(parent, sibling)):
+                return
+
+    def _folder_names(self, parent: str, listing: FolderListing) -> list[str]:
+        """The listing's subfolder names in order, sorted once per listing (a listing gains
+        a folder in place when this mount makes one: its size tells)."""
+        with self._lock:
+            known = self._sorted.get(parent)
+        if known is not None and known[0] is listing and known[1] == len(listing.folders):
+            return known[2]
+        folders = dict(listing.folders)  # a copy: another thread may add to it
+        names = sorted(folders)
+        with self._lock:
+            self._sorted[parent] = (listing, len(folders), names)
+        return names
+
+    def _start_ahead(self, path: str) -> bool:
+        """List ``path`` in the background unless it is fresh or on its way; False when
+        ``LIST_AHEAD`` are on their way already."""
+        with self._lock:
+            known = self._listings.get(path)
+            if path in self._ahead or (known is not None and self._fresh(known.fetched_at)):
+                return True
+            if len(self._ahead) >= LIST_AHEAD or self._closed:
+                return False
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=LIST_AHEAD,
+                                                thread_name_prefix="pictofs-listahead")
+            try:  # submitting sends nothing; the task waits for this lock to end
+                self._ahead[path] = self._pool.submit(self._run_ahead, path)
+            except RuntimeError:  # shut down: the mount is going away
+                return False
+        return True
+
+    def _run_ahead(self, path: str) -> FolderListing:
+        """A listing ahead (in the pool); its error is the waiting reader's to ignore (it
+        asks again)."""
+        try:
+            return self._fetch(path, None)
+        finally:
+            with self._lock:
+                del self._ahead[path]  # its own entry: another is made only once it is gone
+
+    def close(self) -> None:
+        """At unmount: listings ahead not started yet are dropped, running ones end."""
+        with self._lock:
+            pool, self._closed = self._pool, True
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def cached_listing(self, path: str) -> FolderListing | None:
         """The folder's listing if one is held and fresh (no request)."""
