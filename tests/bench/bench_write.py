@@ -54,6 +54,7 @@ temporary folders) is cleaned up, also on failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -281,6 +282,7 @@ class WriteBench(Bench):
         # CPU per file (ms): the bulk workflow's process, the passthrough's daemon for cp -r
         self.workflow_cpu: list[float] = []
         self.passthrough_cpu: list[float] = []
+        self.held_cpu: list[float] = []  # the daemon's, for 1f's cp -r (uploads held back)
         self.rows: frozenset[str] | None = None  # --rows: the rows to measure (None: all)
 
     def wanted(self, *keys: str) -> bool:
@@ -453,6 +455,13 @@ class WriteBench(Bench):
                 f"process (client side) for the upload {statistics.median(self.workflow_cpu):.2f}"
                 f" ms: {floor:.2f} ms together, the floor of a FUSE copy plus an upload in "
                 "Python.")
+        if self.held_cpu and self.passthrough_cpu:
+            self.notes.append(
+                "CPU per file of the daemon for the `cp -r` of 1f (uploads held back): "
+                f"{statistics.median(self.held_cpu):.2f} ms "
+                f"({', '.join(f'{v:.2f}' for v in self.held_cpu)}), the passthrough's "
+                f"{statistics.median(self.passthrough_cpu):.2f} ms "
+                f"({', '.join(f'{v:.2f}' for v in self.passthrough_cpu)}).")
         if shutil.which("strace") and want("1h"):
             self.count_fsyncs()
 
@@ -581,8 +590,12 @@ class WriteBench(Bench):
         ``--force`` (the staged files stay in this run's temporary state folder)."""
         mountpoint = self.mount_dataset(self.new_dataset("cp-held"), HELD_BACK,
                                         base_url=base_url)
+        pid = self.daemon_pid(mountpoint)
         before = self.counts()
+        cpu_before = cpu_seconds(pid)
         elapsed = timed_run(lambda: run("cp", "-r", self.source, f"{mountpoint}/"))
+        if base_url is None:
+            self.held_cpu.append((cpu_seconds(pid) - cpu_before) * 1000 / self.files)
         if record:
             self.record("1e during `cp -r` with the uploads held back: what `cp` waits for",
                         before, {"GET /directories/{dataset}": 1, "POST /directories/": 1},
@@ -788,8 +801,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=parse_rows, default=None, metavar="KEYS",
                         help="measure only these rows, e.g. --rows 1f,1h (a row's baseline "
                              "is measured with it; 2a to 2c go together)")
+    parser.add_argument("--repetitions", type=int, default=None, metavar="N",
+                        help="repetitions of the copies (default: 3, --quick 2)")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
+    if args.repetitions:
+        sizes = dataclasses.replace(sizes, repetitions=args.repetitions)
 
     def stop(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)

@@ -238,3 +238,36 @@ def test_bytes_whose_flush_was_never_recorded_are_kept_aside_not_deleted(
             assert path.stat().st_mode & 0o077 == 0, path
     finally:
         reopened.close()
+
+
+def test_bytes_written_before_the_first_flush_survive_a_kill_9_without_a_row(
+        tmp_path, server, dataset, remote) -> None:
+    """A new file's row waits for the commit of its first flush (one commit per file). A
+    kill -9 between the create and that flush leaves the staging file without a row: its
+    bytes are kept aside under the name they were written as, never deleted; an empty one
+    goes; a file flushed before the crash resumes."""
+    state = tmp_path / "state"
+    journal = Journal.for_dataset(state, server.base_url, dataset.id, server.key)
+    queue = UploadQueue(remote, journal, dataset.id, write_back=3600.0)
+    whole = queue.stage("/cams", "whole.png")
+    journal.staging_path(whole).write_bytes(png_bytes(7401))
+    queue.flushed(whole, len(png_bytes(7401)))
+    written = queue.stage("/cams", "half.png")  # created after that flush's commit
+    journal.staging_path(written).write_bytes(png_bytes(7402)[:700])
+    empty = queue.stage("/cams", "empty.png")
+    crashed = tmp_path / "crashed"  # the state folder as kill -9 leaves it: a copy while open
+    shutil.copytree(state, crashed, ignore=shutil.ignore_patterns("journal.lock"))
+    journal.close()
+    reopened = Journal.for_dataset(crashed, server.base_url, dataset.id, server.key)
+    try:
+        assert [e.filename for e in reopened.entries()] == ["whole.png"]
+        assert UploadQueue(remote, reopened, dataset.id).resume() == [whole]
+        kept = kept_aside(reopened.directory)
+        assert [p.relative_to(reopened.directory / "quarantine").as_posix() for p in kept] \
+            == ["cams/half.png"]
+        assert kept[0].read_bytes() == png_bytes(7402)[:700]
+        assert reopened.staging_names() == [whole]
+        assert not reopened.staging_path(empty).exists() and not reopened.staging_path(
+            written).exists()
+    finally:
+        reopened.close()

@@ -154,9 +154,12 @@ class UploadQueue:
 
     def stage_many(self, targets: Sequence[tuple[str, str, str | None]],
                    create_files: bool = True) -> list[str]:
-        """``stage`` for many ``(folder, filename, replaced_id)`` at once (one transaction).
-        Nothing here is fsync'd: an entry not flushed yet is dropped by a restart anyway,
-        and its staging file removed; the group commit makes what was flushed durable.
+        """``stage`` for many ``(folder, filename, replaced_id)`` at once. No commit and no
+        fsync here: the rows are written with the journal's next commit (the first flush's,
+        typically: ``Journal.add_many(deferred=True)``), as an entry not flushed yet holds
+        nothing a restart resumes. A crash before that leaves a staging file without a row:
+        resume removes it when empty and keeps it aside otherwise, as for a row never
+        flushed. The group commit makes what was flushed durable.
         ``create_files=False``: the caller moves each entry's bytes to its ``staging_path``
         (and names them, ``Journal.name_staging_file``) before its first flush."""
         entry_ids = [uuid.uuid4().hex for _ in targets]
@@ -166,7 +169,7 @@ class UploadQueue:
                     entry_ids, sync=False, paths=[join_path(folder, filename)
                                                   for folder, filename, _replaced in targets])
             self._journal.add_many([(entry_id, *target) for entry_id, target
-                                    in zip(entry_ids, targets)])
+                                    in zip(entry_ids, targets)], deferred=True)
         except BaseException:  # a full disk: no entry, and no staging file either
             for entry_id in entry_ids if create_files else ():
                 self._journal.remove_staging_file(entry_id, sync=False)
