@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pictofs import imaging, names
-from pictofs.core.upload.job import EMPTY_FILE
+from pictofs.core.upload.job import EMPTY_FILE, Header
 from pictofs.core.upload.journal import Entry, Journal
 from pictofs.core.upload.journal_files import disk_full
 from pictofs.core.tree.local_names import LocalNames, Orphan
@@ -336,7 +336,9 @@ class WriteLayer(LocalNames):
 
     def flush(self, pending: Pending) -> None:
         """New bytes since the last flush: the cheap checks (size, Pillow identifies the
-        header), then the journal records them (resumable from now on). Bytes that are
+        header), then the journal records them (resumable from now on); what Pillow read
+        (the dimensions) goes to the queue with the sha256, so the upload does not read the
+        header again. Bytes that are
         not an image fail (EINVAL) and are kept as a failed upload; a full disk poisons
         the file (ENOSPC)."""
         if pending.poison is not None:
@@ -348,13 +350,15 @@ class WriteLayer(LocalNames):
             return  # 0-byte files stay local until they have content (or the unmount)
         assert pending.entry_id is not None
         try:
-            imaging.identify(pending.file)
+            _format, dimensions = imaging.describe(pending.file)
         except NotAnImage:
             refused = NotAnImage(f"{pending.path}: {NOT_AN_IMAGE}")
             self._keep_failed(pending, refused)
             raise refused from None
         try:
-            self.queue.flushed(pending.entry_id, pending.size, pending.sha256())
+            sha256 = pending.sha256()
+            self.queue.flushed(pending.entry_id, pending.size, sha256,
+                               Header(sha256, dimensions))
         except NoSpace as exc:  # not recorded: a cut-off file, as in write
             pending.poison = exc
             log.warning("%s: %s", pending.path, exc)

@@ -82,6 +82,7 @@ from pictofs.core.upload.journal import (
     QUARANTINE, Entry, Journal, ResumeAction, SourceRow, kept_aside, orphan_staging_files,
 )
 from pictofs.core.upload.journal import resume_action
+from pictofs.core.upload.job import Header
 from pictofs.core.upload.schedule import QueueStats, Schedule, Task
 from pictofs.core.upload.states import JobState, Step
 from pictofs.core.upload.workers import (
@@ -95,6 +96,7 @@ from pictofs.remote import Remote
 log = logging.getLogger(__name__)
 
 __all__ = ["QueueStats", "SourceFile", "UploadQueue"]
+
 
 
 @dataclass(frozen=True)
@@ -198,17 +200,23 @@ class UploadQueue:
     def staging_path(self, entry_id: str) -> Path:
         return self._journal.staging_path(entry_id)
 
-    def flushed(self, entry_id: str, size: int, sha256: str | None = None) -> None:
+    def flushed(self, entry_id: str, size: int, sha256: str | None = None,
+                header: Header | None = None) -> None:
         """The writer's flush returned with new bytes (``sha256``: theirs, when the writer
         knows it): the entry is resumable from now on, and an upload of older bytes starts
         over. Durable against a crash of the daemon at once, against one of the machine at
-        the next group commit (``make_durable``, at most ``commit_interval`` later)."""
-        self.flushed_many({entry_id: size}, None if sha256 is None else {entry_id: sha256})
+        the next group commit (``make_durable``, at most ``commit_interval`` later).
+        ``header``: what Pillow read from the bytes at the flush, kept (in memory) so the
+        upload of bytes that hash the same needs no second read."""
+        self.flushed_many({entry_id: size}, None if sha256 is None else {entry_id: sha256},
+                          None if header is None else {entry_id: header})
 
     def flushed_many(self, sizes: Mapping[str, int],
-                     digests: Mapping[str, str] | None = None) -> None:
-        """``flushed`` for many entries (entry id → size, and → sha256 in ``digests`` where
-        known) at once: one transaction, not fsync'd (``commits``)."""
+                     digests: Mapping[str, str] | None = None,
+                     headers: Mapping[str, Header] | None = None) -> None:
+        """``flushed`` for many entries (entry id → size, and → sha256 in ``digests`` and
+        → ``Header`` in ``headers`` where known) at once: one transaction, not fsync'd
+        (``commits``)."""
         flushes: dict[str, int] = {}
         with self._changed:
             for entry_id in sizes:
@@ -220,6 +228,7 @@ class UploadQueue:
                 task = self._schedule.add(entry_id)
                 task.generation += 1  # a running upload of older bytes stops at its next step
                 task.flushes += 1
+                task.header = headers.get(entry_id) if headers else None
                 flushes[entry_id] = task.flushes
             self._changed.notify_all()
         # Outside the queue's lock: the generation moved first, so a running upload writes
