@@ -229,9 +229,9 @@ class WriteLayer(LocalNames):
 
     def _stage(self, path: str, replaced_id: str | None) -> Pending:
         folder, name = split_path(path)
-        entry_id = self.queue.stage(folder, name, replaced_id=replaced_id)
+        entry_id, fd = self.queue.stage_open(folder, name, replaced_id=replaced_id)
         pending = Pending(path, self.queue.staging_path(entry_id), entry_id, mtime=self.wall(),
-                          opens=1, replaced_id=replaced_id)
+                          opens=1, replaced_id=replaced_id, fd=fd)
         with self._lock:
             self._pending[path] = pending
             self._by_entry[entry_id] = pending

@@ -694,26 +694,40 @@ class Journal:
         return self.staging_dir / entry_id
 
     def create_staging_files(self, entry_ids: Iterable[str], sync: bool = True,
-                             paths: Iterable[str] | None = None) -> None:
+                             paths: Iterable[str] | None = None,
+                             keep_open: bool = False) -> list[int]:
         """An empty 0600 staging file for each entry, durable in its folder by one fsync of
         the folder; ``sync=False`` leaves that fsync to ``sync_staging_files`` (the entries'
         first flush). ``paths``: the path each is written as, recorded beside its bytes
-        (``name_staging_file``)."""
+        (``name_staging_file``). ``keep_open``: each file is opened for reading and writing
+        and its descriptor returned (the caller's to close), so the writer does not open it
+        a second time; else they are closed and nothing is returned."""
+        opened: list[int] = []
+        flags = os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | (os.O_RDWR if keep_open
+                                                         else os.O_WRONLY)
         with self._no_space("creating a staging file"):
             entry_ids = list(entry_ids)
-        named = list(paths) if paths is not None else [None] * len(entry_ids)
-        for entry_id, path in zip(entry_ids, named):
-                fd = os.open(self.staging_path(entry_id),
-                             os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                try:
-                    if path is not None:
-                        _set_name(fd, path)
-                finally:
+            named = list(paths) if paths is not None else [None] * len(entry_ids)
+            try:
+                for entry_id, path in zip(entry_ids, named):
+                    fd = os.open(self.staging_path(entry_id), flags, 0o600)
+                    try:
+                        if path is not None:
+                            _set_name(fd, path)
+                    finally:
+                        if keep_open:
+                            opened.append(fd)
+                        else:
+                            os.close(fd)
+                    with self._folder_lock:
+                        self._created += 1
+            except BaseException:
+                for fd in opened:
                     os.close(fd)
-                with self._folder_lock:
-                    self._created += 1
+                raise
         if sync:
             self.sync_staging_folder()
+        return opened
 
     def sync_staging_files(self, entry_ids: Iterable[str], missing_ok: bool = False) -> None:
         """Make the staged bytes of these entries durable, and their staging files' folder

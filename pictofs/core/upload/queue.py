@@ -68,6 +68,7 @@ lock held.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sqlite3
 import threading
@@ -154,6 +155,13 @@ class UploadQueue:
         """A new entry (state ``staged``) and its empty staging file (see ``stage_many``)."""
         return self.stage_many([(folder, filename, replaced_id)])[0]
 
+    def stage_open(self, folder: str, filename: str,
+                   replaced_id: str | None = None) -> tuple[str, int]:
+        """``stage``, with the staging file left open for reading and writing: the entry id
+        and the descriptor (the caller's to close)."""
+        entry_ids, opened = self._stage([(folder, filename, replaced_id)], True, True)
+        return entry_ids[0], opened[0]
+
     def stage_many(self, targets: Sequence[tuple[str, str, str | None]],
                    create_files: bool = True) -> list[str]:
         """``stage`` for many ``(folder, filename, replaced_id)`` at once. No commit and no
@@ -164,15 +172,23 @@ class UploadQueue:
         flushed. The group commit makes what was flushed durable.
         ``create_files=False``: the caller moves each entry's bytes to its ``staging_path``
         (and names them, ``Journal.name_staging_file``) before its first flush."""
+        return self._stage(targets, create_files, False)[0]
+
+    def _stage(self, targets: Sequence[tuple[str, str, str | None]], create_files: bool,
+               keep_open: bool) -> tuple[list[str], list[int]]:
         entry_ids = [uuid.uuid4().hex for _ in targets]
+        opened: list[int] = []
         try:
             if create_files:
-                self._journal.create_staging_files(
-                    entry_ids, sync=False, paths=[join_path(folder, filename)
-                                                  for folder, filename, _replaced in targets])
+                opened = self._journal.create_staging_files(
+                    entry_ids, sync=False, keep_open=keep_open,
+                    paths=[join_path(folder, filename) for folder, filename, _replaced
+                           in targets])
             self._journal.add_many([(entry_id, *target) for entry_id, target
                                     in zip(entry_ids, targets)], deferred=True)
         except BaseException:  # a full disk: no entry, and no staging file either
+            for fd in opened:
+                os.close(fd)
             for entry_id in entry_ids if create_files else ():
                 self._journal.remove_staging_file(entry_id, sync=False)
             raise
@@ -181,7 +197,7 @@ class UploadQueue:
                 self._schedule.add(entry_id)
         for entry_id, (folder, filename, _) in zip(entry_ids, targets):
             log.debug("staged %s in %s as entry %s", filename, folder, entry_id)
-        return entry_ids
+        return entry_ids, opened
 
     def stage_sources(self, sources: Sequence[SourceFile]) -> list[str]:
         """New entries uploaded from their source files, without staging copies: resumable
