@@ -271,3 +271,35 @@ def test_bytes_written_before_the_first_flush_survive_a_kill_9_without_a_row(
             written).exists()
     finally:
         reopened.close()
+
+
+def test_a_flush_after_the_upload_landed_or_was_cancelled_is_ignored(
+        remote, journal, dataset, caplog) -> None:
+    """The writer's side holds an entry before writing it again; a flush that comes after
+    its upload ended (landed, or cancelled) changes nothing and says so (the queue asks the
+    journal whenever its task is not a live one)."""
+    queue = UploadQueue(remote, journal, dataset.id, write_back=0.0)
+    data = png_bytes(7501)
+    landed = queue.stage("/late", "landed.png")
+    journal.staging_path(landed).write_bytes(data)
+    queue.flushed(landed, len(data))
+    queue.schedule(landed)
+    queue.start()
+    try:
+        assert queue.wait_idle(WAIT)
+        cancelled = queue.stage("/late", "cancelled.png")
+        journal.staging_path(cancelled).write_bytes(data)
+        queue.flushed(cancelled, len(data))  # held: never scheduled
+        journal.update(cancelled, cancelled=True)  # as a cancel the disk took half of
+        with caplog.at_level("WARNING", logger="pictofs.core.upload.queue"):
+            queue.flushed(landed, 3)
+            with queue._changed:
+                queue._schedule.add(cancelled).cancelled = True
+            queue.flushed(cancelled, 4)
+    finally:
+        assert queue.stop(WAIT)
+    done = journal.get(landed)
+    assert done is not None and done.state == "done" and done.size == len(data)
+    gone = journal.get(cancelled)
+    assert gone is not None and gone.size == len(data)
+    assert caplog.text.count("after its upload ended is ignored") == 2

@@ -236,10 +236,7 @@ class UploadQueue:
         flushes: dict[str, int] = {}
         with self._changed:
             for entry_id in sizes:
-                entry = self._require(entry_id)
-                if entry.state == JobState.DONE or entry.cancelled:
-                    log.warning("flush of %s after its upload ended is ignored (hold() it "
-                                "before writing again)", entry.path)
+                if self._ended(entry_id):
                     continue
                 task = self._schedule.add(entry_id)
                 task.generation += 1  # a running upload of older bytes stops at its next step
@@ -566,6 +563,21 @@ class UploadQueue:
             if task is None or not task.registering:
                 return task
             self._changed.wait()
+
+    def _ended(self, entry_id: str) -> bool:
+        """Whether a flush of the entry comes after its upload ended (landed or cancelled:
+        ignored, with a warning; KeyError for an unknown entry). A live task that has not
+        landed and is not cancelled answers without reading the journal (the common case:
+        the writer's own file); any other asks the journal's row. Lock held."""
+        task = self._schedule.task(entry_id)
+        if task is not None and task.image is None and not task.cancelled:
+            return False
+        entry = self._require(entry_id)
+        if entry.state == JobState.DONE or entry.cancelled:
+            log.warning("flush of %s after its upload ended is ignored (hold() it before "
+                        "writing again)", entry.path)
+            return True
+        return False
 
     def _flushes(self, entry_id: str) -> int:
         """How many flushes of the entry this process saw (read without the lock: an int,
