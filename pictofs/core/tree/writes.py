@@ -558,8 +558,12 @@ class WriteLayer(LocalNames):
             self.view.note_image(image)  # as the service has it
         elif pending is None:  # rm or mv took it over: what was kept for it goes
             self._clear_attrs(entry_id)
-        entry = self.queue.get(entry_id)
-        if entry is None or entry.replaced_id is not None:
+        if pending is not None:  # its replaced_id follows the entry's (renames.py)
+            replaced = pending.replaced_id is not None
+        else:
+            entry = self.queue.get(entry_id)
+            replaced = entry is None or entry.replaced_id is not None
+        if replaced:
             self.on_archived()  # a replace archived the image it replaced
 
     def _remember_written(self, path: str, image: Image) -> None:
