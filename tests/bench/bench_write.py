@@ -1,9 +1,10 @@
 """Write-side benchmark of the pictofs mount against the plain alternatives, in one run.
 
-Run: ``python tests/bench/bench_write.py [--quick] [--rsync-only] [--rows 1f,1h]`` (needs
-/dev/fuse, fusermount3, ``cp``
-and ``rsync``). The name keeps it out of pytest's collection (``test_*.py``): it is a script,
-not a test.
+Run: ``python tests/bench/bench_write.py [--quick] [--rsync-only] [--rows 1f,1h]
+[--repetitions N]`` (needs /dev/fuse, fusermount3, ``cp`` and ``rsync``). The name keeps it
+out of pytest's collection (``test_*.py``): it is a script, not a test. ``--rows`` measures
+only the rows named (with their baselines), ``--repetitions`` sets how many times each copy
+is made.
 
 It starts its own reference server in a temporary folder, writes N distinct 100 KB JPEGs into
 a local folder ``photos/`` and measures, each as the median of several repetitions:
@@ -409,7 +410,7 @@ class WriteBench(Bench):
                 "through the passthrough; cp -r to local disk")
             upload = self.upload_with_workflow(first) if want("1a", "1b", "1h") else 0.0
             cp_passthrough = self.passthrough_copy(passthrough, "cp") \
-                if want("1c", "1d", "1f") else 0.0
+                if want("1c", "1d", "1f", "1h") else 0.0
             rsync_passthrough = self.passthrough_copy(passthrough, "rsync") \
                 if want("1g") else 0.0
             local = self.fresh_dir("local-copy")
