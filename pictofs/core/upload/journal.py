@@ -323,11 +323,11 @@ class Journal:
         # (guarded by _folder_lock)
         self._folder_lock = threading.Lock()
         self._created = 0
+        self._folder_synced = 0
         # rows add_many deferred, by entry id, until the next commit writes them (guarded by
         # _unwritten_lock, never held around a commit; get reads it without: one dict lookup)
         self._unwritten_lock = threading.Lock()
         self._unwritten: dict[str, Entry] = {}
-        self._folder_synced = 0
         self.dataset_id = dataset_id
         try:
             self._db = open_database(self.directory / "journal.db", VERSION, UPGRADES,

@@ -55,9 +55,10 @@ Locks, in the only order in which they may be held together:
    pool's threads) share it. Three reads are made without it, each explained where it is
    made: ``_flushes`` and ``TaskControl._current`` (called under the journal's lock), and
    the stop flag a batch polls while it waits for a slot;
-3. the journal's locks (``Journal._lock``, its reader's, its staging folder's): journal
-   calls may be made with the queue's lock held, never the other way round, so the
-   ``still`` questions passed to ``Journal.update_if`` and ``record_flushed`` take no lock.
+3. the journal's locks (``Journal._lock``, its reader's, its staging folder's, its new
+   rows'): journal calls may be made with the queue's lock held, never the other way round,
+   so the ``still`` questions passed to ``Journal.update_if`` and ``record_flushed`` take
+   no lock.
    The frequent writes (stage, flush, the steps of a running upload) are made without the
    queue's lock, so the workers and the writers do not wait for each other's fsyncs.
 
