@@ -146,6 +146,15 @@ class PictoFUSE(FUSE):
     def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
         return self.ftruncate(path, length, fip)
 
+    def getxattr(self, path: bytes, name: bytes, value: Any, size: int, *args: Any) -> int:
+        """A name outside ``user.`` is ``ENOTSUP`` here, before the path and name are
+        decoded or an exception is raised (``PictoOperations.getxattr`` says why): the
+        kernel asks ``security.capability`` before every ``write``, so a copy asks once per
+        file."""
+        if not name.startswith(b"user."):
+            return -errno.ENOTSUP
+        return super().getxattr(path, name, value, size, *args)
+
 
 class _OpenDir:
     """An open directory: its path, the rows of the current pass, and the kernel cache's

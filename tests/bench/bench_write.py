@@ -1,8 +1,10 @@
 """Write-side benchmark of the pictofs mount against the plain alternatives, in one run.
 
-Run: ``python tests/bench/bench_write.py [--quick] [--rsync-only]`` (needs /dev/fuse, fusermount3, ``cp``
-and ``rsync``). The name keeps it out of pytest's collection (``test_*.py``): it is a script,
-not a test.
+Run: ``python tests/bench/bench_write.py [--quick] [--rsync-only] [--rows 1f,1h]
+[--repetitions N]`` (needs /dev/fuse, fusermount3, ``cp`` and ``rsync``). The name keeps it
+out of pytest's collection (``test_*.py``): it is a script, not a test. ``--rows`` measures
+only the rows named (with their baselines), ``--repetitions`` sets how many times each copy
+is made.
 
 It starts its own reference server in a temporary folder, writes N distinct 100 KB JPEGs into
 a local folder ``photos/`` and measures, each as the median of several repetitions:
@@ -53,6 +55,7 @@ temporary folders) is cleaned up, also on failure or Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -280,6 +283,12 @@ class WriteBench(Bench):
         # CPU per file (ms): the bulk workflow's process, the passthrough's daemon for cp -r
         self.workflow_cpu: list[float] = []
         self.passthrough_cpu: list[float] = []
+        self.held_cpu: list[float] = []  # the daemon's, for 1f's cp -r (uploads held back)
+        self.rows: frozenset[str] | None = None  # --rows: the rows to measure (None: all)
+
+    def wanted(self, *keys: str) -> bool:
+        """Whether any of these rows is measured in this run (``--rows``)."""
+        return self.rows is None or any(key in self.rows for key in keys)
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -394,18 +403,24 @@ class WriteBench(Bench):
         self.proxy.delay_next(ADDED_LATENCY, count=10**9)  # every request, for the whole run
         passthrough = self.mount_passthrough(self.fresh_dir("passthrough-data"), "--writable")
 
+        want = self.wanted
         for rep in range(self.reps):
             first = rep == 0
             log(f"copy {rep + 1}/{self.reps}: upload_dataset_from_folder; cp -r and rsync -a "
                 "through the passthrough; cp -r to local disk")
-            upload = self.upload_with_workflow(first)
-            cp_passthrough = self.passthrough_copy(passthrough, "cp")
-            rsync_passthrough = self.passthrough_copy(passthrough, "rsync")
+            upload = self.upload_with_workflow(first) if want("1a", "1b", "1h") else 0.0
+            cp_passthrough = self.passthrough_copy(passthrough, "cp") \
+                if want("1c", "1d", "1f", "1h") else 0.0
+            rsync_passthrough = self.passthrough_copy(passthrough, "rsync") \
+                if want("1g") else 0.0
             local = self.fresh_dir("local-copy")
             cp_local = timed_run(lambda: run("cp", "-r", self.source, f"{local}/"))
             shutil.rmtree(local)
             self.local_copies.append(cp_local)
             for wb, key in keys.items():
+                if not want(f"1{key}", f"1{'cd'[key == 'b']}",
+                            *(["1h"] if wb == WRITE_BACKS[0] else [])):
+                    continue
                 log(f"copy {rep + 1}/{self.reps}: cp -r + sync, --write-back {wb}")
                 copied, synced, cpu_used = self.copy_and_sync(wb, key, first)
                 totals[wb].ours.append(synced)
@@ -415,29 +430,44 @@ class WriteBench(Bench):
                 if wb == WRITE_BACKS[0]:
                     cpu.values.append(cpu_used * 1000 / n)
 
-            log(f"copy {rep + 1}/{self.reps}: cp -r with the uploads held back, without "
-                f"and with +{ADDED_LATENCY * 1000:.0f} ms on every request")
-            without_delay = self.copy_without_uploads(record=first)
-            latency.base.append(without_delay)
-            latency.ours.append(self.copy_without_uploads(base_url=self.proxy.url))
-            held.ours.append(without_delay)
-            held.base.append(cp_passthrough)
+            if want("1e", "1f"):
+                log(f"copy {rep + 1}/{self.reps}: cp -r with the uploads held back")
+                without_delay = self.copy_without_uploads(record=first)
+                held.ours.append(without_delay)
+                held.base.append(cp_passthrough)
+            if want("1e"):
+                log(f"copy {rep + 1}/{self.reps}: cp -r with the uploads held back, "
+                    f"+{ADDED_LATENCY * 1000:.0f} ms on every request")
+                latency.base.append(without_delay)
+                latency.ours.append(self.copy_without_uploads(base_url=self.proxy.url))
 
-            log(f"copy {rep + 1}/{self.reps}: the first rsync -a into a fresh dataset")
-            first_rsync.ours.append(self.first_rsync())
-            first_rsync.base.append(rsync_passthrough)
+            if want("1g"):
+                log(f"copy {rep + 1}/{self.reps}: the first rsync -a into a fresh dataset")
+                first_rsync.ours.append(self.first_rsync())
+                first_rsync.base.append(rsync_passthrough)
         self.stop_passthrough()
         self.references.append(("`cp -r` to local disk", self.local_copies))
-        floor = statistics.median(self.passthrough_cpu) + statistics.median(self.workflow_cpu)
-        self.notes.append(
-            "CPU per image, for row 1h: the passthrough's daemon for `cp -r` "
-            f"{statistics.median(self.passthrough_cpu):.2f} ms, the bulk workflow's process "
-            f"(client side) for the upload {statistics.median(self.workflow_cpu):.2f} ms: "
-            f"{floor:.2f} ms together, the floor of a FUSE copy plus an upload in Python.")
-        if shutil.which("strace"):
+        if self.passthrough_cpu and self.workflow_cpu:
+            floor = statistics.median(self.passthrough_cpu) \
+                + statistics.median(self.workflow_cpu)
+            self.notes.append(
+                "CPU per image, for row 1h: the passthrough's daemon for `cp -r` "
+                f"{statistics.median(self.passthrough_cpu):.2f} ms, the bulk workflow's "
+                f"process (client side) for the upload {statistics.median(self.workflow_cpu):.2f}"
+                f" ms: {floor:.2f} ms together, the floor of a FUSE copy plus an upload in "
+                "Python.")
+        if self.held_cpu and self.passthrough_cpu:
+            self.notes.append(
+                "CPU per file of the daemon for the `cp -r` of 1f (uploads held back): "
+                f"{statistics.median(self.held_cpu):.2f} ms "
+                f"({', '.join(f'{v:.2f}' for v in self.held_cpu)}), the passthrough's "
+                f"{statistics.median(self.passthrough_cpu):.2f} ms "
+                f"({', '.join(f'{v:.2f}' for v in self.passthrough_cpu)}).")
+        if shutil.which("strace") and want("1h"):
             self.count_fsyncs()
 
-        self.write_rows += [*totals.values(), *alone.values(), latency, held, first_rsync, cpu]
+        rows: list[Row] = [*totals.values(), *alone.values(), latency, held, first_rsync, cpu]
+        self.write_rows += [row for row in rows if want(row.key)]
 
     def passthrough_copy(self, passthrough: Path, tool: str) -> float:
         """``cp -r`` or ``rsync -a`` of the source into a new folder of the writable
@@ -561,8 +591,12 @@ class WriteBench(Bench):
         ``--force`` (the staged files stay in this run's temporary state folder)."""
         mountpoint = self.mount_dataset(self.new_dataset("cp-held"), HELD_BACK,
                                         base_url=base_url)
+        pid = self.daemon_pid(mountpoint)
         before = self.counts()
+        cpu_before = cpu_seconds(pid)
         elapsed = timed_run(lambda: run("cp", "-r", self.source, f"{mountpoint}/"))
+        if base_url is None:
+            self.held_cpu.append((cpu_seconds(pid) - cpu_before) * 1000 / self.files)
         if record:
             self.record("1e during `cp -r` with the uploads held back: what `cp` waits for",
                         before, {"GET /directories/{dataset}": 1, "POST /directories/": 1},
@@ -742,6 +776,20 @@ def show_mount_logs(bench: WriteBench, lines: int = 40) -> None:
         log("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
 
 
+COPY_ROWS = ("1a", "1b", "1c", "1d", "1e", "1f", "1g", "1h")
+RSYNC_ROWS = ("2a", "2b", "2c")
+
+
+def parse_rows(text: str) -> frozenset[str]:
+    """``--rows 1f,1h``: the row keys, each one of the table's."""
+    keys = frozenset(key.strip() for key in text.split(",") if key.strip())
+    unknown = keys - set(COPY_ROWS) - set(RSYNC_ROWS)
+    if not keys or unknown:
+        raise argparse.ArgumentTypeError(
+            f"rows are {', '.join(COPY_ROWS + RSYNC_ROWS)}; not {', '.join(sorted(unknown))}")
+    return keys
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -751,8 +799,15 @@ def main(argv: list[str] | None = None) -> int:
                              f"{FULL.cheap_repetitions})")
     parser.add_argument("--rsync-only", action="store_true",
                         help="measure only the second rsync -a (rows 2a to 2c)")
+    parser.add_argument("--rows", type=parse_rows, default=None, metavar="KEYS",
+                        help="measure only these rows, e.g. --rows 1f,1h (a row's baseline "
+                             "is measured with it; 2a to 2c go together)")
+    parser.add_argument("--repetitions", type=int, default=None, metavar="N",
+                        help="repetitions of the copies (default: 3, --quick 2)")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
+    if args.repetitions:
+        sizes = dataclasses.replace(sizes, repetitions=args.repetitions)
 
     def stop(signum: int, _frame: object) -> None:
         raise SystemExit(128 + signum)
@@ -760,14 +815,16 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     root = Path(tempfile.mkdtemp(prefix="pictofs-bench-write-"))
     bench = WriteBench(root, sizes)
+    bench.rows = frozenset({"2a", "2b", "2c"}) if args.rsync_only else args.rows
     load_before, measured = load_average(), revision()
     try:
         isolate_environment(root)
         bench.start()
         bench.make_source()
-        if not args.rsync_only:
+        if bench.wanted(*COPY_ROWS):
             bench.copy()
-        bench.second_rsync()
+        if bench.wanted(*RSYNC_ROWS):
+            bench.second_rsync()
         bench.notes.append(f"Machine: {machine()}; load average (1 min) at start / end: "
                            f"{load_before} / {load_average()}. Revision: {measured}.")
         broken = bench.tracebacks()

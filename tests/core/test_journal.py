@@ -430,8 +430,8 @@ def test_one_folder_fsync_covers_every_staging_file_created_before_it(
 
 def test_writing_a_file_costs_no_fsync_until_the_group_commit(
         journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the mount's create, flush and release do to the journal: rows committed without
-    an fsync, no fsync of the staging file or its folder (a crash of the daemon loses
+    """What the mount's create, flush and release do to the journal: one commit (the row
+    written with the flush), without an fsync, no fsync of the staging file or its folder (a crash of the daemon loses
     nothing: the bytes are in the page cache, the rows in the WAL). The group commit then
     makes them durable with one syncfs of the journal's filesystem, and a restart resumes
     the entry."""
@@ -451,10 +451,11 @@ def test_writing_a_file_costs_no_fsync_until_the_group_commit(
     monkeypatch.setattr(journal_module, "sync_filesystem",
                         lambda path: (syncfs.append(path), real_syncfs(path))[1])
     entry_id = queue.stage("/", "a.png")  # create
+    assert commits == []  # the row waits for the flush's commit
     journal.staging_path(entry_id).write_bytes(b"x" * 100)
     queue.flushed(entry_id, 100, "ab" * 32)  # flush
     queue.schedule(entry_id)  # release
-    assert commits == [False, False]
+    assert commits == [False]  # one commit per file: the row and its flush together
     assert fsyncs == [] and syncfs == []
     assert queue.not_durable() == 1
     queue.make_durable()  # the group commit (a writer's fsync asks for it now)
@@ -521,3 +522,46 @@ def test_converted_names_are_remembered_in_a_table_made_when_first_needed(
         journal.move_converted("/new", "/moved/here")
         assert sorted((c.folder, c.name) for c in journal.converted()) == [
             ("/moved/here", "IMG_1.heic"), ("/moved/here/sub", "b.heic"), ("/newer", "c.heic")]
+
+
+def test_a_new_entry_is_written_by_the_next_commit_and_shown_until_then(
+        journal: Journal) -> None:
+    """``add_many(deferred=True)`` (the mount's create): no commit of its own; ``get`` and
+    ``entries`` show the row from memory, and any next commit writes it (then the database
+    has it, whatever that commit was about)."""
+    journal.add_many([("e1", "/", "a.jpg", None), ("e2", "/cars", "b.jpg", "old")],
+                     deferred=True)
+    assert read_ids(journal) == []
+    first = journal.get("e1")
+    assert first is not None and first.state == JobState.STAGED and not first.flushed
+    assert [e.id for e in journal.entries()] == ["e1", "e2"]
+    assert [e.replaced_id for e in journal.entries(JobState.STAGED)] == [None, "old"]
+    assert journal.entries(JobState.FAILED) == []
+    journal.record_flushed({"e1": 5})  # the first flush: both rows go with its commit
+    assert read_ids(journal) == ["e1", "e2"]
+    flushed = journal.get("e1")
+    assert flushed is not None and flushed.flushed and flushed.size == 5
+    second = journal.get("e2")
+    assert second is not None and second.replaced_id == "old" and not second.flushed
+
+
+def test_a_commit_that_fails_keeps_the_new_rows_for_the_next(journal: Journal) -> None:
+    """A transaction rolled back (here a row it updates does not exist) takes the deferred
+    rows back with it: they are still shown, and written by the next commit."""
+    journal.add_many([("e1", "/", "a.jpg", None)], deferred=True)
+    with pytest.raises(KeyError):
+        journal.update_many({"missing": {"error": "x"}})
+    assert read_ids(journal) == [] and journal.get("e1") is not None
+    journal.update("e1", cancelled=True)
+    assert read_ids(journal) == ["e1"]
+    entry = journal.get("e1")
+    assert entry is not None and entry.cancelled
+
+
+def read_ids(journal: Journal) -> list[str]:
+    """The ids of the rows in the database, read through a connection of the test's own."""
+    db = sqlite3.connect(f"file:{journal.directory / 'journal.db'}?mode=ro", uri=True)
+    try:
+        return [row[0] for row in db.execute("SELECT id FROM entries ORDER BY id")]
+    finally:
+        db.close()

@@ -99,3 +99,19 @@ def test_without_a_service_archive_folder_the_alias_names_nothing(
     assert set(fs.listdir("/")) == {"x.png"}
     assert errno_of(lambda: fs.stat("/" + ALIAS)) == errno.ENOENT
     assert errno_of(lambda: fs.listdir("/" + ALIAS)) == errno.ENOENT
+
+
+def test_a_replace_that_lands_shows_the_replaced_image_in_the_archive_at_once(
+        client, dataset, tree_of):  # type: ignore[no-untyped-def]
+    """The archive's listing is kept, and taken back when this mount archives something:
+    the replace of a file written over an image (or a file renamed onto one before it
+    landed), once registered, shows the old image in ``.archive/`` without a refresh."""
+    seed_images(client, dataset.id, "/", ["r.png", "m.png"])
+    fs, _vfs = tree_of()
+    assert set(fs.listdir("/.archive")) == set()  # listed, and kept
+    fs.write_file("/r.png", png_bytes(503))  # written over an image
+    fs.write_file("/new.png", png_bytes(504))
+    fs.rename("/new.png", "/m.png")  # staged, then renamed onto an image
+    fs.sync()
+    assert set(fs.listdir("/.archive")) == {"r.png", "m.png"}
+    assert set(fs.listdir("/")) == {"r.png", "m.png"}

@@ -238,3 +238,68 @@ def test_bytes_whose_flush_was_never_recorded_are_kept_aside_not_deleted(
             assert path.stat().st_mode & 0o077 == 0, path
     finally:
         reopened.close()
+
+
+def test_bytes_written_before_the_first_flush_survive_a_kill_9_without_a_row(
+        tmp_path, server, dataset, remote) -> None:
+    """A new file's row waits for the commit of its first flush (one commit per file). A
+    kill -9 between the create and that flush leaves the staging file without a row: its
+    bytes are kept aside under the name they were written as, never deleted; an empty one
+    goes; a file flushed before the crash resumes."""
+    state = tmp_path / "state"
+    journal = Journal.for_dataset(state, server.base_url, dataset.id, server.key)
+    queue = UploadQueue(remote, journal, dataset.id, write_back=3600.0)
+    whole = queue.stage("/cams", "whole.png")
+    journal.staging_path(whole).write_bytes(png_bytes(7401))
+    queue.flushed(whole, len(png_bytes(7401)))
+    written = queue.stage("/cams", "half.png")  # created after that flush's commit
+    journal.staging_path(written).write_bytes(png_bytes(7402)[:700])
+    empty = queue.stage("/cams", "empty.png")
+    crashed = tmp_path / "crashed"  # the state folder as kill -9 leaves it: a copy while open
+    shutil.copytree(state, crashed, ignore=shutil.ignore_patterns("journal.lock"))
+    journal.close()
+    reopened = Journal.for_dataset(crashed, server.base_url, dataset.id, server.key)
+    try:
+        assert [e.filename for e in reopened.entries()] == ["whole.png"]
+        assert UploadQueue(remote, reopened, dataset.id).resume() == [whole]
+        kept = kept_aside(reopened.directory)
+        assert [p.relative_to(reopened.directory / "quarantine").as_posix() for p in kept] \
+            == ["cams/half.png"]
+        assert kept[0].read_bytes() == png_bytes(7402)[:700]
+        assert reopened.staging_names() == [whole]
+        assert not reopened.staging_path(empty).exists() and not reopened.staging_path(
+            written).exists()
+    finally:
+        reopened.close()
+
+
+def test_a_flush_after_the_upload_landed_or_was_cancelled_is_ignored(
+        remote, journal, dataset, caplog) -> None:
+    """The writer's side holds an entry before writing it again; a flush that comes after
+    its upload ended (landed, or cancelled) changes nothing and says so (the queue asks the
+    journal whenever its task is not a live one)."""
+    queue = UploadQueue(remote, journal, dataset.id, write_back=0.0)
+    data = png_bytes(7501)
+    landed = queue.stage("/late", "landed.png")
+    journal.staging_path(landed).write_bytes(data)
+    queue.flushed(landed, len(data))
+    queue.schedule(landed)
+    queue.start()
+    try:
+        assert queue.wait_idle(WAIT)
+        cancelled = queue.stage("/late", "cancelled.png")
+        journal.staging_path(cancelled).write_bytes(data)
+        queue.flushed(cancelled, len(data))  # held: never scheduled
+        journal.update(cancelled, cancelled=True)  # as a cancel the disk took half of
+        with caplog.at_level("WARNING", logger="pictofs.core.upload.queue"):
+            queue.flushed(landed, 3)
+            with queue._changed:
+                queue._schedule.add(cancelled).cancelled = True
+            queue.flushed(cancelled, 4)
+    finally:
+        assert queue.stop(WAIT)
+    done = journal.get(landed)
+    assert done is not None and done.state == "done" and done.size == len(data)
+    gone = journal.get(cancelled)
+    assert gone is not None and gone.size == len(data)
+    assert caplog.text.count("after its upload ended is ignored") == 2

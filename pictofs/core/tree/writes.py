@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pictofs import imaging, names
-from pictofs.core.upload.job import EMPTY_FILE
+from pictofs.core.upload.job import EMPTY_FILE, Header
 from pictofs.core.upload.journal import Entry, Journal
 from pictofs.core.upload.journal_files import disk_full
 from pictofs.core.tree.local_names import LocalNames, Orphan
@@ -229,9 +229,9 @@ class WriteLayer(LocalNames):
 
     def _stage(self, path: str, replaced_id: str | None) -> Pending:
         folder, name = split_path(path)
-        entry_id = self.queue.stage(folder, name, replaced_id=replaced_id)
+        entry_id, fd = self.queue.stage_open(folder, name, replaced_id=replaced_id)
         pending = Pending(path, self.queue.staging_path(entry_id), entry_id, mtime=self.wall(),
-                          opens=1, replaced_id=replaced_id)
+                          opens=1, replaced_id=replaced_id, fd=fd)
         with self._lock:
             self._pending[path] = pending
             self._by_entry[entry_id] = pending
@@ -336,7 +336,9 @@ class WriteLayer(LocalNames):
 
     def flush(self, pending: Pending) -> None:
         """New bytes since the last flush: the cheap checks (size, Pillow identifies the
-        header), then the journal records them (resumable from now on). Bytes that are
+        header), then the journal records them (resumable from now on); what Pillow read
+        (the dimensions) goes to the queue with the sha256, so the upload does not read the
+        header again. Bytes that are
         not an image fail (EINVAL) and are kept as a failed upload; a full disk poisons
         the file (ENOSPC)."""
         if pending.poison is not None:
@@ -348,13 +350,15 @@ class WriteLayer(LocalNames):
             return  # 0-byte files stay local until they have content (or the unmount)
         assert pending.entry_id is not None
         try:
-            imaging.identify(pending.file)
+            _format, dimensions = imaging.describe(pending.file)
         except NotAnImage:
             refused = NotAnImage(f"{pending.path}: {NOT_AN_IMAGE}")
             self._keep_failed(pending, refused)
             raise refused from None
         try:
-            self.queue.flushed(pending.entry_id, pending.size, pending.sha256())
+            sha256 = pending.sha256()
+            self.queue.flushed(pending.entry_id, pending.size, sha256,
+                               Header(sha256, dimensions))
         except NoSpace as exc:  # not recorded: a cut-off file, as in write
             pending.poison = exc
             log.warning("%s: %s", pending.path, exc)
@@ -554,8 +558,12 @@ class WriteLayer(LocalNames):
             self.view.note_image(image)  # as the service has it
         elif pending is None:  # rm or mv took it over: what was kept for it goes
             self._clear_attrs(entry_id)
-        entry = self.queue.get(entry_id)
-        if entry is None or entry.replaced_id is not None:
+        if pending is not None:  # its replaced_id follows the entry's (renames.py)
+            replaced = pending.replaced_id is not None
+        else:
+            entry = self.queue.get(entry_id)
+            replaced = entry is None or entry.replaced_id is not None
+        if replaced:
             self.on_archived()  # a replace archived the image it replaced
 
     def _remember_written(self, path: str, image: Image) -> None:

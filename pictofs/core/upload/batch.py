@@ -155,7 +155,7 @@ class BatchJob:
         live = []
         for entry, control in members:
             try:
-                staged = inspect_entry(self._journal, entry)
+                staged = inspect_entry(self._journal, entry, control.header())
             except Exception as exc:  # each member fails on its own
                 outcomes[entry.id] = exc
                 continue

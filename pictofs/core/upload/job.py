@@ -4,7 +4,9 @@ service changes", "Durability"), and the pure decisions around it.
 A run of ``UploadJob.run``:
 
 1. local checks: size ≤ 50 MB, Pillow identifies the bytes, dimensions, sha256 (recorded,
-   with the state ``uploading``, in the same commit as the first step that goes out). An
+   with the state ``uploading``, in the same commit as the first step that goes out); the
+   Pillow read is skipped when the writer's flush already made it (``Header``, kept by the
+   queue) and the staged bytes hash to the sha256 that flush recorded. An
    entry read from its source file (``Entry.source``) keeps the sha256 recorded when it was
    hashed; its PUT hashes the bytes it sends (``SourceBody``), and bytes that are not the
    recorded ones end the run with ``SourceChanged`` before anything is registered;
@@ -223,6 +225,16 @@ def send_bytes(remote: Remote, ticket: UploadTicket, staged: StagedFile,
 
 
 @dataclass(frozen=True)
+class Header:
+    """What Pillow read from the header of bytes a writer flushed (``imaging.describe`` at
+    the flush): their sha256 and oriented dimensions (None: Pillow could not tell). Valid
+    for bytes that hash to ``sha256``."""
+
+    sha256: str
+    dimensions: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
 class StagedFile:
     path: Path
     size: int
@@ -233,15 +245,17 @@ class StagedFile:
     source_mtime_ns: int | None = None  # a source's recorded mtime; None: a staging file
 
 
-def inspect_entry(journal: Journal, entry: Entry) -> StagedFile:
+def inspect_entry(journal: Journal, entry: Entry, header: Header | None = None) -> StagedFile:
     """``inspect_staged`` of the entry's bytes: its staging file, or its source (which must
     still be what the journal recorded, else SourceChanged; its sha256 is the recorded one,
     checked against the bytes sent by ``SourceBody``). A staging file whose flush recorded
     a size and sha256 must still have them, else the entry fails for good (``TORN``): its
     bytes did not all reach the disk before a crash of the machine, and a torn image is
-    never sent."""
+    never sent. ``header``: what the writer's flush read from the header, used when it is
+    of the recorded sha256 and the staged bytes still hash to it."""
     if entry.source is None:
-        staged = inspect_staged(journal.staging_path(entry.id), entry.filename)
+        known = header if header is not None and header.sha256 == entry.sha256 else None
+        staged = inspect_staged(journal.staging_path(entry.id), entry.filename, known=known)
         if entry.sha256 is not None and (staged.size, staged.sha256) != (entry.size,
                                                                           entry.sha256):
             raise UploadFailed(TORN)
@@ -260,9 +274,12 @@ def inspect_entry(journal: Journal, entry: Entry) -> StagedFile:
                       height=staged.height, source_mtime_ns=entry.source_mtime_ns)
 
 
-def inspect_staged(path: Path, filename: str, sha256: str | None = None) -> StagedFile:
+def inspect_staged(path: Path, filename: str, sha256: str | None = None,
+                   known: Header | None = None) -> StagedFile:
     """The checks made before any request; raises a permanent error for a doomed file. The
-    file is opened once for all of them. ``sha256``: already known (not computed again)."""
+    file is opened once for all of them. ``sha256``: already known (not computed again).
+    ``known``: Pillow's answer for bytes of that sha256; the file is hashed first, and
+    Pillow reads it only when the hash is another."""
     if not names.is_supported(filename):
         raise UploadFailed(f"unsupported file type {names.extension(filename) or '(none)'}")
     with open(path, "rb") as handle:
@@ -272,10 +289,15 @@ def inspect_staged(path: Path, filename: str, sha256: str | None = None) -> Stag
         if size > names.MAX_IMAGE_BYTES:
             raise UploadFailed(f"too large: {size:,} bytes, over the 50 MB limit "
                                f"({names.MAX_IMAGE_BYTES:,} bytes)")
-        try:
-            _format, dimensions = imaging.describe(handle)
-        except PictofsError as exc:
-            raise UploadFailed(f"not an image: {exc}") from None
+        if known is not None and sha256 is None:
+            sha256 = sha256_file(handle)  # pread: the file's position stays at 0
+        if known is not None and known.sha256 == sha256:
+            dimensions = known.dimensions
+        else:
+            try:
+                _format, dimensions = imaging.describe(handle)
+            except PictofsError as exc:
+                raise UploadFailed(f"not an image: {exc}") from None
         if sha256 is None:
             sha256 = sha256_file(handle)
     width, height = dimensions if dimensions else (None, None)
@@ -333,6 +355,10 @@ class Control(Protocol):
     def end_register(self, landed: Landed | None) -> None:
         """The register of ``begin_register`` ended (``landed``: its answer, if any)."""
 
+    def header(self) -> Header | None:
+        """What the writer's last flush read from the bytes' header, if this process saw
+        it."""
+
 
 class UploadJob:
     def __init__(self, remote: Remote, journal: Journal, dataset_id: str,
@@ -350,7 +376,7 @@ class UploadJob:
 
     def run(self, entry: Entry) -> Landed:
         """Upload one entry; returns once the journal records it as done."""
-        staged = inspect_entry(self._journal, entry)
+        staged = inspect_entry(self._journal, entry, self._control.header())
         self._control.checkpoint()
         self._carried = dict(state=JobState.UPLOADING, size=staged.size, sha256=staged.sha256)
         if entry.replaced_id is not None and entry.step == Step.NONE:

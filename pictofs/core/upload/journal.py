@@ -27,7 +27,10 @@ port changes at every start, a key can be rotated: pending work must still be fo
   deleted: ``pictofs status`` counts them, and copying one back into the mount uploads it.
 
 Every method that changes a row commits before it returns, so a caller that records a step
-and then sends it never sends a step the journal does not know about. A commit is written to
+and then sends it never sends a step the journal does not know about. The one exception is
+the row of a new entry (``add_many(deferred=True)``, the mount's ``create``): it holds
+nothing to resume until the file's first flush, so it is written by the next commit, that
+flush's typically, and a file costs one commit, not two. A commit is written to
 the WAL and survives a crash of the process at once; none is fsync'd on its own. Against a
 crash of the machine, ``make_durable`` (the group commit, ``commits.GroupCommit``, at most
 ``--commit-interval`` after a change and at once on fsync, ``pictofs sync`` and unmount)
@@ -321,6 +324,10 @@ class Journal:
         self._folder_lock = threading.Lock()
         self._created = 0
         self._folder_synced = 0
+        # rows add_many deferred, by entry id, until the next commit writes them (guarded by
+        # _unwritten_lock, never held around a commit; get reads it without: one dict lookup)
+        self._unwritten_lock = threading.Lock()
+        self._unwritten: dict[str, Entry] = {}
         self.dataset_id = dataset_id
         try:
             self._db = open_database(self.directory / "journal.db", VERSION, UPGRADES,
@@ -393,6 +400,13 @@ class Journal:
                 and (info.live or info.staged_files)]
 
     def close(self) -> None:
+        if self._unwritten:  # rows deferred and not written yet: written now
+            try:
+                with self._write():
+                    pass
+            except NoSpace as exc:  # the next mount finds their staging files without rows
+                log.warning("%d staged file(s) not recorded in the journal: %s",
+                            len(self._unwritten), exc)
         with self._read_lock:
             self._reader.close()
         with self._lock:
@@ -407,14 +421,25 @@ class Journal:
 
     # ---------------------------------------------------------------- entries
 
-    def add_many(self, rows: Sequence[tuple[str, str, str, str | None]]) -> None:
+    def add_many(self, rows: Sequence[tuple[str, str, str, str | None]],
+                 deferred: bool = False) -> None:
         """New ``staged`` entries, ``(entry_id, folder, filename, replaced_id)`` each, in one
-        transaction."""
+        transaction. ``deferred``: no transaction of their own; the rows are written by the
+        next commit of any kind (a file's first flush, typically), and until then ``get``
+        and ``entries`` show them from memory. For entries not flushed yet, which a restart
+        drops anyway: a crash before that commit leaves their staging files without a row,
+        and resume removes an empty one and keeps any other aside (``keep_aside``), as it
+        does for an unflushed row's."""
         now = time.time()
-        with self._write() as db:
-            db.executemany("INSERT INTO entries (id, folder, filename, state, replaced_id, "
-                           "created, updated) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                           [(*row[:3], INITIAL, row[3], now, now) for row in rows])
+        if not deferred:
+            with self._write() as db:
+                _insert_staged(db, [(*row[:3], INITIAL, row[3], now, now) for row in rows])
+            return
+        with self._unwritten_lock:
+            for entry_id, folder, filename, replaced_id in rows:
+                self._unwritten[entry_id] = Entry(
+                    entry_id, folder, filename, JobState(INITIAL), False, False, None, None,
+                    None, replaced_id, None, None, Step.NONE, None, None, now, now)
 
     def add_sources(self, rows: Sequence[SourceRow]) -> None:
         """New entries whose bytes stay in their source file (no staging file): resumable at
@@ -429,19 +454,30 @@ class Journal:
                              r.sha256, r.source, r.mtime_ns, now, now) for r in rows])
 
     def get(self, entry_id: str) -> Entry | None:
+        # Asked before the database: a deferred row leaves ``_unwritten`` only after the
+        # commit that wrote it, so one not found there is in the database (or never was).
+        unwritten = self._unwritten.get(entry_id)
         with self._read_lock:
             row = self._reader.execute(f"SELECT {', '.join(_COLUMNS)} FROM entries "
                                        "WHERE id = ?", (entry_id,)).fetchone()
-        return _entry(row) if row else None
+        return _entry(row) if row else unwritten
 
     def entries(self, state: JobState | None = None) -> list[Entry]:
         query = f"SELECT {', '.join(_COLUMNS)} FROM entries"
         args: tuple[Any, ...] = ()
         if state is not None:
             query, args = query + " WHERE state = ?", (state,)
+        with self._unwritten_lock:  # first, as in get
+            unwritten = [e for e in self._unwritten.values()
+                         if state is None or e.state == state]
         with self._read_lock:
             rows = self._reader.execute(query + " ORDER BY created, id", args).fetchall()
-        return [_entry(row) for row in rows]
+        found = [_entry(row) for row in rows]
+        if not unwritten:
+            return found
+        written = {e.id for e in found}
+        found += [e for e in unwritten if e.id not in written]
+        return sorted(found, key=lambda e: (e.created, e.id))
 
     def update(self, entry_id: str, **changes: Any) -> Entry:
         """Change columns of one row and commit; returns the new row."""
@@ -658,26 +694,40 @@ class Journal:
         return self.staging_dir / entry_id
 
     def create_staging_files(self, entry_ids: Iterable[str], sync: bool = True,
-                             paths: Iterable[str] | None = None) -> None:
+                             paths: Iterable[str] | None = None,
+                             keep_open: bool = False) -> list[int]:
         """An empty 0600 staging file for each entry, durable in its folder by one fsync of
         the folder; ``sync=False`` leaves that fsync to ``sync_staging_files`` (the entries'
         first flush). ``paths``: the path each is written as, recorded beside its bytes
-        (``name_staging_file``)."""
+        (``name_staging_file``). ``keep_open``: each file is opened for reading and writing
+        and its descriptor returned (the caller's to close), so the writer does not open it
+        a second time; else they are closed and nothing is returned."""
+        opened: list[int] = []
+        flags = os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | (os.O_RDWR if keep_open
+                                                         else os.O_WRONLY)
         with self._no_space("creating a staging file"):
             entry_ids = list(entry_ids)
-        named = list(paths) if paths is not None else [None] * len(entry_ids)
-        for entry_id, path in zip(entry_ids, named):
-                fd = os.open(self.staging_path(entry_id),
-                             os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                try:
-                    if path is not None:
-                        _set_name(fd, path)
-                finally:
+            named = list(paths) if paths is not None else [None] * len(entry_ids)
+            try:
+                for entry_id, path in zip(entry_ids, named):
+                    fd = os.open(self.staging_path(entry_id), flags, 0o600)
+                    try:
+                        if path is not None:
+                            _set_name(fd, path)
+                    finally:
+                        if keep_open:
+                            opened.append(fd)
+                        else:
+                            os.close(fd)
+                    with self._folder_lock:
+                        self._created += 1
+            except BaseException:
+                for fd in opened:
                     os.close(fd)
-                with self._folder_lock:
-                    self._created += 1
+                raise
         if sync:
             self.sync_staging_folder()
+        return opened
 
     def sync_staging_files(self, entry_ids: Iterable[str], missing_ok: bool = False) -> None:
         """Make the staged bytes of these entries durable, and their staging files' folder
@@ -784,19 +834,28 @@ class Journal:
     @contextlib.contextmanager
     def _write(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
         """One committed transaction under the lock: written to the WAL, not fsync'd (the
-        group commit does that, ``make_durable``) unless ``durable``. A full disk rolls it
-        back and raises ``NoSpace``."""
+        group commit does that, ``make_durable``) unless ``durable``. The rows ``add_many``
+        deferred are written first, in it. A full disk rolls it back (the deferred rows
+        wait for the next one) and raises ``NoSpace``."""
         with self._lock, self._no_space("a journal commit"):
+            with self._unwritten_lock:
+                unwritten = list(self._unwritten.values())
             if not durable:
                 with self._db:
+                    _insert_staged(self._db, [_staged_row(e) for e in unwritten])
                     yield self._db
-                return
-            self._db.execute("PRAGMA synchronous=FULL")  # WAL: this commit fsyncs it
-            try:
-                with self._db:
-                    yield self._db
-            finally:
-                self._db.execute("PRAGMA synchronous=NORMAL")
+            else:
+                self._db.execute("PRAGMA synchronous=FULL")  # WAL: this commit fsyncs it
+                try:
+                    with self._db:
+                        _insert_staged(self._db, [_staged_row(e) for e in unwritten])
+                        yield self._db
+                finally:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
+            if unwritten:  # committed: the database shows them from now on
+                with self._unwritten_lock:
+                    for entry in unwritten:
+                        del self._unwritten[entry.id]
 
     def _require(self, entry_id: str) -> Entry:
         entry = self.get(entry_id)
@@ -859,6 +918,20 @@ def _adopt_legacy(state_dir: Path, dataset_id: str, folder: Path) -> None:
         log.info("adopted the upload journal %s of dataset %s (%d pending)", info.folder.name,
                  dataset_id, info.live)
         return
+
+
+def _staged_row(entry: Entry) -> tuple[Any, ...]:
+    """A row deferred by ``add_many``, as ``_insert_staged`` writes it."""
+    return (entry.id, entry.folder, entry.filename, entry.state, entry.replaced_id,
+            entry.created, entry.updated)
+
+
+def _insert_staged(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """New ``staged`` rows: ``(id, folder, filename, state, replaced_id, created,
+    updated)`` each."""
+    if rows:
+        db.executemany("INSERT INTO entries (id, folder, filename, state, replaced_id, "
+                       "created, updated) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
 
 def _check_columns(changes: Mapping[str, Any]) -> None:

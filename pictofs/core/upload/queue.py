@@ -55,9 +55,10 @@ Locks, in the only order in which they may be held together:
    pool's threads) share it. Three reads are made without it, each explained where it is
    made: ``_flushes`` and ``TaskControl._current`` (called under the journal's lock), and
    the stop flag a batch polls while it waits for a slot;
-3. the journal's locks (``Journal._lock``, its reader's, its staging folder's): journal
-   calls may be made with the queue's lock held, never the other way round, so the
-   ``still`` questions passed to ``Journal.update_if`` and ``record_flushed`` take no lock.
+3. the journal's locks (``Journal._lock``, its reader's, its staging folder's, its new
+   rows'): journal calls may be made with the queue's lock held, never the other way round,
+   so the ``still`` questions passed to ``Journal.update_if`` and ``record_flushed`` take
+   no lock.
    The frequent writes (stage, flush, the steps of a running upload) are made without the
    queue's lock, so the workers and the writers do not wait for each other's fsyncs.
 
@@ -68,6 +69,7 @@ lock held.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sqlite3
 import threading
@@ -82,6 +84,7 @@ from pictofs.core.upload.journal import (
     QUARANTINE, Entry, Journal, ResumeAction, SourceRow, kept_aside, orphan_staging_files,
 )
 from pictofs.core.upload.journal import resume_action
+from pictofs.core.upload.job import Header
 from pictofs.core.upload.schedule import QueueStats, Schedule, Task
 from pictofs.core.upload.states import JobState, Step
 from pictofs.core.upload.workers import (
@@ -95,6 +98,7 @@ from pictofs.remote import Remote
 log = logging.getLogger(__name__)
 
 __all__ = ["QueueStats", "SourceFile", "UploadQueue"]
+
 
 
 @dataclass(frozen=True)
@@ -152,22 +156,40 @@ class UploadQueue:
         """A new entry (state ``staged``) and its empty staging file (see ``stage_many``)."""
         return self.stage_many([(folder, filename, replaced_id)])[0]
 
+    def stage_open(self, folder: str, filename: str,
+                   replaced_id: str | None = None) -> tuple[str, int]:
+        """``stage``, with the staging file left open for reading and writing: the entry id
+        and the descriptor (the caller's to close)."""
+        entry_ids, opened = self._stage([(folder, filename, replaced_id)], True, True)
+        return entry_ids[0], opened[0]
+
     def stage_many(self, targets: Sequence[tuple[str, str, str | None]],
                    create_files: bool = True) -> list[str]:
-        """``stage`` for many ``(folder, filename, replaced_id)`` at once (one transaction).
-        Nothing here is fsync'd: an entry not flushed yet is dropped by a restart anyway,
-        and its staging file removed; the group commit makes what was flushed durable.
+        """``stage`` for many ``(folder, filename, replaced_id)`` at once. No commit and no
+        fsync here: the rows are written with the journal's next commit (the first flush's,
+        typically: ``Journal.add_many(deferred=True)``), as an entry not flushed yet holds
+        nothing a restart resumes. A crash before that leaves a staging file without a row:
+        resume removes it when empty and keeps it aside otherwise, as for a row never
+        flushed. The group commit makes what was flushed durable.
         ``create_files=False``: the caller moves each entry's bytes to its ``staging_path``
         (and names them, ``Journal.name_staging_file``) before its first flush."""
+        return self._stage(targets, create_files, False)[0]
+
+    def _stage(self, targets: Sequence[tuple[str, str, str | None]], create_files: bool,
+               keep_open: bool) -> tuple[list[str], list[int]]:
         entry_ids = [uuid.uuid4().hex for _ in targets]
+        opened: list[int] = []
         try:
             if create_files:
-                self._journal.create_staging_files(
-                    entry_ids, sync=False, paths=[join_path(folder, filename)
-                                                  for folder, filename, _replaced in targets])
+                opened = self._journal.create_staging_files(
+                    entry_ids, sync=False, keep_open=keep_open,
+                    paths=[join_path(folder, filename) for folder, filename, _replaced
+                           in targets])
             self._journal.add_many([(entry_id, *target) for entry_id, target
-                                    in zip(entry_ids, targets)])
+                                    in zip(entry_ids, targets)], deferred=True)
         except BaseException:  # a full disk: no entry, and no staging file either
+            for fd in opened:
+                os.close(fd)
             for entry_id in entry_ids if create_files else ():
                 self._journal.remove_staging_file(entry_id, sync=False)
             raise
@@ -176,7 +198,7 @@ class UploadQueue:
                 self._schedule.add(entry_id)
         for entry_id, (folder, filename, _) in zip(entry_ids, targets):
             log.debug("staged %s in %s as entry %s", filename, folder, entry_id)
-        return entry_ids
+        return entry_ids, opened
 
     def stage_sources(self, sources: Sequence[SourceFile]) -> list[str]:
         """New entries uploaded from their source files, without staging copies: resumable
@@ -195,28 +217,32 @@ class UploadQueue:
     def staging_path(self, entry_id: str) -> Path:
         return self._journal.staging_path(entry_id)
 
-    def flushed(self, entry_id: str, size: int, sha256: str | None = None) -> None:
+    def flushed(self, entry_id: str, size: int, sha256: str | None = None,
+                header: Header | None = None) -> None:
         """The writer's flush returned with new bytes (``sha256``: theirs, when the writer
         knows it): the entry is resumable from now on, and an upload of older bytes starts
         over. Durable against a crash of the daemon at once, against one of the machine at
-        the next group commit (``make_durable``, at most ``commit_interval`` later)."""
-        self.flushed_many({entry_id: size}, None if sha256 is None else {entry_id: sha256})
+        the next group commit (``make_durable``, at most ``commit_interval`` later).
+        ``header``: what Pillow read from the bytes at the flush, kept (in memory) so the
+        upload of bytes that hash the same needs no second read."""
+        self.flushed_many({entry_id: size}, None if sha256 is None else {entry_id: sha256},
+                          None if header is None else {entry_id: header})
 
     def flushed_many(self, sizes: Mapping[str, int],
-                     digests: Mapping[str, str] | None = None) -> None:
-        """``flushed`` for many entries (entry id → size, and → sha256 in ``digests`` where
-        known) at once: one transaction, not fsync'd (``commits``)."""
+                     digests: Mapping[str, str] | None = None,
+                     headers: Mapping[str, Header] | None = None) -> None:
+        """``flushed`` for many entries (entry id → size, and → sha256 in ``digests`` and
+        → ``Header`` in ``headers`` where known) at once: one transaction, not fsync'd
+        (``commits``)."""
         flushes: dict[str, int] = {}
         with self._changed:
             for entry_id in sizes:
-                entry = self._require(entry_id)
-                if entry.state == JobState.DONE or entry.cancelled:
-                    log.warning("flush of %s after its upload ended is ignored (hold() it "
-                                "before writing again)", entry.path)
+                if self._ended(entry_id):
                     continue
                 task = self._schedule.add(entry_id)
                 task.generation += 1  # a running upload of older bytes stops at its next step
                 task.flushes += 1
+                task.header = headers.get(entry_id) if headers else None
                 flushes[entry_id] = task.flushes
             self._changed.notify_all()
         # Outside the queue's lock: the generation moved first, so a running upload writes
@@ -538,6 +564,21 @@ class UploadQueue:
             if task is None or not task.registering:
                 return task
             self._changed.wait()
+
+    def _ended(self, entry_id: str) -> bool:
+        """Whether a flush of the entry comes after its upload ended (landed or cancelled:
+        ignored, with a warning; KeyError for an unknown entry). A live task that has not
+        landed and is not cancelled answers without reading the journal (the common case:
+        the writer's own file); any other asks the journal's row. Lock held."""
+        task = self._schedule.task(entry_id)
+        if task is not None and task.image is None and not task.cancelled:
+            return False
+        entry = self._require(entry_id)
+        if entry.state == JobState.DONE or entry.cancelled:
+            log.warning("flush of %s after its upload ended is ignored (hold() it before "
+                        "writing again)", entry.path)
+            return True
+        return False
 
     def _flushes(self, entry_id: str) -> int:
         """How many flushes of the entry this process saw (read without the lock: an int,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from pictofs.core.upload.journal import Entry, Journal
-from pictofs.core.upload.job import Interrupted, Landed
+from pictofs.core.upload.job import Header, Interrupted, Landed
 from pictofs.model import Image
 
 RATE_WINDOW = 10.0  # seconds of history behind the upload rate
@@ -44,6 +44,7 @@ class Task:
     put_generation: int | None = None  # the generation whose PUT finished in this process
     taken: int = 0  # times a worker took it (tells one run of it from the next)
     trouble: str | None = None  # the last unrecorded failure logged for it (logged once)
+    header: Header | None = None  # what the last flush's Pillow read found (job.Header)
 
     @property
     def busy(self) -> bool:
@@ -334,6 +335,10 @@ class TaskControl:
             if not self._current():
                 raise Interrupted(self._task.entry_id)
             self._task.registering = True
+
+    def header(self) -> Header | None:
+        with self._changed:
+            return self._task.header
 
     def end_register(self, landed: Landed | None) -> None:
         with self._changed:
