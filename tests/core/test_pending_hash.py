@@ -24,6 +24,7 @@ def test_the_sha256_is_that_of_the_bytes_on_disk(tmp_path: Path, writes: str) ->
     rng = random.Random(writes)
     data = rng.randbytes(300_000)
     chunks = [(offset, data[offset:offset + 65_536]) for offset in range(0, len(data), 65_536)]
+    (tmp_path / "staged").touch()  # a staged file's staging file is made by its create
     pending = Pending("/a.jpg", tmp_path / "staged", "entry", mtime=0.0)
     try:
         if writes == "reversed":
@@ -51,6 +52,7 @@ def test_the_sha256_is_that_of_the_bytes_on_disk(tmp_path: Path, writes: str) ->
 
 
 def test_writes_in_order_are_hashed_without_reading_the_file(tmp_path: Path) -> None:
+    (tmp_path / "staged").touch()  # a staged file's staging file is made by its create
     pending = Pending("/a.jpg", tmp_path / "staged", "entry", mtime=0.0)
     try:
         pending.pwrite(b"abc", 0)

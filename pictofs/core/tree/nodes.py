@@ -405,6 +405,12 @@ class PendingFile(Node):
         else:
             pending = self.pending
             pending.opens += 1
+            if not pending.local:  # a staged file: opened now, while its bytes are surely
+                try:               # there (its landing removes them)
+                    pending.descriptor()
+                except OSError:
+                    pending.opens -= 1
+                    raise
         return self.tree.add_handle(self.path, self.side, pending=pending), False
 
     def truncate(self, length: int) -> None:

@@ -58,9 +58,13 @@ class Pending:
         return self.entry_id is None
 
     def descriptor(self) -> int:
+        """The file's descriptor, opened if need be. A local file is made here; a staged
+        file's staging file is made by the create and removed once its upload lands, so it
+        is never made again: a read that comes too late gets ``ENOENT``, not empty bytes."""
         with self.io_lock:
             if self.fd is None:
-                self.fd = os.open(self.file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if self.local else 0)
+                self.fd = os.open(self.file, flags, 0o600)
             return self.fd
 
     def close_descriptor(self) -> None:

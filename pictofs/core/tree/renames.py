@@ -154,6 +154,8 @@ class Renamer:
             self.writes.flush(pending)
             if pending.opens == 0:
                 self.writes.queue.schedule(entry_id)
+        if pending.opens == 0:
+            pending.close_descriptor()  # closed and waiting: no descriptor held (release)
 
     def _restore_held(self, pending: Pending) -> None:
         """A local name renamed back to the path of the image it holds: the image returns

@@ -401,6 +401,7 @@ class WriteLayer(LocalNames):
             return
         if pending.local or pending.entry_id is None:
             self.record_local(pending)  # its mtime now, for the next mount
+            pending.close_descriptor()  # reopened by the next open (sidecars may be many)
             return
         if not pending.written:
             if pending.replaced_id is not None:  # opened for writing, closed unwritten
@@ -408,6 +409,9 @@ class WriteLayer(LocalNames):
             return
         if pending.size > 0:
             self.queue.schedule(pending.entry_id)
+        # A closed file waiting for its upload holds no descriptor: thousands may wait
+        # (uploads held back, a slow or distant service), more than a process may open.
+        pending.close_descriptor()
 
     def _copy_image_into(self, image: Image, pending: Pending) -> None:
         reader = self.downloader.open(image.id, image.file_size)
