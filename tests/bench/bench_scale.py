@@ -44,38 +44,20 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent.parent))
 
 import requests  # noqa: E402
+from bench_read import force_unmount, isolate_environment, load_average, log, timed  # noqa: E402
 from harness import ServerHandle, start_server, stop_server  # noqa: E402
 from imagegen import sized_jpeg  # noqa: E402
 
 from pictofs.api import Client  # noqa: E402
-from pictofs.fs.fuse_session import abort_connection  # noqa: E402
 
 API = "/api/v1/developer"
 DIR_CACHE_TIME = "10m"
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def timed(action: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    action()
-    return time.perf_counter() - start
-
-
-def load_average() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "unknown"
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -199,8 +181,7 @@ class Bench:
     def umount(self, mountpoint: Path) -> None:
         self.mounts.remove(mountpoint)
         if self.pictofs("umount", str(mountpoint)).returncode != 0:
-            abort_connection(str(mountpoint))
-            subprocess.run(["fusermount3", "-uz", str(mountpoint)], capture_output=True)
+            force_unmount(mountpoint)
 
     def close(self) -> None:
         for mountpoint in list(self.mounts):
@@ -306,18 +287,6 @@ def report(bench: Bench, markdown: bool) -> str:
         widths = [max(len(x) for x in column) for column in zip(head, *lines)]
         out = ["  ".join(x.ljust(w) for x, w in zip(line, widths)) for line in [head, *lines]]
     return "\n".join(out + [""] + [f"- {note}" for note in bench.notes])
-
-
-def isolate_environment(root: Path) -> None:
-    for name, sub in (("HOME", "home"), ("XDG_CACHE_HOME", "xdg-cache"),
-                      ("XDG_STATE_HOME", "xdg-state"), ("XDG_DATA_HOME", "xdg-data"),
-                      ("XDG_CONFIG_HOME", "xdg-config"), ("XDG_RUNTIME_DIR", "xdg-run")):
-        path = root / sub
-        path.mkdir(mode=0o700)
-        os.environ[name] = str(path)
-    for name in list(os.environ):
-        if name.startswith(("PICTOGRAPH_", "PICTOFS_")):
-            del os.environ[name]
 
 
 def main(argv: list[str] | None = None) -> int:
