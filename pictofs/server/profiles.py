@@ -67,8 +67,7 @@ class Profile:
         service."""
         if not self.sdk_fields_only:
             return folder
-        out = {("project_id" if k == "dataset_id" else k): v for k, v in folder.items()}
-        return out
+        return {("project_id" if k == "dataset_id" else k): v for k, v in folder.items()}
 
     def folder_written(self, folder: dict[str, Any]) -> dict[str, Any]:
         """The folder a create or rename answers: ``directory_path`` instead of
