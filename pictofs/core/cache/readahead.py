@@ -63,11 +63,9 @@ class ReadAhead:
         self.deepest = max(self.depth, DEEPEST)
         self._listing = listing
         # guards _read_through (folder → name of the image read through last, oldest folder
-        # first), _orders (folder → (the listing, its size then, its names sorted)) and
-        # _depths (folder → the depth of its pass, where latency deepened it)
+        # first) and _depths (folder → the depth of its pass, where latency deepened it)
         self._lock = threading.Lock()
         self._read_through: OrderedDict[str, str] = OrderedDict()
-        self._orders: dict[str, tuple[FolderListing, int, list[str]]] = {}
         self._depths: dict[str, int] = {}
 
     def note_read_through(self, path: str) -> None:
@@ -80,7 +78,6 @@ class ReadAhead:
             self._read_through.move_to_end(folder)
             while len(self._read_through) > FOLDERS_REMEMBERED:
                 forgotten, _name = self._read_through.popitem(last=False)
-                self._orders.pop(forgotten, None)
                 self._depths.pop(forgotten, None)
 
     def images_after(self, path: str, caught_up: bool = False) -> list[Image]:
@@ -98,7 +95,7 @@ class ReadAhead:
         if listing is None:
             self._end_pass(folder)
             return []
-        names = self._sorted_names(folder, listing)
+        names = listing.image_names()
         at = bisect_left(names, name)
         if at == 0 or at == len(names) or names[at] != name or names[at - 1] != previous:
             self._end_pass(folder)
@@ -122,19 +119,6 @@ class ReadAhead:
     def _end_pass(self, folder: str) -> None:
         with self._lock:
             self._depths.pop(folder, None)
-
-    def _sorted_names(self, folder: str, listing: FolderListing) -> list[str]:
-        """The listing's image names in order, sorted once per listing (a listing gains a
-        name in place when this mount creates an image: its size tells)."""
-        with self._lock:
-            known = self._orders.get(folder)
-        if known is not None and known[0] is listing and known[1] == len(listing.images):
-            return known[2]
-        images = dict(listing.images)  # a copy: another thread may add to it
-        names = sorted(images)
-        with self._lock:
-            self._orders[folder] = (listing, len(images), names)
-        return names
 
 
 def memory_low() -> bool:

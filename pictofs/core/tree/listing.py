@@ -42,6 +42,31 @@ class FolderListing:
     folders: dict[str, Folder] = field(default_factory=dict)
     complete: bool = True
     fetched_at: float = 0.0
+    # (its size then, the names sorted) of images and of folders, for the readers that walk
+    # a folder in name order (read-ahead, listing ahead)
+    _sorted_images: tuple[int, list[str]] = field(default=(-1, []), repr=False,
+                                                  compare=False)
+    _sorted_folders: tuple[int, list[str]] = field(default=(-1, []), repr=False,
+                                                   compare=False)
+
+    def image_names(self) -> list[str]:
+        """The image names in order, sorted once per listing (a listing gains a name in
+        place when this mount creates an image: its size tells)."""
+        size, names = self._sorted_images
+        if size != len(self.images):
+            images = dict(self.images)  # a copy: another thread may add to it
+            names = sorted(images)
+            self._sorted_images = (len(images), names)  # one assignment: atomic
+        return names
+
+    def folder_names(self) -> list[str]:
+        """The subfolder names in order, sorted once per listing (as ``image_names``)."""
+        size, names = self._sorted_folders
+        if size != len(self.folders):
+            folders = dict(self.folders)
+            names = sorted(folders)
+            self._sorted_folders = (len(folders), names)
+        return names
 
 
 @dataclass

@@ -148,10 +148,8 @@ class DatasetView:
         self.dataset = dataset
         self.ttl = dir_cache_time
         self.clock = clock
-        # _lock guards _listings, _children, _lookups, _asked, _changes, _ahead, _sorted and
-        # _pool.
+        # _lock guards _listings, _children, _lookups, _asked, _changes, _ahead and _pool.
         self._lock = threading.Lock()
-        self._sorted: dict[str, tuple[FolderListing, int, list[str]]] = {}  # parent → names
         self._ahead: dict[str, Future[FolderListing]] = {}  # folders being listed ahead
         self._pool: ThreadPoolExecutor | None = None  # made at the first listing ahead
         self._closed = False
@@ -184,7 +182,6 @@ class DatasetView:
             self._children.clear()
             self._lookups.clear()
             self._asked.clear()
-            self._sorted.clear()
 
     def _fresh(self, at: float) -> bool:
         return self.clock() - at < self.ttl
@@ -272,7 +269,7 @@ class DatasetView:
         siblings = self.cached_listing(parent)
         if siblings is None or len(siblings.folders) < 3:
             return
-        names = self._folder_names(parent, siblings)
+        names = siblings.folder_names()
         at = bisect_left(names, name)
         if at == 0 or at == len(names) or names[at] != name:
             return
@@ -285,19 +282,6 @@ class DatasetView:
                 continue
             if not self._start_ahead(join_path(parent, sibling)):
                 return
-
-    def _folder_names(self, parent: str, listing: FolderListing) -> list[str]:
-        """The listing's subfolder names in order, sorted once per listing (a listing gains
-        a folder in place when this mount makes one: its size tells)."""
-        with self._lock:
-            known = self._sorted.get(parent)
-        if known is not None and known[0] is listing and known[1] == len(listing.folders):
-            return known[2]
-        folders = dict(listing.folders)  # a copy: another thread may add to it
-        names = sorted(folders)
-        with self._lock:
-            self._sorted[parent] = (listing, len(folders), names)
-        return names
 
     def _start_ahead(self, path: str) -> bool:
         """List ``path`` in the background unless it is fresh or on its way; False when
