@@ -408,8 +408,12 @@ class PendingFile(Node):
             if not pending.local:  # a staged file: opened now, while its bytes are surely
                 try:               # there (its landing removes them)
                     pending.descriptor()
-                except OSError:
+                except OSError as exc:
                     pending.opens -= 1
+                    if isinstance(exc, FileNotFoundError) and pending.removed:
+                        # it landed (or went) since the lookup: the path shows the image
+                        # now (its staging file goes only after the image is shown)
+                        return self.tree.resolve(self.path).open(flags)
                     raise
         return self.tree.add_handle(self.path, self.side, pending=pending), False
 

@@ -59,8 +59,9 @@ class Pending:
 
     def descriptor(self) -> int:
         """The file's descriptor, opened if need be. A local file is made here; a staged
-        file's staging file is made by the create and removed once its upload lands, so it
-        is never made again: a read that comes too late gets ``ENOENT``, not empty bytes."""
+        file's staging file is made by the create and removed once its upload landed and the
+        image is shown in its place, so it is never made again: an open that comes too late
+        gets ``ENOENT`` (``PendingFile.open`` then opens the image), never empty bytes."""
         with self.io_lock:
             if self.fd is None:
                 flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if self.local else 0)

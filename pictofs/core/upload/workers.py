@@ -348,8 +348,9 @@ class Workers:
 
     def _after_landed(self, task: Task, entry: Entry, landed: Landed) -> bool:
         """Record a landing; whether to report it to the caller (``_report_landed``): not
-        when the entry was cancelled meanwhile."""
-        self._journal.remove_staging_file(task.entry_id, sync=False)  # done: see resume()
+        when the entry was cancelled meanwhile. A reported entry's staging file goes after
+        the report (``_report_landed``): until the caller has shown the image in its place,
+        an open of the file it still shows finds the bytes."""
         image = landed.image
         with self._changed:
             if self._schedule.key_works():
@@ -366,6 +367,8 @@ class Workers:
             prune = self._prune_due()
             self._changed.notify_all()
             cancelled = task.cancelled
+        if cancelled:
+            self._journal.remove_staging_file(task.entry_id, sync=False)  # done: see resume()
         if prune:
             try:
                 self._journal.delete_done(before=time.time() - DONE_KEEP)
@@ -392,9 +395,13 @@ class Workers:
                 for entry_id, image in landed:
                     self._callback(self._callbacks.on_registered, entry_id, image)
         finally:
-            with self._changed:
-                self._schedule.reporting -= len(landed)
-                self._changed.notify_all()
+            try:
+                for entry_id, _image in landed:  # done: a restart removes any left (resume())
+                    self._journal.remove_staging_file(entry_id, sync=False)
+            finally:
+                with self._changed:
+                    self._schedule.reporting -= len(landed)
+                    self._changed.notify_all()
 
     def _after_interrupt(self, task: Task) -> None:
         with self._changed:
