@@ -5,7 +5,10 @@ Code calls ``fault_point("after_put")`` at a step boundary. When the environment
 ``kill -9`` would, so tests hit an exact step instead of racing a timed kill.
 
 Syntax: comma-separated rules ``crash:NAME`` (first time the point is reached) or
-``crash:NAME:N`` (the N-th time). Unset, ``fault_point`` costs one dict lookup.
+``crash:NAME:N`` (the N-th time). A batch of uploads reaches a point together:
+``fault_point(NAME, count=K)`` counts K arrivals at once, so ``crash:after_put:3`` crashes
+once the third upload has been sent, whether uploads go one by one or in batches. Unset,
+``fault_point`` costs one dict lookup.
 """
 
 from __future__ import annotations
@@ -30,17 +33,18 @@ def _rules() -> dict[str, int]:
     return rules
 
 
-def fault_point(name: str) -> None:
-    """Crash here (SIGKILL) if ``PICTOFS_FAULT`` asks for it."""
+def fault_point(name: str, count: int = 1) -> None:
+    """Crash here (SIGKILL) if ``PICTOFS_FAULT`` asks for it: ``count`` arrivals at once
+    (the members of a batch)."""
     if "PICTOFS_FAULT" not in os.environ:
         return
     target = _rules().get(name)
     if target is None:
         return
     with _lock:
-        _hits[name] = _hits.get(name, 0) + 1
-        hit = _hits[name]
-    if hit == target:
+        before = _hits.get(name, 0)
+        _hits[name] = hit = before + count
+    if before < target <= hit:
         log.warning("fault injection: crashing at %s (hit %d)", name, hit)
         for handler in logging.getLogger().handlers:
             handler.flush()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from requests.utils import super_len
 
 from harness import ServerHandle
 from imagegen import png_bytes
@@ -164,6 +165,103 @@ def test_with_parallel_puts_a_folder_goes_out_in_one_batch_its_puts_side_by_side
     assert len(b.registered) == 40 and not b.failures
     assert names(client, dataset, "/p") == {name: len(data) for name, data in files.items()}
     assert b.journal.staging_names() == []
+
+
+def test_a_member_moved_while_its_batch_waits_for_a_slot_lands_where_it_went(
+        batches, bulk_remote, client, dataset, monkeypatch) -> None:
+    """Two batches hold both slots (their upload-url calls wait); a third folder's batch is
+    taken and waits for a slot; one of its members is moved to another folder meanwhile
+    (``mv`` on the mount). It must land in the folder it was moved to, and the rest of its
+    batch where they were: a batch is one folder."""
+    b = batches(transfers=3, batch=50, parallel_puts=True)
+    request_uploads = bulk_remote.request_uploads
+    gate, entered = threading.Event(), threading.Semaphore(0)
+
+    def held(dataset_id: str, folder: str, items: Any) -> Any:
+        if folder in ("/x1", "/x2"):
+            entered.release()
+            assert gate.wait(WAIT)
+        return request_uploads(dataset_id, folder, items)
+
+    monkeypatch.setattr(bulk_remote, "request_uploads", held)
+    first = [b.stage(folder, f"x{n}.png", png_bytes(600 + n + (10 if folder == "/x2" else 0)))
+             for folder in ("/x1", "/x2") for n in range(3)]
+    b.release(first)
+    assert entered.acquire(timeout=WAIT) and entered.acquire(timeout=WAIT)  # both slots held
+    waiting = [b.stage("/y", f"y{n}.png", png_bytes(700 + n)) for n in range(3)]
+    b.release(waiting)
+    deadline = time.monotonic() + WAIT
+    while b.queue.stats().in_flight < 9 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert b.queue.stats().in_flight == 9, "the third batch was not taken"
+    assert b.queue.retarget(waiting[0], "/z", "moved.png") is None  # not registered yet
+    gate.set()
+    b.settle()
+
+    assert not b.failures
+    assert names(client, dataset, "/z") == {"moved.png": len(png_bytes(700))}
+    assert sorted(names(client, dataset, "/y")) == ["y1.png", "y2.png"]
+    assert b.registered[waiting[0]].path == "/z/moved.png"
+
+
+class CutWhileSent:
+    """A PUT body whose file a writer rewrites shorter (``O_TRUNC``, new bytes) once the
+    request is under way: ``cut`` runs at the first read, after requests took the length."""
+
+    def __init__(self, data: Any, cut: Callable[[], None]) -> None:
+        self._data, self._cut, self._length = data, cut, super_len(data)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(1 << 16):
+            yield chunk
+
+    def read(self, n: int = -1) -> bytes:
+        if self._cut is not None:
+            cut, self._cut = self._cut, None
+            cut()
+        return self._data.read(n)
+
+
+def test_a_member_written_shorter_during_its_put_ends_that_put_at_once(
+        batches, bulk_remote, client, dataset, monkeypatch) -> None:
+    """A batch member's file is opened with ``O_TRUNC`` and written shorter while its PUT
+    streams it: the PUT ends at once (the service would otherwise wait for the bytes the
+    Content-Length promised until the read timeout, minutes, with the batch stuck), and the
+    new bytes land once the writer closes the file."""
+    b = batches(transfers=1, batch=10, parallel_puts=True)
+    old, new = png_bytes(900, (96, 96)), png_bytes(901)
+    assert len(new) < len(old)
+    ids = {name: b.stage("/s", name, old if name == "s0.png" else png_bytes(910 + n))
+           for n, name in enumerate(["s0.png", "s1.png", "s2.png"])}
+    target = str(b.queue.staging_path(ids["s0.png"]))
+    session = bulk_remote.transport._session
+    put = session.put
+    rewritten = threading.Event()
+
+    def rewrite() -> None:  # the writer's open (a hold), then its write
+        b.queue.hold(ids["s0.png"])
+        Path(target).write_bytes(new)
+        rewritten.set()
+
+    def cut_while_sent(url: str, data: Any = None, **kwargs: Any) -> Any:
+        name = getattr(getattr(data, "_file", data), "name", None)
+        if name == target and not rewritten.is_set():
+            data = CutWhileSent(data, rewrite)
+        return put(url, data=data, **kwargs)
+
+    monkeypatch.setattr(session, "put", cut_while_sent)
+    b.release(list(ids.values()))
+    assert rewritten.wait(WAIT)
+    b.queue.flushed(ids["s0.png"], len(new))  # the writer's close
+    b.queue.schedule(ids["s0.png"], 0.0)
+    b.settle()
+
+    assert not b.failures
+    assert names(client, dataset, "/s") == {"s0.png": len(new), "s1.png": len(png_bytes(911)),
+                                            "s2.png": len(png_bytes(912))}
 
 
 def put_and_register_spies(monkeypatch, bulk_remote: BulkApiRemote,  # type: ignore[no-untyped-def]

@@ -60,6 +60,7 @@ class Writer:
     counts: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     made: int = 0
+    doing: str = ""  # the step under way, for the error
 
     def __post_init__(self) -> None:
         self.rng = random.Random(SEED * 1000 + self.number)
@@ -94,15 +95,17 @@ class Writer:
             while time.monotonic() < self.deadline:
                 self.one_step()
         except Exception as exc:  # reported by the test
-            self.errors.append(f"writer {self.number}: {exc!r}")
+            self.errors.append(f"writer {self.number}, {self.doing}: {exc!r}")
 
     def one_step(self) -> None:
+        self.doing = "choosing"
         roll = self.rng.random()
         mine = sorted(self.files)
         if roll < 0.55 or len(mine) < 4:
             op = "create"
             rel = self.new_name(sub=self.rng.random() < 0.3)
             data = self.blob(rel)
+            self.doing = f"{op} {rel}"
             self.write(rel, data, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             self.files[rel] = data
         elif roll < 0.70:
@@ -110,6 +113,7 @@ class Writer:
             rel = self.rng.choice(mine)
             self.made += 1
             data = self.blob(rel)
+            self.doing = f"{op} {rel}"
             self.write(rel, data, os.O_WRONLY | os.O_TRUNC)
             self.files[rel] = data
         elif roll < 0.80:
@@ -118,6 +122,7 @@ class Writer:
             folder, _, name = rel.rpartition("/")
             self.made += 1
             new = f"{folder}/r{self.made:05d}{os.path.splitext(name)[1]}"
+            self.doing = f"{op} {rel} to {new}"
             os.rename(self.root / rel, self.root / new)
             self.files[new] = self.files.pop(rel)
         elif roll < 0.88:
@@ -125,11 +130,13 @@ class Writer:
             rel = self.rng.choice(mine)
             folder, _, name = rel.rpartition("/")
             other = self.folder if folder.endswith("/sub") else f"{self.folder}/sub"
+            self.doing = f"{op} {rel} to {other}/"
             os.rename(self.root / rel, self.root / other / name)
             self.files[f"{other}/{name}"] = self.files.pop(rel)
         else:
             op = "delete"
             rel = self.rng.choice(mine)
+            self.doing = f"{op} {rel}"
             os.unlink(self.root / rel)
             del self.files[rel]
         self.counts[op] = self.counts.get(op, 0) + 1

@@ -166,7 +166,7 @@ class BatchJob:
         live = self._checkpoint(live, outcomes)
         if not live:
             return live
-        fault_point("before_upload_url")
+        fault_point("before_upload_url", len(live))
         folder = live[0].entry.folder
         try:
             tickets = self._remote.request_uploads(
@@ -223,7 +223,7 @@ class BatchJob:
         for member in sent:
             member.control.mark_put()
         if sent:
-            fault_point("after_put")
+            fault_point("after_put", len(sent))
         return sent
 
     def _put(self, member: _Member) -> None:
@@ -243,13 +243,10 @@ class BatchJob:
             self._send(member)
 
     def _send(self, member: _Member) -> None:
-        """One PUT: a staging file by its path; a source checked as it is sent."""
+        """One PUT, as the single job sends it (``job.send_bytes``): a staging file cut
+        shorter meanwhile ends it at once, a source is checked as it is sent."""
         assert member.ticket is not None
-        staged = member.staged
-        if staged.source_mtime_ns is None:
-            self._remote.put_upload(member.ticket, staged.path, staged.size)
-        else:
-            send_bytes(self._remote, member.ticket, staged, member.entry.id)
+        send_bytes(self._remote, member.ticket, member.staged, member.entry.id)
 
     def _register_all(self, live: list[_Member], outcomes: dict[str, MemberOutcome]) -> None:
         registering = []
@@ -275,7 +272,7 @@ class BatchJob:
                 else:
                     outcomes[member.entry.id] = outcome
             if landed:
-                fault_point("after_register")
+                fault_point("after_register", len(landed))
                 self._journal.record_registered_many(
                     {entry_id: landing.image.id for entry_id, landing in landed.items()})
                 for member in registering:  # HEIC stored as .png: which image it became

@@ -295,14 +295,25 @@ class Workers:
             self._batch_slots.release()
 
     def _run_batch_now(self, tasks: list[Task]) -> None:
-        members = []
+        """Run the batch's members that are still alike: the same folder, distinct names,
+        fresh. One renamed, moved, written over or removed since it was taken (while the
+        batch waited for a slot) goes back to the queue, as after an interrupt."""
+        members, gone, strays = [], [], []
+        names: set[str] = set()
         for task in tasks:
-            entry = self._journal.get(task.entry_id)
+            entry, control = self._begin(task)
             if entry is None:
-                self._end(task)
-                continue
-            control = TaskControl(self._changed, self._journal, task, lambda: self._stopping)
-            members.append((task, entry, control))
+                gone.append(task)
+            elif (not upload_batch.batchable(entry, task) or entry.filename in names
+                  or (members and entry.folder != members[0][1].folder)):
+                strays.append(task)
+            else:
+                names.add(entry.filename)
+                members.append((task, entry, control))
+        for task in gone:
+            self._end(task)
+        for task in strays:
+            self._after_interrupt(task)
         bulk: Any = self._remote  # batch > 1 is only given with a BulkRemote
         job = upload_batch.BatchJob(bulk, self._journal, self._dataset_id, self._senders)
         outcomes = job.run([(entry, control) for _, entry, control in members])
@@ -320,12 +331,19 @@ class Workers:
         finally:  # the members that landed are reported even when a later one raised
             self._report_landed(landed)
 
+    def _begin(self, task: Task) -> tuple[Entry | None, TaskControl]:
+        """The run's control and the entry as of its generation, read together under the
+        queue's lock: a rename, hold or cancel moves the generation and writes the journal
+        under that lock, so the run never starts from a name older than its control."""
+        with self._changed:
+            control = TaskControl(self._changed, self._journal, task, lambda: self._stopping)
+            return self._journal.get(task.entry_id), control
+
     def _run(self, task: Task) -> None:
-        entry = self._journal.get(task.entry_id)
+        entry, control = self._begin(task)
         if entry is None:
             self._end(task)
             return
-        control = TaskControl(self._changed, self._journal, task, lambda: self._stopping)
         job = UploadJob(self._remote, self._journal, self._dataset_id, control)
         try:
             if task.cancelled:
