@@ -88,7 +88,8 @@ class WriteLayer(LocalNames):
                                  transfers=options.transfers, write_back=options.write_back,
                                  retry_max_wait=options.retry_max_wait,
                                  on_registered=self._registered, on_failed=self._failed,
-                                 batch=options.batch, commit_interval=options.commit_interval)
+                                 batch=options.batch, parallel_puts=True,
+                                 commit_interval=options.commit_interval)
         local_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # _lock guards _pending, _by_entry, _local_dirs, _orphans and _mtimes.
         self._lock = threading.RLock()
