@@ -160,12 +160,13 @@ class _OpenDir:
     """An open directory: its path, the rows of the current pass, and the kernel cache's
     generation they were worked out under (``KernelCache.plus_allowed``)."""
 
-    __slots__ = ("path", "rows", "generation")
+    __slots__ = ("path", "rows", "generation", "release")
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, release: Callable[[], None]) -> None:
         self.path = path
         self.rows: list[DirRow] | None = None
         self.generation = 0
+        self.release = release  # lets the folder's listing go (``Vfs.hold_dir``)
 
 
 class PictoOperations(Operations):
@@ -270,10 +271,11 @@ class PictoOperations(Operations):
     @translated
     def opendir(self, path: str) -> int:
         self.vfs.getattr(path)
+        release = self.vfs.hold_dir(path)
         with self._lock:
             handle = self._next_dir
             self._next_dir += 1
-            self._dirs[handle] = _OpenDir(path)
+            self._dirs[handle] = _OpenDir(path, release)
         return handle
 
     @translated
@@ -335,7 +337,9 @@ class PictoOperations(Operations):
     @translated
     def releasedir(self, path: str | None, fh: int) -> int:
         with self._lock:
-            self._dirs.pop(fh, None)
+            opened = self._dirs.pop(fh, None)
+        if opened is not None:
+            opened.release()
         return 0
 
     # -------------------------------------------------------------------- files

@@ -191,13 +191,23 @@ class DatasetFolder(Node):
         pending files and local folders of this mount laid over it. Rows from a listing
         still kept, with no change noted while they were worked out, are valid while it
         stays fresh; the others may change at any moment."""
-        side, folder, tree = self.side, self.inner, self.tree
-        writes, view = side.writes, side.view
-        dir_cache_time = tree.options.dir_cache_time
+        writes, view, folder = self.side.writes, self.side.view, self.inner
         # the pending files before the listing: one that lands while the listing is fetched
         # is then in one of the two, never in neither
         pendings = writes.pending_in(folder)
         changes = view.changes_in(folder)
+        view.hold(folder)  # the budget keeps the listing while the rows are worked out
+        try:
+            return self._rows(pendings, changes)
+        finally:
+            view.release(folder)
+
+    def _rows(self, pendings: dict[str, Pending], changes: int) -> Rows:
+        """The rows of ``readdir``, from the pending files and the change count read
+        before the listing."""
+        side, folder, tree = self.side, self.inner, self.tree
+        writes, view = side.writes, side.view
+        dir_cache_time = tree.options.dir_cache_time
         rows: dict[str, tuple[dict[str, Any], float]] = {}
         listing = None
         if not writes.is_local_dir(folder):

@@ -29,6 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
+from pictofs.core.tree.budget import ListingBudget
 from pictofs.core.tree.listing import (PAGE_SIZE, FolderListing, NameNotes, fetch_listing,
                                        showable_folders)
 from pictofs.errors import NameTooLong, NotFound, Unavailable
@@ -143,8 +144,11 @@ class _Children:
 
 class DatasetView:
     def __init__(self, remote: Remote, dataset: Dataset, dir_cache_time: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 budget: ListingBudget | None = None) -> None:
+        """``budget``: the mount's bound on the listings kept (shared by its views)."""
         self.remote = remote
+        self.budget = budget if budget is not None else ListingBudget()
         self.dataset = dataset
         self.ttl = dir_cache_time
         self.clock = clock
@@ -182,6 +186,21 @@ class DatasetView:
             self._children.clear()
             self._lookups.clear()
             self._asked.clear()
+        self.budget.dropped_all(self)
+
+    def evict(self, path: str, listing: FolderListing) -> None:
+        """The budget drops ``listing`` (``ListingBudget``): forgotten if it is still the
+        one held for ``path``; the folder is listed again on its next use."""
+        with self._lock:
+            if self._listings.get(path) is listing:
+                del self._listings[path]
+
+    def hold(self, path: str) -> None:
+        """A reader uses the listing of ``path``: the budget keeps it until ``release``."""
+        self.budget.hold(self, path)
+
+    def release(self, path: str) -> None:
+        self.budget.release(self, path)
 
     def _fresh(self, at: float) -> bool:
         return self.clock() - at < self.ttl
@@ -223,6 +242,7 @@ class DatasetView:
             cached = self._listings.get(path)
             running = self._ahead.get(path)
         if cached is not None and self._fresh(cached.fetched_at):
+            self.budget.used(self, path)
             self._list_ahead(path)
             return cached
         if running is not None:
@@ -252,11 +272,15 @@ class DatasetView:
                 raise
             self.names.note(hidden)
             with self._lock:
-                if self._changes.get(path, 0) == before:
+                kept = self._changes.get(path, 0) == before
+                if kept:
                     self._listings[path] = listing
                     self._children[path] = _Children(listing.folders, listing.fetched_at)
                     self._asked.pop(path, None)
-                    return listing
+            if kept:
+                self.budget.kept(self, path, listing)
+                return listing
+            with self._lock:
                 before = self._changes.get(path, 0)  # noted meanwhile: ask again
         return listing  # changing all along: this answer, kept for no one
 
@@ -491,18 +515,20 @@ class DatasetView:
         per file)."""
         parent, name = split_path(path)
         entry = folder or Folder(id="", dataset_id=self.dataset_id, name=name, full_path=path)
+        empty = FolderListing(path, fetched_at=self.clock()) if new else None
         with self._lock:
             self._changes[parent] = self._changes.get(parent, 0) + 1
-            if new:
-                now = self.clock()
-                self._listings[path] = FolderListing(path, fetched_at=now)
-                self._children[path] = _Children({}, now)
+            if empty is not None:
+                self._listings[path] = empty
+                self._children[path] = _Children({}, empty.fetched_at)
             listing = self._listings.get(parent)
             if listing is not None:
                 listing.folders[name] = entry
             children = self._children.get(parent)
             if children is not None:
                 children.folders[name] = entry
+        if empty is not None:
+            self.budget.kept(self, path, empty)
         self.on_change([path, parent])
 
     def note_folder_gone(self, path: str) -> None:
@@ -517,10 +543,13 @@ class DatasetView:
             children = self._children.get(parent)
             if children is not None:
                 children.folders.pop(name, None)
-            for table in (self._listings, self._children):
-                for key in [k for k in table if k == path or k.startswith(prefix)]:
-                    del table[key]
+            gone = [k for k in self._listings if k == path or k.startswith(prefix)]
+            for key in gone:
+                del self._listings[key]
+            for key in [k for k in self._children if k == path or k.startswith(prefix)]:
+                del self._children[key]
             for key in [k for k in self._lookups if k[0] == path or k[0].startswith(prefix)]:
                 del self._lookups[key]
+        self.budget.dropped(self, gone)
         self.on_folder_gone(path)
         self.on_change([parent])
