@@ -51,7 +51,7 @@ from pictofs.remote import Remote
 
 log = logging.getLogger(__name__)
 
-STAT_CACHE_SIZE = 100_000  # images whose stat dict is kept (some 60 MB at most)
+STAT_CACHE_SIZE = 10_000  # images whose stat dict is kept apart from the rows of listings
 
 
 @dataclass(frozen=True)
@@ -515,6 +515,7 @@ class Vfs:
             target: Pending | Image | None = handle.pending or handle.image
             assert target is not None
             self._writes(handle.dataset, "utimens").set_mtime(target, when)
+            handle.dataset.view.note_mtime()  # after: rows worked out meanwhile go
             return
         assert path is not None
         node = self.resolve(path)
@@ -522,6 +523,8 @@ class Vfs:
             return  # folders keep their creation time
         self._writes(node.dataset, "utimens")
         node.set_mtime(when)
+        if node.dataset is not None:
+            node.dataset.view.note_mtime()
 
     # --------------------------------------------------------- extended attributes
 

@@ -27,7 +27,7 @@ import time
 from bisect import bisect_left
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from pictofs.core.tree.budget import ListingBudget
 from pictofs.core.tree.listing import (PAGE_SIZE, FolderListing, NameNotes, fetch_listing,
@@ -80,6 +80,7 @@ class WrittenNames:
         self._lock = threading.Lock()
         self._by_name: dict[tuple[str, str], str] = {}
         self._by_image: dict[str, tuple[str, str]] = {}
+        self.version = 0  # counts the changes: rows worked out before one are not reused
 
     def remember(self, folder: str, name: str, image_id: str) -> None:
         """One name per image: one it had before (a rename) is forgotten."""
@@ -92,6 +93,7 @@ class WrittenNames:
                 del self._by_name[before]
             self._by_name[(folder, name)] = image_id
             self._by_image[image_id] = (folder, name)
+            self.version += 1
 
     def move_folder(self, old: str, new: str) -> None:
         """Folder ``old`` is ``new`` now: so are the names remembered in it and below."""
@@ -103,6 +105,7 @@ class WrittenNames:
                 key = (new + folder[len(old):], name)
                 self._by_name[key] = image_id
                 self._by_image[image_id] = key
+            self.version += 1
 
     def image_at(self, folder: str, name: str) -> str | None:
         """The id of the image ``name`` written in ``folder`` became, if remembered."""
@@ -142,6 +145,10 @@ class _Children:
     at: float
 
 
+Stamp = tuple[int, int, int]  # what rows of a folder were worked out under (``rows_stamp``)
+FileRows = list[tuple[str, dict[str, Any], float]]
+
+
 class DatasetView:
     def __init__(self, remote: Remote, dataset: Dataset, dir_cache_time: float,
                  clock: Callable[[], float] = time.monotonic,
@@ -152,12 +159,17 @@ class DatasetView:
         self.dataset = dataset
         self.ttl = dir_cache_time
         self.clock = clock
-        # _lock guards _listings, _children, _lookups, _asked, _changes, _ahead and _pool.
+        # _lock guards _listings, _rows, _children, _lookups, _asked, _changes, _ahead, _pool
+        # and _mtimes_set.
         self._lock = threading.Lock()
         self._ahead: dict[str, Future[FolderListing]] = {}  # folders being listed ahead
         self._pool: ThreadPoolExecutor | None = None  # made at the first listing ahead
         self._closed = False
         self._listings: dict[str, FolderListing] = {}
+        # folder → (its listing, the stamp, the image rows worked out from them): an ``ls``
+        # of an unchanged folder reuses them (``kept_rows``)
+        self._rows: dict[str, tuple[FolderListing, Stamp, FileRows]] = {}
+        self._mtimes_set = 0  # mtimes a writer set on images (``note_mtime``)
         self._children: dict[str, _Children] = {}
         self._lookups: dict[tuple[str, str], _Lookup] = {}
         self._asked: dict[str, int] = {}  # folder → image names asked one by one
@@ -183,6 +195,7 @@ class DatasetView:
         """Drop every cached listing and answer (``pictofs refresh``, SIGHUP)."""
         with self._lock:
             self._listings.clear()
+            self._rows.clear()
             self._children.clear()
             self._lookups.clear()
             self._asked.clear()
@@ -194,6 +207,7 @@ class DatasetView:
         with self._lock:
             if self._listings.get(path) is listing:
                 del self._listings[path]
+                self._rows.pop(path, None)
 
     def hold(self, path: str) -> None:
         """A reader uses the listing of ``path``: the budget keeps it until ``release``."""
@@ -275,6 +289,7 @@ class DatasetView:
                 kept = self._changes.get(path, 0) == before
                 if kept:
                     self._listings[path] = listing
+                    self._rows.pop(path, None)
                     self._children[path] = _Children(listing.folders, listing.fetched_at)
                     self._asked.pop(path, None)
             if kept:
@@ -346,6 +361,40 @@ class DatasetView:
         with self._lock:
             cached = self._listings.get(path)
         return cached if cached is not None and self._fresh(cached.fetched_at) else None
+
+    # -------------------------------------------------------------- rows of a folder
+
+    def rows_stamp(self, folder: str) -> Stamp:
+        """What the image rows of ``folder`` depend on besides its listing: the changes this
+        mount noted in it, the names written as another (``WrittenNames``) and the mtimes set
+        on images (``note_mtime``). Rows worked out under one stamp hold while it stays."""
+        with self._lock:
+            return self._changes.get(folder, 0), self.written.version, self._mtimes_set
+
+    def kept_rows(self, folder: str, listing: FolderListing, stamp: Stamp) -> FileRows | None:
+        """The image rows of ``folder`` worked out from ``listing`` under ``stamp``, if
+        kept (read-only: shared by every reader)."""
+        with self._lock:
+            kept = self._rows.get(folder)
+        if kept is not None and kept[0] is listing and kept[1] == stamp:
+            return kept[2]
+        return None
+
+    def keep_rows(self, folder: str, listing: FolderListing, stamp: Stamp,
+                  rows: FileRows) -> None:
+        """Keep the image rows of ``folder`` worked out from ``listing`` under ``stamp``,
+        while that listing is the one held and nothing changed meanwhile; they go with it."""
+        with self._lock:
+            if self._listings.get(folder) is listing and \
+                    stamp == (self._changes.get(folder, 0), self.written.version,
+                              self._mtimes_set):
+                self._rows[folder] = (listing, stamp, rows)
+
+    def note_mtime(self) -> None:
+        """A writer set the mtime of an image (``utimens``): rows worked out before show
+        the old one, and are worked out again."""
+        with self._lock:
+            self._mtimes_set += 1
 
     # ------------------------------------------------------------------------ lookup
 
@@ -546,6 +595,7 @@ class DatasetView:
             gone = [k for k in self._listings if k == path or k.startswith(prefix)]
             for key in gone:
                 del self._listings[key]
+                self._rows.pop(key, None)
             for key in [k for k in self._children if k == path or k.startswith(prefix)]:
                 del self._children[key]
             for key in [k for k in self._lookups if k[0] == path or k[0].startswith(prefix)]:
