@@ -76,7 +76,7 @@ OPTIONS: tuple[Option, ...] = (
            "name order, deepened up to 8 while it waits on the network (0: none)", MOUNT, default="1", type=_count, metavar="N"),
     Option("listing-cache-images", "listed images kept in memory across the mount's "
            "folder listings (each some 700 bytes); past it the least recently used folders "
-           "are listed again when next used", MOUNT, default="200000", type=_count,
+           "are listed again when next used", MOUNT, default="100000", type=_count,
            metavar="N"),
     # permissions
     Option("read-only", "mount read-only", MOUNT, default=False, flag=True, type=None),

@@ -307,15 +307,17 @@ class PictoOperations(Operations):
         valid until the same time, as those of one listing are, in one call)."""
         assert self.kept is not None
         prefix = path.rstrip("/") + "/"
-        files: dict[float, list[str]] = {}
+        # deadline → one file valid until then: only the deadline is recorded (a raise
+        # takes back every name), so 100,000 rows cost no 100,000 paths
+        files: dict[float, str] = {}
         for name, found, valid_until in rows:
-            is_dir = stat.S_ISDIR(found["st_mode"])
-            if is_dir or not valid_until:
-                self.kept.handed_out(prefix + name, self._keep_for(valid_until), is_dir=is_dir)
-            else:
-                files.setdefault(valid_until, []).append(prefix + name)
-        for valid_until, paths in files.items():
-            self.kept.handed_out_many(paths, self._keep_for(valid_until))
+            if not valid_until or stat.S_ISDIR(found["st_mode"]):
+                self.kept.handed_out(prefix + name, self._keep_for(valid_until),
+                                     is_dir=stat.S_ISDIR(found["st_mode"]))
+            elif valid_until not in files:
+                files[valid_until] = name
+        for valid_until, name in files.items():
+            self.kept.handed_out_many([prefix + name], self._keep_for(valid_until))
 
     def plus_allowed(self, fh: int) -> bool:
         """Whether this page of an open directory may give the kernel its entries'

@@ -46,7 +46,7 @@ def test_the_least_recently_used_listings_go_and_are_listed_again(small_budget):
         assert set(fs.listdir(folder)) == set(IMAGES)
     assert not cached(vfs, "/a") and not cached(vfs, "/b")  # the oldest went
     assert cached(vfs, "/c") and cached(vfs, "/d")
-    status = vfs.budget.status()
+    status = vfs.status()["listing_cache"]
     assert status["listings_evicted"] >= 2 and status["listed_images"] <= 9, status
     assert set(fs.listdir("/a")) == set(IMAGES)  # listed again, whole
     assert cached(vfs, "/a") and not cached(vfs, "/c")

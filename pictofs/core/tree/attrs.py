@@ -67,6 +67,8 @@ def _ns(seconds: float) -> int:
 
 
 def file_stat(policy: AttrPolicy, size: int, mtime: float) -> dict[str, Any]:
+    """A file's stat dict (kept for every listed image: its three times share one int)."""
+    when = _ns(mtime)
     return {
         "st_mode": statmod.S_IFREG | policy.file_bits,
         "st_nlink": 1,
@@ -75,9 +77,9 @@ def file_stat(policy: AttrPolicy, size: int, mtime: float) -> dict[str, Any]:
         "st_blksize": 131072,
         "st_uid": policy.uid,
         "st_gid": policy.gid,
-        "st_mtime": _ns(mtime),
-        "st_ctime": _ns(mtime),
-        "st_atime": _ns(mtime),
+        "st_mtime": when,
+        "st_ctime": when,
+        "st_atime": when,
     }
 
 

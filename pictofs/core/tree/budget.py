@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from pictofs.core.tree.listing import FolderListing
 
-DEFAULT_LISTING_IMAGES = 200_000  # images (and folders) kept in listings across a mount
+DEFAULT_LISTING_IMAGES = 100_000  # images (and folders) kept in listings across a mount
 
 
 class Evictable(Protocol):

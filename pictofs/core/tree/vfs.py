@@ -584,4 +584,6 @@ class Vfs:
         with self._lock:
             counters = dataclasses.replace(self.counters)
             open_files = len(self._handles)
-        return mount_status(self.dataset_trees(), counters, open_files)
+        # the listings kept in memory (``--listing-cache-images``) and how many were dropped
+        return {**mount_status(self.dataset_trees(), counters, open_files),
+                "listing_cache": self.budget.status()}
