@@ -122,11 +122,16 @@ class ListingBudget:
         victims: list[tuple[Evictable, str, FolderListing]] = []
         if self._total <= self.limit:
             return victims
-        for key in list(self._order)[:-1]:
-            if self._total <= self.limit:
+        last = next(reversed(self._order))
+        excess = self._total - self.limit
+        chosen: list[Key] = []
+        for key, (_view, _listing, size) in self._order.items():  # the oldest first
+            if excess <= 0 or key == last:
                 break
-            if key in self._holds:
-                continue
+            if key not in self._holds:
+                chosen.append(key)
+                excess -= size
+        for key in chosen:
             view, listing, size = self._order.pop(key)
             self._total -= size
             victims.append((view, key[1], listing))
