@@ -19,6 +19,7 @@ import stat
 import threading
 from typing import Any, Callable, TypeVar
 
+from pictofs.core.tree.attrs import FileStat
 from pictofs.core.tree.vfs import Vfs
 from pictofs.errors import PictofsError
 from pictofs.fs.errno_map import errno_for
@@ -90,6 +91,19 @@ def _fill_stat(st: Any, attrs: dict[str, Any]) -> None:
     """``attrs`` (an ``attrs.file_stat``/``dir_stat`` dict, times in nanoseconds) into a
     ``struct stat``: mfusepy's ``set_st_attrs`` for exactly the fields pictofs sets, about
     twice as fast, which counts at 10,000 entries per listing."""
+    if isinstance(attrs, FileStat):  # a file's compact stat: its fields straight in
+        fixed = attrs.fixed
+        st.st_mode = fixed["st_mode"]
+        st.st_nlink = fixed["st_nlink"]
+        st.st_blksize = fixed["st_blksize"]
+        st.st_uid = fixed["st_uid"]
+        st.st_gid = fixed["st_gid"]
+        st.st_size = attrs.st_size
+        st.st_blocks = attrs.st_blocks
+        seconds, nanoseconds = divmod(attrs.st_mtime, 1_000_000_000)
+        for spec in (st.st_atimespec, st.st_mtimespec, st.st_ctimespec):
+            spec.tv_sec, spec.tv_nsec = seconds, nanoseconds
+        return
     try:
         for name in _STAT_FIELDS:
             setattr(st, name, attrs[name])
