@@ -74,6 +74,10 @@ OPTIONS: tuple[Option, ...] = (
            MOUNT, default="30s", type=parse_duration, metavar="DURATION"),
     Option("prefetch", "images downloaded ahead of a program reading a folder's images in "
            "name order, deepened up to 8 while it waits on the network (0: none)", MOUNT, default="1", type=_count, metavar="N"),
+    Option("listing-cache-images", "listed images kept in memory across the mount's "
+           "folder listings (each some 700 bytes); past it the least recently used folders "
+           "are listed again when next used", MOUNT, default="100000", type=_count,
+           metavar="N"),
     # permissions
     Option("read-only", "mount read-only", MOUNT, default=False, flag=True, type=None),
     Option("allow-other", "let other users use the mount (implies default_permissions)",

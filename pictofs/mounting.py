@@ -284,7 +284,8 @@ def build_tree(target: MountTarget, args: argparse.Namespace,
         read_only=args.read_only,
     )
     sides = DatasetTreeBuilder(target, args, remote, state, upload_remote)
-    vfs = Vfs(remote, VfsOptions(policy, args.dir_cache_time, str(state)), sides.build,
+    vfs = Vfs(remote, VfsOptions(policy, args.dir_cache_time, str(state),
+                                 args.listing_cache_images), sides.build,
               dataset=target.dataset, is_online=breaker.allows_requests)
     return BuiltTree(vfs, breaker, api_remote, sides)
 

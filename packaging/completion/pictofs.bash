@@ -11,7 +11,7 @@ _pictofs() {
     case $prev in
         --cache-dir|--data) COMPREPLY=($(compgen -d -- "$cur")); return ;;
         --key-file|--log-file) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-        --base-url|--cache-size|--commit-interval|--create-key|--create-org|--description|--dir-cache-time|--dir-mode|--file-mode|--gid|--host|--local-only-max|--max-delete|--min-free-space|--options|--org|--port|--prefetch|--profile|--retries|--retry-max-wait|--revoke-key|--settle|--storage-host|--storage-port|--timeout|--transfers|--uid|--umask|--write-back|-o) COMPREPLY=(); return ;;
+        --base-url|--cache-size|--commit-interval|--create-key|--create-org|--description|--dir-cache-time|--dir-mode|--file-mode|--gid|--host|--listing-cache-images|--local-only-max|--max-delete|--min-free-space|--options|--org|--port|--prefetch|--profile|--retries|--retry-max-wait|--revoke-key|--settle|--storage-host|--storage-port|--timeout|--transfers|--uid|--umask|--write-back|-o) COMPREPLY=(); return ;;
     esac
     if [[ $key == datasets ]]; then
         if ((COMP_CWORD == 2)); then
@@ -24,7 +24,7 @@ _pictofs() {
         "serve") flags="--create-key --create-org --data --help --host --list-keys --org --port --profile --revoke-key --stop --storage-host --storage-port --verbose -h -v" kinds="" ;;
         "datasets list") flags="--base-url --help --key-file --verbose -h -v" kinds="" ;;
         "datasets create") flags="--base-url --description --exist-ok --help --key-file --verbose -h -v" kinds="none" ;;
-        "mount") flags="--allow-other --base-url --cache-dir --cache-size --commit-interval --dir-cache-time --dir-mode --file-mode --foreground --gid --help --key-file --local-only-max --log-file --min-free-space --options --permanent-delete --prefetch --read-only --refuse-non-images --retries --retry-max-wait --timeout --transfers --uid --umask --verbose --write-back -f -h -o -v" kinds="dir dir" ;;
+        "mount") flags="--allow-other --base-url --cache-dir --cache-size --commit-interval --dir-cache-time --dir-mode --file-mode --foreground --gid --help --key-file --listing-cache-images --local-only-max --log-file --min-free-space --options --permanent-delete --prefetch --read-only --refuse-non-images --retries --retry-max-wait --timeout --transfers --uid --umask --verbose --write-back -f -h -o -v" kinds="dir dir" ;;
         "umount") flags="--force --help --timeout --verbose -h -v" kinds="dir" ;;
         "status") flags="--help --json --verbose -h -v" kinds="dir" ;;
         "sync") flags="--help --timeout --verbose -h -v" kinds="dir" ;;
@@ -44,7 +44,7 @@ _pictofs() {
         if ((skip)); then skip=0; continue; fi
         case $word in
             --*=*) ;;
-            --base-url|--cache-dir|--cache-size|--commit-interval|--create-key|--create-org|--data|--description|--dir-cache-time|--dir-mode|--file-mode|--gid|--host|--key-file|--local-only-max|--log-file|--max-delete|--min-free-space|--options|--org|--port|--prefetch|--profile|--retries|--retry-max-wait|--revoke-key|--settle|--storage-host|--storage-port|--timeout|--transfers|--uid|--umask|--write-back|-o) skip=1 ;;
+            --base-url|--cache-dir|--cache-size|--commit-interval|--create-key|--create-org|--data|--description|--dir-cache-time|--dir-mode|--file-mode|--gid|--host|--key-file|--listing-cache-images|--local-only-max|--log-file|--max-delete|--min-free-space|--options|--org|--port|--prefetch|--profile|--retries|--retry-max-wait|--revoke-key|--settle|--storage-host|--storage-port|--timeout|--transfers|--uid|--umask|--write-back|-o) skip=1 ;;
             -*) ;;
             *) ((n++)) ;;
         esac

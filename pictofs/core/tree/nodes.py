@@ -22,12 +22,13 @@ import dataclasses
 import json
 import logging
 import os
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pictofs.core.tree import attrs, rootnames
 from pictofs.core.tree.archive import ARCHIVE
 from pictofs.core.tree.pending import Pending
-from pictofs.core.tree.view import DatasetView, DirEntry, FileEntry
+from pictofs.core.tree.view import DatasetView, DirEntry, FileEntry, FileRows, Stamp
 from pictofs.errors import (AlreadyExists, InvalidArgument, IsADirectory, NoAttribute,
                             NotADirectory, NotPermitted, ReadOnly, Unavailable, Unsupported,
                             ValueTooLarge)
@@ -36,6 +37,7 @@ from pictofs.model import Image, join_path, parse_timestamp
 if TYPE_CHECKING:
     from pictofs.core.tree.attrs import AttrPolicy
     from pictofs.core.tree.dataset import DatasetTree
+    from pictofs.core.tree.listing import FolderListing
     from pictofs.remote import Remote
 
 log = logging.getLogger(__name__)
@@ -190,42 +192,103 @@ class DatasetFolder(Node):
         """Names with their attributes from one listing (no per-entry request), with the
         pending files and local folders of this mount laid over it. Rows from a listing
         still kept, with no change noted while they were worked out, are valid while it
-        stays fresh; the others may change at any moment."""
-        side, folder, tree = self.side, self.inner, self.tree
-        writes, view = side.writes, side.view
-        dir_cache_time = tree.options.dir_cache_time
+        stays fresh; the others may change at any moment.
+
+        The image rows of a listing are worked out once and kept with it (``kept_rows``)
+        while nothing they show changes (``rows_stamp``: the changes noted in the folder,
+        the names written as another, the mtimes set): a second ``ls`` of a folder of
+        100,000 reuses them. Subfolders, local folders and pending files are laid over
+        them at every ``readdir``."""
+        writes, view, folder = self.side.writes, self.side.view, self.inner
         # the pending files before the listing: one that lands while the listing is fetched
         # is then in one of the two, never in neither
         pendings = writes.pending_in(folder)
-        changes = view.changes_in(folder)
+        stamp = view.rows_stamp(folder)
+        view.hold(folder)  # the budget keeps the listing while the rows are worked out
+        try:
+            listing = None if writes.is_local_dir(folder) else view.listing(folder)
+            files = self._image_rows(listing, stamp) if listing is not None else []
+            others = self._other_rows(listing, pendings)
+            kept = listing is not None and view.cached_listing(folder) is listing \
+                and view.rows_stamp(folder) == stamp
+        finally:
+            view.release(folder)
+        if not kept:  # the listing went, or changed, while the rows were worked out
+            files = [(name, found, 0.0) for name, found, _valid in files]
+            others = {name: (found, 0.0) for name, (found, _valid) in others.items()}
+        return merged(files, others)
+
+    def _image_rows(self, listing: FolderListing, stamp: Stamp) -> FileRows:
+        """The rows of the listing's images (in mount names, sorted): kept ones if they
+        were worked out from this listing under this stamp, else worked out and kept."""
+        side, folder, tree = self.side, self.inner, self.tree
+        writes, view = side.writes, side.view
+        kept = view.kept_rows(folder, listing, stamp)
+        if kept is not None:
+            return kept
+        fetched_until = listing.fetched_at + tree.options.dir_cache_time
         rows: dict[str, tuple[dict[str, Any], float]] = {}
-        listing = None
-        if not writes.is_local_dir(folder):
-            listing = view.listing(folder)
-            fetched_until = listing.fetched_at + dir_cache_time
-            # copies (one C call each, atomic under the GIL): the cached listing is updated
-            # in place by this mount's changes while we iterate
+        # a copy (one C call, atomic under the GIL): the cached listing is updated in place
+        # by this mount's changes while we iterate
+        for name, image in list(listing.images.items()):
+            if not writes.is_hidden(join_path(folder, name)):
+                shown = view.written.shown_name(image)  # x.heic for its x.png
+                rows[name if shown == image.filename else shown] = (
+                    tree.image_attrs(side, image), fetched_until)
+        if folder == "/":  # the service's .archive is .archive~service here (rootnames)
+            rows = {rootnames.name_to_mount(name): row for name, row in rows.items()}
+        result = [(name, *rows[name]) for name in sorted(rows)]
+        view.keep_rows(folder, listing, stamp, result)
+        return result
+
+    def _other_rows(self, listing: FolderListing | None, pendings: dict[str, Pending]
+                    ) -> dict[str, tuple[dict[str, Any], float]]:
+        """The rows of the subfolders, local folders and pending files (in mount names),
+        each taking the place of an image row of the same name."""
+        side, folder, tree = self.side, self.inner, self.tree
+        writes, view = side.writes, side.view
+        rows: dict[str, tuple[dict[str, Any], float]] = {}
+        if listing is not None:
+            fetched_until = listing.fetched_at + tree.options.dir_cache_time
             for name, sub in list(listing.folders.items()):
                 child = join_path(folder, name)
                 found = DatasetFolder.attrs_of(tree, view, DirEntry(child, sub))
                 rows[name] = (found, min(fetched_until, view.expires_at(child)))
-            for name, image in list(listing.images.items()):
-                if not writes.is_hidden(join_path(folder, name)):
-                    shown = view.written.shown_name(image)  # x.heic for its x.png
-                    rows[name if shown == image.filename else shown] = (
-                        tree.image_attrs(side, image), fetched_until)
         for name in writes.local_dirs_in(folder):
             child = join_path(folder, name)
             rows[name] = (DatasetFolder.attrs_of(tree, view, DirEntry(child)), 0.0)
         for name, pending in pendings.items():
             rows[name] = (PendingFile.stat_of(tree, pending), 0.0)
-        kept = listing is not None and view.cached_listing(folder) is listing \
-            and view.changes_in(folder) == changes
-        if not kept:  # the listing went, or changed, while the rows were worked out
-            rows = {name: (found, 0.0) for name, (found, _valid) in rows.items()}
-        if folder == "/":  # the service's .archive is .archive~service here (rootnames)
+        if folder == "/":
             rows = {rootnames.name_to_mount(name): row for name, row in rows.items()}
-        return [(name, found, valid) for name, (found, valid) in sorted(rows.items())]
+        return rows
+
+
+FEW_OTHERS = 64  # rows laid over the image rows one by one (more: merged by sorting)
+
+
+def merged(files: FileRows, others: dict[str, tuple[dict[str, Any], float]]) -> Rows:
+    """The sorted image rows with the other rows laid over them (same name: the other's),
+    sorted. ``files`` is not changed (it may be kept and shared)."""
+    if not others:
+        return files if isinstance(files, list) else list(files)
+    if len(others) > FEW_OTHERS:
+        table = {name: (found, valid) for name, found, valid in files}
+        table.update(others)
+        return [(name, *table[name]) for name in sorted(table)]
+    rows = list(files)
+    for name in sorted(others):
+        at = bisect_left(rows, name, key=_name_of)
+        row = (name, *others[name])
+        if at < len(rows) and rows[at][0] == name:
+            rows[at] = row
+        else:
+            rows.insert(at, row)
+    return rows
+
+
+def _name_of(row: tuple[str, dict[str, Any], float]) -> str:
+    return row[0]
 
 
 class ArchiveFolder(Node):

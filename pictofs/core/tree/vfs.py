@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable
 from pictofs.core.tree import attrs, rootnames, trash_nodes
 from pictofs.core.tree.archive import ARCHIVE, is_archive_path
 from pictofs.core.tree.attrs import AttrPolicy
+from pictofs.core.tree.budget import DEFAULT_LISTING_IMAGES, ListingBudget
 from pictofs.core.tree.nodes import (ArchivedImage, ArchiveFolder, DatasetFolder, ImageFile,
                                      Node, OrganizationRoot, PendingFile, Rows)
 from pictofs.core.tree.pending import Pending
@@ -50,7 +51,7 @@ from pictofs.remote import Remote
 
 log = logging.getLogger(__name__)
 
-STAT_CACHE_SIZE = 100_000  # images whose stat dict is kept (some 60 MB at most)
+STAT_CACHE_SIZE = 10_000  # images whose stat dict is kept apart from the rows of listings
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class VfsOptions:
     policy: AttrPolicy
     dir_cache_time: float = 30.0
     staging_dir: str = "/"  # statfs reports this disk's free space
+    listing_cache_images: int = DEFAULT_LISTING_IMAGES  # the listings' budget (budget.py)
 
 
 DatasetTreeFactory = Callable[[DatasetView], DatasetTree]
@@ -104,8 +106,9 @@ class Vfs:
         self.clock = clock
         self.is_online = is_online
         self._dataset_tree = dataset_tree
-        self._single = DatasetView(remote, dataset, options.dir_cache_time, clock) \
-            if dataset else None
+        self.budget = ListingBudget(options.listing_cache_images)
+        self._single = DatasetView(remote, dataset, options.dir_cache_time, clock,
+                                   self.budget) if dataset else None
         self.mounted_at = time.time()
         self._lock = threading.Lock()
         self._views: dict[str, DatasetView] = {}
@@ -192,7 +195,8 @@ class Vfs:
                     continue
                 old = self._views.get(ds.name)
                 fresh[ds.name] = old if old is not None and old.dataset_id == ds.id else \
-                    DatasetView(self.remote, ds, self.options.dir_cache_time, self.clock)
+                    DatasetView(self.remote, ds, self.options.dir_cache_time, self.clock,
+                                self.budget)
             self._views = fresh
             self._datasets_at = self.clock()
             return self._views
@@ -303,6 +307,16 @@ class Vfs:
             return PendingFile.stat_of(self, handle.pending)
         assert handle.image is not None
         return self.image_attrs(handle.dataset, handle.image)
+
+    def hold_dir(self, path: str) -> Callable[[], None]:
+        """An open directory: the listing of its folder is kept (``ListingBudget``) until
+        the returned function is called (at ``releasedir``)."""
+        dataset, inner, archived = self._route(path)
+        if dataset is None or archived:
+            return lambda: None
+        view = dataset.view
+        view.hold(inner)
+        return lambda: view.release(inner)
 
     def readdir(self, path: str) -> list[tuple[str, dict[str, Any]]]:
         """Names with their attributes, sorted, from one listing (no per-entry request)."""
@@ -501,6 +515,7 @@ class Vfs:
             target: Pending | Image | None = handle.pending or handle.image
             assert target is not None
             self._writes(handle.dataset, "utimens").set_mtime(target, when)
+            handle.dataset.view.note_mtime()  # after: rows worked out meanwhile go
             return
         assert path is not None
         node = self.resolve(path)
@@ -508,6 +523,8 @@ class Vfs:
             return  # folders keep their creation time
         self._writes(node.dataset, "utimens")
         node.set_mtime(when)
+        if node.dataset is not None:
+            node.dataset.view.note_mtime()
 
     # --------------------------------------------------------- extended attributes
 
@@ -567,4 +584,6 @@ class Vfs:
         with self._lock:
             counters = dataclasses.replace(self.counters)
             open_files = len(self._handles)
-        return mount_status(self.dataset_trees(), counters, open_files)
+        # the listings kept in memory (``--listing-cache-images``) and how many were dropped
+        return {**mount_status(self.dataset_trees(), counters, open_files),
+                "listing_cache": self.budget.status()}

@@ -27,8 +27,9 @@ import time
 from bisect import bisect_left
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
+from pictofs.core.tree.budget import ListingBudget
 from pictofs.core.tree.listing import (PAGE_SIZE, FolderListing, NameNotes, fetch_listing,
                                        showable_folders)
 from pictofs.errors import NameTooLong, NotFound, Unavailable
@@ -79,6 +80,7 @@ class WrittenNames:
         self._lock = threading.Lock()
         self._by_name: dict[tuple[str, str], str] = {}
         self._by_image: dict[str, tuple[str, str]] = {}
+        self.version = 0  # counts the changes: rows worked out before one are not reused
 
     def remember(self, folder: str, name: str, image_id: str) -> None:
         """One name per image: one it had before (a rename) is forgotten."""
@@ -91,6 +93,7 @@ class WrittenNames:
                 del self._by_name[before]
             self._by_name[(folder, name)] = image_id
             self._by_image[image_id] = (folder, name)
+            self.version += 1
 
     def move_folder(self, old: str, new: str) -> None:
         """Folder ``old`` is ``new`` now: so are the names remembered in it and below."""
@@ -102,6 +105,7 @@ class WrittenNames:
                 key = (new + folder[len(old):], name)
                 self._by_name[key] = image_id
                 self._by_image[image_id] = key
+            self.version += 1
 
     def image_at(self, folder: str, name: str) -> str | None:
         """The id of the image ``name`` written in ``folder`` became, if remembered."""
@@ -141,19 +145,31 @@ class _Children:
     at: float
 
 
+Stamp = tuple[int, int, int]  # what rows of a folder were worked out under (``rows_stamp``)
+FileRows = list[tuple[str, dict[str, Any], float]]
+
+
 class DatasetView:
     def __init__(self, remote: Remote, dataset: Dataset, dir_cache_time: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 budget: ListingBudget | None = None) -> None:
+        """``budget``: the mount's bound on the listings kept (shared by its views)."""
         self.remote = remote
+        self.budget = budget if budget is not None else ListingBudget()
         self.dataset = dataset
         self.ttl = dir_cache_time
         self.clock = clock
-        # _lock guards _listings, _children, _lookups, _asked, _changes, _ahead and _pool.
+        # _lock guards _listings, _rows, _children, _lookups, _asked, _changes, _ahead, _pool
+        # and _mtimes_set.
         self._lock = threading.Lock()
         self._ahead: dict[str, Future[FolderListing]] = {}  # folders being listed ahead
         self._pool: ThreadPoolExecutor | None = None  # made at the first listing ahead
         self._closed = False
         self._listings: dict[str, FolderListing] = {}
+        # folder → (its listing, the stamp, the image rows worked out from them): an ``ls``
+        # of an unchanged folder reuses them (``kept_rows``)
+        self._rows: dict[str, tuple[FolderListing, Stamp, FileRows]] = {}
+        self._mtimes_set = 0  # mtimes a writer set on images (``note_mtime``)
         self._children: dict[str, _Children] = {}
         self._lookups: dict[tuple[str, str], _Lookup] = {}
         self._asked: dict[str, int] = {}  # folder → image names asked one by one
@@ -179,9 +195,26 @@ class DatasetView:
         """Drop every cached listing and answer (``pictofs refresh``, SIGHUP)."""
         with self._lock:
             self._listings.clear()
+            self._rows.clear()
             self._children.clear()
             self._lookups.clear()
             self._asked.clear()
+        self.budget.dropped_all(self)
+
+    def evict(self, path: str, listing: FolderListing) -> None:
+        """The budget drops ``listing`` (``ListingBudget``): forgotten if it is still the
+        one held for ``path``; the folder is listed again on its next use."""
+        with self._lock:
+            if self._listings.get(path) is listing:
+                del self._listings[path]
+                self._rows.pop(path, None)
+
+    def hold(self, path: str) -> None:
+        """A reader uses the listing of ``path``: the budget keeps it until ``release``."""
+        self.budget.hold(self, path)
+
+    def release(self, path: str) -> None:
+        self.budget.release(self, path)
 
     def _fresh(self, at: float) -> bool:
         return self.clock() - at < self.ttl
@@ -223,6 +256,7 @@ class DatasetView:
             cached = self._listings.get(path)
             running = self._ahead.get(path)
         if cached is not None and self._fresh(cached.fetched_at):
+            self.budget.used(self, path)
             self._list_ahead(path)
             return cached
         if running is not None:
@@ -252,11 +286,16 @@ class DatasetView:
                 raise
             self.names.note(hidden)
             with self._lock:
-                if self._changes.get(path, 0) == before:
+                kept = self._changes.get(path, 0) == before
+                if kept:
                     self._listings[path] = listing
+                    self._rows.pop(path, None)
                     self._children[path] = _Children(listing.folders, listing.fetched_at)
                     self._asked.pop(path, None)
-                    return listing
+            if kept:
+                self.budget.kept(self, path, listing)
+                return listing
+            with self._lock:
                 before = self._changes.get(path, 0)  # noted meanwhile: ask again
         return listing  # changing all along: this answer, kept for no one
 
@@ -322,6 +361,40 @@ class DatasetView:
         with self._lock:
             cached = self._listings.get(path)
         return cached if cached is not None and self._fresh(cached.fetched_at) else None
+
+    # -------------------------------------------------------------- rows of a folder
+
+    def rows_stamp(self, folder: str) -> Stamp:
+        """What the image rows of ``folder`` depend on besides its listing: the changes this
+        mount noted in it, the names written as another (``WrittenNames``) and the mtimes set
+        on images (``note_mtime``). Rows worked out under one stamp hold while it stays."""
+        with self._lock:
+            return self._changes.get(folder, 0), self.written.version, self._mtimes_set
+
+    def kept_rows(self, folder: str, listing: FolderListing, stamp: Stamp) -> FileRows | None:
+        """The image rows of ``folder`` worked out from ``listing`` under ``stamp``, if
+        kept (read-only: shared by every reader)."""
+        with self._lock:
+            kept = self._rows.get(folder)
+        if kept is not None and kept[0] is listing and kept[1] == stamp:
+            return kept[2]
+        return None
+
+    def keep_rows(self, folder: str, listing: FolderListing, stamp: Stamp,
+                  rows: FileRows) -> None:
+        """Keep the image rows of ``folder`` worked out from ``listing`` under ``stamp``,
+        while that listing is the one held and nothing changed meanwhile; they go with it."""
+        with self._lock:
+            if self._listings.get(folder) is listing and \
+                    stamp == (self._changes.get(folder, 0), self.written.version,
+                              self._mtimes_set):
+                self._rows[folder] = (listing, stamp, rows)
+
+    def note_mtime(self) -> None:
+        """A writer set the mtime of an image (``utimens``): rows worked out before show
+        the old one, and are worked out again."""
+        with self._lock:
+            self._mtimes_set += 1
 
     # ------------------------------------------------------------------------ lookup
 
@@ -491,18 +564,20 @@ class DatasetView:
         per file)."""
         parent, name = split_path(path)
         entry = folder or Folder(id="", dataset_id=self.dataset_id, name=name, full_path=path)
+        empty = FolderListing(path, fetched_at=self.clock()) if new else None
         with self._lock:
             self._changes[parent] = self._changes.get(parent, 0) + 1
-            if new:
-                now = self.clock()
-                self._listings[path] = FolderListing(path, fetched_at=now)
-                self._children[path] = _Children({}, now)
+            if empty is not None:
+                self._listings[path] = empty
+                self._children[path] = _Children({}, empty.fetched_at)
             listing = self._listings.get(parent)
             if listing is not None:
                 listing.folders[name] = entry
             children = self._children.get(parent)
             if children is not None:
                 children.folders[name] = entry
+        if empty is not None:
+            self.budget.kept(self, path, empty)
         self.on_change([path, parent])
 
     def note_folder_gone(self, path: str) -> None:
@@ -517,10 +592,14 @@ class DatasetView:
             children = self._children.get(parent)
             if children is not None:
                 children.folders.pop(name, None)
-            for table in (self._listings, self._children):
-                for key in [k for k in table if k == path or k.startswith(prefix)]:
-                    del table[key]
+            gone = [k for k in self._listings if k == path or k.startswith(prefix)]
+            for key in gone:
+                del self._listings[key]
+                self._rows.pop(key, None)
+            for key in [k for k in self._children if k == path or k.startswith(prefix)]:
+                del self._children[key]
             for key in [k for k in self._lookups if k[0] == path or k[0].startswith(prefix)]:
                 del self._lookups[key]
+        self.budget.dropped(self, gone)
         self.on_folder_gone(path)
         self.on_change([parent])
