@@ -587,7 +587,7 @@ class PeerBench(WriteBench):
         expected = sum(len(data) for data in self.small_data.values())
         wall = PeerRow("4a", f"cold read of {n:,} × 100 KB (`cat small/*`, fresh mount, "
                              "empty cache)", "passthrough, fresh mount")
-        cpu = PeerRow("4b", f"4a: the mount daemon's CPU time per file (user + system)",
+        cpu = PeerRow("4b", "4a: the mount daemon's CPU time per file (user + system)",
                       cpu_target=CPU_TARGET)
         names = sorted(self.small_data)
 
