@@ -611,7 +611,8 @@ class PeerBench(WriteBench):
             if os.environ.get("BENCH_PEER_PROFILE"):  # a py-spy record of the daemon
                 profile = subprocess.Popen(
                     [os.environ["BENCH_PEER_PROFILE"], "record", "--pid", str(pid), "--native",
-                     "--format", "raw", "-o", str(self.root / f"profile{rep}.txt")],
+                     "--format", "raw", "-o", str(self.root / f"profile{rep}.txt"),
+                     *os.environ.get("BENCH_PEER_PROFILE_ARGS", "").split()],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1)
             measure(mountpoint / "small", pid, wall.ours, cpu.ours)
