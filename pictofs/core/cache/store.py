@@ -409,7 +409,8 @@ class ImageCache:
         replaced = current.size if current is not None and current.complete else 0
         if replaced:
             self._add_to_total(-replaced)  # replaced below
-        if not self._make_room(size, image_id, within_cap):
+        total = self._make_room(size, image_id, within_cap)
+        if total is None:
             if replaced:
                 self._add_to_total(replaced)
             return False
@@ -419,7 +420,7 @@ class ImageCache:
             record = EntryRecord(size, sha256, self._clock(), True, os.getpid(),
                                  stamp_of(os.stat(target)))
             self._put(image_id, record)
-            self._add_to_total(size)
+            self._index.set(_TOTAL_KEY, total + size)
         except BaseException:
             target.unlink(missing_ok=True)  # the transaction is rolled back: no record
             raise
@@ -439,13 +440,15 @@ class ImageCache:
         self._index.set(_TOTAL_KEY, total)
         return total
 
-    def _make_room(self, size: int, inserting: str, within_cap: bool = False) -> bool:
+    def _make_room(self, size: int, inserting: str, within_cap: bool = False) -> int | None:
         """Evict least recently opened, unpinned, complete entries until ``size`` fits.
         Runs inside the index transaction, so two processes never evict at once. Reads
         every record only when something must go. With ``within_cap``, evicts nothing and
-        returns False when evicting every unpinned entry would not be enough."""
-        if self._total() + size <= self.cap_bytes:
-            return True
+        returns None when evicting every unpinned entry would not be enough. Returns the
+        total size of the complete entries once room is made (the new entry not counted)."""
+        total = self._total()
+        if total + size <= self.cap_bytes:
+            return total
         self._write_opens()  # so that eviction goes by the latest opens
         records = [(i, r) for i, r in self._records() if r.complete and i != inserting]
         total = sum(r.size for _i, r in records)
@@ -463,11 +466,11 @@ class ImageCache:
             victims.append((image_id, record.size))
             total -= record.size
         if within_cap and total + size > self.cap_bytes:
-            return False
+            return None
         for image_id, victim_size in victims:
             self._remove(image_id)
             log.debug("cache: evicted image %s (%d bytes)", image_id, victim_size)
-        return True
+        return self._total()
 
     # -- index helpers -----------------------------------------------------------------------
 
