@@ -1,8 +1,8 @@
 """Peer benchmark: the pictofs mount against ``rclone mount`` of an sftp server, in one run.
 
-Run: ``python tests/bench/bench_peer.py [--quick]`` (needs /dev/fuse, fusermount3, ``cp``,
-``rsync`` and ``rclone``; without ``rclone`` on PATH it prints one ``skipped:`` line and
-exits 0). The name keeps it out of pytest's collection (``test_*.py``): it is a script, not
+Run: ``python tests/bench/bench_peer.py [--quick] [--rows 2,4]`` (needs /dev/fuse,
+fusermount3, ``cp``, ``rsync`` and ``rclone``; without ``rclone`` on PATH it prints one
+``skipped:`` line and exits 0). ``--rows`` measures only the sections named (1 to 4 below). The name keeps it out of pytest's collection (``test_*.py``): it is a script, not
 a test, and opt-in: nothing else runs it.
 
 The peer is what a user could set up instead of pictofs: ``rclone serve sftp`` of a local
@@ -43,7 +43,18 @@ measured one after the other within each repetition:
    same M files, measured the same way. pictofs lists images registered on its server (as
    ``bench_read.py`` seeds them); the sftp server lists the same files in its folder. Each
    server keeps the caches it keeps on its own (the reference server its SQLite database in
-   the page cache, ``rclone serve`` its directory cache).
+   the page cache, ``rclone serve`` its directory cache);
+4. cold reads of small files: (a) ``cat small/*`` of N distinct 100 KB JPEGs (1,000; 200 with
+   ``--quick``), the folder listed and every file read in 128 KiB reads, on a fresh mount
+   with an empty cache (floor: the passthrough of the same local files, a fresh mount);
+   (b) the mount daemon's CPU time (user + system of all its threads, from
+   ``/proc/PID/stat`` before and after the ``cat``; the daemon only, not the servers) per
+   file. The target (issue 17): pictofs's at most 1.4 ms per file and at most rclone's in
+   the same run; the table says whether the medians meet it. With ``BENCH_PEER_PROFILE`` set
+   to a ``py-spy`` binary, each pictofs daemon of row 4 is sampled during its ``cat``
+   (``py-spy record --native --format raw`` plus ``BENCH_PEER_PROFILE_ARGS``, e.g. ``--gil
+   --rate 400``) into ``profileN.txt`` in ``BENCH_PEER_PROFILE_DIR`` (default: the current
+   folder); the CPU figures of such a run include the sampling's cost.
 
 Every copy is checked untimed: every name with its size on the server (the dataset's folder;
 the served folder), and the bytes of the read rows once per mount. The table gives pictofs,
