@@ -1,8 +1,8 @@
 """Peer benchmark: the pictofs mount against ``rclone mount`` of an sftp server, in one run.
 
-Run: ``python tests/bench/bench_peer.py [--quick]`` (needs /dev/fuse, fusermount3, ``cp``,
-``rsync`` and ``rclone``; without ``rclone`` on PATH it prints one ``skipped:`` line and
-exits 0). The name keeps it out of pytest's collection (``test_*.py``): it is a script, not
+Run: ``python tests/bench/bench_peer.py [--quick] [--rows 2,4]`` (needs /dev/fuse,
+fusermount3, ``cp``, ``rsync`` and ``rclone``; without ``rclone`` on PATH it prints one
+``skipped:`` line and exits 0). ``--rows`` measures only the sections named (1 to 4 below). The name keeps it out of pytest's collection (``test_*.py``): it is a script, not
 a test, and opt-in: nothing else runs it.
 
 The peer is what a user could set up instead of pictofs: ``rclone serve sftp`` of a local
@@ -43,7 +43,18 @@ measured one after the other within each repetition:
    same M files, measured the same way. pictofs lists images registered on its server (as
    ``bench_read.py`` seeds them); the sftp server lists the same files in its folder. Each
    server keeps the caches it keeps on its own (the reference server its SQLite database in
-   the page cache, ``rclone serve`` its directory cache).
+   the page cache, ``rclone serve`` its directory cache);
+4. cold reads of small files: (a) ``cat small/*`` of N distinct 100 KB JPEGs (1,000; 200 with
+   ``--quick``), the folder listed and every file read in 128 KiB reads, on a fresh mount
+   with an empty cache (floor: the passthrough of the same local files, a fresh mount);
+   (b) the mount daemon's CPU time (user + system of all its threads, from
+   ``/proc/PID/stat`` before and after the ``cat``; the daemon only, not the servers) per
+   file. The target (issue 17): pictofs's at most 1.4 ms per file and at most rclone's in
+   the same run; the table says whether the medians meet it. With ``BENCH_PEER_PROFILE`` set
+   to a ``py-spy`` binary, each pictofs daemon of row 4 is sampled during its ``cat``
+   (``py-spy record --native --format raw`` plus ``BENCH_PEER_PROFILE_ARGS``, e.g. ``--gil
+   --rate 400``) into ``profileN.txt`` in ``BENCH_PEER_PROFILE_DIR`` (default: the current
+   folder); the CPU figures of such a run include the sampling's cost.
 
 Every copy is checked untimed: every name with its size on the server (the dataset's folder;
 the served folder), and the bytes of the read rows once per mount. The table gives pictofs,
@@ -77,8 +88,10 @@ from typing import Iterator
 # bench_write and bench_read (beside this script) put tests/ on sys.path
 from bench_read import KERNEL_ATTR_TIMEOUT, cat, force_unmount, grid, isolate_environment, \
     log, ls_l, timed, wait_for_mount
-from bench_write import FOLDER, WriteBench, duration, load_average, machine, revision, run, \
-    rsync, show_mount_logs
+from bench_write import FOLDER, IMAGE_SIZE, WriteBench, cpu_seconds, duration, load_average, \
+    machine, revision, run, rsync, show_mount_logs
+from imagegen import sized_jpeg
+from seed import seed_images
 
 from pictofs.fs.fuse_session import mount_device
 
@@ -90,6 +103,8 @@ TRANSFERS = "8"
 DIR_CACHE_TIME = "5m"  # as bench_read's pictofs mounts
 POLL = 0.05  # seconds between two looks at rclone's upload queue
 UPLOAD_TIMEOUT = 900.0
+SECTIONS = ("1", "2", "3", "4")  # --rows: the copies, reads, listings, small reads
+CPU_TARGET = 1.4e-3  # seconds of the daemon's CPU per small file read cold (issue 17)
 
 
 @dataclass(frozen=True)
@@ -99,10 +114,12 @@ class Sizes:
     files: int  # 100 KB JPEGs copied
     images: int  # 2 MB files read
     listing: int  # files in the listed folder
+    small: int  # 100 KB JPEGs read cold (row 4)
 
 
-FULL = Sizes(repetitions=3, cheap_repetitions=5, files=1000, images=20, listing=10_000)
-QUICK = Sizes(repetitions=2, cheap_repetitions=3, files=200, images=5, listing=2_000)
+FULL = Sizes(repetitions=3, cheap_repetitions=5, files=1000, images=20, listing=10_000,
+             small=1000)
+QUICK = Sizes(repetitions=2, cheap_repetitions=3, files=200, images=5, listing=2_000, small=200)
 
 
 @dataclass
@@ -115,21 +132,35 @@ class PeerRow:
     ours: list[float] = field(default_factory=list)
     peer: list[float] = field(default_factory=list)
     floor: list[float] = field(default_factory=list)
+    cpu_target: float | None = None  # a CPU row: seconds per file, and the most it may be
+
+    def show(self, value: float) -> str:
+        return f"{value * 1000:.2f} ms" if self.cpu_target is not None else duration(value)
 
     def cells(self) -> list[str]:
         def median(times: list[float]) -> str:
-            return duration(statistics.median(times)) if times else "—"
+            return self.show(statistics.median(times)) if times else "—"
 
         ratio = (f"{statistics.median(self.ours) / statistics.median(self.peer):.2f}×"
                  if self.ours and self.peer else "—")
+        if self.cpu_target is not None:
+            return [self.key, self.name, median(self.ours), median(self.peer), ratio,
+                    f"target ≤ {self.show(self.cpu_target)} and ≤ rclone", self.verdict()]
         return [self.key, self.name, median(self.ours), median(self.peer), ratio,
                 self.floor_what or "—", median(self.floor) if self.floor_what else "—"]
 
+    def verdict(self) -> str:
+        if not self.ours or not self.peer or self.cpu_target is None:
+            return "—"
+        ours = statistics.median(self.ours)
+        met = ours <= self.cpu_target and ours <= statistics.median(self.peer)
+        return "met" if met else "missed"
+
     def spread(self) -> str:
-        parts = [f"pictofs {', '.join(duration(t) for t in self.ours)}",
-                 f"rclone {', '.join(duration(t) for t in self.peer)}"]
+        parts = [f"pictofs {', '.join(self.show(t) for t in self.ours)}",
+                 f"rclone {', '.join(self.show(t) for t in self.peer)}"]
         if self.floor:
-            parts.append(f"floor {', '.join(duration(t) for t in self.floor)}")
+            parts.append(f"floor {', '.join(self.show(t) for t in self.floor)}")
         return "; ".join(parts)
 
 
@@ -234,16 +265,33 @@ class PeerBench(WriteBench):
         self.rclone_mounts: list[RcloneMount] = []
         self.peer_env: dict[str, str] = {}
         self.peer_rows: list[PeerRow] = []
+        self.small_data: dict[str, bytes] = {}  # row 4: name → bytes, in /small on both
+        self.local_small = root  # set by seed_small
 
     # -- setup ------------------------------------------------------------------------------
 
+    def seed_small(self) -> None:
+        """Row 4's files: ``small`` distinct 100 KB JPEGs in the dataset's ``/small``."""
+        assert self.client is not None
+        n = self.sizes.small
+        log(f"seeding {n:,} × {IMAGE_SIZE // 1000} KB JPEGs into /small")
+        made = seed_images(self.client, self.dataset_id, "/small",
+                           [f"small{i:05d}.jpg" for i in range(n)],
+                           data_for=lambda name: sized_jpeg(IMAGE_SIZE, 50_000 + int(name[5:10])))
+        self.small_data = {name: data for name, (_image, data) in made.items()}
+        self.local_small = self.fresh_dir("local-small")
+        for name, data in self.small_data.items():
+            (self.local_small / name).write_bytes(data)
+
     def seed_served(self) -> None:
-        """The same files for the sftp server as for the reference server (``seed`` and
-        ``make_source`` first), and an empty target folder for every copy."""
+        """The same files for the sftp server as for the reference server (``seed``,
+        ``seed_small`` and ``make_source`` first), and an empty target folder for every copy."""
         log("copying the read and listing files into the served folder")
         self.served.mkdir()
         shutil.copytree(self.local_big, self.served / "big")
         shutil.copytree(self.local_many, self.served / "many")
+        if self.small_data:
+            shutil.copytree(self.local_small, self.served / "small")
         for rep in range(self.reps):
             (self.served / f"cp{rep}").mkdir()
             (self.served / f"rsync{rep}").mkdir()
@@ -540,6 +588,63 @@ class PeerBench(WriteBench):
         self.peer_rows += [cold, warm]
 
 
+    # -- 4. cold reads of small files --------------------------------------------------------
+
+    def small_reads(self) -> None:
+        """Row 4: a cold ``cat small/*`` of N × 100 KB on a fresh mount with an empty cache;
+        the wall time, and the mount daemon's CPU time (user + system, all its threads, not
+        the server's) per file."""
+        n, reps = self.sizes.small, self.sizes.cheap_repetitions
+        expected = sum(len(data) for data in self.small_data.values())
+        wall = PeerRow("4a", f"cold read of {n:,} × 100 KB (`cat small/*`, fresh mount, "
+                             "empty cache)", "passthrough, fresh mount")
+        cpu = PeerRow("4b", "4a: the mount daemon's CPU time per file (user + system)",
+                      cpu_target=CPU_TARGET)
+        names = sorted(self.small_data)
+
+        def read_folder(folder: Path) -> None:
+            got = cat([folder / name for name in sorted(os.listdir(folder))])
+            if got != expected:
+                raise RuntimeError(f"read {got} bytes in {folder}, expected {expected}")
+
+        def measure(folder: Path, pid: int, walls: list[float], cpus: list[float]) -> None:
+            before = cpu_seconds(pid)
+            walls.append(timed(lambda: read_folder(folder)))
+            cpus.append((cpu_seconds(pid) - before) / n)
+            for name in names[:: max(1, n // 20)]:  # untimed: a sample of the bytes is right
+                if (folder / name).read_bytes() != self.small_data[name]:
+                    raise RuntimeError(f"{folder / name} differs from what was seeded")
+
+        for rep in range(reps):
+            log(f"cold read of small files {rep + 1}/{reps}: pictofs, rclone, passthrough")
+            mountpoint = self.mount(self.fresh_dir("cache"))
+            pid = self.daemon_pid(mountpoint)
+            if os.environ.get("BENCH_PEER_PROFILE"):  # a py-spy record of the daemon
+                profile = subprocess.Popen(
+                    [os.environ["BENCH_PEER_PROFILE"], "record", "--pid", str(pid), "--native",
+                     "--format", "raw", "-o", str(self.root / f"profile{rep}.txt"),
+                     *os.environ.get("BENCH_PEER_PROFILE_ARGS", "").split()],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1)
+            measure(mountpoint / "small", pid, wall.ours, cpu.ours)
+            if os.environ.get("BENCH_PEER_PROFILE"):
+                profile.send_signal(signal.SIGINT)
+                profile.wait(60)
+                shutil.copy(self.root / f"profile{rep}.txt",
+                            Path(os.environ.get("BENCH_PEER_PROFILE_DIR", ".")) /
+                            f"profile{rep}.txt")
+            self.umount(mountpoint)
+
+            mount = self.mount_rclone()
+            measure(mount.mountpoint / "small", mount.process.pid, wall.peer, cpu.peer)
+            self.umount_rclone(mount)
+
+            passthrough = self.mount_passthrough(self.local_small)
+            wall.floor.append(timed(lambda: read_folder(passthrough)))
+            self.stop_passthrough()
+        self.peer_rows += [wall, cpu]
+
+
 # --------------------------------------------------------------------------- the report
 
 
@@ -558,6 +663,16 @@ def report(bench: PeerBench, quick: bool, markdown: bool) -> str:
     return "\n".join(lines)
 
 
+def parse_sections(text: str) -> frozenset[str]:
+    """``--rows 2,4``: the sections to measure, each one of ``SECTIONS``."""
+    chosen = frozenset(part.strip() for part in text.split(",") if part.strip())
+    unknown = chosen - set(SECTIONS)
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"sections are {', '.join(SECTIONS)}; not {', '.join(sorted(unknown)) or text!r}")
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
@@ -566,6 +681,9 @@ def main(argv: list[str] | None = None) -> int:
                              f"{QUICK.cheap_repetitions} repetitions (default: {FULL.files:,}, "
                              f"{FULL.images}, {FULL.listing:,}; {FULL.repetitions} and "
                              f"{FULL.cheap_repetitions})")
+    parser.add_argument("--rows", type=parse_sections, default=None,
+                        help="measure only these sections, e.g. 4 or 2,4 (1 copies, 2 reads, "
+                             "3 listings, 4 cold reads of small files; default: all)")
     args = parser.parse_args(argv)
     if shutil.which("rclone") is None:
         print(SKIP)
@@ -578,20 +696,31 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     root = Path(tempfile.mkdtemp(prefix="pictofs-bench-peer-"))
     bench = PeerBench(root, sizes)
+    bench.rows = args.rows
     load_before, measured, version = load_average(), revision(), rclone_version()
     try:
         isolate_environment(root)
         bench.start()
-        bench.seed()
-        bench.make_source()
+        bench.seed(listing=bench.wanted("3"))
+        if bench.wanted("4"):
+            bench.seed_small()
+        if bench.wanted("1"):
+            bench.make_source()
         bench.seed_served()
         bench.start_serve()
-        bench.copies()
-        bench.reads()
-        bench.listings()
-        bench.notes.append(f"1b: `pictofs sync` starts the uploads still waiting for their "
-                           f"write-back at once; rclone's time includes its {WRITE_BACK} "
-                           "`--vfs-write-back` after the last close (no rclone command cuts it).")
+        if bench.wanted("1"):
+            bench.copies()
+        if bench.wanted("2"):
+            bench.reads()
+        if bench.wanted("3"):
+            bench.listings()
+        if bench.wanted("4"):
+            bench.small_reads()
+        if bench.wanted("1"):
+            bench.notes.append(f"1b: `pictofs sync` starts the uploads still waiting for "
+                               f"their write-back at once; rclone's time includes its "
+                               f"{WRITE_BACK} `--vfs-write-back` after the last close (no "
+                               "rclone command cuts it).")
         bench.notes.append(f"Machine: {machine()}; load average (1 min) at start / end: "
                            f"{load_before} / {load_average()}. Revision: {measured}. "
                            f"Peer: {version} (`rclone serve sftp` on 127.0.0.1, "

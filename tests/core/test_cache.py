@@ -446,6 +446,25 @@ def test_the_check_runs_on_the_first_open_after_insert(make_cache) -> None:
     assert cache.open_cached("a") is None
 
 
+def test_the_first_open_after_an_insert_here_checks_the_file_without_the_index(
+        make_cache, monkeypatch) -> None:
+    cache = make_cache()
+    store(cache, "a", image(4000))
+    store(cache, "b", image(4000, 1))
+    looked: list[str] = []
+    real = ImageCache._record
+    monkeypatch.setattr(ImageCache, "_record",
+                        lambda self, image_id: looked.append(image_id) or real(self, image_id))
+    assert read_cached(cache, "a") == image(4000)  # a cold read: the record written here
+    assert looked == []
+    corrupt(cache.data_path("b"), "flipped")  # still checked against that record
+    assert cache.open_cached("b") is None
+    assert not cache.data_path("b").exists()
+    other = make_cache()  # another mount of the same cache reads the index
+    assert read_cached(other, "a") == image(4000)
+    assert "a" in looked
+
+
 def test_an_intact_entry_is_not_hashed_again_unless_its_file_changed(make_cache,
                                                                      monkeypatch) -> None:
     hashed: list[str] = []

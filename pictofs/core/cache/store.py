@@ -30,12 +30,19 @@ Images never change for an id, so an entry is written once and only ever dropped
   without that stamp (by an older version) are hashed.
 - Later opens of an entry this instance checked use the record it keeps in memory (the
   file's size is still checked on every open), and their LRU times are written to the index
-  in batches: before every insert (in its transaction, so eviction sees them), on the first
-  open ``OPENS_FLUSH_SECONDS`` after the last batch, and at ``close``. Other processes see
-  them late, which only makes their LRU order less exact. A hit then costs no index access:
-  diskcache keeps one sqlite connection per thread (in a thread-local), and Python gives each
-  FUSE callback on libfuse's threads a fresh thread state, so there every index access opens
-  a new connection.
+  in batches: before an insert that must evict (in its transaction, so eviction sees them),
+  on the first open ``OPENS_FLUSH_SECONDS`` after the last batch, and at ``close``. Other
+  processes see them late, which only makes their LRU order less exact. A hit then costs no
+  index access: diskcache keeps one sqlite connection per thread (in a thread-local), and
+  Python gives each FUSE callback on libfuse's threads a fresh thread state, so there every
+  index access opens a new connection (and sets its pragmas). The first open of an entry
+  this instance inserted itself (a cold read: the download's worker inserted it) checks the
+  file against the record it wrote, kept in memory until then (at most
+  ``INSERTED_REMEMBERED`` of them), with no index access either.
+- An insert is one index transaction of a few statements: the entry's record (written
+  complete, after its file is in place: a crash before the commit leaves a data file no
+  record names, which the next start removes) and the total. Records never expire, so
+  diskcache's culling of expired keys on every write is off (``cull_limit=0``).
 - The index keeps the total size of the complete entries (``_TOTAL_KEY``), updated in the
   same transactions as the records, so an insert that fits reads one row, not all of them.
 - A failed write (ENOSPC, EIO) drops the entry with one log line; the caller keeps its bytes.
@@ -74,6 +81,7 @@ __all__ = ["CacheStats", "CacheWriteFailed", "CacheWriter", "ImageCache", "NullC
 
 _TOTAL_KEY = ("total size of complete entries",)  # not a str: never an image id
 OPENS_FLUSH_SECONDS = 30.0
+INSERTED_REMEMBERED = 4096  # records of entries inserted here and not opened yet, kept
 AHEAD_DISK_MARGIN = 64 * 1024 * 1024  # free disk left after an image fetched ahead
 
 Opener = Callable[[Path], BinaryIO]
@@ -116,11 +124,14 @@ class ImageCache:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._write_origin(base_url, dataset_id)
         self._pins = PinTable(self.folder / "pins")
-        self._index = diskcache.Cache(str(self.folder / "index"), eviction_policy="none")
-        # guards _verified (the records of entries this instance has checked), _opened (LRU
-        # times of opens not written to the index yet), _opened_flushed, _hits and _misses
+        self._index = diskcache.Cache(str(self.folder / "index"), eviction_policy="none",
+                                      cull_limit=0)
+        # guards _verified (the records of entries this instance has checked), _inserted
+        # (the records it wrote, not opened since), _unopened_ahead, _opened (LRU times of
+        # opens not written to the index yet), _opened_flushed, _hits and _misses
         self._lock = threading.Lock()
         self._verified: dict[str, EntryRecord] = {}
+        self._inserted: dict[str, EntryRecord] = {}
         self._unopened_ahead: set[str] = set()  # fetched ahead, not opened since
         self._opened: dict[str, float] = {}
         self._opened_flushed = clock()
@@ -264,9 +275,10 @@ class ImageCache:
         return handle
 
     def _open_checked(self, image_id: str) -> BinaryIO | None:
-        """The first open of an entry by this instance: its file, its record from the index
-        and the checks of ``_check``. No data file is a miss without the index (a file is
-        only ever in place with its record complete)."""
+        """The first open of an entry by this instance: its file, its record (the one this
+        instance wrote when it inserted the entry, else the index's) and the checks of
+        ``_check``. No data file is a miss without the index (a file is only ever in place
+        with its record complete)."""
         try:
             handle: BinaryIO = open(self.data_path(image_id), "rb", buffering=0)
         except FileNotFoundError:
@@ -278,7 +290,10 @@ class ImageCache:
             if record is not None:
                 self._drop_if_unchanged(image_id, record)
             return None
-        record = self._record_or_none(image_id)
+        with self._lock:
+            record = self._inserted.pop(image_id, None)
+        if record is None:
+            record = self._record_or_none(image_id)
         if record is None or not record.complete:
             handle.close()
             return None
@@ -359,7 +374,6 @@ class ImageCache:
         ``unread``: fetched ahead and nobody has read it yet (evicted last)."""
         try:
             with self._index.transact():
-                self._write_opens()  # so that eviction goes by the latest opens
                 stored = self._insert_locked(image_id, partial, size, sha256, within_cap)
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             partial.unlink(missing_ok=True)
@@ -371,38 +385,46 @@ class ImageCache:
             log.debug("cache: not caching image %s fetched ahead: no room under the cap",
                       image_id)
             return False
-        if unread:
-            with self._lock:
-                self._unopened_ahead.add(image_id)
         with self._lock:
+            if unread:
+                self._unopened_ahead.add(image_id)
             self._verified.pop(image_id, None)
+            if stored is not True:  # the record this instance wrote: its first open's check
+                if len(self._inserted) >= INSERTED_REMEMBERED:
+                    self._inserted.clear()  # those first opens read the index instead
+                self._inserted[image_id] = stored
         return True
 
     def _insert_locked(self, image_id: str, partial: Path, size: int, sha256: str,
-                       within_cap: bool) -> bool:
-        """False: not stored, because it does not fit ``within_cap``."""
+                       within_cap: bool) -> EntryRecord | bool:
+        """The record written; True when another process stored the same entry meanwhile;
+        False: not stored, because it does not fit ``within_cap``. The record is written
+        complete once the file is in place: the transaction makes both visible together,
+        and a crash before its commit leaves only a data file that no record names."""
         current = self._record(image_id)
         if current is not None and current.complete and current.sha256 == sha256 \
                 and self.data_path(image_id).exists():
             partial.unlink(missing_ok=True)  # another process stored it meanwhile
             return True
         replaced = current.size if current is not None and current.complete else 0
-        self._add_to_total(-replaced)  # replaced below
-        if not self._make_room(size, image_id, within_cap):
-            self._add_to_total(replaced)
+        if replaced:
+            self._add_to_total(-replaced)  # replaced below
+        total = self._make_room(size, image_id, within_cap)
+        if total is None:
+            if replaced:
+                self._add_to_total(replaced)
             return False
-        now = self._clock()
-        self._put(image_id, EntryRecord(size, sha256, now, False, os.getpid()))
         target = self.data_path(image_id)
+        os.replace(partial, target)
         try:
-            os.replace(partial, target)
-            stamp = stamp_of(os.stat(target))
-        except OSError:
-            self._index.delete(image_id)
+            record = EntryRecord(size, sha256, self._clock(), True, os.getpid(),
+                                 stamp_of(os.stat(target)))
+            self._put(image_id, record)
+            self._index.set(_TOTAL_KEY, total + size)
+        except BaseException:
+            target.unlink(missing_ok=True)  # the transaction is rolled back: no record
             raise
-        self._put(image_id, EntryRecord(size, sha256, now, True, os.getpid(), stamp))
-        self._add_to_total(size)
-        return True
+        return record
 
     def _total(self) -> int:
         value = self._index.get(_TOTAL_KEY)
@@ -418,13 +440,16 @@ class ImageCache:
         self._index.set(_TOTAL_KEY, total)
         return total
 
-    def _make_room(self, size: int, inserting: str, within_cap: bool = False) -> bool:
+    def _make_room(self, size: int, inserting: str, within_cap: bool = False) -> int | None:
         """Evict least recently opened, unpinned, complete entries until ``size`` fits.
         Runs inside the index transaction, so two processes never evict at once. Reads
         every record only when something must go. With ``within_cap``, evicts nothing and
-        returns False when evicting every unpinned entry would not be enough."""
-        if self._total() + size <= self.cap_bytes:
-            return True
+        returns None when evicting every unpinned entry would not be enough. Returns the
+        total size of the complete entries once room is made (the new entry not counted)."""
+        total = self._total()
+        if total + size <= self.cap_bytes:
+            return total
+        self._write_opens()  # so that eviction goes by the latest opens
         records = [(i, r) for i, r in self._records() if r.complete and i != inserting]
         total = sum(r.size for _i, r in records)
         pinned = self._pins.pinned_names()
@@ -441,11 +466,11 @@ class ImageCache:
             victims.append((image_id, record.size))
             total -= record.size
         if within_cap and total + size > self.cap_bytes:
-            return False
+            return None
         for image_id, victim_size in victims:
             self._remove(image_id)
             log.debug("cache: evicted image %s (%d bytes)", image_id, victim_size)
-        return True
+        return self._total()
 
     # -- index helpers -----------------------------------------------------------------------
 
@@ -482,6 +507,7 @@ class ImageCache:
         self.data_path(image_id).unlink(missing_ok=True)
         with self._lock:
             self._verified.pop(image_id, None)
+            self._inserted.pop(image_id, None)
             self._unopened_ahead.discard(image_id)
 
     def _drop_if_unchanged(self, image_id: str, seen: EntryRecord) -> None:
