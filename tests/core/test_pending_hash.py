@@ -62,3 +62,27 @@ def test_writes_in_order_are_hashed_without_reading_the_file(tmp_path: Path) -> 
         assert pending.sha256() == expected
     finally:
         pending.close_descriptor()
+
+
+def test_the_descriptor_stays_while_a_handle_is_open(tmp_path: Path) -> None:
+    """The last release closes a waiting file's descriptor (thousands may wait), but only
+    when no handle is open: an open counted in between keeps it, so a handle never finds
+    its descriptor closed under it (its number reused by another file). At unmount it is
+    closed whatever is open."""
+    (tmp_path / "staged").touch()
+    pending = Pending("/a.jpg", tmp_path / "staged", "entry", mtime=0.0)
+    pending.add_open()  # a writer's handle
+    fd = pending.descriptor()
+    pending.add_open()  # another open, counted before the first handle's release ends
+    assert pending.drop_open() == 1
+    pending.close_descriptor()  # what the release of the last handle would do: not now
+    assert pending.descriptor() == fd
+    assert pending.pwrite(b"bytes", 0) == 5
+    assert pending.drop_open() == 0
+    pending.close_descriptor()
+    assert pending.fd is None
+    pending.add_open()
+    pending.descriptor()
+    pending.close_descriptor(force=True)  # the unmount
+    assert pending.fd is None
+    assert (tmp_path / "staged").read_bytes() == b"bytes"

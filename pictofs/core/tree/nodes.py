@@ -467,12 +467,12 @@ class PendingFile(Node):
                                                       truncate=bool(flags & os.O_TRUNC))
         else:
             pending = self.pending
-            pending.opens += 1
+            pending.add_open()
             if not pending.local:  # a staged file: opened now, while its bytes are surely
                 try:               # there (its landing removes them)
                     pending.descriptor()
                 except OSError as exc:
-                    pending.opens -= 1
+                    pending.drop_open()
                     if isinstance(exc, FileNotFoundError) and pending.removed:
                         # it landed (or went) since the lookup: the path shows the image
                         # now (its staging file goes only after the image is shown)

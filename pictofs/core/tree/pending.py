@@ -68,9 +68,24 @@ class Pending:
                 self.fd = os.open(self.file, flags, 0o600)
             return self.fd
 
-    def close_descriptor(self) -> None:
+    def add_open(self) -> None:
+        """A handle opens the file: counted before it uses the descriptor, so that no close
+        of the last handle (``close_descriptor``) takes the descriptor from under it."""
         with self.io_lock:
-            if self.fd is not None:
+            self.opens += 1
+
+    def drop_open(self) -> int:
+        """A handle is released; how many stay open."""
+        with self.io_lock:
+            self.opens = max(0, self.opens - 1)
+            return self.opens
+
+    def close_descriptor(self, force: bool = False) -> None:
+        """Close the descriptor when no handle is open (a handle opened meanwhile keeps
+        it: closed under a handle, its number could be reused by another file before the
+        handle's next ``pread``/``pwrite``); ``force``: at unmount, whatever is open."""
+        with self.io_lock:
+            if self.fd is not None and (force or self.opens == 0):
                 os.close(self.fd)
                 self.fd = None
 

@@ -138,7 +138,7 @@ class WriteLayer(LocalNames):
         self._fail_empty_files()
         with self._lock:
             for pending in self._pending.values():
-                pending.close_descriptor()
+                pending.close_descriptor(force=True)
         return done
 
     def _fail_empty_files(self) -> None:
@@ -212,16 +212,21 @@ class WriteLayer(LocalNames):
         closed again); an image is staged as a replace, with its bytes unless truncated."""
         if isinstance(existing, Pending):
             pending = existing
-            if pending.entry_id is not None:
-                landed = self.queue.hold(pending.entry_id)
-                if landed is not None:  # it became an image meanwhile: this is a replace
-                    return self.open_for_write(path, landed, truncate)
-            elif pending.holds is not None:
-                self.materialize(pending)
-            if truncate:
-                pending.truncate(0)
-                pending.written = pending.dirty = True
-            pending.opens += 1
+            pending.add_open()  # first: a release of another handle keeps the descriptor
+            try:
+                if pending.entry_id is not None:
+                    landed = self.queue.hold(pending.entry_id)
+                    if landed is not None:  # it became an image meanwhile: a replace
+                        self.release(pending)
+                        return self.open_for_write(path, landed, truncate)
+                elif pending.holds is not None:
+                    self.materialize(pending)
+                if truncate:
+                    pending.truncate(0)
+                    pending.written = pending.dirty = True
+            except BaseException:
+                self.release(pending)
+                raise
             return pending
         pending = self._stage(path, replaced_id=existing.id)
         if not truncate:
@@ -390,8 +395,7 @@ class WriteLayer(LocalNames):
         self.queue.make_durable()  # NoSpace, or the disk's OSError (EIO), to the caller
 
     def release(self, pending: Pending) -> None:
-        pending.opens = max(0, pending.opens - 1)
-        if pending.opens:
+        if pending.drop_open():
             return
         pending.last_close = self.clock()
         if pending.removed:  # rm of an open file (or landed while read): the last close
