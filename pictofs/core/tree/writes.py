@@ -364,7 +364,8 @@ class WriteLayer(LocalNames):
         try:
             sha256 = pending.sha256()
             self.queue.flushed(pending.entry_id, pending.size, sha256,
-                               Header(sha256, dimensions))
+                               Header(sha256, dimensions), deferred=True,
+                               fd=pending.fd)
         except NoSpace as exc:  # not recorded: a cut-off file, as in write
             pending.poison = exc
             log.warning("%s: %s", pending.path, exc)

@@ -1,10 +1,12 @@
 """The group commit of one journal (filesystem spec §5 "Durability").
 
-A writer's close records its flush without an fsync: the bytes are in the staging file (the
-page cache) and the journal's row is committed to the WAL, so a crash of the daemon (kill -9,
-the OOM killer) loses nothing, and a close costs no disk wait. What a crash of the *machine*
-could still lose, the flushes since the last group commit, is made durable here for all of
-them at once (``Journal.make_durable``: one ``syncfs``):
+A writer's close records its flush without an fsync and without a commit: the bytes are in
+the staging file (the page cache) and the flush is written beside them
+(``Journal.defer_flushed``: one ``fsetxattr``), so a crash of the daemon (kill -9, the OOM
+killer) loses nothing, and a close costs no disk wait. The group commit writes those flushes
+into the journal's rows, and what a crash of the *machine* could still lose, the flushes
+since the last group commit, is made durable here for all of them at once
+(``Journal.make_durable``: one commit and one ``syncfs``):
 
 - at most ``interval`` seconds after the oldest flush not yet durable (``--commit-interval``,
   default 5 s, as ext4's ``commit=``); with nothing flushed, nothing is done;

@@ -27,10 +27,15 @@ port changes at every start, a key can be rotated: pending work must still be fo
   deleted: ``pictofs status`` counts them, and copying one back into the mount uploads it.
 
 Every method that changes a row commits before it returns, so a caller that records a step
-and then sends it never sends a step the journal does not know about. The one exception is
-the row of a new entry (``add_many(deferred=True)``, the mount's ``create``): it holds
-nothing to resume until the file's first flush, so it is written by the next commit, that
-flush's typically, and a file costs one commit, not two. A commit is written to
+and then sends it never sends a step the journal does not know about. Two exceptions, both
+the mount's, so that a file written costs no commit of its own: the row of a new entry
+(``add_many(deferred=True)``, the ``create``) holds nothing to resume until the file's first
+flush; and a flush (``defer_flushed``, the close) is written beside the bytes first, as the
+staging file's extended attribute ``user.pictofs.flushed`` (size, sha256, the image
+replaced, and the journal's ``incarnation``), which a crash of the daemon does not lose. Both
+are written into the rows by the next commit of any kind, the group commit at the latest;
+until then ``get`` and ``entries`` show them as that commit will write them, and a restart
+finds a flush its row missed beside the bytes (``recover_flushes``). A commit is written to
 the WAL and survives a crash of the process at once; none is fsync'd on its own. Against a
 crash of the machine, ``make_durable`` (the group commit, ``commits.GroupCommit``, at most
 ``--commit-interval`` after a change and at once on fsync, ``pictofs sync`` and unmount)
@@ -60,6 +65,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import hashlib
 import json
 import logging
@@ -69,7 +75,8 @@ import shutil
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, fields
+import uuid
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -205,6 +212,8 @@ def key_fingerprint(api_key: str) -> str:
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 NAME_XATTR = "user.pictofs.path"  # on a staging file: the path it was written as
+# on a staging file: its last flush, when the row records it later (``defer_flushed``)
+FLUSH_XATTR = "user.pictofs.flushed"
 QUARANTINE = "quarantine"
 
 
@@ -328,6 +337,12 @@ class Journal:
         # _unwritten_lock, never held around a commit; get reads it without: one dict lookup)
         self._unwritten_lock = threading.Lock()
         self._unwritten: dict[str, Entry] = {}
+        # flushes defer_flushed recorded beside the bytes and not in a row yet, by entry id:
+        # (flush number, size, sha256); guarded by _unwritten_lock, as _unwritten
+        self._unflushed: dict[str, tuple[int, int, str | None]] = {}
+        # whether the staging folder takes user xattrs (else every flush commits at once)
+        self._marks = True
+        self._incarnation = ""  # set by _init_meta
         self.dataset_id = dataset_id
         try:
             self._db = open_database(self.directory / "journal.db", VERSION, UPGRADES,
@@ -400,13 +415,13 @@ class Journal:
                 and (info.live or info.staged_files)]
 
     def close(self) -> None:
-        if self._unwritten:  # rows deferred and not written yet: written now
+        if self._unwritten or self._unflushed:  # deferred and not written yet: written now
             try:
                 with self._write():
                     pass
-            except NoSpace as exc:  # the next mount finds their staging files without rows
+            except NoSpace as exc:  # the next mount finds them beside the staged bytes
                 log.warning("%d staged file(s) not recorded in the journal: %s",
-                            len(self._unwritten), exc)
+                            len(self._unwritten) + len(self._unflushed), exc)
         with self._read_lock:
             self._reader.close()
         with self._lock:
@@ -456,20 +471,53 @@ class Journal:
     def get(self, entry_id: str) -> Entry | None:
         # Asked before the database: a deferred row leaves ``_unwritten`` only after the
         # commit that wrote it, so one not found there is in the database (or never was).
+        if entry_id in self._unflushed:  # a flush deferred: the row as it will be
+            with self._unwritten_lock:  # held: no commit after the flush's can come between
+                return self._with_flush(entry_id, self._read_one(entry_id))
+        unwritten = self._unwritten.get(entry_id)
+        return self._read_one(entry_id) or unwritten
+
+    def _read_one(self, entry_id: str) -> Entry | None:
+        """The row in the database, or the deferred one (asked first, as in ``get``)."""
         unwritten = self._unwritten.get(entry_id)
         with self._read_lock:
             row = self._reader.execute(f"SELECT {', '.join(_COLUMNS)} FROM entries "
                                        "WHERE id = ?", (entry_id,)).fetchone()
         return _entry(row) if row else unwritten
 
+    def _with_flush(self, entry_id: str, entry: Entry | None) -> Entry | None:
+        """``entry`` with the flush ``defer_flushed`` keeps for it applied, as the commit
+        writes it (``_apply_flush``). Under ``_unwritten_lock``."""
+        deferred = self._unflushed.get(entry_id)
+        if entry is None or deferred is None:
+            return entry
+        _flush_number, size, sha256 = deferred
+        return replace(entry, flushed=True, size=size, sha256=sha256, url_key=None,
+                       register_key=None, error=None,
+                       step=Step.ARCHIVED if entry.replaced_id is not None
+                       and entry.step != Step.NONE else Step.NONE,
+                       state=JobState.STAGED if entry.state == JobState.FAILED
+                       else entry.state)
+
     def entries(self, state: JobState | None = None) -> list[Entry]:
+        if not self._unflushed:
+            return self._entries(None if state is None else (state,))
+        # flushes deferred: the rows as they will be (a flush only ever turns failed into
+        # staged, so those are the rows that may change state)
+        states = None if state is None else (state, JobState.FAILED) \
+            if state == JobState.STAGED else (state,)
+        with self._unwritten_lock:
+            found = [self._with_flush(e.id, e) for e in self._entries(states)]
+        return [e for e in found if e is not None and (state is None or e.state == state)]
+
+    def _entries(self, states: tuple[JobState, ...] | None) -> list[Entry]:
         query = f"SELECT {', '.join(_COLUMNS)} FROM entries"
         args: tuple[Any, ...] = ()
-        if state is not None:
-            query, args = query + " WHERE state = ?", (state,)
-        with self._unwritten_lock:  # first, as in get
-            unwritten = [e for e in self._unwritten.values()
-                         if state is None or e.state == state]
+        if states is not None:
+            query += f" WHERE state IN ({', '.join('?' * len(states))})"
+            args = tuple(states)
+        unwritten = [e for e in list(self._unwritten.values())  # first, as in get
+                     if states is None or e.state in states]
         with self._read_lock:
             rows = self._reader.execute(query + " ORDER BY created, id", args).fetchall()
         found = [_entry(row) for row in rows]
@@ -534,19 +582,104 @@ class Journal:
         with self._write() as db:
             now = time.time()
             for entry_id, size in sizes.items():
-                if not still(entry_id):
+                if still(entry_id):
+                    _apply_flush(db, entry_id, size, digests.get(entry_id), now)
+
+    def defer_flushed(self, flushes: Mapping[str, tuple[int, int, str | None]],
+                      fds: Mapping[str, int] | None = None) -> None:
+        """``record_flushed`` without a commit of its own (the mount's close): entry id →
+        (flush number, size, sha256). Each flush is written beside its bytes first, as the
+        extended attribute ``user.pictofs.flushed`` of the staging file (one
+        ``fsetxattr``: ``fds`` has the writer's descriptor of it, else it is opened), so it
+        survives a crash of the daemon at once; the row follows with the next commit of any
+        kind (the group commit at the latest, which also makes it durable), and ``get`` and
+        ``entries`` show it until then. A restart finds a flush its row missed in the
+        attribute (``recover_flushes``). A flush older than one already kept for the same
+        entry (two handles closed at once) is passed over. Where the staging folder takes no
+        user xattrs, the flushes are committed at once, as ``record_flushed``."""
+        if not self._marks:
+            self.record_flushed({e: size for e, (_n, size, _h) in flushes.items()},
+                                digests={e: h for e, (_n, _s, h) in flushes.items() if h})
+            return
+        with self._unwritten_lock:
+            for entry_id, (number, size, sha256) in flushes.items():
+                kept = self._unflushed.get(entry_id)
+                if kept is not None and kept[0] > number:
                     continue
-                # the step goes back to none, or stays archived for a replace past that step;
-                # the state: failed → staged (an allowed transition,
-                # the only one this write makes)
-                db.execute("UPDATE entries SET flushed = 1, size = ?, sha256 = ?, "
-                           "url_key = NULL, register_key = NULL, error = NULL, "
-                           "step = CASE WHEN replaced_id IS NOT NULL AND step != ? "
-                           "THEN ? ELSE ? END, "
-                           "state = CASE WHEN state = ? THEN ? ELSE state END, "
-                           "updated = ? WHERE id = ?",
-                           (size, digests.get(entry_id), Step.NONE, Step.ARCHIVED, Step.NONE,
-                            JobState.FAILED, JobState.STAGED, now, entry_id))
+                replaced = self._unwritten.get(entry_id)
+                mark = _flush_mark(self._incarnation, size, sha256,
+                                   replaced.replaced_id if replaced is not None else None)
+                if not self._set_mark(entry_id, mark, (fds or {}).get(entry_id)):
+                    break  # no user xattrs here: the commit below
+                self._unflushed[entry_id] = (number, size, sha256)
+        if not self._marks:
+            self.record_flushed({e: size for e, (_n, size, _h) in flushes.items()},
+                                digests={e: h for e, (_n, _s, h) in flushes.items() if h})
+
+    def _set_mark(self, entry_id: str, mark: bytes, fd: int | None) -> bool:
+        """Write a flush beside its bytes; False (and flushes commit from now on) where the
+        filesystem has no user xattrs. A full disk is ``NoSpace``."""
+        with self._no_space("recording a flush"):
+            try:
+                if fd is not None:
+                    os.setxattr(fd, FLUSH_XATTR, mark)
+                else:
+                    os.setxattr(self.staging_path(entry_id), FLUSH_XATTR, mark)
+                return True
+            except OSError as exc:
+                if exc.errno not in _NO_XATTRS:
+                    raise
+        log.info("%s takes no user xattrs: every close commits the journal",
+                 self.staging_dir)
+        self._marks = False
+        return False
+
+    def clear_flush_marks(self, entry_ids: Iterable[str]) -> None:
+        """Forget the flushes written beside these entries' bytes (their row says more now:
+        failed, ``fail_staged``), so a restart does not take them for newer."""
+        for entry_id in entry_ids:
+            try:
+                os.removexattr(self.staging_path(entry_id), FLUSH_XATTR)
+            except OSError:
+                pass  # none, or no staging file
+
+    def recover_flushes(self) -> list[str]:
+        """At resume, before anything reads the rows: the flushes a crash of the daemon
+        (kill -9) left beside the bytes only (``defer_flushed``) are written into their rows,
+        and a staging file whose row was never written gets one, named by the path recorded
+        with it. Only flushes of this journal count: a journal removed or emptied leaves
+        its staging files unaccounted for, kept aside (``keep_aside``). A row that is done
+        or cancelled, or that records the same flush, is left as it is. Returns the entry
+        ids recovered."""
+        marks: dict[str, tuple[int, str | None, str | None]] = {}
+        for name in self.staging_names():
+            mark = _get_mark(self.staging_path(name), self._incarnation)
+            if mark is not None:
+                marks[name] = mark
+        if not marks:
+            return []
+        rows = {e.id: e for e in self.entries()}
+        now = time.time()
+        new: list[tuple[Any, ...]] = []
+        flushes: dict[str, tuple[int, str | None]] = {}
+        for entry_id, (size, sha256, replaced_id) in marks.items():
+            entry = rows.get(entry_id)
+            if entry is None:
+                path = _get_name(self.staging_path(entry_id))
+                if not path:
+                    continue
+                folder, filename = _split(path)
+                new.append((entry_id, folder, filename, INITIAL, replaced_id, now, now))
+            elif entry.cancelled or entry.state == JobState.DONE or (
+                    entry.flushed and (entry.size, entry.sha256) == (size, sha256)):
+                continue
+            flushes[entry_id] = (size, sha256)
+        if flushes:
+            with self._write() as db:
+                _insert_staged(db, new)
+                for entry_id, (size, sha256) in flushes.items():
+                    _apply_flush(db, entry_id, size, sha256, now)
+        return sorted(flushes)
 
     def delete(self, entry_id: str) -> None:
         with self._write() as db:
@@ -754,6 +887,9 @@ class Journal:
         journal's folder); where there is none, each staging file still there, the folder
         and the WAL are fsync'd (one WAL fsync covers every earlier commit: the WAL is
         written in order)."""
+        if self._unwritten or self._unflushed:  # rows still kept in memory: written first
+            with self._write():
+                pass
         with self._no_space("making the staged bytes durable"):
             if sync_filesystem(self.directory):
                 return
@@ -840,22 +976,26 @@ class Journal:
         with self._lock, self._no_space("a journal commit"):
             with self._unwritten_lock:
                 unwritten = list(self._unwritten.values())
-            if not durable:
+                unflushed = dict(self._unflushed)
+            if durable:
+                self._db.execute("PRAGMA synchronous=FULL")  # WAL: this commit fsyncs it
+            try:
                 with self._db:
                     _insert_staged(self._db, [_staged_row(e) for e in unwritten])
+                    now = time.time()
+                    for entry_id, (_number, size, sha256) in unflushed.items():
+                        _apply_flush(self._db, entry_id, size, sha256, now)
                     yield self._db
-            else:
-                self._db.execute("PRAGMA synchronous=FULL")  # WAL: this commit fsyncs it
-                try:
-                    with self._db:
-                        _insert_staged(self._db, [_staged_row(e) for e in unwritten])
-                        yield self._db
-                finally:
+            finally:
+                if durable:
                     self._db.execute("PRAGMA synchronous=NORMAL")
-            if unwritten:  # committed: the database shows them from now on
+            if unwritten or unflushed:  # committed: the database shows them from now on
                 with self._unwritten_lock:
                     for entry in unwritten:
                         del self._unwritten[entry.id]
+                    for entry_id, kept in unflushed.items():
+                        if self._unflushed.get(entry_id) == kept:  # not a newer flush
+                            del self._unflushed[entry_id]
 
     def _require(self, entry_id: str) -> Entry:
         entry = self.get(entry_id)
@@ -872,6 +1012,12 @@ class Journal:
         with self._write() as db:
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('version', ?)",
                        (str(VERSION),))
+            # names this journal in the flushes written beside staged bytes (FLUSH_XATTR):
+            # a journal made anew (the old one removed or emptied) does not trust them
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('incarnation', ?)",
+                       (uuid.uuid4().hex,))
+            self._incarnation = str(db.execute(
+                "SELECT value FROM meta WHERE key = 'incarnation'").fetchone()[0])
             for key, value in identity.items():
                 if not value:
                     continue
@@ -918,6 +1064,52 @@ def _adopt_legacy(state_dir: Path, dataset_id: str, folder: Path) -> None:
         log.info("adopted the upload journal %s of dataset %s (%d pending)", info.folder.name,
                  dataset_id, info.live)
         return
+
+
+def _apply_flush(db: sqlite3.Connection, entry_id: str, size: int, sha256: str | None,
+                 now: float) -> None:
+    """One flush written into its row (``record_flushed``); ``Journal._with_flush`` shows a
+    deferred one the same way. The step goes back to none, or stays archived for a replace
+    past that step; the state: failed → staged (an allowed transition, the only one this
+    write makes). A missing row (removed since) is passed over."""
+    db.execute("UPDATE entries SET flushed = 1, size = ?, sha256 = ?, "
+               "url_key = NULL, register_key = NULL, error = NULL, "
+               "step = CASE WHEN replaced_id IS NOT NULL AND step != ? "
+               "THEN ? ELSE ? END, "
+               "state = CASE WHEN state = ? THEN ? ELSE state END, "
+               "updated = ? WHERE id = ?",
+               (size, sha256, Step.NONE, Step.ARCHIVED, Step.NONE,
+                JobState.FAILED, JobState.STAGED, now, entry_id))
+
+
+# errnos of a filesystem without user xattrs
+_NO_XATTRS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM})
+
+
+def _flush_mark(incarnation: str, size: int, sha256: str | None,
+                replaced_id: str | None) -> bytes:
+    """The ``FLUSH_XATTR`` value: ``incarnation size sha256 replaced_id`` ('-' for none)."""
+    return f"{incarnation} {size} {sha256 or '-'} {replaced_id or '-'}".encode("ascii")
+
+
+def _get_mark(path: Path, incarnation: str
+              ) -> tuple[int, str | None, str | None] | None:
+    """``(size, sha256, replaced_id)`` of the flush written beside ``path``'s bytes by this
+    journal (``incarnation``); None when there is none, or another journal wrote it."""
+    try:
+        parts = os.getxattr(path, FLUSH_XATTR).decode("ascii").split(" ")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if len(parts) != 4 or parts[0] != incarnation or not parts[1].isdigit():
+        return None
+    return (int(parts[1]), None if parts[2] == "-" else parts[2],
+            None if parts[3] == "-" else parts[3])
+
+
+def _split(path: str) -> tuple[str, str]:
+    """``/a/b/x.jpg`` → ``("/a/b", "x.jpg")``; ``/x.jpg`` → ``("/", "x.jpg")``."""
+    head, _, tail = path.rstrip("/").rpartition("/")
+    return (head or "/"), tail
 
 
 def _staged_row(entry: Entry) -> tuple[Any, ...]:

@@ -218,22 +218,29 @@ class UploadQueue:
         return self._journal.staging_path(entry_id)
 
     def flushed(self, entry_id: str, size: int, sha256: str | None = None,
-                header: Header | None = None) -> None:
+                header: Header | None = None, deferred: bool = False,
+                fd: int | None = None) -> None:
         """The writer's flush returned with new bytes (``sha256``: theirs, when the writer
         knows it): the entry is resumable from now on, and an upload of older bytes starts
         over. Durable against a crash of the daemon at once, against one of the machine at
         the next group commit (``make_durable``, at most ``commit_interval`` later).
         ``header``: what Pillow read from the bytes at the flush, kept (in memory) so the
-        upload of bytes that hash the same needs no second read."""
+        upload of bytes that hash the same needs no second read. ``deferred``: the flush is
+        recorded beside the bytes and its row written by a later commit
+        (``Journal.defer_flushed``: the mount's close costs no commit); ``fd``, the writer's
+        descriptor of the staging file, saves opening it."""
         self.flushed_many({entry_id: size}, None if sha256 is None else {entry_id: sha256},
-                          None if header is None else {entry_id: header})
+                          None if header is None else {entry_id: header},
+                          {} if fd is None else {entry_id: fd}, deferred=deferred)
 
     def flushed_many(self, sizes: Mapping[str, int],
                      digests: Mapping[str, str] | None = None,
-                     headers: Mapping[str, Header] | None = None) -> None:
+                     headers: Mapping[str, Header] | None = None,
+                     fds: Mapping[str, int] | None = None, deferred: bool = False) -> None:
         """``flushed`` for many entries (entry id → size, and → sha256 in ``digests`` and
         → ``Header`` in ``headers`` where known) at once: one transaction, not fsync'd
-        (``commits``)."""
+        (``commits``); ``deferred``, no transaction: recorded beside the bytes
+        (``Journal.defer_flushed``; ``fds``: entry id → the writer's descriptor)."""
         flushes: dict[str, int] = {}
         with self._changed:
             for entry_id in sizes:
@@ -247,9 +254,14 @@ class UploadQueue:
             self._changed.notify_all()
         # Outside the queue's lock: the generation moved first, so a running upload writes
         # no step after this (TaskControl.record asks under the journal's lock).
-        self._journal.record_flushed({e: sizes[e] for e in flushes},
-                                     still=lambda e: self._flushes(e) == flushes[e],
-                                     digests=digests)
+        if deferred:
+            self._journal.defer_flushed(
+                {e: (number, sizes[e], (digests or {}).get(e))
+                 for e, number in flushes.items()}, fds)
+        else:
+            self._journal.record_flushed({e: sizes[e] for e in flushes},
+                                         still=lambda e: self._flushes(e) == flushes[e],
+                                         digests=digests)
         self._commits.note(flushes)
 
     def make_durable(self) -> None:
@@ -267,6 +279,7 @@ class UploadQueue:
         now, its staging file and row kept (durable, as a flush makes them) with the
         reason, listed until discarded, written again (a flush stages it again) or renamed.
         An upload of older bytes in flight stops at its next step."""
+        self._journal.clear_flush_marks(failures)  # the row says more now
         self._journal.sync_staging_files(failures)
         with self._changed:
             for entry_id in failures:
@@ -455,6 +468,10 @@ class UploadQueue:
         others with their staging files, forget done entries and orphan staging files.
         Returns the ids queued."""
         self._take_over_stranded()
+        recovered = self._journal.recover_flushes()
+        if recovered:
+            log.info("%d flush(es) found beside the staged bytes, not in the journal's rows "
+                     "(pictofs was stopped before their commit): resumed", len(recovered))
         entries = self._journal.entries()
         self._put_orphans_aside(entries)
         queued: list[Entry] = []
