@@ -97,6 +97,24 @@ def describe(source: Source) -> tuple[str, tuple[int, int] | None]:
             return image_format, None
 
 
+# How much of a file ``describe_head`` hands Pillow at first: every header of an ordinary
+# image (EXIF is at most 64 KB in a JPEG; PNG's IHDR comes first), in one read.
+HEAD_BYTES = 64 * 1024
+
+
+def describe_head(head: bytes, size: int, source: Source) -> tuple[str, tuple[int, int] | None]:
+    """``describe`` from the first bytes of a file of ``size`` bytes (``head``: up to
+    ``HEAD_BYTES``, read by the caller with one ``pread``), and from ``source`` (the whole
+    file) only when Pillow needs more than them: a header that runs past them (large ICC
+    profiles, text chunks before the pixels). ``NotAnImage`` as ``describe``."""
+    try:
+        return describe(head)
+    except NotAnImage:
+        if len(head) >= size:
+            raise
+    return describe(source)
+
+
 def is_image(source: Source) -> bool:
     try:
         identify(source)

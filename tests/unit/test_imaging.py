@@ -111,3 +111,29 @@ def test_identify_leaves_a_file_object_where_it_was(tmp_path: Path) -> None:
         with pytest.raises(NotAnImage):
             imaging.identify(handle)
         assert handle.tell() == 0
+
+
+def test_describe_head_reads_the_whole_file_only_for_a_header_past_the_first_bytes() -> None:
+    """The mount's flush hands Pillow the first ``HEAD_BYTES`` of the file (one read); a
+    header longer than that (a large text chunk before a PNG's pixels) is read from the
+    whole file, and bytes that are not an image within a short file never are."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("notes", "x" * (imaging.HEAD_BYTES + 1000))
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30)).save(out, format="PNG", pnginfo=info)
+    data = out.getvalue()
+    head = data[:imaging.HEAD_BYTES]
+    with pytest.raises(NotAnImage):
+        imaging.describe(head)  # the header runs past the first bytes
+    assert imaging.describe_head(head, len(data), data) == ("PNG", (40, 30))
+    small = encode("JPEG")
+    assert imaging.describe_head(small, len(small), b"never read") == ("JPEG", (40, 30))
+
+    class Unread(io.BytesIO):
+        def tell(self) -> int:
+            raise AssertionError("the whole file was read for a short non-image")
+
+    with pytest.raises(NotAnImage):
+        imaging.describe_head(b"just some text\n", 15, Unread())

@@ -356,7 +356,8 @@ class WriteLayer(LocalNames):
             return  # 0-byte files stay local until they have content (or the unmount)
         assert pending.entry_id is not None
         try:
-            _format, dimensions = imaging.describe(pending.file)
+            _format, dimensions = imaging.describe_head(
+                pending.pread(imaging.HEAD_BYTES, 0), pending.size, pending.file)
         except NotAnImage:
             refused = NotAnImage(f"{pending.path}: {NOT_AN_IMAGE}")
             self._keep_failed(pending, refused)
