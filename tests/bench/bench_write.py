@@ -26,7 +26,14 @@ a local folder ``photos/`` and measures, each as the median of several repetitio
    - 1g the first ``rsync -a photos MOUNT/`` into a fresh dataset vs the first ``rsync -a``
      into the passthrough; target ≤ 1.3×;
    - 1h the daemon's CPU time (user + system, ``/proc/PID/stat``) for 1a's ``cp -r`` and
-     ``pictofs sync`` together, per image; target ≤ 1.5 ms.
+     ``pictofs sync`` together, per image; target ≤ 1.5 ms;
+   - 1i (no target: the floor of what pictofs promises) 1f's ``cp -r`` vs the same copy
+     through the *checked* passthrough (``passthrough.py --checked``): the writable one plus
+     the work a copy into pictofs cannot skip, per file: sha256 of the bytes as they are
+     written, Pillow's check of the header at the flush, the flush recorded beside the
+     bytes (one ``fsetxattr``), and a filesystem with extended attributes (the kernel then
+     asks for ``security.capability`` before every write). Under the table, its daemon's CPU
+     per file.
    Where ``strace`` is installed, one more (untimed) ``cp -r`` + ``pictofs sync`` counts the
    daemon's fsync-family system calls (under the table);
 2. the second ``rsync -a photos MOUNT/`` (after a first ``rsync -a`` into a fresh dataset and
@@ -283,6 +290,7 @@ class WriteBench(Bench):
         # CPU per file (ms): the bulk workflow's process, the passthrough's daemon for cp -r
         self.workflow_cpu: list[float] = []
         self.passthrough_cpu: list[float] = []
+        self.checked_cpu: list[float] = []  # the checked passthrough's, for row 1i
         self.held_cpu: list[float] = []  # the daemon's, for 1f's cp -r (uploads held back)
         self.rows: frozenset[str] | None = None  # --rows: the rows to measure (None: all)
 
@@ -399,11 +407,63 @@ class WriteBench(Bench):
         first_rsync = TimeRow("1g", f"First `rsync -a` of {n:,} files into a fresh dataset",
                               "first `rsync -a` through the minimal passthrough", 1.3)
         cpu = ValueRow("1h", "Daemon CPU per image, `cp -r` + upload (1a)", "ms", 1.5)
+        promised = TimeRow("1i", "`cp -r` alone, uploads held back (1f)",
+                           "`cp -r` through the checked passthrough (the floor of the promises)",
+                           None)
         self.proxy = FaultProxy(self.server.base_url).start()
         self.proxy.delay_next(ADDED_LATENCY, count=10**9)  # every request, for the whole run
-        passthrough = self.mount_passthrough(self.fresh_dir("passthrough-data"), "--writable")
-
         want = self.wanted
+        checked = None
+        if want("1i"):  # mounted first, then set aside: self.passthrough is the plain one
+            checked = (self.mount_passthrough(self.fresh_dir("checked-data"), "--checked"),
+                       self.passthrough[1] if self.passthrough else None)
+            self.passthrough = None
+        try:
+            self._copies(keys, totals, alone, latency, held, first_rsync, cpu, promised,
+                         checked)
+        finally:
+            if checked is not None:
+                self.stop_passthrough()
+                self.passthrough = checked  # type: ignore[assignment]
+                self.stop_passthrough()
+        self.references.append(("`cp -r` to local disk", self.local_copies))
+        if self.passthrough_cpu and self.workflow_cpu:
+            floor = statistics.median(self.passthrough_cpu) \
+                + statistics.median(self.workflow_cpu)
+            self.notes.append(
+                "CPU per image, for row 1h: the passthrough's daemon for `cp -r` "
+                f"{statistics.median(self.passthrough_cpu):.2f} ms, the bulk workflow's "
+                f"process (client side) for the upload {statistics.median(self.workflow_cpu):.2f}"
+                f" ms: {floor:.2f} ms together, the floor of a FUSE copy plus an upload in "
+                "Python.")
+        if self.held_cpu and self.passthrough_cpu:
+            self.notes.append(
+                "CPU per file of the daemon for the `cp -r` of 1f (uploads held back): "
+                f"{statistics.median(self.held_cpu):.2f} ms "
+                f"({', '.join(f'{v:.2f}' for v in self.held_cpu)}), the passthrough's "
+                f"{statistics.median(self.passthrough_cpu):.2f} ms "
+                f"({', '.join(f'{v:.2f}' for v in self.passthrough_cpu)}).")
+        if shutil.which("strace") and want("1h"):
+            self.count_fsyncs()
+        if self.checked_cpu and self.held_cpu:
+            self.notes.append(
+                "CPU per file of the checked passthrough for its `cp -r` (row 1i): "
+                f"{statistics.median(self.checked_cpu):.2f} ms "
+                f"({', '.join(f'{v:.2f}' for v in self.checked_cpu)}).")
+        rows: list[Row] = [*totals.values(), *alone.values(), latency, held, first_rsync, cpu,
+                           promised]
+        self.write_rows += [row for row in rows if want(row.key)]
+
+    def _copies(self, keys: dict[str, str], totals: dict[str, TimeRow],
+                alone: dict[str, TimeRow], latency: TimeRow, held: TimeRow,
+                first_rsync: TimeRow, cpu: ValueRow, promised: TimeRow,
+                checked: tuple[Path, subprocess.Popen[bytes] | None] | None) -> None:
+        """The repetitions of rows 1a to 1i (``checked``: the checked passthrough, set
+        aside while the plain one is ``self.passthrough``)."""
+        assert self.server is not None
+        n = self.files
+        want = self.wanted
+        passthrough = self.mount_passthrough(self.fresh_dir("passthrough-data"), "--writable")
         for rep in range(self.reps):
             first = rep == 0
             log(f"copy {rep + 1}/{self.reps}: upload_dataset_from_folder; cp -r and rsync -a "
@@ -430,11 +490,20 @@ class WriteBench(Bench):
                 if wb == WRITE_BACKS[0]:
                     cpu.values.append(cpu_used * 1000 / n)
 
-            if want("1e", "1f"):
+            if want("1e", "1f", "1i"):
                 log(f"copy {rep + 1}/{self.reps}: cp -r with the uploads held back")
                 without_delay = self.copy_without_uploads(record=first)
                 held.ours.append(without_delay)
                 held.base.append(cp_passthrough)
+            if checked is not None:
+                log(f"copy {rep + 1}/{self.reps}: cp -r through the checked passthrough")
+                plain, self.passthrough = self.passthrough, checked  # type: ignore[assignment]
+                try:
+                    promised.base.append(self.passthrough_copy(checked[0], "cp",
+                                                               self.checked_cpu))
+                finally:
+                    self.passthrough = plain
+                promised.ours.append(without_delay)
             if want("1e"):
                 log(f"copy {rep + 1}/{self.reps}: cp -r with the uploads held back, "
                     f"+{ADDED_LATENCY * 1000:.0f} ms on every request")
@@ -446,30 +515,9 @@ class WriteBench(Bench):
                 first_rsync.ours.append(self.first_rsync())
                 first_rsync.base.append(rsync_passthrough)
         self.stop_passthrough()
-        self.references.append(("`cp -r` to local disk", self.local_copies))
-        if self.passthrough_cpu and self.workflow_cpu:
-            floor = statistics.median(self.passthrough_cpu) \
-                + statistics.median(self.workflow_cpu)
-            self.notes.append(
-                "CPU per image, for row 1h: the passthrough's daemon for `cp -r` "
-                f"{statistics.median(self.passthrough_cpu):.2f} ms, the bulk workflow's "
-                f"process (client side) for the upload {statistics.median(self.workflow_cpu):.2f}"
-                f" ms: {floor:.2f} ms together, the floor of a FUSE copy plus an upload in "
-                "Python.")
-        if self.held_cpu and self.passthrough_cpu:
-            self.notes.append(
-                "CPU per file of the daemon for the `cp -r` of 1f (uploads held back): "
-                f"{statistics.median(self.held_cpu):.2f} ms "
-                f"({', '.join(f'{v:.2f}' for v in self.held_cpu)}), the passthrough's "
-                f"{statistics.median(self.passthrough_cpu):.2f} ms "
-                f"({', '.join(f'{v:.2f}' for v in self.passthrough_cpu)}).")
-        if shutil.which("strace") and want("1h"):
-            self.count_fsyncs()
 
-        rows: list[Row] = [*totals.values(), *alone.values(), latency, held, first_rsync, cpu]
-        self.write_rows += [row for row in rows if want(row.key)]
-
-    def passthrough_copy(self, passthrough: Path, tool: str) -> float:
+    def passthrough_copy(self, passthrough: Path, tool: str,
+                         cpu: list[float] | None = None) -> float:
         """``cp -r`` or ``rsync -a`` of the source into a new folder of the writable
         passthrough (the floor of a copy through FUSE); its time."""
         target = passthrough / f"{tool}-{self.counter}"
@@ -480,7 +528,8 @@ class WriteBench(Bench):
             pid = self.passthrough[1].pid
             cpu_before = cpu_seconds(pid)
             elapsed = timed_run(lambda: run("cp", "-r", self.source, f"{target}/"))
-            self.passthrough_cpu.append((cpu_seconds(pid) - cpu_before) * 1000 / self.files)
+            (self.passthrough_cpu if cpu is None else cpu).append(
+                (cpu_seconds(pid) - cpu_before) * 1000 / self.files)
         else:
             elapsed = timed_run(lambda: rsync(self.source, target))
         shutil.rmtree(target)
@@ -776,7 +825,7 @@ def show_mount_logs(bench: WriteBench, lines: int = 40) -> None:
         log("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
 
 
-COPY_ROWS = ("1a", "1b", "1c", "1d", "1e", "1f", "1g", "1h")
+COPY_ROWS = ("1a", "1b", "1c", "1d", "1e", "1f", "1g", "1h", "1i")
 RSYNC_ROWS = ("2a", "2b", "2c")
 
 

@@ -16,14 +16,27 @@ call the one system call it names (``create`` is ``os.open(O_CREAT)``, ``write``
 into a FUSE mount, the baseline of the write benchmark. Nothing is fsync'd unless the writer
 asks.
 
-Run: ``python tests/bench/passthrough.py [--keep-cache|--writable] ROOT MOUNTPOINT`` (stays in
-the foreground until unmounted with ``fusermount3 -u MOUNTPOINT``).
+With ``--checked`` it is the writable passthrough plus the work a copy into pictofs cannot
+skip, the floor of what pictofs promises for each file written (filesystem spec §5): the
+bytes are hashed (sha256) as they are written in order, a flush with new bytes has Pillow
+identify the header from the first 64 KB (``EINVAL`` for bytes that are not an image), and
+records the size and hash beside the bytes (one ``fsetxattr``, as the journal's record of the
+close that a crash of the daemon does not lose); it answers ``getxattr`` (``ENODATA``) as a
+filesystem with extended attributes must, so the kernel asks for ``security.capability``
+before every write, as it does of pictofs.
+
+Run: ``python tests/bench/passthrough.py [--keep-cache|--writable|--checked] ROOT
+MOUNTPOINT`` (stays in the foreground until unmounted with ``fusermount3 -u MOUNTPOINT``).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import os
 import sys
+import threading
 from typing import Any
 
 if not os.environ.get("FUSE_LIBRARY_PATH"):
@@ -147,17 +160,72 @@ class WritablePassthrough(Passthrough):
         return self._call(lambda: os.utime(real, ns=tuple(times), follow_symlinks=False))
 
 
+class CheckedPassthrough(WritablePassthrough):
+    """The writable passthrough plus the per-file work of pictofs's promises (see above)."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        from PIL import Image  # only this mode needs Pillow
+        self._image = Image
+        self._lock = threading.Lock()
+        # per open descriptor: [running sha256 or None, bytes hashed, size, new bytes?]
+        self._files: dict[int, list[Any]] = {}
+
+    def create(self, path: str, mode: int, fi: Any = None) -> int:
+        fd = super().create(path, mode, fi)
+        with self._lock:
+            self._files[fd] = [hashlib.sha256(), 0, 0, False]
+        return fd
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        written = os.pwrite(fh, data, offset)
+        state = self._files.get(fh)
+        if state is not None:
+            if state[0] is not None and offset == state[1]:
+                state[0].update(data)
+                state[1] += written
+            elif offset < state[1]:
+                state[0] = None
+            state[2], state[3] = max(state[2], offset + written), True
+        return written
+
+    def flush(self, path: str, fh: int) -> int:
+        state = self._files.get(fh)
+        if state is None or not state[3]:
+            return 0
+        state[3] = False
+        try:
+            with self._image.open(io.BytesIO(os.pread(fh, 64 * 1024, 0))) as img:
+                img.size
+        except Exception:
+            raise mfusepy.FuseOSError(errno.EINVAL) from None
+        digest = state[0].hexdigest() if state[0] is not None and state[1] == state[2] \
+            else hashlib.sha256(os.pread(fh, state[2], 0)).hexdigest()
+        os.setxattr(fh, "user.passthrough.flushed", f"{state[2]} {digest}".encode())
+        return 0
+
+    def release(self, path: str, fh: int) -> int:
+        with self._lock:
+            self._files.pop(fh, None)
+        return super().release(path, fh)
+
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        raise mfusepy.FuseOSError(errno.ENODATA)
+
+
 def main(argv: list[str]) -> int:
-    mode = argv[0] if argv[:1] in (["--keep-cache"], ["--writable"]) else ""
+    mode = argv[0] if argv[:1] in (["--keep-cache"], ["--writable"], ["--checked"]) else ""
     if mode:
         argv = argv[1:]
     if len(argv) != 2:
-        print("usage: passthrough.py [--keep-cache|--writable] ROOT MOUNTPOINT",
+        print("usage: passthrough.py [--keep-cache|--writable|--checked] ROOT MOUNTPOINT",
               file=sys.stderr)
         return 2
     root, mountpoint = argv
-    if mode == "--writable":
-        mfusepy.FUSE(WritablePassthrough(root), mountpoint, foreground=True,
+    if mode in ("--writable", "--checked"):
+        operations = CheckedPassthrough(root) if mode == "--checked" \
+            else WritablePassthrough(root)
+        mfusepy.FUSE(operations, mountpoint, foreground=True,
                      fsname="passthrough", subtype="passthrough")
         return 0
     keep_cache = mode == "--keep-cache"
