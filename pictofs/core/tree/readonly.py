@@ -80,7 +80,7 @@ class ReadOnlyWrites:
         pass
 
     def release(self, pending: Pending) -> None:
-        pending.opens -= 1
+        pending.drop_open()
 
     # ---------------------------------------------------------------- the mount
 

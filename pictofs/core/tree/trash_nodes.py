@@ -120,9 +120,13 @@ class TrashInfo(PendingFile):
 
     def open(self, flags: int) -> tuple[int, bool]:
         pending = self.pending
+        pending.add_open()  # first: a release of another handle keeps the descriptor
         if flags & os.O_TRUNC:
-            pending.truncate(0)
-        pending.opens += 1
+            try:
+                pending.truncate(0)
+            except BaseException:
+                pending.drop_open()
+                raise
         return self.tree.add_handle(self.path, self.side, pending=pending), False
 
     def truncate(self, length: int) -> None:
