@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, Any, Callable, Iterator, Sequence
 
 from pictofs.api.transport import Body, Transport
 from pictofs.api.wire import (ByteStream, dataset_segment, iter_pages, page_of, path_segments,
@@ -82,8 +82,10 @@ def list_page(
     include_archived: bool = False,
     limit: int = PAGE_LIMIT,
     offset: int = 0,
+    parse: Callable[[dict[str, Any]], Image] = Image.from_json,
 ) -> Page[Image]:
-    """One page of images, newest first. ``directory_path`` is an exact (not recursive) match."""
+    """One page of images, newest first. ``directory_path`` is an exact (not recursive) match.
+    ``parse`` makes each image (``Image.from_listing``: without its URLs)."""
     params: dict[str, Any] = {"dataset": dataset, "limit": limit, "offset": offset}
     if directory_path is not None:
         params["directory_path"] = directory_path
@@ -92,7 +94,7 @@ def list_page(
     if include_archived:
         params["include_archived"] = "true"
     body, _ = t.request_json("GET", "/images/", params=params)
-    return page_of(body, Image.from_json)
+    return page_of(body, parse)
 
 
 def iter_images(

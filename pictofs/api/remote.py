@@ -70,9 +70,10 @@ class ApiRemote:
 
     def list_images_page(self, dataset_id: str, folder: str, *, offset: int = 0,
                          limit: int = 1000, include_archived: bool = False) -> Page[Image]:
+        # the mount keeps listed images for a while: without their URLs (unused here)
         return images_api.list_page(self.transport, dataset_id, directory_path=folder,
                                     include_archived=include_archived, limit=limit,
-                                    offset=offset)
+                                    offset=offset, parse=Image.from_listing)
 
     def find_image(self, dataset_id: str, folder: str, filename: str) -> Image | None:
         page = images_api.list_page(self.transport, dataset_id, directory_path=folder,

@@ -3,6 +3,7 @@ also while the listing changes under it."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import uuid
 
@@ -74,3 +75,26 @@ def test_listing_with_archived_images(client) -> None:
     everything = list(client.images.list(dataset.id, include_archived=True))
     assert len(everything) == 30
     assert sum(i.is_archived for i in everything) == 10
+
+
+def test_the_mounts_listing_pages_keep_everything_but_the_urls(client, server) -> None:
+    """``ApiRemote.list_images_page`` (a mount's listing) parses each image without its URLs,
+    which a mount never uses and which were a large part of a listed image's memory; every
+    other field is the client's."""
+    from pictofs.api.remote import ApiRemote
+    from pictofs.config import Connection
+
+    dataset = client.projects.create(f"lean-{uuid.uuid4().hex[:8]}")
+    bulk_fill(client.transport, dataset.id, 3)
+    full = {i.id: i for i in client.images.list(dataset.id)}
+    assert all(i.image_url for i in full.values())
+    remote = ApiRemote(Connection(server.base_url, server.key, "argument"))
+    try:
+        lean = remote.list_images_page(dataset.id, "/").items
+    finally:
+        remote.close()
+    assert len(lean) == 3
+    for image in lean:
+        assert (image.image_url, image.thumbnail_url, image.annotation_url) == (None, None, None)
+        assert dataclasses.replace(full[image.id], image_url=None, thumbnail_url=None,
+                                   annotation_url=None) == image
