@@ -71,7 +71,7 @@ def image_json(row: sqlite3.Row, base_url: str) -> dict[str, Any]:
         "width": row["width"],
         "height": row["height"],
         "content_type": row["content_type"],
-        "tags": json.loads(row["tags"]),
+        "tags": [] if row["tags"] == "[]" else json.loads(row["tags"]),  # most have none
         "is_archived": bool(row["is_archived"]),
         "image_url": f"{base_url}{API}/images/{row['id']}",
         "thumbnail_url": None,
@@ -84,6 +84,10 @@ def image_json(row: sqlite3.Row, base_url: str) -> dict[str, Any]:
 class Catalog:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # list_images's counts, per connection (``_count``): id → (the connection, the
+        # database's state they were counted in, (condition, params) → count)
+        self._counts: dict[int, tuple[sqlite3.Connection, tuple[int, int],
+                                      dict[tuple[str, tuple[Any, ...]], int]]] = {}
 
     # ---- datasets ----------------------------------------------------------------------
 
@@ -246,12 +250,35 @@ class Catalog:
             params.append(where.min_confidence_lt)
         condition = " AND ".join(clauses)
         with self.db.read() as conn:
-            total = conn.execute(f"SELECT COUNT(*) FROM images WHERE {condition}",
-                                 params).fetchone()[0]
+            total = self._count(conn, condition, params)
             rows = conn.execute(
                 f"SELECT {_IMAGE_COLUMNS} FROM images WHERE {condition}"
                 " ORDER BY seq DESC LIMIT ? OFFSET ?", [*params, limit, offset]).fetchall()
         return rows, total
+
+    def _count(self, conn: sqlite3.Connection, condition: str, params: list[Any]) -> int:
+        """``COUNT(*)`` of the images matching, remembered per connection until anything
+        changes the database: a page of a folder of 100,000 counted them all again (a third
+        of its answer time), and a lister asks for 100 pages of it. A change is seen by
+        ``PRAGMA data_version`` (a commit by any other connection, of any process) and by
+        this connection's ``total_changes`` (its own), read in the caller's transaction.
+        Each connection is one thread's (``Database.connection``), so is its entry."""
+        stamp = (conn.execute("PRAGMA data_version").fetchone()[0], conn.total_changes)
+        key = (condition, tuple(params))
+        kept = self._counts.get(id(conn))
+        if kept is not None and kept[0] is conn and kept[1] == stamp:
+            cache = kept[2]
+            if key in cache:
+                return cache[key]
+        else:
+            cache = {}
+        total = int(conn.execute(f"SELECT COUNT(*) FROM images WHERE {condition}",
+                                 params).fetchone()[0])
+        if len(cache) >= 256:  # many filters asked: start over rather than grow
+            cache = {}
+        cache[key] = total
+        self._counts[id(conn)] = (conn, stamp, cache)
+        return total
 
     def name_taken(self, conn: sqlite3.Connection, dataset_id: str, directory: str,
                    filename: str) -> bool:

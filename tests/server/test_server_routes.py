@@ -231,6 +231,48 @@ def test_pagination_over_2500_images(api, make_png):
     assert exact.json()["pagination"]["total"] == 2000
 
 
+def test_a_list_total_follows_every_change_whoever_makes_it(api, dataset, make_png,
+                                                           ref_server):
+    """The server remembers a listing's total between pages (counting a folder of 100,000
+    again for each page was a third of its answer time); any change must show at once,
+    made through the API, by another connection or by another process, whichever of the
+    server's threads answers. The page's items are what the metadata route answers."""
+    import sqlite3
+    import time
+
+    name = dataset["name"]
+    first = api.upload(name, "a.png", make_png("t1"), "/t")
+    api.upload(name, "b.png", make_png("t2"), "/t")
+
+    def totals() -> set[int]:  # several requests, so several of the server's threads
+        return {api.get("/images/", params={"dataset": name, "directory_path": "/t",
+                                            "limit": 1}).json()["pagination"]["total"]
+                for _ in range(8)}
+
+    assert totals() == {2}
+    api.upload(name, "c.png", make_png("t3"), "/t")
+    assert totals() == {3}
+    archived = api.post("/batch/images/delete", json={"dataset_name": name,
+                                                      "image_ids": [first["id"]]})
+    assert archived.status_code == 200, archived.text
+    assert totals() == {2}
+    db = sqlite3.connect(ref_server.data_dir / "pictofs.db", timeout=15)
+    try:
+        with db:  # another process's commit
+            db.execute("INSERT INTO images (id, dataset_id, directory_path, filename, "
+                       "file_size, content_type, blob, created_at) "
+                       "SELECT ?, dataset_id, directory_path, 'd.png', file_size, "
+                       "content_type, blob, ? FROM images WHERE id = ?",
+                       (str(uuid.uuid4()), time.time(), first["id"]))
+    finally:
+        db.close()
+    assert totals() == {3}
+    listing = api.get("/images/", params={"dataset": name, "directory_path": "/t"}).json()
+    assert sorted(i["filename"] for i in listing["data"]) == ["b.png", "c.png", "d.png"]
+    for item in listing["data"]:
+        assert api.get(f"/images/{item['id']}/metadata").json()["data"] == item
+
+
 # ---- idempotency ---------------------------------------------------------------------------
 
 def test_idempotency_key_replays_the_first_response(api, dataset, make_png, make_api):
