@@ -432,11 +432,11 @@ def test_one_folder_fsync_covers_every_staging_file_created_before_it(
 
 def test_writing_a_file_costs_no_fsync_until_the_group_commit(
         journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the mount's create, flush and release do to the journal: one commit (the row
-    written with the flush), without an fsync, no fsync of the staging file or its folder (a crash of the daemon loses
-    nothing: the bytes are in the page cache, the rows in the WAL). The group commit then
-    makes them durable with one syncfs of the journal's filesystem, and a restart resumes
-    the entry."""
+    """What the mount's create, flush and release do to the journal: no commit and no fsync
+    (a crash of the daemon loses nothing: the bytes are in the page cache, the flush is
+    recorded beside them). The group commit then writes the row and makes it durable with
+    one commit and one syncfs of the journal's filesystem, and a restart resumes the
+    entry."""
     queue = UploadQueue(remote=None, journal=journal, dataset_id=DATASET)  # type: ignore[arg-type]
     commits: list[bool] = []  # durable or not, each
     real_write = Journal._write
@@ -455,12 +455,14 @@ def test_writing_a_file_costs_no_fsync_until_the_group_commit(
     entry_id = queue.stage("/", "a.png")  # create
     assert commits == []  # the row waits for the flush's commit
     journal.staging_path(entry_id).write_bytes(b"x" * 100)
-    queue.flushed(entry_id, 100, "ab" * 32)  # flush
+    queue.flushed(entry_id, 100, "ab" * 32, deferred=True)  # flush
     queue.schedule(entry_id)  # release
-    assert commits == [False]  # one commit per file: the row and its flush together
+    assert commits == []  # the flush is recorded beside the bytes
+    assert os.getxattr(journal.staging_path(entry_id), journal_module.FLUSH_XATTR)
     assert fsyncs == [] and syncfs == []
     assert queue.not_durable() == 1
     queue.make_durable()  # the group commit (a writer's fsync asks for it now)
+    assert commits == [False]  # the row and its flush, in one commit for all the files
     assert syncfs == [journal.directory]
     assert queue.not_durable() == 0
     queue.make_durable()  # nothing flushed since: nothing to do
