@@ -192,3 +192,30 @@ def test_pages_without_a_total_overlap_and_add_up():
     assert complete and len(rows) == 250
     assert pages.offsets == [0, 100 - GAP_SLACK, 200 - 2 * GAP_SLACK]
     assert pages.most_in_flight == 1  # no total: paged in turn
+
+
+@pytest.mark.parametrize("data", [
+    {"id": "i1", "dataset_id": "d1", "filename": "a.jpg"},  # the least the service sends
+    {"id": "i2", "dataset_id": "d1", "filename": "b.png", "directory_path": "/x/y",
+     "status": "review", "split": "train", "annotation_count": 3, "min_confidence": 0.5,
+     "file_size": 12, "width": 4, "height": 3, "content_type": "image/png",
+     "tags": ["a", "b"], "is_archived": True, "image_url": "http://h/i2",
+     "thumbnail_url": "http://h/t2", "annotation_url": "http://h/a2",
+     "created_at": "2026-12-07T04:20:01.123456Z", "added_later": {"x": 1}},
+    {"id": "i3", "dataset_id": "d1", "filename": "c.jpg", "directory_path": None,
+     "status": None, "split": None, "annotation_count": None, "file_size": None,
+     "tags": None, "content_type": None},  # nulls where a field has a default
+])
+def test_a_listed_image_is_the_client_image_without_its_urls(data) -> None:
+    """``Image.from_listing`` (the mount's listings) builds in one pass what ``from_json``
+    builds from the same data without its URLs: same values, whatever is missing or null
+    and whatever the service adds."""
+    lean = {k: v for k, v in data.items()
+            if k not in ("image_url", "thumbnail_url", "annotation_url")}
+    assert Image.from_listing(data) == Image.from_json(lean)
+    assert Image.from_listing(data).image_url is None
+
+
+def test_a_listed_image_missing_its_id_is_refused_as_by_from_json() -> None:
+    with pytest.raises(TypeError):
+        Image.from_listing({"dataset_id": "d1", "filename": "a.jpg"})

@@ -270,6 +270,16 @@ class LocalNames:
         with self._lock:
             return path in self._orphans
 
+    def hidden_in(self, folder: str) -> set[str]:
+        """The names in ``folder`` that ``is_hidden`` is true for: one lock for a whole
+        listing, not one per image (a folder of 100,000 took that lock 100,000 times)."""
+        with self._lock:
+            if not self._orphans:
+                return set()
+            prefix = ("" if folder == "/" else folder) + "/"
+            return {path[len(prefix):] for path in self._orphans
+                    if path.startswith(prefix) and "/" not in path[len(prefix):]}
+
     # ------------------------------------------------------------------ the janitor
 
     def _start_janitor(self) -> None:

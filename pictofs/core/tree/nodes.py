@@ -228,13 +228,14 @@ class DatasetFolder(Node):
             return kept
         fetched_until = listing.fetched_at + tree.options.dir_cache_time
         rows: dict[str, tuple[dict[str, Any], float]] = {}
+        hidden, mtimes = writes.hidden_in(folder), writes.image_mtimes()  # once, not per image
         # a copy (one C call, atomic under the GIL): the cached listing is updated in place
         # by this mount's changes while we iterate
         for name, image in list(listing.images.items()):
-            if not writes.is_hidden(join_path(folder, name)):
+            if name not in hidden:
                 shown = view.written.shown_name(image)  # x.heic for its x.png
                 rows[name if shown == image.filename else shown] = (
-                    tree.image_attrs(side, image), fetched_until)
+                    tree.image_attrs(side, image, mtimes), fetched_until)
         if folder == "/":  # the service's .archive is .archive~service here (rootnames)
             rows = {rootnames.name_to_mount(name): row for name, row in rows.items()}
         result = [(name, *rows[name]) for name in sorted(rows)]

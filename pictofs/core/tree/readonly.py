@@ -36,8 +36,14 @@ class ReadOnlyWrites:
     def is_hidden(self, path: str) -> bool:
         return False
 
+    def hidden_in(self, folder: str) -> set[str]:
+        return set()
+
     def image_mtime(self, image: Image) -> float | None:
         return None
+
+    def image_mtimes(self) -> dict[str, float]:
+        return {}
 
     # ---------------------------------------------------------------- changes
 

@@ -268,9 +268,12 @@ class Vfs:
     def read_only_policy(self) -> AttrPolicy:
         return dataclasses.replace(self.options.policy, read_only=True)
 
-    def image_attrs(self, dataset: DatasetTree, image: Image) -> dict[str, Any]:
-        """An image's stat dict, reused while its record and recorded mtime are the same."""
-        recorded = dataset.writes.image_mtime(image)
+    def image_attrs(self, dataset: DatasetTree, image: Image,
+                    mtimes: dict[str, float] | None = None) -> dict[str, Any]:
+        """An image's stat dict, reused while its record and recorded mtime are the same.
+        ``mtimes``: the recorded ones (``WriteLayer.image_mtimes``), for a whole listing."""
+        recorded = dataset.writes.image_mtime(image) if mtimes is None \
+            else mtimes.get(image.id)
         cached = self._file_stats.get(image.id)
         if cached is not None and cached[0] is image and cached[1] == recorded:
             return cached[2]

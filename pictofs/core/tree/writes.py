@@ -185,6 +185,12 @@ class WriteLayer(LocalNames):
         with self._lock:
             return self._mtimes.get(image.id)
 
+    def image_mtimes(self) -> dict[str, float]:
+        """Every mtime a writer set (image id → mtime), a copy: for a whole listing at
+        once, as ``image_mtime`` for each of its images."""
+        with self._lock:
+            return dict(self._mtimes)
+
     # ------------------------------------------------------------------ creating
 
     def create(self, path: str, exclusive: bool) -> Pending:
