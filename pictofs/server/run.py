@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import gc
 import ipaddress
 import json
 import logging
@@ -418,6 +419,12 @@ def _serve_on(data_dir: Path, host: str, sockets: list[socket.socket],
                                 lifespan="off", timeout_graceful_shutdown=5)
         servers.append((_Server(config), sock))
     base_url = f"http://{_url_host(host)}:{port}"
+    # What startup made (FastAPI, pydantic, the routes' models) lives as long as the server:
+    # moved out of the collector's reach, so that a full collection, which a page of 1,000
+    # images can set off, scans what the requests made and not all of that again (a page's
+    # p99 at 100,000 images: 63-76 ms with it scanned, 27-39 ms without).
+    gc.collect()
+    gc.freeze()
 
     def on_started() -> None:
         _write_private(data_dir / STATE_FILE, json.dumps({
