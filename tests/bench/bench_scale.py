@@ -17,9 +17,10 @@ by hash). Then, each the median of ``--repeat`` runs:
    machine: ``ls -l`` of as many empty files in a folder of a tmpfs (``/dev/shm`` or, where
    there is none, the temporary folder), listed once untimed first;
 3. the daemon's peak resident memory (``VmHWM``) after those listings; target <= 150 MB;
-4. the server's answer time for a page of 1,000 of that folder, over 300 pages at random
-   offsets (p50 and p99: the third slowest; over 100 pages the p99 was the slowest single
-   answer); target p99 <= 50 ms.
+4. the server's answer time for a page of 1,000 of that folder (from the request to the
+   last byte of the answer; the client's decoding of the JSON is not timed), over 300 pages
+   at random offsets (p50 and p99: the third slowest; over 100 pages the p99 was the
+   slowest single answer); target p99 <= 50 ms.
 
 With ``--org FOLDERS PER_FOLDER`` (opt-in: a million images takes minutes to seed and to
 walk), a second dataset of FOLDERS folders of PER_FOLDER images each is cloned, and an
@@ -274,8 +275,10 @@ class Bench:
             answer = session.get(url, params={"dataset": dataset, "directory_path": folder,
                                               "limit": 1000, "offset": offset}, timeout=60)
             answer.raise_for_status()
-            answer.json()
+            answer.content  # the whole answer received: the server's time ends here
             times.append(time.perf_counter() - started)
+            if len(answer.json()["data"]) != min(1000, images - offset):  # untimed check
+                raise RuntimeError(f"a page at offset {offset} is not whole")
         times.sort()
         p50 = statistics.median(times)
         p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
