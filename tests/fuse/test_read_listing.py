@@ -309,7 +309,20 @@ def test_a_daemon_killed_while_it_takes_names_back_always_exits(client, dataset,
 
 
 def all_routes(server) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    """Request counts by "METHOD route", without the test's own /metrics reads."""
+    """Request counts by "METHOD route", without the test's own /metrics reads, settled
+    (the server counts a request once its answer is sent, which can come just after the
+    client got it): read until two reads 50 ms apart agree."""
+    last = _all_routes(server)
+    for _ in range(40):
+        time.sleep(0.05)
+        now = _all_routes(server)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def _all_routes(server) -> dict[str, int]:  # type: ignore[no-untyped-def]
     counts: dict[str, int] = {}
     for (method, route, _status), n in server.metrics().items():
         if route not in ("/metrics", "/healthz"):
