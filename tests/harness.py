@@ -47,6 +47,25 @@ class ServerHandle:
                 counts[key] = int(float(match["count"]))
         return counts
 
+    def settled_metrics(self) -> Counter[tuple[str, str, int]]:
+        """``metrics`` once the counts stop moving, without the ``/metrics`` route (which
+        counts these reads themselves): the server counts a request once its answer is
+        sent, which can come just after the client got the last byte, so a snapshot taken
+        right after a request may miss it (a loaded machine made one). Read until two
+        reads 50 ms apart agree (at most 2 s)."""
+        def read() -> Counter[tuple[str, str, int]]:
+            return Counter({key: n for key, n in self.metrics().items()
+                            if key[1] != "/metrics"})
+
+        last = read()
+        for _ in range(40):
+            time.sleep(0.05)
+            now = read()
+            if now == last:
+                return now
+            last = now
+        return last
+
     def calls(self, method: str | None = None, route: str | None = None) -> int:
         """Total requests matching ``method`` and a ``route`` template (substring match
         when it does not start with ``/``; exact otherwise)."""

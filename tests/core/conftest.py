@@ -7,7 +7,20 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from pictofs.api.remote import ApiRemote
+from pictofs.config import Connection
+
 from .treekit import TreeDriver, build
+
+
+@pytest.fixture()
+def remote(server) -> Iterator[ApiRemote]:  # type: ignore[no-untyped-def]
+    """The client side of the upload queue against the session server: short retries, so
+    that a recovery test that goes wrong fails fast."""
+    api = ApiRemote(Connection(server.base_url, server.key, "argument"), timeout=30.0,
+                    retries=3, retry_max_wait=0.2)
+    yield api
+    api.close()
 
 
 @pytest.fixture()

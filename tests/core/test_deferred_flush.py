@@ -20,15 +20,11 @@ import os
 import shutil
 import sqlite3
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from harness import ServerHandle
 from imagegen import png_bytes
 from journalkit import add_entry, create_staging_file
-from pictofs.api.remote import ApiRemote
-from pictofs.config import Connection
 from pictofs.core.upload.journal import FLUSH_XATTR, Journal, kept_aside
 from pictofs.core.upload.queue import UploadQueue
 from pictofs.core.upload.states import JobState, Step
@@ -37,14 +33,6 @@ from pictofs.model import Dataset
 pytestmark = pytest.mark.timeout(120)
 
 WAIT = 60.0  # seconds: only so that a broken test fails instead of hanging
-
-
-@pytest.fixture()
-def remote(server: ServerHandle) -> Iterator[ApiRemote]:
-    api = ApiRemote(Connection(server.base_url, server.key, "argument"), timeout=30.0,
-                    retries=3, retry_max_wait=0.2)
-    yield api
-    api.close()
 
 
 def rows_in_database(journal: Journal) -> dict[str, tuple[int, int | None, str]]:

@@ -24,8 +24,6 @@ import requests
 from harness import ServerHandle
 from imagegen import png_bytes
 from journalkit import add_entry, create_staging_file
-from pictofs.api.remote import ApiRemote
-from pictofs.config import Connection
 from pictofs.core.upload.journal import Journal, kept_aside
 from pictofs.core.upload.queue import UploadQueue
 from pictofs.model import Dataset, Image
@@ -34,14 +32,6 @@ pytestmark = pytest.mark.timeout(120)
 
 WAIT = 60.0  # seconds: only so that a broken test fails instead of hanging
 REGISTER = "/api/v1/developer/images/register"
-
-
-@pytest.fixture()
-def remote(server: ServerHandle) -> Iterator[ApiRemote]:
-    api = ApiRemote(Connection(server.base_url, server.key, "argument"), timeout=30.0,
-                    retries=3, retry_max_wait=0.2)
-    yield api
-    api.close()
 
 
 @pytest.fixture()

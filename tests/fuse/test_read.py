@@ -28,24 +28,10 @@ STORAGE_READ = "/storage/object/{token}"  # where the hosted profile redirects i
 
 
 def image_routes(server) -> dict[str, int]:  # type: ignore[no-untyped-def]
-    """Request counts by route template for the image and folder routes, settled: the
-    server counts a request once its answer is sent, which can come just after the client
-    got the last byte (a loaded machine made a snapshot taken right after a read miss that
-    read's request, and the next snapshot count it), so the counts are read until two
-    reads 50 ms apart agree."""
-    last = _image_routes(server)
-    for _ in range(40):
-        time.sleep(0.05)
-        now = _image_routes(server)
-        if now == last:
-            return now
-        last = now
-    return last
-
-
-def _image_routes(server) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Request counts by route template for the image and folder routes, settled
+    (``ServerHandle.settled_metrics``: a snapshot right after a read must count it)."""
     counts: dict[str, int] = {}
-    for (method, route, _status), n in server.metrics().items():
+    for (method, route, _status), n in server.settled_metrics().items():
         if "/images" in route or "/directories" in route or "/annotations" in route:
             key = f"{method} {route}"
             counts[key] = counts.get(key, 0) + n

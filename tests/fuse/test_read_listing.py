@@ -310,21 +310,9 @@ def test_a_daemon_killed_while_it_takes_names_back_always_exits(client, dataset,
 
 def all_routes(server) -> dict[str, int]:  # type: ignore[no-untyped-def]
     """Request counts by "METHOD route", without the test's own /metrics reads, settled
-    (the server counts a request once its answer is sent, which can come just after the
-    client got it): read until two reads 50 ms apart agree."""
-    last = _all_routes(server)
-    for _ in range(40):
-        time.sleep(0.05)
-        now = _all_routes(server)
-        if now == last:
-            return now
-        last = now
-    return last
-
-
-def _all_routes(server) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    (``ServerHandle.settled_metrics``)."""
     counts: dict[str, int] = {}
-    for (method, route, _status), n in server.metrics().items():
+    for (method, route, _status), n in server.settled_metrics().items():
         if route not in ("/metrics", "/healthz"):
             key = f"{method} {route.removeprefix('/api/v1/developer')}"
             counts[key] = counts.get(key, 0) + n
