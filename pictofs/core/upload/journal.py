@@ -85,6 +85,7 @@ from pictofs.core.upload.journal_files import (disk_full, fsync_dir, open_databa
 from pictofs.core.upload.states import INITIAL, JobState, Step, check_transition
 from pictofs.dirs import private_dir, private_dirs
 from pictofs.errors import ConfigError, NoSpace
+from pictofs.model import split_path
 
 log = logging.getLogger(__name__)
 
@@ -597,10 +598,15 @@ class Journal:
         attribute (``recover_flushes``). A flush older than one already kept for the same
         entry (two handles closed at once) is passed over. Where the staging folder takes no
         user xattrs, the flushes are committed at once, as ``record_flushed``."""
-        if not self._marks:
+        if self._marks:
+            self._mark_flushes(flushes, fds or {})
+        if not self._marks:  # none here, or found out just now
             self.record_flushed({e: size for e, (_n, size, _h) in flushes.items()},
                                 digests={e: h for e, (_n, _s, h) in flushes.items() if h})
-            return
+
+    def _mark_flushes(self, flushes: Mapping[str, tuple[int, int, str | None]],
+                      fds: Mapping[str, int]) -> None:
+        """``defer_flushed``'s marks and kept flushes; stops at a folder without xattrs."""
         with self._unwritten_lock:
             for entry_id, (number, size, sha256) in flushes.items():
                 kept = self._unflushed.get(entry_id)
@@ -609,12 +615,9 @@ class Journal:
                 replaced = self._unwritten.get(entry_id)
                 mark = _flush_mark(self._incarnation, size, sha256,
                                    replaced.replaced_id if replaced is not None else None)
-                if not self._set_mark(entry_id, mark, (fds or {}).get(entry_id)):
-                    break  # no user xattrs here: the commit below
+                if not self._set_mark(entry_id, mark, fds.get(entry_id)):
+                    break  # no user xattrs here: the caller commits them
                 self._unflushed[entry_id] = (number, size, sha256)
-        if not self._marks:
-            self.record_flushed({e: size for e, (_n, size, _h) in flushes.items()},
-                                digests={e: h for e, (_n, _s, h) in flushes.items() if h})
 
     def _set_mark(self, entry_id: str, mark: bytes, fd: int | None) -> bool:
         """Write a flush beside its bytes; False (and flushes commit from now on) where the
@@ -668,7 +671,7 @@ class Journal:
                 path = _get_name(self.staging_path(entry_id))
                 if not path:
                     continue
-                folder, filename = _split(path)
+                folder, filename = split_path(path)
                 new.append((entry_id, folder, filename, INITIAL, replaced_id, now, now))
             elif entry.cancelled or entry.state == JobState.DONE or (
                     entry.flushed and (entry.size, entry.sha256) == (size, sha256)):
@@ -1104,12 +1107,6 @@ def _get_mark(path: Path, incarnation: str
         return None
     return (int(parts[1]), None if parts[2] == "-" else parts[2],
             None if parts[3] == "-" else parts[3])
-
-
-def _split(path: str) -> tuple[str, str]:
-    """``/a/b/x.jpg`` → ``("/a/b", "x.jpg")``; ``/x.jpg`` → ``("/", "x.jpg")``."""
-    head, _, tail = path.rstrip("/").rpartition("/")
-    return (head or "/"), tail
 
 
 def _staged_row(entry: Entry) -> tuple[Any, ...]:
