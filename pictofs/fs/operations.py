@@ -12,6 +12,7 @@ working.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import logging
@@ -114,6 +115,25 @@ def _fill_stat(st: Any, attrs: dict[str, Any]) -> None:
         fuse.set_st_attrs(st, attrs, use_ns=True)
 
 
+# A libfuse worker thread is not a Python thread: ctypes makes a Python thread state for
+# each callback it runs there (``PyGILState_Ensure``) and frees it after (an ``mmap`` and a
+# ``munmap`` of its frame stack, a ``gettid``, the interpreter's list locked twice), six times
+# per copied file. One ``PyGILState_Ensure`` never released, on a thread's first callback,
+# keeps its thread state for the thread's life, so the callbacks after it only take and
+# drop the interpreter lock. libfuse's worker threads are bounded (``max_threads``) and, with
+# its default ``max_idle_threads``, never end before the unmount.
+_PyGILState_Ensure = ctypes.pythonapi.PyGILState_Ensure
+_PyGILState_Ensure.argtypes = ()
+_PyGILState_Ensure.restype = ctypes.c_int
+_adopted = threading.local()
+
+
+def _keep_thread_state() -> None:
+    """Called once per libfuse thread, with the interpreter lock held (see above)."""
+    _PyGILState_Ensure()
+    _adopted.kept = True
+
+
 class PictoFUSE(FUSE):
     """mfusepy's FUSE with the flags of ``rename`` passed on (3.1.1 drops them), so
     ``RENAME_NOREPLACE`` is honoured and ``RENAME_EXCHANGE``/``RENAME_WHITEOUT`` refused;
@@ -131,6 +151,11 @@ class PictoFUSE(FUSE):
     the rows computed for the handle at offset 0, so a directory is listed once per
     ``opendir``/``rewinddir``.
     """
+
+    def _wrapper(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if not getattr(_adopted, "kept", False):
+            _keep_thread_state()
+        return super()._wrapper(func, *args, **kwargs)
 
     def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int,
                        fip: Any, flags: int) -> int:

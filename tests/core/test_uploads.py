@@ -229,6 +229,48 @@ def test_wait_idle_returns_only_after_the_landed_callback_returned(
         assert queue.stop(WAIT)
 
 
+def voluntary_switches(threads: list[threading.Thread]) -> int:
+    """How many times these threads have gone to sleep so far (Linux: the kernel's count of
+    voluntary context switches of each): a thread blocked on a condition adds none until
+    something wakes it."""
+    total = 0
+    for thread in threads:
+        status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+        total += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))
+    return total
+
+
+def test_closes_due_an_hour_later_wake_no_upload_worker(open_journal, dataset,
+                                                        remote) -> None:
+    """A close schedules its upload ``write_back`` later; the idle workers sleep until the
+    first one is due. A close that is due no sooner must not wake any of them: each wake
+    takes the interpreter lock from the mount's callbacks (it did, twice per close, while
+    a sleeper's wake time was read a hair after the due time it waited for)."""
+    before = set(threading.enumerate())
+    queue = UploadQueue(remote, open_journal(), dataset.id, write_back=3600.0, transfers=8)
+    queue.start()
+    try:
+        workers = [t for t in threading.enumerate() if t not in before]
+        assert len(workers) >= 8
+        data = png_bytes(11)
+        entry_id = queue.stage("/quiet", "first.png")  # the first one wakes a worker
+        queue.staging_path(entry_id).write_bytes(data)
+        queue.flushed(entry_id, len(data))
+        queue.schedule(entry_id)
+        time.sleep(0.2)  # that worker notes when the first upload is due, and sleeps
+        switches = voluntary_switches(workers)
+        for number in range(200):
+            entry_id = queue.stage("/quiet", f"{number}.png")
+            queue.staging_path(entry_id).write_bytes(data)
+            queue.flushed(entry_id, len(data))
+            queue.schedule(entry_id)
+        time.sleep(0.2)
+        woken = voluntary_switches(workers) - switches
+        assert woken < 20, f"200 closes due an hour later woke the upload workers {woken} times"
+    finally:
+        assert queue.stop(WAIT)
+
+
 class ConcurrencyRemote:
     """Passes every call to ``inner``; records how many PUTs ran at once."""
 

@@ -56,6 +56,11 @@ SLOT_POLL = 0.2  # seconds between two looks at the stop flag while a batch wait
 # register. Holding the slot through the register measured better than releasing it after
 # the PUTs (which piles the registers up).
 BATCHES_AT_ONCE = 2
+# A nudge wakes an idle worker only for a task due this much sooner than the worker wakes by
+# itself: a sleeper notes its wake-up as the clock read after the schedule's (``clock() +
+# wait``), a hair later than the due time it waits for, and without the slack every close
+# woke a worker to find that same task not yet due.
+WAKE_SLACK = 0.005  # seconds
 
 RegisteredCallback = Callable[[str, Image], None]
 RegisteredManyCallback = Callable[[list[tuple[str, Image]]], None]
@@ -265,7 +270,7 @@ class Workers:
                 self._idle.notify()
             return
         upcoming = self._schedule.next_wake()
-        if upcoming is not None and upcoming < min(self._sleepers.values()):
+        if upcoming is not None and upcoming < min(self._sleepers.values()) - WAKE_SLACK:
             self._idle.notify()
 
     def _companions(self, task: Task) -> list[Task]:
