@@ -8,6 +8,7 @@ on one line (``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``). The so
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -15,7 +16,7 @@ import os
 import socket
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pictofs import dirs
 from pictofs.errors import ConfigError, PictofsError
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 MAX_REQUEST = 64 * 1024
+MAX_ADDRESS = 107  # bytes of a unix socket's path (sun_path, 108 with its NUL)
 
 
 def socket_path(mountpoint: str | os.PathLike[str], folder: Path | None = None) -> Path:
@@ -31,6 +33,21 @@ def socket_path(mountpoint: str | os.PathLike[str], folder: Path | None = None) 
     real = os.path.realpath(mountpoint)
     digest = hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest()[:24]
     return (folder or dirs.runtime_dir()) / f"mount-{digest}.sock"
+
+
+@contextlib.contextmanager
+def _address(path: Path) -> Iterator[str]:
+    """The address to bind or connect ``path`` by: itself, or, where it is longer than a
+    unix socket's path may be (a runtime folder deep in the tree), the same file reached
+    through a descriptor of its folder (``/proc/self/fd/N/name``), open while in use."""
+    if len(os.fsencode(path)) <= MAX_ADDRESS:
+        yield str(path)
+        return
+    folder = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{folder}/{path.name}"
+    finally:
+        os.close(folder)
 
 
 def _find_socket(mountpoint: str) -> Path:
@@ -56,7 +73,8 @@ class ControlServer:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
-            sock.bind(str(self.path))
+            with _address(self.path) as address:
+                sock.bind(address)
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
@@ -137,7 +155,8 @@ def request(mountpoint: str, cmd: str, socket_timeout: float | None = 30, **fiel
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(socket_timeout)
     try:
-        sock.connect(str(path))
+        with _address(path) as address:
+            sock.connect(address)
     except (FileNotFoundError, ConnectionRefusedError, PermissionError):
         sock.close()
         raise ConfigError(no_socket_reason(mountpoint)) from None

@@ -315,7 +315,14 @@ def _serve(target: MountTarget, args: argparse.Namespace) -> int:
         if len(said) > len(noise):
             log.info("libfuse said while mounting: %s",
                      " / ".join(line for line in said if line not in noise))
-        ctl.start()
+        try:
+            ctl.start()
+        except OSError as exc:  # never leave `pictofs mount` waiting for "ready"
+            log.error("cannot open the control socket %s: %s", ctl.path, exc)
+            _tell_parent(f"cannot mount {name}: cannot open the control socket "
+                         f"{ctl.path}: {exc}")
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         start_sighup_thread(vfs.refresh)
         if target.dataset is None:
             _resume_organization(vfs)

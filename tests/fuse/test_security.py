@@ -123,6 +123,37 @@ def test_state_files_and_control_socket_are_private(mount, server, client, datas
     (m.path / "kept.png").unlink()  # discard the failed file so the mount ends cleanly
 
 
+def test_a_runtime_folder_too_deep_for_a_socket_path_still_gets_a_control_socket(
+        mount, dataset, tmp_path):
+    """A unix socket's path holds 107 bytes; a runtime folder deeper than that (a test
+    runner's or a container's temporary tree) used to fail the mount's start after libfuse
+    had mounted, and ``pictofs mount`` waited for "ready" until its timeout. The socket is
+    bound and reached through a descriptor of its folder instead."""
+    runtime = tmp_path / ("deep-" + "r" * 60) / ("er-" + "r" * 60)
+    runtime.mkdir(parents=True, mode=0o700)
+    m = mount(dataset.name, *FAST, env={"XDG_RUNTIME_DIR": str(runtime)})
+    sock = control.socket_path(m.path, runtime / "pictofs")
+    assert len(os.fsencode(sock)) > 107 and sock.is_socket()
+    assert mode(sock) == 0o600
+    (m.path / "deep.png").write_bytes(png_bytes(6))
+    assert pictofs_cmd(m, "sync", str(m.path)).returncode == 0
+    assert m.status()["dataset"] == dataset.name
+    assert m.umount().returncode == 0
+
+
+def test_a_mount_without_a_control_socket_fails_at_once_and_says_why(mount, dataset,
+                                                                    tmp_path):
+    """Where the control socket cannot be made (here the runtime folder is a file), the
+    mount fails with the reason, and leaves nothing mounted, instead of waiting for
+    "ready" until its timeout."""
+    runtime = tmp_path / "runtime-is-a-file"
+    runtime.write_text("")
+    m = mount(dataset.name, *FAST, env={"XDG_RUNTIME_DIR": str(runtime)}, expect_fail=True)
+    said = m.args[-1]
+    assert "control socket" in said and "Traceback" not in said, said
+    assert not os.path.ismount(m.path)
+
+
 # ---------------------------------------------------------------------- a viewer's mount
 
 def test_viewer_mount_reads_and_every_write_is_refused(mount, server, client, dataset,
