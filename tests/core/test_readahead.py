@@ -163,7 +163,7 @@ def test_a_reader_catching_up_with_the_read_ahead_deepens_it(make_downloader,
     assert gate.reached.wait(SAFETY)
     size = 5 * CHUNK
     with downloader.open("id-p2.jpg", size, "/seq/p2.jpg") as reader:
-        gate.release()  # the reader waited for p2's first byte: the depth doubles
+        gate.release()  # the reader waited for p2's first byte: the depth goes to 8
         assert reader.read(0, size) == DATA["id-p2.jpg"]
     assert downloader.wait(SAFETY)
     assert source.calls["id-p3.jpg"] == 1 and source.calls["id-p4.jpg"] == 1
@@ -178,7 +178,8 @@ def test_images_that_arrived_in_time_keep_the_depth(make_downloader, source) -> 
     assert source.calls["id-p4.jpg"] == 0
 
 
-def test_the_depth_doubles_up_to_the_deepest_and_resets_when_the_pass_breaks() -> None:
+def test_the_depth_goes_to_the_deepest_at_the_first_wait_and_resets_when_the_pass_breaks(
+        ) -> None:
     names = [f"q{i:02d}.jpg" for i in range(40)]
     images = {name: Image(id=f"id-{name}", dataset_id="ds", filename=name,
                           directory_path="/q", file_size=1000) for name in names}
@@ -190,7 +191,8 @@ def test_the_depth_doubles_up_to_the_deepest_and_resets_when_the_pass_breaks() -
         read_ahead.note_read_through(f"/q/{names[i - 1]}")
         return len(read_ahead.images_after(f"/q/{names[i]}", caught_up))
 
-    assert [open_next(i, True) for i in range(1, 7)] == [2, 4, 8, 8, 8, 8]
+    assert [open_next(i, False) for i in range(1, 3)] == [1, 1]  # in time: depth N
+    assert [open_next(i, True) for i in range(3, 7)] == [8, 8, 8, 8]  # one wait: deepest
     assert open_next(7, False) == 8  # arrived in time: the depth stays
     assert read_ahead.images_after("/q/q03.jpg") == []  # out of order: the pass ends
     assert open_next(20, False) == 1
