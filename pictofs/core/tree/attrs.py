@@ -13,7 +13,7 @@ import json
 import stat as statmod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from pictofs.model import Image
 
@@ -118,6 +118,13 @@ def _file_fixed(policy: AttrPolicy) -> dict[str, int]:
 
 def file_stat(policy: AttrPolicy, size: int, mtime: float) -> FileStat:
     return FileStat(_file_fixed(policy), size, _ns(mtime))
+
+
+def file_stats(policy: AttrPolicy) -> Callable[[int, float], FileStat]:
+    """``file_stat`` for one policy, its shared fields looked up once: for the rows of a
+    listing of 100,000 images, where hashing the policy per image showed."""
+    fixed = _file_fixed(policy)
+    return lambda size, mtime: FileStat(fixed, size, _ns(mtime))
 
 
 def dir_stat(policy: AttrPolicy, subfolders: int, mtime: float) -> dict[str, Any]:

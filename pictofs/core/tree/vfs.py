@@ -123,6 +123,7 @@ class Vfs:
         # dict (no timestamp parsing); read-only for everyone. Plain dict operations, atomic
         # under the GIL; emptied when it grows past STAT_CACHE_SIZE.
         self._file_stats: dict[str, tuple[Image, float | None, dict[str, Any]]] = {}
+        self._file_stat = attrs.file_stats(options.policy)
         self.listener = ChangeListener()
 
     @property
@@ -277,9 +278,10 @@ class Vfs:
         cached = self._file_stats.get(image.id)
         if cached is not None and cached[0] is image and cached[1] == recorded:
             return cached[2]
-        stat = attrs.file_stat(self.options.policy, image.file_size,
-                               attrs.image_mtime(image, recorded))
+        stat = self._file_stat(image.file_size, attrs.image_mtime(image, recorded))
         if len(self._file_stats) >= STAT_CACHE_SIZE:
+            if mtimes is not None:  # a listing's rows: a big folder would only churn it
+                return stat
             self._file_stats = {}
         self._file_stats[image.id] = (image, recorded, stat)
         return stat
