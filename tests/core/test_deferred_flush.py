@@ -15,11 +15,15 @@ tests do: the WAL as it is, the staging files with their extended attributes.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
+import logging
 import os
 import shutil
 import sqlite3
+import subprocess
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -33,6 +37,25 @@ from pictofs.model import Dataset
 pytestmark = pytest.mark.timeout(120)
 
 WAIT = 60.0  # seconds: only so that a broken test fails instead of hanging
+
+
+@pytest.fixture()
+def no_xattr_folder(tmp_path: Path) -> Iterator[Path]:
+    """A folder on a filesystem without user extended attributes: a ramfs mounted for the
+    test (root: CI runs as root)."""
+    folder = tmp_path / "ramfs"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "ramfs", "ramfs", str(folder)],
+                             capture_output=True, text=True)
+    assert mounted.returncode == 0, f"cannot mount a ramfs (root needed): {mounted.stderr}"
+    probe = folder / "probe"
+    probe.touch()
+    with pytest.raises(OSError) as refused:
+        os.setxattr(probe, FLUSH_XATTR, b"1")
+    assert refused.value.errno == errno.ENOTSUP
+    probe.unlink()
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 def rows_in_database(journal: Journal) -> dict[str, tuple[int, int | None, str]]:
@@ -123,6 +146,39 @@ def test_closed_files_survive_a_kill_9_before_any_commit_and_land(
         assert landed["again.png"].file_size == len(second)
         assert landed["fresh.png"].file_size == len(first)
         assert reopened.staging_names() == []
+    finally:
+        reopened.close()
+
+
+def test_where_the_state_folder_takes_no_xattrs_every_close_commits_and_survives(
+        no_xattr_folder, tmp_path, server, dataset: Dataset, remote, client, caplog) -> None:
+    """Where the staging folder's filesystem has no user xattrs, a close cannot be recorded
+    beside its bytes: it commits its row at once, as before the deferred flush, with one log
+    line; a kill -9 right after loses nothing."""
+    journal = Journal.for_dataset(no_xattr_folder / "state", server.base_url, dataset.id,
+                                  server.key)
+    queue = UploadQueue(remote, journal, dataset.id, write_back=3600.0)
+    data = png_bytes(8201)
+    with caplog.at_level(logging.INFO, logger="pictofs.core.upload.journal"):
+        closed = [close_written(queue, "/bare", f"{n}.png", data) for n in range(3)]
+    said = [r.getMessage() for r in caplog.records if "takes no user xattrs" in r.getMessage()]
+    assert len(said) == 1, said
+    in_database = rows_in_database(journal)
+    assert all(in_database[entry_id] == (1, len(data), "staged") for entry_id in closed)
+
+    crashed = crash_copy(journal, tmp_path)
+    journal.close()
+    reopened = Journal.for_dataset(crashed, server.base_url, dataset.id, server.key)
+    try:
+        queue = UploadQueue(remote, reopened, dataset.id, write_back=0.0, retry_max_wait=0.05)
+        assert sorted(queue.resume()) == sorted(closed)
+        queue.start()
+        try:
+            assert queue.wait_idle(WAIT)
+        finally:
+            assert queue.stop(WAIT)
+        landed = {i.filename: i.file_size for i in client.images.list(dataset.id)}
+        assert landed == {"0.png": len(data), "1.png": len(data), "2.png": len(data)}
     finally:
         reopened.close()
 
