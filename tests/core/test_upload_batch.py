@@ -238,7 +238,7 @@ def test_a_member_written_shorter_during_its_put_ends_that_put_at_once(
            for n, name in enumerate(["s0.png", "s1.png", "s2.png"])}
     target = str(b.queue.staging_path(ids["s0.png"]))
     session = bulk_remote.transport._session
-    put = session.put
+    put = session.put_direct  # how a signed PUT is sent (``Transport.put_signed``)
     rewritten = threading.Event()
 
     def rewrite() -> None:  # the writer's open (a hold), then its write
@@ -246,13 +246,13 @@ def test_a_member_written_shorter_during_its_put_ends_that_put_at_once(
         Path(target).write_bytes(new)
         rewritten.set()
 
-    def cut_while_sent(url: str, data: Any = None, **kwargs: Any) -> Any:
+    def cut_while_sent(url: str, data: Any, *args: Any) -> Any:
         name = getattr(getattr(data, "_file", data), "name", None)
         if name == target and not rewritten.is_set():
             data = CutWhileSent(data, rewrite)
-        return put(url, data=data, **kwargs)
+        return put(url, data, *args)
 
-    monkeypatch.setattr(session, "put", cut_while_sent)
+    monkeypatch.setattr(session, "put_direct", cut_while_sent)
     b.release(list(ids.values()))
     assert rewritten.wait(WAIT)
     b.queue.flushed(ids["s0.png"], len(new))  # the writer's close

@@ -18,6 +18,15 @@ from pictofs.api.transport import Transport
 
 class _Proxy(http.server.BaseHTTPRequestHandler):
     seen: list[str] = []
+    puts: list[tuple[bytes, str | None]] = []  # body and API key header of each PUT
+
+    def do_PUT(self) -> None:  # noqa: N802 - the http.server name
+        type(self).seen.append(self.requestline)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).puts.append((body, self.headers.get("X-API-Key")))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server name
         type(self).seen.append(self.requestline)
@@ -35,6 +44,7 @@ class _Proxy(http.server.BaseHTTPRequestHandler):
 @pytest.fixture()
 def proxy() -> Iterator[str]:
     _Proxy.seen = []
+    _Proxy.puts = []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -64,3 +74,18 @@ def test_a_host_in_no_proxy_is_reached_directly(proxy, monkeypatch) -> None:
         with pytest.raises(NetworkError):  # no such host: it was not sent to the proxy
             transport.request_json("GET", "/images/")
     assert _Proxy.seen == []
+
+
+def test_a_signed_put_goes_through_the_proxy_too_and_without_the_key(proxy,
+                                                                    monkeypatch) -> None:
+    """The signed PUT is handed to the adapter directly (``_Session.put_direct``), not
+    through ``Session.request``: the environment's proxy still applies, the key is not sent."""
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    url = "http://storage.invalid/storage/upload/token?sig=abc"
+    with Transport("http://pictograph.invalid/api", "pk_test",
+                   retry=RetryPolicy(max_retries=0)) as transport:
+        transport.put_signed(url, b"image bytes", "image/png", 11)
+    assert _Proxy.seen == [f"PUT {url} HTTP/1.1"]
+    assert _Proxy.puts == [(b"image bytes", None)]
