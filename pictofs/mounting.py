@@ -306,6 +306,12 @@ def _serve(target: MountTarget, args: argparse.Namespace) -> int:
 
     messages = MountMessages()
 
+    def give_up(why: str) -> None:
+        """End a mount whose set-up failed in ``init``: ``pictofs mount`` is told why (never
+        left waiting for "ready"), and libfuse ends its loop and unmounts."""
+        _tell_parent(f"cannot mount {name}: {why}")
+        os.kill(os.getpid(), signal.SIGTERM)
+
     def on_init() -> None:
         said = [line for line in messages.release().splitlines() if line.strip()]
         # libfuse 3 complains of the thread limit mfusepy leaves unset on every mount: noise
@@ -317,11 +323,9 @@ def _serve(target: MountTarget, args: argparse.Namespace) -> int:
                      " / ".join(line for line in said if line not in noise))
         try:
             ctl.start()
-        except OSError as exc:  # never leave `pictofs mount` waiting for "ready"
+        except OSError as exc:
             log.error("cannot open the control socket %s: %s", ctl.path, exc)
-            _tell_parent(f"cannot mount {name}: cannot open the control socket "
-                         f"{ctl.path}: {exc}")
-            os.kill(os.getpid(), signal.SIGTERM)
+            give_up(f"cannot open the control socket {ctl.path}: {exc}")
             return
         start_sighup_thread(vfs.refresh)
         if target.dataset is None:
@@ -329,10 +333,9 @@ def _serve(target: MountTarget, args: argparse.Namespace) -> int:
         else:
             try:
                 vfs.open_dataset()  # resume this dataset's journal now
-            except Exception as exc:  # never leave `pictofs mount` waiting for "ready"
+            except Exception as exc:
                 log.exception("cannot set up %s", name)
-                _tell_parent(f"cannot mount {name}: {exc}")
-                os.kill(os.getpid(), signal.SIGTERM)  # libfuse ends its loop and unmounts
+                give_up(str(exc))
                 return
         log.info("mounted %s on %s", name, target.mountpoint)
         _tell_parent("ready")
