@@ -295,7 +295,10 @@ def _serve(target: MountTarget, args: argparse.Namespace) -> int:
                                          start_sighup_thread)
     from pictofs.fs.operations import PictoOperations
 
+    from pictofs.gcpolicy import settle_daemon_heap
+
     tree = build_tree(target, args)
+    settle_daemon_heap()
     vfs, breaker = tree.vfs, tree.breaker
     name = target.dataset.name if target.dataset else "organization"
     ctl = control.ControlServer(target.mountpoint, {
