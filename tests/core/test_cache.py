@@ -506,6 +506,40 @@ def test_an_insert_that_fits_reads_no_other_record(make_cache, monkeypatch) -> N
     assert scans and cache.stats().size_bytes <= 1 << 20
 
 
+def test_an_insert_pickles_no_key(make_cache, monkeypatch) -> None:
+    """The index's keys (image ids, the total's) are kept as they are: diskcache pickles any
+    other key and runs ``pickletools.optimize`` over it, at every get and set."""
+    import pickletools
+    cache = make_cache(cap=1 << 20)
+    store(cache, "first", image(1000, 1))
+    optimized: list[bytes] = []
+    real = pickletools.optimize
+    monkeypatch.setattr(pickletools, "optimize", lambda data: optimized.append(data) or real(data))
+    store(cache, "second", image(1000, 2))
+    assert read_cached(cache, "second") == image(1000, 2)
+    assert optimized == []
+
+
+def test_the_total_an_earlier_version_kept_is_replaced_by_a_recount(tmp_path: Path,
+                                                                     make_cache) -> None:
+    """Earlier versions kept the total under a tuple key: a cache they left is recounted at
+    start, and their key goes (a process of such a version recounts in turn)."""
+    first = make_cache()
+    store(first, "a", image(3000, 1))
+    store(first, "b", image(2000, 2))
+    index = first._index
+    index.delete(cache_module._TOTAL_KEY)
+    index.set(cache_module._OLD_TOTAL_KEY, 123)  # stale, as another version may leave it
+    first.close()
+
+    second = make_cache()
+    assert second.stats().size_bytes == 5000
+    assert cache_module._OLD_TOTAL_KEY not in second._index
+    assert second._index.get(cache_module._TOTAL_KEY) == 5000
+    assert sorted(image_id for image_id, _record in second._records()) == ["a", "b"]
+
+
+
 # -- crash recovery ------------------------------------------------------------------------
 
 
