@@ -19,6 +19,7 @@ from pictofs.api.transport import Transport
 class _Proxy(http.server.BaseHTTPRequestHandler):
     seen: list[str] = []
     puts: list[tuple[bytes, str | None]] = []  # body and API key header of each PUT
+    gets: list[dict[str, str]] = []  # the headers of each GET
 
     def do_PUT(self) -> None:  # noqa: N802 - the http.server name
         type(self).seen.append(self.requestline)
@@ -30,9 +31,11 @@ class _Proxy(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server name
         type(self).seen.append(self.requestline)
+        type(self).gets.append(dict(self.headers))
         body = json.dumps({"ok": True}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
+        self.send_header("Set-Cookie", "lb=node-7; Path=/")  # a load balancer's, say
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -45,6 +48,7 @@ class _Proxy(http.server.BaseHTTPRequestHandler):
 def proxy() -> Iterator[str]:
     _Proxy.seen = []
     _Proxy.puts = []
+    _Proxy.gets = []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -89,3 +93,51 @@ def test_a_signed_put_goes_through_the_proxy_too_and_without_the_key(proxy,
         transport.put_signed(url, b"image bytes", "image/png", 11)
     assert _Proxy.seen == [f"PUT {url} HTTP/1.1"]
     assert _Proxy.puts == [(b"image bytes", None)]
+
+
+def test_a_download_goes_through_the_proxy_with_the_key(proxy, monkeypatch) -> None:
+    """Requests are prepared by the transport and handed to ``Session.send``
+    (``_Session.request_direct``), not through ``Session.request``: the environment's proxy
+    applies to downloads as to API calls, with the key."""
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with Transport("http://pictograph.invalid/api", "pk_test",
+                   retry=RetryPolicy(max_retries=0)) as transport:
+        with transport.stream("GET", "/images/abc") as body:
+            assert json.loads(b"".join(body)) == {"ok": True}
+    assert _Proxy.seen == ["GET http://pictograph.invalid/api/api/v1/developer/images/abc HTTP/1.1"]
+    assert _Proxy.gets[0]["X-API-Key"] == "pk_test"
+    assert _Proxy.gets[0]["User-Agent"].startswith("pictofs/")
+
+
+def test_cookies_the_service_sets_are_sent_back(proxy, monkeypatch) -> None:
+    """As with ``Session.request``: a cookie an answer sets (a load balancer's) goes with the
+    next requests to that host."""
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with Transport("http://pictograph.invalid/api", "pk_test",
+                   retry=RetryPolicy(max_retries=0)) as transport:
+        transport.request_json("GET", "/images/")
+        with transport.stream("GET", "/images/abc") as body:
+            b"".join(body)
+    assert "Cookie" not in _Proxy.gets[0]
+    assert _Proxy.gets[1]["Cookie"] == "lb=node-7"
+
+
+def test_a_netrc_entry_for_the_host_is_used_as_requests_uses_it(proxy, monkeypatch,
+                                                                 tmp_path) -> None:
+    """A ``~/.netrc`` (here ``$NETRC``) entry for the service's host gives its basic
+    credentials, as requests gives them to a session that reads the environment."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine pictograph.invalid login alice password s3cret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with Transport("http://pictograph.invalid/api", "pk_test",
+                   retry=RetryPolicy(max_retries=0)) as transport:
+        transport.request_json("GET", "/images/")
+    assert _Proxy.gets[0]["Authorization"] == "Basic YWxpY2U6czNjcmV0"  # alice:s3cret
