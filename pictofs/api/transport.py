@@ -75,7 +75,8 @@ class _Session(requests.Session):
     What requests reads from the environment for every request (the proxy variables and
     ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``, ``~/.netrc``) is read once per
     scheme and host here instead: the same settings, without walking the environment and
-    looking for ``~/.netrc`` at each of the thousands of requests an upload makes."""
+    looking for ``~/.netrc`` at each of the thousands of requests an upload makes. Requests
+    are prepared by ``request_direct`` and ``put_direct``, never by ``Session.request``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -96,19 +97,6 @@ class _Session(requests.Session):
             with self._environments_lock:
                 self._environments[key] = found
         return found
-
-    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
-        if request.auth is None and self.auth is None:
-            request.auth = self._environment(request.url)[2]
-        return super().prepare_request(request)
-
-    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any,
-                                   cert: Any) -> dict[str, Any]:
-        env_proxies, env_verify, _auth = self._environment(url)
-        proxies = {**env_proxies, **(proxies or {})}
-        if verify is True or verify is None:
-            verify = env_verify or verify
-        return super().merge_environment_settings(url, proxies, stream, verify, cert)
 
     def request_direct(self, method: str, url: str, headers: Mapping[str, str], *,
                        params: Mapping[str, Any] | None = None, json: Any = None,
