@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -241,7 +242,10 @@ def test_the_embedded_default_sends_no_key_to_a_server_that_cannot_prove_it_is_o
     other = os.geteuid() == 0 and os.access("/usr/bin/python3", os.X_OK)
     command = ["runuser", "-u", "nobody", "--", "/usr/bin/python3"] if other \
         else [sys.executable]
-    impostor = subprocess.Popen([*command, str(script), str(port), str(seen)])
+    # its own process group: runuser forks the python it runs, and killing runuser alone
+    # would leave that python serving the port after the test
+    impostor = subprocess.Popen([*command, str(script), str(port), str(seen)],
+                                start_new_session=True)
     try:
         wait_until = time.monotonic() + 10
         while time.monotonic() < wait_until:
@@ -260,7 +264,7 @@ def test_the_embedded_default_sends_no_key_to_a_server_that_cannot_prove_it_is_o
         assert "key=None" in seen.read_text()  # it was asked, without a key
         assert "key=pk_" not in seen.read_text()
     finally:
-        impostor.kill()
+        os.killpg(impostor.pid, signal.SIGKILL)
         impostor.wait()
         run("serve", "--stop", env=env)
         shutil.rmtree(shared)
