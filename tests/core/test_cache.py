@@ -192,6 +192,32 @@ def test_lru_evicts_the_least_recently_opened(make_cache, clock: FakeClock) -> N
     assert cache.stats().size_bytes == 3000
 
 
+def test_has_file_knows_this_instance_s_entries_without_the_disk(make_cache, clock: FakeClock,
+                                                                 monkeypatch) -> None:
+    """``has_file`` (asked by the read-ahead at every open of a pass) answers from memory for
+    entries inserted or opened here, and sees the ones it evicted go."""
+    cache = make_cache(cap=3000)
+    for image_id in ("a", "b", "c"):
+        store(cache, image_id, image(1000))
+        clock.tick()
+    read_cached(cache, "a")
+    clock.tick()
+    other = make_cache(cap=3000)  # another instance of the same cache: it inserted nothing
+    looked: list[str] = []
+    real = ImageCache.data_path
+    monkeypatch.setattr(ImageCache, "data_path",
+                        lambda self, image_id: looked.append(image_id) or real(self, image_id))
+    assert [i for i in "abc" if cache.has_file(i)] == ["a", "b", "c"]
+    assert looked == []
+    assert [i for i in "abc" if other.has_file(i)] == ["a", "b", "c"]
+    assert looked == ["a", "b", "c"]
+
+    store(cache, "d", image(1000))  # evicts b, the least recently opened
+    looked.clear()
+    assert [i for i in "abcd" if cache.has_file(i)] == ["a", "c", "d"]
+    assert looked == ["b"]
+
+
 def test_a_lingering_pin_stays_for_others_but_not_for_this_process(make_cache) -> None:
     cache = make_cache(cap=3000)
     store(cache, "a", image(1000))

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from bisect import bisect_left
 from collections import OrderedDict
 from typing import Callable
@@ -124,10 +125,27 @@ class ReadAhead:
             self._depths.pop(folder, None)
 
 
+MEMORY_CHECK_SECONDS = 0.5  # how long an answer of ``memory_low`` is reused
+
+_memory_checked = (-MEMORY_CHECK_SECONDS, False)  # (monotonic time, answer) of the last read
+
+
 def memory_low() -> bool:
     """Whether the machine has less than ``MIN_FREE_MEMORY`` available (``/proc/meminfo``'s
     MemAvailable): read-ahead fills the page cache and, under pressure, would evict pages
-    someone is using. Unknown (no ``/proc``) counts as enough."""
+    someone is using. Unknown (no ``/proc``) counts as enough. Read at most every
+    ``MEMORY_CHECK_SECONDS`` (a sequential read asks before each image fetched ahead)."""
+    global _memory_checked
+    now = time.monotonic()
+    checked_at, answer = _memory_checked
+    if now - checked_at < MEMORY_CHECK_SECONDS:
+        return answer
+    answer = _read_memory_low()
+    _memory_checked = (now, answer)
+    return answer
+
+
+def _read_memory_low() -> bool:
     try:
         with open("/proc/meminfo", "rb") as meminfo:
             for line in meminfo:
