@@ -35,7 +35,13 @@ KEYED_METHODS = frozenset({"POST", "PATCH"})
 
 
 def dataset_segment(dataset: str) -> str:
-    """A dataset name or UUID as one percent-encoded path segment."""
+    """A dataset name or UUID as one percent-encoded path segment. Anything else (a
+    ``Dataset`` as ``projects.create`` returns it, say) is a ``TypeError`` that says so."""
+    if not isinstance(dataset, str):
+        hint = f": pass its .id ({dataset.id!r})" if isinstance(getattr(dataset, "id", None),
+                                                               str) else ""
+        raise TypeError(f"a dataset is given by its name or id (a str), not a "
+                        f"{type(dataset).__name__}{hint}")
     return quote(dataset, safe="")
 
 

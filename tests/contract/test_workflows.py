@@ -47,6 +47,17 @@ def test_organize_by_class_maps_first_level_folders(client, dataset, photos: Pat
     assert {i.width for i in client.images.list(dataset.id)} == {8}
 
 
+def test_a_dataset_object_instead_of_its_name_is_a_clear_type_error(client, dataset,
+                                                                   photos: Path) -> None:
+    """The documented argument is a name or id; the object ``projects.create`` returns is
+    refused before any request, with what to pass instead."""
+    with pytest.raises(TypeError, match=r"name or id \(a str\), not a Dataset: pass its "
+                                        r"\.id \('" + dataset.id):
+        upload_dataset_from_folder(client, dataset, folder=photos)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="name or id"):
+        client.projects.get(123)  # type: ignore[arg-type]
+
+
 def test_without_organize_by_class_the_whole_path_is_kept(client, dataset, photos: Path) -> None:
     report = upload_dataset_from_folder(client, dataset.id, folder=str(photos),
                                         organize_by_class=False, parallel=False)
