@@ -294,7 +294,6 @@ def _serve(target: MountTarget, args: argparse.Namespace) -> int:
     from pictofs.fs.fuse_session import (MountMessages, MountSettings, serve,
                                          start_sighup_thread)
     from pictofs.fs.operations import PictoOperations
-
     from pictofs.gcpolicy import settle_daemon_heap
 
     tree = build_tree(target, args)
