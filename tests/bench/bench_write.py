@@ -479,15 +479,21 @@ class WriteBench(Bench):
                 self.passthrough = checked  # type: ignore[assignment]
                 self.stop_passthrough()
         self.references.append(("`cp -r` to local disk", self.local_copies))
-        if self.passthrough_cpu and self.workflow_cpu:
-            floor = statistics.median(self.passthrough_cpu) \
-                + statistics.median(self.workflow_cpu)
-            self.notes.append(
-                "CPU per image, for row 1h: the passthrough's daemon for `cp -r` "
-                f"{statistics.median(self.passthrough_cpu):.2f} ms, the bulk workflow's "
-                f"process (client side) for the upload {statistics.median(self.workflow_cpu):.2f}"
-                f" ms: {floor:.2f} ms together, the floor of a FUSE copy plus an upload in "
-                "Python.")
+        # row 1h's floors: a passthrough's daemon CPU for the copy plus the workflow's
+        floors = [("the passthrough's", self.passthrough_cpu,
+                   "the floor of a FUSE copy plus an upload in Python"),
+                  ("with what pictofs promises per file, the checked passthrough's",
+                   self.checked_cpu if want("1h") else [], "the floor of the promises")]
+        for whose, copy_cpu, what in floors:
+            if copy_cpu and self.workflow_cpu:
+                floor = statistics.median(copy_cpu) + statistics.median(self.workflow_cpu)
+                than = (f"; 1h is {statistics.median(cpu.values) / floor:.2f}× that"
+                        if cpu.values else "")
+                self.notes.append(
+                    f"CPU per image, for row 1h: {whose} daemon for `cp -r` "
+                    f"{statistics.median(copy_cpu):.2f} ms, the bulk workflow's process "
+                    f"(client side) for the upload {statistics.median(self.workflow_cpu):.2f}"
+                    f" ms: {floor:.2f} ms together, {what}{than}.")
         if self.held_cpu and self.passthrough_cpu:
             self.notes.append(
                 "CPU per file of the daemon for the `cp -r` of 1f (uploads held back): "
@@ -502,15 +508,6 @@ class WriteBench(Bench):
                 "CPU per file of the checked passthrough for its `cp -r` (row 1i): "
                 f"{statistics.median(self.checked_cpu):.2f} ms "
                 f"({', '.join(f'{v:.2f}' for v in self.checked_cpu)}).")
-        if self.checked_cpu and self.workflow_cpu and want("1h"):
-            promises = statistics.median(self.checked_cpu) \
-                + statistics.median(self.workflow_cpu)
-            self.notes.append(
-                "CPU per image, for row 1h, with what pictofs promises per file: the checked "
-                f"passthrough's daemon for `cp -r` {statistics.median(self.checked_cpu):.2f}"
-                f" ms, plus the bulk workflow's upload: {promises:.2f} ms together, the floor "
-                f"of the promises; 1h is {statistics.median(cpu.values) / promises:.2f}× "
-                "that.")
         rows: list[Row] = [*totals.values(), *alone.values(), latency, held, first_rsync, cpu,
                            promised]
         self.write_rows += [row for row in rows if want(row.key)]

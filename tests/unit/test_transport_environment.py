@@ -57,12 +57,17 @@ def proxy() -> Iterator[str]:
     server.server_close()
 
 
-def test_requests_go_through_the_proxy_the_environment_names(proxy, monkeypatch) -> None:
+
+def through(proxy: str, monkeypatch: pytest.MonkeyPatch) -> Transport:
+    """A transport to ``pictograph.invalid`` in an environment that names ``proxy`` for
+    it (and no ``NO_PROXY``), without retries."""
     monkeypatch.setenv("HTTP_PROXY", proxy)
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    with Transport("http://pictograph.invalid/api", "pk_test",
-                   retry=RetryPolicy(max_retries=0)) as transport:
+    return Transport("http://pictograph.invalid/api", "pk_test", retry=RetryPolicy(max_retries=0))
+
+def test_requests_go_through_the_proxy_the_environment_names(proxy, monkeypatch) -> None:
+    with through(proxy, monkeypatch) as transport:
         for _ in range(3):
             body, _headers = transport.request_json("GET", "/images/")
             assert body == {"ok": True}
@@ -84,12 +89,8 @@ def test_a_signed_put_goes_through_the_proxy_too_and_without_the_key(proxy,
                                                                     monkeypatch) -> None:
     """The signed PUT is handed to the adapter directly (``_Session.put_direct``), not
     through ``Session.request``: the environment's proxy still applies, the key is not sent."""
-    monkeypatch.setenv("HTTP_PROXY", proxy)
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
     url = "http://storage.invalid/storage/upload/token?sig=abc"
-    with Transport("http://pictograph.invalid/api", "pk_test",
-                   retry=RetryPolicy(max_retries=0)) as transport:
+    with through(proxy, monkeypatch) as transport:
         transport.put_signed(url, b"image bytes", "image/png", 11)
     assert _Proxy.seen == [f"PUT {url} HTTP/1.1"]
     assert _Proxy.puts == [(b"image bytes", None)]
@@ -99,11 +100,7 @@ def test_a_download_goes_through_the_proxy_with_the_key(proxy, monkeypatch) -> N
     """Requests are prepared by the transport and handed to ``Session.send``
     (``_Session.request_direct``), not through ``Session.request``: the environment's proxy
     applies to downloads as to API calls, with the key."""
-    monkeypatch.setenv("HTTP_PROXY", proxy)
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-    with Transport("http://pictograph.invalid/api", "pk_test",
-                   retry=RetryPolicy(max_retries=0)) as transport:
+    with through(proxy, monkeypatch) as transport:
         with transport.stream("GET", "/images/abc") as body:
             assert json.loads(b"".join(body)) == {"ok": True}
     assert _Proxy.seen == ["GET http://pictograph.invalid/api/api/v1/developer/images/abc HTTP/1.1"]
@@ -114,11 +111,7 @@ def test_a_download_goes_through_the_proxy_with_the_key(proxy, monkeypatch) -> N
 def test_cookies_the_service_sets_are_sent_back(proxy, monkeypatch) -> None:
     """As with ``Session.request``: a cookie an answer sets (a load balancer's) goes with the
     next requests to that host."""
-    monkeypatch.setenv("HTTP_PROXY", proxy)
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-    with Transport("http://pictograph.invalid/api", "pk_test",
-                   retry=RetryPolicy(max_retries=0)) as transport:
+    with through(proxy, monkeypatch) as transport:
         transport.request_json("GET", "/images/")
         with transport.stream("GET", "/images/abc") as body:
             b"".join(body)
@@ -134,10 +127,6 @@ def test_a_netrc_entry_for_the_host_is_used_as_requests_uses_it(proxy, monkeypat
     netrc.write_text("machine pictograph.invalid login alice password s3cret\n")
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
-    monkeypatch.setenv("HTTP_PROXY", proxy)
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-    with Transport("http://pictograph.invalid/api", "pk_test",
-                   retry=RetryPolicy(max_retries=0)) as transport:
+    with through(proxy, monkeypatch) as transport:
         transport.request_json("GET", "/images/")
     assert _Proxy.gets[0]["Authorization"] == "Basic YWxpY2U6czNjcmV0"  # alice:s3cret
