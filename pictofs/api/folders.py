@@ -10,7 +10,7 @@ from typing import Any
 
 from pictofs.api.errors import NetworkError
 from pictofs.api.transport import Transport
-from pictofs.api.wire import dataset_segment, path_segments, unwrap
+from pictofs.api.wire import dataset_ref, dataset_segment, path_segments, unwrap
 from pictofs.model import Folder
 
 
@@ -29,7 +29,7 @@ def list_folders(t: Transport, dataset: str, parent_path: str | None = None) -> 
 def create_folder(t: Transport, dataset: str, path: str) -> Folder:
     """Create ``path`` and its parents; creating an existing folder is not an error."""
     body, _ = t.request_json("POST", "/directories/",
-                             json={"dataset": dataset, "directory_path": path})
+                             json={"dataset": dataset_ref(dataset), "directory_path": path})
     return Folder.from_json(unwrap(body))
 
 

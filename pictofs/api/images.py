@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterator, Sequence
 
 from pictofs.api.transport import Body, Transport
-from pictofs.api.wire import (ByteStream, dataset_segment, iter_pages, page_of, path_segments,
-                              unwrap)
+from pictofs.api.wire import (ByteStream, dataset_ref, dataset_segment, image_segment, iter_pages,
+                              page_of, path_segments, unwrap)
 from pictofs.model import Image, Page
 
 PAGE_LIMIT = 1000
@@ -86,7 +86,7 @@ def list_page(
 ) -> Page[Image]:
     """One page of images, newest first. ``directory_path`` is an exact (not recursive) match.
     ``parse`` makes each image (``Image.from_listing``: without its URLs)."""
-    params: dict[str, Any] = {"dataset": dataset, "limit": limit, "offset": offset}
+    params: dict[str, Any] = {"dataset": dataset_ref(dataset), "limit": limit, "offset": offset}
     if directory_path is not None:
         params["directory_path"] = directory_path
     if filename is not None:
@@ -113,7 +113,7 @@ def iter_images(
 
 
 def get_metadata(t: Transport, image_id: str) -> Image:
-    body, _ = t.request_json("GET", f"/images/{dataset_segment(image_id)}/metadata")
+    body, _ = t.request_json("GET", f"/images/{image_segment(image_id)}/metadata")
     return Image.from_json(unwrap(body))
 
 
@@ -126,7 +126,7 @@ def get_metadata_by_path(t: Transport, dataset: str, path: str) -> Image:
 
 def open_bytes(t: Transport, image_id: str) -> contextlib.AbstractContextManager[ByteStream]:
     """Stream an image's bytes by id: ``with open_bytes(t, id) as stream: for chunk in stream``."""
-    return t.stream("GET", f"/images/{dataset_segment(image_id)}")
+    return t.stream("GET", f"/images/{image_segment(image_id)}")
 
 
 def open_bytes_by_path(
@@ -137,7 +137,7 @@ def open_bytes_by_path(
 
 def download_to(t: Transport, image_id: str, out: IO[bytes]) -> None:
     """Write an image's bytes into ``out`` (starting over if the stream is cut short)."""
-    t.download(f"/images/{dataset_segment(image_id)}", out)
+    t.download(f"/images/{image_segment(image_id)}", out)
 
 
 def open_url(t: Transport, url: str) -> contextlib.AbstractContextManager[ByteStream]:
@@ -158,8 +158,8 @@ def request_upload_url(
     idempotency_key: str | None = None,
 ) -> UploadTicket:
     """Step 1: the service checks extension (415), name (400) and collision (409)."""
-    payload = {"dataset": dataset, "filename": filename, "directory_path": directory_path,
-               "content_type": content_type}
+    payload = {"dataset": dataset_ref(dataset), "filename": filename,
+               "directory_path": directory_path, "content_type": content_type}
     body, _ = t.request_json("POST", "/images/upload-url", json=payload,
                              idempotency_key=idempotency_key)
     data = unwrap(body)
@@ -180,7 +180,7 @@ def put_bytes(t: Transport, ticket: UploadTicket, body: Body, size: int) -> None
 def register(t: Transport, dataset: str, item: RegisterItem, *,
              idempotency_key: str | None = None) -> Image:
     """Step 3: 201 + the Image (409 collision, 413 too large, 415 not an image)."""
-    payload = {"dataset": dataset, **item.to_json()}
+    payload = {"dataset": dataset_ref(dataset), **item.to_json()}
     body, _ = t.request_json("POST", "/images/register", json=payload,
                              idempotency_key=idempotency_key)
     return Image.from_json(unwrap(body))
@@ -200,7 +200,7 @@ def bulk_upload_urls(
     images = [{"filename": name, "directory_path": directory_path, "content_type": ctype}
               for name, ctype in files]
     body, _ = t.request_json("POST", "/images/bulk-upload-url",
-                             json={"dataset": dataset, "images": images},
+                             json={"dataset": dataset_ref(dataset), "images": images},
                              idempotency_key=idempotency_key)
     data = unwrap(body)
     minutes = float(data.get("expires_in_minutes") or 15)
@@ -220,7 +220,8 @@ def bulk_register(
 ) -> BulkRegisterResult:
     """Step 3 for many files: per-file successes and failures, in request order."""
     body, _ = t.request_json("POST", "/images/bulk-register",
-                             json={"dataset": dataset, "images": [i.to_json() for i in items]},
+                             json={"dataset": dataset_ref(dataset),
+                                   "images": [i.to_json() for i in items]},
                              idempotency_key=idempotency_key)
     data = unwrap(body)
     return BulkRegisterResult(
@@ -254,6 +255,7 @@ def bulk_tag(t: Transport, dataset: str, image_ids: Sequence[str], tags: Sequenc
              add: bool = True) -> int:
     """Add (or remove) user tags; returns how many images were processed."""
     body, _ = t.request_json("POST", "/images/bulk-tag", json={
-        "dataset": dataset, "image_ids": list(image_ids), "tags": list(tags), "add": add})
+        "dataset": dataset_ref(dataset), "image_ids": list(image_ids), "tags": list(tags),
+        "add": add})
     return int(unwrap(body).get("processed", 0))
 

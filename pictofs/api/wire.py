@@ -34,15 +34,34 @@ _KEY_RE = re.compile(r"^[0-9a-f]{32}$")
 KEYED_METHODS = frozenset({"POST", "PATCH"})
 
 
+def dataset_ref(dataset: str) -> str:
+    """A dataset name or UUID as given, checked: anything else (a ``Dataset`` as
+    ``projects.create`` returns it, say) is a ``TypeError`` that says so, before any request
+    (in a path, a query or a JSON body alike)."""
+    return _ref(dataset, "a dataset is given by its name or id")
+
+
+def image_ref(image_id: str) -> str:
+    """An image's UUID as given, checked as ``dataset_ref`` checks a dataset."""
+    return _ref(image_id, "an image is given by its id")
+
+
+def _ref(value: str, what: str) -> str:
+    if not isinstance(value, str):
+        hint = f": pass its .id ({value.id!r})" if isinstance(getattr(value, "id", None),
+                                                           str) else ""
+        raise TypeError(f"{what} (a str), not a {type(value).__name__}{hint}")
+    return value
+
+
 def dataset_segment(dataset: str) -> str:
-    """A dataset name or UUID as one percent-encoded path segment. Anything else (a
-    ``Dataset`` as ``projects.create`` returns it, say) is a ``TypeError`` that says so."""
-    if not isinstance(dataset, str):
-        hint = f": pass its .id ({dataset.id!r})" if isinstance(getattr(dataset, "id", None),
-                                                               str) else ""
-        raise TypeError(f"a dataset is given by its name or id (a str), not a "
-                        f"{type(dataset).__name__}{hint}")
-    return quote(dataset, safe="")
+    """A dataset name or UUID as one percent-encoded path segment (``dataset_ref``)."""
+    return quote(dataset_ref(dataset), safe="")
+
+
+def image_segment(image_id: str) -> str:
+    """An image's UUID as one percent-encoded path segment (``image_ref``)."""
+    return quote(image_ref(image_id), safe="")
 
 
 def path_segments(path: str) -> str:

@@ -373,3 +373,40 @@ def test_signed_url_token_never_appears_in_pictofs_logs(client, dataset, tmp_pat
     assert any("PUT" in m for m in messages)
     assert not any(token in m for m in messages)
     assert ticket.upload_url not in repr(ticket)
+
+
+# ---------------------------------------------------------------------- arguments
+
+
+def test_objects_where_a_name_or_id_is_expected_are_type_errors_before_any_request(
+        client, dataset, server, tmp_path: Path) -> None:
+    """A ``Dataset`` or an ``Image`` passed where its name or id goes is refused with what
+    to pass instead, whether the value would travel in the path, the query or a JSON body,
+    and nothing is sent."""
+    photo = tmp_path / "a.png"
+    photo.write_bytes(png_bytes(8))
+    image = client.images.upload(dataset.id, photo, folder_path="/t")
+    before = server.settled_metrics()
+    by_dataset = {
+        "images.list": lambda: next(iter(client.images.list(dataset))),
+        "images.upload": lambda: client.images.upload(dataset, photo),
+        "projects.get": lambda: client.projects.get(dataset),
+    }
+    for what, call in by_dataset.items():
+        with pytest.raises(TypeError, match=r"a dataset is given by its name or id \(a str\), "
+                                            r"not a Dataset: pass its \.id \('" + dataset.id):
+            call()
+        assert server.settled_metrics() == before, what
+    by_image = {
+        "images.get": lambda: client.images.get(image),
+        "images.download": lambda: client.images.download(image, tmp_path / "out.png"),
+        "images.delete": lambda: client.images.delete(image),
+    }
+    for what, call in by_image.items():
+        with pytest.raises(TypeError, match=r"an image is given by its id \(a str\), not an? "
+                                            r"Image: pass its \.id \('" + image.id):
+            call()
+        assert server.settled_metrics() == before, what
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # no .part left behind
+    assert client.images.get(image.id).id == image.id  # the image is untouched
+
