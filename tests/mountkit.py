@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from pictofs.core.upload.batch import REGISTER_PIECE
 from pictofs.core.upload.journal import journal_dir
 from pictofs.model import Image
 
@@ -71,6 +72,15 @@ class Counts:
         changes = self.since()
         return changes["upload_url"] + changes["bulk_upload_url"]
 
+
+
+def assert_registers_follow_urls(changes: dict[str, int], puts: int) -> None:
+    """Every upload-URL request was followed by its register requests: exactly one for a
+    single file; for a batch one or more, at most one per ``REGISTER_PIECE`` files (a large
+    batch registers what landed while its other PUTs are in flight)."""
+    assert changes["upload_url"] == changes["register"], changes
+    assert changes["bulk_upload_url"] <= changes["bulk_register"] \
+        <= changes["bulk_upload_url"] + puts // REGISTER_PIECE, changes
 
 def pictofs_cmd(m: Any, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """``pictofs ARGS`` with the mount's environment (never hangs the test run)."""

@@ -23,7 +23,7 @@ from pictofs.api.bulk_remote import BulkApiRemote
 from pictofs.api.errors import ServerError
 from pictofs.config import Connection
 from pictofs.core.upload.journal import Journal
-from pictofs.core.upload.batch import companions
+from pictofs.core.upload.batch import REGISTER_PIECE, companions
 from pictofs.core.upload.schedule import Schedule
 from pictofs.core.upload.queue import UploadQueue
 from pictofs.model import Dataset, Image
@@ -164,6 +164,47 @@ def test_with_parallel_puts_a_folder_goes_out_in_one_batch_its_puts_side_by_side
     assert calls == {"bulk_url": 1, "put": 40, "bulk_register": 1}  # not a share per worker
     assert len(b.registered) == 40 and not b.failures
     assert names(client, dataset, "/p") == {name: len(data) for name, data in files.items()}
+    assert b.journal.staging_names() == []
+
+
+def test_a_large_batch_registers_what_landed_while_its_other_puts_are_in_flight(
+        batches, bulk_remote, server, client, dataset, monkeypatch) -> None:
+    """Over 2 × REGISTER_PIECE members with parallel PUTs: the members whose PUTs landed are
+    registered a piece at a time. The last PUT is held until a register has been answered,
+    which the batch only sends before its last PUT if it registers in pieces."""
+    b = batches(transfers=4, batch=500, parallel_puts=True)
+    n = 2 * REGISTER_PIECE + 40
+    put_upload, register_uploads = bulk_remote.put_upload, bulk_remote.register_uploads
+    registered_once = threading.Event()
+    sent = iter(range(n))
+    pieces: list[int] = []
+
+    def put_last_after_a_register(*args: Any, **kwargs: Any) -> None:
+        if next(sent) == n - 1:
+            assert registered_once.wait(WAIT), "no register before the last PUT"
+        put_upload(*args, **kwargs)
+
+    def register(dataset_id: str, folder: str, items: Any) -> Any:
+        pieces.append(len(items))
+        answers = register_uploads(dataset_id, folder, items)
+        registered_once.set()
+        return answers
+
+    monkeypatch.setattr(bulk_remote, "put_upload", put_last_after_a_register)
+    monkeypatch.setattr(bulk_remote, "register_uploads", register)
+    files = {f"q{k:03d}.png": png_bytes(500 + k) for k in range(n)}
+    before = counts(server)
+
+    ids = [b.stage("/q", name, data) for name, data in files.items()]
+    b.release(ids)
+    b.settle()
+
+    calls = delta(server, before)
+    assert calls["bulk_url"] == 1 and calls["put"] == n and "register" not in calls
+    assert sum(pieces) == n and len(pieces) == calls["bulk_register"] >= 2
+    assert all(size >= REGISTER_PIECE for size in pieces[:-1]), pieces
+    assert len(b.registered) == n and not b.failures
+    assert names(client, dataset, "/q") == {name: len(data) for name, data in files.items()}
     assert b.journal.staging_names() == []
 
 

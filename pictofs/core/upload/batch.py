@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence, Union
@@ -56,6 +57,10 @@ TROUBLE_AFTER = 3
 MemberOutcome = Union[Landed, BaseException]  # how one member ended (Interrupted: it stopped)
 MIN_SHARE = 8
 SLACK = 0.05  # seconds: entries due this close together travel together
+# A batch of more than twice REGISTER_PIECE with parallel PUTs registers the members whose
+# PUTs landed REGISTER_PIECE at a time (``BatchJob._pipelined``; measured:
+# docs/performance.md, "Registering while the PUTs go").
+REGISTER_PIECE = 64
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,9 @@ class BatchJob:
         """Upload the members (one folder); returns each member's outcome by entry id."""
         outcomes: dict[str, MemberOutcome] = {}
         live = self._inspect(members, outcomes)
+        if live and self._senders is not None and len(live) > 2 * REGISTER_PIECE:
+            self._pipelined(live, outcomes)
+            return outcomes
         if live:
             live = self._tickets(live, outcomes)
         if live:
@@ -147,6 +155,38 @@ class BatchJob:
         if live:
             self._register_all(live, outcomes)
         return outcomes
+
+    def _pipelined(self, live: list[_Member], outcomes: dict[str, MemberOutcome]) -> None:
+        """A large batch with parallel PUTs, registered a piece at a time: the members
+        whose PUTs have landed, ``REGISTER_PIECE`` at a time (and whatever is left at the
+        end), while the other PUTs are in flight. A register costs a round trip plus the
+        service's work per file, which then overlaps the PUTs instead of following the last
+        of them (docs/performance.md, "Registering while the PUTs go"). Each member keeps its
+        promises: its ``put`` step is recorded before the register that names it."""
+        assert self._senders is not None
+        put = self._putter()
+        landed: queue.SimpleQueue[tuple[_Member, MemberOutcome | None]] = queue.SimpleQueue()
+
+        def send(member: _Member) -> None:
+            result: MemberOutcome | None = Interrupted(member.entry.id)
+            try:
+                result = put(member)
+            finally:  # always answered, so that the loop below ends
+                landed.put((member, result))
+
+        sending = self._tickets(live, outcomes)
+        for member in sending:
+            self._senders.submit(send, member)
+        piece: list[_Member] = []
+        for left in range(len(sending), 0, -1):
+            member, result = landed.get()
+            if result is None:
+                piece.append(member)
+            else:
+                outcomes[member.entry.id] = result
+            if len(piece) >= REGISTER_PIECE or (piece and left == 1):
+                self._register_all(self._recorded_put(piece, outcomes), outcomes)
+                piece = []
 
     # ---------------------------------------------------------------- steps
 
@@ -181,11 +221,27 @@ class BatchJob:
     def _put_all(self, live: list[_Member], outcomes: dict[str, MemberOutcome]) -> list[_Member]:
         """PUT every member's bytes (in the ``senders`` pool when there is one, else one
         after the other); then record the ``put`` step of those sent in one transaction."""
-        # Failures that say the service or the key is in trouble (a rejected key at once, or
-        # TROUBLE_AFTER transient failures): the PUTs not started yet would fail the same
-        # way, so they are not sent and share it. One transient failure (a 503, a reset
-        # connection: the queue's requests are not retried by the transport) fails only its
-        # own member, which the queue retries after its backoff.
+        put = self._putter()
+        if self._senders is None:
+            results = [put(member) for member in live]
+        else:
+            results = list(self._senders.map(put, live))
+        sent = []
+        for member, result in zip(live, results):
+            if result is None:
+                sent.append(member)
+            else:
+                outcomes[member.entry.id] = result
+        return self._recorded_put(sent, outcomes)
+
+    def _putter(self) -> Callable[[_Member], MemberOutcome | None]:
+        """What sends one member's bytes: None when they landed, else how it ended.
+
+        Failures that say the service or the key is in trouble (a rejected key at once, or
+        TROUBLE_AFTER transient failures): the PUTs not started yet would fail the same way,
+        so they are not sent and share it. One transient failure (a 503, a reset connection:
+        the queue's requests are not retried by the transport) fails only its own member,
+        which the queue retries after its backoff."""
         trouble: list[Exception] = []
         transient: list[Exception] = []
 
@@ -206,16 +262,12 @@ class BatchJob:
                 return exc
             return None
 
-        if self._senders is None:
-            results = [put(member) for member in live]
-        else:
-            results = list(self._senders.map(put, live))
-        sent = []
-        for member, result in zip(live, results):
-            if result is None:
-                sent.append(member)
-            else:
-                outcomes[member.entry.id] = result
+        return put
+
+    def _recorded_put(self, sent: list[_Member], outcomes: dict[str, MemberOutcome]
+                      ) -> list[_Member]:
+        """Record the ``put`` step of members whose bytes landed (one transaction), each
+        with a fresh register key; the members still current."""
         sent = self._record(sent, outcomes,
                             lambda m: {"state": JobState.UPLOADING, "size": m.staged.size,
                                        "sha256": m.staged.sha256, "step": Step.PUT,
