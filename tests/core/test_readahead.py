@@ -67,17 +67,33 @@ def read_through(downloader: Downloader, name: str) -> None:
 def test_the_second_image_of_a_pass_in_name_order_starts_the_next(make_downloader,
                                                                   source) -> None:
     downloader = make_downloader(depth=2)
-    read_through(downloader, "p0.jpg")
+    read_through(downloader, "p1.jpg")  # not the folder's first image: no pass yet
     assert downloader.wait(SAFETY)
-    assert dict(source.calls) == {"id-p0.jpg": 1}
-    read_through(downloader, "p1.jpg")
+    assert dict(source.calls) == {"id-p1.jpg": 1}
+    read_through(downloader, "p2.jpg")
     assert downloader.wait(SAFETY)
-    assert dict(source.calls) == {"id-p0.jpg": 1, "id-p1.jpg": 1, "id-p2.jpg": 1,
-                                  "id-p3.jpg": 1}
-    for name in ("p2.jpg", "p3.jpg"):  # served from the cache: no other request
+    assert dict(source.calls) == {"id-p1.jpg": 1, "id-p2.jpg": 1, "id-p3.jpg": 1,
+                                  "id-p4.jpg": 1}
+    for name in ("p3.jpg", "p4.jpg"):  # served from the cache: no other request
         with downloader.open(f"id-{name}", 5 * CHUNK) as reader:
             assert reader.from_cache
-    assert source.calls["id-p4.jpg"] == 0
+    assert source.calls["id-p0.jpg"] == 0
+
+
+def test_an_open_of_the_folders_first_image_starts_a_pass(make_downloader, source) -> None:
+    """A pass in name order starts at the first image (``cat dir/*``, an epoch over sorted
+    names): the next ones are on their way while it is read, also when an earlier pass
+    ended elsewhere in the folder."""
+    downloader = make_downloader(depth=2)
+    with downloader.open("id-p0.jpg", 5 * CHUNK, "/seq/p0.jpg") as reader:
+        reader.read(0, 100)  # only its start: the open alone is the signal
+    assert downloader.wait(SAFETY)
+    assert dict(source.calls) == {"id-p0.jpg": 1, "id-p1.jpg": 1, "id-p2.jpg": 1}
+    read_through(downloader, "p4.jpg")  # the last read-through is now p4
+    read_through(downloader, "p0.jpg")  # a second epoch: p1 and p2 are cached already
+    read_through(downloader, "p1.jpg")  # p0 was read through: p2 and p3 next
+    assert downloader.wait(SAFETY)
+    assert dict(source.calls) == {f"id-p{n}.jpg": 1 for n in range(5)}
 
 
 def test_out_of_order_opens_and_partial_reads_start_nothing(make_downloader, source) -> None:

@@ -473,8 +473,13 @@ def test_reading_a_folder_in_name_order_fetches_the_next_image_ahead(client, dat
     m = mount(dataset.name, "--prefetch", "1", base_url=proxy.url)
     folder = m.path / "seq"
     os.listdir(folder)  # the listing the read-ahead goes by (it never asks for one)
-    # the second image of a sequential pass triggers: p2 is fetched while p1 is read
-    assert cat(folder / "p0.jpg", folder / "p1.jpg") == made["p0.jpg"][1] + made["p1.jpg"][1]
+    # the folder's first image starts a pass (p1 is fetched while p0 is read), and each
+    # next image in name order keeps it going: p2 is fetched while p1 is read (p1 in place
+    # before its open, so that no wait for it deepens the pass)
+    assert cat(folder / "p0.jpg") == made["p0.jpg"][1]
+    assert "read-ahead: fetching /seq/p1.jpg" in m.log()
+    wait_until_cached(m.cache_dir, ids["p1.jpg"])
+    assert cat(folder / "p1.jpg") == made["p1.jpg"][1]
     assert "read-ahead: fetching /seq/p2.jpg" in m.log()
     wait_until_cached(m.cache_dir, ids["p2.jpg"])
     assert {n: bytes_requests(proxy, i) for n, i in ids.items()} == {
@@ -491,7 +496,7 @@ def test_reading_a_folder_in_name_order_fetches_the_next_image_ahead(client, dat
     assert {n: bytes_requests(proxy, i) for n, i in ids.items()} == {n: 1 for n in ids}
     fetched = [line.split("read-ahead: fetching ")[1].split()[0]
                for line in m.log().splitlines() if "read-ahead: fetching" in line]
-    assert fetched == ["/seq/p2.jpg", "/seq/p3.jpg", "/seq/p4.jpg"]
+    assert fetched == ["/seq/p1.jpg", "/seq/p2.jpg", "/seq/p3.jpg", "/seq/p4.jpg"]
 
 
 def test_read_ahead_depth_two_fetches_the_next_two(client, dataset, mount, proxy):
@@ -500,32 +505,41 @@ def test_read_ahead_depth_two_fetches_the_next_two(client, dataset, mount, proxy
     m = mount(dataset.name, "--prefetch", "2", base_url=proxy.url)
     folder = m.path / "seq"
     os.listdir(folder)
-    cat(folder / "p0.jpg", folder / "p1.jpg")
-    for name in ("p2.jpg", "p3.jpg"):
+    cat(folder / "p0.jpg")  # the first image: p1 and p2 are fetched ahead
+    for name in ("p1.jpg", "p2.jpg"):  # (in place before p1's open: no wait deepens it)
         wait_until_cached(m.cache_dir, ids[name])
+    cat(folder / "p1.jpg")  # the pass goes on: p2 (cached) and p3
+    wait_until_cached(m.cache_dir, ids["p3.jpg"])
     assert {n: bytes_requests(proxy, i) for n, i in ids.items()} == {
         "p0.jpg": 1, "p1.jpg": 1, "p2.jpg": 1, "p3.jpg": 1, "p4.jpg": 0}
 
 
-def test_random_access_and_header_reads_fetch_nothing_ahead(client, dataset, mount, proxy):
+def test_random_access_and_header_reads_fetch_only_what_follows_the_first_image(
+        client, dataset, mount, proxy):
+    """Out-of-order whole reads and header reads in name order start no pass; the one thing
+    fetched ahead is what an open of a folder's first image fetches (where a pass in name
+    order would start): the next ``--prefetch`` images."""
     made = seed_sequence(client, dataset, "/seq", 5)
     ids = {name: image.id for name, (image, _data) in made.items()}
-    headers = seed_sequence(client, dataset, "/hdr", 5)
+    headers = seed_sequence(client, dataset, "/hdr", 6)
     m = mount(dataset.name, "--prefetch", "2", base_url=proxy.url)
     os.listdir(m.path / "seq")
     os.listdir(m.path / "hdr")
-    # whole files, out of order (backwards included): each image once, for its reader
+    # whole files, out of order (backwards included): each image once, for its reader or
+    # fetched ahead of it (p1 and p2, after the first image)
     for name in ("p3.jpg", "p0.jpg", "p2.jpg", "p1.jpg", "p4.jpg"):
         assert cat(m.path / "seq" / name) == made[name][1]
-    # `file *` and thumbnailers read only the start of each file, in name order; p4 is
-    # left alone, so a read-ahead would show as a request for it
-    for name in ("p0.jpg", "p1.jpg", "p2.jpg", "p3.jpg"):
+    # `file *` and thumbnailers read only the start of each file, in name order; p5 is
+    # left alone, so a read-ahead after p2 would show as a request for it
+    for name in ("p0.jpg", "p1.jpg", "p2.jpg", "p3.jpg", "p4.jpg"):
         with open(m.path / "hdr" / name, "rb") as handle:
             assert handle.read(1000) == headers[name][1][:1000]
-    assert "read-ahead" not in m.log()
+    fetched = [line.split("read-ahead: fetching ")[1].split()[0]
+               for line in m.log().splitlines() if "read-ahead: fetching" in line]
+    assert fetched == ["/seq/p1.jpg", "/seq/p2.jpg", "/hdr/p1.jpg", "/hdr/p2.jpg"]
     proxy.wait_idle()
     assert {n: bytes_requests(proxy, i) for n, i in ids.items()} == {n: 1 for n in ids}
-    assert bytes_requests(proxy, headers["p4.jpg"][0].id) == 0
+    assert bytes_requests(proxy, headers["p5.jpg"][0].id) == 0
 
 
 def test_prefetch_0_fetches_nothing_ahead(client, dataset, mount, proxy):

@@ -11,9 +11,13 @@ per folder, the last image that was *read through* (a read at offset 0 and at le
 in bytes served: what a whole-file reader does, whatever order the kernel's read-ahead
 requests arrive in). Opening an image whose predecessor in the folder's sorted listing is
 that image is the signal: the next ``depth`` images after the one opened are fetched. So the
-second and every later image of a sequential pass triggers; random access, a program
-reading only headers (``file *``), and opens of folders not listed recently (no listing
-held: the read-ahead never asks the service for one) trigger nothing.
+second and every later image of a sequential pass triggers, and so does an open of the
+folder's *first* image, where a pass in name order starts (``cat dir/*``, an epoch of a
+training loop over sorted names): the second image is then on its way while the first is
+read, which saves a round trip at the start of every pass on a distant service. Random
+access and a program reading only headers (``file *``) fetch at most the ``depth`` images
+after the first; opens of folders not listed recently (no listing held: the read-ahead never
+asks the service for one) trigger nothing.
 
 The depth deepens with latency: when the image opened in a pass was fetched ahead but has not
 received its first byte yet, the reader has caught up with the read-ahead and waits a round
@@ -95,13 +99,18 @@ class ReadAhead:
         folder, name = split_path(path)
         with self._lock:
             previous = self._read_through.get(folder)
-        listing = None if previous is None or previous >= name else self._listing(folder)
+        listing = self._listing(folder)
         if listing is None:
             self._end_pass(folder)
             return []
         names = listing.image_names()
         at = bisect_left(names, name)
-        if at == 0 or at == len(names) or names[at] != name or names[at - 1] != previous:
+        if at == len(names) or names[at] != name:
+            self._end_pass(folder)
+            return []
+        if at == 0:  # the folder's first image: a pass in name order may start here
+            self._end_pass(folder)
+        elif names[at - 1] != previous:
             self._end_pass(folder)
             return []
         depth = self._pass_depth(folder, caught_up)
