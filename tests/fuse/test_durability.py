@@ -36,6 +36,7 @@ from imagegen import jpeg_bytes, png_bytes, sized_jpeg
 from mountkit import (Counts, assert_registers_follow_urls, crash_mount, journal_folder,
                       kill_daemon, live, pictofs_cmd, service_bytes, staging_files, sync,
                       wait_for)
+from pictofs.core.upload.batch import REGISTER_PIECE
 
 pytestmark = pytest.mark.fuse
 
@@ -129,6 +130,31 @@ def test_crash_at_an_upload_step_loses_nothing_and_duplicates_nothing(client, da
     again = mount(dataset.name, "--write-back", "0.2s", mountpoint=m.path)
     sync(again)
     assert_exactly_once(client, dataset, "/crash", files, tmp_path)
+    assert staging_files(again, dataset) == []
+    status = uploads_status(again)
+    assert (status["pending"], status["in_flight"], status["failed"]) == (0, 0, [])
+
+
+
+@pytest.mark.parametrize("point", ["after_put", "after_register"])
+def test_a_crash_between_the_pieces_of_a_large_batch_loses_nothing(client, dataset, mount,
+                                                                   tmp_path, point):
+    """A batch of 200 registers what landed ``REGISTER_PIECE`` files at a time: the daemon
+    dies at the step of its second piece, with the first piece registered and recorded and
+    the rest PUT or not yet. The next mount lands each file exactly once."""
+    files = pngs(200, seed=1500)
+    write_files(tmp_path / "src", files)
+    m = mount(dataset.name, "--write-back", "1h")
+    (m.path / "pieces").mkdir()
+    cp_tree(tmp_path / "src", m.path / "pieces")
+    wait_for(lambda: uploads_status(m)["pending"] == 200, "200 pending journal entries")
+    kill_daemon(m)
+    crash_mount(mount, m, dataset.name, point, REGISTER_PIECE + 1)
+    landed = live(client, dataset, "/pieces")
+    assert REGISTER_PIECE <= len(landed) < 200, len(landed)  # the crash came mid-batch
+    again = mount(dataset.name, "--write-back", "0.2s", mountpoint=m.path)
+    sync(again)
+    assert_exactly_once(client, dataset, "/pieces", files, tmp_path)
     assert staging_files(again, dataset) == []
     status = uploads_status(again)
     assert (status["pending"], status["in_flight"], status["failed"]) == (0, 0, [])
