@@ -73,7 +73,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("dir-cache-time", "how long listings are kept before asking the service again",
            MOUNT, default="30s", type=parse_duration, metavar="DURATION"),
     Option("prefetch", "images downloaded ahead of a program reading a folder's images in "
-           "name order, deepened up to 8 while it waits on the network (0: none)", MOUNT, default="1", type=_count, metavar="N"),
+           "name order, deepened up to 8 (16 on a distant service) while it waits on the "
+           "network (0: none)", MOUNT, default="1", type=_count, metavar="N"),
     Option("listing-cache-images", "listed images kept in memory across the mount's "
            "folder listings (each some 700 bytes); past it the least recently used folders "
            "are listed again when next used", MOUNT, default="100000", type=_count,

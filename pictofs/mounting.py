@@ -259,6 +259,7 @@ def build_tree(target: MountTarget, args: argparse.Namespace,
     module; a dataset's side (journal, upload workers) is set up when first reached, or by
     ``vfs.open_dataset()``."""
     from pictofs.api.bulk_remote import BulkApiRemote
+    from pictofs.core.cache.readahead import DOWNLOAD_THREADS
     from pictofs.core.tree.attrs import AttrPolicy
     from pictofs.remote.breaker import CircuitBreaker, GuardedRemote
     from pictofs.core.tree.vfs import Vfs, VfsOptions
@@ -267,7 +268,7 @@ def build_tree(target: MountTarget, args: argparse.Namespace,
     # file, one upload-url and one register call per batch)
     api_remote = BulkApiRemote(target.connection, timeout=args.timeout, retries=args.retries,
                                retry_max_wait=args.retry_max_wait,
-                               pool_size=max(16, args.transfers * 2))
+                               pool_size=max(DOWNLOAD_THREADS, args.transfers * 2))
     breaker = CircuitBreaker(probe=api_remote.ping)
     remote = GuardedRemote(api_remote, breaker)
     # the upload queue retries a failed step itself (the protocol's backoff, without holding

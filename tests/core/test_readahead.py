@@ -13,7 +13,7 @@ import pytest
 from pictofs.core.cache.store import ImageCache, NullCache
 from pictofs.core.cache.downloads import Downloader
 from pictofs.core.tree.listing import FolderListing
-from pictofs.core.cache.readahead import ReadAhead
+from pictofs.core.cache.readahead import FAR_DEEPEST, NEAR_DEEPEST, ReadAhead
 from pictofs.model import Image
 from tests.core.test_downloads import CHUNK, SAFETY, ByteSource, image
 
@@ -85,8 +85,7 @@ def test_an_open_of_the_folders_first_image_starts_a_pass(make_downloader, sourc
     names): the next ones are on their way while it is read, also when an earlier pass
     ended elsewhere in the folder."""
     downloader = make_downloader(depth=2)
-    with downloader.open("id-p0.jpg", 5 * CHUNK, "/seq/p0.jpg") as reader:
-        reader.read(0, 100)  # only its start: the open alone is the signal
+    read_through(downloader, "p0.jpg")
     assert downloader.wait(SAFETY)
     assert dict(source.calls) == {"id-p0.jpg": 1, "id-p1.jpg": 1, "id-p2.jpg": 1}
     read_through(downloader, "p4.jpg")  # the last read-through is now p4
@@ -201,18 +200,21 @@ def test_the_depth_goes_to_the_deepest_at_the_first_wait_and_resets_when_the_pas
                           directory_path="/q", file_size=1000) for name in names}
     listing = FolderListing("/q", images, {}, True, 0.0)
     read_ahead = ReadAhead(1, lambda path: listing if path == "/q" else None)
-    assert read_ahead.deepest == 8
+    assert (read_ahead.deepest, read_ahead.far_deepest) == (NEAR_DEEPEST, FAR_DEEPEST) == (8, 16)
 
-    def open_next(i: int, caught_up: bool) -> int:
+    def open_next(i: int, caught_up: bool, far: bool = False) -> int:
         read_ahead.note_read_through(f"/q/{names[i - 1]}")
-        return len(read_ahead.images_after(f"/q/{names[i]}", caught_up))
+        return len(read_ahead.images_after(f"/q/{names[i]}", caught_up, far))
 
     assert [open_next(i, False) for i in range(1, 3)] == [1, 1]  # in time: depth N
     assert [open_next(i, True) for i in range(3, 7)] == [8, 8, 8, 8]  # one wait: deepest
     assert open_next(7, False) == 8  # arrived in time: the depth stays
+    assert open_next(8, True, far=True) == 16  # a wait on a distant service: farther
+    assert open_next(9, True) == 16  # never shallower while the pass goes on
     assert read_ahead.images_after("/q/q03.jpg") == []  # out of order: the pass ends
     assert open_next(20, False) == 1
-    assert ReadAhead(12, lambda path: listing).deepest == 12  # asked for more: no deepening
+    assert open_next(21, True, far=True) == 16  # far away, the first wait goes to 16 at once
+    assert ReadAhead(20, lambda path: listing).deepest == 20  # asked for more: no deepening
 
 
 def test_read_ahead_without_readers_holds_half_the_download_threads_at_most(source,
@@ -225,17 +227,18 @@ def test_read_ahead_without_readers_holds_half_the_download_threads_at_most(sour
                                                filename=name, directory_path="/r",
                                                file_size=5 * CHUNK) for name in names},
                             {}, True, 0.0)
-    gates = [source.hold(f"id-{name}", before_chunk=0) for name in names[2:]]
+    gates = [source.hold(f"id-{name}", before_chunk=0) for name in names[3:]]
     cache = ImageCache(tmp_path / "cache", "http://127.0.0.1:9", "ds", 1 << 24)
     downloader = Downloader(cache, source, max_workers=16,
                             read_ahead=ReadAhead(12, lambda path: listing))
     try:
-        for name in names[:2]:  # the second starts a pass asking for 12 ahead
+        for name in names[1:3]:  # the second starts a pass asking for 12 ahead (the
+            # folder's first image, which starts one too, is left alone)
             with downloader.open(f"id-{name}", 5 * CHUNK, f"/r/{name}") as reader:
                 reader.read(0, 5 * CHUNK)
         assert all(gate.reached.wait(SAFETY) for gate in gates[:8])
         time.sleep(0.2)  # room for a ninth to start, if anything let it
-        assert sum(source.calls[f"id-{name}"] for name in names[2:]) == 8
+        assert sum(source.calls[f"id-{name}"] for name in names[3:]) == 8
     finally:
         source.release_all()
         downloader.close(timeout=SAFETY)

@@ -35,12 +35,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from abc import ABC, abstractmethod
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from typing import BinaryIO, Callable, Protocol
 
 from pictofs.core.cache.store import CacheWriteFailed, CacheWriter, ImageCache
-from pictofs.core.cache.readahead import MAX_IMAGE_BYTES, ReadAhead, memory_low
+from pictofs.core.cache.readahead import (DOWNLOAD_THREADS, FAR_LATENCY, MAX_IMAGE_BYTES,
+                                          NEAR_DEEPEST, ReadAhead, memory_low)
 from pictofs.errors import CutShort, PictofsError, Unavailable
 from pictofs.model import Image
 from pictofs.remote import Remote
@@ -139,6 +141,7 @@ class _Download:
         self.image_id = image_id
         self.expected_size = expected_size
         self.ahead = ahead  # started by read-ahead, not by a reader (see the module doc)
+        self.latency: float | None = None  # seconds its request waited for the answer
         self._had_reader = False  # guarded by _cond
         # guards every field below: progress, outcome, reader count and the stores
         self._cond = threading.Condition()
@@ -243,9 +246,13 @@ class _Download:
             self._fail(exc)
 
     def _receive(self, remote: Remote) -> None:
-        """One request for the bytes, skipping those that arrived before (a resume)."""
+        """One request for the bytes, skipping those that arrived before (a resume); the
+        first one notes how long the service took to answer (``latency``)."""
         skip = self._arrived  # only this worker thread changes it
+        asked = time.monotonic()
         with remote.open_bytes(self.image_id) as chunks:
+            if self.latency is None:
+                self.latency = time.monotonic() - asked
             for chunk in chunks:
                 if self._is_cancelled():
                     break
@@ -408,15 +415,18 @@ class Downloader:
     while it is not."""
 
     def __init__(self, cache: ImageCache, remote: Remote, executor: Executor | None = None,
-                 *, max_workers: int = 16, read_ahead: ReadAhead | None = None,
+                 *, max_workers: int = DOWNLOAD_THREADS, read_ahead: ReadAhead | None = None,
                  is_online: Callable[[], bool] = lambda: True) -> None:
         self._cache = cache
         self._remote = remote
         self._read_ahead = read_ahead if read_ahead is not None and read_ahead.depth else None
         self._is_online = is_online
-        # read-ahead without a reader may hold half the workers at most: the rest stay free
-        # for the images readers open
+        # read-ahead without a reader may hold half the workers at most (the rest stay free
+        # for the images readers open), and close by no more than NEAR_DEEPEST
         self._ahead_cap = max(1, max_workers // 2)
+        # running average of the seconds a download waited for its answer (0.0: none yet);
+        # one float, written by the workers without a lock (a lost update is harmless)
+        self._latency = 0.0
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix="pictofs-download")
@@ -445,7 +455,8 @@ class Downloader:
             caught_up = isinstance(reader, _StreamReader) and reader.waits_on_read_ahead()
             reader.watch_read_through(expected_size,
                                       lambda: read_ahead.note_read_through(path))
-            self._fetch_ahead(read_ahead.images_after(path, caught_up))
+            far = self._latency >= FAR_LATENCY
+            self._fetch_ahead(read_ahead.images_after(path, caught_up, far), far)
         return reader
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -482,14 +493,15 @@ class Downloader:
         self._submit(download)
         return _StreamReader(self, download)
 
-    def _fetch_ahead(self, images: list[Image]) -> None:
+    def _fetch_ahead(self, images: list[Image], far: bool = False) -> None:
         """Start downloads of ``images`` with no reader (read-ahead), skipping those too big,
         cached or already downloading, up to twice the pass's depth unread at a time and
         never more than half the workers. Runs in the
         open that triggered it, so it must stay cheap: a file check per image; what needs
         the index or the disk waits for the worker (``_why_not_ahead``)."""
         assert self._read_ahead is not None
-        limit = min(2 * max(self._read_ahead.depth, len(images)), self._ahead_cap)
+        cap = self._ahead_cap if far else min(self._ahead_cap, NEAR_DEEPEST)
+        limit = min(2 * max(self._read_ahead.depth, len(images)), cap)
         for image in images:
             if not 0 < image.file_size <= MAX_IMAGE_BYTES or self._cache.has_file(image.id):
                 continue
@@ -547,6 +559,9 @@ class Downloader:
                               reason)
                     return
             download.stream(self._remote, self._cache)
+            if download.latency is not None:
+                self._latency = (download.latency if not self._latency
+                                 else 0.7 * self._latency + 0.3 * download.latency)
         finally:
             with self._lock:
                 if self._downloads.get(download.image_id) is download:

@@ -27,8 +27,16 @@ every step (1, 2, 4, 8: three waits, 0.2 s of a 2-second pass at 40 ms); a reade
 caught up once waits at every depth short of the round trip over its time per image, which
 the mount cannot know in advance. A reader that finds its images arrived keeps the depth; an
 open that breaks the pass resets it. On a fast service the first byte comes long before the
-reader gets there and the depth stays as configured; at 40 ms a round trip it is 8 from the
-first wait on, as many streams as the official SDK's download threads.
+reader gets there and the depth stays as configured.
+
+How deep: ``NEAR_DEEPEST`` (8) while the service answers quickly, ``FAR_DEEPEST`` (16) once
+its first byte takes ``FAR_LATENCY`` or more (the ``Downloader`` keeps a running average of
+the time each download waited for its answer). On a distant service a stream spends most of
+its time waiting for that answer, so the streams in flight set the pace: at 40 ms, 8 (as
+many as the official SDK's download threads) made a ``cat`` of 200 images of 500 KB take
+1.95-2.0 s, 16 took 1.44-1.50 s. Close by, the reader and the downloads share the CPU, and 16
+streams only cost more of it per file (docs/performance.md, "Sixteen streams ahead on a
+distant service").
 
 Names are ordered by code point (``sorted``), as ``ls`` and shell globs order them in the C
 locale; a program using another collation (mixed-case names under a UTF-8 locale) may not
@@ -36,7 +44,7 @@ match our order, and then read-ahead simply does not start.
 
 Bounds: images above ``MAX_IMAGE_BYTES`` are never fetched ahead; the ``Downloader`` keeps
 at most twice the current depth of read-ahead downloads without a reader in flight, and never
-more than half its download threads (8 of 16), and just before each
+more than the pass's deepest (8 close by, 16 far away), and just before each
 request checks the breaker, ``memory_low`` and the cache's room (``no_room_ahead``).
 """
 
@@ -57,7 +65,14 @@ log = logging.getLogger(__name__)
 MAX_IMAGE_BYTES = 16 * 1024 * 1024  # larger images are read on demand only
 MIN_FREE_MEMORY = 256 * 1024 * 1024  # below this much available memory, no read-ahead
 FOLDERS_REMEMBERED = 64  # folders whose last read-through image is remembered
-DEEPEST = 8  # the depth latency may deepen a pass to (when --prefetch asks for less)
+# the depth a pass deepens to at its first wait (when --prefetch asks for less): close by,
+# and where the service's first byte takes FAR_LATENCY (seconds) or more
+NEAR_DEEPEST = 8
+FAR_DEEPEST = 16
+FAR_LATENCY = 0.020
+# a mount's download threads (and connections): the read-ahead holds half of them at most,
+# the rest stay free for the images readers open
+DOWNLOAD_THREADS = 2 * FAR_DEEPEST
 
 Listings = Callable[[str], "FolderListing | None"]
 
@@ -68,7 +83,8 @@ class ReadAhead:
 
     def __init__(self, depth: int, listing: Listings) -> None:
         self.depth = max(0, depth)
-        self.deepest = max(self.depth, DEEPEST)
+        self.deepest = max(self.depth, NEAR_DEEPEST)
+        self.far_deepest = max(self.depth, FAR_DEEPEST)
         self._listing = listing
         # guards _read_through (folder → name of the image read through last, oldest folder
         # first) and _depths (folder → the depth of its pass, where latency deepened it)
@@ -88,12 +104,14 @@ class ReadAhead:
                 forgotten, _name = self._read_through.popitem(last=False)
                 self._depths.pop(forgotten, None)
 
-    def images_after(self, path: str, caught_up: bool = False) -> list[Image]:
+    def images_after(self, path: str, caught_up: bool = False, far: bool = False
+                     ) -> list[Image]:
         """The images to fetch ahead of an open of ``path``: the next ones in the folder's
         name order (as many as the pass's depth) when the image read through last in this
         folder is the one just before ``path``; else none. ``caught_up``: the open found
         the image fetched ahead and still waiting for its first byte, which deepens the
-        pass. Cached or running ones are the caller's to skip."""
+        pass (to ``far_deepest`` when ``far``: the service answers in ``FAR_LATENCY`` or
+        more). Cached or running ones are the caller's to skip."""
         if not self.depth:
             return []
         folder, name = split_path(path)
@@ -113,17 +131,18 @@ class ReadAhead:
         elif names[at - 1] != previous:
             self._end_pass(folder)
             return []
-        depth = self._pass_depth(folder, caught_up)
+        depth = self._pass_depth(folder, caught_up, far)
         ahead = names[at + 1:at + 1 + depth]
         return [listing.images[n] for n in ahead if n in listing.images]
 
-    def _pass_depth(self, folder: str, caught_up: bool) -> int:
-        """The depth of the pass in ``folder``: ``deepest`` once the reader caught up with
-        it."""
+    def _pass_depth(self, folder: str, caught_up: bool, far: bool) -> int:
+        """The depth of the pass in ``folder``: ``deepest`` (``far_deepest`` on a distant
+        service) once the reader caught up with it."""
+        deepest = self.far_deepest if far else self.deepest
         with self._lock:
             depth = self._depths.get(folder, self.depth)
-            if caught_up and depth < self.deepest:
-                depth = self.deepest
+            if caught_up and depth < deepest:
+                depth = deepest
                 log.debug("read-ahead: %s deepened to %d", folder, depth)
             if depth != self.depth:
                 self._depths[folder] = depth
