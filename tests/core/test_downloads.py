@@ -11,6 +11,7 @@ import os
 import random
 import subprocess
 import threading
+import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ class ByteSource:
         self._failures: dict[str, tuple[int, Exception]] = {}
         self._truncations: dict[str, int] = {}
         self._all_gates: list[Gate] = []
+        self.answer_delay = 0.0  # seconds each stream waits before its answer (latency)
 
     def hold(self, image_id: str, before_chunk: int) -> Gate:
         gate = Gate(before_chunk)
@@ -98,6 +100,8 @@ class ByteSource:
         if image_id not in self.images:
             raise NotFound(f"no image {image_id}")
         data = self.images[image_id][:keep]
+        if self.answer_delay:
+            time.sleep(self.answer_delay)
         try:
             yield self._chunks(data, gate, failure, stream)
         finally:

@@ -217,6 +217,41 @@ def test_the_depth_goes_to_the_deepest_at_the_first_wait_and_resets_when_the_pas
     assert ReadAhead(20, lambda path: listing).deepest == 20  # asked for more: no deepening
 
 
+@pytest.mark.parametrize("delay, deepest", [(0.0, NEAR_DEEPEST), (0.03, FAR_DEEPEST)])
+def test_a_reader_catching_up_goes_deeper_where_the_service_answers_slowly(
+        source, tmp_path: Path, delay: float, deepest: int) -> None:
+    """The ``Downloader`` times each download's wait for its answer: where the service
+    answers in ``FAR_LATENCY`` or more, a reader that caught up deepens the pass to
+    ``FAR_DEEPEST``; close by, to ``NEAR_DEEPEST``."""
+    names = [f"s{i:02d}.jpg" for i in range(24)]
+    source.images.update({f"id-{name}": image(5 * CHUNK, 200 + i)
+                          for i, name in enumerate(names)})
+    listing = FolderListing("/s", {name: Image(id=f"id-{name}", dataset_id="ds",
+                                               filename=name, directory_path="/s",
+                                               file_size=5 * CHUNK) for name in names},
+                            {}, True, 0.0)
+    source.answer_delay = delay
+    cache = ImageCache(tmp_path / "cache", "http://127.0.0.1:9", "ds", 1 << 24)
+    downloader = Downloader(cache, source, read_ahead=ReadAhead(1, lambda path: listing))
+    size = 5 * CHUNK
+    try:
+        for name in names[:2]:  # s00 starts the pass and fetches s01 ahead; s01: s02
+            gate = source.hold("id-s02.jpg", before_chunk=0) if name == "s01.jpg" else None
+            with downloader.open(f"id-{name}", size, f"/s/{name}") as reader:
+                assert reader.read(0, size) == source.images[f"id-{name}"]
+        assert gate is not None and gate.reached.wait(SAFETY)
+        with downloader.open("id-s02.jpg", size, "/s/s02.jpg") as reader:
+            gate.release()  # the reader caught up with s02, which had no byte yet
+            assert reader.read(0, size) == source.images["id-s02.jpg"]
+        assert downloader.wait(SAFETY)
+        fetched = [name for name in names[3:] if source.calls[f"id-{name}"]]
+        assert fetched == names[3:3 + deepest]
+    finally:
+        source.release_all()
+        downloader.close(timeout=SAFETY)
+        cache.close()
+
+
 def test_read_ahead_without_readers_holds_half_the_download_threads_at_most(source,
                                                                            tmp_path: Path
                                                                            ) -> None:

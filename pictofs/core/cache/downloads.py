@@ -198,6 +198,11 @@ class _Download:
         with self._cond:
             return self._readers > 0
 
+    def never_opened(self) -> bool:
+        """No reader has attached so far (a read-ahead nobody has opened yet)."""
+        with self._cond:
+            return not self._had_reader
+
     def nothing_arrived(self) -> bool:
         """Whether the stream is still waiting for its first byte."""
         with self._cond:
@@ -509,7 +514,7 @@ class Downloader:
                 if image.id in self._downloads:
                     continue
                 unread = sum(1 for d in self._downloads.values()
-                             if d.ahead and not d.has_readers())
+                             if d.ahead and d.never_opened())
                 if unread >= limit:
                     return
                 download = _Download(image.id, image.file_size, ahead=True)
