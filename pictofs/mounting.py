@@ -265,7 +265,8 @@ def build_tree(target: MountTarget, args: argparse.Namespace,
     from pictofs.core.tree.vfs import Vfs, VfsOptions
 
     # the bulk verbs let the upload queue send new files of a folder together (one PUT per
-    # file, one upload-url and one register call per batch)
+    # file, one upload-url call per batch and its registers: one, or one per 64 files of a
+    # large batch)
     api_remote = BulkApiRemote(target.connection, timeout=args.timeout, retries=args.retries,
                                retry_max_wait=args.retry_max_wait,
                                pool_size=max(DOWNLOAD_THREADS, args.transfers * 2))

@@ -1,14 +1,16 @@
 """Several fresh journal entries of one folder uploaded with the bulk routes: one call for the
-upload URLs, the PUTs, one call to register them all (protocol §4 "bulk-upload-url",
-"bulk-register").
+upload URLs, the PUTs, one call to register them all, or for a large batch with parallel
+PUTs one call per ``REGISTER_PIECE`` files whose PUTs landed (protocol §4
+"bulk-upload-url", "bulk-register").
 
 A batch is an optimisation of ``job.UploadJob`` for many new files at once (a mirror's
 start-up, ``cp -r`` onto a mount): three requests per file become one PUT per file plus two
-per batch. It keeps every promise of the single job: each member records in its own journal
-row, before the register is sent, its size and sha256 and the ``put`` step with a fresh
-register key (one transaction for the batch; the bulk upload-url call has no key and a
-resumed entry asks for fresh URLs anyway, so nothing before it needs a commit), and the
-register answers (a second transaction). Every journal write goes through the member's
+per batch (a few more for a large one). It keeps every promise of the single job: each
+member records in its own journal row, before the register that names it is sent, its size
+and sha256 and the ``put`` step with a fresh register key (one transaction for the batch or
+the piece; the bulk upload-url call has no key and a resumed entry asks for fresh URLs
+anyway, so nothing before it needs a commit), and the register answers (a second
+transaction). Every journal write goes through the member's
 ``Control`` (a member that was held, retargeted or cancelled meanwhile drops out of the
 batch at the next step boundary), and the crash points sit at the same boundaries. A member
 resumed after a crash is retried on its own: a register the service already took answers
