@@ -37,6 +37,7 @@ import os
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
 from typing import BinaryIO, Callable, Protocol
 
@@ -48,6 +49,8 @@ from pictofs.model import Image
 from pictofs.remote import Remote
 
 log = logging.getLogger(__name__)
+
+LATENCY_SAMPLES = 16  # downloads whose wait for an answer tells the service's distance
 
 _OPEN_ATTEMPTS = 3
 _RESUMES = 2  # new requests for a stream cut short after bytes arrived
@@ -429,9 +432,9 @@ class Downloader:
         # read-ahead without a reader may hold half the workers at most (the rest stay free
         # for the images readers open), and close by no more than NEAR_DEEPEST
         self._ahead_cap = max(1, max_workers // 2)
-        # running average of the seconds a download waited for its answer (0.0: none yet);
-        # one float, written by the workers without a lock (a lost update is harmless)
-        self._latency = 0.0
+        # the seconds the last LATENCY_SAMPLES downloads waited for their answer: their
+        # least is the service's distance (a busy service makes some wait longer, never all)
+        self._latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix="pictofs-download")
@@ -460,7 +463,7 @@ class Downloader:
             caught_up = isinstance(reader, _StreamReader) and reader.waits_on_read_ahead()
             reader.watch_read_through(expected_size,
                                       lambda: read_ahead.note_read_through(path))
-            far = self._latency >= FAR_LATENCY
+            far = self._far()
             self._fetch_ahead(read_ahead.images_after(path, caught_up, far), far)
         return reader
 
@@ -497,6 +500,12 @@ class Downloader:
                     break
         self._submit(download)
         return _StreamReader(self, download)
+
+    def _far(self) -> bool:
+        """Whether the service is far away: even the quickest of the last downloads waited
+        ``FAR_LATENCY`` or more for its answer."""
+        with self._lock:
+            return bool(self._latencies) and min(self._latencies) >= FAR_LATENCY
 
     def _fetch_ahead(self, images: list[Image], far: bool = False) -> None:
         """Start downloads of ``images`` with no reader (read-ahead), skipping those too big,
@@ -565,8 +574,8 @@ class Downloader:
                     return
             download.stream(self._remote, self._cache)
             if download.latency is not None:
-                self._latency = (download.latency if not self._latency
-                                 else 0.7 * self._latency + 0.3 * download.latency)
+                with self._lock:
+                    self._latencies.append(download.latency)
         finally:
             with self._lock:
                 if self._downloads.get(download.image_id) is download:

@@ -30,8 +30,9 @@ open that breaks the pass resets it. On a fast service the first byte comes long
 reader gets there and the depth stays as configured.
 
 How deep: ``NEAR_DEEPEST`` (8) while the service answers quickly, ``FAR_DEEPEST`` (16) once
-its first byte takes ``FAR_LATENCY`` or more (the ``Downloader`` keeps a running average of
-the time each download waited for its answer). On a distant service a stream spends most of
+even the quickest of the last 16 downloads waited ``FAR_LATENCY`` or more for its answer
+(the least, not the average: a busy service close by makes some answers wait behind others,
+never all of them). On a distant service a stream spends most of
 its time waiting for that answer, so the streams in flight set the pace: at 40 ms, 8 (as
 many as the official SDK's download threads) made a ``cat`` of 200 images of 500 KB take
 1.95-2.0 s, 16 took 1.44-1.50 s. Close by, the reader and the downloads share the CPU, and 16
