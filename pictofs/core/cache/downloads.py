@@ -144,7 +144,7 @@ class _Download:
         self.image_id = image_id
         self.expected_size = expected_size
         self.ahead = ahead  # started by read-ahead, not by a reader (see the module doc)
-        self.latency: float | None = None  # seconds its request waited for the answer
+        self._answered = False  # a request was answered (only the worker thread uses it)
         self._had_reader = False  # guarded by _cond
         # guards every field below: progress, outcome, reader count and the stores
         self._cond = threading.Condition()
@@ -231,7 +231,10 @@ class _Download:
 
     # -- the stream (worker thread) ----------------------------------------------------------
 
-    def stream(self, remote: Remote, cache: ImageCache) -> None:
+    def stream(self, remote: Remote, cache: ImageCache,
+               on_answer: Callable[[float], None] = lambda seconds: None) -> None:
+        """Receive the bytes into the store (the cache's entry, else memory); ``on_answer``
+        hears how long the first request waited for its answer, as soon as it came."""
         if self._is_cancelled():
             return
         try:
@@ -241,7 +244,7 @@ class _Download:
             resumes = 0
             while True:
                 try:
-                    self._receive(remote)
+                    self._receive(remote, on_answer)
                     break
                 except CutShort as exc:
                     if resumes == _RESUMES or self._arrived == 0 or self._is_cancelled():
@@ -253,14 +256,15 @@ class _Download:
         except Exception as exc:  # any failure of the remote must reach the readers
             self._fail(exc)
 
-    def _receive(self, remote: Remote) -> None:
+    def _receive(self, remote: Remote, on_answer: Callable[[float], None]) -> None:
         """One request for the bytes, skipping those that arrived before (a resume); the
-        first one notes how long the service took to answer (``latency``)."""
+        first one tells ``on_answer`` how long the service took to answer."""
         skip = self._arrived  # only this worker thread changes it
         asked = time.monotonic()
         with remote.open_bytes(self.image_id) as chunks:
-            if self.latency is None:
-                self.latency = time.monotonic() - asked
+            if not self._answered:
+                self._answered = True
+                on_answer(time.monotonic() - asked)
             for chunk in chunks:
                 if self._is_cancelled():
                     break
@@ -501,6 +505,11 @@ class Downloader:
         self._submit(download)
         return _StreamReader(self, download)
 
+    def _note_latency(self, seconds: float) -> None:
+        """A download's first request was answered after ``seconds`` (a worker thread)."""
+        with self._lock:
+            self._latencies.append(seconds)
+
     def _far(self) -> bool:
         """Whether the service is far away: even the quickest of the last downloads waited
         ``FAR_LATENCY`` or more for its answer."""
@@ -572,10 +581,7 @@ class Downloader:
                     log.debug("read-ahead: not fetching image %s: %s", download.image_id,
                               reason)
                     return
-            download.stream(self._remote, self._cache)
-            if download.latency is not None:
-                with self._lock:
-                    self._latencies.append(download.latency)
+            download.stream(self._remote, self._cache, self._note_latency)
         finally:
             with self._lock:
                 if self._downloads.get(download.image_id) is download:
