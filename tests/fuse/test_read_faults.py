@@ -118,7 +118,9 @@ def test_damaged_cache_entry_is_fetched_again(client, dataset, mount, server, da
 
 def test_service_down_cached_reads_work_uncached_fail_fast(client, dataset, mount, proxy):
     made = seed_images(client, dataset.id, "/", ["cached.png", "uncached.png"])
-    m = mount(dataset.name, "--retries", "0", "--timeout", "2s", base_url=proxy.url)
+    # --prefetch 0: reading cached.png, the folder's first image, would fetch the next ahead
+    m = mount(dataset.name, "--retries", "0", "--timeout", "2s", "--prefetch", "0",
+              base_url=proxy.url)
     assert sorted(os.listdir(m.path)) == ["cached.png", "uncached.png"]
     assert (m.path / "cached.png").read_bytes() == made["cached.png"][1]
     proxy.pause()
