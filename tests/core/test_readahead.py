@@ -226,10 +226,7 @@ def test_a_reader_catching_up_goes_deeper_where_the_service_answers_slowly(
     names = [f"s{i:02d}.jpg" for i in range(24)]
     source.images.update({f"id-{name}": image(5 * CHUNK, 200 + i)
                           for i, name in enumerate(names)})
-    listing = FolderListing("/s", {name: Image(id=f"id-{name}", dataset_id="ds",
-                                               filename=name, directory_path="/s",
-                                               file_size=5 * CHUNK) for name in names},
-                            {}, True, 0.0)
+    listing = listing_of("/s", names)
     source.answer_delay = delay
     cache = ImageCache(tmp_path / "cache", "http://127.0.0.1:9", "ds", 1 << 24)
     downloader = Downloader(cache, source, read_ahead=ReadAhead(1, lambda path: listing))
@@ -258,10 +255,7 @@ def test_read_ahead_without_readers_holds_half_the_download_threads_at_most(sour
     names = [f"r{i:02d}.jpg" for i in range(20)]
     source.images.update({f"id-{name}": image(5 * CHUNK, 100 + i)
                           for i, name in enumerate(names)})
-    listing = FolderListing("/r", {name: Image(id=f"id-{name}", dataset_id="ds",
-                                               filename=name, directory_path="/r",
-                                               file_size=5 * CHUNK) for name in names},
-                            {}, True, 0.0)
+    listing = listing_of("/r", names)
     gates = [source.hold(f"id-{name}", before_chunk=0) for name in names[3:]]
     cache = ImageCache(tmp_path / "cache", "http://127.0.0.1:9", "ds", 1 << 24)
     downloader = Downloader(cache, source, max_workers=16,
