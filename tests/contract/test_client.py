@@ -387,24 +387,21 @@ def test_objects_where_a_name_or_id_is_expected_are_type_errors_before_any_reque
     photo.write_bytes(png_bytes(8))
     image = client.images.upload(dataset.id, photo, folder_path="/t")
     before = server.settled_metrics()
-    by_dataset = {
-        "images.list": lambda: next(iter(client.images.list(dataset))),
-        "images.upload": lambda: client.images.upload(dataset, photo),
-        "projects.get": lambda: client.projects.get(dataset),
+    refused_dataset = (r"a dataset is given by its name or id \(a str\), not a Dataset: pass "
+                       r"its \.id \('" + dataset.id)
+    refused_image = (r"an image is given by its id \(a str\), not an? Image: pass its "
+                     r"\.id \('" + image.id)
+    calls = {
+        "images.list": (lambda: next(iter(client.images.list(dataset))), refused_dataset),
+        "images.upload": (lambda: client.images.upload(dataset, photo), refused_dataset),
+        "projects.get": (lambda: client.projects.get(dataset), refused_dataset),
+        "images.get": (lambda: client.images.get(image), refused_image),
+        "images.download": (lambda: client.images.download(image, tmp_path / "out.png"),
+                            refused_image),
+        "images.delete": (lambda: client.images.delete(image), refused_image),
     }
-    for what, call in by_dataset.items():
-        with pytest.raises(TypeError, match=r"a dataset is given by its name or id \(a str\), "
-                                            r"not a Dataset: pass its \.id \('" + dataset.id):
-            call()
-        assert server.settled_metrics() == before, what
-    by_image = {
-        "images.get": lambda: client.images.get(image),
-        "images.download": lambda: client.images.download(image, tmp_path / "out.png"),
-        "images.delete": lambda: client.images.delete(image),
-    }
-    for what, call in by_image.items():
-        with pytest.raises(TypeError, match=r"an image is given by its id \(a str\), not an? "
-                                            r"Image: pass its \.id \('" + image.id):
+    for what, (call, refused) in calls.items():
+        with pytest.raises(TypeError, match=refused):
             call()
         assert server.settled_metrics() == before, what
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # no .part left behind
