@@ -8,6 +8,7 @@ batch once. The choice of companions is tested on the schedule alone with a fake
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -69,10 +70,13 @@ class Batches:
         with self._lock:
             self.failures[entry_id] = reason
 
-    def stage(self, folder: str, name: str, data: bytes, replaced_id: str | None = None) -> str:
+    def stage(self, folder: str, name: str, data: bytes, replaced_id: str | None = None,
+              digest: bool = False) -> str:
+        """``digest``: the flush records the bytes' sha256, as the mount's does."""
         entry_id = self.queue.stage(folder, name, replaced_id)
         self.queue.staging_path(entry_id).write_bytes(data)
-        self.queue.flushed(entry_id, len(data))
+        self.queue.flushed(entry_id, len(data),
+                           hashlib.sha256(data).hexdigest() if digest else None)
         return entry_id
 
     def release(self, entry_ids: list[str]) -> None:
@@ -208,13 +212,12 @@ def test_a_large_batch_registers_what_landed_while_its_other_puts_are_in_flight(
     assert b.journal.staging_names() == []
 
 
-def test_a_member_moved_while_its_batch_waits_for_a_slot_lands_where_it_went(
-        batches, bulk_remote, client, dataset, monkeypatch) -> None:
-    """Two batches hold both slots (their upload-url calls wait); a third folder's batch is
-    taken and waits for a slot; one of its members is moved to another folder meanwhile
-    (``mv`` on the mount). It must land in the folder it was moved to, and the rest of its
-    batch where they were: a batch is one folder."""
-    b = batches(transfers=3, batch=50, parallel_puts=True)
+def batch_waiting_for_a_slot(b: Batches, bulk_remote: BulkApiRemote,
+                             monkeypatch: pytest.MonkeyPatch,
+                             digest: bool = False) -> tuple[threading.Event, list[str]]:
+    """Two batches hold both slots (their upload-url calls wait until the returned gate is
+    set); a third batch, of ``/y/y0.png`` to ``y2.png`` (staged with ``digest``), is taken
+    and waits for a slot. Returns the gate and the third batch's entry ids."""
     request_uploads = bulk_remote.request_uploads
     gate, entered = threading.Event(), threading.Semaphore(0)
 
@@ -229,12 +232,22 @@ def test_a_member_moved_while_its_batch_waits_for_a_slot_lands_where_it_went(
              for folder in ("/x1", "/x2") for n in range(3)]
     b.release(first)
     assert entered.acquire(timeout=WAIT) and entered.acquire(timeout=WAIT)  # both slots held
-    waiting = [b.stage("/y", f"y{n}.png", png_bytes(700 + n)) for n in range(3)]
+    waiting = [b.stage("/y", f"y{n}.png", png_bytes(700 + n), digest=digest) for n in range(3)]
     b.release(waiting)
     deadline = time.monotonic() + WAIT
     while b.queue.stats().in_flight < 9 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert b.queue.stats().in_flight == 9, "the third batch was not taken"
+    return gate, waiting
+
+
+def test_a_member_moved_while_its_batch_waits_for_a_slot_lands_where_it_went(
+        batches, bulk_remote, client, dataset, monkeypatch) -> None:
+    """A member of a batch waiting for a slot is moved to another folder meanwhile (``mv``
+    on the mount). It must land in the folder it was moved to, and the rest of its batch
+    where they were: a batch is one folder."""
+    b = batches(transfers=3, batch=50, parallel_puts=True)
+    gate, waiting = batch_waiting_for_a_slot(b, bulk_remote, monkeypatch)
     assert b.queue.retarget(waiting[0], "/z", "moved.png") is None  # not registered yet
     gate.set()
     b.settle()
@@ -243,6 +256,35 @@ def test_a_member_moved_while_its_batch_waits_for_a_slot_lands_where_it_went(
     assert names(client, dataset, "/z") == {"moved.png": len(png_bytes(700))}
     assert sorted(names(client, dataset, "/y")) == ["y1.png", "y2.png"]
     assert b.registered[waiting[0]].path == "/z/moved.png"
+
+
+@pytest.mark.parametrize("digest", [False, True], ids=["size-only", "sha256-recorded"])
+def test_a_member_opened_for_writing_while_its_batch_waits_for_a_slot_waits_for_its_writer(
+        batches, bulk_remote, client, dataset, monkeypatch, digest: bool) -> None:
+    """A member of a batch waiting for a slot is opened for writing again (a hold) and
+    rewritten with other bytes, still open when the batch gets its slot. Its run must stop
+    (an interrupt): neither send bytes still being written nor, where the flush recorded a
+    sha256 (the mount's), find them unlike it and fail the file for good as torn. The new
+    bytes land once the writer closes it."""
+    b = batches(transfers=3, batch=50, parallel_puts=True)
+    gate, waiting = batch_waiting_for_a_slot(b, bulk_remote, monkeypatch, digest)
+    rewritten = png_bytes(750, (80, 80))
+    assert b.queue.hold(waiting[0]) is None  # the writer's open
+    b.queue.staging_path(waiting[0]).write_bytes(rewritten)  # its writes, not flushed yet
+    gate.set()
+    deadline = time.monotonic() + WAIT  # the rest of the batch lands: its run has ended
+    while {waiting[1], waiting[2]} - b.registered.keys() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not b.failures, b.failures
+    assert waiting[0] not in b.registered
+    b.queue.flushed(waiting[0], len(rewritten))  # the writer's close
+    b.queue.schedule(waiting[0], 0.0)
+    b.settle()
+
+    assert not b.failures
+    assert names(client, dataset, "/y") == {"y0.png": len(rewritten),
+                                            "y1.png": len(png_bytes(701)),
+                                            "y2.png": len(png_bytes(702))}
 
 
 class CutWhileSent:

@@ -196,6 +196,9 @@ class BatchJob:
                  outcomes: dict[str, MemberOutcome]) -> list[_Member]:
         live = []
         for entry, control in members:
+            if not control.current:  # opened for writing again: its file is not hashed
+                outcomes[entry.id] = Interrupted(entry.id)
+                continue
             try:
                 staged = inspect_entry(self._journal, entry, control.header())
             except Exception as exc:  # each member fails on its own

@@ -376,6 +376,7 @@ class UploadJob:
 
     def run(self, entry: Entry) -> Landed:
         """Upload one entry; returns once the journal records it as done."""
+        self._control.checkpoint()  # not a file its writer has opened again
         staged = inspect_entry(self._journal, entry, self._control.header())
         self._control.checkpoint()
         self._carried = dict(state=JobState.UPLOADING, size=staged.size, sha256=staged.sha256)

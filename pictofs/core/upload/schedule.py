@@ -275,8 +275,8 @@ class Schedule:
 
 class TaskControl:
     """The ``job.Control`` of one run: valid while the task's generation is the one
-    the run started with (hold, retarget, cancel and a new flush move it) and the queue is
-    not stopping. ``changed`` is the queue's condition (its lock guards the task)."""
+    the run started with (hold, retarget, cancel and a new flush move it), the task is not
+    held (open for writing again) and the queue is not stopping. ``changed`` is the queue's condition (its lock guards the task)."""
 
     def __init__(self, changed: threading.Condition, journal: Journal, task: Task,
                  stopping: Callable[[], bool]) -> None:
@@ -292,9 +292,13 @@ class TaskControl:
             return self._current()
 
     def _current(self) -> bool:
-        """(Reads two fields; called with the queue's lock, or from ``record`` with the
-        journal's, where a value a moment old is still safe, see there.)"""
-        return self._task.generation == self._generation and not self._stopping()
+        """(Reads three fields; called with the queue's lock, or from ``record`` with the
+        journal's, where a value a moment old is still safe, see there.) A held task is
+        never current: a hold that lands after the task was taken but before its run read
+        the generation (a batch waiting for a slot) must still stop the run, or it would
+        hash a staging file its writer is rewriting and fail it as torn."""
+        task = self._task
+        return task.generation == self._generation and not task.held and not self._stopping()
 
     def checkpoint(self) -> None:
         if not self.current:
