@@ -113,26 +113,41 @@ def test_kill_9_with_200_pending_uploads_lands_each_exactly_once(client, dataset
     assert sorted(os.listdir(again.path / "many")) == sorted(files)
 
 
-@pytest.mark.parametrize("point", ["after_put", "after_register"])
-def test_crash_at_an_upload_step_loses_nothing_and_duplicates_nothing(client, dataset, mount,
-                                                                      tmp_path, point):
-    files = pngs(24, seed=1000)
-    write_files(tmp_path / "src", files)
-    # 1. write with uploads held back, then kill: every file is a resumable journal entry
+def crashed_mid_upload(mount, dataset, folder: str, files: dict[str, bytes],  # type: ignore[no-untyped-def]
+                       scratch: Path, point: str, hit: int):
+    """Copy ``files`` into the new ``folder`` with uploads held back and kill -9 the daemon
+    (each file is then a resumable journal entry), then mount again to resume them and die
+    the ``hit``-th time an upload reaches the crash point ``point``. Returns the mount."""
+    write_files(scratch / "src", files)
     m = mount(dataset.name, "--write-back", "1h")
-    (m.path / "crash").mkdir()
-    cp_tree(tmp_path / "src", m.path / "crash")
-    wait_for(lambda: uploads_status(m)["pending"] == 24, "24 pending journal entries")
+    (m.path / folder.lstrip("/")).mkdir()
+    cp_tree(scratch / "src", m.path / folder.lstrip("/"))
+    wait_for(lambda: uploads_status(m)["pending"] == len(files),
+             f"{len(files)} pending journal entries")
     kill_daemon(m)
-    # 2. the next mount resumes them and dies at the third time it reaches the step
-    crash_mount(mount, m, dataset.name, point, 3)
-    # 3. a clean mount finishes the job
+    crash_mount(mount, m, dataset.name, point, hit)
+    return m
+
+
+def finished_after_crash(mount, dataset, m):  # type: ignore[no-untyped-def]
+    """A clean mount on ``m``'s mountpoint and ``pictofs sync``: it finishes the job, with
+    no staging file and no entry left. Returns it."""
     again = mount(dataset.name, "--write-back", "0.2s", mountpoint=m.path)
     sync(again)
-    assert_exactly_once(client, dataset, "/crash", files, tmp_path)
     assert staging_files(again, dataset) == []
     status = uploads_status(again)
     assert (status["pending"], status["in_flight"], status["failed"]) == (0, 0, [])
+    return again
+
+
+@pytest.mark.parametrize("point", ["after_put", "after_register"])
+def test_crash_at_an_upload_step_loses_nothing_and_duplicates_nothing(client, dataset, mount,
+                                                                      tmp_path, point):
+    """The mount that resumes 24 staged files dies the third time it reaches the step."""
+    files = pngs(24, seed=1000)
+    m = crashed_mid_upload(mount, dataset, "/crash", files, tmp_path, point, 3)
+    finished_after_crash(mount, dataset, m)
+    assert_exactly_once(client, dataset, "/crash", files, tmp_path)
 
 
 
@@ -143,21 +158,11 @@ def test_a_crash_between_the_pieces_of_a_large_batch_loses_nothing(client, datas
     dies at the step of its second piece, with the first piece registered and recorded and
     the rest PUT or not yet. The next mount lands each file exactly once."""
     files = pngs(200, seed=1500)
-    write_files(tmp_path / "src", files)
-    m = mount(dataset.name, "--write-back", "1h")
-    (m.path / "pieces").mkdir()
-    cp_tree(tmp_path / "src", m.path / "pieces")
-    wait_for(lambda: uploads_status(m)["pending"] == 200, "200 pending journal entries")
-    kill_daemon(m)
-    crash_mount(mount, m, dataset.name, point, REGISTER_PIECE + 1)
+    m = crashed_mid_upload(mount, dataset, "/pieces", files, tmp_path, point, REGISTER_PIECE + 1)
     landed = live(client, dataset, "/pieces")
     assert REGISTER_PIECE <= len(landed) < 200, len(landed)  # the crash came mid-batch
-    again = mount(dataset.name, "--write-back", "0.2s", mountpoint=m.path)
-    sync(again)
+    finished_after_crash(mount, dataset, m)
     assert_exactly_once(client, dataset, "/pieces", files, tmp_path)
-    assert staging_files(again, dataset) == []
-    status = uploads_status(again)
-    assert (status["pending"], status["in_flight"], status["failed"]) == (0, 0, [])
 
 
 # ---------------------------------------------------------------------- service unreachable

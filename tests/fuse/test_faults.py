@@ -42,7 +42,8 @@ from pictofs.api import Client
 from pictofs.api import images as images_api
 from seed import seed_images
 
-from .test_durability import cp_tree, pngs, uploads_status, write_files
+from .test_durability import (cp_tree, crashed_mid_upload, finished_after_crash, pngs,
+                              uploads_status, write_files)
 
 pytestmark = pytest.mark.fuse
 
@@ -233,18 +234,9 @@ def test_crash_before_the_upload_url_loses_nothing_and_duplicates_nothing(
         client, dataset, mount, tmp_path):
     """New files (``test_durability.py`` covers ``after_put`` and ``after_register``)."""
     files = pngs(24, seed=5000)
-    write_files(tmp_path / "src", files)
-    m = mount(dataset.name, "--write-back", "1h")
-    (m.path / "new").mkdir()
-    cp_tree(tmp_path / "src", m.path / "new")
-    wait_for(lambda: uploads_status(m)["pending"] == 24, "24 pending journal entries")
-    kill_daemon(m)
-    crash_mount(mount, m, dataset.name, "before_upload_url", 3)
-    again = mount(dataset.name, "--write-back", "0.2s", mountpoint=m.path)
-    sync(again)
+    m = crashed_mid_upload(mount, dataset, "/new", files, tmp_path, "before_upload_url", 3)
+    finished_after_crash(mount, dataset, m)
     assert_landed_once(client, dataset.id, "/new", files)
-    assert staging_files(again, dataset) == []
-    assert_queue_clean(again)
 
 
 REPLACE_POINTS = ["before_upload_url", "after_archive", "after_put", "after_register"]
