@@ -13,7 +13,7 @@ import pytest
 from pictofs.core.cache.store import ImageCache, NullCache
 from pictofs.core.cache.downloads import Downloader
 from pictofs.core.tree.listing import FolderListing
-from pictofs.core.cache.readahead import FAR_DEEPEST, NEAR_DEEPEST, ReadAhead
+from pictofs.core.cache.readahead import FAR_DEEPEST, NEAR_DEEPEST, SWEEP_AFTER, ReadAhead
 from pictofs.model import Image
 from tests.core.test_downloads import CHUNK, SAFETY, ByteSource, image
 
@@ -270,5 +270,68 @@ def test_read_ahead_without_readers_holds_half_the_download_threads_at_most(sour
         assert sum(source.calls[f"id-{name}"] for name in names[3:]) == 8
     finally:
         source.release_all()
+        downloader.close(timeout=SAFETY)
+        cache.close()
+
+
+# ---------------------------------------------------------------------- a sweep
+
+SWEPT = [f"s{n:02d}.jpg" for n in range(64)]
+# read in an order of its own: every other name from the top, so never a name right after
+# the one read before it (no pass) and never the folder's first name
+OWN_ORDER = SWEPT[::-2]
+
+
+def test_a_folder_read_in_an_order_of_its_own_is_swept_within_its_budget() -> None:
+    """After ``SWEEP_AFTER`` distinct read-throughs out of order, an open outside a pass
+    offers the next unread names from where the sweep left off, as many as the deepest
+    pass (16 far away) and never more in all than the images read through."""
+    listing = listing_of("/s", SWEPT)
+    read_ahead = ReadAhead(1, lambda path: listing if path == "/s" else None)
+
+    def read(name: str) -> list[str]:
+        path = f"/s/{name}"
+        assert read_ahead.images_after(path) == []  # no pass
+        offered = [image.filename for image in read_ahead.sweep_after(path)]
+        read_ahead.note_read_through(path)
+        return offered
+
+    assert all(read(name) == [] for name in OWN_ORDER[:SWEEP_AFTER])  # 16 read, none offered
+    unread = [name for name in SWEPT if name not in OWN_ORDER[:SWEEP_AFTER + 1]]
+    assert read(OWN_ORDER[SWEEP_AFTER]) == unread[:NEAR_DEEPEST]
+    far = [image.filename for image in read_ahead.sweep_after("/s/x.jpg", far=True)]
+    assert far == unread[:FAR_DEEPEST]
+    read_ahead.swept("/s/x.jpg", read_ahead.sweep_after("/s/x.jpg")[:5], 3)  # 3 of 5 started
+    assert [i.filename for i in read_ahead.sweep_after("/s/x.jpg")] == unread[5:5 + NEAR_DEEPEST]
+    read_ahead.swept("/s/x.jpg", [], SWEEP_AFTER + 1 - 3)  # the budget: 17 read through
+    assert read_ahead.sweep_after("/s/x.jpg") == []
+    read(OWN_ORDER[SWEEP_AFTER + 1])  # one more read through: room for one more
+    assert len(read_ahead.sweep_after("/s/x.jpg")) == 1
+    assert ReadAhead(0, lambda path: listing).sweep_after("/s/s01.jpg") == []
+
+
+def test_a_sweep_fetches_unread_images_once_and_no_more_than_were_read(source,
+                                                                       tmp_path: Path) -> None:
+    """Through the ``Downloader``: readers in an order of their own get the folder's other
+    images fetched ahead once ``SWEEP_AFTER`` were read; every image is requested once
+    (a reader shares the sweep's download, or finds it cached), and the images fetched
+    ahead and never read are no more than those read."""
+    source.images.update({f"id-{name}": image(5 * CHUNK, 200 + i)
+                          for i, name in enumerate(SWEPT)})
+    listing = listing_of("/s", SWEPT)
+    cache = ImageCache(tmp_path / "cache", "http://127.0.0.1:9", "ds", 1 << 26)
+    downloader = Downloader(cache, source, read_ahead=ReadAhead(1, lambda path: listing))
+    read = OWN_ORDER[:SWEEP_AFTER + 8]
+    try:
+        for name in read:
+            with downloader.open(f"id-{name}", 5 * CHUNK, f"/s/{name}") as reader:
+                assert reader.read(0, 5 * CHUNK) == source.images[f"id-{name}"]
+            assert downloader.wait(SAFETY)
+        requested = {name for name in SWEPT if source.calls[f"id-{name}"]}
+        assert all(source.calls[f"id-{name}"] == 1 for name in requested)
+        ahead = requested - set(read)
+        assert 0 < len(ahead) <= len(read), (len(ahead), len(read))
+        assert ahead == set([name for name in SWEPT if name not in read][:len(ahead)])
+    finally:
         downloader.close(timeout=SAFETY)
         cache.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -579,6 +580,49 @@ def test_read_ahead_into_a_cache_full_of_open_images_is_skipped(client, dataset,
     assert bytes_requests(proxy, ids["p2.jpg"]) == 0
     assert cat(folder / "p2.jpg") == made["p2.jpg"][1]  # read on demand, as without
     assert bytes_requests(proxy, ids["p2.jpg"]) == 1
+
+
+def test_a_folder_read_in_an_order_of_its_own_is_swept_once_and_within_budget(
+        client, dataset, mount, proxy):
+    """Four threads read a folder of 40 in a shuffled order, as a data loader's workers do:
+    once 16 were read, the mount fetches the others ahead too, and no image is downloaded
+    twice (a reader shares the sweep's download or finds the image cached). A program that
+    reads 20 of another folder's 40, in an order of its own, and stops, has had no more
+    images fetched ahead than it read."""
+    loader = seed_sequence(client, dataset, "/loader", 40, size=60_000)
+    sample = seed_sequence(client, dataset, "/sample", 40, size=60_000)
+    m = mount(dataset.name, "--prefetch", "1", base_url=proxy.url)
+    names = sorted(loader)  # the mount's order (by code point): p0, p1, p10, ...
+    order = random.Random(11).sample(names, len(names))
+    os.listdir(m.path / "loader")  # the loader indexes its files first
+    errors: list[BaseException] = []
+
+    def worker(share: list[str]) -> None:
+        try:
+            for name in share:
+                assert (m.path / "loader" / name).read_bytes() == loader[name][1], name
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(order[k::4],)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    proxy.wait_idle()
+    assert {n: bytes_requests(proxy, loader[n][0].id) for n in names} == {n: 1 for n in names}
+    assert "read-ahead: sweeping /loader" in m.log()
+
+    os.listdir(m.path / "sample")
+    read = sorted(sample)[::-2][:20]  # never the name right after the last one read
+    for name in read:
+        assert (m.path / "sample" / name).read_bytes() == sample[name][1], name
+    proxy.wait_idle()
+    requested = {n for n, (image, _data) in sample.items() if bytes_requests(proxy, image.id)}
+    assert all(bytes_requests(proxy, sample[n][0].id) == 1 for n in requested)
+    assert set(read) <= requested
+    assert 0 < len(requested - set(read)) <= len(read), sorted(requested - set(read))
 
 
 def test_read_ahead_stays_under_the_cache_cap(client, dataset, mount, proxy):

@@ -468,7 +468,12 @@ class Downloader:
             reader.watch_read_through(expected_size,
                                       lambda: read_ahead.note_read_through(path))
             far = self._far()
-            self._fetch_ahead(read_ahead.images_after(path, caught_up, far), far)
+            ahead = read_ahead.images_after(path, caught_up, far)
+            if ahead:
+                self._fetch_ahead(ahead, far)
+            elif swept := read_ahead.sweep_after(path, far):
+                handled, started = self._fetch_ahead(swept, far)
+                read_ahead.swept(path, swept[:handled], started)
         return reader
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -516,16 +521,19 @@ class Downloader:
         with self._lock:
             return bool(self._latencies) and min(self._latencies) >= FAR_LATENCY
 
-    def _fetch_ahead(self, images: list[Image], far: bool = False) -> None:
+    def _fetch_ahead(self, images: list[Image], far: bool = False) -> tuple[int, int]:
         """Start downloads of ``images`` with no reader (read-ahead), skipping those too big,
         cached or already downloading, up to twice the pass's depth unread at a time and
         never more than half the workers. Runs in the
         open that triggered it, so it must stay cheap: a file check per image; what needs
-        the index or the disk waits for the worker (``_why_not_ahead``)."""
+        the index or the disk waits for the worker (``_why_not_ahead``). Returns how many
+        of ``images`` it dealt with (started or skipped) before it stopped, and how many
+        downloads it started."""
         assert self._read_ahead is not None
         cap = self._ahead_cap if far else min(self._ahead_cap, NEAR_DEEPEST)
         limit = min(2 * max(self._read_ahead.depth, len(images)), cap)
-        for image in images:
+        started = 0
+        for handled, image in enumerate(images):
             if not 0 < image.file_size <= MAX_IMAGE_BYTES or self._cache.has_file(image.id):
                 continue
             with self._lock:
@@ -534,14 +542,16 @@ class Downloader:
                 unread = sum(1 for d in self._downloads.values()
                              if d.ahead and d.never_opened())
                 if unread >= limit:
-                    return
+                    return handled, started
                 download = _Download(image.id, image.file_size, ahead=True)
                 self._downloads[image.id] = download
             log.debug("read-ahead: fetching %s (image %s)", image.path, image.id)
             try:
                 self._submit(download)
             except Unavailable:  # shutting down
-                return
+                return handled, started
+            started += 1
+        return len(images), started
 
     def _why_not_ahead(self, download: _Download) -> str | None:
         """Why a read-ahead download should not be sent now (None: send it): checked in the

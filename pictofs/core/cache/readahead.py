@@ -39,6 +39,17 @@ many as the official SDK's download threads) made a ``cat`` of 200 images of 500
 streams only cost more of it per file (docs/performance.md, "Sixteen streams ahead on a
 distant service").
 
+A sweep, for programs that read a whole folder in an order of their own (a training data
+loader's workers, each epoch a new shuffle): once ``SWEEP_AFTER`` distinct images of a
+folder have been read through, an open that is not part of a pass fetches the folder's next
+unread images in name order (from where the sweep left off: any unread image is as likely
+to be read next as any other), as many as the deepest pass would. The order cannot be
+guessed, but the program will read them all, so the streams in flight are the mount's and
+not only the readers'. The waste is bounded: a sweep never fetches more images ahead than
+have been read through in that folder, so a program that was only sampling a big folder, or
+stops, has cost at most twice the images it read. A sweep goes through a folder once: a
+name already read is never fetched by it, and it ends at the folder's last name.
+
 Names are ordered by code point (``sorted``), as ``ls`` and shell globs order them in the C
 locale; a program using another collation (mixed-case names under a UTF-8 locale) may not
 match our order, and then read-ahead simply does not start.
@@ -55,7 +66,9 @@ import logging
 import threading
 import time
 from bisect import bisect_left
+from bisect import bisect_right
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Callable
 
 from pictofs.core.tree.listing import FolderListing
@@ -66,6 +79,8 @@ log = logging.getLogger(__name__)
 MAX_IMAGE_BYTES = 16 * 1024 * 1024  # larger images are read on demand only
 MIN_FREE_MEMORY = 256 * 1024 * 1024  # below this much available memory, no read-ahead
 FOLDERS_REMEMBERED = 64  # folders whose last read-through image is remembered
+SWEEP_AFTER = 16  # distinct images of a folder read through before a sweep starts
+SWEEP_NAMES = 4096  # names remembered per folder as read through (past it, reads just count)
 # the depth a pass deepens to at its first wait (when --prefetch asks for less): close by,
 # and where the service's first byte takes FAR_LATENCY (seconds) or more
 NEAR_DEEPEST = 8
@@ -76,6 +91,16 @@ FAR_LATENCY = 0.020
 DOWNLOAD_THREADS = 2 * FAR_DEEPEST
 
 Listings = Callable[[str], "FolderListing | None"]
+
+
+@dataclass
+class _Sweep:
+    """What a folder's sweep knows: the images read through, and where it left off."""
+
+    read: set[str] = field(default_factory=set)  # up to SWEEP_NAMES names
+    reads: int = 0  # distinct images read through (past SWEEP_NAMES, every read counts)
+    fetched: int = 0  # downloads the sweep started
+    after: str = ""  # the last name the sweep handed out ("": none yet)
 
 
 class ReadAhead:
@@ -92,6 +117,7 @@ class ReadAhead:
         self._lock = threading.Lock()
         self._read_through: OrderedDict[str, str] = OrderedDict()
         self._depths: dict[str, int] = {}
+        self._sweeps: OrderedDict[str, _Sweep] = OrderedDict()  # (guarded too) oldest first
 
     def note_read_through(self, path: str) -> None:
         """The image at ``path`` (inside the dataset) was read from start to end."""
@@ -104,6 +130,17 @@ class ReadAhead:
             while len(self._read_through) > FOLDERS_REMEMBERED:
                 forgotten, _name = self._read_through.popitem(last=False)
                 self._depths.pop(forgotten, None)
+            sweep = self._sweeps.get(folder)
+            if sweep is None:
+                sweep = self._sweeps[folder] = _Sweep()
+                while len(self._sweeps) > FOLDERS_REMEMBERED:
+                    self._sweeps.popitem(last=False)
+            else:
+                self._sweeps.move_to_end(folder)
+            if name not in sweep.read:
+                sweep.reads += 1
+                if len(sweep.read) < SWEEP_NAMES:
+                    sweep.read.add(name)
 
     def images_after(self, path: str, caught_up: bool = False, far: bool = False
                      ) -> list[Image]:
@@ -135,6 +172,53 @@ class ReadAhead:
         depth = self._pass_depth(folder, caught_up, far)
         ahead = names[at + 1:at + 1 + depth]
         return [listing.images[n] for n in ahead if n in listing.images]
+
+    def sweep_after(self, path: str, far: bool = False) -> list[Image]:
+        """The images a sweep of the folder fetches ahead of an open of ``path`` that
+        ``images_after`` found no pass in: once ``SWEEP_AFTER`` distinct images of the folder
+        were read through, its next unread names after the sweep's last, as many as the
+        deepest pass (``far``: on a distant service) and as the sweep's budget (the images
+        read through, less those it fetched) allow. The caller says which it took
+        (``swept``); cached or running ones are the caller's to skip."""
+        if not self.depth:
+            return []
+        folder, _name = split_path(path)
+        with self._lock:
+            sweep = self._sweeps.get(folder)
+            if sweep is None or sweep.reads < SWEEP_AFTER:
+                return []
+            room = min(self.far_deepest if far else self.deepest, sweep.reads - sweep.fetched)
+            after, read = sweep.after, sweep.read  # (the set only grows: read without the lock)
+        if room <= 0:
+            return []
+        listing = self._listing(folder)
+        if listing is None:
+            return []
+        names = listing.image_names()
+        chosen: list[Image] = []
+        for at in range(bisect_right(names, after) if after else 0, len(names)):
+            image = listing.images.get(names[at])
+            if image is not None and names[at] not in read:
+                chosen.append(image)
+                if len(chosen) == room:
+                    break
+        return chosen
+
+    def swept(self, path: str, handled: list[Image], started: int) -> None:
+        """The caller of ``sweep_after`` took ``handled`` (the first of what it was given,
+        in order: started, or skipped as cached or running) and started ``started``
+        downloads of them."""
+        folder, _name = split_path(path)
+        with self._lock:
+            sweep = self._sweeps.get(folder)
+            if sweep is None:
+                return
+            sweep.fetched += started
+            if handled and handled[-1].filename > sweep.after:
+                sweep.after = handled[-1].filename
+        if started:
+            log.debug("read-ahead: sweeping %s (%d read through, %d fetched ahead)", folder,
+                      sweep.reads, sweep.fetched)
 
     def _pass_depth(self, folder: str, caught_up: bool, far: bool) -> int:
         """The depth of the pass in ``folder``: ``deepest`` (``far_deepest`` on a distant
