@@ -74,7 +74,8 @@ OPTIONS: tuple[Option, ...] = (
            MOUNT, default="30s", type=parse_duration, metavar="DURATION"),
     Option("prefetch", "images downloaded ahead of a program reading a folder's images in "
            "name order, deepened up to 8 (16 on a distant service) while it waits on the "
-           "network (0: none)", MOUNT, default="1", type=_count, metavar="N"),
+           "network; a folder read in an order of its own is swept once 16 were read "
+           "(0: none)", MOUNT, default="1", type=_count, metavar="N"),
     Option("listing-cache-images", "listed images kept in memory across the mount's "
            "folder listings (each some 700 bytes); past it the least recently used folders "
            "are listed again when next used", MOUNT, default="100000", type=_count,

@@ -19,7 +19,9 @@ profile:
 2. 8 readers in random order, as a training data loader's workers read (a seeded permutation
    of the same images dealt to 8 threads, each opening and reading its files in turn, after
    the loader has listed the folder) on a fresh mount with an empty cache, vs the SDK with 8
-   threads downloading in that order; target ≤ 0.5×;
+   threads downloading in that order; target ≤ 0.5× (under the table, once: ``curl
+   --parallel-max 24`` of the same images, the network's floor at the streams of 8 readers
+   and a sweep, measured where ``curl`` is installed);
 3. ``ls -lR`` of a fresh mount of a dataset of F folders × 50 images vs the SDK paging each
    folder one after the other (the folders call, then ``images.iter`` per folder); target ≤
    0.5×;
@@ -84,6 +86,7 @@ READ_SIZE = 500_000
 UPLOAD_SIZE = 100_000
 PER_FOLDER = 50
 WORKERS = 8  # the SDK's threads, and the random readers
+FLOOR_STREAMS = 24  # the random readers' streams and a sweep's (16 far away): curl's floor
 READ_FOLDER = "photos"
 UPLOAD_FOLDER = "photos"
 
@@ -175,8 +178,9 @@ class NetBench:
         log(f"seeding {s.reads} × {READ_SIZE // 1000} KB, {s.folders} folders × {PER_FOLDER}")
         reads_id = self.client.projects.create("reads").id
         self.read_names = [f"img{i:04d}.jpg" for i in range(s.reads)]
-        seed_images(self.client, reads_id, f"/{READ_FOLDER}", self.read_names,
-                    data_for=lambda name: sized_jpeg(READ_SIZE, int(name[3:7])))
+        made = seed_images(self.client, reads_id, f"/{READ_FOLDER}", self.read_names,
+                           data_for=lambda name: sized_jpeg(READ_SIZE, int(name[3:7])))
+        self.read_ids = {name: image.id for name, (image, _data) in made.items()}
         tree_id = self.client.projects.create("tree").id
         for f in range(s.folders):
             seed_images(self.client, tree_id, f"/d{f:02d}",
@@ -319,6 +323,26 @@ class NetBench:
         self.references.append((f"SDK `images.download` of the {n} images, one after the other",
                                 self.watched("SDK sequential loop", True,
                                              lambda: self.sdk_download(self.read_names, 1))))
+        if shutil.which("curl") is None:
+            self.notes.append("No `curl`: the parallel floor of the reads was not measured.")
+            return
+        log(f"reads: curl, {FLOOR_STREAMS} at a time (once)")
+        self.references.append((
+            f"`curl --parallel-max {FLOOR_STREAMS}` of the {n} images (the network's floor at "
+            f"the streams of {WORKERS} readers and a sweep: no FUSE, no Python)",
+            self.watched("curl --parallel", True, lambda: self.curl_download(FLOOR_STREAMS))))
+
+    def curl_download(self, streams: int) -> None:
+        """The read images' bytes route through the proxy, ``streams`` at a time, by curl."""
+        assert self.server is not None and self.proxy is not None
+        config = self.root / "curl.cfg"
+        config.write_text(f'header = "X-API-Key: {self.server.key}"\n'  # not in argv
+                          + "".join(f'url = "{self.proxy.url}{API}/images/{image_id}"\n'
+                                    'output = "/dev/null"\n'
+                                    for image_id in self.read_ids.values()))
+        subprocess.run(["curl", "--silent", "--fail", "--location", "--parallel",
+                        "--parallel-max", str(streams), "--config", str(config)],
+                       check=True, timeout=600, stdin=subprocess.DEVNULL)
 
     def readers(self, folder: Path, order: list[str]) -> None:
         """``WORKERS`` threads, each reading its share of ``order`` file by file."""
