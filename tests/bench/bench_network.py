@@ -46,7 +46,6 @@ import argparse
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -60,17 +59,20 @@ from typing import Callable
 # bench_read (beside this script) puts tests/ on sys.path for the harness and the proxy
 from bench_read import (
     Row,
+    Workspace,
     cat,
+    exit_on_sigterm,
     force_unmount,
     grid,
     isolate_environment,
     load_average,
     log,
+    run_and_report,
     table,
     timed,
 )
 from faultproxy import FaultProxy, ProxyStats
-from harness import ServerHandle, start_server, stop_server
+from harness import ServerHandle, stop_server
 from imagegen import sized_jpeg
 from seed import seed_images
 
@@ -126,12 +128,12 @@ def mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-class NetBench:
+class NetBench(Workspace):
     """The temporary world of one run, its measurements, and everything to tear down."""
 
     def __init__(self, root: Path, sizes: Sizes, rtt: float, bandwidth: float,
                  connect: float) -> None:
-        self.root = root
+        super().__init__(root)
         self.sizes = sizes
         self.rtt, self.bandwidth, self.connect = rtt, bandwidth, connect
         self.server: ServerHandle | None = None
@@ -140,7 +142,6 @@ class NetBench:
         self.env: dict[str, str] = {}
         self.mounts: list[Path] = []
         self.logs: list[Path] = []
-        self.counter = 0
         self.datasets = 0
         self.rows: list[Row] = []
         self.traffic: list[Traffic] = []
@@ -148,18 +149,11 @@ class NetBench:
         self.notes: list[str] = []
         self.mount_times: list[float] = []
 
-    def fresh_dir(self, name: str) -> Path:
-        self.counter += 1
-        path = self.root / f"{name}{self.counter}"
-        path.mkdir()
-        return path
-
     # -- setup ------------------------------------------------------------------------------
 
     def start(self) -> None:
         log("starting the reference server and the proxy")
-        self.server = start_server(self.root / "server", self.root / "server.log")
-        self.client = Client(api_key=self.server.key, base_url=self.server.base_url)
+        self.server, self.client = self.start_reference_server()
         self.proxy = FaultProxy(self.server.base_url).start()
         self.profile(True)
         self.env = dict(os.environ, PICTOGRAPH_API_KEY=self.server.key,
@@ -530,16 +524,14 @@ def main(argv: list[str] | None = None) -> int:
                  else float(parse_size(args.bandwidth)))
     connect = rtt if args.connect is None else parse_duration(args.connect)
 
-    def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    root = Path(tempfile.mkdtemp(prefix="pictofs-bench-net-"))
-    bench = NetBench(root, sizes, rtt, bandwidth, connect)
+    exit_on_sigterm()
+    bench = NetBench(Path(tempfile.mkdtemp(prefix="pictofs-bench-net-")), sizes, rtt,
+                     bandwidth, connect)
     load_before = load_average()
     only = set(args.only) or {"reads", "listing", "uploads", "mount"}
-    try:
-        isolate_environment(root)
+
+    def measure() -> None:
+        isolate_environment(bench.root)
         bench.start()
         bench.seed()
         if "reads" in only:
@@ -552,17 +544,9 @@ def main(argv: list[str] | None = None) -> int:
             bench.mount_and_ls()
         bench.notes.append(f"Load average (1 min) at start / end: {load_before} / "
                            f"{load_average()} on {os.cpu_count()} CPUs.")
-        broken = bench.tracebacks()
-        if broken:
-            bench.notes.append("Tracebacks in the mount logs: "
-                               + ", ".join(p.name for p in broken))
-    finally:
-        bench.close()
-        shutil.rmtree(root, ignore_errors=True)
-    print(report(bench, args.quick, markdown=False))
-    print("\n--- Markdown ---\n")
-    print(report(bench, args.quick, markdown=True))
-    return 0
+
+    return run_and_report(bench, measure,
+                          lambda markdown: report(bench, args.quick, markdown=markdown))
 
 
 if __name__ == "__main__":

@@ -86,8 +86,8 @@ from pathlib import Path
 from typing import Iterator
 
 # bench_write and bench_read (beside this script) put tests/ on sys.path
-from bench_read import KERNEL_ATTR_TIMEOUT, cat, force_unmount, grid, isolate_environment, \
-    log, ls_l, timed, wait_for_mount
+from bench_read import KERNEL_ATTR_TIMEOUT, cat, exit_on_sigterm, force_unmount, grid, \
+    isolate_environment, log, ls_l, run_and_report, timed, wait_for_mount
 from bench_write import FOLDER, IMAGE_SIZE, WriteBench, cpu_seconds, duration, load_average, \
     machine, revision, run, rsync, show_mount_logs
 from imagegen import sized_jpeg
@@ -690,16 +690,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = QUICK if args.quick else FULL
 
-    def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    root = Path(tempfile.mkdtemp(prefix="pictofs-bench-peer-"))
-    bench = PeerBench(root, sizes)
+    exit_on_sigterm()
+    bench = PeerBench(Path(tempfile.mkdtemp(prefix="pictofs-bench-peer-")), sizes)
     bench.rows = args.rows
     load_before, measured, version = load_average(), revision(), rclone_version()
-    try:
-        isolate_environment(root)
+
+    def measure() -> None:
+        isolate_environment(bench.root)
         bench.start()
         bench.seed(listing=bench.wanted("3"))
         if bench.wanted("4"):
@@ -726,20 +723,10 @@ def main(argv: list[str] | None = None) -> int:
                            f"Peer: {version} (`rclone serve sftp` on 127.0.0.1, "
                            f"`rclone mount --vfs-cache-mode full --vfs-write-back {WRITE_BACK} "
                            f"--transfers {TRANSFERS}`).")
-        broken = bench.tracebacks()
-        if broken:
-            bench.notes.append("Tracebacks in the mount logs: "
-                               + ", ".join(p.name for p in broken))
-    except BaseException:
-        show_mount_logs(bench)  # before the temporary folder goes
-        raise
-    finally:
-        bench.close()
-        shutil.rmtree(root, ignore_errors=True)
-    print(report(bench, args.quick, markdown=False))
-    print("\n--- Markdown ---\n")
-    print(report(bench, args.quick, markdown=True))
-    return 0
+
+    return run_and_report(bench, measure,
+                          lambda markdown: report(bench, args.quick, markdown=markdown),
+                          on_failure=lambda: show_mount_logs(bench))  # before the folder goes
 
 
 if __name__ == "__main__":

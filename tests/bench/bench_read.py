@@ -49,7 +49,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))  # harness, seed, imagegen
@@ -217,11 +217,64 @@ def wait_for_mount(path: Path, process: subprocess.Popen[bytes], timeout: float 
 # --------------------------------------------------------------------------- the run
 
 
-class Bench:
+class Workspace:
+    """A bench's temporary folder (``root``) and the numbered folders made in it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.counter = 0  # folders made so far (it numbers the mounts' logs too)
+
+    def fresh_dir(self, name: str) -> Path:
+        self.counter += 1
+        path = self.root / f"{name}{self.counter}"
+        path.mkdir()
+        return path
+
+    def start_reference_server(self) -> tuple[ServerHandle, Client]:
+        """The reference server, its data in ``root/server`` and its log beside, and a
+        client of it."""
+        server = start_server(self.root / "server", self.root / "server.log")
+        return server, Client(api_key=server.key, base_url=server.base_url)
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM ends a run as an exception does, so that its mounts and servers go too."""
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def run_and_report(bench: Any, measure: Callable[[], None], render: Callable[[bool], str],
+                   on_failure: Callable[[], None] | None = None) -> int:
+    """How every bench's run ends: ``measure`` (its rows and notes), then a note naming the
+    mount logs that hold a traceback (a bench with ``tracebacks``); ``bench`` is closed and
+    its temporary folder removed however that went (``on_failure`` first, when it raised);
+    then the report, as text and as Markdown."""
+    try:
+        measure()
+        broken = bench.tracebacks() if hasattr(bench, "tracebacks") else []
+        if broken:
+            bench.notes.append("Tracebacks in the mount logs: "
+                               + ", ".join(p.name for p in broken))
+    except BaseException:
+        if on_failure is not None:
+            on_failure()
+        raise
+    finally:
+        bench.close()
+        shutil.rmtree(bench.root, ignore_errors=True)
+    print(render(False))
+    print("\n--- Markdown ---\n")
+    print(render(True))
+    return 0
+
+
+class Bench(Workspace):
     """The temporary world of one run, its measurements, and everything to tear down."""
 
     def __init__(self, root: Path, sizes: Sizes, mount_options: tuple[str, ...] = ()) -> None:
-        self.root = root
+        super().__init__(root)
         self.sizes = sizes
         self.mount_options = mount_options  # extra `pictofs mount` options (--mount-option)
         self.server: ServerHandle | None = None
@@ -232,24 +285,16 @@ class Bench:
         self.mounts: list[Path] = []
         self.logs: list[Path] = []
         self.passthrough: tuple[Path, subprocess.Popen[bytes]] | None = None
-        self.counter = 0
         self.rows: list[Row] = []
         self.references: list[tuple[str, list[float]]] = []
         self.requests: list[Requests] = []
         self.notes: list[str] = []
 
-    def fresh_dir(self, name: str) -> Path:
-        self.counter += 1
-        path = self.root / f"{name}{self.counter}"
-        path.mkdir()
-        return path
-
     # -- setup ------------------------------------------------------------------------------
 
     def start(self) -> None:
         log("starting the reference server")
-        self.server = start_server(self.root / "server", self.root / "server.log")
-        self.client = Client(api_key=self.server.key, base_url=self.server.base_url)
+        self.server, self.client = self.start_reference_server()
         self.env = dict(os.environ, PICTOGRAPH_API_KEY=self.server.key,
                         PICTOGRAPH_BASE_URL=self.server.base_url)
         self.dataset_id = self.client.projects.create(self.dataset).id
@@ -660,15 +705,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
 
-    def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    root = Path(tempfile.mkdtemp(prefix="pictofs-bench-"))
-    bench = Bench(root, sizes, tuple(args.mount_option))
+    exit_on_sigterm()
+    bench = Bench(Path(tempfile.mkdtemp(prefix="pictofs-bench-")), sizes,
+                  tuple(args.mount_option))
     load_before = load_average()
-    try:
-        isolate_environment(root)
+
+    def measure() -> None:
+        isolate_environment(bench.root)
         bench.start()
         bench.seed(listing=not args.cold_only)
         cache = bench.cold_read()
@@ -677,17 +720,9 @@ def main(argv: list[str] | None = None) -> int:
             bench.listings()
         bench.notes.append(f"Load average (1 min) at start / end: {load_before} / "
                            f"{load_average()} on {os.cpu_count()} CPUs.")
-        broken = bench.tracebacks()
-        if broken:
-            bench.notes.append("Tracebacks in the mount logs: "
-                               + ", ".join(p.name for p in broken))
-    finally:
-        bench.close()
-        shutil.rmtree(root, ignore_errors=True)
-    print(report(bench, sizes, args.quick, markdown=False))
-    print("\n--- Markdown ---\n")
-    print(report(bench, sizes, args.quick, markdown=True))
-    return 0
+
+    return run_and_report(bench, measure,
+                          lambda markdown: report(bench, sizes, args.quick, markdown=markdown))
 
 
 if __name__ == "__main__":

@@ -50,7 +50,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -67,9 +66,10 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent.parent))
 
 import requests  # noqa: E402
-from bench_read import force_unmount, isolate_environment, load_average, log, timed  # noqa: E402
+from bench_read import (Workspace, exit_on_sigterm, force_unmount, isolate_environment,  # noqa: E402
+                        load_average, log, run_and_report, timed)
 from faultproxy import FaultProxy  # noqa: E402
-from harness import ServerHandle, start_server, stop_server  # noqa: E402
+from harness import ServerHandle, stop_server  # noqa: E402
 from imagegen import sized_jpeg  # noqa: E402
 
 from pictofs.api import Client  # noqa: E402
@@ -128,9 +128,9 @@ class Network:
                 f"connection, {self.connect * 1000:.0f} ms to set up a connection")
 
 
-class Bench:
+class Bench(Workspace):
     def __init__(self, root: Path, repeat: int, network: Network | None = None) -> None:
-        self.root = root
+        super().__init__(root)
         self.repeat = repeat
         self.network = network
         self.proxy: FaultProxy | None = None
@@ -139,20 +139,12 @@ class Bench:
         self.client: Client | None = None
         self.env: dict[str, str] = {}
         self.mounts: list[Path] = []
-        self.counter = 0
         self.rows: list[Row] = []
         self.notes: list[str] = []
 
-    def fresh_dir(self, name: str) -> Path:
-        self.counter += 1
-        path = self.root / f"{name}{self.counter}"
-        path.mkdir()
-        return path
-
     def start(self) -> None:
         log("starting the reference server")
-        self.server = start_server(self.root / "server", self.root / "server.log")
-        self.client = Client(api_key=self.server.key, base_url=self.server.base_url)
+        self.server, self.client = self.start_reference_server()
         self.base_url = self.server.base_url
         if self.network is not None:
             log(f"starting the proxy: {self.network.describe()}")
@@ -417,15 +409,12 @@ def main(argv: list[str] | None = None) -> int:
                      else float(parse_size(args.bandwidth)))
         network = Network(rtt, bandwidth, rtt)
 
-    def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    root = Path(tempfile.mkdtemp(prefix="pictofs-bench-"))
-    bench = Bench(root, repeat, network)
+    exit_on_sigterm()
+    bench = Bench(Path(tempfile.mkdtemp(prefix="pictofs-bench-")), repeat, network)
     load_before = load_average()
-    try:
-        isolate_environment(root)
+
+    def measure() -> None:
+        isolate_environment(bench.root)
         bench.start()
         bench.folder(images)
         if args.org:
@@ -434,13 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.notes.append(f"Network (the fault proxy): {network.describe()}.")
         bench.notes.append(f"Load average (1 min) at start / end: {load_before} / "
                            f"{load_average()} on {os.cpu_count()} CPUs.")
-    finally:
-        bench.close()
-        shutil.rmtree(root, ignore_errors=True)
-    print(report(bench, markdown=False))
-    print("\n--- Markdown ---\n")
-    print(report(bench, markdown=True))
-    return 0
+
+    return run_and_report(bench, measure, lambda markdown: report(bench, markdown=markdown))
 
 
 if __name__ == "__main__":

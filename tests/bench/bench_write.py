@@ -102,11 +102,13 @@ from bench_read import (
     KERNEL_ATTR_TIMEOUT,
     Bench,
     counts_text,
+    exit_on_sigterm,
     force_unmount,
     grid,
     isolate_environment,
     log,
     route_counts,
+    run_and_report,
 )
 from faultproxy import FaultProxy
 from imagegen import sized_jpeg
@@ -952,21 +954,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.repetitions:
         sizes = dataclasses.replace(sizes, repetitions=args.repetitions)
 
-    def stop(signum: int, _frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
+    exit_on_sigterm()
     with scratch_filesystem(not args.no_scratch) as (scratch, where):
         return measure(args, sizes, scratch, where)
 
 
 def measure(args: argparse.Namespace, sizes: Sizes, scratch: Path | None, where: str) -> int:
-    root = Path(tempfile.mkdtemp(prefix="pictofs-bench-write-", dir=scratch))
-    bench = WriteBench(root, sizes)
+    bench = WriteBench(Path(tempfile.mkdtemp(prefix="pictofs-bench-write-", dir=scratch)), sizes)
     bench.rows = frozenset({"2a", "2b", "2c"}) if args.rsync_only else args.rows
     load_before, measured = load_average(), revision()
-    try:
-        isolate_environment(root)
+
+    def run() -> None:
+        isolate_environment(bench.root)
         bench.start()
         bench.make_source()
         if bench.wanted(*COPY_ROWS):
@@ -976,20 +975,9 @@ def measure(args: argparse.Namespace, sizes: Sizes, scratch: Path | None, where:
         bench.notes.append(f"Machine: {machine()}; load average (1 min) at start / end: "
                            f"{load_before} / {load_average()}. Revision: {measured}. "
                            f"The run's folders: {where}.")
-        broken = bench.tracebacks()
-        if broken:
-            bench.notes.append("Tracebacks in the mount logs: "
-                               + ", ".join(p.name for p in broken))
-    except BaseException:
-        show_mount_logs(bench)  # before the temporary folder goes
-        raise
-    finally:
-        bench.close()
-        shutil.rmtree(root, ignore_errors=True)
-    print(report(bench, args.quick, markdown=False))
-    print("\n--- Markdown ---\n")
-    print(report(bench, args.quick, markdown=True))
-    return 0
+
+    return run_and_report(bench, run, lambda markdown: report(bench, args.quick, markdown=markdown),
+                          on_failure=lambda: show_mount_logs(bench))  # before the folder goes
 
 
 if __name__ == "__main__":
