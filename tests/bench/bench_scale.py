@@ -66,8 +66,16 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent.parent))
 
 import requests  # noqa: E402
-from bench_read import (Workspace, exit_on_sigterm, force_unmount, isolate_environment,  # noqa: E402
-                        load_average, log, run_and_report, timed)
+from bench_read import (  # noqa: E402
+    Workspace,
+    exit_on_sigterm,
+    force_unmount,
+    isolate_environment,
+    load_average,
+    log,
+    run_and_report,
+    timed,
+)
 from faultproxy import FaultProxy  # noqa: E402
 from harness import ServerHandle, stop_server  # noqa: E402
 from imagegen import sized_jpeg  # noqa: E402

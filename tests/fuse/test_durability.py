@@ -113,8 +113,8 @@ def test_kill_9_with_200_pending_uploads_lands_each_exactly_once(client, dataset
     assert sorted(os.listdir(again.path / "many")) == sorted(files)
 
 
-def crashed_mid_upload(mount, dataset, folder: str, files: dict[str, bytes],  # type: ignore[no-untyped-def]
-                       scratch: Path, point: str, hit: int):
+def crashed_mid_upload(mount, dataset, folder: str,  # type: ignore[no-untyped-def]
+                       files: dict[str, bytes], scratch: Path, point: str, hit: int):
     """Copy ``files`` into the new ``folder`` with uploads held back and kill -9 the daemon
     (each file is then a resumable journal entry), then mount again to resume them and die
     the ``hit``-th time an upload reaches the crash point ``point``. Returns the mount."""

@@ -65,8 +65,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from bisect import bisect_left
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable

@@ -276,7 +276,8 @@ class Schedule:
 class TaskControl:
     """The ``job.Control`` of one run: valid while the task's generation is the one
     the run started with (hold, retarget, cancel and a new flush move it), the task is not
-    held (open for writing again) and the queue is not stopping. ``changed`` is the queue's condition (its lock guards the task)."""
+    held (open for writing again) and the queue is not stopping. ``changed`` is the queue's
+    condition (its lock guards the task)."""
 
     def __init__(self, changed: threading.Condition, journal: Journal, task: Task,
                  stopping: Callable[[], bool]) -> None:
