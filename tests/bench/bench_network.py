@@ -141,7 +141,6 @@ class NetBench(Workspace):
         self.proxy: FaultProxy | None = None
         self.env: dict[str, str] = {}
         self.mounts: list[Path] = []
-        self.logs: list[Path] = []
         self.datasets = 0
         self.rows: list[Row] = []
         self.traffic: list[Traffic] = []
@@ -454,9 +453,6 @@ class NetBench(Workspace):
             self.mount_times.append(self.watched("`pictofs mount` + `ls` of the root",
                                                  rep == 0, mount_ls))
             self.umount(holder[0])
-
-    def tracebacks(self) -> list[Path]:
-        return [p for p in self.logs if p.exists() and "Traceback" in p.read_text()]
 
 
 # --------------------------------------------------------------------------- the report

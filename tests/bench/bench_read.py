@@ -218,17 +218,23 @@ def wait_for_mount(path: Path, process: subprocess.Popen[bytes], timeout: float 
 
 
 class Workspace:
-    """A bench's temporary folder (``root``) and the numbered folders made in it."""
+    """A bench's temporary folder (``root``), the numbered folders made in it, and the logs
+    of the mounts made there."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.counter = 0  # folders made so far (it numbers the mounts' logs too)
+        self.logs: list[Path] = []  # the mounts' log files
 
     def fresh_dir(self, name: str) -> Path:
         self.counter += 1
         path = self.root / f"{name}{self.counter}"
         path.mkdir()
         return path
+
+    def tracebacks(self) -> list[Path]:
+        """The mount logs that hold a traceback."""
+        return [p for p in self.logs if p.exists() and "Traceback" in p.read_text()]
 
     def start_reference_server(self) -> tuple[ServerHandle, Client]:
         """The reference server, its data in ``root/server`` and its log beside, and a
@@ -248,12 +254,12 @@ def exit_on_sigterm() -> None:
 def run_and_report(bench: Any, measure: Callable[[], None], render: Callable[[bool], str],
                    on_failure: Callable[[], None] | None = None) -> int:
     """How every bench's run ends: ``measure`` (its rows and notes), then a note naming the
-    mount logs that hold a traceback (a bench with ``tracebacks``); ``bench`` is closed and
+    mount logs that hold a traceback (``Workspace.tracebacks``); ``bench`` is closed and
     its temporary folder removed however that went (``on_failure`` first, when it raised);
     then the report, as text and as Markdown."""
     try:
         measure()
-        broken = bench.tracebacks() if hasattr(bench, "tracebacks") else []
+        broken = bench.tracebacks()
         if broken:
             bench.notes.append("Tracebacks in the mount logs: "
                                + ", ".join(p.name for p in broken))
@@ -283,7 +289,6 @@ class Bench(Workspace):
         self.dataset = "bench"
         self.dataset_id = ""
         self.mounts: list[Path] = []
-        self.logs: list[Path] = []
         self.passthrough: tuple[Path, subprocess.Popen[bytes]] | None = None
         self.rows: list[Row] = []
         self.references: list[tuple[str, list[float]]] = []
@@ -616,9 +621,6 @@ class Bench(Workspace):
         self.rows.extend([cold, warm])
         self.reference(f"`ls -l` of the {count:,} local files without FUSE",
                        lambda: ls_l(self.local_many, count))
-
-    def tracebacks(self) -> list[Path]:
-        return [p for p in self.logs if p.exists() and "Traceback" in p.read_text()]
 
 
 # --------------------------------------------------------------------------- the report

@@ -55,7 +55,7 @@ locale; a program using another collation (mixed-case names under a UTF-8 locale
 match our order, and then read-ahead simply does not start.
 
 Bounds: images above ``MAX_IMAGE_BYTES`` are never fetched ahead; the ``Downloader`` keeps
-at most twice the current depth of read-ahead downloads without a reader in flight, and never
+at most twice the current depth of read-ahead downloads nobody has opened in flight, and never
 more than the pass's deepest (8 close by, 16 far away), and just before each
 request checks the breaker, ``memory_low`` and the cache's room (``no_room_ahead``).
 """
@@ -186,7 +186,7 @@ class ReadAhead:
             sweep = self._sweeps.get(folder)
             if sweep is None or sweep.reads < SWEEP_AFTER:
                 return []
-            room = min(self.far_deepest if far else self.deepest, sweep.reads - sweep.fetched)
+            room = min(self._deepest(far), sweep.reads - sweep.fetched)
             after, read = sweep.after, sweep.read  # (the set only grows: read without the lock)
         if room <= 0:
             return []
@@ -222,7 +222,7 @@ class ReadAhead:
     def _pass_depth(self, folder: str, caught_up: bool, far: bool) -> int:
         """The depth of the pass in ``folder``: ``deepest`` (``far_deepest`` on a distant
         service) once the reader caught up with it."""
-        deepest = self.far_deepest if far else self.deepest
+        deepest = self._deepest(far)
         with self._lock:
             depth = self._depths.get(folder, self.depth)
             if caught_up and depth < deepest:
@@ -231,6 +231,11 @@ class ReadAhead:
             if depth != self.depth:
                 self._depths[folder] = depth
             return depth
+
+    def _deepest(self, far: bool) -> int:
+        """How deep a pass may go (and how many a sweep fetches at once): ``far_deepest`` on
+        a distant service, else ``deepest``."""
+        return self.far_deepest if far else self.deepest
 
     def _end_pass(self, folder: str) -> None:
         with self._lock:
