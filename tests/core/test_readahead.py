@@ -95,6 +95,39 @@ def test_an_open_of_the_folders_first_image_starts_a_pass(make_downloader, sourc
     assert dict(source.calls) == {f"id-p{n}.jpg": 1 for n in range(5)}
 
 
+def test_a_download_that_ends_while_the_read_ahead_looks_is_not_requested_again(
+        make_downloader, source, tmp_path: Path) -> None:
+    """The read-ahead looks at the cache, then at the downloads in flight: a reader's download
+    of the same image that ends in between (cached, and gone from the table) is not started
+    again. The cache below answers its first look at p3 as it was, then lets the reader's
+    download of p3 end before the read-ahead goes on."""
+    gate = source.hold("id-p3.jpg", before_chunk=0)
+    downloader: Downloader | None = None
+
+    class LateCache(ImageCache):
+        looked = False
+
+        def has_file(self, image_id: str) -> bool:
+            answer = super().has_file(image_id)
+            if image_id == "id-p3.jpg" and not self.looked:
+                self.looked = True
+                gate.release()
+                assert downloader is not None and downloader.wait(SAFETY)
+            return answer
+
+    cache = LateCache(tmp_path / "late-cache", "http://127.0.0.1:9", "ds", 1 << 24)
+    downloader = make_downloader(depth=2, cache=cache)
+    with downloader.open("id-p3.jpg", 5 * CHUNK) as reader:  # a reader's download, held
+        assert gate.reached.wait(SAFETY)
+        read_through(downloader, "p1.jpg")
+        read_through(downloader, "p2.jpg")  # a pass: p3 and p4 next
+        assert reader.read(0, 5 * CHUNK) == DATA["id-p3.jpg"]
+    assert downloader.wait(SAFETY)
+    assert cache.looked
+    assert dict(source.calls) == {"id-p1.jpg": 1, "id-p2.jpg": 1, "id-p3.jpg": 1,
+                                  "id-p4.jpg": 1}
+
+
 def test_out_of_order_opens_and_partial_reads_start_nothing(make_downloader, source) -> None:
     downloader = make_downloader(depth=2)
     for name in ("p3.jpg", "p1.jpg", "p4.jpg", "p0.jpg"):

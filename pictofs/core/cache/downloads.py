@@ -537,7 +537,9 @@ class Downloader:
             if not 0 < image.file_size <= MAX_IMAGE_BYTES or self._cache.has_file(image.id):
                 continue
             with self._lock:
-                if image.id in self._downloads:
+                # the look at the cache above is stale if a download of the image ended
+                # since: it inserts before it leaves the table, so look again in here
+                if image.id in self._downloads or self._cache.has_file(image.id):
                     continue
                 unread = sum(1 for d in self._downloads.values()
                              if d.ahead and d.never_opened())
