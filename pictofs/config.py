@@ -107,7 +107,7 @@ OPTIONS: tuple[Option, ...] = (
            "against a crash of the machine (0: at every close; fsync, pictofs sync and "
            "unmount do it at once)", MOUNT, default="5s", type=parse_duration,
            metavar="DURATION"),
-    Option("transfers", "uploads in parallel", MOUNT_MIRROR, default="8", type=int,
+    Option("transfers", "uploads in parallel", MOUNT_MIRROR, default="16", type=int,
            metavar="N"),
     Option("min-free-space", "writes fail with ENOSPC below this much free space on the "
            "staging disk", MOUNT, default="1G", type=parse_size, metavar="SIZE"),

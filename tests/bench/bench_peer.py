@@ -8,8 +8,9 @@ a test, and opt-in: nothing else runs it.
 The peer is what a user could set up instead of pictofs: ``rclone serve sftp`` of a local
 folder on 127.0.0.1 (a throwaway user and random password; the client's remote is defined by
 ``RCLONE_CONFIG_PEER_*`` environment variables, with an empty config file of the run's own),
-mounted with ``rclone mount --vfs-cache-mode full --vfs-write-back 2s --transfers 8`` (the
-pictofs mounts run with their default ``--write-back 2s``; both keep listings for 5 minutes,
+mounted with ``rclone mount --vfs-cache-mode full --vfs-write-back 2s --transfers N``, N being
+pictofs's default ``--transfers`` (16; the pictofs mounts run with their defaults, also
+``--write-back 2s``; both keep listings for 5 minutes,
 and both use the kernel's 1 s attribute timeout). pictofs is mounted against its reference
 server, started in a temporary folder as the read and write benchmarks start it. The same
 bytes are on both servers. Each row is the median of several repetitions, pictofs and rclone
@@ -93,13 +94,14 @@ from bench_write import FOLDER, IMAGE_SIZE, WriteBench, cpu_seconds, duration, l
 from imagegen import sized_jpeg
 from seed import seed_images
 
+from pictofs.config import OPTIONS
 from pictofs.fs.fuse_session import mount_device
 
 SKIP = "skipped: rclone is not installed (apt-get install rclone gives 1.60)"
 USER = "bench"
 REMOTE = "peer"  # the name of the sftp remote in RCLONE_CONFIG_PEER_*
 WRITE_BACK = "2s"
-TRANSFERS = "8"
+TRANSFERS = next(o.default for o in OPTIONS if o.name == "transfers")  # pictofs's default
 DIR_CACHE_TIME = "5m"  # as bench_read's pictofs mounts
 POLL = 0.05  # seconds between two looks at rclone's upload queue
 UPLOAD_TIMEOUT = 900.0

@@ -36,12 +36,14 @@ from imagegen import jpeg_bytes, png_bytes, sized_jpeg
 from mountkit import (Counts, assert_registers_follow_urls, crash_mount, journal_folder,
                       kill_daemon, live, pictofs_cmd, service_bytes, staging_files, sync,
                       wait_for)
+from pictofs.config import OPTIONS
 from pictofs.core.upload.batch import REGISTER_PIECE
 
 pytestmark = pytest.mark.fuse
 
 MB = 1024 * 1024
 REGISTER_PATH = r"/images/register$"
+TRANSFERS = int(next(o.default for o in OPTIONS if o.name == "transfers"))  # upload workers
 
 
 @pytest.fixture()
@@ -420,7 +422,7 @@ def test_a_full_state_disk_is_enospc_and_uploads_resume_when_it_grows(
     wait_for(lambda: all(f"upload of /full/{name} failed" in m.log() for name in kept),
              "every kept file to be tried")
     status = uploads_status(m)
-    assert status["workers"] == 8, status  # --transfers' default: every one alive
+    assert status["workers"] == TRANSFERS, status  # every one alive
     for name in refused:  # a cut-off file is never uploaded and is gone once closed
         wait_for(lambda: not (m.path / "full" / name).exists(), f"{name} to go")
 
@@ -431,7 +433,7 @@ def test_a_full_state_disk_is_enospc_and_uploads_resume_when_it_grows(
     assert staging_files(m, dataset) == []
     status = uploads_status(m)
     assert (status["pending"], status["in_flight"], status["failed"]) == (0, 0, [])
-    assert status["workers"] == 8, status
+    assert status["workers"] == TRANSFERS, status
     later = sized_jpeg(2 * MB, seed=399)
     (m.path / "full" / "later.jpg").write_bytes(later)
     sync(m)

@@ -50,7 +50,7 @@ SPACE_RECHECK = 0.5  # seconds: how long an answer of statvfs is used (see _chec
 @dataclass(frozen=True)
 class WriteOptions:
     write_back: float = 2.0
-    transfers: int = 8
+    transfers: int = 16
     retry_max_wait: float = 30.0
     min_free_space: int = 1 << 30
     permanent_delete: bool = False

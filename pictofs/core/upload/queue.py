@@ -122,7 +122,7 @@ class UploadQueue:
         journal: Journal,
         dataset_id: str,
         *,
-        transfers: int = 8,
+        transfers: int = 16,
         write_back: float = 2.0,
         retry_max_wait: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
