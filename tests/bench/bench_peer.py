@@ -9,9 +9,9 @@ The peer is what a user could set up instead of pictofs: ``rclone serve sftp`` o
 folder on 127.0.0.1 (a throwaway user and random password; the client's remote is defined by
 ``RCLONE_CONFIG_PEER_*`` environment variables, with an empty config file of the run's own),
 mounted with ``rclone mount --vfs-cache-mode full --vfs-write-back 2s --transfers N``, N being
-pictofs's default ``--transfers`` (16; the pictofs mounts run with their defaults, also
-``--write-back 2s``; both keep listings for 5 minutes,
-and both use the kernel's 1 s attribute timeout). pictofs is mounted against its reference
+pictofs's default ``--transfers`` (16). The pictofs mounts run with their defaults (also
+``--write-back 2s``); both keep listings for 5 minutes and use the kernel's 1 s attribute
+timeout. pictofs is mounted against its reference
 server, started in a temporary folder as the read and write benchmarks start it. The same
 bytes are on both servers. Each row is the median of several repetitions, pictofs and rclone
 measured one after the other within each repetition:
