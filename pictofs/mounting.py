@@ -261,15 +261,18 @@ def build_tree(target: MountTarget, args: argparse.Namespace,
     from pictofs.api.bulk_remote import BulkApiRemote
     from pictofs.core.cache.readahead import DOWNLOAD_THREADS
     from pictofs.core.tree.attrs import AttrPolicy
+    from pictofs.core.tree.view import LIST_AHEAD
     from pictofs.remote.breaker import CircuitBreaker, GuardedRemote
     from pictofs.core.tree.vfs import Vfs, VfsOptions
 
     # the bulk verbs let the upload queue send new files of a folder together (one PUT per
     # file, one upload-url call per batch and its registers: one, or one per 64 files of a
-    # large batch)
+    # large batch). The pool keeps a connection for every thread that may send at once: the
+    # downloads, the upload workers and their PUTs, and the listings ahead of a walk (a page
+    # and a folders call each); a connection it cannot keep is opened and closed per request.
     api_remote = BulkApiRemote(target.connection, timeout=args.timeout, retries=args.retries,
                                retry_max_wait=args.retry_max_wait,
-                               pool_size=max(DOWNLOAD_THREADS, args.transfers * 2))
+                               pool_size=DOWNLOAD_THREADS + 2 * args.transfers + 2 * LIST_AHEAD)
     breaker = CircuitBreaker(probe=api_remote.ping)
     remote = GuardedRemote(api_remote, breaker)
     # the upload queue retries a failed step itself (the protocol's backoff, without holding

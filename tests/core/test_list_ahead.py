@@ -37,8 +37,11 @@ class WalkedService(Service):
                                         include_archived=include_archived)
 
 
-def tree(count: int = 10) -> WalkedService:
-    return WalkedService({"/": 0, **{f"/d{i}": 2 for i in range(count)}})
+WALKED = 2 + 2 * LIST_AHEAD  # two listed, then as many as one window slides over
+
+
+def tree(count: int = WALKED) -> WalkedService:
+    return WalkedService({"/": 0, **{f"/d{i:02d}": 2 for i in range(count)}})
 
 
 def listed(view: DatasetView, *paths: str) -> bool:
@@ -55,17 +58,17 @@ def test_a_walk_lists_the_next_siblings_ahead_and_reads_them_without_asking():
     service = tree()
     view = view_of(service)
     view.listing("/")
-    view.listing("/d0")  # the first subfolder alone: nothing ahead yet
-    assert set(service.pages) == {"/", "/d0"}
-    view.listing("/d1")  # right after its previous sibling: a walk
-    ahead = [f"/d{i}" for i in range(2, 2 + LIST_AHEAD)]
+    view.listing("/d00")  # the first subfolder alone: nothing ahead yet
+    assert set(service.pages) == {"/", "/d00"}
+    view.listing("/d01")  # right after its previous sibling: a walk
+    ahead = [f"/d{i:02d}" for i in range(2, 2 + LIST_AHEAD)]
     assert listed(view, *ahead)
-    assert view.cached_listing(f"/d{2 + LIST_AHEAD}") is None
+    assert view.cached_listing(f"/d{2 + LIST_AHEAD:02d}") is None
     asked = sum(service.pages.values())
     assert all(view.listing(p).images.keys() == {"img0.png", "img1.png"} for p in ahead)
-    assert listed(view, *(f"/d{i}" for i in range(2, 10)))  # the window slid along
-    assert all(service.pages[f"/d{i}"] == 1 for i in range(10))  # each folder asked once
-    assert sum(service.pages.values()) == asked + 10 - 2 - LIST_AHEAD
+    assert listed(view, *(f"/d{i:02d}" for i in range(2, WALKED)))  # the window slid along
+    assert all(service.pages[f"/d{i:02d}"] == 1 for i in range(WALKED))  # each asked once
+    assert sum(service.pages.values()) == asked + WALKED - 2 - LIST_AHEAD
     view.close()
 
 
@@ -73,10 +76,10 @@ def test_a_folder_listed_on_its_own_lists_nothing_ahead():
     service = tree()
     view = view_of(service)
     view.listing("/")
-    view.listing("/d5")
-    view.listing("/d3")  # its previous sibling, /d2, was not listed
+    view.listing("/d05")
+    view.listing("/d03")  # its previous sibling, /d02, was not listed
     time.sleep(0.1)
-    assert set(service.pages) == {"/", "/d5", "/d3"}
+    assert set(service.pages) == {"/", "/d05", "/d03"}
     view.close()
 
 
@@ -93,18 +96,18 @@ def test_folders_of_more_than_one_page_are_not_listed_ahead():
 
 def test_a_listing_on_its_way_is_waited_for_not_asked_again():
     service = tree()
-    service.hold["/d2"] = threading.Event()
+    service.hold["/d02"] = threading.Event()
     view = view_of(service)
     view.listing("/")
-    view.listing("/d0")
-    view.listing("/d1")  # /d2 is listed ahead, and held back
+    view.listing("/d00")
+    view.listing("/d01")  # /d02 is listed ahead, and held back
     got: list[object] = []
-    reader = threading.Thread(target=lambda: got.append(view.listing("/d2")))
+    reader = threading.Thread(target=lambda: got.append(view.listing("/d02")))
     reader.start()
     time.sleep(0.1)
     assert not got  # the reader waits for the listing ahead
-    service.hold["/d2"].set()
+    service.hold["/d02"].set()
     reader.join(10)
-    assert got and got[0] is view.cached_listing("/d2")
-    assert service.pages["/d2"] == 1
+    assert got and got[0] is view.cached_listing("/d02")
+    assert service.pages["/d02"] == 1
     view.close()

@@ -40,7 +40,7 @@ from pictofs.remote import Remote
 log = logging.getLogger(__name__)
 
 LOOKUPS_BEFORE_LISTING = 4  # image names asked one by one in a folder before listing it
-LIST_AHEAD = 4  # sibling folders listed in the background ahead of a walk, at most, at once
+LIST_AHEAD = 8  # sibling folders listed in the background ahead of a walk, at most, at once
 
 
 def _is_utf8(name: str) -> bool:
