@@ -21,7 +21,9 @@ profile:
    the loader has listed the folder) on a fresh mount with an empty cache, vs the SDK with 8
    threads downloading in that order; target ≤ 0.5× (under the table, once: ``curl
    --parallel-max 24`` of the same images, the network's floor at the streams of 8 readers
-   and a sweep, measured where ``curl`` is installed);
+   and a sweep, measured where ``curl`` is installed; and a minimal Python client, ``requests``
+   with 24 threads in a process of its own, the same streams from the least a Python client
+   does on this machine);
 3. ``ls -lR`` of a fresh mount of a dataset of F folders × 50 images vs the SDK paging each
    folder one after the other (the folders call, then ``images.iter`` per folder); target ≤
    0.5×;
@@ -90,6 +92,25 @@ PER_FOLDER = 50
 WORKERS = 8  # the SDK's threads, and the random readers
 FLOOR_STREAMS = 24  # the random readers' streams and a sweep's (16 far away): curl's floor
 READ_FOLDER = "photos"
+# The least a Python client does to fetch the images, in a process of its own: one pooled
+# session, FLOOR_STREAMS threads, each image's body written into a file as it comes.
+PYTHON_FLOOR = """
+import os, requests
+from concurrent.futures import ThreadPoolExecutor
+streams = int(os.environ["FLOOR_STREAMS"])
+session = requests.Session()
+session.headers["X-API-Key"] = os.environ["PICTOGRAPH_API_KEY"]
+session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=streams))
+def one(k_url):
+    k, url = k_url
+    with session.get(url, stream=True, timeout=60) as response:
+        response.raise_for_status()
+        with open(os.path.join(os.environ["FLOOR_OUT"], str(k)), "wb") as out:
+            for piece in response.iter_content(1 << 18):
+                out.write(piece)
+with ThreadPoolExecutor(streams) as pool:
+    list(pool.map(one, enumerate(os.environ["FLOOR_URLS"].split("\\n"))))
+"""
 UPLOAD_FOLDER = "photos"
 
 
@@ -316,6 +337,13 @@ class NetBench(Workspace):
         self.references.append((f"SDK `images.download` of the {n} images, one after the other",
                                 self.watched("SDK sequential loop", True,
                                              lambda: self.sdk_download(self.read_names, 1))))
+        log(f"reads: a minimal Python client, {FLOOR_STREAMS} at a time (once)")
+        self.references.append((
+            f"`requests`, {FLOOR_STREAMS} threads sharing one pool, of the {n} images into "
+            "files, in a process of its own (the same streams from the least a Python client "
+            "does on this machine)",
+            self.watched(f"requests, {FLOOR_STREAMS} threads", True,
+                         lambda: self.python_download(order, FLOOR_STREAMS))))
         if shutil.which("curl") is None:
             self.notes.append("No `curl`: the parallel floor of the reads was not measured.")
             return
@@ -324,6 +352,22 @@ class NetBench(Workspace):
             f"`curl --parallel-max {FLOOR_STREAMS}` of the {n} images (the network's floor at "
             f"the streams of {WORKERS} readers and a sweep: no FUSE, no Python)",
             self.watched("curl --parallel", True, lambda: self.curl_download(FLOOR_STREAMS))))
+
+    def python_download(self, names: list[str], streams: int) -> None:
+        """The images' bytes through the proxy into files, by a process with ``streams``
+        threads sharing one ``requests`` session: no FUSE, no cache, no SDK."""
+        assert self.server is not None and self.proxy is not None
+        out = self.fresh_dir("python-downloads")
+        urls = [f"{self.proxy.url}{API}/images/{self.read_ids[name]}" for name in names]
+        env = dict(self.env, FLOOR_URLS="\n".join(urls), FLOOR_OUT=str(out),
+                   FLOOR_STREAMS=str(streams))
+        subprocess.run([sys.executable, "-c", PYTHON_FLOOR], check=True, timeout=600,
+                       env=env, stdin=subprocess.DEVNULL)
+        got = sum(p.stat().st_size for p in out.iterdir())
+        shutil.rmtree(out)
+        if got != len(names) * READ_SIZE:
+            raise RuntimeError(f"the minimal client downloaded {got} bytes, expected "
+                               f"{len(names) * READ_SIZE}")
 
     def curl_download(self, streams: int) -> None:
         """The read images' bytes route through the proxy, ``streams`` at a time, by curl."""
