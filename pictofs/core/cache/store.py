@@ -42,7 +42,9 @@ Images never change for an id, so an entry is written once and only ever dropped
 - An insert is one index transaction of a few statements: the entry's record (written
   complete, after its file is in place: a crash before the commit leaves a data file no
   record names, which the next start removes) and the total. Records never expire, so
-  diskcache's culling of expired keys on every write is off (``cull_limit=0``).
+  diskcache's culling of expired keys on every write is off (``cull_limit=0``). The
+  threads of one process take their transactions in turn on a lock (``_transaction``),
+  not on sqlite's write lock, whose waiters sleep and poll.
 - The index keeps the total size of the complete entries (``_TOTAL_KEY``, an int: never an
   image id, and kept by diskcache without pickling), updated in the
   same transactions as the records, so an insert that fits reads one row, not all of them.
@@ -63,9 +65,10 @@ import secrets
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 import diskcache
 
@@ -132,6 +135,8 @@ class ImageCache:
         self._pins = PinTable(self.folder / "pins")
         self._index = diskcache.Cache(str(self.folder / "index"), eviction_policy="none",
                                       cull_limit=0)
+        # this process's index transactions, one at a time (see _transaction)
+        self._writing = threading.RLock()
         # guards _verified (the records of entries this instance has checked), _inserted
         # (the records it wrote, not opened since), _unopened_ahead, _opened (LRU times of
         # opens not written to the index yet), _opened_flushed, _hits and _misses
@@ -341,7 +346,7 @@ class ImageCache:
         """Record the stamp of a file whose sha256 was just found right."""
         updated = replace(record, stamp=stamp)
         try:
-            with self._index.transact():
+            with self._transaction():
                 current = self._record(image_id)
                 if current is not None and current.sha256 == record.sha256:
                     self._put(image_id, replace(current, stamp=stamp))
@@ -361,7 +366,7 @@ class ImageCache:
 
     def _flush_opens(self) -> None:
         try:
-            with self._index.transact():
+            with self._transaction():
                 self._write_opens()
         except (OSError, sqlite3.Error) as exc:  # a full disk only costs the LRU update
             log.debug("cache: cannot record opens: %s", exc)
@@ -386,7 +391,7 @@ class ImageCache:
         ``within_cap``, also when it would take the cache over its cap (logged at debug).
         ``unread``: fetched ahead and nobody has read it yet (evicted last)."""
         try:
-            with self._index.transact():
+            with self._transaction():
                 stored = self._insert_locked(image_id, partial, size, sha256, within_cap)
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             partial.unlink(missing_ok=True)
@@ -487,6 +492,17 @@ class ImageCache:
 
     # -- index helpers -----------------------------------------------------------------------
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """An index transaction, after the other threads' of this process: they queue on a
+        lock, woken as soon as the one before commits. Left to sqlite, a thread that finds
+        the write lock taken sleeps and polls for it (1, 2, 5, 10, 25 ms...), so the inserts
+        of many downloads ending together each waited up to tens of milliseconds for
+        commits of a millisecond. Other processes sharing the cache still meet sqlite's
+        wait."""
+        with self._writing, self._index.transact():
+            yield
+
     def _record_or_none(self, image_id: str) -> EntryRecord | None:
         """The record, or None also when the index cannot be read (a full disk: sqlite
         cannot open it): a miss."""
@@ -526,7 +542,7 @@ class ImageCache:
     def _drop_if_unchanged(self, image_id: str, seen: EntryRecord) -> None:
         """Drop an entry found bad, unless another process replaced it meanwhile."""
         try:
-            with self._index.transact():
+            with self._transaction():
                 if self._record(image_id) == seen:
                     self._remove(image_id)
         except (OSError, sqlite3.Error) as exc:
@@ -550,7 +566,7 @@ class ImageCache:
             pid = pid_of_partial(path.name)
             if pid is None or not pid_alive(pid):
                 path.unlink(missing_ok=True)
-        with self._index.transact():
+        with self._transaction():
             known = set()
             for image_id, record in self._records():
                 if not record.complete and not pid_alive(record.pid):
