@@ -17,7 +17,9 @@ a local folder ``photos/`` and measures, each as the median of several repetitio
      also lands the files in ``/photos``), each repetition into a fresh dataset, with
      ``--write-back`` at its default (2s) and short (200ms); target ≤ 1.3×;
    - 1c/1d the ``cp -r`` alone of 1a/1b (uploads start while it runs) vs ``cp -r`` through
-     the passthrough; target ≤ 1.3×;
+     the passthrough; target ≤ 1.3×. Under the table, 1d's floor: the passthrough's ``cp -r``
+     while ``upload_dataset_from_folder`` uploads the same files (a copy sharing the machine
+     with an upload, as 1d's does);
    - 1e ``cp -r`` through a mount whose uploads are held back (``--write-back 1h``) with a
      proxy that delays every request by 50 ms vs without: the copy must not wait on the
      network; target ≤ 1.2×;
@@ -91,6 +93,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -352,6 +355,7 @@ class WriteBench(Bench):
         self.source = root / FOLDER
         self.expected: dict[str, int] = {}  # file name → size, of the source folder
         self.local_copies: list[float] = []  # cp -r to local disk, per repetition
+        self.shared_copies: list[float] = []  # row 1d's floor, per repetition
         # CPU per file (ms): the bulk workflow's process, the passthrough's daemon for cp -r
         self.workflow_cpu: list[float] = []
         self.passthrough_cpu: list[float] = []
@@ -492,6 +496,17 @@ class WriteBench(Bench):
                 self.passthrough = checked  # type: ignore[assignment]
                 self.stop_passthrough()
         self.references.append(("`cp -r` to local disk", self.local_copies))
+        if self.shared_copies:
+            self.references.append((
+                "`cp -r` through the minimal passthrough while `upload_dataset_from_folder` "
+                "uploads the same files (row 1d's floor: a copy sharing the machine with an "
+                "upload, as 1d's does with the uploads it starts)", self.shared_copies))
+            if want("1d") and alone[WRITE_BACKS[1]].ours:
+                ours = statistics.median(alone[WRITE_BACKS[1]].ours)
+                self.notes.append(
+                    f"Row 1d against its floor, the passthrough's `cp -r` beside the bulk "
+                    f"upload: {duration(ours)} / {duration(statistics.median(self.shared_copies))}"
+                    f" = {ours / statistics.median(self.shared_copies):.2f}×.")
         # row 1h's floors: a passthrough's daemon CPU for the copy plus the workflow's
         floors = [("the passthrough's", self.passthrough_cpu,
                    "the floor of a FUSE copy plus an upload in Python"),
@@ -544,6 +559,8 @@ class WriteBench(Bench):
                 if want("1c", "1d", "1f", "1h") else 0.0
             rsync_passthrough = self.passthrough_copy(passthrough, "rsync") \
                 if want("1g") else 0.0
+            if want("1d"):
+                self.shared_copies.append(self.passthrough_copy_beside_upload(passthrough))
             local = self.fresh_dir("local-copy")
             cp_local = timed_run(lambda: run("cp", "-r", self.source, f"{local}/"))
             shutil.rmtree(local)
@@ -605,6 +622,37 @@ class WriteBench(Bench):
         else:
             elapsed = timed_run(lambda: rsync(self.source, target))
         shutil.rmtree(target)
+        return elapsed
+
+    def passthrough_copy_beside_upload(self, passthrough: Path) -> float:
+        """``cp -r`` through the passthrough while ``upload_dataset_from_folder`` uploads the
+        same files into a fresh dataset, started just before it: the floor of row 1d, a copy
+        through FUSE sharing the machine (the CPUs, the reference server) with an upload, as
+        1d's copy shares it with the uploads it starts. Its time; the upload's is not
+        counted (the copy ends first)."""
+        assert self.client is not None
+        client, dataset = self.client, self.new_dataset("beside")
+        errors: list[BaseException] = []
+
+        def upload() -> None:
+            try:
+                result = workflows.upload_dataset_from_folder(
+                    client, dataset, folder=self.source_parent, organize_by_class=True,
+                    parallel=True, max_workers=8)
+                if result.images_uploaded != self.files or result.failures:
+                    raise RuntimeError(f"upload_dataset_from_folder: {result}")
+            except BaseException as exc:  # reported below, after the copy
+                errors.append(exc)
+
+        uploading = threading.Thread(target=upload)
+        uploading.start()
+        try:
+            elapsed = self.passthrough_copy(passthrough, "cp", cpu=[])
+        finally:
+            uploading.join()
+        if errors:
+            raise errors[0]
+        self.check_landed(dataset)
         return elapsed
 
     def first_rsync(self) -> float:
