@@ -241,7 +241,8 @@ class LocalNames:
         image = pending.holds
         if image is None:
             return
-        self._copy_image_into(image, pending)
+        with pending.borrowed():  # a rename's: no handle keeps the descriptor
+            self._copy_image_into(image, pending)
         pending.holds = None
         self.record_local(pending)
 

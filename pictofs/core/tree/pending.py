@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from pictofs.errors import PictofsError
 from pictofs.hashing import sha256_file
@@ -46,8 +47,11 @@ class Pending:
     removed: bool = False  # unlinked or landed: open handles go on, nothing more is queued
     after_register: dict = field(default_factory=dict)  # split/tags set while staged (§2)
     fd: int | None = None
-    # io_lock guards fd (opening and closing it); pread/pwrite on it need no lock.
+    # io_lock guards fd (opening and closing it), _borrowed and _close_when_returned;
+    # pread/pwrite on it need no lock.
     io_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _borrowed: int = 0  # uses of fd outside any handle (``borrowed``), going on now
+    _close_when_returned: bool = False  # a last close came during one: the last one closes
     # the sha256 of bytes [0, _hashed) while writes came in order; None: ask the file
     _digest: Any = field(default_factory=hashlib.sha256, repr=False)
     _hashed: int = 0
@@ -83,11 +87,36 @@ class Pending:
     def close_descriptor(self, force: bool = False) -> None:
         """Close the descriptor when no handle is open (a handle opened meanwhile keeps
         it: closed under a handle, its number could be reused by another file before the
-        handle's next ``pread``/``pwrite``); ``force``: at unmount, whatever is open."""
+        handle's next ``pread``/``pwrite``); ``force``: at unmount, whatever is open. While
+        it is ``borrowed``, the last of those uses closes it instead."""
         with self.io_lock:
-            if self.fd is not None and (force or self.opens == 0):
-                os.close(self.fd)
-                self.fd = None
+            if self.fd is None or not (force or self.opens == 0):
+                return
+            if self._borrowed and not force:
+                self._close_when_returned = True
+                return
+            os.close(self.fd)
+            self.fd = None
+
+    @contextmanager
+    def borrowed(self) -> Iterator[None]:
+        """The descriptor kept open for a use outside any handle: a ``rename`` of a file
+        whose last handle the kernel is releasing meanwhile (``rsync`` closes its temp file
+        and renames it at once, and the kernel sends the release without waiting for it)
+        looks at its header and records its flush; a last close in between used to close
+        the descriptor under that look (``EBADF``, and ``rsync`` failed the file)."""
+        with self.io_lock:
+            self._borrowed += 1
+        try:
+            yield
+        finally:
+            with self.io_lock:
+                self._borrowed -= 1
+                if not self._borrowed and self._close_when_returned:
+                    self._close_when_returned = False
+                    if self.fd is not None and self.opens == 0:
+                        os.close(self.fd)
+                        self.fd = None
 
     def pread(self, size: int, offset: int) -> bytes:
         return os.pread(self.descriptor(), size, offset)

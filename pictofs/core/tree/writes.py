@@ -361,22 +361,23 @@ class WriteLayer(LocalNames):
         if pending.size == 0:
             return  # 0-byte files stay local until they have content (or the unmount)
         assert pending.entry_id is not None
-        try:
-            _format, dimensions = imaging.describe_head(
-                pending.pread(imaging.HEAD_BYTES, 0), pending.size, pending.file)
-        except NotAnImage:
-            refused = NotAnImage(f"{pending.path}: {NOT_AN_IMAGE}")
-            self._keep_failed(pending, refused)
-            raise refused from None
-        try:
-            sha256 = pending.sha256()
-            self.queue.flushed(pending.entry_id, pending.size, sha256,
-                               Header(sha256, dimensions), deferred=True,
-                               fd=pending.fd)
-        except NoSpace as exc:  # not recorded: a cut-off file, as in write
-            pending.poison = exc
-            log.warning("%s: %s", pending.path, exc)
-            raise
+        with pending.borrowed():  # a rename's flush has no handle: a release may come now
+            try:
+                _format, dimensions = imaging.describe_head(
+                    pending.pread(imaging.HEAD_BYTES, 0), pending.size, pending.file)
+            except NotAnImage:
+                refused = NotAnImage(f"{pending.path}: {NOT_AN_IMAGE}")
+                self._keep_failed(pending, refused)
+                raise refused from None
+            try:
+                sha256 = pending.sha256()
+                self.queue.flushed(pending.entry_id, pending.size, sha256,
+                                   Header(sha256, dimensions), deferred=True,
+                                   fd=pending.fd)
+            except NoSpace as exc:  # not recorded: a cut-off file, as in write
+                pending.poison = exc
+                log.warning("%s: %s", pending.path, exc)
+                raise
         pending.error = None  # an upload again (a failed file written anew)
 
     def _keep_failed(self, pending: Pending, refused: NotAnImage) -> None:
