@@ -645,17 +645,12 @@ class WriteBench(Bench):
         through FUSE sharing the machine (the CPUs, the reference server) with an upload, as
         1d's copy shares it with the uploads it starts. Its time; the upload's is not
         counted (the copy ends first)."""
-        assert self.client is not None
-        client, dataset = self.client, self.new_dataset("beside")
+        dataset = self.new_dataset("beside")
         errors: list[BaseException] = []
 
         def upload() -> None:
             try:
-                result = workflows.upload_dataset_from_folder(
-                    client, dataset, folder=self.source_parent, organize_by_class=True,
-                    parallel=True, max_workers=8)
-                if result.images_uploaded != self.files or result.failures:
-                    raise RuntimeError(f"upload_dataset_from_folder: {result}")
+                self.workflow_upload(dataset)
             except BaseException as exc:  # reported below, after the copy
                 errors.append(exc)
 
@@ -720,21 +715,26 @@ class WriteBench(Bench):
 
     def upload_with_workflow(self, first: bool) -> float:
         """The baseline: ``upload_dataset_from_folder`` into a fresh dataset; its time."""
-        assert self.client is not None
         dataset = self.new_dataset("upload")
         before = self.counts()
         start, cpu_start = time.perf_counter(), time.process_time()
-        result = workflows.upload_dataset_from_folder(
-            self.client, dataset, folder=self.source_parent, organize_by_class=True,
-            parallel=True, max_workers=8)
+        self.workflow_upload(dataset)
         elapsed = time.perf_counter() - start
         self.workflow_cpu.append((time.process_time() - cpu_start) * 1000 / self.files)
-        if result.images_uploaded != self.files or result.failures:
-            raise RuntimeError(f"upload_dataset_from_folder: {result}")
         if first:
             self.record("1 baseline, `upload_dataset_from_folder`", before)
         self.check_landed(dataset)
         return elapsed
+
+    def workflow_upload(self, dataset: str) -> None:
+        """``upload_dataset_from_folder`` of the source into ``dataset``; every file must
+        be uploaded."""
+        assert self.client is not None
+        result = workflows.upload_dataset_from_folder(
+            self.client, dataset, folder=self.source_parent, organize_by_class=True,
+            parallel=True, max_workers=8)
+        if result.images_uploaded != self.files or result.failures:
+            raise RuntimeError(f"upload_dataset_from_folder: {result}")
 
     def copy_and_sync(self, write_back: str, key: str, first: bool) -> tuple[float, float, float]:
         """``cp -r`` into a fresh mount, then ``pictofs sync``; the time of the ``cp -r`` and

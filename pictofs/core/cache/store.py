@@ -496,10 +496,9 @@ class ImageCache:
     def _transaction(self) -> Iterator[None]:
         """An index transaction, after the other threads' of this process: they queue on a
         lock, woken as soon as the one before commits. Left to sqlite, a thread that finds
-        the write lock taken sleeps and polls for it (1, 2, 5, 10, 25 ms...), so the inserts
-        of many downloads ending together each waited up to tens of milliseconds for
-        commits of a millisecond. Other processes sharing the cache still meet sqlite's
-        wait."""
+        the write lock taken sleeps and polls for it (1, 2, 5, 10, 25 ms...), so when many
+        downloads ended together some inserts waited hundreds of milliseconds for commits
+        of a millisecond. Other processes sharing the cache still meet sqlite's wait."""
         with self._writing, self._index.transact():
             yield
 

@@ -112,11 +112,11 @@ class Pending:
         finally:
             with self.io_lock:
                 self._borrowed -= 1
-                if not self._borrowed and self._close_when_returned:
+                closing = not self._borrowed and self._close_when_returned
+                if closing:
                     self._close_when_returned = False
-                    if self.fd is not None and self.opens == 0:
-                        os.close(self.fd)
-                        self.fd = None
+            if closing:
+                self.close_descriptor()  # unless a handle opened (or a use began) meanwhile
 
     def pread(self, size: int, offset: int) -> bytes:
         return os.pread(self.descriptor(), size, offset)
