@@ -498,28 +498,14 @@ class WriteBench(Bench):
                 self.passthrough = checked  # type: ignore[assignment]
                 self.stop_passthrough()
         self.references.append(("`cp -r` to local disk", self.local_copies))
-        if self.checked_rsyncs:
-            self.references.append((
-                "first `rsync -a` through the checked passthrough (row 1g's floor of the "
-                "promises)", self.checked_rsyncs))
-            if first_rsync.ours:
-                ours = statistics.median(first_rsync.ours)
-                floor = statistics.median(self.checked_rsyncs)
-                self.notes.append(
-                    f"Row 1g against its floor of the promises, the first `rsync -a` through "
-                    f"the checked passthrough: {duration(ours)} / {duration(floor)} = "
-                    f"{ours / floor:.2f}×.")
-        if self.shared_copies:
-            self.references.append((
-                "`cp -r` through the minimal passthrough while `upload_dataset_from_folder` "
-                "uploads the same files (row 1d's floor: a copy sharing the machine with an "
-                "upload, as 1d's does with the uploads it starts)", self.shared_copies))
-            if want("1d") and alone[WRITE_BACKS[1]].ours:
-                ours = statistics.median(alone[WRITE_BACKS[1]].ours)
-                self.notes.append(
-                    f"Row 1d against its floor, the passthrough's `cp -r` beside the bulk "
-                    f"upload: {duration(ours)} / {duration(statistics.median(self.shared_copies))}"
-                    f" = {ours / statistics.median(self.shared_copies):.2f}×.")
+        self.against_floor(
+            "1g", first_rsync.ours, self.checked_rsyncs,
+            "first `rsync -a` through the checked passthrough (row 1g's floor of the promises)")
+        self.against_floor(
+            "1d", alone[WRITE_BACKS[1]].ours, self.shared_copies,
+            "`cp -r` through the minimal passthrough while `upload_dataset_from_folder` "
+            "uploads the same files (row 1d's floor: a copy sharing the machine with an "
+            "upload, as 1d's does with the uploads it starts)")
         # row 1h's floors: a passthrough's daemon CPU for the copy plus the workflow's
         floors = [("the passthrough's", self.passthrough_cpu,
                    "the floor of a FUSE copy plus an upload in Python"),
@@ -638,6 +624,18 @@ class WriteBench(Bench):
             elapsed = timed_run(lambda: rsync(self.source, target))
         shutil.rmtree(target)
         return elapsed
+
+    def against_floor(self, key: str, ours: list[float], floor: list[float],
+                      what: str) -> None:
+        """Under the table: the floor's times (``what``) among the references, and row
+        ``key``'s median against the floor's (when both were measured)."""
+        if not floor:
+            return
+        self.references.append((what, floor))
+        if ours:
+            mine, theirs = statistics.median(ours), statistics.median(floor)
+            self.notes.append(f"Row {key} against its floor, the {what.split(' (')[0]}: "
+                              f"{duration(mine)} / {duration(theirs)} = {mine / theirs:.2f}×.")
 
     def passthrough_copy_beside_upload(self, passthrough: Path) -> float:
         """``cp -r`` through the passthrough while ``upload_dataset_from_folder`` uploads the
