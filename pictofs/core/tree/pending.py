@@ -50,6 +50,11 @@ class Pending:
     # io_lock guards fd (opening and closing it), _borrowed and _close_when_returned;
     # pread/pwrite on it need no lock.
     io_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # turns orders an open for writing (its count and its hold of the upload) against the
+    # release of the last handle (its count and what the last close does: schedule the
+    # upload, cancel an unwritten replace): the kernel sends a release without waiting for
+    # it, so a writer's next open of the file can come while it runs (WriteLayer.release)
+    turns: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _borrowed: int = 0  # uses of fd outside any handle (``borrowed``), going on now
     _close_when_returned: bool = False  # a last close came during one: the last one closes
     # the sha256 of bytes [0, _hashed) while writes came in order; None: ask the file

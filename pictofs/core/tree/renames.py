@@ -123,9 +123,7 @@ class Renamer:
             pending.replaced_id = replaced_id
         self.writes.archive_left_behind(left_behind, old_path)
         self.writes.move_pending(pending, new)
-        if pending.entry_id is not None and pending.opens == 0 and pending.written \
-                and pending.size > 0:
-            self.writes.queue.schedule(pending.entry_id)  # closed and renamed: as a close
+        self.writes.schedule_closed(pending)  # closed and renamed: as a close
 
     def _make_local(self, pending: Pending) -> None:
         """A staged upload renamed to a local-only name stays here and uploads nothing."""
@@ -152,8 +150,7 @@ class Renamer:
         if pending.size > 0:
             pending.dirty = True
             self.writes.flush(pending)
-            if pending.opens == 0:
-                self.writes.queue.schedule(entry_id)
+            self.writes.schedule_closed(pending)
         if pending.opens == 0:
             pending.close_descriptor()  # closed and waiting: no descriptor held (release)
 
@@ -267,8 +264,7 @@ class Renamer:
                 self._move_folder(old, new)
         except BaseException:
             for pending in held:
-                if pending.opens == 0 and pending.written and pending.size > 0:
-                    self.writes.queue.schedule(pending.entry_id)
+                self.writes.schedule_closed(pending)
             raise
         for pending in self.writes.pending_under(old):
             self._rename_pending(pending, new + pending.path[len(old):], None,

@@ -218,21 +218,22 @@ class WriteLayer(LocalNames):
         closed again); an image is staged as a replace, with its bytes unless truncated."""
         if isinstance(existing, Pending):
             pending = existing
-            pending.add_open()  # first: a release of another handle keeps the descriptor
-            try:
-                if pending.entry_id is not None:
-                    landed = self.queue.hold(pending.entry_id)
-                    if landed is not None:  # it became an image meanwhile: a replace
-                        self.release(pending)
-                        return self.open_for_write(path, landed, truncate)
-                elif pending.holds is not None:
-                    self.materialize(pending)
-                if truncate:
-                    pending.truncate(0)
-                    pending.written = pending.dirty = True
-            except BaseException:
-                self.release(pending)
-                raise
+            with pending.turns:  # not in the middle of the release of another handle
+                pending.add_open()  # first: a release of another handle keeps the descriptor
+                try:
+                    if pending.entry_id is not None:
+                        landed = self.queue.hold(pending.entry_id)
+                        if landed is not None:  # it became an image meanwhile: a replace
+                            self.release(pending)
+                            return self.open_for_write(path, landed, truncate)
+                    elif pending.holds is not None:
+                        self.materialize(pending)
+                    if truncate:
+                        pending.truncate(0)
+                        pending.written = pending.dirty = True
+                except BaseException:
+                    self.release(pending)
+                    raise
             return pending
         pending = self._stage(path, replaced_id=existing.id)
         if not truncate:
@@ -404,6 +405,15 @@ class WriteLayer(LocalNames):
         self.queue.make_durable()  # NoSpace, or the disk's OSError (EIO), to the caller
 
     def release(self, pending: Pending) -> None:
+        """A handle is closed; the last one's close schedules the upload (or ends the
+        file). Whole, in the file's ``turns``: an open for writing that comes meanwhile (the
+        kernel sends the release of a closed handle without waiting, and a writer may open
+        the file again at once) counts itself and holds the upload either before the count
+        here (then this is not the last close) or after all of it (then its hold stands)."""
+        with pending.turns:
+            self._release(pending)
+
+    def _release(self, pending: Pending) -> None:
         if pending.drop_open():
             return
         pending.last_close = self.clock()
@@ -426,6 +436,15 @@ class WriteLayer(LocalNames):
         # A closed file waiting for its upload holds no descriptor: thousands may wait
         # (uploads held back, a slow or distant service), more than a process may open.
         pending.close_descriptor()
+
+    def schedule_closed(self, pending: Pending) -> None:
+        """Schedule the upload of a written file no handle has open (renamed, or a rename
+        of its folder failed), as its last close would; an open for writing that comes
+        meanwhile holds it instead (``turns``, as in ``release``)."""
+        with pending.turns:
+            if pending.entry_id is not None and pending.opens == 0 and pending.written \
+                    and pending.size > 0:
+                self.queue.schedule(pending.entry_id)
 
     def _copy_image_into(self, image: Image, pending: Pending) -> None:
         reader = self.downloader.open(image.id, image.file_size)
