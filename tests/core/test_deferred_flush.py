@@ -296,3 +296,67 @@ def test_until_its_commit_a_deferred_flush_shows_as_the_commit_writes_it(
                                              "failed": (1, 21, "staged")}
     finally:
         journal.close()
+
+
+def test_an_mtime_set_before_the_row_is_written_costs_no_commit_and_survives_a_kill_9(
+        tmp_path, server, dataset: Dataset, remote) -> None:
+    """``rsync -a`` sets the mtime of its temp file and renames it, which makes the upload:
+    the mtime follows the new entry while its row is still deferred. It goes into that row
+    and into the flush written beside the bytes, set before the flush (rsync's order) or
+    after it (``cp -p``'s), without a commit; a kill -9 then keeps it with the flush."""
+    state = tmp_path / "state"
+    journal = Journal.for_dataset(state, server.base_url, dataset.id, server.key)
+    queue = UploadQueue(remote, journal, dataset.id, write_back=3600.0)
+    first, second = png_bytes(8201), png_bytes(8202)
+    # set before the first flush (rsync: the temp file's mtime, then the rename)
+    before, fd = queue.stage_open("/r", "before.png")
+    try:
+        queue.set_mtime(before, 1_600_000_000.25)
+        os.pwrite(fd, first, 0)
+        queue.flushed(before, len(first), hashlib.sha256(first).hexdigest(), deferred=True,
+                      fd=fd)
+    finally:
+        os.close(fd)
+    # set after it (cp -p: the close, then utimensat)
+    after = close_written(queue, "/r", "after.png", second)
+    queue.set_mtime(after, 1_500_000_000.5)
+    assert rows_in_database(journal) == {}  # no commit for any of it
+    assert {e: journal.get(e).mtime for e in (before, after)} == {  # type: ignore[union-attr]
+        before: 1_600_000_000.25, after: 1_500_000_000.5}
+
+    crashed = crash_copy(journal, tmp_path)
+    journal.close()
+    reopened = Journal.for_dataset(crashed, server.base_url, dataset.id, server.key)
+    try:
+        assert sorted(UploadQueue(remote, reopened, dataset.id).resume()) == \
+            sorted([before, after])
+        resumed = {e.filename: (e.mtime, e.size) for e in reopened.entries()}
+        assert resumed == {"before.png": (1_600_000_000.25, len(first)),
+                           "after.png": (1_500_000_000.5, len(second))}
+    finally:
+        reopened.close()
+
+
+def test_a_flush_written_beside_the_bytes_before_marks_carried_the_mtime_is_still_read(
+        tmp_path, server, dataset: Dataset, remote) -> None:
+    """A mark of four fields (``incarnation size sha256 replaced_id``, as pictofs wrote it
+    before the mtime was carried) left by a kill -9 is resumed as before: no mtime."""
+    state = tmp_path / "state"
+    journal = Journal.for_dataset(state, server.base_url, dataset.id, server.key)
+    queue = UploadQueue(remote, journal, dataset.id, write_back=3600.0)
+    data = png_bytes(8203)
+    entry_id = close_written(queue, "/r", "old.png", data)
+    path = journal.staging_path(entry_id)
+    fields = os.getxattr(path, FLUSH_XATTR).decode("ascii").split(" ")
+    assert len(fields) == 5 and fields[4] == "-"
+    os.setxattr(path, FLUSH_XATTR, " ".join(fields[:4]).encode("ascii"))
+    crashed = crash_copy(journal, tmp_path)
+    journal.close()
+    reopened = Journal.for_dataset(crashed, server.base_url, dataset.id, server.key)
+    try:
+        assert UploadQueue(remote, reopened, dataset.id).resume() == [entry_id]
+        [entry] = reopened.entries()
+        assert (entry.filename, entry.size, entry.sha256, entry.mtime) == \
+            ("old.png", len(data), hashlib.sha256(data).hexdigest(), None)
+    finally:
+        reopened.close()

@@ -449,7 +449,8 @@ class Journal:
         now = time.time()
         if not deferred:
             with self._write() as db:
-                _insert_staged(db, [(*row[:3], INITIAL, row[3], now, now) for row in rows])
+                _insert_staged(db, [(*row[:3], INITIAL, row[3], None, now, now)
+                                    for row in rows])
             return
         with self._unwritten_lock:
             for entry_id, folder, filename, replaced_id in rows:
@@ -612,9 +613,8 @@ class Journal:
                 kept = self._unflushed.get(entry_id)
                 if kept is not None and kept[0] > number:
                     continue
-                replaced = self._unwritten.get(entry_id)
-                mark = _flush_mark(self._incarnation, size, sha256,
-                                   replaced.replaced_id if replaced is not None else None)
+                unwritten = self._unwritten.get(entry_id)
+                mark = _flush_mark(self._incarnation, size, sha256, unwritten)
                 if not self._set_mark(entry_id, mark, fds.get(entry_id)):
                     break  # no user xattrs here: the caller commits them
                 self._unflushed[entry_id] = (number, size, sha256)
@@ -654,7 +654,7 @@ class Journal:
         its staging files unaccounted for, kept aside (``keep_aside``). A row that is done
         or cancelled, or that records the same flush, is left as it is. Returns the entry
         ids recovered."""
-        marks: dict[str, tuple[int, str | None, str | None]] = {}
+        marks: dict[str, tuple[int, str | None, str | None, float | None]] = {}
         for name in self.staging_names():
             mark = _get_mark(self.staging_path(name), self._incarnation)
             if mark is not None:
@@ -665,14 +665,14 @@ class Journal:
         now = time.time()
         new: list[tuple[Any, ...]] = []
         flushes: dict[str, tuple[int, str | None]] = {}
-        for entry_id, (size, sha256, replaced_id) in marks.items():
+        for entry_id, (size, sha256, replaced_id, mtime) in marks.items():
             entry = rows.get(entry_id)
             if entry is None:
                 path = _get_name(self.staging_path(entry_id))
                 if not path:
                     continue
                 folder, filename = split_path(path)
-                new.append((entry_id, folder, filename, INITIAL, replaced_id, now, now))
+                new.append((entry_id, folder, filename, INITIAL, replaced_id, mtime, now, now))
             elif entry.cancelled or entry.state == JobState.DONE or (
                     entry.flushed and (entry.size, entry.sha256) == (size, sha256)):
                 continue
@@ -708,7 +708,12 @@ class Journal:
 
     def set_entry_mtime(self, entry_id: str, mtime: float | None) -> None:
         """Record the mtime a writer set (None: forget it); an entry already registered
-        passes it to its image."""
+        passes it to its image. An entry whose row is still deferred (``add_many``) takes it
+        into that row, and into its flush written beside the bytes (``defer_flushed``), so
+        that a crash of the daemon keeps it as it keeps the flush: no commit of its own
+        (``rsync`` sets the mtime of every file it writes, and its rename makes the upload)."""
+        if self._defer_mtime(entry_id, mtime):
+            return
         with self._write() as db:
             db.execute("UPDATE entries SET mtime = ?, updated = ? WHERE id = ?",
                        (mtime, time.time(), entry_id))
@@ -716,6 +721,27 @@ class Journal:
                 return
             db.execute("INSERT OR REPLACE INTO mtimes (image_id, mtime) SELECT image_id, mtime"
                        " FROM entries WHERE id = ? AND image_id IS NOT NULL", (entry_id,))
+
+    def _defer_mtime(self, entry_id: str, mtime: float | None) -> bool:
+        """``set_entry_mtime`` of a deferred row, kept in memory with it (and rewritten into
+        its flush's mark, when it has one); False when its row is written already. Under the
+        write lock: no commit takes the rows between the look and the change."""
+        with self._lock, self._unwritten_lock:
+            unwritten = self._unwritten.get(entry_id)
+            if unwritten is None:
+                return False
+            changed = replace(unwritten, mtime=mtime)
+            flush = self._unflushed.get(entry_id)
+            if flush is not None and self._marks:
+                _number, size, sha256 = flush
+                try:
+                    with self._no_space("recording an mtime"):
+                        os.setxattr(self.staging_path(entry_id), FLUSH_XATTR,
+                                    _flush_mark(self._incarnation, size, sha256, changed))
+                except OSError:
+                    return False  # no staging file, or no xattrs any more: committed
+            self._unwritten[entry_id] = changed
+            return True
 
     def delete_done(self, before: float | None = None) -> int:
         """Forget done entries (updated before ``before``, or all); returns how many."""
@@ -1090,37 +1116,50 @@ _NO_XATTRS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM})
 
 
 def _flush_mark(incarnation: str, size: int, sha256: str | None,
-                replaced_id: str | None) -> bytes:
-    """The ``FLUSH_XATTR`` value: ``incarnation size sha256 replaced_id`` ('-' for none)."""
-    return f"{incarnation} {size} {sha256 or '-'} {replaced_id or '-'}".encode("ascii")
+                unwritten: Entry | None) -> bytes:
+    """The ``FLUSH_XATTR`` value: ``incarnation size sha256 replaced_id mtime`` ('-' for
+    none; ``mtime`` as ``repr`` writes it). ``unwritten``: the entry's row while it is
+    deferred, whose replaced image and mtime the mark carries (a row in the database has
+    them already)."""
+    replaced_id = unwritten.replaced_id if unwritten is not None else None
+    mtime = unwritten.mtime if unwritten is not None else None
+    return (f"{incarnation} {size} {sha256 or '-'} {replaced_id or '-'} "
+            f"{'-' if mtime is None else repr(mtime)}").encode("ascii")
 
 
 def _get_mark(path: Path, incarnation: str
-              ) -> tuple[int, str | None, str | None] | None:
-    """``(size, sha256, replaced_id)`` of the flush written beside ``path``'s bytes by this
-    journal (``incarnation``); None when there is none, or another journal wrote it."""
+              ) -> tuple[int, str | None, str | None, float | None] | None:
+    """``(size, sha256, replaced_id, mtime)`` of the flush written beside ``path``'s bytes
+    by this journal (``incarnation``); None when there is none, or another journal wrote
+    it. A mark of four fields (before the mtime was carried) has no mtime."""
     try:
         parts = os.getxattr(path, FLUSH_XATTR).decode("ascii").split(" ")
     except (OSError, UnicodeDecodeError):
         return None
-    if len(parts) != 4 or parts[0] != incarnation or not parts[1].isdigit():
+    if len(parts) not in (4, 5) or parts[0] != incarnation or not parts[1].isdigit():
         return None
+    mtime = None
+    if len(parts) == 5 and parts[4] != "-":
+        try:
+            mtime = float(parts[4])
+        except ValueError:
+            return None
     return (int(parts[1]), None if parts[2] == "-" else parts[2],
-            None if parts[3] == "-" else parts[3])
+            None if parts[3] == "-" else parts[3], mtime)
 
 
 def _staged_row(entry: Entry) -> tuple[Any, ...]:
     """A row deferred by ``add_many``, as ``_insert_staged`` writes it."""
     return (entry.id, entry.folder, entry.filename, entry.state, entry.replaced_id,
-            entry.created, entry.updated)
+            entry.mtime, entry.created, entry.updated)
 
 
 def _insert_staged(db: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    """New ``staged`` rows: ``(id, folder, filename, state, replaced_id, created,
+    """New ``staged`` rows: ``(id, folder, filename, state, replaced_id, mtime, created,
     updated)`` each."""
     if rows:
         db.executemany("INSERT INTO entries (id, folder, filename, state, replaced_id, "
-                       "created, updated) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                       "mtime, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
 
 def _check_columns(changes: Mapping[str, Any]) -> None:
