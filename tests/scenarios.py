@@ -402,6 +402,19 @@ def scenario_truncate_pending_file(fs: Driver, service: Service) -> None:
     assert fs.read_file("/t.png") == data
 
 
+def scenario_truncate_closed_file_waiting_for_its_upload(fs: Driver, service: Service) -> None:
+    """A closed file whose upload waits for the write-back is grown by ``truncate`` (path,
+    no handle, as ``truncate -s``): held, recorded and uploaded as a close would, with the
+    new bytes (a JPEG or PNG with zeros after its end is still an image)."""
+    data = png_bytes(115)
+    fs.write_file("/w.png", data)
+    fs.truncate("/w.png", len(data) + 3000)
+    assert fs.stat("/w.png").size == len(data) + 3000
+    fs.sync()  # (no read first: the close of a read would record the bytes anyway)
+    assert service.live()["/w.png"].file_size == len(data) + 3000
+    assert fs.read_file("/w.png") == data + b"\0" * 3000
+
+
 def scenario_statfs(fs: Driver, service: Service) -> None:
     found = fs.statfs()
     assert found["f_namemax"] == 255
@@ -425,6 +438,7 @@ SCENARIOS: list[Callable[[Driver, Service], None]] = [
     scenario_empty_file_stays_local,
     scenario_xattrs_of_an_image,
     scenario_truncate_pending_file,
+    scenario_truncate_closed_file_waiting_for_its_upload,
     scenario_statfs,
 ]
 

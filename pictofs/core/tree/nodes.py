@@ -347,7 +347,7 @@ class ImageFile(Node):
         return fh, self.tree.opened_image(self.path, image)
 
     def truncate(self, length: int) -> None:
-        self.side.writes.truncate_image(self.inner, self.image, length)
+        self.side.writes.truncate_closed(self.inner, self.image, length)
 
     def set_mtime(self, when: float) -> None:
         self.side.writes.set_mtime(self.image, when)
@@ -482,7 +482,7 @@ class PendingFile(Node):
         return self.tree.add_handle(self.path, self.side, pending=pending), False
 
     def truncate(self, length: int) -> None:
-        self.side.writes.truncate(self.pending, length)
+        self.side.writes.truncate_closed(self.inner, self.pending, length)
 
     def set_mtime(self, when: float) -> None:
         self.side.writes.set_mtime(self.pending, when)

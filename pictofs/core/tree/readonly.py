@@ -62,7 +62,7 @@ class ReadOnlyWrites:
     def truncate(self, pending: Pending, length: int) -> None:
         raise ReadOnly("truncate: this mount is read-only")
 
-    def truncate_image(self, path: str, image: Image, length: int) -> Pending:
+    def truncate_closed(self, path: str, existing: Pending | Image, length: int) -> Pending:
         raise ReadOnly("truncate: this mount is read-only")
 
     def set_mtime(self, target: Pending | Image, mtime: float) -> None:

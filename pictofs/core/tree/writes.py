@@ -339,12 +339,20 @@ class WriteLayer(LocalNames):
         pending.written = pending.dirty = True
         self._written_now(pending)
 
-    def truncate_image(self, path: str, image: Image, length: int) -> Pending:
-        """``truncate`` of an image with no open handle: stage its bytes cut to ``length``."""
-        pending = self.open_for_write(path, image, truncate=length == 0)
-        self.truncate(pending, length)
-        self.flush(pending)
-        self.release(pending)
+    def truncate_closed(self, path: str, existing: Pending | Image, length: int) -> Pending:
+        """``truncate`` by path, with no handle of the caller's (``truncate -s``): an open for
+        writing, the cut and a close. An image is staged cut to ``length``; a file waiting
+        for its upload is held meanwhile and its close records the new bytes and schedules
+        it again (cut without that, its upload found bytes unlike the ones recorded and
+        failed the file as torn). Where other handles are open, the last of their closes
+        records them instead."""
+        pending = self.open_for_write(path, existing, truncate=length == 0)
+        try:
+            self.truncate(pending, length)
+            if pending.opens == 1:  # no other handle: this close records the bytes
+                self.flush(pending)
+        finally:
+            self.release(pending)
         return pending
 
     def flush(self, pending: Pending) -> None:
