@@ -50,10 +50,10 @@ class Pending:
     # io_lock guards fd (opening and closing it), _borrowed and _close_when_returned;
     # pread/pwrite on it need no lock.
     io_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    # turns orders an open for writing (its count and its hold of the upload) against the
-    # release of the last handle (its count and what the last close does: schedule the
-    # upload, cancel an unwritten replace): the kernel sends a release without waiting for
-    # it, so a writer's next open of the file can come while it runs (WriteLayer.release)
+    # turns orders an open for writing (its count, its hold of the upload) against the end
+    # of an unwritten replace by the release of the last handle: the kernel sends a release
+    # without waiting for it, so a writer's next open can come while it runs (see
+    # WriteLayer.release)
     turns: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _borrowed: int = 0  # uses of fd outside any handle (``borrowed``), going on now
     _close_when_returned: bool = False  # a last close came during one: the last one closes
@@ -76,6 +76,10 @@ class Pending:
                 flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if self.local else 0)
                 self.fd = os.open(self.file, flags, 0o600)
             return self.fd
+
+    def is_open(self) -> bool:
+        """Whether a handle has the file open (or an open is counting itself)."""
+        return self.opens > 0
 
     def add_open(self) -> None:
         """A handle opens the file: counted before it uses the descriptor, so that no close

@@ -218,7 +218,10 @@ class WriteLayer(LocalNames):
         closed again); an image is staged as a replace, with its bytes unless truncated."""
         if isinstance(existing, Pending):
             pending = existing
-            with pending.turns:  # not in the middle of the release of another handle
+            with pending.turns:  # not while a release ends the file (an unwritten replace)
+                if pending.removed:  # it ended just now: open what the path shows instead
+                    return self.open_for_write(path, self._shown_instead(path, pending),
+                                               truncate)
                 pending.add_open()  # first: a release of another handle keeps the descriptor
                 try:
                     if pending.entry_id is not None:
@@ -263,6 +266,14 @@ class WriteLayer(LocalNames):
         if isinstance(entry, DirEntry):
             raise IsADirectory(path)
         return entry.image
+
+    def _shown_instead(self, path: str, ended: Pending) -> Pending | Image:
+        """What ``path`` shows now that ``ended`` is over (landed, removed, or an unwritten
+        replace that ended: the image); NotFound if nothing, or ``ended`` still."""
+        found = self._existing(path)
+        if found is None or found is ended:
+            raise NotFound(path)
+        return found
 
     def _require_folder(self, folder: str) -> None:
         if folder == "/" or self.is_local_dir(folder):
@@ -414,14 +425,12 @@ class WriteLayer(LocalNames):
 
     def release(self, pending: Pending) -> None:
         """A handle is closed; the last one's close schedules the upload (or ends the
-        file). Whole, in the file's ``turns``: an open for writing that comes meanwhile (the
-        kernel sends the release of a closed handle without waiting, and a writer may open
-        the file again at once) counts itself and holds the upload either before the count
-        here (then this is not the last close) or after all of it (then its hold stands)."""
-        with pending.turns:
-            self._release(pending)
-
-    def _release(self, pending: Pending) -> None:
+        file). The kernel sends the release of a closed handle without waiting for it, so a
+        writer's next open of the file may come while this runs: that open counts itself,
+        then holds the upload. The schedule here is passed over when the count says the file
+        is open again (asked where the hold works, ``UploadQueue.schedule``), and the end of
+        an unwritten replace is decided in the file's ``turns``, which that open takes too:
+        either way, the open's hold stands."""
         if pending.drop_open():
             return
         pending.last_close = self.clock()
@@ -437,10 +446,14 @@ class WriteLayer(LocalNames):
             return
         if not pending.written:
             if pending.replaced_id is not None:  # opened for writing, closed unwritten
-                self.forget(pending, cancel=True)
-            return
+                with pending.turns:  # unless opened (and written) again meanwhile
+                    if pending.opens == 0 and not pending.written:
+                        self.forget(pending, cancel=True)
+                        return
+            else:
+                return
         if pending.size > 0:
-            self.queue.schedule(pending.entry_id)
+            self.queue.schedule(pending.entry_id, unless=pending.is_open)
         # A closed file waiting for its upload holds no descriptor: thousands may wait
         # (uploads held back, a slow or distant service), more than a process may open.
         pending.close_descriptor()
@@ -448,11 +461,10 @@ class WriteLayer(LocalNames):
     def schedule_closed(self, pending: Pending) -> None:
         """Schedule the upload of a written file no handle has open (renamed, or a rename
         of its folder failed), as its last close would; an open for writing that comes
-        meanwhile holds it instead (``turns``, as in ``release``)."""
-        with pending.turns:
-            if pending.entry_id is not None and pending.opens == 0 and pending.written \
-                    and pending.size > 0:
-                self.queue.schedule(pending.entry_id)
+        meanwhile holds it instead (as in ``release``)."""
+        if pending.entry_id is not None and pending.opens == 0 and pending.written \
+                and pending.size > 0:
+            self.queue.schedule(pending.entry_id, unless=pending.is_open)
 
     def _copy_image_into(self, image: Image, pending: Pending) -> None:
         reader = self.downloader.open(image.id, image.file_size)

@@ -299,18 +299,25 @@ class UploadQueue:
         write came after it (the image then gets none from the entry)."""
         self._journal.set_entry_mtime(entry_id, mtime)
 
-    def schedule(self, entry_id: str, delay: float | None = None) -> None:
+    def schedule(self, entry_id: str, delay: float | None = None,
+                 unless: Callable[[], bool] | None = None) -> None:
         """Upload ``delay`` (default ``write_back``) seconds from now; a later call for the
-        same entry pushes the upload back."""
-        self.schedule_many([entry_id], delay)
+        same entry pushes the upload back. ``unless``: asked under the queue's lock, where
+        ``hold`` works; true, nothing is scheduled (the last close of a file that a writer
+        has meanwhile opened again: its open counted itself before it held the upload, so
+        either that hold comes after this, or this sees the count and leaves it)."""
+        self.schedule_many([entry_id], delay, unless)
 
-    def schedule_many(self, entry_ids: Iterable[str], delay: float | None = None) -> None:
+    def schedule_many(self, entry_ids: Iterable[str], delay: float | None = None,
+                      unless: Callable[[], bool] | None = None) -> None:
         """``schedule`` for many entries at once: a worker finds them due together (and can
         send them in one batch)."""
         # Nothing is written to the journal: a restart queues every flushed entry whatever
         # its state (journal.resume_action), so 'queued' would add a commit and no safety.
         closed = 0
         with self._changed:
+            if unless is not None and unless():
+                return
             for entry_id in entry_ids:
                 task = self._schedule.task(entry_id)
                 if task is None or task.cancelled:
