@@ -7,12 +7,18 @@ with 8 writers and 8 readers on a real mount)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from imagegen import png_bytes
-from scenarios import WRITE
+from scenarios import WRITE, errno_of
+
+from pictofs.core.tree.writes import WriteLayer
 
 from .treekit import TreeDriver, build
 
@@ -64,4 +70,44 @@ def test_the_staging_file_stays_until_the_image_is_shown_in_its_place(
     finally:
         tree.close(timeout=10)
     assert sorted(shown) == [(f"/f{n}.png", True) for n in range(3)]
+    assert not fs.bugs, fs.bugs
+
+
+def test_an_image_left_behind_before_its_landing_was_reported_is_not_shown_again(
+        server: Any, client: Any, dataset: Any, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file lands, is written over at once (a replace of the image it became is staged)
+    and the replace is renamed away, which archives the image left behind, all before the
+    worker has reported the landing (it reports a batch's landings after the batch). The
+    late report used to list the archived image at its old path again: the load test's
+    "the mount lost or invented files". In-process, the report held back until then."""
+    real = WriteLayer._registered
+    landing, go = threading.Event(), threading.Event()
+
+    def registered(writes: WriteLayer, entry_id: str, image: Any) -> None:
+        if image.filename == "c.png" and not landing.is_set():
+            landing.set()  # landed; its report waits
+            go.wait(10)
+        real(writes, entry_id, image)
+
+    monkeypatch.setattr(WriteLayer, "_registered", registered)
+    tree = build(server, dataset, tmp_path)
+    fs = TreeDriver(tree.vfs)
+    first, second = png_bytes(31, (32, 32)), png_bytes(32, (40, 40))
+    try:
+        fs.write_file("/c.png", first)
+        assert landing.wait(30)
+        assert sorted(fs.listdir("/")) == ["c.png"]  # listed (a reader's ls): kept a while
+        fs.write_file("/c.png", second)  # over the landed image: a replace of it
+        fs.rename("/c.png", "/d.png")  # the image left behind at /c.png is archived
+        go.set()
+        fs.sync()
+        assert sorted(fs.listdir("/")) == ["d.png"]
+        assert errno_of(lambda: fs.stat("/c.png")) == errno.ENOENT
+        assert fs.read_file("/d.png") == second
+        live = {i.filename: i for i in client.images.list(dataset.id)}
+        assert sorted(live) == ["d.png"]
+    finally:
+        go.set()
+        tree.close(timeout=10)
     assert not fs.bugs, fs.bugs

@@ -23,6 +23,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 NOT_AN_IMAGE = "not an image Pillow can read"  # why bytes failed at close
 SPACE_RECHECK = 0.5  # seconds: how long an answer of statvfs is used (see _check_space)
+LEFT_BEHIND_MEMORY = 4096  # images archived as left behind that are remembered (_registered)
 
 
 @dataclass(frozen=True)
@@ -91,13 +93,16 @@ class WriteLayer(LocalNames):
                                  batch=options.batch, parallel_puts=True,
                                  commit_interval=options.commit_interval)
         local_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # _lock guards _pending, _by_entry, _local_dirs, _orphans and _mtimes.
+        # _lock guards _pending, _by_entry, _local_dirs, _orphans, _mtimes and _left_behind.
         self._lock = threading.RLock()
         self._pending: dict[str, Pending] = {}
         self._by_entry: dict[str, Pending] = {}
         self._local_dirs: set[str] = set()
         self._orphans: dict[str, Orphan] = {}
         self._mtimes: dict[str, float] = journal.mtimes()
+        # images archived because the file replacing them left their path, newest last: a
+        # landing reported after that must not show them there again (_registered)
+        self._left_behind: OrderedDict[str, None] = OrderedDict()
         for source in journal.converted():  # x.heic written here, stored as x.png
             view.written.remember(source.folder, source.name, source.image_id)
         self._stop = threading.Event()  # the janitor's
@@ -556,6 +561,10 @@ class WriteLayer(LocalNames):
             self.remote.archive(self.view.dataset_id, [replaced], permanent=permanent)
         except NotFound:
             pass
+        with self._lock:
+            self._left_behind[replaced] = None
+            while len(self._left_behind) > LEFT_BEHIND_MEMORY:
+                self._left_behind.popitem(last=False)
         self.view.note_gone(path)
         self.on_archived()
         log.info("archived %s: the file replacing it was removed or renamed", path)
@@ -586,8 +595,11 @@ class WriteLayer(LocalNames):
                 if pending.path != image.path:  # first: never listed under the stored name
                     self._remember_written(pending.path, image)
                 # before the pending goes, so a lookup finds one; with the split/tags set on
-                # the file, so getfattr shows them while they are being set on the image
-                self.view.note_image(_with_kept(image, pending.after_register))
+                # the file, so getfattr shows them while they are being set on the image.
+                # Unless it is gone already: written over at once (a replace of it staged
+                # before this report came) and that replace moved away, which archived it
+                if image.id not in self._left_behind:
+                    self.view.note_image(_with_kept(image, pending.after_register))
                 pending.removed = True
             if pending is not None and self._pending.get(pending.path) is pending:
                 del self._pending[pending.path]
