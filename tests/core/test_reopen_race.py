@@ -1,5 +1,5 @@
 """A file opened for writing again while the kernel releases its previous handle
-(filesystem §3 "Writing"): a program that writes a file, closes it and at once opens it
+(filesystem §5 "Writing"): a program that writes a file, closes it and at once opens it
 again (a loader rewriting its output, the load test's writers). The kernel answers
 ``close`` after the flush and sends the release without waiting for it, so the release of
 the first handle can run beside the open of the second.
