@@ -450,13 +450,12 @@ class WriteLayer(LocalNames):
             pending.close_descriptor()  # reopened by the next open (sidecars may be many)
             return
         if not pending.written:
-            if pending.replaced_id is not None:  # opened for writing, closed unwritten
-                with pending.turns:  # unless opened (and written) again meanwhile
-                    if pending.opens == 0 and not pending.written:
-                        self.forget(pending, cancel=True)
-                        return
-            else:
+            if pending.replaced_id is None:
                 return
+            with pending.turns:  # opened for writing, closed unwritten: the replace ends,
+                if pending.opens == 0 and not pending.written:  # unless opened again
+                    self.forget(pending, cancel=True)
+                    return
         if pending.size > 0:
             self.queue.schedule(pending.entry_id, unless=pending.is_open)
         # A closed file waiting for its upload holds no descriptor: thousands may wait

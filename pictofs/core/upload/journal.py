@@ -734,12 +734,12 @@ class Journal:
             flush = self._unflushed.get(entry_id)
             if flush is not None and self._marks:
                 _number, size, sha256 = flush
+                mark = _flush_mark(self._incarnation, size, sha256, changed)
                 try:
-                    with self._no_space("recording an mtime"):
-                        os.setxattr(self.staging_path(entry_id), FLUSH_XATTR,
-                                    _flush_mark(self._incarnation, size, sha256, changed))
+                    if not self._set_mark(entry_id, mark, None):
+                        return False  # no user xattrs here after all: committed
                 except OSError:
-                    return False  # no staging file, or no xattrs any more: committed
+                    return False  # no staging file any more: committed, as before
             self._unwritten[entry_id] = changed
             return True
 
